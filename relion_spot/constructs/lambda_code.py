@@ -1,0 +1,45 @@
+"""Lambda code assets made from this package's own modules, with no Docker bundling.
+
+A function's handler lives in a subpackage of ``relion_spot`` (tested there like any module). The
+asset is a copy of just that subpackage plus the import-light top-level modules it may use, laid
+out as ``relion_spot/...`` so the handler imports exactly as it does in the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from aws_cdk import aws_lambda as lambda_
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+SHARED_MODULES = ("__init__.py", "tags.py", "catalog.py")
+"""Top-level modules every function may import; each imports nothing outside the stdlib."""
+
+_staged: dict[tuple[str, ...], Path] = {}
+
+
+def package_code(*subpackages: str) -> lambda_.Code:
+    """Code for a function whose handler is in ``relion_spot.<subpackage>``."""
+    return lambda_.Code.from_asset(str(_stage(tuple(sorted(subpackages)))))
+
+
+def _stage(subpackages: tuple[str, ...]) -> Path:
+    if subpackages in _staged and _staged[subpackages].exists():
+        return _staged[subpackages]
+    digest = hashlib.sha256("|".join(subpackages).encode()).hexdigest()[:12]
+    root = Path(tempfile.mkdtemp(prefix=f"relion-spot-lambda-{digest}-"))
+    target = root / "relion_spot"
+    target.mkdir()
+    for module in SHARED_MODULES:
+        shutil.copy2(PACKAGE_DIR / module, target / module)
+    for sub in subpackages:
+        source = PACKAGE_DIR / sub
+        if not (source / "__init__.py").is_file():
+            raise ValueError(f"relion_spot.{sub} is not a package; cannot ship it as Lambda code")
+        shutil.copytree(source, target / sub,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
+    _staged[subpackages] = root
+    return root
