@@ -1,0 +1,107 @@
+"""Where the cost code finds its tables, cluster and tuning: environment variables, optionally
+seeded from a KEY=VALUE file.
+
+The file exists for the Slurm controller: ``jobcomp/script`` runs its program with an
+environment of Slurm's making (job fields and PATH only), so the table name, region and the
+container's credential endpoint (``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` on ECS) reach the
+record writer through ``RELION_SPOT_COST_CONFIG`` or the default file below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE_VARIABLE = "RELION_SPOT_COST_CONFIG"
+DEFAULT_CONFIG_FILE = Path("/etc/relion-spot/cost.env")
+
+CLUSTER = "RELION_SPOT_CLUSTER"
+RECORDS_TABLE = "RELION_SPOT_RECORDS_TABLE"
+COSTS_TABLE = "RELION_SPOT_COSTS_TABLE"
+LAUNCH_TEMPLATE_IDS = "RELION_SPOT_LAUNCH_TEMPLATE_IDS"
+WINDOW_HOURS = "RELION_SPOT_PRICING_WINDOW_HOURS"
+LOOKBACK_HOURS = "RELION_SPOT_JOB_LOOKBACK_HOURS"
+RECONCILE_DAYS = "RELION_SPOT_RECONCILE_DAYS"
+METRIC_NAMESPACE = "RELION_SPOT_METRIC_NAMESPACE"
+
+DEFAULT_NAMESPACE = "RelionSpot"
+
+
+class ConfigError(ValueError):
+    """A missing or malformed setting; the message names it and what is accepted."""
+
+
+def load_env_file(path: Path, environ: MutableMapping[str, str]) -> None:
+    """Add KEY=VALUE lines of ``path`` to ``environ`` without overriding what is already set."""
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
+        environ.setdefault(key, value.strip().strip("'\""))
+
+
+def seed_environment(environ: MutableMapping[str, str] | None = None) -> None:
+    environ = os.environ if environ is None else environ
+    explicit = environ.get(CONFIG_FILE_VARIABLE)
+    path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
+    if path.is_file():
+        load_env_file(path, environ)
+    elif explicit:
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}={explicit!r}: no such file")
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r}: expected a positive number")
+    return value
+
+
+def _required(environ: Mapping[str, str], name: str, what: str) -> str:
+    value = environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set; it must name {what}")
+    return value
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    cluster: str
+    records_table: str
+    costs_table: str = ""
+    launch_template_ids: tuple[str, ...] = ()
+    window_hours: float = 24.0
+    lookback_hours: float = 168.0
+    reconcile_days: int = 3
+    metric_namespace: str = DEFAULT_NAMESPACE
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, need_costs: bool = True):
+        environ = os.environ if environ is None else environ
+        templates = tuple(
+            t.strip() for t in environ.get(LAUNCH_TEMPLATE_IDS, "").split(",") if t.strip()
+        )
+        return cls(
+            cluster=_required(environ, CLUSTER, "the cluster (its tag value)"),
+            records_table=_required(environ, RECORDS_TABLE, "the job-attempt records table"),
+            costs_table=(
+                _required(environ, COSTS_TABLE, "the job cost table") if need_costs else ""
+            ),
+            launch_template_ids=templates,
+            window_hours=_positive(environ, WINDOW_HOURS, 24.0),
+            lookback_hours=_positive(environ, LOOKBACK_HOURS, 168.0),
+            reconcile_days=int(_positive(environ, RECONCILE_DAYS, 3)),
+            metric_namespace=environ.get(METRIC_NAMESPACE, "") or DEFAULT_NAMESPACE,
+        )

@@ -1,0 +1,259 @@
+"""The cost Lambda: handler -> pricing logic -> data access.
+
+Events it understands (anything else is logged and skipped; a batch always goes on):
+
+- ``{"action": "schedule"}`` (hourly rule): price every job with an attempt that ended within
+  the pricing window plus the job lookback, write the ones that are new or changed, and repair
+  launch tags of this cluster's running instances.
+- ``{"action": "reconcile"}`` (daily rule): store Cost Explorer's billed cost per job.
+- DynamoDB stream records of the attempts table (an attempt ended): price those jobs.
+- ``{"action": "price-jobs", "jobs": [{"cluster": ..., "job_id": ...}]}``, or an EventBridge
+  event whose ``detail`` has ``cluster`` and ``job_id``: price those jobs.
+
+Idempotent: a job is rewritten only when the fingerprint of its priced result changes, so the
+same event twice, or a rerun over the same window, writes nothing and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from relion_spot.cost import billing, instances
+from relion_spot.cost.config import CostConfig
+from relion_spot.cost.prices import SpotPriceSource
+from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, price_job
+from relion_spot.cost.store import (
+    JOB_KEY,
+    AttemptStore,
+    CostStore,
+    MalformedRecord,
+    attempt_from_item,
+    job_key,
+    split_job_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Clients:
+    ec2: Any
+    dynamodb: Any
+    cloudwatch: Any
+    ce: Any
+
+    @classmethod
+    def create(cls) -> Clients:
+        import boto3
+
+        session = boto3.session.Session()
+        return cls(
+            ec2=session.client("ec2"),
+            dynamodb=session.client("dynamodb"),
+            cloudwatch=session.client("cloudwatch"),
+            ce=session.client("ce", region_name="us-east-1"),
+        )
+
+
+@dataclass
+class Outcome:
+    """What one invocation did; returned to the caller and logged."""
+
+    jobs_priced: int = 0
+    jobs_written: int = 0
+    metrics_published: int = 0
+    skipped: int = 0
+    flagged_jobs: int = 0
+    spot_price_requests: int = 0
+    instances_tagged: list[str] = field(default_factory=list)
+    billed_jobs: int = 0
+    billed_updated: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class CostService:
+    def __init__(self, config: CostConfig, clients: Clients):
+        self.config = config
+        self.clients = clients
+        self.attempts = AttemptStore(clients.dynamodb, config.records_table)
+        self.costs = CostStore(clients.dynamodb, config.costs_table)
+        self.prices = SpotPriceSource(clients.ec2)
+
+    def _parse(self, items: Iterable[dict[str, Any]], outcome: Outcome) -> list[Attempt]:
+        parsed = []
+        for item in items:
+            try:
+                attempt = attempt_from_item(item)
+            except MalformedRecord as err:
+                log.error("skipping malformed attempt record: %s", err)
+                outcome.skipped += 1
+                continue
+            if attempt.cluster != self.config.cluster:
+                log.error("skipping attempt %s of another cluster %r", attempt.key, attempt.cluster)
+                outcome.skipped += 1
+                continue
+            parsed.append(attempt)
+        return parsed
+
+    def price(self, attempts: list[Attempt], outcome: Outcome, *, now: float) -> None:
+        """Price and store the jobs these attempts belong to (all attempts of each job given)."""
+        if not attempts:
+            return
+        inventory = instances.cluster_instances(self.clients.ec2, self.config.cluster)
+        known = {i.instance_id for i in inventory}
+        attempts = [self._fill_unresolved(a, inventory) for a in attempts]
+        jobs: dict[str, list[Attempt]] = defaultdict(list)
+        for attempt in attempts:
+            jobs[job_key(attempt.cluster, attempt.job_id)].append(attempt)
+        start = min(a.start for a in attempts)
+        end = max(a.end for a in attempts)
+        pairs = {
+            (n.instance_type, n.availability_zone)
+            for a in attempts
+            for n in a.nodes
+            if n.instance_type and n.availability_zone
+        }
+        requests_before = self.prices.requests
+        histories = self.prices.histories(pairs, start, end)
+        outcome.spot_price_requests += self.prices.requests - requests_before
+        recorded = {n.instance_id for a in attempts for n in a.nodes if n.instance_id}
+        vanished = recorded - known
+        costs: list[JobCost] = [
+            price_job(job_attempts, histories, vanished_instances=vanished)
+            for job_attempts in jobs.values()
+        ]
+        outcome.jobs_priced += len(costs)
+        outcome.flagged_jobs += sum(1 for c in costs if c.flags)
+        existing = self.costs.existing(jobs)
+        changed = self.costs.write_estimates(costs, existing, priced_at=now)
+        outcome.jobs_written += len(changed)
+        outcome.metrics_published += billing.publish_estimate_changes(
+            self.clients.cloudwatch,
+            self.config.metric_namespace,
+            self.config.cluster,
+            [(c, existing.get(job_key(c.cluster, c.job_id), {})) for c in changed],
+        )
+
+    def _fill_unresolved(
+        self, attempt: Attempt, inventory: list[instances.InstanceInfo]
+    ) -> Attempt:
+        """Nodes the writer could not map get a second chance against today's inventory."""
+        missing = [n.node for n in attempt.nodes if not n.instance_type]
+        if not missing:
+            return attempt
+        resolved = instances.resolve_nodes(missing, inventory, attempt.start, attempt.end)
+        if not resolved:
+            return attempt
+        filled = instances.node_uses(
+            self.clients.ec2, list(resolved), resolved.values(), attempt.start, attempt.end
+        )
+        by_name: dict[str, NodeUse] = {n.node: n for n in filled}
+        nodes = tuple(by_name.get(n.node, n) if not n.instance_type else n for n in attempt.nodes)
+        return dataclasses.replace(attempt, nodes=nodes)
+
+    def price_window(self, outcome: Outcome, *, now: float) -> None:
+        reach = (self.config.window_hours + self.config.lookback_hours) * 3600
+        items = self.attempts.items_ending_between(self.config.cluster, int(now - reach), int(now))
+        self.price(self._parse(items, outcome), outcome, now=now)
+
+    def price_jobs(self, keys: Iterable[tuple[str, str]], outcome: Outcome, *, now: float) -> None:
+        attempts: list[Attempt] = []
+        for cluster, job_id in sorted(set(keys)):
+            if cluster != self.config.cluster:
+                log.error("skipping job %s of another cluster %r", job_id, cluster)
+                outcome.skipped += 1
+                continue
+            attempts.extend(self._parse(self.attempts.items_of_job(cluster, job_id), outcome))
+        self.price(attempts, outcome, now=now)
+
+    def repair_tags(self, outcome: Outcome) -> None:
+        report = instances.repair_tags(
+            self.clients.ec2, self.config.cluster, self.config.launch_template_ids
+        )
+        outcome.instances_tagged.extend(report.instances_tagged)
+
+    def reconcile(self, outcome: Outcome, *, now: float) -> None:
+        result = billing.reconcile(
+            self.clients.ce,
+            self.costs,
+            self.config.cluster,
+            today=datetime.fromtimestamp(now, UTC).date(),
+            days=self.config.reconcile_days,
+            now=now,
+        )
+        outcome.billed_jobs += result["billed_jobs"]
+        outcome.billed_updated += result["billed_updated"]
+
+
+def _stream_job(record: Any) -> tuple[str, str]:
+    if not isinstance(record, dict) or record.get("eventSource") != "aws:dynamodb":
+        raise MalformedRecord(f"not a DynamoDB stream record: {str(record)[:200]}")
+    keys = (record.get("dynamodb") or {}).get("Keys") or {}
+    value = (keys.get(JOB_KEY) or {}).get("S")
+    if not isinstance(value, str):
+        raise MalformedRecord(f"stream record without a '{JOB_KEY}' key: {str(record)[:200]}")
+    return split_job_key(value)
+
+
+def _named_job(entry: Any) -> tuple[str, str]:
+    if not isinstance(entry, dict):
+        raise MalformedRecord(f"job entry {entry!r} is not a map")
+    cluster, job_id = entry.get("cluster"), entry.get("job_id")
+    if not isinstance(cluster, str) or not cluster or not isinstance(job_id, str | int):
+        raise MalformedRecord(f"job entry {entry!r} needs 'cluster' and 'job_id'")
+    if not str(job_id).strip():
+        raise MalformedRecord(f"job entry {entry!r} has an empty job_id")
+    return cluster, str(job_id)
+
+
+def handle(event: Any, service: CostService, *, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    outcome = Outcome()
+    keys: list[tuple[str, str]] = []
+    action = event.get("action") if isinstance(event, dict) else None
+    if action == "schedule":
+        service.price_window(outcome, now=now)
+        service.repair_tags(outcome)
+        outcome.spot_price_requests = service.prices.requests
+    elif action == "reconcile":
+        service.reconcile(outcome, now=now)
+    elif isinstance(event, dict) and isinstance(event.get("Records"), list):
+        for record in event["Records"]:
+            try:
+                keys.append(_stream_job(record))
+            except MalformedRecord as err:
+                log.error("skipping malformed stream record: %s", err)
+                outcome.skipped += 1
+    elif action == "price-jobs" or (isinstance(event, dict) and "detail" in event):
+        entries = event.get("jobs") if action == "price-jobs" else [event.get("detail")]
+        for entry in entries if isinstance(entries, list) else [entries]:
+            try:
+                keys.append(_named_job(entry))
+            except MalformedRecord as err:
+                log.error("skipping malformed job event: %s", err)
+                outcome.skipped += 1
+    else:
+        log.error("skipping unrecognised event: %s", str(event)[:500])
+        outcome.skipped += 1
+    if keys:
+        service.price_jobs(keys, outcome, now=now)
+    result = outcome.as_dict()
+    log.info("cost run: %s", result)
+    return result
+
+
+def main(event: Any, context: Any = None) -> dict[str, Any]:
+    """Lambda entry point (``relion_spot.cost.handler.main``)."""
+    logging.getLogger().setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+    service = CostService(CostConfig.from_env(), Clients.create())
+    return handle(event, service)

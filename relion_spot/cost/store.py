@@ -1,0 +1,405 @@
+"""DynamoDB access for job-attempt records and job costs.
+
+Records table: one item per job attempt, key ``job`` = "<cluster>#<job id>", ``attempt`` = the
+attempt's start second (zero-padded, so attempts sort in time). Written once with a condition,
+so Slurm re-running the writer, or a retried request, never doubles an attempt. GSI ``by-end``
+(``cluster``, ``end``) lets the scheduled pricing read every attempt that ended in a window.
+
+Costs table: one item per job, key ``job``; the estimate (with its attempts and a fingerprint of
+everything priced) and, beside it, ``billed_by_day``/``billed_usd`` from Cost Explorer. GSI
+``by-start`` (``cluster``, ``first_start``) serves the report. The pricing writes whole items in
+batches and carries the billed fields over; the construct gives the function a reserved
+concurrency of one, so a pricing run and a reconciliation never interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, Volume
+
+log = logging.getLogger(__name__)
+
+JOB_KEY = "job"
+ATTEMPT_KEY = "attempt"
+RECORDS_BY_END = "by-end"
+COSTS_BY_START = "by-start"
+BILLED_FIELDS = ("billed_by_day", "billed_usd", "billed_at")
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+class MalformedRecord(ValueError):
+    """A stored attempt that cannot be read back as one (named by its key)."""
+
+
+def job_key(cluster: str, job_id: str) -> str:
+    return f"{cluster}#{job_id}"
+
+
+def split_job_key(key: str) -> tuple[str, str]:
+    cluster, sep, job_id = key.rpartition("#")
+    if not sep or not cluster or not job_id:
+        raise MalformedRecord(f"job key {key!r} is not '<cluster>#<job id>'")
+    return cluster, job_id
+
+
+def to_dynamo(value: Any) -> Any:
+    """Plain Python -> DynamoDB-ready values (floats become exact Decimals of their repr)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_dynamo(v) for v in value]
+    return value
+
+
+def from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_dynamo(v) for v in value]
+    return value
+
+
+def serialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(to_dynamo(v)) for k, v in item.items()}
+
+
+def deserialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def attempt_item(attempt: Attempt, *, recorded_at: float) -> dict[str, Any]:
+    return {
+        JOB_KEY: job_key(attempt.cluster, attempt.job_id),
+        ATTEMPT_KEY: attempt.key,
+        "cluster": attempt.cluster,
+        "job_id": attempt.job_id,
+        "start": attempt.start,
+        "end": attempt.end,
+        "state": attempt.state,
+        "user": attempt.user,
+        "job_name": attempt.job_name,
+        "partition": attempt.partition,
+        "cpus": attempt.cpus,
+        "node_count": attempt.node_count,
+        "reason": attempt.reason,
+        "exit_code": attempt.exit_code,
+        "recorded_at": int(recorded_at),
+        "nodes": [
+            {
+                "node": n.node,
+                "instance_id": n.instance_id,
+                "instance_type": n.instance_type,
+                "availability_zone": n.availability_zone,
+                "launch_time": n.launch_time,
+                "volumes": [{"size_gb": v.size_gb, "type": v.volume_type} for v in n.volumes],
+            }
+            for n in attempt.nodes
+        ],
+    }
+
+
+def _text(item: dict[str, Any], name: str, *, required: bool = False) -> str:
+    value = item.get(name)
+    if value is None or value == "":
+        if required:
+            raise MalformedRecord(f"{name} missing")
+        return ""
+    if not isinstance(value, str | int):
+        raise MalformedRecord(f"{name}={value!r} is not text")
+    return str(value)
+
+
+def _int(item: dict[str, Any], name: str, *, default: int | None = None) -> int:
+    value = item.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedRecord(f"{name}={value!r} is not a number")
+    return int(value)
+
+
+def attempt_from_item(item: dict[str, Any]) -> Attempt:
+    """Read a deserialized record back; anything unusable raises MalformedRecord."""
+    try:
+        nodes = []
+        for raw in item.get("nodes") or []:
+            if not isinstance(raw, dict):
+                raise MalformedRecord(f"node entry {raw!r} is not a map")
+            launch = raw.get("launch_time")
+            nodes.append(
+                NodeUse(
+                    node=_text(raw, "node", required=True),
+                    instance_id=_text(raw, "instance_id") or None,
+                    instance_type=_text(raw, "instance_type") or None,
+                    availability_zone=_text(raw, "availability_zone") or None,
+                    launch_time=float(launch) if isinstance(launch, int | float) else None,
+                    volumes=tuple(
+                        Volume(size_gb=_int(v, "size_gb"), volume_type=_text(v, "type") or "gp3")
+                        for v in raw.get("volumes") or []
+                    ),
+                )
+            )
+        attempt = Attempt(
+            cluster=_text(item, "cluster", required=True),
+            job_id=_text(item, "job_id", required=True),
+            start=_int(item, "start"),
+            end=_int(item, "end"),
+            state=_text(item, "state", required=True),
+            user=_text(item, "user"),
+            job_name=_text(item, "job_name"),
+            partition=_text(item, "partition"),
+            cpus=_int(item, "cpus", default=0),
+            node_count=_int(item, "node_count", default=0),
+            nodes=tuple(nodes),
+            reason=_text(item, "reason"),
+            exit_code=_text(item, "exit_code"),
+        )
+    except (MalformedRecord, TypeError, AttributeError) as err:
+        where = f"{item.get(JOB_KEY)!r}/{item.get(ATTEMPT_KEY)!r}"
+        raise MalformedRecord(f"record {where}: {err}") from None
+    if attempt.end < attempt.start:
+        raise MalformedRecord(f"record {item.get(JOB_KEY)!r}: ends before it starts")
+    return attempt
+
+
+def _retrying(call, unprocessed_key: str, request: dict[str, Any], attempts: int = 8) -> list:
+    """Run a batch call until DynamoDB has processed every part of it; returns the responses."""
+    responses = []
+    delay = 0.05
+    for _ in range(attempts):
+        response = call(request)
+        responses.append(response)
+        request = response.get(unprocessed_key) or {}
+        if not request:
+            return responses
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    raise RuntimeError(f"DynamoDB left {unprocessed_key} after {attempts} tries")
+
+
+@dataclass
+class AttemptStore:
+    client: Any
+    table: str
+
+    def put(self, attempt: Attempt, *, recorded_at: float | None = None) -> bool:
+        """Write an attempt once. False when it was already there (a retried write)."""
+        when = time.time() if recorded_at is None else recorded_at
+        item = attempt_item(attempt, recorded_at=when)
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=serialize(item),
+                ConditionExpression="attribute_not_exists(#job)",
+                ExpressionAttributeNames={"#job": JOB_KEY},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def items_of_job(self, cluster: str, job_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        paginator = self.client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table,
+            KeyConditionExpression="#job = :job",
+            ExpressionAttributeNames={"#job": JOB_KEY},
+            ExpressionAttributeValues={":job": {"S": job_key(cluster, job_id)}},
+            ConsistentRead=True,
+        ):
+            items.extend(deserialize(raw) for raw in page["Items"])
+        return items
+
+    def items_ending_between(
+        self, cluster: str, lower: int, upper: int
+    ) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table,
+            IndexName=RECORDS_BY_END,
+            KeyConditionExpression="#cluster = :cluster AND #end BETWEEN :lower AND :upper",
+            ExpressionAttributeNames={"#cluster": "cluster", "#end": "end"},
+            ExpressionAttributeValues={
+                ":cluster": {"S": cluster},
+                ":lower": {"N": str(int(lower))},
+                ":upper": {"N": str(int(upper))},
+            },
+        ):
+            for raw in page["Items"]:
+                yield deserialize(raw)
+
+
+@dataclass
+class CostStore:
+    client: Any
+    table: str
+
+    def existing(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Fingerprint, estimate and billed fields of the jobs already stored, by job key."""
+        found: dict[str, dict[str, Any]] = {}
+        unique = sorted(set(keys))
+        projection = ", ".join(
+            ["#job", "fingerprint", "estimate_usd", "reclaimed_usd", *BILLED_FIELDS]
+        )
+        for offset in range(0, len(unique), 100):
+            request = {
+                self.table: {
+                    "Keys": [{JOB_KEY: {"S": k}} for k in unique[offset : offset + 100]],
+                    "ProjectionExpression": projection,
+                    "ExpressionAttributeNames": {"#job": JOB_KEY},
+                }
+            }
+            for response in _retrying(
+                lambda r: self.client.batch_get_item(RequestItems=r), "UnprocessedKeys", request
+            ):
+                for raw in response.get("Responses", {}).get(self.table, []):
+                    item = deserialize(raw)
+                    found[item[JOB_KEY]] = item
+        return found
+
+    def write_estimates(
+        self, costs: Sequence[JobCost], existing: dict[str, dict[str, Any]], *, priced_at: float
+    ) -> list[JobCost]:
+        """Write the jobs whose fingerprint changed (keeping their billed fields); returns them."""
+        changed: list[JobCost] = []
+        requests: list[dict[str, Any]] = []
+        for cost in costs:
+            key = job_key(cost.cluster, cost.job_id)
+            fingerprint = cost.fingerprint()
+            before = existing.get(key, {})
+            if before.get("fingerprint") == fingerprint:
+                continue
+            item = {JOB_KEY: key, **cost.as_dict(), "fingerprint": fingerprint}
+            item["priced_at"] = int(priced_at)
+            item.update({f: before[f] for f in BILLED_FIELDS if f in before})
+            requests.append({"PutRequest": {"Item": serialize(item)}})
+            changed.append(cost)
+        for offset in range(0, len(requests), 25):
+            _retrying(
+                lambda r: self.client.batch_write_item(RequestItems=r),
+                "UnprocessedItems",
+                {self.table: requests[offset : offset + 25]},
+            )
+        return changed
+
+    def record_billed(
+        self, cluster: str, job_id: str, by_day: dict[str, float], *, billed_at: float
+    ) -> bool:
+        """Merge Cost Explorer's daily amounts for a job; False when nothing changed."""
+        key = job_key(cluster, job_id)
+        response = self.client.get_item(
+            TableName=self.table,
+            Key={JOB_KEY: {"S": key}},
+            ProjectionExpression="billed_by_day",
+            ConsistentRead=True,
+        )
+        current = deserialize(response.get("Item", {})).get("billed_by_day") or {}
+        merged = {**current, **by_day}
+        if merged == current:
+            return False
+        total = round(sum(merged.values()), 10)
+        self.client.update_item(
+            TableName=self.table,
+            Key={JOB_KEY: {"S": key}},
+            UpdateExpression="SET billed_by_day = :days, billed_usd = :total, billed_at = :now,"
+            " #cluster = if_not_exists(#cluster, :cluster),"
+            " job_id = if_not_exists(job_id, :job_id)",
+            ExpressionAttributeNames={"#cluster": "cluster"},
+            ExpressionAttributeValues=serialize(
+                {
+                    ":days": merged,
+                    ":total": total,
+                    ":now": int(billed_at),
+                    ":cluster": cluster,
+                    ":job_id": job_id,
+                }
+            ),
+        )
+        return True
+
+    def items_starting_between(
+        self, cluster: str, lower: int, upper: int
+    ) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self.table,
+            IndexName=COSTS_BY_START,
+            KeyConditionExpression="#cluster = :cluster AND first_start BETWEEN :lower AND :upper",
+            ExpressionAttributeNames={"#cluster": "cluster"},
+            ExpressionAttributeValues={
+                ":cluster": {"S": cluster},
+                ":lower": {"N": str(int(lower))},
+                ":upper": {"N": str(int(upper))},
+            },
+        ):
+            for raw in page["Items"]:
+                yield deserialize(raw)
+
+    def all_items(self) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("scan")
+        for page in paginator.paginate(TableName=self.table):
+            for raw in page["Items"]:
+                yield deserialize(raw)
+
+
+def create_tables(client: Any, *, records_table: str, costs_table: str) -> None:
+    """Create both tables as the construct defines them (for the local emulation and tests)."""
+    client.create_table(
+        TableName=records_table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": JOB_KEY, "AttributeType": "S"},
+            {"AttributeName": ATTEMPT_KEY, "AttributeType": "S"},
+            {"AttributeName": "cluster", "AttributeType": "S"},
+            {"AttributeName": "end", "AttributeType": "N"},
+        ],
+        KeySchema=[
+            {"AttributeName": JOB_KEY, "KeyType": "HASH"},
+            {"AttributeName": ATTEMPT_KEY, "KeyType": "RANGE"},
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": RECORDS_BY_END,
+                "KeySchema": [
+                    {"AttributeName": "cluster", "KeyType": "HASH"},
+                    {"AttributeName": "end", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
+    )
+    client.create_table(
+        TableName=costs_table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": JOB_KEY, "AttributeType": "S"},
+            {"AttributeName": "cluster", "AttributeType": "S"},
+            {"AttributeName": "first_start", "AttributeType": "N"},
+        ],
+        KeySchema=[{"AttributeName": JOB_KEY, "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": COSTS_BY_START,
+                "KeySchema": [
+                    {"AttributeName": "cluster", "KeyType": "HASH"},
+                    {"AttributeName": "first_start", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )

@@ -1,0 +1,322 @@
+"""The cost Lambda against moto: real boto3 calls, real DynamoDB conditions, moto's prices."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+
+from relion_spot import tags
+from relion_spot.cost import jobcomp
+from relion_spot.cost.config import CostConfig
+from relion_spot.cost.handler import handle
+from relion_spot.cost.store import (
+    ATTEMPT_KEY,
+    JOB_KEY,
+    CostStore,
+    deserialize,
+    job_key,
+    serialize,
+)
+
+from .conftest import CLUSTER, COSTS, RECORDS, REGION, Account
+
+HOURS_PER_MONTH = 730
+EBS_RATES = {"gp2": 0.10, "gp3": 0.08}
+
+
+def launch_time(account: Account, instance_id: str) -> int:
+    reservation = account.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+    return int(reservation["Instances"][0]["LaunchTime"].timestamp())
+
+
+def slurm_env(job_id: str, *, nodes: str, start: int, end: int, state: str, procs: int) -> dict:
+    """What jobcomp/script puts in the writer's environment for one attempt."""
+    return {
+        "JOBID": job_id,
+        "UID": "1000",
+        "USERNAME": "alice",
+        "JOBNAME": "class3d",
+        "PARTITION": "gpu",
+        "NODES": nodes,
+        "NODECNT": "1",
+        "PROCS": str(procs),
+        "START": str(start),
+        "END": str(end),
+        "JOBSTATE": state,
+        "EXITCODE": "0:0",
+    }
+
+
+def write_attempt(account: Account, env: dict) -> str:
+    config = CostConfig.from_env(account.environ, need_costs=False)
+    return jobcomp.record(env, config, (account.ec2, account.dynamodb))
+
+
+def cost_item(account: Account, job_id: str) -> dict:
+    response = account.dynamodb.get_item(
+        TableName=COSTS, Key={JOB_KEY: {"S": job_key(CLUSTER, job_id)}}, ConsistentRead=True
+    )
+    return deserialize(response["Item"])
+
+
+def expected_node_cost(
+    account: Account, instance_id: str, *, start: int, end: int, share: float
+) -> float:
+    """Hand arithmetic from what moto returns: the spot price in force at the attempt's start
+    (moto returns one placeholder point per type and AZ, dated 2006) times the hours, plus the
+    instance's volumes prorated over a 730-hour month, all times the job's share of the node."""
+    instance = account.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
+        "Instances"
+    ][0]
+    history = account.ec2.describe_spot_price_history(
+        InstanceTypes=[instance["InstanceType"]],
+        Filters=[
+            {"Name": "availability-zone", "Values": [instance["Placement"]["AvailabilityZone"]]}
+        ],
+    )["SpotPriceHistory"]
+    assert len(history) == 1 and history[0]["Timestamp"].timestamp() < start
+    price = float(history[0]["SpotPrice"])
+    volume_ids = [m["Ebs"]["VolumeId"] for m in instance["BlockDeviceMappings"]]
+    volumes = account.ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]
+    assert volumes, "moto gives every instance a root volume"
+    hours = (end - start) / 3600
+    ebs = sum(v["Size"] * EBS_RATES[v["VolumeType"]] for v in volumes) * hours / HOURS_PER_MONTH
+    return (price * hours + ebs) * share
+
+
+@pytest.fixture
+def reclaimed_job(account: Account) -> dict:
+    """Job 41: attempt 1 on a g5.xlarge in us-east-1a, reclaimed (NODE_FAIL); attempt 2
+    requeued onto a g6.xlarge in us-east-1b holding 2 of its 4 vCPUs, completed."""
+    first = account.launch(node="gpu-1", instance_type="g5.xlarge", zone="us-east-1a")
+    second = account.launch(node="gpu-2", instance_type="g6.xlarge", zone="us-east-1b")
+    t0 = max(launch_time(account, first), launch_time(account, second))
+    attempts = [
+        slurm_env(
+            "41", nodes="gpu-1", start=t0 + 60, end=t0 + 60 + 1800, state="NODE_FAIL", procs=4
+        ),
+        slurm_env(
+            "41", nodes="gpu-[2]", start=t0 + 2000, end=t0 + 2000 + 5400, state="COMPLETED", procs=2
+        ),
+    ]
+    expected_first = expected_node_cost(account, first, start=t0 + 60, end=t0 + 1860, share=1.0)
+    expected_second = expected_node_cost(account, second, start=t0 + 2000, end=t0 + 7400, share=0.5)
+    return {
+        "instances": (first, second),
+        "attempts": attempts,
+        "expected": (expected_first, expected_second),
+        "now": t0 + 7400 + 60,
+    }
+
+
+def test_two_attempts_priced_from_moto_history_with_reclaimed_share(account, reclaimed_job):
+    for env in reclaimed_job["attempts"]:
+        assert write_attempt(account, env) == "written"
+    outcome = handle({"action": "schedule"}, account.service(), now=reclaimed_job["now"])
+    assert outcome["jobs_priced"] == 1 and outcome["jobs_written"] == 1
+
+    item = cost_item(account, "41")
+    lost, kept = reclaimed_job["expected"]
+    assert item["estimate_usd"] == pytest.approx(lost + kept, abs=1e-9)
+    assert item["reclaimed_usd"] == pytest.approx(lost, abs=1e-9)
+    assert item["reclaimed_share"] == pytest.approx(lost / (lost + kept), abs=1e-9)
+    assert [a["state"] for a in item["attempts"]] == ["NODE_FAIL", "COMPLETED"]
+    assert [a["reclaimed"] for a in item["attempts"]] == [True, False]
+    nodes = [a["nodes"][0] for a in item["attempts"]]
+    assert [(n["instance_type"], n["availability_zone"]) for n in nodes] == [
+        ("g5.xlarge", "us-east-1a"),
+        ("g6.xlarge", "us-east-1b"),
+    ]
+    assert [n["share"] for n in nodes] == [1.0, 0.5]
+    assert item["instance_ids"] == sorted(reclaimed_job["instances"])
+    assert item["user"] == "alice" and item["flags"] == []
+
+
+def test_record_writer_is_idempotent(account, reclaimed_job):
+    env = reclaimed_job["attempts"][0]
+    assert write_attempt(account, env) == "written"
+    assert write_attempt(account, env) == "duplicate"
+    items = account.dynamodb.scan(TableName=RECORDS)["Items"]
+    assert len(items) == 1
+    record = deserialize(items[0])
+    node = record["nodes"][0]
+    assert node["instance_id"] == reclaimed_job["instances"][0]
+    assert node["instance_type"] == "g5.xlarge" and node["availability_zone"] == "us-east-1a"
+    assert node["launch_time"] > 0 and node["volumes"]
+
+
+def stream_event(*job_ids: str) -> dict:
+    return {
+        "Records": [
+            {
+                "eventSource": "aws:dynamodb",
+                "eventName": "INSERT",
+                "dynamodb": {"Keys": {JOB_KEY: {"S": job_key(CLUSTER, j)}}},
+            }
+            for j in job_ids
+        ]
+    }
+
+
+def test_duplicate_and_out_of_order_events_give_the_same_totals(account, reclaimed_job):
+    service = account.service()
+    first, second = reclaimed_job["attempts"]
+    now = reclaimed_job["now"]
+    write_attempt(account, second)
+    handle(stream_event("41"), service, now=now)
+    partial = cost_item(account, "41")
+    assert [a["state"] for a in partial["attempts"]] == ["COMPLETED"]
+
+    write_attempt(account, first)
+    handle(stream_event("41"), service, now=now)
+    after_events = cost_item(account, "41")
+
+    again = handle(stream_event("41", "41"), service, now=now + 5)
+    rerun = handle({"action": "schedule"}, account.service(), now=now + 10)
+    assert again["jobs_written"] == 0 and again["metrics_published"] == 0
+    assert rerun["jobs_written"] == 0 and rerun["metrics_published"] == 0
+    assert cost_item(account, "41") == after_events
+
+    lost, kept = reclaimed_job["expected"]
+    assert after_events["estimate_usd"] == pytest.approx(lost + kept, abs=1e-9)
+    assert after_events["reclaimed_usd"] == pytest.approx(lost, abs=1e-9)
+
+
+def test_metric_sum_matches_estimates_across_reprices(account, reclaimed_job):
+    service = account.service()
+    first, second = reclaimed_job["attempts"]
+    write_attempt(account, second)
+    handle(stream_event("41"), service, now=reclaimed_job["now"])
+    write_attempt(account, first)
+    handle(stream_event("41"), service, now=reclaimed_job["now"])
+    statistics = account.clients.cloudwatch.get_metric_statistics(
+        Namespace="RelionSpot",
+        MetricName="JobCostUSD",
+        Dimensions=[{"Name": "Cluster", "Value": CLUSTER}],
+        StartTime=datetime.now(UTC) - timedelta(hours=1),
+        EndTime=datetime.now(UTC) + timedelta(hours=1),
+        Period=7200,
+        Statistics=["Sum", "SampleCount"],
+    )["Datapoints"]
+    assert len(statistics) == 1 and statistics[0]["SampleCount"] == 2
+    assert statistics[0]["Sum"] == pytest.approx(cost_item(account, "41")["estimate_usd"])
+
+
+def test_vanished_instance_priced_from_record_and_flagged(account, reclaimed_job):
+    for env in reclaimed_job["attempts"]:
+        write_attempt(account, env)
+    gone = reclaimed_job["instances"][0]
+    account.ec2.terminate_instances(InstanceIds=[gone])
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
+    # EC2 forgets terminated instances after about an hour; moto keeps them, so drop it here.
+    for reservation_id, reservation in list(backend.reservations.items()):
+        if any(i.id == gone for i in reservation.instances):
+            del backend.reservations[reservation_id]
+    with pytest.raises(account.ec2.exceptions.ClientError):
+        account.ec2.describe_instances(InstanceIds=[gone])
+
+    handle({"action": "schedule"}, account.service(), now=reclaimed_job["now"])
+    item = cost_item(account, "41")
+    lost, kept = reclaimed_job["expected"]
+    assert item["estimate_usd"] == pytest.approx(lost + kept, abs=1e-9)
+    assert item["flags"] == [f"priced-from-record:{gone}"]
+
+
+def test_malformed_events_are_logged_and_skipped(account, reclaimed_job, caplog):
+    for env in reclaimed_job["attempts"]:
+        write_attempt(account, env)
+    good = stream_event("41")["Records"][0]
+    event = {
+        "Records": [
+            "not a record",
+            {"eventSource": "aws:sqs", "body": "{}"},
+            {"eventSource": "aws:dynamodb", "dynamodb": {"Keys": {}}},
+            {"eventSource": "aws:dynamodb", "dynamodb": {"Keys": {JOB_KEY: {"S": "no-hash"}}}},
+            good,
+        ]
+    }
+    with caplog.at_level(logging.ERROR, logger="relion_spot.cost.handler"):
+        outcome = handle(event, account.service(), now=reclaimed_job["now"])
+    assert outcome["skipped"] == 4
+    assert outcome["jobs_written"] == 1
+    assert sum("malformed stream record" in r.getMessage() for r in caplog.records) == 4
+
+    assert handle({"action": "bogus"}, account.service())["skipped"] == 1
+    named = {
+        "action": "price-jobs",
+        "jobs": [{"cluster": CLUSTER}, 7, {"cluster": CLUSTER, "job_id": "41"}],
+    }
+    outcome = handle(named, account.service(), now=reclaimed_job["now"])
+    assert outcome["skipped"] == 2 and outcome["jobs_priced"] == 1
+
+
+def test_malformed_stored_record_is_skipped_in_a_window(account, reclaimed_job, caplog):
+    for env in reclaimed_job["attempts"]:
+        write_attempt(account, env)
+    broken = {
+        JOB_KEY: job_key(CLUSTER, "99"),
+        ATTEMPT_KEY: "0000000001",
+        "cluster": CLUSTER,
+        "job_id": "99",
+        "end": reclaimed_job["now"] - 100,
+        "start": "yesterday",
+        "state": "COMPLETED",
+    }
+    account.dynamodb.put_item(TableName=RECORDS, Item=serialize(broken))
+    with caplog.at_level(logging.ERROR, logger="relion_spot.cost.handler"):
+        outcome = handle({"action": "schedule"}, account.service(), now=reclaimed_job["now"])
+    assert outcome["skipped"] == 1 and outcome["jobs_written"] == 1
+    assert any("'yesterday'" in r.getMessage() for r in caplog.records)
+
+
+def test_cost_explorer_billed_cost_stored_beside_estimate(account, reclaimed_job):
+    for env in reclaimed_job["attempts"]:
+        write_attempt(account, env)
+    now = reclaimed_job["now"]
+    handle({"action": "schedule"}, account.service(), now=now)
+    day = datetime.fromtimestamp(now, UTC).date() - timedelta(days=1)
+    result = {
+        "ResultsByTime": [
+            {
+                "TimePeriod": {"Start": day.isoformat(), "End": (day + timedelta(1)).isoformat()},
+                "Total": {},
+                "Groups": [
+                    {
+                        "Keys": [f"{tags.CLUSTER}${CLUSTER}", f"{tags.JOB_ID}$41"],
+                        "Metrics": {"UnblendedCost": {"Amount": "0.0123", "Unit": "USD"}},
+                    },
+                    {
+                        "Keys": [f"{tags.CLUSTER}${CLUSTER}", f"{tags.JOB_ID}$"],
+                        "Metrics": {"UnblendedCost": {"Amount": "5.0", "Unit": "USD"}},
+                    },
+                ],
+                "Estimated": True,
+            }
+        ],
+        "DimensionValueAttributes": [],
+    }
+    response = requests.post(
+        "http://motoapi.amazonaws.com/moto-api/static/ce/cost-and-usage-results",
+        json={"results": [result]},
+        timeout=5,
+    )
+    assert response.status_code == 201
+
+    outcome = handle({"action": "reconcile"}, account.service(), now=now)
+    assert outcome == {**outcome, "billed_jobs": 1, "billed_updated": 1}
+    item = cost_item(account, "41")
+    assert item["billed_usd"] == pytest.approx(0.0123)
+    assert item["billed_by_day"] == {day.isoformat(): pytest.approx(0.0123)}
+    lost, kept = reclaimed_job["expected"]
+    assert item["estimate_usd"] == pytest.approx(lost + kept, abs=1e-9)
+
+    assert handle({"action": "reconcile"}, account.service(), now=now)["billed_updated"] == 0
+    # A later re-pricing keeps the billed figure beside the new estimate.
+    store = CostStore(account.dynamodb, COSTS)
+    existing = store.existing([job_key(CLUSTER, "41")])
+    assert existing[job_key(CLUSTER, "41")]["billed_usd"] == pytest.approx(0.0123)
