@@ -27,15 +27,23 @@ class InstanceType:
         return self.name.split(".", 1)[0]
 
 
-def _gpu(name: str, gpus: int, model: str, mem: float, vcpus: int, ram: int, nvme: int,
-         price: float) -> InstanceType:
-    return InstanceType(name=name, gpus=gpus, gpu_model=model, gpu_memory_gib=mem, vcpus=vcpus,
-                        memory_gib=ram, nvme_gb=nvme, on_demand_usd_hour=price)
+def _gpu(
+    name: str, gpus: int, model: str, mem: float, vcpus: int, ram: int, nvme: int, price: float
+) -> InstanceType:
+    return InstanceType(
+        name=name,
+        gpus=gpus,
+        gpu_model=model,
+        gpu_memory_gib=mem,
+        vcpus=vcpus,
+        memory_gib=ram,
+        nvme_gb=nvme,
+        on_demand_usd_hour=price,
+    )
 
 
 def _cpu(name: str, vcpus: int, ram: int, price: float) -> InstanceType:
-    return InstanceType(name=name, vcpus=vcpus, memory_gib=ram, nvme_gb=0,
-                        on_demand_usd_hour=price)
+    return InstanceType(name=name, vcpus=vcpus, memory_gib=ram, nvme_gb=0, on_demand_usd_hour=price)
 
 
 _A10G, _L4, _L40S, _T4 = "NVIDIA A10G", "NVIDIA L4", "NVIDIA L40S", "NVIDIA T4"

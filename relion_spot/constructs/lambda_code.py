@@ -39,7 +39,8 @@ def _stage(subpackages: tuple[str, ...]) -> Path:
         source = PACKAGE_DIR / sub
         if not (source / "__init__.py").is_file():
             raise ValueError(f"relion_spot.{sub} is not a package; cannot ship it as Lambda code")
-        shutil.copytree(source, target / sub,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
+        shutil.copytree(
+            source, target / sub, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
+        )
     _staged[subpackages] = root
     return root

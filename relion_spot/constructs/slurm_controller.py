@@ -1,0 +1,141 @@
+"""slurmctld as one Fargate task, its state on EFS, findable by a stable private DNS name."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_efs as efs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_servicediscovery as servicediscovery
+from constructs import Construct
+
+from ..settings import ControllerCapacity
+
+SLURMCTLD_PORT = 6817
+STATE_DIR = "/var/spool/slurmctld"
+TASK_CPU = 256
+TASK_MEMORY_MIB = 1024
+"""slurmctld for a few dozen cloud nodes idles at a few percent of a quarter vCPU; the memory
+headroom is for the power-save programs it spawns (boto3 in Python)."""
+
+
+class SlurmController(Construct):
+    """The cluster's single slurmctld and the secret key its daemons authenticate with.
+
+    Exactly one task ever runs (max 100 % during deployments, min 0 %): two slurmctld on one
+    StateSaveLocation would corrupt it. A replaced or reclaimed task comes back on the same EFS
+    state and the same DNS name, so no job is lost and nodes find it again.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        cluster_name: str,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        assign_public_ip: bool,
+        security_groups: list[ec2.ISecurityGroup],
+        namespace: servicediscovery.IPrivateDnsNamespace,
+        image: ecs.ContainerImage,
+        state_file_system: efs.IFileSystem,
+        state_access_point: efs.IAccessPoint,
+        capacity: ControllerCapacity,
+        log_retention: logs.RetentionDays,
+        environment: dict[str, str],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.auth_key = secretsmanager.Secret(
+            self,
+            "AuthKey",
+            description=f"Slurm auth/slurm key of cluster {cluster_name}",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=64, exclude_punctuation=True
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.cluster = ecs.Cluster(
+            self,
+            "Cluster",
+            vpc=vpc,
+            enable_fargate_capacity_providers=True,
+            container_insights_v2=ecs.ContainerInsights.DISABLED,
+        )
+        self.task_definition = ecs.FargateTaskDefinition(
+            self,
+            "Task",
+            cpu=TASK_CPU,
+            memory_limit_mib=TASK_MEMORY_MIB,
+            runtime_platform=ecs.RuntimePlatform(
+                operating_system_family=ecs.OperatingSystemFamily.LINUX,
+                cpu_architecture=ecs.CpuArchitecture.X86_64,
+            ),
+            volumes=[
+                ecs.Volume(
+                    name="slurm-state",
+                    efs_volume_configuration=ecs.EfsVolumeConfiguration(
+                        file_system_id=state_file_system.file_system_id,
+                        transit_encryption="ENABLED",
+                        authorization_config=ecs.AuthorizationConfig(
+                            access_point_id=state_access_point.access_point_id, iam="ENABLED"
+                        ),
+                    ),
+                )
+            ],
+        )
+        self.dns_name = f"{cluster_name}-ctld.{namespace.namespace_name}"
+        container = self.task_definition.add_container(
+            "slurmctld",
+            image=image,
+            command=["controller"],
+            environment={
+                **environment,
+                "RELION_SPOT_AUTH_KEY_SECRET": self.auth_key.secret_arn,
+                "RELION_SPOT_CONTROLLER_DNS": self.dns_name,
+            },
+            logging=ecs.LogDrivers.aws_logs(stream_prefix="slurmctld", log_group=self.log_group),
+            port_mappings=[ecs.PortMapping(container_port=SLURMCTLD_PORT)],
+            stop_timeout=Duration.seconds(120),
+            essential=True,
+        )
+        container.add_mount_points(
+            ecs.MountPoint(container_path=STATE_DIR, source_volume="slurm-state", read_only=False)
+        )
+        self.auth_key.grant_read(self.task_definition.task_role)
+        self.service = ecs.FargateService(
+            self,
+            "Service",
+            cluster=self.cluster,
+            task_definition=self.task_definition,
+            desired_count=1,
+            min_healthy_percent=0,
+            max_healthy_percent=100,
+            capacity_provider_strategies=[
+                ecs.CapacityProviderStrategy(
+                    capacity_provider="FARGATE_SPOT" if capacity == "spot" else "FARGATE",
+                    weight=1,
+                )
+            ],
+            vpc_subnets=subnets,
+            assign_public_ip=assign_public_ip,
+            security_groups=security_groups,
+            cloud_map_options=ecs.CloudMapOptions(
+                cloud_map_namespace=namespace,
+                name=f"{cluster_name}-ctld",
+                dns_record_type=servicediscovery.DnsRecordType.A,
+                dns_ttl=Duration.seconds(10),
+            ),
+            circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
+        )
+
+    @property
+    def task_role(self) -> iam.IRole:
+        """The identity slurmctld and its power-save programs act as."""
+        return self.task_definition.task_role

@@ -1,0 +1,114 @@
+"""The lab's shared EFS: data, container image cache, and each cluster's Slurm state."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_efs as efs
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+JOB_UID = 1000
+"""The Unix user RELION jobs run as on every node (the ``relion`` user of the image)."""
+SLURM_UID = 64030
+"""The ``slurm`` user of the image; owns StateSaveLocation."""
+
+FILE_SYSTEM_LOGICAL_ID = "DataFileSystem"
+"""Pinned: a changed logical ID would make CloudFormation replace the file system (and, when
+the data is not retained, delete it)."""
+
+
+class SharedStorage(Construct):
+    """EFS, encrypted at rest, reachable only over TLS with IAM, from holders of one client SG."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        keep_data: bool,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.client_security_group = ec2.SecurityGroup(
+            self,
+            "ClientSecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=True,
+            description="Holders of this group may mount the shared file system",
+        )
+        mount_target_sg = ec2.SecurityGroup(
+            self,
+            "MountTargetSecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="EFS mount targets: NFS from file-system clients only",
+        )
+        mount_target_sg.add_ingress_rule(
+            self.client_security_group, ec2.Port.tcp(2049), "NFS from file-system clients"
+        )
+        removal = RemovalPolicy.RETAIN if keep_data else RemovalPolicy.DESTROY
+        self.file_system = efs.FileSystem(
+            self,
+            "FileSystem",
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_group=mount_target_sg,
+            encrypted=True,
+            performance_mode=efs.PerformanceMode.GENERAL_PURPOSE,
+            throughput_mode=efs.ThroughputMode.ELASTIC,
+            lifecycle_policy=efs.LifecyclePolicy.AFTER_30_DAYS,
+            out_of_infrequent_access_policy=efs.OutOfInfrequentAccessPolicy.AFTER_1_ACCESS,
+            enable_automatic_backups=False,
+            removal_policy=removal,
+        )
+        self.file_system.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="RefuseClientsWithoutTls",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["*"],
+                resources=["*"],
+                conditions={"Bool": {"aws:SecureTransport": "false"}},
+            )
+        )
+        cfn_fs = self.file_system.node.default_child
+        assert isinstance(cfn_fs, efs.CfnFileSystem)
+        cfn_fs.override_logical_id(FILE_SYSTEM_LOGICAL_ID)
+        self.data_access_point = self._access_point("Data", "/data", JOB_UID, "0755")
+        self.container_cache_access_point = self._access_point(
+            "ContainerCache", "/containers", JOB_UID, "0755"
+        )
+
+    def _access_point(self, name: str, path: str, uid: int, permissions: str) -> efs.AccessPoint:
+        return self.file_system.add_access_point(
+            name,
+            path=path,
+            posix_user=efs.PosixUser(uid=str(uid), gid=str(uid)),
+            create_acl=efs.Acl(owner_uid=str(uid), owner_gid=str(uid), permissions=permissions),
+        )
+
+    def slurm_state_access_point(self, scope: Construct, cluster_name: str) -> efs.AccessPoint:
+        """A cluster's own StateSaveLocation, so clusters side by side never share job state."""
+        return efs.AccessPoint(
+            scope,
+            "SlurmStateAccessPoint",
+            file_system=self.file_system,
+            path=f"/slurm/{cluster_name}/state",
+            posix_user=efs.PosixUser(uid=str(SLURM_UID), gid=str(SLURM_UID)),
+            create_acl=efs.Acl(
+                owner_uid=str(SLURM_UID), owner_gid=str(SLURM_UID), permissions="0700"
+            ),
+        )
+
+    def grant_mount(self, grantee: iam.IGrantable, access_point: efs.IAccessPoint) -> None:
+        """Let ``grantee`` mount (read/write, never as root) through one access point."""
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+            resource_arns=[self.file_system.file_system_arn],
+            conditions={
+                "StringEquals": {"elasticfilesystem:AccessPointArn": access_point.access_point_arn}
+            },
+        )

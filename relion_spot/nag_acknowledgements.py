@@ -1,0 +1,122 @@
+"""Every acknowledged cdk-nag finding, each scoped to one resource and carrying its reason.
+
+Kept in one place so a reviewer can read the whole list of accepted risks at once. Anything not
+acknowledged here fails synth (see tests/test_nag.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aws_cdk import Acknowledgment, Stack, Validations
+from constructs import IConstruct
+
+from .stacks.cluster import ClusterStack
+
+_LAUNCH_CONDITIONED = (
+    "RunInstances/CreateFleet on these resource types is allowed only with ec2:LaunchTemplate "
+    "equal to this cluster's own launch templates; EC2 needs them named by wildcard because "
+    "the instance, volume and interface ids do not exist before the launch"
+)
+
+
+def _ack(construct: IConstruct, rule: str, reason: str) -> None:
+    Validations.of(construct).acknowledge(Acknowledgment(id=rule, reason=reason))
+
+
+def acknowledge_findings(stacks: Iterable[Stack]) -> None:
+    for stack in stacks:
+        if isinstance(stack, ClusterStack):
+            _acknowledge_cluster(stack)
+
+
+def _acknowledge_cluster(stack: ClusterStack) -> None:
+    controller = stack.controller
+    account_arn = f"arn:<AWS::Partition>:ec2:{stack.region}:<AWS::AccountId>"
+    _ack(
+        controller.auth_key.node.default_child,
+        "AwsSolutions-SMG4",
+        "The Slurm auth key is shared by slurmctld and every slurmd of one cluster; rotating it "
+        "needs all of them restarted at once, which a redeploy does. It never leaves the "
+        "cluster's own task and nodes.",
+    )
+    _ack(
+        controller.cluster.node.default_child,
+        "AwsSolutions-ECS4",
+        "Container Insights bills per metric for a single quarter-vCPU task; slurmctld logs to "
+        "CloudWatch Logs and job/node metrics are published by the cost tracker.",
+    )
+    _ack(
+        controller.task_definition.node.default_child,
+        "AwsSolutions-ECS2",
+        "The environment holds only non-secret wiring (cluster name, launch template ids, "
+        "subnets); the one secret, the Slurm key, is read from Secrets Manager at start.",
+    )
+
+    task_policy = controller.task_role.node.find_child("DefaultPolicy").node.default_child
+    for kind in (
+        "volume",
+        "network-interface",
+        "subnet",
+        "security-group",
+        "spot-instances-request",
+    ):
+        _ack(
+            task_policy, f"AwsSolutions-IAM5[Resource::{account_arn}:{kind}/*]", _LAUNCH_CONDITIONED
+        )
+    _ack(
+        task_policy,
+        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:{stack.region}::image/*]",
+        _LAUNCH_CONDITIONED + " (the AMI comes from the template's SSM parameter)",
+    )
+    _ack(
+        task_policy,
+        f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",
+        "Launch is allowed only through this cluster's launch templates with this cluster's tag "
+        "in the request; terminate and retag only on instances already tagged with this cluster.",
+    )
+    _ack(
+        task_policy,
+        f"AwsSolutions-IAM5[Resource::{account_arn}:fleet/*]",
+        "CreateFleet is allowed only when the request tags the fleet with this cluster; the "
+        "fleet's launches are then held to the launch-template conditions.",
+    )
+    _ack(
+        task_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "EC2 Describe* calls support no resource-level permissions; iam:CreateServiceLinkedRole "
+        "is conditioned on the spot and ec2fleet service names.",
+    )
+
+    execution_policy = (
+        controller.task_definition.execution_role.node.find_child(
+            "DefaultPolicy"
+        ).node.default_child  # type: ignore[union-attr]
+    )
+    _ack(
+        execution_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "ecr:GetAuthorizationToken, granted by CDK for pulling the controller image, supports "
+        "no resource-level permissions.",
+    )
+
+    for group in (stack.gpu_nodes, stack.cpu_nodes):
+        node_policy = group.role.node.find_child("DefaultPolicy").node.default_child
+        _ack(
+            node_policy,
+            f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",
+            "A node may set or clear only the job tags (aws:TagKeys) and only on instances "
+            "tagged with this cluster; instance ids are not known before launch.",
+        )
+
+    teardown_policy = stack.teardown.role.node.find_child("DefaultPolicy").node.default_child
+    _ack(
+        teardown_policy,
+        f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",
+        "TerminateInstances only on instances tagged with this cluster (aws:ResourceTag).",
+    )
+    _ack(
+        teardown_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "ec2:DescribeInstances supports no resource-level permissions.",
+    )

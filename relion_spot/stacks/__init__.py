@@ -1,0 +1,1 @@
+"""Stacks only wire constructs together, grant, and output; capabilities live in constructs/."""

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
+from constructs import Construct
+
+from .. import __version__, tags
+from ..constructs.log_retention import retention
+from ..constructs.network import ClusterNetwork
+from ..constructs.node_group import NodeGroup, grant_power_saving
+from ..constructs.slurm_controller import SLURMCTLD_PORT, SlurmController
+from ..constructs.storage import SharedStorage
+from ..constructs.teardown import ClusterTeardown
+from ..settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SLURMD_PORT = 6818
+SRUN_PORTS = (60001, 63000)
+GPU_ROOT_VOLUME_GIB = 150
+"""The Deep Learning Base AMI's root snapshot needs ~100 GiB; the rest is image cache headroom."""
+CPU_ROOT_VOLUME_GIB = 40
+IMAGE_BUILD_EXCLUDES = [
+    ".git",
+    ".venv",
+    "node_modules",
+    "cdk.out",
+    ".local",
+    "tests",
+    "benchmarks",
+    "**/__pycache__",
+]
+
+
+class ClusterStack(Stack):
+    """One Slurm cluster of a given GPU count: controller, GPU and CPU node groups, teardown."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: Settings,
+        gpu_count: int,
+        network: ClusterNetwork,
+        storage: SharedStorage,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        cluster_name = settings.cluster_name(gpu_count)
+        self.cluster_name = cluster_name
+        Tags.of(self).add(tags.CLUSTER, cluster_name)
+        Tags.of(self).add(tags.STACK, self.stack_name)
+        log_retention = retention(settings.log_retention_days)
+        vpc = network.vpc
+
+        node_sg = ec2.SecurityGroup(
+            self,
+            "NodeSecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=True,
+            description=f"Slurm nodes of {cluster_name}: Slurm traffic from the cluster only",
+        )
+        controller_sg = ec2.SecurityGroup(
+            self,
+            "ControllerSecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=True,
+            description=f"slurmctld of {cluster_name}: reachable from its nodes only",
+        )
+        controller_sg.add_ingress_rule(node_sg, ec2.Port.tcp(SLURMCTLD_PORT), "slurmd to slurmctld")
+        node_sg.add_ingress_rule(controller_sg, ec2.Port.tcp(SLURMD_PORT), "slurmctld to slurmd")
+        node_sg.add_ingress_rule(node_sg, ec2.Port.tcp(SLURMD_PORT), "slurmd message fan-out")
+        node_sg.add_ingress_rule(
+            node_sg, ec2.Port.tcp_range(*SRUN_PORTS), "srun and job steps between nodes"
+        )
+
+        node_sgs: list[ec2.ISecurityGroup] = [node_sg, storage.client_security_group]
+        self.gpu_nodes = NodeGroup(
+            self,
+            "GpuNodes",
+            cluster_name=cluster_name,
+            partition="gpu",
+            instance_types=settings.gpu_types[gpu_count],
+            max_nodes=settings.max_nodes,
+            security_groups=node_sgs,
+            root_volume_gib=GPU_ROOT_VOLUME_GIB,
+        )
+        self.cpu_nodes = NodeGroup(
+            self,
+            "CpuNodes",
+            cluster_name=cluster_name,
+            partition="cpu",
+            instance_types=settings.cpu_types,
+            max_nodes=settings.cpu_max_nodes,
+            security_groups=node_sgs,
+            root_volume_gib=CPU_ROOT_VOLUME_GIB,
+        )
+        node_groups = (self.gpu_nodes, self.cpu_nodes)
+        for group in node_groups:
+            storage.grant_mount(group.role, storage.data_access_point)
+            storage.grant_mount(group.role, storage.container_cache_access_point)
+
+        image = ecr_assets.DockerImageAsset(
+            self,
+            "SlurmImage",
+            directory=str(REPO_ROOT),
+            file="assets/slurm/Dockerfile",
+            platform=ecr_assets.Platform.LINUX_AMD64,
+            exclude=IMAGE_BUILD_EXCLUDES,
+        )
+        state_access_point = storage.slurm_state_access_point(self, cluster_name)
+        subnets = vpc.select_subnets(subnet_type=network.node_subnets.subnet_type)
+        self.controller = SlurmController(
+            self,
+            "Controller",
+            cluster_name=cluster_name,
+            vpc=vpc,
+            subnets=network.node_subnets,
+            assign_public_ip=network.assign_public_ip,
+            security_groups=[controller_sg, storage.client_security_group],
+            namespace=network.namespace,
+            image=ecs.ContainerImage.from_docker_image_asset(image),
+            state_file_system=storage.file_system,
+            state_access_point=state_access_point,
+            capacity=settings.controller_capacity,
+            log_retention=log_retention,
+            environment={
+                "AWS_DEFAULT_REGION": self.region,
+                "RELION_SPOT_CLUSTER": cluster_name,
+                "RELION_SPOT_NODE_GROUPS": self.to_json_string(
+                    {
+                        group.partition: {
+                            "launch_template_id": group.launch_template.launch_template_id,
+                            "instance_types": list(group.instance_types),
+                            "max_nodes": group.max_nodes,
+                            "gpus_per_node": group.gpus_per_node,
+                        }
+                        for group in node_groups
+                    }
+                ),
+                "RELION_SPOT_SUBNETS": ",".join(subnets.subnet_ids),
+                "RELION_SPOT_NODE_IDLE_SECONDS": str(settings.node_idle_seconds),
+            },
+        )
+        storage.grant_mount(self.controller.task_role, state_access_point)
+        for group in node_groups:
+            group.grant_launch(self.controller.task_role)
+            self.controller.auth_key.grant_read(group.role)
+        grant_power_saving(self.controller.task_role, cluster_name=cluster_name, scope=self)
+
+        self.teardown = ClusterTeardown(
+            self, "Teardown", cluster_name=cluster_name, log_retention=log_retention
+        )
+        self.teardown.run_before_deleting(node_sg, controller_sg, *node_groups)
+        self.teardown.stop_launches_first(self.controller.service)
+
+        outputs = {
+            "ClusterName": cluster_name,
+            "Version": __version__,
+            "GpusPerNode": str(gpu_count),
+            "GpuInstanceTypes": ",".join(self.gpu_nodes.instance_types),
+            "MaxGpuNodes": str(settings.max_nodes),
+            "GpuLaunchTemplateId": self.gpu_nodes.launch_template.launch_template_id,
+            "CpuLaunchTemplateId": self.cpu_nodes.launch_template.launch_template_id,
+            "EcsClusterName": self.controller.cluster.cluster_name,
+            "ControllerServiceName": self.controller.service.service_name,
+            "ControllerDnsName": self.controller.dns_name,
+            "ControllerLogGroup": self.controller.log_group.log_group_name,
+        }
+        for key, value in outputs.items():
+            CfnOutput(self, key, value=value)
