@@ -136,9 +136,12 @@ def record(env: Mapping[str, str], config: CostConfig, clients: tuple[Any, Any])
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="relion-spot jobcomp: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         seed_environment()
         config = CostConfig.from_env(need_costs=False)
+        attempt_from_slurm(os.environ, config.cluster)
         import boto3
 
         session = boto3.session.Session()
