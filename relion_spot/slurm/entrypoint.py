@@ -1,0 +1,206 @@
+"""What the Slurm container runs under tini: set up one role, then become its daemon.
+
+    controller              render slurm.conf from the spec, install the key, run slurmctld
+    node [NAME]             install the key, run slurmd configless against the controller
+
+Environment (controller): RELION_SPOT_SLURM_SPEC (ClusterSpec JSON), optionally
+RELION_SPOT_CONTROLLER_ADDR (how nodes reach the controller: a DNS name in the cloud; default the
+address this container's hostname resolves to). Environment (node): RELION_SPOT_CONTROLLER
+(host[:port] of slurmctld), RELION_SPOT_NODE_NAME unless NAME is given. Both: the key's source
+(see relion_spot.slurm.key).
+
+Bad input ends the container with one line on stderr and exit status 2, before any daemon starts.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import config, key
+from .spec import LOCAL_GPU_DEVICE_PREFIX, SLURMCTLD_PORT, SPEC_ENV, ClusterSpec, SpecError
+
+CONTROLLER_ADDR_ENV = "RELION_SPOT_CONTROLLER_ADDR"
+CONTROLLER_ENV = "RELION_SPOT_CONTROLLER"
+NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
+PLACEHOLDER_GPUS_ENV = "RELION_SPOT_PLACEHOLDER_GPUS"
+"""Local cloud only: how many placeholder GPU device files the node gets (see
+spec.LOCAL_GPU_DEVICE_PREFIX); the cloud's nodes have real /dev/nvidiaN."""
+SLURM_RUN_DIR = Path("/run/slurm")
+"""Configless config cache and the sack socket; slurmd wants it owned by SlurmUser."""
+
+SLURM_CONF_DIR = Path("/etc/slurm")
+RUNTIME_DIR = Path("/etc/relion-spot")
+POWERSAVE_ENV_FILE = RUNTIME_DIR / "powersave.env"
+"""Shell-quoted KEY=value lines the power-save wrappers (assets/slurm/bin) load: slurmctld runs
+those programs with an environment of its own, not the container's."""
+CLUSTER_SPEC_FILE = RUNTIME_DIR / "cluster.json"
+POWERSAVE_ENV_PREFIXES = ("AWS_", "RELION_SPOT_")
+"""Region, endpoint (moto locally), the ECS task-role credential URI, and the project's own
+settings; the key's location is not a secret, the key itself never goes in this file."""
+
+SLURM_USER = "slurm"
+ROLES = ("controller", "node")
+
+
+class SetupError(RuntimeError):
+    """Bad input to the entrypoint; the message is printed as is."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command = _prepare(args, os.environ)
+    except (SetupError, SpecError, config.RenderError, key.SlurmKeyError) as err:
+        print(f"relion-spot entrypoint: {err}", file=sys.stderr)
+        return 2
+    print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)
+    _reset_signals()
+    os.execvp(command[0], command)
+    return 0  # not reached
+
+
+def _prepare(args: list[str], env: Mapping[str, str]) -> list[str]:
+    if not args or args[0] not in ROLES:
+        given = args[0] if args else "(nothing)"
+        raise SetupError(f"role {given!r} is not one of: {', '.join(ROLES)}")
+    role, rest = args[0], args[1:]
+    if role == "controller":
+        if rest:
+            raise SetupError(f"controller takes no arguments, got {rest}")
+        return prepare_controller(env)
+    if len(rest) > 1:
+        raise SetupError(f"node takes at most one argument (the node name), got {rest}")
+    return prepare_node(env, rest[0] if rest else env.get(NODE_NAME_ENV, ""))
+
+
+def prepare_controller(env: Mapping[str, str]) -> list[str]:
+    """Render the config, install the key and state dir; the slurmctld command line."""
+    raw_spec = env.get(SPEC_ENV, "")
+    if not raw_spec.strip():
+        raise SetupError(f"{SPEC_ENV} is empty: it must carry the cluster spec as JSON")
+    spec = ClusterSpec.from_json(raw_spec)
+    host = socket.gethostname().split(".")[0]
+    addr = env.get(CONTROLLER_ADDR_ENV, "").strip() or _own_address(host)
+    files = config.render(spec, controller_host=host, controller_addr=addr)
+    slurm = pwd.getpwnam(SLURM_USER)
+    key.install_key(key.load_key(env), uid=slurm.pw_uid, gid=slurm.pw_gid)
+    config.write(files, SLURM_CONF_DIR)
+    _ensure_owned_dir(SLURM_RUN_DIR, slurm.pw_uid, slurm.pw_gid)
+    _ensure_owned_dir(Path(spec.state_save_location), slurm.pw_uid, slurm.pw_gid)
+    _save_powersave_env(env, spec, slurm.pw_uid, slurm.pw_gid)
+    return ["slurmctld", "-D"]
+
+
+def prepare_node(env: Mapping[str, str], node_name: str) -> list[str]:
+    """Install the key; the configless slurmd command line for ``node_name``."""
+    node_name = node_name.strip()
+    if not node_name or not all(c.isalnum() or c == "-" for c in node_name):
+        raise SetupError(
+            f"node name {node_name!r}: give it as the argument or in {NODE_NAME_ENV} "
+            "(letters, digits and '-', e.g. gpu-1)"
+        )
+    server = env.get(CONTROLLER_ENV, "").strip()
+    if not server:
+        raise SetupError(f"{CONTROLLER_ENV} is empty: it must name the controller as host[:port]")
+    host, _, port = server.partition(":")
+    if not host or (port and not port.isdigit()):
+        raise SetupError(f"{CONTROLLER_ENV} = {server!r} is not host[:port]")
+    placeholders = env.get(PLACEHOLDER_GPUS_ENV, "").strip()
+    if placeholders and not (placeholders.isdigit() and int(placeholders) <= 64):
+        raise SetupError(f"{PLACEHOLDER_GPUS_ENV} = {placeholders!r}: give a count from 0 to 64")
+    key.install_key(key.load_key(env), uid=0, gid=0)
+    slurm = pwd.getpwnam(SLURM_USER)
+    _ensure_owned_dir(SLURM_RUN_DIR, slurm.pw_uid, slurm.pw_gid)
+    Path("/var/spool/slurmd").mkdir(parents=True, exist_ok=True)
+    for index in range(int(placeholders or 0)):
+        _make_placeholder_device(Path(f"{LOCAL_GPU_DEVICE_PREFIX}{index}"))
+    # -b: report this start as the boot time. Node containers share the host's boot time, and
+    # slurmctld ignores a resumed node whose boot predates the resume request.
+    return [
+        "slurmd",
+        "-D",
+        "-b",
+        "-N",
+        node_name,
+        "--conf-server",
+        f"{host}:{port or SLURMCTLD_PORT}",
+    ]
+
+
+def _make_placeholder_device(path: Path) -> None:
+    """A character device standing in for a GPU (Slurm insists gres files are devices): a twin of
+    /dev/null, so nothing that opens it can do harm."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return
+    null = os.stat("/dev/null")
+    os.mknod(path, 0o666 | stat.S_IFCHR, null.st_rdev)
+
+
+def _own_address(host: str) -> str:
+    try:
+        addr = socket.gethostbyname(host)
+    except OSError as err:
+        raise SetupError(
+            f"cannot resolve this container's hostname {host!r} ({err}); set {CONTROLLER_ADDR_ENV}"
+        ) from None
+    if addr.startswith("127."):
+        raise SetupError(
+            f"hostname {host!r} resolves to loopback {addr}, which nodes cannot reach; "
+            f"set {CONTROLLER_ADDR_ENV}"
+        )
+    return addr
+
+
+def _ensure_owned_dir(path: Path, uid: int, gid: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    info = path.stat()
+    if (info.st_uid, info.st_gid) == (uid, gid):
+        return
+    try:
+        os.chown(path, uid, gid)
+    except OSError as err:
+        raise SetupError(
+            f"directory {path} belongs to uid {info.st_uid}, and cannot be given to "
+            f"the slurm user (uid {uid}): {err.strerror}"
+        ) from None
+
+
+def _save_powersave_env(env: Mapping[str, str], spec: ClusterSpec, uid: int, gid: int) -> None:
+    RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+    CLUSTER_SPEC_FILE.write_text(spec.to_json() + "\n")
+    CLUSTER_SPEC_FILE.chmod(0o644)
+    lines = [
+        f"{name}={shlex.quote(value)}"
+        for name, value in sorted(env.items())
+        if name.startswith(POWERSAVE_ENV_PREFIXES) and name.isidentifier()
+    ]
+    fd = os.open(POWERSAVE_ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write("".join(f"{line}\n" for line in lines))
+        if os.geteuid() == 0:
+            os.fchown(out.fileno(), uid, gid)
+
+
+def _reset_signals() -> None:
+    """Hand the daemon a clean signal state: exec keeps ignored signals and the blocked mask.
+
+    Python ignores SIGPIPE and SIGXFSZ; a parent such as slurmscriptd (ResumeProgram) blocks
+    signals. Either would leave slurmd deaf to signals it relies on, SIGTERM included.
+    """
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

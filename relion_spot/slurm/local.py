@@ -1,0 +1,194 @@
+"""Slurm containers on the local Docker engine: a controller and nodes on a project-made network.
+
+Used by the container tests and by the embedded local cloud (whose reconciler starts and stops
+node containers as moto instances come and go). Everything goes through the ``docker`` CLI and
+stays on a Docker network this module creates; nothing else is addressed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .entrypoint import CONTROLLER_ENV, PLACEHOLDER_GPUS_ENV
+from .key import KEY_FILE_ENV
+from .spec import SPEC_ENV, ClusterSpec
+
+SLURM_IMAGE = os.environ.get("RELION_SPOT_SLURM_IMAGE", "relion-spot/slurm:dev")
+LOCAL_NODE_IMAGE = os.environ.get(
+    "RELION_SPOT_LOCAL_NODE_IMAGE", "relion-spot/slurm-local-node:dev"
+)
+"""Tags scripts/setup-docker.sh builds (same environment variables override both)."""
+
+LABEL = "relion-spot.local"
+"""Docker label on every container and network made here; its value is the cluster's prefix."""
+
+KEY_MOUNT = "/run/secrets/slurm.key"
+STATE_MOUNT = "/var/spool/slurmctld"
+
+
+class DockerError(RuntimeError):
+    """A docker command failed; the message carries its stderr."""
+
+
+def docker_available() -> str | None:
+    """None if a Docker engine answers, else why not (for a test skip or a CLI message)."""
+    if shutil.which("docker") is None:
+        return "the docker command is not installed (scripts/setup-docker.sh installs it)"
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return "no Docker engine answers (scripts/setup-docker.sh starts one)"
+    return None
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise DockerError(f"docker {' '.join(args[:2])} failed: {result.stderr.strip()}")
+    return result
+
+
+def write_key(path: Path) -> Path:
+    """A fresh auth/slurm key for a local cluster (48 random bytes, owner-only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(os.urandom(48))
+    return path
+
+
+@dataclass
+class LocalSlurm:
+    """One cluster's containers. ``prefix`` names the network and every container."""
+
+    prefix: str
+    spec: ClusterSpec
+    key_file: Path
+    state_dir: Path
+    image: str = SLURM_IMAGE
+    node_image: str = SLURM_IMAGE
+    nodes: dict[str, str] = field(default_factory=dict)
+    """Node name -> container name, for the nodes started here."""
+
+    @property
+    def network(self) -> str:
+        return f"{self.prefix}-net"
+
+    @property
+    def controller(self) -> str:
+        return f"{self.prefix}-ctl"
+
+    def node_container(self, node_name: str) -> str:
+        return f"{self.prefix}-{node_name}"
+
+    def create_network(self) -> None:
+        if docker("network", "inspect", self.network, check=False).returncode != 0:
+            docker("network", "create", "--label", f"{LABEL}={self.prefix}", self.network)
+
+    def start_controller(self) -> None:
+        """Create and start the controller, or start it again on the same state directory."""
+        if docker("container", "inspect", self.controller, check=False).returncode == 0:
+            docker("start", self.controller)
+            return
+        self.create_network()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        docker(
+            "run", "-d", "--name", self.controller,
+            # A stable hostname: SlurmctldHost must name this container on every start.
+            "--hostname", self.controller,
+            "--network", self.network,
+            "--label", f"{LABEL}={self.prefix}",
+            "-e", f"{SPEC_ENV}={self.spec.to_json()}",
+            "-e", f"{KEY_FILE_ENV}={KEY_MOUNT}",
+            "-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro",
+            "-v", f"{self.state_dir.resolve()}:{STATE_MOUNT}",
+            self.image, "controller",
+        )  # fmt: skip
+
+    def stop_controller(self, timeout: int = 30) -> None:
+        """SIGTERM (through tini) and wait: slurmctld saves its state before it exits."""
+        docker("stop", "-t", str(timeout), self.controller, timeout=timeout + 30)
+
+    def start_node(self, node_name: str, *, placeholder_gpus: int = 0) -> str:
+        container = self.node_container(node_name)
+        docker(
+            "run", "-d", "--name", container,
+            "--hostname", node_name,
+            "--network", self.network,
+            "--label", f"{LABEL}={self.prefix}",
+            "-e", f"{CONTROLLER_ENV}={self.controller}:{self.spec.slurmctld_port}",
+            "-e", f"{KEY_FILE_ENV}={KEY_MOUNT}",
+            "-e", f"{PLACEHOLDER_GPUS_ENV}={placeholder_gpus}",
+            "-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro",
+            self.node_image, "node", node_name,
+        )  # fmt: skip
+        self.nodes[node_name] = container
+        return container
+
+    def remove_node(self, node_name: str) -> None:
+        """Kill the node's container outright, as a vanished instance would be."""
+        docker("rm", "-f", self.node_container(node_name), check=False)
+        self.nodes.pop(node_name, None)
+
+    def run(self, *command: str, user: str = "relion", container: str | None = None) -> str:
+        """Run a command in a container (the controller by default) as ``user``; its stdout."""
+        result = docker(
+            "exec", "-u", user, "-w", "/tmp", container or self.controller, *command, check=False
+        )
+        if result.returncode != 0:
+            raise DockerError(
+                f"{' '.join(command)} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result.stdout
+
+    def logs(self, container: str | None = None, tail: int = 200) -> str:
+        result = docker("logs", "--tail", str(tail), container or self.controller, check=False)
+        return result.stdout + result.stderr
+
+    def remove(self) -> None:
+        """Remove every container and the network of this cluster (found by label)."""
+        listed = docker("ps", "-aq", "--filter", f"label={LABEL}={self.prefix}", check=False)
+        ids = listed.stdout.split()
+        if ids:
+            docker("rm", "-f", *ids, check=False)
+        docker("network", "rm", self.network, check=False)
+        self.nodes.clear()
+
+
+def wait_until(
+    condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.25
+) -> object:
+    """Poll ``condition`` until it returns something truthy, and return that; on timeout raise
+    TimeoutError naming ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(interval)
+
+
+def scontrol_fields(text: str) -> dict[str, str]:
+    """``scontrol show`` output (Key=Value pairs) as a dict; later keys win."""
+    fields: dict[str, str] = {}
+    for token in text.split():
+        name, sep, value = token.partition("=")
+        if sep:
+            fields[name] = value
+    return fields
+
+
+def sbatch(cluster: LocalSlurm, args: Sequence[str]) -> int:
+    """Submit as the job user; the job id (``--parsable``)."""
+    out = cluster.run("sbatch", "--parsable", *args).strip()
+    return int(out.split(";", 1)[0])
