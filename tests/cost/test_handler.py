@@ -11,107 +11,16 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 
 from relion_spot import tags
-from relion_spot.cost import jobcomp
-from relion_spot.cost.config import CostConfig
 from relion_spot.cost.handler import handle
 from relion_spot.cost.store import (
     ATTEMPT_KEY,
     JOB_KEY,
-    CostStore,
     deserialize,
     job_key,
     serialize,
 )
 
-from .conftest import CLUSTER, COSTS, RECORDS, REGION, Account
-
-HOURS_PER_MONTH = 730
-EBS_RATES = {"gp2": 0.10, "gp3": 0.08}
-
-
-def launch_time(account: Account, instance_id: str) -> int:
-    reservation = account.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
-    return int(reservation["Instances"][0]["LaunchTime"].timestamp())
-
-
-def slurm_env(job_id: str, *, nodes: str, start: int, end: int, state: str, procs: int) -> dict:
-    """What jobcomp/script puts in the writer's environment for one attempt."""
-    return {
-        "JOBID": job_id,
-        "UID": "1000",
-        "USERNAME": "alice",
-        "JOBNAME": "class3d",
-        "PARTITION": "gpu",
-        "NODES": nodes,
-        "NODECNT": "1",
-        "PROCS": str(procs),
-        "START": str(start),
-        "END": str(end),
-        "JOBSTATE": state,
-        "EXITCODE": "0:0",
-    }
-
-
-def write_attempt(account: Account, env: dict) -> str:
-    config = CostConfig.from_env(account.environ, need_costs=False)
-    return jobcomp.record(env, config, (account.ec2, account.dynamodb))
-
-
-def cost_item(account: Account, job_id: str) -> dict:
-    response = account.dynamodb.get_item(
-        TableName=COSTS, Key={JOB_KEY: {"S": job_key(CLUSTER, job_id)}}, ConsistentRead=True
-    )
-    return deserialize(response["Item"])
-
-
-def expected_node_cost(
-    account: Account, instance_id: str, *, start: int, end: int, share: float
-) -> float:
-    """Hand arithmetic from what moto returns: the spot price in force at the attempt's start
-    (moto returns one placeholder point per type and AZ, dated 2006) times the hours, plus the
-    instance's volumes prorated over a 730-hour month, all times the job's share of the node."""
-    instance = account.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
-        "Instances"
-    ][0]
-    history = account.ec2.describe_spot_price_history(
-        InstanceTypes=[instance["InstanceType"]],
-        Filters=[
-            {"Name": "availability-zone", "Values": [instance["Placement"]["AvailabilityZone"]]}
-        ],
-    )["SpotPriceHistory"]
-    assert len(history) == 1 and history[0]["Timestamp"].timestamp() < start
-    price = float(history[0]["SpotPrice"])
-    volume_ids = [m["Ebs"]["VolumeId"] for m in instance["BlockDeviceMappings"]]
-    volumes = account.ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]
-    assert volumes, "moto gives every instance a root volume"
-    hours = (end - start) / 3600
-    ebs = sum(v["Size"] * EBS_RATES[v["VolumeType"]] for v in volumes) * hours / HOURS_PER_MONTH
-    return (price * hours + ebs) * share
-
-
-@pytest.fixture
-def reclaimed_job(account: Account) -> dict:
-    """Job 41: attempt 1 on a g5.xlarge in us-east-1a, reclaimed (NODE_FAIL); attempt 2
-    requeued onto a g6.xlarge in us-east-1b holding 2 of its 4 vCPUs, completed."""
-    first = account.launch(node="gpu-1", instance_type="g5.xlarge", zone="us-east-1a")
-    second = account.launch(node="gpu-2", instance_type="g6.xlarge", zone="us-east-1b")
-    t0 = max(launch_time(account, first), launch_time(account, second))
-    attempts = [
-        slurm_env(
-            "41", nodes="gpu-1", start=t0 + 60, end=t0 + 60 + 1800, state="NODE_FAIL", procs=4
-        ),
-        slurm_env(
-            "41", nodes="gpu-[2]", start=t0 + 2000, end=t0 + 2000 + 5400, state="COMPLETED", procs=2
-        ),
-    ]
-    expected_first = expected_node_cost(account, first, start=t0 + 60, end=t0 + 1860, share=1.0)
-    expected_second = expected_node_cost(account, second, start=t0 + 2000, end=t0 + 7400, share=0.5)
-    return {
-        "instances": (first, second),
-        "attempts": attempts,
-        "expected": (expected_first, expected_second),
-        "now": t0 + 7400 + 60,
-    }
+from .conftest import CLUSTER, RECORDS, REGION, cost_item, slurm_env, write_attempt
 
 
 def test_two_attempts_priced_from_moto_history_with_reclaimed_share(account, reclaimed_job):
@@ -316,7 +225,13 @@ def test_cost_explorer_billed_cost_stored_beside_estimate(account, reclaimed_job
     assert item["estimate_usd"] == pytest.approx(lost + kept, abs=1e-9)
 
     assert handle({"action": "reconcile"}, account.service(), now=now)["billed_updated"] == 0
-    # A later re-pricing keeps the billed figure beside the new estimate.
-    store = CostStore(account.dynamodb, COSTS)
-    existing = store.existing([job_key(CLUSTER, "41")])
-    assert existing[job_key(CLUSTER, "41")]["billed_usd"] == pytest.approx(0.0123)
+    # A later re-pricing (a third attempt turned up) keeps the billed figure beside it.
+    account.launch(node="gpu-5", instance_type="g5.xlarge", zone="us-east-1a")
+    late = slurm_env("41", nodes="gpu-5", start=now + 10, end=now + 610, state="COMPLETED", procs=4)
+    write_attempt(account, late)
+    assert handle({"action": "schedule"}, account.service(), now=now + 700)["jobs_written"] == 1
+    repriced = cost_item(account, "41")
+    assert len(repriced["attempts"]) == 3
+    assert repriced["estimate_usd"] > item["estimate_usd"]
+    assert repriced["billed_usd"] == item["billed_usd"]
+    assert repriced["billed_by_day"] == item["billed_by_day"]

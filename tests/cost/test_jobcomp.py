@@ -12,8 +12,7 @@ from relion_spot.cost import config
 from relion_spot.cost.hostlist import HostlistError, expand
 from relion_spot.cost.jobcomp import SlurmRecordError, attempt_from_slurm
 
-from .conftest import CLUSTER, RECORDS, Account
-from .test_handler import slurm_env, write_attempt
+from .conftest import CLUSTER, RECORDS, Account, slurm_env, write_attempt
 
 
 @pytest.mark.parametrize(
