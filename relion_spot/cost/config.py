@@ -9,6 +9,7 @@ record writer through ``RELION_SPOT_COST_CONFIG`` or the default file below.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ DEFAULT_CONFIG_FILE = Path("/etc/relion-spot/cost.env")
 CLUSTER = "RELION_SPOT_CLUSTER"
 RECORDS_TABLE = "RELION_SPOT_RECORDS_TABLE"
 COSTS_TABLE = "RELION_SPOT_COSTS_TABLE"
-LAUNCH_TEMPLATE_IDS = "RELION_SPOT_LAUNCH_TEMPLATE_IDS"
+LAUNCH_TEMPLATES = "RELION_SPOT_LAUNCH_TEMPLATES"
+"""JSON list of {"launch_template_id": ..., "tags": {...}}: the node groups whose launches the
+tag repair watches, and the launch tags each one's instances must carry."""
 WINDOW_HOURS = "RELION_SPOT_PRICING_WINDOW_HOURS"
 LOOKBACK_HOURS = "RELION_SPOT_JOB_LOOKBACK_HOURS"
 RECONCILE_DAYS = "RELION_SPOT_RECONCILE_DAYS"
@@ -76,30 +79,55 @@ def _required(environ: Mapping[str, str], name: str, what: str) -> str:
     return value
 
 
+def _launch_templates(raw: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    if not raw.strip():
+        return ()
+    accepted = 'a JSON list of {"launch_template_id": "lt-...", "tags": {"key": "value"}}'
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{LAUNCH_TEMPLATES}={raw!r}: expected {accepted}") from None
+    parsed = []
+    for entry in entries if isinstance(entries, list) else [None]:
+        template = entry.get("launch_template_id") if isinstance(entry, dict) else None
+        launch_tags = entry.get("tags", {}) if isinstance(entry, dict) else None
+        if (
+            not isinstance(template, str)
+            or not template
+            or not isinstance(launch_tags, dict)
+            or not all(isinstance(v, str) for v in launch_tags.values())
+        ):
+            raise ConfigError(f"{LAUNCH_TEMPLATES}: entry {entry!r} is not {accepted}")
+        parsed.append((template, tuple(sorted(launch_tags.items()))))
+    return tuple(parsed)
+
+
 @dataclass(frozen=True)
 class CostConfig:
     cluster: str
     records_table: str
     costs_table: str = ""
-    launch_template_ids: tuple[str, ...] = ()
+    launch_templates: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    """(launch template id, launch tags) per watched node group."""
     window_hours: float = 24.0
     lookback_hours: float = 168.0
     reconcile_days: int = 3
     metric_namespace: str = DEFAULT_NAMESPACE
 
+    @property
+    def launch_template_tags(self) -> dict[str, dict[str, str]]:
+        return {template: dict(values) for template, values in self.launch_templates}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, need_costs: bool = True):
         environ = os.environ if environ is None else environ
-        templates = tuple(
-            t.strip() for t in environ.get(LAUNCH_TEMPLATE_IDS, "").split(",") if t.strip()
-        )
         return cls(
             cluster=_required(environ, CLUSTER, "the cluster (its tag value)"),
             records_table=_required(environ, RECORDS_TABLE, "the job-attempt records table"),
             costs_table=(
                 _required(environ, COSTS_TABLE, "the job cost table") if need_costs else ""
             ),
-            launch_template_ids=templates,
+            launch_templates=_launch_templates(environ.get(LAUNCH_TEMPLATES, "")),
             window_hours=_positive(environ, WINDOW_HOURS, 24.0),
             lookback_hours=_positive(environ, LOOKBACK_HOURS, 168.0),
             reconcile_days=int(_positive(environ, RECONCILE_DAYS, 3)),

@@ -178,7 +178,7 @@ class CostService:
 
     def repair_tags(self, outcome: Outcome) -> None:
         report = instances.repair_tags(
-            self.clients.ec2, self.config.cluster, self.config.launch_template_ids
+            self.clients.ec2, self.config.cluster, self.config.launch_template_tags
         )
         outcome.instances_tagged.extend(report.instances_tagged)
 

@@ -9,7 +9,7 @@ left alone even when they share a launch template.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,21 +185,25 @@ def _template_tags(ec2: Any, template_id: str, version: str) -> dict[str, dict[s
     return by_type
 
 
-def repair_tags(ec2: Any, cluster: str, launch_template_ids: Sequence[str]) -> TagRepair:
+def repair_tags(
+    ec2: Any, cluster: str, launch_templates: Mapping[str, Mapping[str, str]]
+) -> TagRepair:
     """Give running instances of this cluster (and their volumes and network interfaces) the
-    launch tags they are missing. Existing values are never changed."""
+    launch tags they are missing. ``launch_templates`` maps each node group's launch template
+    to the tags its launches carry (its own tag specifications count too). Existing values are
+    never changed."""
     report = TagRepair()
     alive = {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}
     candidates = {
         i.instance_id: i
         for i in describe(ec2, [alive, {"Name": f"tag:{tags.CLUSTER}", "Values": [cluster]}])
     }
-    if launch_template_ids:
+    if launch_templates:
         for info in describe(
             ec2,
             [
                 alive,
-                {"Name": f"tag:{LAUNCH_TEMPLATE_ID_TAG}", "Values": list(launch_template_ids)},
+                {"Name": f"tag:{LAUNCH_TEMPLATE_ID_TAG}", "Values": sorted(launch_templates)},
             ],
         ):
             candidates.setdefault(info.instance_id, info)
@@ -222,6 +226,7 @@ def repair_tags(ec2: Any, cluster: str, launch_template_ids: Sequence[str]) -> T
             by_type = template_cache[cache_key]
         wanted = {
             **by_type.get("instance", {}),
+            **launch_templates.get(template_id, {}),
             tags.CLUSTER: cluster,
             tags.INSTANCE_TYPE: info.instance_type,
         }

@@ -111,3 +111,18 @@ def test_config_file_does_not_override_the_environment(tmp_path):
         config.CostConfig.from_env(environ)
     with pytest.raises(config.ConfigError, match="expected a positive number"):
         config.CostConfig.from_env({**environ, config.WINDOW_HOURS: "-3"}, need_costs=False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "lt-1",
+        '{"launch_template_id": "lt-1"}',
+        '[{"tags": {}}]',
+        '[{"launch_template_id": "lt-1", "tags": {"k": 1}}]',
+    ],
+)
+def test_bad_launch_template_setting_is_named(raw):
+    environ = {config.CLUSTER: "c", config.RECORDS_TABLE: "r", config.LAUNCH_TEMPLATES: raw}
+    with pytest.raises(config.ConfigError, match="RELION_SPOT_LAUNCH_TEMPLATES"):
+        config.CostConfig.from_env(environ, need_costs=False)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 
 from relion_spot import tags
-from relion_spot.cost.handler import handle
+from relion_spot.cost import config
+from relion_spot.cost.handler import CostService, handle
 from relion_spot.cost.instances import LAUNCH_TEMPLATE_ID_TAG
 
 from .conftest import AMI, CLUSTER, Account
@@ -52,8 +53,13 @@ def test_launch_that_missed_its_tags_is_repaired_and_others_untouched(account: A
     ]
     before = {i: tags_of(account, i) for i in (other, borrowed, stranger)}
 
-    service = account.service()
-    service.config = dataclasses.replace(service.config, launch_template_ids=(template,))
+    environ = {
+        **account.environ,
+        config.LAUNCH_TEMPLATES: json.dumps(
+            [{"launch_template_id": template, "tags": {tags.PROJECT: "cryo-lab"}}]
+        ),
+    }
+    service = CostService(config.CostConfig.from_env(environ), account.clients)
     outcome = handle({"action": "schedule"}, service)
 
     assert outcome["instances_tagged"] == [untagged]
@@ -62,6 +68,7 @@ def test_launch_that_missed_its_tags_is_repaired_and_others_untouched(account: A
     assert repaired[tags.STACK] == "RelionSpot-gpu1"
     assert repaired[tags.PARTITION] == "gpu"
     assert repaired[tags.INSTANCE_TYPE] == "g5.xlarge"
+    assert repaired[tags.PROJECT] == "cryo-lab"
     volume = account.ec2.describe_instances(InstanceIds=[untagged])["Reservations"][0]["Instances"][
         0
     ]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
