@@ -90,8 +90,9 @@ def prepare_controller(env: Mapping[str, str]) -> list[str]:
     host = socket.gethostname().split(".")[0]
     addr = env.get(CONTROLLER_ADDR_ENV, "").strip() or _own_address(host)
     files = config.render(spec, controller_host=host, controller_addr=addr)
-    slurm = pwd.getpwnam(SLURM_USER)
-    key.install_key(key.load_key(env), uid=slurm.pw_uid, gid=slurm.pw_gid)
+    slurm_key = key.load_key(env)
+    slurm = _slurm_user()
+    key.install_key(slurm_key, uid=slurm.pw_uid, gid=slurm.pw_gid)
     config.write(files, SLURM_CONF_DIR)
     _ensure_owned_dir(SLURM_RUN_DIR, slurm.pw_uid, slurm.pw_gid)
     _ensure_owned_dir(Path(spec.state_save_location), slurm.pw_uid, slurm.pw_gid)
@@ -116,8 +117,9 @@ def prepare_node(env: Mapping[str, str], node_name: str) -> list[str]:
     placeholders = env.get(PLACEHOLDER_GPUS_ENV, "").strip()
     if placeholders and not (placeholders.isdigit() and int(placeholders) <= 64):
         raise SetupError(f"{PLACEHOLDER_GPUS_ENV} = {placeholders!r}: give a count from 0 to 64")
-    key.install_key(key.load_key(env), uid=0, gid=0)
-    slurm = pwd.getpwnam(SLURM_USER)
+    slurm_key = key.load_key(env)
+    slurm = _slurm_user()
+    key.install_key(slurm_key, uid=0, gid=0)
     _ensure_owned_dir(SLURM_RUN_DIR, slurm.pw_uid, slurm.pw_gid)
     Path("/var/spool/slurmd").mkdir(parents=True, exist_ok=True)
     for index in range(int(placeholders or 0)):
@@ -133,6 +135,15 @@ def prepare_node(env: Mapping[str, str], node_name: str) -> list[str]:
         "--conf-server",
         f"{host}:{port or SLURMCTLD_PORT}",
     ]
+
+
+def _slurm_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(SLURM_USER)
+    except KeyError:
+        raise SetupError(
+            f"no user {SLURM_USER!r} here: this entrypoint runs inside the Slurm image"
+        ) from None
 
 
 def _make_placeholder_device(path: Path) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .entrypoint import CONTROLLER_ENV, PLACEHOLDER_GPUS_ENV
+from .entrypoint import CONTROLLER_ADDR_ENV, CONTROLLER_ENV, PLACEHOLDER_GPUS_ENV
 from .key import KEY_FILE_ENV
 from .spec import SPEC_ENV, ClusterSpec
 
@@ -106,6 +106,9 @@ class LocalSlurm:
             "--network", self.network,
             "--label", f"{LABEL}={self.prefix}",
             "-e", f"{SPEC_ENV}={self.spec.to_json()}",
+            # Nodes reach the controller by name (Docker's DNS), as they do by its Cloud Map name
+            # in the cloud: a restarted controller may come back at another address.
+            "-e", f"{CONTROLLER_ADDR_ENV}={self.controller}",
             "-e", f"{KEY_FILE_ENV}={KEY_MOUNT}",
             "-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro",
             "-v", f"{self.state_dir.resolve()}:{STATE_MOUNT}",
@@ -164,17 +167,22 @@ class LocalSlurm:
 
 
 def wait_until(
-    condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.25
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    what: str | Callable[[], str],
+    interval: float = 0.25,
 ) -> object:
     """Poll ``condition`` until it returns something truthy, and return that; on timeout raise
-    TimeoutError naming ``what`` was awaited."""
+    TimeoutError naming what was awaited (``what`` may be a callable, e.g. one that reads logs
+    only when they are needed)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+            raise TimeoutError(f"waited {timeout:.0f} s for {what() if callable(what) else what}")
         time.sleep(interval)
 
 

@@ -1,0 +1,164 @@
+"""The real image: a controller and a node container, a job, and a controller restart.
+
+Needs Docker (scripts/setup-docker.sh installs and starts it and builds the images).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from relion_spot.settings import Settings
+from relion_spot.slurm.local import (
+    SLURM_IMAGE,
+    LocalSlurm,
+    docker,
+    sbatch,
+    scontrol_fields,
+    wait_until,
+    write_key,
+)
+from relion_spot.slurm.spec import LOCAL_CLOUD, spec_from_settings
+
+pytestmark = pytest.mark.docker
+
+GPUS = 4
+NODE = "gpu-1"
+
+
+@pytest.fixture(scope="module")
+def cluster(slurm_images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
+    """Controller + one GPU node (placeholder GPUs) on a network of their own."""
+    work = tmp_path_factory.mktemp("slurm")
+    spec = spec_from_settings(Settings(gpus=(GPUS,)), GPUS, slurmd_timeout=30, **LOCAL_CLOUD)
+    local = LocalSlurm(
+        prefix=f"relion-spot-test-{os.getpid()}",
+        spec=spec,
+        key_file=write_key(work / "slurm.key"),
+        state_dir=work / "state",
+    )
+    local.remove()
+    try:
+        local.start_controller()
+        wait_for_controller(local)
+        local.start_node(NODE, placeholder_gpus=GPUS)
+        wait_until(
+            lambda: node_state(local, NODE) == "IDLE",
+            timeout=60,
+            what=lambda: f"{NODE} to register:\n{local.logs(local.node_container(NODE))}",
+        )
+        yield local
+    finally:
+        local.remove()
+
+
+def wait_for_controller(local: LocalSlurm, timeout: float = 60) -> None:
+    def answers() -> bool:
+        try:
+            return "UP" in local.run("scontrol", "ping")
+        except Exception:
+            return False
+
+    wait_until(answers, timeout=timeout, what=lambda: f"slurmctld to answer:\n{local.logs()}")
+
+
+def node_state(local: LocalSlurm, node: str) -> str:
+    """The base state (IDLE, ALLOCATED, DOWN...) without flags such as +CLOUD."""
+    state = scontrol_fields(local.run("scontrol", "show", "node", node)).get("State", "")
+    return state.split("+", 1)[0]
+
+
+def job(local: LocalSlurm, job_id: int) -> dict[str, str]:
+    return scontrol_fields(local.run("scontrol", "show", "job", str(job_id)))
+
+
+def wait_job_state(local: LocalSlurm, job_id: int, state: str, timeout: float = 60) -> None:
+    wait_until(
+        lambda: job(local, job_id).get("JobState") == state,
+        timeout=timeout,
+        what=lambda: f"job {job_id} to be {state} (now {job(local, job_id).get('JobState')})",
+    )
+
+
+def test_image_carries_no_key_and_fixed_ids(slurm_images: None) -> None:
+    out = docker(
+        "run", "--rm", "--entrypoint", "sh", SLURM_IMAGE, "-c",
+        "ls /etc/slurm/slurm.key /etc/munge/munge.key 2>/dev/null; id -u slurm; id -g slurm;"
+        " id -u relion; slurmctld -V; slurmd -V",
+    ).stdout.split()  # fmt: skip
+    assert out[:3] == ["64030", "64030", "1000"], out
+    assert out[3:] == ["slurm-wlm", "24.11.5", "slurm-wlm", "24.11.5"], out
+
+
+def test_controller_refuses_to_start_without_a_spec(slurm_images: None) -> None:
+    result = docker("run", "--rm", SLURM_IMAGE, "controller", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "relion-spot entrypoint: RELION_SPOT_SLURM_SPEC is empty: it must carry the cluster "
+        "spec as JSON"
+    ]
+
+
+def test_batch_job_runs_on_the_node(cluster: LocalSlurm) -> None:
+    job_id = sbatch(
+        cluster,
+        ["--gres=gpu:2", "-o", "/tmp/job-%j.out",
+         "--wrap", "echo host=$(hostname) gpus=$CUDA_VISIBLE_DEVICES user=$(id -un)"],
+    )  # fmt: skip
+    wait_job_state(cluster, job_id, "COMPLETED")
+    fields = job(cluster, job_id)
+    assert fields["NodeList"] == NODE
+    assert fields["ExitCode"] == "0:0"
+    output = cluster.run("cat", f"/tmp/job-{job_id}.out", container=cluster.node_container(NODE))
+    assert output.split() == [f"host={NODE}", "gpus=0,1", "user=relion"]
+
+
+def test_controller_restart_keeps_jobs_and_the_job_counter(cluster: LocalSlurm) -> None:
+    done = sbatch(cluster, ["-o", "/dev/null", "--wrap", "true"])
+    wait_job_state(cluster, done, "COMPLETED")
+    held = sbatch(cluster, ["--hold", "-o", "/dev/null", "--wrap", "true"])
+    running = sbatch(cluster, ["-o", "/tmp/slow-%j.out", "--wrap", "sleep 6; echo finished"])
+    wait_job_state(cluster, running, "RUNNING")
+
+    started = time.monotonic()
+    cluster.stop_controller(timeout=30)
+    stop_seconds = time.monotonic() - started
+    assert stop_seconds < 15, f"slurmctld took {stop_seconds:.1f} s to stop: SIGTERM not handled"
+    assert "Saving all slurm state" in cluster.logs(tail=20)
+    assert (cluster.state_dir / "job_state").exists()
+
+    cluster.start_controller()
+    wait_for_controller(cluster)
+    assert job(cluster, done)["JobState"] == "COMPLETED"
+    assert job(cluster, held)["JobState"] == "PENDING"
+    assert job(cluster, held)["Reason"] == "JobHeldUser"
+    assert job(cluster, running)["JobState"] in ("RUNNING", "COMPLETED")
+    wait_job_state(cluster, running, "COMPLETED")
+    output = cluster.run("cat", f"/tmp/slow-{running}.out", container=cluster.node_container(NODE))
+    assert output.strip() == "finished"
+    after = sbatch(cluster, ["-o", "/dev/null", "--wrap", "true"])
+    assert after == running + 1
+
+
+def test_state_dir_belongs_to_the_slurm_uid(cluster: LocalSlurm) -> None:
+    """The EFS access point for StateSaveLocation is owned by 64030: the image must agree."""
+    info = cluster.state_dir.stat()
+    assert (info.st_uid, info.st_gid) == (64030, 64030)
+    owned = subprocess.run(
+        ["find", str(cluster.state_dir), "-maxdepth", "1", "-not", "-uid", "64030"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert owned == [], owned
+
+
+def test_powersave_env_reaches_the_programs(cluster: LocalSlurm) -> None:
+    """slurmctld runs power-save programs with its own environment: the saved file fills in."""
+    saved = cluster.run("cat", "/etc/relion-spot/powersave.env", user="slurm")
+    assert "RELION_SPOT_SLURM_SPEC=" in saved
+    assert "RELION_SPOT_SLURM_KEY_FILE=/run/secrets/slurm.key" in saved
+    mode = cluster.run("stat", "-c", "%a %U", "/etc/relion-spot/powersave.env", user="root")
+    assert mode.split() == ["600", "slurm"]

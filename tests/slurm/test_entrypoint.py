@@ -1,0 +1,72 @@
+"""Bad input to the container entrypoint: one clear line, exit status 2, no traceback.
+
+These run the real module as a process, on the host; every case fails before anything is
+written (good input is exercised inside the image by test_containers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from relion_spot.settings import Settings
+from relion_spot.slurm.spec import SPEC_ENV, spec_from_settings
+
+GOOD_SPEC = spec_from_settings(Settings(), 1).to_json()
+
+
+def run_entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELION_SPOT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "relion_spot.slurm.entrypoint", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ((), {}, "role '(nothing)' is not one of: controller, node"),
+        (("controler",), {}, "role 'controler' is not one of"),
+        (("controller", "extra"), {}, "controller takes no arguments"),
+        (("controller",), {}, f"{SPEC_ENV} is empty"),
+        (("controller",), {SPEC_ENV: "{oops"}, "cluster spec is not JSON"),
+        (
+            ("controller",),
+            {SPEC_ENV: GOOD_SPEC, "RELION_SPOT_CONTROLLER_ADDR": "10.0.0.1"},
+            "no Slurm key",
+        ),
+        (
+            ("controller",),
+            {SPEC_ENV: GOOD_SPEC, "RELION_SPOT_CONTROLLER_ADDR": "10.0.0.1; x"},
+            "controller_addr = '10.0.0.1; x' is not a host name",
+        ),
+        (("node",), {}, "node name ''"),
+        (("node", "gpu_1!"), {}, "node name 'gpu_1!'"),
+        (("node", "gpu-1"), {}, "RELION_SPOT_CONTROLLER is empty"),
+        (("node", "gpu-1"), {"RELION_SPOT_CONTROLLER": "ctl:port"}, "is not host[:port]"),
+        (
+            ("node", "gpu-1"),
+            {"RELION_SPOT_CONTROLLER": "ctl", "RELION_SPOT_PLACEHOLDER_GPUS": "many"},
+            "RELION_SPOT_PLACEHOLDER_GPUS = 'many'",
+        ),
+        (("node", "gpu-1", "gpu-2"), {}, "at most one argument"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = run_entrypoint(*args, **env)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("relion-spot entrypoint: ")
+    assert message in lines[0]
