@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, Stack, Token, Validations
 from constructs import IConstruct
 
 from .stacks.cluster import ClusterStack
+from .stacks.network import NetworkStack
 
 _LAUNCH_CONDITIONED = (
     "RunInstances/CreateFleet on these resource types is allowed only with ec2:LaunchTemplate "
     "equal to this cluster's own launch templates; EC2 needs them named by wildcard because "
     "the instance, volume and interface ids do not exist before the launch"
 )
+
+
+def _as_nag_renders(stack: Stack, value: str, pseudo: str) -> str:
+    """cdk-nag names unresolved pseudo parameters like ``<AWS::AccountId>`` in finding ids."""
+    return f"<AWS::{pseudo}>" if Token.is_unresolved(value) else value
 
 
 def _ack(construct: IConstruct, rule: str, reason: str) -> None:
@@ -28,11 +34,37 @@ def acknowledge_findings(stacks: Iterable[Stack]) -> None:
     for stack in stacks:
         if isinstance(stack, ClusterStack):
             _acknowledge_cluster(stack)
+        elif isinstance(stack, NetworkStack):
+            _acknowledge_network(stack)
+
+
+def _acknowledge_network(stack: NetworkStack) -> None:
+    for nat in stack.network.nat_instances:
+        _ack(
+            nat,
+            "AwsSolutions-EC26",
+            "The NAT instance's root volume is encrypted by a property override (BlockDevice"
+            "Mappings) that the rule, which reads the L2 props, cannot see.",
+        )
+        _ack(
+            nat,
+            "AwsSolutions-EC28",
+            "Detailed monitoring would add ~$2/month to a NAT chosen to cost ~$6/month; basic "
+            "5-minute metrics are enough to see it is up.",
+        )
+        _ack(
+            nat,
+            "AwsSolutions-EC29",
+            "The NAT instance is stateless and replaced by a redeploy; termination protection "
+            "would only make cdk destroy fail.",
+        )
 
 
 def _acknowledge_cluster(stack: ClusterStack) -> None:
     controller = stack.controller
-    account_arn = f"arn:<AWS::Partition>:ec2:{stack.region}:<AWS::AccountId>"
+    partition = _as_nag_renders(stack, stack.partition, "Partition")
+    account = _as_nag_renders(stack, stack.account, "AccountId")
+    account_arn = f"arn:{partition}:ec2:{stack.region}:{account}"
     _ack(
         controller.auth_key.node.default_child,
         "AwsSolutions-SMG4",
@@ -66,7 +98,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         )
     _ack(
         task_policy,
-        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:{stack.region}::image/*]",
+        f"AwsSolutions-IAM5[Resource::arn:{partition}:ec2:{stack.region}::image/*]",
         _LAUNCH_CONDITIONED + " (the AMI comes from the template's SSM parameter)",
     )
     _ack(

@@ -75,6 +75,27 @@ class ClusterNetwork(Construct):
                 ),
             },
         )
+        self.nat_instances = [
+            child.node.default_child
+            for subnet in self.vpc.public_subnets
+            for child in subnet.node.children
+            if isinstance(child, ec2.Instance)
+        ]
+        for nat in self.nat_instances:
+            nat.add_property_override(
+                "BlockDeviceMappings",
+                [
+                    {
+                        "DeviceName": "/dev/xvda",
+                        "Ebs": {
+                            "Encrypted": True,
+                            "VolumeType": "gp3",
+                            "VolumeSize": 8,
+                            "DeleteOnTermination": True,
+                        },
+                    }
+                ],
+            )
         flow_log_group = logs.LogGroup(
             self, "FlowLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )

@@ -1,0 +1,107 @@
+"""Session-wide fixtures: fake AWS credentials, and CDK synths shared by every template test."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("CDK_DISABLE_CLI_TELEMETRY", "true")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+
+@pytest.fixture(autouse=True)
+def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may ever sign a request with real credentials or reach a real endpoint."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SECURITY_TOKEN", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def cdk_json_context() -> dict[str, object]:
+    """The context the CDK CLI passes (feature flags): tests must synth what `cdk` synths."""
+    return dict(json.loads((REPO_ROOT / "cdk.json").read_text())["context"])
+
+
+@dataclass
+class Synth:
+    outdir: Path
+    stacks: dict[str, object]
+
+    def template(self, stack_name: str) -> dict:
+        return json.loads((self.outdir / f"{stack_name}.template.json").read_text())
+
+    def template_names(self) -> list[str]:
+        return sorted(
+            p.name.removesuffix(".template.json") for p in self.outdir.glob("*.template.json")
+        )
+
+
+_SYNTHS: dict[str, Synth] = {}
+
+
+def synth_app(context: dict[str, object], outdir: Path) -> Synth:
+    """Synthesize the real app (settings -> stacks -> cdk-nag) with cdk.json's context."""
+    from aws_cdk import App
+
+    from relion_spot.deployment import build
+    from relion_spot.settings import from_context
+
+    full_context = {**cdk_json_context(), **context}
+    app = App(context=full_context, outdir=str(outdir))
+    stacks = build(app, from_context({k: v for k, v in full_context.items()}))
+    app.synth()
+    return Synth(outdir=outdir, stacks=stacks)
+
+
+@pytest.fixture(scope="session")
+def synth_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Synth once per distinct context per test session."""
+
+    def make(**context: object) -> Synth:
+        key = json.dumps(context, sort_keys=True)
+        if key not in _SYNTHS:
+            _SYNTHS[key] = synth_app(dict(context), tmp_path_factory.mktemp("cdk.out"))
+        return _SYNTHS[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def default_synth(synth_factory) -> Synth:
+    """The widest default deployment: 1-, 4- and 8-GPU clusters side by side."""
+    return synth_factory(gpus="1,4,8")
+
+
+@pytest.fixture(scope="session")
+def alternate_synth(synth_factory) -> Synth:
+    """Every non-default branch of the settings at once."""
+    return synth_factory(
+        gpus="4",
+        egress="nat-instance",
+        keep_data="false",
+        controller_capacity="on-demand",
+        name="lab-b",
+    )
+
+
+@pytest.fixture(scope="session")
+def nat_gateway_synth(synth_factory) -> Synth:
+    return synth_factory(egress="nat-gateway", name="lab-c")
+
+
+@pytest.fixture
+def moto_aws() -> Iterator[None]:
+    from moto import mock_aws
+
+    with mock_aws():
+        yield

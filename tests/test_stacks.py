@@ -1,0 +1,373 @@
+"""Fine-grained assertions on the synthesized templates (shared synths, see conftest)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aws_cdk.assertions import Capture, Match, Template
+
+from relion_spot import tags
+from relion_spot.constructs.storage import FILE_SYSTEM_LOGICAL_ID
+
+CLUSTERS = {"relion-spot-gpu1": 1, "relion-spot-gpu4": 4, "relion-spot-gpu8": 8}
+EXPECTED_TYPES = {
+    1: "g5.xlarge,g6.xlarge",
+    4: "g5.12xlarge,g6.12xlarge",
+    8: "g5.48xlarge,g6.48xlarge",
+}
+MUTATING_EC2 = {
+    "ec2:RunInstances",
+    "ec2:CreateFleet",
+    "ec2:TerminateInstances",
+    "ec2:CreateTags",
+    "ec2:DeleteTags",
+}
+
+
+def _resources(template: dict, type_name: str) -> dict[str, dict]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_name}
+
+
+def _statements(template: dict):
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::IAM::Policy":
+            yield from resource["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_one_stack_per_gpu_count_side_by_side(default_synth) -> None:
+    assert default_synth.template_names() == sorted(
+        ["relion-spot-network", "relion-spot-storage", *CLUSTERS]
+    )
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_node_launch_templates_require_imdsv2_spot_and_encrypted_root(
+    default_synth, stack: str
+) -> None:
+    template = Template.from_json(default_synth.template(stack))
+    template.resource_count_is("AWS::EC2::LaunchTemplate", 2)
+    template.all_resources_properties(
+        "AWS::EC2::LaunchTemplate",
+        {
+            "LaunchTemplateData": Match.object_like(
+                {
+                    "MetadataOptions": {
+                        "HttpTokens": "required",
+                        "HttpPutResponseHopLimit": 2,
+                        "InstanceMetadataTags": "enabled",
+                    },
+                    "InstanceMarketOptions": {
+                        "MarketType": "spot",
+                        "SpotOptions": {
+                            "InstanceInterruptionBehavior": "terminate",
+                            "SpotInstanceType": "one-time",
+                        },
+                    },
+                    "BlockDeviceMappings": [
+                        Match.object_like(
+                            {
+                                "Ebs": Match.object_like(
+                                    {
+                                        "Encrypted": True,
+                                        "VolumeType": "gp3",
+                                        "DeleteOnTermination": True,
+                                    }
+                                )
+                            }
+                        )
+                    ],
+                    "IamInstanceProfile": Match.any_value(),
+                }
+            ),
+        },
+    )
+
+
+@pytest.mark.parametrize(("stack", "gpus"), CLUSTERS.items())
+def test_instance_types_per_gpu_count(default_synth, stack: str, gpus: int) -> None:
+    template = Template.from_json(default_synth.template(stack))
+    template.has_output("GpuInstanceTypes", {"Value": EXPECTED_TYPES[gpus]})
+    template.has_output("GpusPerNode", {"Value": str(gpus)})
+    template.has_resource_properties(
+        "AWS::EC2::LaunchTemplate",
+        {
+            "LaunchTemplateData": Match.object_like(
+                {
+                    "InstanceType": EXPECTED_TYPES[gpus].split(",")[0],
+                    "ImageId": {"Ref": Match.string_like_regexp("deeplearning")},
+                }
+            )
+        },
+    )
+
+
+def test_gpu_ami_comes_from_a_public_ssm_parameter(default_synth) -> None:
+    parameters = default_synth.template("relion-spot-gpu1")["Parameters"]
+    ami = [
+        p
+        for p in parameters.values()
+        if p.get("Type") == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    ]
+    defaults = sorted(p["Default"] for p in ami)
+    assert any("deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu" in d for d in defaults)
+    assert any("al2023-ami-kernel-default-x86_64" in d for d in defaults)
+
+
+def test_instances_and_volumes_are_tagged_at_launch(default_synth) -> None:
+    template = default_synth.template("relion-spot-gpu4")
+    for lt in _resources(template, "AWS::EC2::LaunchTemplate").values():
+        specs = {
+            s["ResourceType"]: {t["Key"]: t["Value"] for t in s["Tags"]}
+            for s in lt["Properties"]["LaunchTemplateData"]["TagSpecifications"]
+        }
+        for kind in ("instance", "volume"):
+            assert specs[kind][tags.CLUSTER] == "relion-spot-gpu4"
+            assert specs[kind][tags.PROJECT] == "relion-spot"
+
+
+def test_efs_encrypted_tls_only_and_retained_by_default(default_synth) -> None:
+    template = default_synth.template("relion-spot-storage")
+    fs = template["Resources"][FILE_SYSTEM_LOGICAL_ID]
+    assert fs["Type"] == "AWS::EFS::FileSystem"
+    assert fs["Properties"]["Encrypted"] is True
+    assert fs["DeletionPolicy"] == "Retain"
+    assert fs["UpdateReplacePolicy"] == "Retain"
+    deny = [s for s in fs["Properties"]["FileSystemPolicy"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny == [Match.any_value()] or len(deny) == 1
+    assert deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny[0]["Action"] == "*"
+
+
+def test_efs_deleted_on_destroy_when_data_not_kept(alternate_synth) -> None:
+    fs = alternate_synth.template("lab-b-storage")["Resources"][FILE_SYSTEM_LOGICAL_ID]
+    assert fs["DeletionPolicy"] == "Delete"
+    assert fs["UpdateReplacePolicy"] == "Delete"
+
+
+def test_efs_access_points_and_mount_target_per_az(default_synth) -> None:
+    storage = Template.from_json(default_synth.template("relion-spot-storage"))
+    storage.resource_count_is("AWS::EFS::MountTarget", 3)
+    for path, uid in (("/data", "1000"), ("/containers", "1000")):
+        storage.has_resource_properties(
+            "AWS::EFS::AccessPoint",
+            {
+                "RootDirectory": Match.object_like({"Path": path}),
+                "PosixUser": {"Uid": uid, "Gid": uid},
+            },
+        )
+    for stack in CLUSTERS:
+        Template.from_json(default_synth.template(stack)).has_resource_properties(
+            "AWS::EFS::AccessPoint",
+            {
+                "RootDirectory": Match.object_like({"Path": f"/slurm/{stack}/state"}),
+                "PosixUser": {"Uid": "64030", "Gid": "64030"},
+            },
+        )
+
+
+def test_stateful_resources_have_explicit_removal_policies(default_synth, alternate_synth) -> None:
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            for logical_id, resource in synth.template(name)["Resources"].items():
+                if resource["Type"] in (
+                    "AWS::EFS::FileSystem",
+                    "AWS::DynamoDB::Table",
+                    "AWS::Logs::LogGroup",
+                    "AWS::SecretsManager::Secret",
+                ):
+                    assert "DeletionPolicy" in resource, f"{name}/{logical_id}"
+
+
+def test_no_ingress_from_the_internet_anywhere(
+    default_synth, alternate_synth, nat_gateway_synth
+) -> None:
+    for synth in (default_synth, alternate_synth, nat_gateway_synth):
+        for name in synth.template_names():
+            template = synth.template(name)
+            rules = []
+            for sg in _resources(template, "AWS::EC2::SecurityGroup").values():
+                rules += sg["Properties"].get("SecurityGroupIngress", [])
+            rules += [
+                r["Properties"]
+                for r in _resources(template, "AWS::EC2::SecurityGroupIngress").values()
+            ]
+            for rule in rules:
+                assert rule.get("CidrIp") != "0.0.0.0/0", (name, rule)
+                assert rule.get("CidrIpv6") != "::/0", (name, rule)
+                assert "CidrIp" not in rule or rule["CidrIp"].startswith("10.42."), (name, rule)
+
+
+def test_mutating_ec2_actions_are_never_unconditioned(default_synth, alternate_synth) -> None:
+    checked = 0
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            for statement in _statements(synth.template(name)):
+                actions = set(_as_list(statement["Action"]))
+                if not actions & MUTATING_EC2:
+                    continue
+                checked += 1
+                resources = _as_list(statement["Resource"])
+                specific = all("launch-template/" in json.dumps(r) for r in resources)
+                assert specific or statement.get("Condition"), (name, statement)
+                assert "*" not in resources, (name, statement)
+    assert checked >= 10
+
+
+def test_launch_is_held_to_this_clusters_templates_and_tag(default_synth) -> None:
+    template = default_synth.template("relion-spot-gpu1")
+    by_sid = {s.get("Sid"): s for s in _statements(template) if s.get("Sid")}
+    tagged = by_sid["LaunchTaggedInstancesGpu"]
+    assert tagged["Condition"]["StringEquals"] == {
+        f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1"
+    }
+    assert "ec2:LaunchTemplate" in tagged["Condition"]["ArnLike"]
+    resources_statement = by_sid["LaunchResourcesGpu"]
+    assert "ec2:LaunchTemplate" in resources_statement["Condition"]["ArnLike"]
+    terminate = by_sid["TerminateClusterInstances"]
+    assert terminate["Condition"] == {
+        "StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": "relion-spot-gpu1"}
+    }
+    fleet = by_sid["CreateTaggedFleetGpu"]
+    assert fleet["Condition"]["StringEquals"] == {
+        f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1"
+    }
+
+
+def test_teardown_runs_after_controller_and_before_network_resources(default_synth) -> None:
+    template = default_synth.template("relion-spot-gpu1")
+    ((sweep_id, sweep),) = _resources(template, "Custom::ClusterTeardown").items()
+    depends = set(sweep["DependsOn"])
+    for type_name in (
+        "AWS::EC2::SecurityGroup",
+        "AWS::EC2::LaunchTemplate",
+        "AWS::IAM::InstanceProfile",
+    ):
+        for logical_id in _resources(template, type_name):
+            assert logical_id in depends, f"teardown must run before {logical_id} is deleted"
+    ((service_id, service),) = _resources(template, "AWS::ECS::Service").items()
+    assert sweep_id in service["DependsOn"], "controller must stop before the sweep"
+    function = template["Resources"][sweep["Properties"]["ServiceToken"]["Fn::GetAtt"][0]]
+    assert function["Properties"]["Timeout"] == 900
+    assert function["Properties"]["Handler"] == "relion_spot.teardown.handler.on_event"
+
+
+def test_every_log_group_has_retention(default_synth, alternate_synth) -> None:
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            for logical_id, group in _resources(
+                synth.template(name), "AWS::Logs::LogGroup"
+            ).items():
+                assert group["Properties"].get("RetentionInDays") == 30, (name, logical_id)
+
+
+def test_controller_is_one_spot_fargate_task_with_state_on_efs(
+    default_synth, alternate_synth
+) -> None:
+    template = Template.from_json(default_synth.template("relion-spot-gpu1"))
+    template.has_resource_properties(
+        "AWS::ECS::Service",
+        {
+            "DesiredCount": 1,
+            "DeploymentConfiguration": Match.object_like(
+                {"MaximumPercent": 100, "MinimumHealthyPercent": 0}
+            ),
+            "CapacityProviderStrategy": [{"CapacityProvider": "FARGATE_SPOT", "Weight": 1}],
+            "ServiceRegistries": Match.any_value(),
+            "NetworkConfiguration": {
+                "AwsvpcConfiguration": Match.object_like({"AssignPublicIp": "ENABLED"})
+            },
+        },
+    )
+    volume = Capture()
+    template.has_resource_properties(
+        "AWS::ECS::TaskDefinition",
+        {
+            "Volumes": [volume],
+            "ContainerDefinitions": [
+                Match.object_like(
+                    {
+                        "Command": ["controller"],
+                        "MountPoints": [
+                            {
+                                "ContainerPath": "/var/spool/slurmctld",
+                                "SourceVolume": "slurm-state",
+                                "ReadOnly": False,
+                            }
+                        ],
+                    }
+                )
+            ],
+        },
+    )
+    assert volume.as_object()["EFSVolumeConfiguration"]["TransitEncryption"] == "ENABLED"
+    assert volume.as_object()["EFSVolumeConfiguration"]["AuthorizationConfig"]["IAM"] == "ENABLED"
+    Template.from_json(alternate_synth.template("lab-b-gpu4")).has_resource_properties(
+        "AWS::ECS::Service",
+        {
+            "CapacityProviderStrategy": [{"CapacityProvider": "FARGATE", "Weight": 1}],
+            "NetworkConfiguration": {
+                "AwsvpcConfiguration": Match.object_like({"AssignPublicIp": "DISABLED"})
+            },
+        },
+    )
+
+
+def test_network_egress_modes(default_synth, alternate_synth, nat_gateway_synth) -> None:
+    public = Template.from_json(default_synth.template("relion-spot-network"))
+    public.resource_count_is("AWS::EC2::NatGateway", 0)
+    public.resource_count_is("AWS::EC2::Instance", 0)
+    public.resource_count_is("AWS::EC2::Subnet", 3)
+    public.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "ALL"})
+    for synth, name in (
+        (default_synth, "relion-spot"),
+        (alternate_synth, "lab-b"),
+        (nat_gateway_synth, "lab-c"),
+    ):
+        network = Template.from_json(synth.template(f"{name}-network"))
+        endpoints = _resources(synth.template(f"{name}-network"), "AWS::EC2::VPCEndpoint")
+        names = [json.dumps(e["Properties"]["ServiceName"]) for e in endpoints.values()]
+        assert sorted(n.rsplit(".", 1)[-1].rstrip('"]}') for n in names) == ["dynamodb", "s3"]
+        assert {e["Properties"]["VpcEndpointType"] for e in endpoints.values()} == {"Gateway"}
+    nat_instance = Template.from_json(alternate_synth.template("lab-b-network"))
+    nat_instance.resource_count_is("AWS::EC2::NatGateway", 0)
+    nat_instance.has_resource_properties("AWS::EC2::Instance", {"InstanceType": "t4g.nano"})
+    Template.from_json(nat_gateway_synth.template("lab-c-network")).resource_count_is(
+        "AWS::EC2::NatGateway", 1
+    )
+
+
+CLUSTER_OUTPUTS = (
+    "ClusterName",
+    "Version",
+    "GpusPerNode",
+    "GpuInstanceTypes",
+    "MaxGpuNodes",
+    "GpuLaunchTemplateId",
+    "CpuLaunchTemplateId",
+    "EcsClusterName",
+    "ControllerServiceName",
+    "ControllerDnsName",
+    "ControllerLogGroup",
+)
+
+
+def test_outputs_a_cli_can_find_the_cluster_by(default_synth) -> None:
+    for stack, gpus in CLUSTERS.items():
+        outputs = default_synth.template(stack)["Outputs"]
+        assert set(CLUSTER_OUTPUTS) <= set(outputs)
+        assert outputs["ClusterName"]["Value"] == stack
+    storage = default_synth.template("relion-spot-storage")["Outputs"]
+    assert {"FileSystemId", "DataAccessPointId", "DataKeptOnDestroy"} <= set(storage)
+
+
+def test_templates_fit_cloudformation_limits(default_synth, alternate_synth) -> None:
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            template = synth.template(name)
+            assert len(template["Resources"]) < 500, name
+            assert len(json.dumps(template)) < 1_000_000, name
