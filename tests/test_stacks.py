@@ -249,7 +249,7 @@ def test_teardown_runs_after_controller_and_before_network_resources(default_syn
     ):
         for logical_id in _resources(template, type_name):
             assert logical_id in depends, f"teardown must run before {logical_id} is deleted"
-    ((service_id, service),) = _resources(template, "AWS::ECS::Service").items()
+    ((_, service),) = _resources(template, "AWS::ECS::Service").items()
     assert sweep_id in service["DependsOn"], "controller must stop before the sweep"
     function = template["Resources"][sweep["Properties"]["ServiceToken"]["Fn::GetAtt"][0]]
     assert function["Properties"]["Timeout"] == 900
@@ -328,7 +328,6 @@ def test_network_egress_modes(default_synth, alternate_synth, nat_gateway_synth)
         (alternate_synth, "lab-b"),
         (nat_gateway_synth, "lab-c"),
     ):
-        network = Template.from_json(synth.template(f"{name}-network"))
         endpoints = _resources(synth.template(f"{name}-network"), "AWS::EC2::VPCEndpoint")
         names = [json.dumps(e["Properties"]["ServiceName"]) for e in endpoints.values()]
         assert sorted(n.rsplit(".", 1)[-1].rstrip('"]}') for n in names) == ["dynamodb", "s3"]
@@ -357,7 +356,7 @@ CLUSTER_OUTPUTS = (
 
 
 def test_outputs_a_cli_can_find_the_cluster_by(default_synth) -> None:
-    for stack, gpus in CLUSTERS.items():
+    for stack in CLUSTERS:
         outputs = default_synth.template(stack)["Outputs"]
         assert set(CLUSTER_OUTPUTS) <= set(outputs)
         assert outputs["ClusterName"]["Value"] == stack
