@@ -1,0 +1,34 @@
+"""``relion-spot``: the lab's one command; each capability registers its own subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cost import report as cost_report
+    from .estimate import cli as estimate_cli
+
+    parser = argparse.ArgumentParser(
+        prog="relion-spot",
+        description="RELION 3D classification on a Slurm cluster of GPU spot nodes, in your own "
+        "AWS account.",
+    )
+    parser.add_argument("--version", action="version", version=f"relion-spot {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    estimate_cli.register(subparsers)
+    cost_report.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

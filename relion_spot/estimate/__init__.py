@@ -1,0 +1,1 @@
+"""What a deployment bills while no job runs, read from its synthesized templates."""

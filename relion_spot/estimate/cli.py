@@ -1,0 +1,128 @@
+"""``relion-spot estimate``: the idle bill of a deployment, per stack and per cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from .idle import Estimate, UnpricedResource, estimate_templates, read_cloud_assembly
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "estimate",
+        help="what the deployment bills per month while no job runs",
+        description="Synthesize the app (or read a cdk.out) and price every standing resource "
+        "from a dated us-east-1 price table. Data at rest (EFS, tables, logs) is excluded.",
+    )
+    parser.add_argument(
+        "--cdk-out",
+        type=Path,
+        help="read this synthesized cloud assembly instead of running cdk synth",
+    )
+    parser.add_argument(
+        "-c",
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="CDK context, as for cdk synth (e.g. -c gpus=1,4)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def synthesize(context: list[str], outdir: Path) -> None:
+    """Run the real CDK CLI, so the estimate prices exactly what `cdk deploy` would deploy."""
+    cdk = REPO_ROOT / "node_modules" / ".bin" / "cdk"
+    if not cdk.exists():
+        raise FileNotFoundError("the CDK CLI is not installed; run scripts/setup.sh first")
+    command = [str(cdk), "synth", "--quiet", "-o", str(outdir)]
+    for item in context:
+        command += ["-c", item]
+    env = {
+        **os.environ,
+        "CDK_DISABLE_CLI_TELEMETRY": "true",
+        "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+    }
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [ln for ln in result.stderr.splitlines() if ln.startswith("relion-spot:")]
+        raise RuntimeError(lines[0] if lines else result.stderr.strip()[-2000:])
+
+
+def report(estimate: Estimate, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    prices = estimate.prices
+    table = Table(
+        title=f"Idle bill, USD/month ({prices['region']} prices of {prices['as_of']}; "
+        "data at rest excluded)"
+    )
+    table.add_column("stack")
+    table.add_column("standing resource")
+    table.add_column("controller up", justify="right")
+    table.add_column("controller asleep", justify="right")
+    for item in sorted(estimate.items, key=lambda i: (i.stack, i.what)):
+        table.add_row(
+            item.stack,
+            item.what,
+            f"{item.usd_month_controller_up:.2f}",
+            f"{item.usd_month_controller_asleep:.2f}",
+        )
+    console = Console(file=out, width=120)
+    console.print(table)
+    for line in summary_lines(estimate):
+        console.print(line)
+
+
+def summary_lines(estimate: Estimate) -> list[str]:
+    clusters = [s for s in estimate.stacks() if not s.endswith(("-network", "-storage"))]
+    shared = [s for s in estimate.stacks() if s not in clusters]
+    shared_up = sum(estimate.total(controller_up=True, stack=s) for s in shared)
+    shared_asleep = sum(estimate.total(controller_up=False, stack=s) for s in shared)
+    lines = [f"shared (network, storage): ${shared_up:.2f}/month"]
+    for cluster in clusters:
+        up = estimate.total(controller_up=True, stack=cluster)
+        asleep = estimate.total(controller_up=False, stack=cluster)
+        lines.append(
+            f"cluster {cluster}: ${up:.2f}/month with the controller up, "
+            f"${asleep:.2f}/month with it scaled to zero"
+        )
+    lines.append(
+        f"whole deployment: ${estimate.total(controller_up=True):.2f}/month controller(s) up, "
+        f"${estimate.total(controller_up=False):.2f}/month scaled to zero "
+        f"(shared part asleep: ${shared_asleep:.2f})"
+    )
+    return lines
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
+    try:
+        if args.cdk_out:
+            if not (args.cdk_out / "manifest.json").is_file():
+                print(
+                    f"relion-spot estimate: {args.cdk_out} is not a cdk synth output "
+                    "(no manifest.json)",
+                    file=sys.stderr,
+                )
+                return 2
+            templates = read_cloud_assembly(args.cdk_out)
+        else:
+            with tempfile.TemporaryDirectory(prefix="relion-spot-synth-") as tmp:
+                synthesize(args.context, Path(tmp))
+                templates = read_cloud_assembly(Path(tmp))
+        report(estimate_templates(templates), out)
+    except (RuntimeError, FileNotFoundError, UnpricedResource) as error:
+        print(f"relion-spot estimate: {error}", file=sys.stderr)
+        return 2
+    return 0

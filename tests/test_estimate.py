@@ -1,0 +1,79 @@
+"""Idle-cost estimate from the real templates, checked against the dated price table."""
+
+from __future__ import annotations
+
+import io
+from argparse import Namespace
+
+import pytest
+
+from relion_spot.estimate import cli
+from relion_spot.estimate.idle import (
+    UnpricedResource,
+    estimate_templates,
+    load_prices,
+    read_cloud_assembly,
+)
+
+PRICES = load_prices()
+HOURS = PRICES["hours_per_month"]
+
+
+def _fargate_month(market: str, vcpu: float, gb: float, public_ip: bool) -> float:
+    rate = PRICES["fargate"][market]
+    hourly = vcpu * rate["vcpu_hour"] + gb * rate["gb_hour"]
+    return (hourly + (PRICES["public_ipv4_hour"] if public_ip else 0)) * HOURS
+
+
+def test_default_deployment_prices_every_standing_resource(default_synth) -> None:
+    estimate = estimate_templates(read_cloud_assembly(default_synth.outdir))
+    controller = _fargate_month("spot", 0.25, 1.0, public_ip=True)
+    per_cluster_up = controller + PRICES["secret_month"] + PRICES["cloud_map_instance_month"]
+    for stack in ("relion-spot-gpu1", "relion-spot-gpu4", "relion-spot-gpu8"):
+        assert estimate.total(controller_up=True, stack=stack) == pytest.approx(per_cluster_up)
+        assert estimate.total(controller_up=False, stack=stack) == pytest.approx(
+            PRICES["secret_month"]
+        )
+    assert estimate.total(controller_up=True, stack="relion-spot-network") == pytest.approx(
+        PRICES["private_hosted_zone_month"]
+    )
+    assert estimate.total(controller_up=True, stack="relion-spot-storage") == 0
+
+
+def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth) -> None:
+    nat_instance = estimate_templates(read_cloud_assembly(alternate_synth.outdir))
+    expected = (
+        (PRICES["ec2_hour"]["t4g.nano"] + PRICES["public_ipv4_hour"]) * HOURS
+        + PRICES["ebs_gp3_gb_month"] * PRICES["nat_instance_root_gb"]
+        + PRICES["private_hosted_zone_month"]
+    )
+    assert nat_instance.total(controller_up=False, stack="lab-b-network") == pytest.approx(expected)
+    on_demand_private = _fargate_month("on-demand", 0.25, 1.0, public_ip=False)
+    assert nat_instance.total(controller_up=True, stack="lab-b-gpu4") == pytest.approx(
+        on_demand_private + PRICES["secret_month"] + PRICES["cloud_map_instance_month"]
+    )
+    nat_gateway = estimate_templates(read_cloud_assembly(nat_gateway_synth.outdir))
+    assert nat_gateway.total(controller_up=False, stack="lab-c-network") == pytest.approx(
+        (PRICES["nat_gateway_hour"] + PRICES["public_ipv4_hour"]) * HOURS  # gateway + its EIP
+        + PRICES["private_hosted_zone_month"]
+    )
+
+
+def test_an_unknown_resource_type_is_refused_not_counted_free() -> None:
+    template = {"Resources": {"Db": {"Type": "AWS::RDS::DBInstance", "Properties": {}}}}
+    with pytest.raises(UnpricedResource, match="AWS::RDS::DBInstance"):
+        estimate_templates({"s": template})
+
+
+def test_report_prints_per_cluster_figures(default_synth) -> None:
+    out = io.StringIO()
+    assert cli.run(Namespace(cdk_out=default_synth.outdir, context=[]), out=out) == 0
+    text = out.getvalue()
+    assert "cluster relion-spot-gpu1: $" in text
+    assert "scaled to zero" in text
+
+
+def test_report_refuses_a_directory_that_is_not_a_synth(tmp_path, capsys) -> None:
+    assert cli.run(Namespace(cdk_out=tmp_path, context=[])) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "manifest.json" in err
