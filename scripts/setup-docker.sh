@@ -142,6 +142,8 @@ build_images() {
     stage_wheels
     build_one slurm "$slurm_image"
     build_one local-node "$local_node_image"
+    # Images these tags pointed at before a rebuild: untagged now, and only ever ours.
+    docker image prune -f --filter "label=org.relion-spot.image=slurm" >/dev/null
 }
 
 install_packages
