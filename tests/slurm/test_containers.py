@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,12 @@ pytestmark = pytest.mark.docker
 
 GPUS = 4
 NODE = "gpu-1"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BOTO3_PIN = next(
+    line.split("==", 1)[1].strip()
+    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    if line.startswith("boto3==")
+)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +169,12 @@ def test_powersave_env_reaches_the_programs(cluster: LocalSlurm) -> None:
     assert "RELION_SPOT_SLURM_KEY_FILE=/run/secrets/slurm.key" in saved
     mode = cluster.run("stat", "-c", "%a %U", "/etc/relion-spot/powersave.env", user="root")
     assert mode.split() == ["600", "slurm"]
+    # What a power-save wrapper does, in an environment as bare as slurmscriptd gives it.
+    loaded = cluster.run(
+        "env", "-i", "SLURM_CONF=/etc/slurm/slurm.conf", "sh", "-c",
+        "set -a; . /etc/relion-spot/powersave.env; set +a; exec /opt/relion-spot/venv/bin/python"
+        " -c 'import os, boto3; from relion_spot.slurm.spec import ClusterSpec, SPEC_ENV;"
+        " print(ClusterSpec.from_json(os.environ[SPEC_ENV]).cluster_name, boto3.__version__)'",
+        user="slurm",
+    )  # fmt: skip
+    assert loaded.split() == [cluster.spec.cluster_name, BOTO3_PIN], loaded
