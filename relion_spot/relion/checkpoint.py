@@ -1,0 +1,551 @@
+"""Where a RELION classification can resume from after its node was taken away.
+
+RELION writes each iteration as several files (data, model, optimiser and sampling STARs plus one
+map per class), from several ranks, none atomically. A reclaim can land in the middle, so an
+iteration counts as a checkpoint only when every one of its files is present and complete: each
+STAR parses fully with the blocks and rows RELION always writes, each map's size matches its
+header, and the optimiser names this iteration. The newest such iteration wins; an incomplete
+newer one is reported and passed over.
+
+RELION 3.1 does not store some flags in its optimiser file (the GPU, thread, pool and scratch
+options); a continuation must give them again, so they are carried over from the fresh command.
+
+Continuing into the same --o rewrites the checkpoint iteration's data, optimiser, model and map
+files while RELION initialises. A reclaim at that moment would truncate the only checkpoint, so
+before continuing the checkpoint's files are copied into a snapshot folder beside the run; a
+later start that finds the checkpoint iteration damaged restores it from the snapshot first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mrcfile
+import pandas as pd
+import starfile
+
+STAR_KINDS = ("data", "model", "optimiser", "sampling")
+
+UNSTORED_VALUE_FLAGS = (
+    "--j",
+    "--pool",
+    "--scratch_dir",
+    "--keep_free_scratch",
+    "--pipeline_control",
+)
+"""Flags with a value that RELION does not keep in _optimiser.star: repeat them on --continue."""
+UNSTORED_SWITCHES = (
+    "--dont_combine_weights_via_disc",
+    "--reuse_scratch",
+    "--preread_images",
+    "--no_parallel_disc_io",
+    "--cpu",
+)
+"""Flags without a value that RELION does not keep either."""
+GPU_FLAG = "--gpu"
+"""Takes an optional device list ("--gpu" or "--gpu 0:1"), so it is parsed on its own."""
+
+_MRC_MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2}
+
+
+class CheckpointError(ValueError):
+    """The command or the run cannot be resumed; the message names what is wrong."""
+
+
+def iteration_root(root: Path, iteration: int) -> str:
+    return f"{root}_it{iteration:03d}"
+
+
+def iteration_files(root: Path, iteration: int, classes: int) -> dict[str, Path]:
+    """Every file RELION writes for one classification iteration, by kind."""
+    stem = iteration_root(root, iteration)
+    files = {kind: Path(f"{stem}_{kind}.star") for kind in STAR_KINDS}
+    for k in range(1, classes + 1):
+        files[f"class{k:03d}"] = Path(f"{stem}_class{k:03d}.mrc")
+    return files
+
+
+def written_iterations(root: Path) -> list[int]:
+    """Iterations with at least one file written, newest first."""
+    pattern = re.compile(
+        re.escape(root.name) + r"_it(\d{3,})_(data|model|optimiser|sampling)\.star$"
+        "|" + re.escape(root.name) + r"_it(\d{3,})_class\d{3,}\.mrc$"
+    )
+    found = set()
+    if root.parent.is_dir():
+        for path in root.parent.iterdir():
+            match = pattern.match(path.name)
+            if match:
+                found.add(int(match.group(1) or match.group(3)))
+    return sorted(found, reverse=True)
+
+
+def _read_star(path: Path) -> dict[str, pd.DataFrame | dict]:
+    text = path.read_bytes()
+    if not text.endswith(b"\n"):
+        raise CheckpointError(f"{path.name} ends mid-line (truncated)")
+    try:
+        return starfile.read(path, always_dict=True)
+    except Exception as error:
+        raise CheckpointError(f"{path.name} does not parse: {error}") from error
+
+
+def _table(blocks: dict, name: str, path: Path) -> pd.DataFrame:
+    block = blocks.get(name)
+    if not isinstance(block, pd.DataFrame) or block.empty:
+        raise CheckpointError(f"{path.name} lacks the {name} table")
+    if block.isna().any().any():
+        raise CheckpointError(f"{path.name}: the {name} table has empty cells (truncated)")
+    return block
+
+
+def _single(blocks: dict, name: str, path: Path) -> dict:
+    block = blocks.get(name)
+    if isinstance(block, pd.DataFrame) and len(block) == 1:
+        block = block.iloc[0].to_dict()
+    if not isinstance(block, dict) or not block:
+        raise CheckpointError(f"{path.name} lacks the {name} block")
+    return block
+
+
+def _check_map(path: Path, box: int) -> None:
+    try:
+        with mrcfile.open(path, header_only=True, permissive=False) as mrc:
+            header = mrc.header
+            nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+            mode, extended = int(header.mode), int(header.nsymbt)
+    except Exception as error:
+        raise CheckpointError(f"{path.name} is not a readable MRC map: {error}") from error
+    if mode not in _MRC_MODE_BYTES:
+        raise CheckpointError(f"{path.name} has an unknown MRC mode {mode}")
+    expected = 1024 + extended + nx * ny * nz * _MRC_MODE_BYTES[mode]
+    actual = path.stat().st_size
+    if actual != expected:
+        raise CheckpointError(f"{path.name} is {actual} bytes, its header says {expected}")
+    if (nx, ny, nz) != (box, box, box):
+        raise CheckpointError(f"{path.name} is {nx}x{ny}x{nz}, the model's box is {box}")
+
+
+def check_iteration(root: Path, iteration: int, classes: int) -> None:
+    """Raise CheckpointError naming the first file of the iteration that is missing or broken."""
+    files = iteration_files(root, iteration, classes)
+    for path in files.values():
+        if not path.is_file():
+            raise CheckpointError(f"{path.name} is missing")
+
+    optimiser_path = files["optimiser"]
+    optimiser = _single(_read_star(optimiser_path), "optimiser_general", optimiser_path)
+    if int(optimiser.get("rlnCurrentIteration", -1)) != iteration:
+        raise CheckpointError(
+            f"{optimiser_path.name} says iteration {optimiser.get('rlnCurrentIteration')}"
+        )
+    for label, kind in (
+        ("rlnModelStarFile", "model"),
+        ("rlnExperimentalDataStarFile", "data"),
+        ("rlnOrientSamplingStarFile", "sampling"),
+    ):
+        named = Path(str(optimiser.get(label, ""))).name
+        if named != files[kind].name:
+            raise CheckpointError(f"{optimiser_path.name} names {named!r} as its {kind} file")
+
+    model_path = files["model"]
+    model = _read_star(model_path)
+    general = _single(model, "model_general", model_path)
+    if int(general.get("rlnNrClasses", -1)) != classes:
+        raise CheckpointError(
+            f"{model_path.name} has {general.get('rlnNrClasses')} classes, expected {classes}"
+        )
+    if len(_table(model, "model_classes", model_path)) != classes:
+        raise CheckpointError(f"{model_path.name}: model_classes does not list {classes} classes")
+    groups = _table(model, "model_groups", model_path)
+    expected_blocks = [f"model_class_{k}" for k in range(1, classes + 1)]
+    expected_blocks += [f"model_group_{g}" for g in groups["rlnGroupNumber"].astype(int)]
+    expected_blocks += [f"model_pdf_orient_class_{k}" for k in range(1, classes + 1)]
+    for name in expected_blocks:
+        _table(model, name, model_path)
+    particles_in_groups = int(groups["rlnGroupNrParticles"].sum())
+
+    data_path = files["data"]
+    data = _read_star(data_path)
+    _table(data, "optics", data_path)
+    particles = _table(data, "particles", data_path)
+    if len(particles) != particles_in_groups:
+        raise CheckpointError(
+            f"{data_path.name} has {len(particles)} particles, the model counts "
+            f"{particles_in_groups}"
+        )
+    if "rlnClassNumber" not in particles.columns:
+        raise CheckpointError(f"{data_path.name} has no rlnClassNumber column")
+
+    sampling_path = files["sampling"]
+    sampling = _read_star(sampling_path)
+    _single(sampling, "sampling_general", sampling_path)
+    _table(sampling, "sampling_directions", sampling_path)
+
+    box = int(general.get("rlnOriginalImageSize", 0))
+    for k in range(1, classes + 1):
+        _check_map(files[f"class{k:03d}"], box)
+
+
+@dataclass
+class ResumePoint:
+    """What a (re)started job should do, and why."""
+
+    action: str
+    """"fresh" (no checkpoint), "continue" (from `iteration`) or "finished" (nothing to do)."""
+    iteration: int | None
+    requested_iterations: int
+    passed_over: dict[int, str] = field(default_factory=dict)
+    """Newer iterations that were not usable, with what was wrong."""
+    restored_from_snapshot: bool = False
+
+
+def snapshot_dir(root: Path) -> Path:
+    return root.parent / f"{root.name}_checkpoint"
+
+
+def _snapshot_iteration(root: Path) -> int | None:
+    marker = snapshot_dir(root) / "ITERATION"
+    if not marker.is_file():
+        return None
+    try:
+        return int(marker.read_text().strip())
+    except ValueError:
+        return None
+
+
+def take_snapshot(root: Path, iteration: int, classes: int) -> None:
+    """Copy the checkpoint's files aside before RELION rewrites them; marker written last."""
+    target = snapshot_dir(root)
+    staging = root.parent / f"{root.name}_checkpoint.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in iteration_files(root, iteration, classes).values():
+        shutil.copy2(path, staging / path.name)
+    (staging / "ITERATION").write_text(f"{iteration}\n")
+    old = root.parent / f"{root.name}_checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore_snapshot(root: Path, classes: int) -> int | None:
+    """Put a damaged checkpoint iteration back from its snapshot; its iteration or None."""
+    iteration = _snapshot_iteration(root)
+    if iteration is None:
+        return None
+    saved = snapshot_dir(root)
+    for path in iteration_files(root, iteration, classes).values():
+        copy = saved / path.name
+        if not copy.is_file():
+            return None
+        temporary = path.with_name(path.name + ".restoring")
+        shutil.copy2(copy, temporary)
+        os.replace(temporary, path)
+    return iteration
+
+
+def find_resume_point(root: Path, classes: int, requested_iterations: int) -> ResumePoint:
+    """The newest complete iteration of the run at root (RELION's --o), or a fresh start."""
+    passed_over: dict[int, str] = {}
+    restored = False
+    candidates = written_iterations(root)
+    snapshot = _snapshot_iteration(root)
+    if snapshot is not None and snapshot not in candidates:
+        candidates = sorted({*candidates, snapshot}, reverse=True)
+    for iteration in candidates:
+        if iteration < 1:
+            continue
+        try:
+            check_iteration(root, iteration, classes)
+        except CheckpointError as problem:
+            if iteration == snapshot and _restore_snapshot(root, classes) == iteration:
+                check_iteration(root, iteration, classes)
+                restored = True
+            else:
+                passed_over[iteration] = str(problem)
+                continue
+        action = "finished" if iteration >= requested_iterations else "continue"
+        return ResumePoint(action, iteration, requested_iterations, passed_over, restored)
+    return ResumePoint("fresh", None, requested_iterations, passed_over)
+
+
+# ---- the command line RELION is started with ---------------------------------------------
+
+
+def _program_index(argv: Sequence[str]) -> int:
+    for index, word in enumerate(argv):
+        if Path(word).name.startswith("relion_refine"):
+            return index
+    raise CheckpointError("the command does not run relion_refine or relion_refine_mpi")
+
+
+def _option(args: Sequence[str], flag: str) -> str | None:
+    values = [args[i + 1] for i, word in enumerate(args[:-1]) if word == flag]
+    if flag in args and not values:
+        raise CheckpointError(f"{flag} needs a value")
+    return values[-1] if values else None
+
+
+def _int_option(args: Sequence[str], flag: str, default: int | None) -> int:
+    value = _option(args, flag)
+    if value is None:
+        if default is None:
+            raise CheckpointError(f"the command has no {flag}")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise CheckpointError(f"{flag} {value!r} is not a whole number") from None
+
+
+@dataclass(frozen=True)
+class RefineCommand:
+    """A fresh relion_refine command line, split into what resuming needs."""
+
+    launcher: list[str]
+    """Everything before the program (e.g. mpirun and its options); may be empty."""
+    program: str
+    args: list[str]
+    root: Path
+    classes: int
+    iterations: int
+
+    @classmethod
+    def parse(cls, argv: Sequence[str]) -> RefineCommand:
+        argv = list(argv)
+        index = _program_index(argv)
+        args = argv[index + 1 :]
+        if "--continue" in args:
+            raise CheckpointError("give the fresh command; --continue is worked out from the run")
+        out = _option(args, "--o")
+        if out is None:
+            raise CheckpointError("the command has no --o (output root)")
+        return cls(
+            launcher=argv[:index],
+            program=argv[index],
+            args=args,
+            root=Path(out),
+            classes=_int_option(args, "--K", 1),
+            iterations=_int_option(args, "--iter", 25),
+        )
+
+    def unstored_flags(self) -> list[str]:
+        """The flags of the fresh command that RELION needs repeated on --continue."""
+        carried: list[str] = []
+        args = self.args
+        for i, word in enumerate(args):
+            if word in UNSTORED_VALUE_FLAGS and i + 1 < len(args):
+                carried += [word, args[i + 1]]
+            elif word in UNSTORED_SWITCHES:
+                carried.append(word)
+            elif word == GPU_FLAG:
+                carried.append(word)
+                following = args[i + 1] if i + 1 < len(args) else ""
+                if following and not following.startswith("--"):
+                    carried.append(following)
+        return carried
+
+    def fresh(self) -> list[str]:
+        return [*self.launcher, self.program, *self.args]
+
+    def continuation(self, iteration: int) -> list[str]:
+        optimiser = f"{iteration_root(self.root, iteration)}_optimiser.star"
+        return [
+            *self.launcher,
+            self.program,
+            "--continue",
+            optimiser,
+            "--o",
+            str(self.root),
+            "--iter",
+            str(self.iterations),
+            *self.unstored_flags(),
+        ]
+
+
+# ---- resume history ----------------------------------------------------------------------
+
+
+def history_path(root: Path) -> Path:
+    return root.parent / f"{root.name}_resume.json"
+
+
+def read_history(root: Path) -> dict:
+    path = history_path(root)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    return {"run": root.name, "starts": [], "resumes": 0, "resumed_from": []}
+
+
+def record_start(root: Path, point: ResumePoint) -> dict:
+    """Append this start to the run's history (written atomically) and return the history."""
+    history = read_history(root)
+    history["starts"].append(
+        {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": point.action,
+            "from_iteration": point.iteration,
+            "requested_iterations": point.requested_iterations,
+            "passed_over": {str(k): v for k, v in point.passed_over.items()},
+            "restored_from_snapshot": point.restored_from_snapshot,
+        }
+    )
+    if point.action == "continue":
+        history["resumes"] += 1
+        history["resumed_from"].append(point.iteration)
+    path = history_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(history, indent=2) + "\n")
+    os.replace(temporary, path)
+    return history
+
+
+@dataclass(frozen=True)
+class Plan:
+    point: ResumePoint
+    argv: list[str] | None
+    """The command to run now; None when the run has finished."""
+
+
+def plan(command: RefineCommand) -> Plan:
+    point = find_resume_point(command.root, command.classes, command.iterations)
+    if point.action == "finished":
+        return Plan(point, None)
+    if point.action == "continue":
+        assert point.iteration is not None
+        return Plan(point, command.continuation(point.iteration))
+    return Plan(point, command.fresh())
+
+
+def start(command: RefineCommand, *, cwd: Path | None = None) -> tuple[Plan, dict]:
+    """Decide fresh/continue/finished, secure the checkpoint, record the start."""
+    base = cwd or Path.cwd()
+    local = RefineCommand(
+        launcher=command.launcher, program=command.program, args=command.args,
+        root=command.root if command.root.is_absolute() else base / command.root,
+        classes=command.classes, iterations=command.iterations,
+    )  # fmt: skip
+    decided = plan(local)
+    if decided.point.action == "continue":
+        assert decided.point.iteration is not None
+        if _snapshot_iteration(local.root) != decided.point.iteration:
+            take_snapshot(local.root, decided.point.iteration, local.classes)
+    history = record_start(local.root, decided.point)
+    argv = None
+    if decided.point.action == "continue":
+        assert decided.point.iteration is not None
+        argv = command.continuation(decided.point.iteration)
+    elif decided.point.action == "fresh":
+        argv = command.fresh()
+    return Plan(decided.point, argv), history
+
+
+def describe(point: ResumePoint) -> str:
+    lines = []
+    for iteration, problem in point.passed_over.items():
+        lines.append(f"iteration {iteration} is incomplete: {problem}")
+    if point.restored_from_snapshot:
+        lines.append(f"iteration {point.iteration} was restored from its snapshot")
+    if point.action == "finished":
+        lines.append(
+            f"finished: iteration {point.iteration} of {point.requested_iterations} is complete"
+        )
+    elif point.action == "continue":
+        lines.append(
+            f"continuing after iteration {point.iteration} of {point.requested_iterations}"
+        )
+    else:
+        lines.append("no complete iteration: starting fresh")
+    return "\n".join(lines)
+
+
+def run(command: RefineCommand, *, cwd: Path, progress_interval: float = 5.0) -> int:
+    """Start or resume RELION in cwd and wait; publishes progress; forwards SIGTERM/SIGINT."""
+    from relion_spot.relion.progress import Watcher
+    from relion_spot.relion.tools import relion_env
+
+    decided, history = start(command, cwd=cwd)
+    print(
+        f"checkpoint: {describe(decided.point)} (resumed {history['resumes']} times)",
+        file=sys.stderr,
+    )
+    root = command.root if command.root.is_absolute() else cwd / command.root
+    if decided.argv is None:
+        Watcher(root=root, requested_iterations=command.iterations, interval=0).refresh()
+        return 0
+    print(f"checkpoint: {shlex.join(decided.argv)}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    child = subprocess.Popen(decided.argv, cwd=cwd, env=relion_env())
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with Watcher(root=root, requested_iterations=command.iterations,
+                     interval=progress_interval):  # fmt: skip
+            returncode = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(
+        f"checkpoint: {Path(command.program).name} exited {returncode} after "
+        f"{time.monotonic() - started:.0f} s",
+        file=sys.stderr,
+    )
+    return returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m relion_spot.relion.checkpoint",
+        description="Start, resume or skip a relion_refine classification from its checkpoints.",
+    )
+    parser.add_argument(
+        "mode",
+        choices=("plan", "run"),
+        help="plan: print the command; run: also record the start and run it",
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="-- then the fresh relion_refine command (with --o, --K, --iter)",
+    )
+    args = parser.parse_args(argv)
+    words = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        command = RefineCommand.parse(words)
+        if args.mode == "plan":
+            decided = plan(command)
+            print(describe(decided.point), file=sys.stderr)
+            if decided.argv is not None:
+                print(shlex.join(decided.argv))
+            return 0
+        return run(command, cwd=Path.cwd())
+    except CheckpointError as error:
+        print(f"checkpoint: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
