@@ -6,6 +6,7 @@ Needs Docker (scripts/setup-docker.sh installs and starts it and builds the imag
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -178,3 +179,43 @@ def test_powersave_env_reaches_the_programs(cluster: LocalSlurm) -> None:
         user="slurm",
     )  # fmt: skip
     assert loaded.split() == [cluster.spec.cluster_name, BOTO3_PIN], loaded
+
+
+FIRST_START_NOISE = ("state file", "Trying backup state save file")
+"""What slurmctld reports as errors on its very first start (no state to recover yet)."""
+
+
+@pytest.mark.parametrize("gpu_count", [1, 4, 8])
+def test_cloud_config_is_accepted_by_slurmctld(
+    slurm_images: None, tmp_path: Path, gpu_count: int
+) -> None:
+    """The config the cloud gets (real /dev/nvidia files, node validation on) loads cleanly."""
+    settings = Settings(gpus=(1, 4, 8))
+    spec = spec_from_settings(settings, gpu_count)
+    local = LocalSlurm(
+        prefix=f"relion-spot-test-{os.getpid()}-cloud{gpu_count}",
+        spec=spec,
+        key_file=write_key(tmp_path / "slurm.key"),
+        state_dir=tmp_path / "state",
+    )
+    local.remove()
+    try:
+        local.start_controller()
+        wait_for_controller(local)
+        partitions = local.run("sinfo", "-h", "-o", "%P %D %G %f").split("\n")
+        types = ",".join(settings.gpu_types[gpu_count])
+        assert f"gpu* {settings.max_nodes} gpu:{gpu_count} {types}" in partitions
+        assert any(line.startswith(f"cpu {settings.cpu_max_nodes} (null) ") for line in partitions)
+        node = scontrol_fields(local.run("scontrol", "show", "node", "gpu-1"))
+        assert node["State"] == "IDLE+CLOUD+POWERED_DOWN"
+        config = local.run("scontrol", "show", "config")
+        assert re.search(rf"^SuspendTime\s+= {settings.node_idle_seconds} sec$", config, re.M)
+        assert re.search(rf"^ResumeTimeout\s+= {spec.resume_timeout} sec$", config, re.M)
+        errors = [
+            line
+            for line in local.logs(tail=400).splitlines()
+            if "error:" in line and not any(noise in line for noise in FIRST_START_NOISE)
+        ]
+        assert errors == []
+    finally:
+        local.remove()

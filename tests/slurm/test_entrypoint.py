@@ -70,3 +70,22 @@ def test_bad_input_is_one_line_and_exit_2(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("relion-spot entrypoint: ")
     assert message in lines[0]
+
+
+def test_daemon_gets_a_clean_signal_state() -> None:
+    """A parent that blocks SIGTERM (slurmscriptd does, for what ResumeProgram starts) or ignores
+    SIGPIPE (Python does) must not pass that on to slurmd: exec keeps both."""
+    child = (
+        "import os, signal\n"
+        "from relion_spot.slurm import entrypoint\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "entrypoint._reset_signals()\n"
+        "os.execvp('grep', ['grep', '-E', '^Sig(Blk|Ign):', '/proc/self/status'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=True
+    )
+    masks = dict(line.split(":\t") for line in result.stdout.strip().splitlines())
+    assert int(masks["SigBlk"], 16) == 0, result.stdout
+    assert int(masks["SigIgn"], 16) == 0, result.stdout
