@@ -119,7 +119,11 @@ class LocalSlurm:
         """SIGTERM (through tini) and wait: slurmctld saves its state before it exits."""
         docker("stop", "-t", str(timeout), self.controller, timeout=timeout + 30)
 
-    def start_node(self, node_name: str, *, placeholder_gpus: int = 0) -> str:
+    def start_node(
+        self, node_name: str, *, placeholder_gpus: int = 0, image: str | None = None
+    ) -> str:
+        """Start slurmd for ``node_name`` in a container of its own (``image`` defaults to
+        ``node_image``); it registers with the controller by itself."""
         container = self.node_container(node_name)
         docker(
             "run", "-d", "--name", container,
@@ -130,7 +134,7 @@ class LocalSlurm:
             "-e", f"{KEY_FILE_ENV}={KEY_MOUNT}",
             "-e", f"{PLACEHOLDER_GPUS_ENV}={placeholder_gpus}",
             "-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro",
-            self.node_image, "node", node_name,
+            image or self.node_image, "node", node_name,
         )  # fmt: skip
         self.nodes[node_name] = container
         return container

@@ -16,6 +16,7 @@ import pytest
 
 from relion_spot.settings import Settings
 from relion_spot.slurm.local import (
+    LOCAL_NODE_IMAGE,
     SLURM_IMAGE,
     LocalSlurm,
     docker,
@@ -123,6 +124,30 @@ def test_batch_job_runs_on_the_node(cluster: LocalSlurm) -> None:
     assert fields["ExitCode"] == "0:0"
     output = cluster.run("cat", f"/tmp/job-{job_id}.out", container=cluster.node_container(NODE))
     assert output.split() == [f"host={NODE}", "gpus=0,1", "user=relion"]
+
+
+def test_relion_runs_as_a_job_on_a_local_node(cluster: LocalSlurm) -> None:
+    """The local cloud's node image: same entrypoint, plus RELION (CPU) and Open MPI."""
+    cluster.start_node("cpu-1", image=LOCAL_NODE_IMAGE)
+    wait_until(
+        lambda: node_state(cluster, "cpu-1") == "IDLE",
+        timeout=60,
+        what=lambda: f"cpu-1 to register:\n{cluster.logs(cluster.node_container('cpu-1'))}",
+    )
+    job_id = sbatch(
+        cluster,
+        ["-p", "cpu", "-o", "/tmp/relion-%j.out", "--wrap",
+         "relion_refine --version | head -1; mpirun --version | head -1;"
+         " ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"],
+    )  # fmt: skip
+    wait_job_state(cluster, job_id, "COMPLETED")
+    output = cluster.run(
+        "cat", f"/tmp/relion-{job_id}.out", container=cluster.node_container("cpu-1")
+    ).splitlines()
+    assert output[0].strip() == "RELION version: 3.1.3", output
+    assert output[1].startswith("mpirun (Open MPI) 5."), output
+    assert output[2].endswith("libtcmalloc_minimal.so.4"), output
+    cluster.remove_node("cpu-1")
 
 
 def test_controller_restart_keeps_jobs_and_the_job_counter(cluster: LocalSlurm) -> None:
