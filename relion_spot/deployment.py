@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import App, Environment, Tags, Validations
+from aws_cdk import App, Environment, Stack, Tags, Validations
 from cdk_nag import AwsSolutionsChecks
 
 from . import tags
@@ -13,7 +13,7 @@ from .stacks.network import NetworkStack
 from .stacks.storage import StorageStack
 
 
-def build(app: App, settings: Settings) -> dict[str, object]:
+def build(app: App, settings: Settings) -> dict[str, Stack]:
     """Add every stack for ``settings`` to ``app``; returns them by stack name."""
     env = Environment(account=settings.account, region=settings.region)
     network = NetworkStack(
@@ -31,7 +31,7 @@ def build(app: App, settings: Settings) -> dict[str, object]:
         env=env,
         description="relion-spot: the lab's EFS (data, image cache, state)",
     )
-    stacks: dict[str, object] = {network.stack_name: network, storage.stack_name: storage}
+    stacks: dict[str, Stack] = {network.stack_name: network, storage.stack_name: storage}
     for gpu_count in settings.gpus:
         name = settings.cluster_name(gpu_count)
         stacks[name] = ClusterStack(

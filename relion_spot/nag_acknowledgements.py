@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aws_cdk import Acknowledgment, Stack, Token, Validations
+from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
 from .stacks.cluster import ClusterStack
@@ -26,8 +27,17 @@ def _as_nag_renders(stack: Stack, value: str, pseudo: str) -> str:
     return f"<AWS::{pseudo}>" if Token.is_unresolved(value) else value
 
 
-def _ack(construct: IConstruct, rule: str, reason: str) -> None:
+def _ack(construct: IConstruct | None, rule: str, reason: str) -> None:
+    if construct is None:
+        raise LookupError(f"acknowledgement of {rule} names a resource that no longer exists")
     Validations.of(construct).acknowledge(Acknowledgment(id=rule, reason=reason))
+
+
+def _default_policy(role: iam.IRole | None) -> IConstruct | None:
+    """The CfnPolicy CDK attaches to a role as grants are added."""
+    if role is None:
+        return None
+    return role.node.find_child("DefaultPolicy").node.default_child
 
 
 def acknowledge_findings(stacks: Iterable[Stack]) -> None:
@@ -85,7 +95,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         "subnets); the one secret, the Slurm key, is read from Secrets Manager at start.",
     )
 
-    task_policy = controller.task_role.node.find_child("DefaultPolicy").node.default_child
+    task_policy = _default_policy(controller.task_role)
     for kind in (
         "volume",
         "network-interface",
@@ -120,11 +130,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         "is conditioned on the spot and ec2fleet service names.",
     )
 
-    execution_policy = (
-        controller.task_definition.execution_role.node.find_child(
-            "DefaultPolicy"
-        ).node.default_child  # type: ignore[union-attr]
-    )
+    execution_policy = _default_policy(controller.task_definition.execution_role)
     _ack(
         execution_policy,
         "AwsSolutions-IAM5[Resource::*]",
@@ -133,7 +139,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
     )
 
     for group in (stack.gpu_nodes, stack.cpu_nodes):
-        node_policy = group.role.node.find_child("DefaultPolicy").node.default_child
+        node_policy = _default_policy(group.role)
         _ack(
             node_policy,
             f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",
@@ -141,7 +147,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             "tagged with this cluster; instance ids are not known before launch.",
         )
 
-    teardown_policy = stack.teardown.role.node.find_child("DefaultPolicy").node.default_child
+    teardown_policy = _default_policy(stack.teardown.role)
     _ack(
         teardown_policy,
         f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",

@@ -75,11 +75,12 @@ class ClusterNetwork(Construct):
                 ),
             },
         )
-        self.nat_instances = [
+        self.nat_instances: list[ec2.CfnInstance] = [
             child.node.default_child
             for subnet in self.vpc.public_subnets
             for child in subnet.node.children
             if isinstance(child, ec2.Instance)
+            and isinstance(child.node.default_child, ec2.CfnInstance)
         ]
         for nat in self.nat_instances:
             nat.add_property_override(

@@ -106,11 +106,17 @@ class NodeGroup(Construct):
         )
 
     @property
+    def launch_template_id(self) -> str:
+        template_id = self.launch_template.launch_template_id
+        assert template_id is not None, "a LaunchTemplate created in this app always has an id"
+        return template_id
+
+    @property
     def launch_template_arn(self) -> str:
         stack = Stack.of(self)
         return (
             f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:launch-template/"
-            f"{self.launch_template.launch_template_id}"
+            f"{self.launch_template_id}"
         )
 
     def grant_launch(self, grantee: iam.IGrantable) -> None:

@@ -135,7 +135,7 @@ class ClusterStack(Stack):
                 "RELION_SPOT_NODE_GROUPS": self.to_json_string(
                     {
                         group.partition: {
-                            "launch_template_id": group.launch_template.launch_template_id,
+                            "launch_template_id": group.launch_template_id,
                             "instance_types": list(group.instance_types),
                             "max_nodes": group.max_nodes,
                             "gpus_per_node": group.gpus_per_node,
@@ -159,14 +159,14 @@ class ClusterStack(Stack):
         self.teardown.run_before_deleting(node_sg, controller_sg, *node_groups)
         self.teardown.stop_launches_first(self.controller.service)
 
-        outputs = {
+        outputs: dict[str, str] = {
             "ClusterName": cluster_name,
             "Version": __version__,
             "GpusPerNode": str(gpu_count),
             "GpuInstanceTypes": ",".join(self.gpu_nodes.instance_types),
             "MaxGpuNodes": str(settings.max_nodes),
-            "GpuLaunchTemplateId": self.gpu_nodes.launch_template.launch_template_id,
-            "CpuLaunchTemplateId": self.cpu_nodes.launch_template.launch_template_id,
+            "GpuLaunchTemplateId": self.gpu_nodes.launch_template_id,
+            "CpuLaunchTemplateId": self.cpu_nodes.launch_template_id,
             "EcsClusterName": self.controller.cluster.cluster_name,
             "ControllerServiceName": self.controller.service.service_name,
             "ControllerDnsName": self.controller.dns_name,
