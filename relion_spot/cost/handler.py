@@ -109,9 +109,8 @@ class CostService:
         """Price and store the jobs these attempts belong to (all attempts of each job given)."""
         if not attempts:
             return
-        inventory = instances.cluster_instances(self.clients.ec2, self.config.cluster)
-        known = {i.instance_id for i in inventory}
-        attempts = [self._fill_unresolved(a, inventory) for a in attempts]
+        attempts = self._fill_unresolved(attempts)
+        listed = instances.listed_cluster_instances(self.clients.ec2, self.config.cluster)
         jobs: dict[str, list[Attempt]] = defaultdict(list)
         for attempt in attempts:
             jobs[job_key(attempt.cluster, attempt.job_id)].append(attempt)
@@ -127,7 +126,7 @@ class CostService:
         histories = self.prices.histories(pairs, start, end)
         outcome.spot_price_requests += self.prices.requests - requests_before
         recorded = {n.instance_id for a in attempts for n in a.nodes if n.instance_id}
-        vanished = recorded - known
+        vanished = recorded - listed
         costs: list[JobCost] = [
             price_job(job_attempts, histories, vanished_instances=vanished)
             for job_attempts in jobs.values()
@@ -144,22 +143,28 @@ class CostService:
             [(c, existing.get(job_key(c.cluster, c.job_id), {})) for c in changed],
         )
 
-    def _fill_unresolved(
-        self, attempt: Attempt, inventory: list[instances.InstanceInfo]
-    ) -> Attempt:
-        """Nodes the writer could not map get a second chance against today's inventory."""
-        missing = [n.node for n in attempt.nodes if not n.instance_type]
+    def _fill_unresolved(self, attempts: list[Attempt]) -> list[Attempt]:
+        """Nodes the writer could not map get a second chance against today's instances."""
+        missing = sorted({n.node for a in attempts for n in a.nodes if not n.instance_type})
         if not missing:
-            return attempt
-        resolved = instances.resolve_nodes(missing, inventory, attempt.start, attempt.end)
-        if not resolved:
-            return attempt
-        filled = instances.node_uses(
-            self.clients.ec2, list(resolved), resolved.values(), attempt.start, attempt.end
+            return attempts
+        inventory = instances.cluster_instances(
+            self.clients.ec2, self.config.cluster, node_names=missing
         )
-        by_name: dict[str, NodeUse] = {n.node: n for n in filled}
-        nodes = tuple(by_name.get(n.node, n) if not n.instance_type else n for n in attempt.nodes)
-        return dataclasses.replace(attempt, nodes=nodes)
+        filled_attempts = []
+        for attempt in attempts:
+            names = [n.node for n in attempt.nodes if not n.instance_type]
+            if names:
+                found = instances.node_uses(
+                    self.clients.ec2, names, inventory, attempt.start, attempt.end
+                )
+                by_name: dict[str, NodeUse] = {n.node: n for n in found}
+                attempt = dataclasses.replace(
+                    attempt,
+                    nodes=tuple(n if n.instance_type else by_name[n.node] for n in attempt.nodes),
+                )
+            filled_attempts.append(attempt)
+        return filled_attempts
 
     def price_window(self, outcome: Outcome, *, now: float) -> None:
         reach = (self.config.window_hours + self.config.lookback_hours) * 3600

@@ -185,72 +185,130 @@ def _template_tags(ec2: Any, template_id: str, version: str) -> dict[str, dict[s
     return by_type
 
 
+def instance_tags(
+    ec2: Any, keys: Sequence[str], *, values: Sequence[str] | None = None
+) -> dict[str, dict[str, str]]:
+    """Tags with the given keys of every instance EC2 still lists, by instance id.
+
+    DescribeTags returns a few fields per tag where DescribeInstances returns the whole
+    instance: at 10,000 instances this is what keeps a pricing run inside its time budget.
+    """
+    filters = [
+        {"Name": "resource-type", "Values": ["instance"]},
+        {"Name": "key", "Values": list(keys)},
+    ]
+    if values is not None:
+        filters.append({"Name": "value", "Values": list(values)})
+    found: dict[str, dict[str, str]] = {}
+    for page in ec2.get_paginator("describe_tags").paginate(
+        Filters=filters, PaginationConfig={"PageSize": 1000}
+    ):
+        for tag in page["Tags"]:
+            found.setdefault(tag["ResourceId"], {})[tag["Key"]] = tag["Value"]
+    return found
+
+
+def listed_cluster_instances(ec2: Any, cluster: str) -> set[str]:
+    """Ids of this cluster's instances EC2 still lists (terminated ones drop out after ~1 h)."""
+    tagged = instance_tags(ec2, [tags.CLUSTER], values=[cluster])
+    return {i for i, t in tagged.items() if t.get(tags.CLUSTER) == cluster}
+
+
 def repair_tags(
     ec2: Any, cluster: str, launch_templates: Mapping[str, Mapping[str, str]]
 ) -> TagRepair:
     """Give running instances of this cluster (and their volumes and network interfaces) the
     launch tags they are missing. ``launch_templates`` maps each node group's launch template
     to the tags its launches carry (its own tag specifications count too). Existing values are
-    never changed."""
+    never changed.
+
+    Launch tags are applied in one request for the instance and its volumes and interfaces, so
+    an instance that kept its tags is taken to have kept them everywhere; only instances missing
+    tags are described and have their attachments checked.
+    """
     report = TagRepair()
-    alive = {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}
-    candidates = {
-        i.instance_id: i
-        for i in describe(ec2, [alive, {"Name": f"tag:{tags.CLUSTER}", "Values": [cluster]}])
-    }
-    if launch_templates:
-        for info in describe(
-            ec2,
-            [
-                alive,
-                {"Name": f"tag:{LAUNCH_TEMPLATE_ID_TAG}", "Values": sorted(launch_templates)},
-            ],
-        ):
-            candidates.setdefault(info.instance_id, info)
+    keys = [*REPAIRABLE_TAG_KEYS, LAUNCH_TEMPLATE_ID_TAG, LAUNCH_TEMPLATE_VERSION_TAG]
     template_cache: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
-    for info in candidates.values():
-        owner = info.tags.get(tags.CLUSTER)
-        if owner is not None and owner != cluster:
-            report.skipped_other_cluster.append(info.instance_id)
-            continue
-        template_id = info.tags.get(LAUNCH_TEMPLATE_ID_TAG, "")
-        by_type: dict[str, dict[str, str]] = {}
-        if template_id:
-            cache_key = (template_id, info.tags.get(LAUNCH_TEMPLATE_VERSION_TAG, ""))
-            if cache_key not in template_cache:
-                try:
-                    template_cache[cache_key] = _template_tags(ec2, *cache_key)
-                except ec2.exceptions.ClientError as err:
-                    log.warning("launch template %s unreadable: %s", template_id, err)
-                    template_cache[cache_key] = {}
-            by_type = template_cache[cache_key]
+
+    def template_tags(template_id: str, version: str) -> dict[str, dict[str, str]]:
+        if not template_id:
+            return {}
+        cache_key = (template_id, version)
+        if cache_key not in template_cache:
+            try:
+                template_cache[cache_key] = _template_tags(ec2, template_id, version)
+            except ec2.exceptions.ClientError as err:
+                log.warning("launch template %s unreadable: %s", template_id, err)
+                template_cache[cache_key] = {}
+        return template_cache[cache_key]
+
+    def wanted_keys(current: dict[str, str]) -> set[str]:
+        template_id = current.get(LAUNCH_TEMPLATE_ID_TAG, "")
+        by_type = template_tags(template_id, current.get(LAUNCH_TEMPLATE_VERSION_TAG, ""))
         wanted = {
-            **by_type.get("instance", {}),
-            **launch_templates.get(template_id, {}),
-            tags.CLUSTER: cluster,
-            tags.INSTANCE_TYPE: info.instance_type,
+            *by_type.get("instance", {}),
+            *launch_templates.get(template_id, {}),
+            tags.CLUSTER,
+            tags.INSTANCE_TYPE,
         }
-        wanted = {k: v for k, v in wanted.items() if k in REPAIRABLE_TAG_KEYS and v}
-        missing = {k: v for k, v in wanted.items() if k not in info.tags}
-        if missing:
-            _create_tags(ec2, [info.instance_id], missing)
-            report.instances_tagged.append(info.instance_id)
-            report.resources_tagged += 1
-        if tags.NODE not in info.tags and tags.NODE not in wanted:
-            log.warning(
-                "instance %s of %s has no node-name tag; Slurm cannot map it",
-                info.instance_id,
-                cluster,
-            )
-        instance_tags = {**info.tags, **missing}
-        shared = {k: v for k, v in instance_tags.items() if k in REPAIRABLE_TAG_KEYS}
-        report.resources_tagged += _repair_attached(
-            ec2, info.volume_ids, {**shared, **by_type.get("volume", {})}
+        return wanted & set(REPAIRABLE_TAG_KEYS)
+
+    needing: list[str] = []
+    for instance_id, current in instance_tags(ec2, keys).items():
+        owner = current.get(tags.CLUSTER)
+        ours = owner == cluster or (
+            owner is None and current.get(LAUNCH_TEMPLATE_ID_TAG) in launch_templates
         )
-        report.resources_tagged += _repair_attached(
-            ec2, info.network_interface_ids, {**shared, **by_type.get("network-interface", {})}
-        )
+        if owner is not None and owner != cluster:
+            if current.get(LAUNCH_TEMPLATE_ID_TAG) in launch_templates:
+                report.skipped_other_cluster.append(instance_id)
+            continue
+        if ours and wanted_keys(current) - set(current):
+            needing.append(instance_id)
+    alive = {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}
+    for offset in range(0, len(needing), FILTER_CHUNK):
+        chunk = needing[offset : offset + FILTER_CHUNK]
+        for info in describe(ec2, [alive, {"Name": "instance-id", "Values": chunk}]):
+            _repair_instance(ec2, cluster, info, launch_templates, template_tags, report)
     return report
+
+
+def _repair_instance(
+    ec2: Any,
+    cluster: str,
+    info: InstanceInfo,
+    launch_templates: Mapping[str, Mapping[str, str]],
+    template_tags: Any,
+    report: TagRepair,
+) -> None:
+    template_id = info.tags.get(LAUNCH_TEMPLATE_ID_TAG, "")
+    by_type = template_tags(template_id, info.tags.get(LAUNCH_TEMPLATE_VERSION_TAG, ""))
+    wanted = {
+        **by_type.get("instance", {}),
+        **launch_templates.get(template_id, {}),
+        tags.CLUSTER: cluster,
+        tags.INSTANCE_TYPE: info.instance_type,
+    }
+    wanted = {k: v for k, v in wanted.items() if k in REPAIRABLE_TAG_KEYS and v}
+    missing = {k: v for k, v in wanted.items() if k not in info.tags}
+    if missing:
+        _create_tags(ec2, [info.instance_id], missing)
+        report.instances_tagged.append(info.instance_id)
+        report.resources_tagged += 1
+    if tags.NODE not in info.tags and tags.NODE not in wanted:
+        log.warning(
+            "instance %s of %s has no node-name tag; Slurm cannot map it",
+            info.instance_id,
+            cluster,
+        )
+    instance_values = {**info.tags, **missing}
+    shared = {k: v for k, v in instance_values.items() if k in REPAIRABLE_TAG_KEYS}
+    report.resources_tagged += _repair_attached(
+        ec2, info.volume_ids, {**shared, **by_type.get("volume", {})}
+    )
+    report.resources_tagged += _repair_attached(
+        ec2, info.network_interface_ids, {**shared, **by_type.get("network-interface", {})}
+    )
 
 
 def _repair_attached(ec2: Any, resource_ids: Sequence[str], wanted: dict[str, str]) -> int:

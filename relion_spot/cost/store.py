@@ -14,6 +14,7 @@ concurrency of one, so a pricing run and a reconciliation never interleave.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +33,8 @@ ATTEMPT_KEY = "attempt"
 RECORDS_BY_END = "by-end"
 COSTS_BY_START = "by-start"
 BILLED_FIELDS = ("billed_by_day", "billed_usd", "billed_at")
+RECORD = "record"
+DETAIL_FIELDS = ("job_name", "partition", "last_end", "instance_ids", "attempts")
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -83,10 +86,15 @@ def deserialize(item: dict[str, Any]) -> dict[str, Any]:
     return {k: from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def attempt_item(attempt: Attempt, *, recorded_at: float) -> dict[str, Any]:
-    return {
-        JOB_KEY: job_key(attempt.cluster, attempt.job_id),
-        ATTEMPT_KEY: attempt.key,
+    """Keys and index attributes, plus the attempt itself as one JSON attribute: an attempt is
+    read whole or not at all, and one attribute per item keeps reads of 100,000 records cheap
+    (per-attribute cost dominates in the emulated DynamoDB; DynamoDB itself bills by size)."""
+    record = {
         "cluster": attempt.cluster,
         "job_id": attempt.job_id,
         "start": attempt.start,
@@ -112,6 +120,50 @@ def attempt_item(attempt: Attempt, *, recorded_at: float) -> dict[str, Any]:
             for n in attempt.nodes
         ],
     }
+    return {
+        JOB_KEY: job_key(attempt.cluster, attempt.job_id),
+        ATTEMPT_KEY: attempt.key,
+        "cluster": attempt.cluster,
+        "end": attempt.end,
+        RECORD: _compact(record),
+    }
+
+
+def record_of(item: dict[str, Any]) -> dict[str, Any]:
+    """The attempt fields of a stored record item."""
+    raw = item.get(RECORD)
+    if not isinstance(raw, str):
+        raise MalformedRecord(f"record {item.get(JOB_KEY)!r}/{item.get(ATTEMPT_KEY)!r}: no JSON")
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as err:
+        where = f"{item.get(JOB_KEY)!r}/{item.get(ATTEMPT_KEY)!r}"
+        raise MalformedRecord(f"record {where}: not JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise MalformedRecord(f"record {item.get(JOB_KEY)!r}: not a JSON object")
+    return record
+
+
+def cost_item(cost: JobCost, *, fingerprint: str, priced_at: float) -> dict[str, Any]:
+    """What the report filters and sums on as attributes; the per-attempt breakdown as JSON."""
+    summary = cost.as_dict()
+    detail = {k: summary.pop(k) for k in DETAIL_FIELDS}
+    return {
+        JOB_KEY: job_key(cost.cluster, cost.job_id),
+        **summary,
+        "detail": _compact(detail),
+        "fingerprint": fingerprint,
+        "priced_at": int(priced_at),
+    }
+
+
+def decode_cost(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored job cost with its breakdown unpacked (as ``JobCost.as_dict`` plus extras)."""
+    decoded = dict(item)
+    detail = decoded.pop("detail", None)
+    if isinstance(detail, str):
+        decoded.update(json.loads(detail))
+    return decoded
 
 
 def _text(item: dict[str, Any], name: str, *, required: bool = False) -> str:
@@ -132,8 +184,9 @@ def _int(item: dict[str, Any], name: str, *, default: int | None = None) -> int:
     return int(value)
 
 
-def attempt_from_item(item: dict[str, Any]) -> Attempt:
-    """Read a deserialized record back; anything unusable raises MalformedRecord."""
+def attempt_from_item(stored: dict[str, Any]) -> Attempt:
+    """Read a deserialized record item back; anything unusable raises MalformedRecord."""
+    item = {**record_of(stored), JOB_KEY: stored.get(JOB_KEY), ATTEMPT_KEY: stored.get(ATTEMPT_KEY)}
     try:
         nodes = []
         for raw in item.get("nodes") or []:
@@ -283,8 +336,7 @@ class CostStore:
             before = existing.get(key, {})
             if before.get("fingerprint") == fingerprint:
                 continue
-            item = {JOB_KEY: key, **cost.as_dict(), "fingerprint": fingerprint}
-            item["priced_at"] = int(priced_at)
+            item = cost_item(cost, fingerprint=fingerprint, priced_at=priced_at)
             item.update({f: before[f] for f in BILLED_FIELDS if f in before})
             requests.append({"PutRequest": {"Item": serialize(item)}})
             changed.append(cost)
@@ -347,13 +399,13 @@ class CostStore:
             },
         ):
             for raw in page["Items"]:
-                yield deserialize(raw)
+                yield decode_cost(deserialize(raw))
 
     def all_items(self) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("scan")
         for page in paginator.paginate(TableName=self.table):
             for raw in page["Items"]:
-                yield deserialize(raw)
+                yield decode_cost(deserialize(raw))
 
 
 def create_tables(client: Any, *, records_table: str, costs_table: str) -> None:

@@ -16,7 +16,7 @@ from relion_spot import tags
 from relion_spot.cost import config, jobcomp
 from relion_spot.cost.config import CostConfig
 from relion_spot.cost.handler import Clients, CostService
-from relion_spot.cost.store import JOB_KEY, create_tables, deserialize, job_key
+from relion_spot.cost.store import JOB_KEY, create_tables, decode_cost, deserialize, job_key
 
 REGION = "us-east-1"
 CLUSTER = "gpu1"
@@ -135,7 +135,7 @@ def cost_item(account: Account, job_id: str) -> dict:
     response = account.dynamodb.get_item(
         TableName=COSTS, Key={JOB_KEY: {"S": job_key(CLUSTER, job_id)}}, ConsistentRead=True
     )
-    return deserialize(response["Item"])
+    return decode_cost(deserialize(response["Item"]))
 
 
 def expected_node_cost(

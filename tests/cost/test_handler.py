@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -15,8 +16,10 @@ from relion_spot.cost.handler import handle
 from relion_spot.cost.store import (
     ATTEMPT_KEY,
     JOB_KEY,
+    RECORD,
     deserialize,
     job_key,
+    record_of,
     serialize,
 )
 
@@ -52,7 +55,7 @@ def test_record_writer_is_idempotent(account, reclaimed_job):
     assert write_attempt(account, env) == "duplicate"
     items = account.dynamodb.scan(TableName=RECORDS)["Items"]
     assert len(items) == 1
-    record = deserialize(items[0])
+    record = record_of(deserialize(items[0]))
     node = record["nodes"][0]
     assert node["instance_id"] == reclaimed_job["instances"][0]
     assert node["instance_type"] == "g5.xlarge" and node["availability_zone"] == "us-east-1a"
@@ -122,10 +125,15 @@ def test_vanished_instance_priced_from_record_and_flagged(account, reclaimed_job
     gone = reclaimed_job["instances"][0]
     account.ec2.terminate_instances(InstanceIds=[gone])
     backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
-    # EC2 forgets terminated instances after about an hour; moto keeps them, so drop it here.
+    # EC2 forgets terminated instances (and their tags) after about an hour; moto keeps them,
+    # so drop it from moto's books here.
     for reservation_id, reservation in list(backend.reservations.items()):
         if any(i.id == gone for i in reservation.instances):
             del backend.reservations[reservation_id]
+    backend.tags.pop(gone, None)
+    assert not account.ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [gone]}])[
+        "Tags"
+    ]
     with pytest.raises(account.ec2.exceptions.ClientError):
         account.ec2.describe_instances(InstanceIds=[gone])
 
@@ -167,20 +175,30 @@ def test_malformed_events_are_logged_and_skipped(account, reclaimed_job, caplog)
 def test_malformed_stored_record_is_skipped_in_a_window(account, reclaimed_job, caplog):
     for env in reclaimed_job["attempts"]:
         write_attempt(account, env)
+    end = reclaimed_job["now"] - 100
     broken = {
         JOB_KEY: job_key(CLUSTER, "99"),
         ATTEMPT_KEY: "0000000001",
         "cluster": CLUSTER,
-        "job_id": "99",
-        "end": reclaimed_job["now"] - 100,
-        "start": "yesterday",
-        "state": "COMPLETED",
+        "end": end,
+        RECORD: json.dumps(
+            {
+                "cluster": CLUSTER,
+                "job_id": "99",
+                "start": "yesterday",
+                "end": end,
+                "state": "COMPLETED",
+            }
+        ),
     }
+    unreadable = {**broken, ATTEMPT_KEY: "0000000002", RECORD: "{not json"}
+    account.dynamodb.put_item(TableName=RECORDS, Item=serialize(unreadable))
     account.dynamodb.put_item(TableName=RECORDS, Item=serialize(broken))
     with caplog.at_level(logging.ERROR, logger="relion_spot.cost.handler"):
         outcome = handle({"action": "schedule"}, account.service(), now=reclaimed_job["now"])
-    assert outcome["skipped"] == 1 and outcome["jobs_written"] == 1
+    assert outcome["skipped"] == 2 and outcome["jobs_written"] == 1
     assert any("'yesterday'" in r.getMessage() for r in caplog.records)
+    assert any("not JSON" in r.getMessage() for r in caplog.records)
 
 
 def test_cost_explorer_billed_cost_stored_beside_estimate(account, reclaimed_job):
@@ -235,3 +253,31 @@ def test_cost_explorer_billed_cost_stored_beside_estimate(account, reclaimed_job
     assert repriced["estimate_usd"] > item["estimate_usd"]
     assert repriced["billed_usd"] == item["billed_usd"]
     assert repriced["billed_by_day"] == item["billed_by_day"]
+
+
+def test_node_unmapped_at_write_time_is_resolved_when_pricing(account):
+    late = account.launch(node="placeholder", instance_type="g5.xlarge", zone="us-east-1a")
+    account.ec2.delete_tags(Resources=[late], Tags=[{"Key": tags.NODE}])
+    started = int(
+        account.ec2.describe_instances(InstanceIds=[late])["Reservations"][0]["Instances"][0][
+            "LaunchTime"
+        ].timestamp()
+    )
+    env = slurm_env(
+        "77", nodes="gpu-7", start=started + 30, end=started + 3630, state="COMPLETED", procs=4
+    )
+    assert write_attempt(account, env) == "written"
+    handle(
+        {"action": "price-jobs", "jobs": [{"cluster": CLUSTER, "job_id": "77"}]},
+        account.service(),
+        now=started + 4000,
+    )
+    assert cost_item(account, "77")["flags"] == ["unresolved-node:gpu-7"]
+
+    account.ec2.create_tags(Resources=[late], Tags=[{"Key": tags.NODE, "Value": "gpu-7"}])
+    outcome = handle({"action": "schedule"}, account.service(), now=started + 4000)
+    assert outcome["jobs_written"] == 1
+    item = cost_item(account, "77")
+    assert item["flags"] == []
+    assert item["attempts"][0]["nodes"][0]["instance_id"] == late
+    assert item["estimate_usd"] > 0
