@@ -28,9 +28,15 @@ wanted=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | 
 if [[ ! -x .venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; then
     log "creating the Python environment in .venv"
     python3 -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" >&2 || true
-    .venv/bin/python -m pip install -q -r requirements-dev.txt
-    .venv/bin/python -m pip install -q --no-deps -e .
+    mkdir -p .local
+    pip_log=.local/pip.log
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+        .venv/bin/python -m pip install -q -r requirements-dev.txt &&
+        .venv/bin/python -m pip install -q --no-deps -e .; } >"$pip_log" 2>&1; then
+        grep -v "is ignored" "$pip_log" | tail -n 30 >&2
+        log "pip failed; full log in $pip_log"
+        exit 1
+    fi
     echo "$wanted" >"$stamp"
 fi
 
