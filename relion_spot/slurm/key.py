@@ -56,8 +56,16 @@ def _from_secret(arn: str) -> bytes:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    parts = arn.split(":")
+    if len(parts) < 7 or parts[0] != "arn" or parts[2] != "secretsmanager" or not parts[3]:
+        raise SlurmKeyError(
+            f"{KEY_SECRET_ARN_ENV} = {arn!r} is not a Secrets Manager secret ARN "
+            "(arn:<partition>:secretsmanager:<region>:<account>:secret:<name>)"
+        )
     try:
-        value = boto3.client("secretsmanager").get_secret_value(SecretId=arn)
+        # The secret's own region, whatever the container's default region is (or is not).
+        client = boto3.client("secretsmanager", region_name=parts[3])
+        value = client.get_secret_value(SecretId=arn)
     except ClientError as err:
         error = err.response.get("Error", {})
         raise SlurmKeyError(

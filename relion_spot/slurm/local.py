@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .entrypoint import CONTROLLER_ADDR_ENV, CONTROLLER_ENV, PLACEHOLDER_GPUS_ENV
-from .key import KEY_FILE_ENV
+from .key import KEY_FILE_ENV, KEY_SECRET_ARN_ENV
 from .spec import SPEC_ENV, ClusterSpec
 
 SLURM_IMAGE = os.environ.get("RELION_SPOT_SLURM_IMAGE", "relion-spot/slurm:dev")
@@ -70,7 +70,8 @@ class LocalSlurm:
 
     prefix: str
     spec: ClusterSpec
-    key_file: Path
+    key_file: Path | None
+    """The auth/slurm key to mount; None where containers fetch it from Secrets Manager."""
     state_dir: Path
     image: str = SLURM_IMAGE
     node_image: str = SLURM_IMAGE
@@ -92,8 +93,23 @@ class LocalSlurm:
         if docker("network", "inspect", self.network, check=False).returncode != 0:
             docker("network", "create", "--label", f"{LABEL}={self.prefix}", self.network)
 
-    def start_controller(self) -> None:
-        """Create and start the controller, or start it again on the same state directory."""
+    def gateway_address(self) -> str:
+        """This host's address on the cluster's network: where a service on the host (moto's
+        server, say) is reachable from the containers, without leaving the project's network."""
+        self.create_network()
+        result = docker(
+            "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}} {{end}}", self.network
+        )
+        gateways = result.stdout.split()
+        if not gateways:
+            raise DockerError(f"network {self.network} has no gateway address")
+        return gateways[0]
+
+    def start_controller(self, env: dict[str, str] | None = None) -> None:
+        """Create and start the controller, or start it again on the same state directory.
+
+        ``env``: more environment for the controller (e.g. AWS_ENDPOINT_URL and the key's secret
+        ARN instead of the key file)."""
         if docker("container", "inspect", self.controller, check=False).returncode == 0:
             docker("start", self.controller)
             return
@@ -109,8 +125,7 @@ class LocalSlurm:
             # Nodes reach the controller by name (Docker's DNS), as they do by its Cloud Map name
             # in the cloud: a restarted controller may come back at another address.
             "-e", f"{CONTROLLER_ADDR_ENV}={self.controller}",
-            "-e", f"{KEY_FILE_ENV}={KEY_MOUNT}",
-            "-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro",
+            *self._key_args(env),
             "-v", f"{self.state_dir.resolve()}:{STATE_MOUNT}",
             self.image, "controller",
         )  # fmt: skip
@@ -120,7 +135,12 @@ class LocalSlurm:
         docker("stop", "-t", str(timeout), self.controller, timeout=timeout + 30)
 
     def start_node(
-        self, node_name: str, *, placeholder_gpus: int = 0, image: str | None = None
+        self,
+        node_name: str,
+        *,
+        placeholder_gpus: int = 0,
+        image: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> str:
         """Start slurmd for ``node_name`` in a container of its own (``image`` defaults to
         ``node_image``); it registers with the controller by itself."""
@@ -131,13 +151,27 @@ class LocalSlurm:
             "--network", self.network,
             "--label", f"{LABEL}={self.prefix}",
             "-e", f"{CONTROLLER_ENV}={self.controller}:{self.spec.slurmctld_port}",
-            "-e", f"{KEY_FILE_ENV}={KEY_MOUNT}",
             "-e", f"{PLACEHOLDER_GPUS_ENV}={placeholder_gpus}",
-            "-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro",
+            *self._key_args(env),
             image or self.node_image, "node", node_name,
         )  # fmt: skip
         self.nodes[node_name] = container
         return container
+
+    def _key_args(self, env: dict[str, str] | None) -> list[str]:
+        """The key as a mounted file, unless ``env`` names a secret instead; then ``env``."""
+        args = []
+        if not env or KEY_SECRET_ARN_ENV not in env:
+            if self.key_file is None or not self.key_file.is_file():
+                raise ValueError(
+                    f"no Slurm key for {self.prefix}: key_file = {self.key_file} is not a file, "
+                    f"and env has no {KEY_SECRET_ARN_ENV}"
+                )
+            args += ["-e", f"{KEY_FILE_ENV}={KEY_MOUNT}"]
+            args += ["-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro"]
+        for name, value in (env or {}).items():
+            args += ["-e", f"{name}={value}"]
+        return args
 
     def remove_node(self, node_name: str) -> None:
         """Kill the node's container outright, as a vanished instance would be."""
@@ -155,6 +189,13 @@ class LocalSlurm:
                 f"{(result.stderr or result.stdout).strip()}"
             )
         return result.stdout
+
+    def is_running(self, container: str | None = None) -> bool:
+        result = docker(
+            "container", "inspect", "-f", "{{.State.Running}}", container or self.controller,
+            check=False,
+        )  # fmt: skip
+        return result.stdout.strip() == "true"
 
     def logs(self, container: str | None = None, tail: int = 200) -> str:
         result = docker("logs", "--tail", str(tail), container or self.controller, check=False)

@@ -5,16 +5,23 @@ Needs Docker (scripts/setup-docker.sh installs and starts it and builds the imag
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
+import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from relion_spot.settings import Settings
+from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
 from relion_spot.slurm.local import (
     LOCAL_NODE_IMAGE,
     SLURM_IMAGE,
@@ -67,6 +74,8 @@ def cluster(slurm_images: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def wait_for_controller(local: LocalSlurm, timeout: float = 60) -> None:
     def answers() -> bool:
+        if not local.is_running():
+            raise AssertionError(f"the controller container exited:\n{local.logs()}")
         try:
             return "UP" in local.run("scontrol", "ping")
         except Exception:
@@ -101,6 +110,29 @@ def test_image_carries_no_key_and_fixed_ids(slurm_images: None) -> None:
     ).stdout.split()  # fmt: skip
     assert out[:3] == ["64030", "64030", "1000"], out
     assert out[3:] == ["slurm-wlm", "24.11.5", "slurm-wlm", "24.11.5"], out
+
+
+def test_images_carry_the_current_code(slurm_images: None) -> None:
+    """A stale build cache must not ship old Slurm code: compare file digests with the repo."""
+    listing = (
+        "cd /opt/relion-spot && find relion_spot/slurm assets/slurm -type f"
+        " ! -path '*/__pycache__/*' -exec sha256sum {} + | sort -k 2"
+    )
+    expected = "".join(
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(REPO_ROOT)}\n"
+        for path in sorted(
+            (
+                p
+                for base in ("relion_spot/slurm", "assets/slurm")
+                for p in (REPO_ROOT / base).rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts
+            ),
+            key=lambda p: str(p.relative_to(REPO_ROOT)),
+        )
+    )
+    for image in (SLURM_IMAGE, LOCAL_NODE_IMAGE):
+        actual = docker("run", "--rm", "--entrypoint", "sh", image, "-c", listing).stdout
+        assert actual == expected, f"{image} is stale"
 
 
 def test_controller_refuses_to_start_without_a_spec(slurm_images: None) -> None:
@@ -244,3 +276,70 @@ def test_cloud_config_is_accepted_by_slurmctld(
         assert errors == []
     finally:
         local.remove()
+
+
+@pytest.fixture
+def moto_on_network(slurm_images: None) -> Iterator[tuple[LocalSlurm, str]]:
+    """A cluster network plus moto's server on this host's address on that network only."""
+    local = LocalSlurm(
+        prefix=f"relion-spot-test-{os.getpid()}-moto",
+        spec=spec_from_settings(Settings(gpus=(1,)), 1, **LOCAL_CLOUD),
+        key_file=None,
+        state_dir=Path(tempfile.mkdtemp(prefix="relion-spot-state-")),
+    )
+    local.remove()
+    gateway = local.gateway_address()
+    with socket.socket() as probe:
+        probe.bind((gateway, 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", gateway, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://{gateway}:{port}"
+    try:
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection((gateway, port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(answers, timeout=30, what=f"moto server at {endpoint}")
+        yield local, endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        local.remove()
+        shutil.rmtree(local.state_dir, ignore_errors=True)
+
+
+def test_key_comes_from_secrets_manager(moto_on_network: tuple[LocalSlurm, str]) -> None:
+    """Controller and node each fetch the key with boto3 at start (moto standing in for AWS);
+    a job only runs if both got the same key."""
+    local, endpoint = moto_on_network
+    secrets = boto3.client("secretsmanager", region_name="us-east-1", endpoint_url=endpoint)
+    arn = secrets.create_secret(Name="relion-spot/slurm-key", SecretString=os.urandom(32).hex())[
+        "ARN"
+    ]
+    aws = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        KEY_SECRET_ARN_ENV: arn,
+    }
+    local.start_controller(env=aws)
+    wait_for_controller(local)
+    local.start_node("gpu-1", placeholder_gpus=1, env=aws)
+    wait_until(
+        lambda: node_state(local, "gpu-1") == "IDLE",
+        timeout=60,
+        what=lambda: f"gpu-1 to register:\n{local.logs(local.node_container('gpu-1'))}",
+    )
+    job_id = sbatch(local, ["-o", "/dev/null", "--wrap", "true"])
+    wait_job_state(local, job_id, "COMPLETED")
+    probe = docker("exec", local.controller, "ls", "/run/secrets", check=False)
+    assert probe.returncode != 0, "a key file is mounted: the secret was not what was used"

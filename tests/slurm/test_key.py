@@ -53,6 +53,7 @@ def test_key_from_file(tmp_path: Path) -> None:
         ({}, "no Slurm key: set RELION_SPOT_SLURM_KEY_SECRET_ARN"),
         ({key.KEY_FILE_ENV: "/nonexistent/slurm.key"}, "cannot read it"),
         ({key.KEY_FILE_ENV: "/a", key.KEY_SECRET_ARN_ENV: "arn:b"}, "only one of"),
+        ({key.KEY_SECRET_ARN_ENV: "relion-spot/slurm-key"}, "is not a Secrets Manager secret ARN"),
     ],
 )
 def test_bad_key_sources_are_named(env: dict[str, str], message: str) -> None:
@@ -68,3 +69,11 @@ def test_installed_key_is_owner_only(tmp_path: Path) -> None:
     key.install_key(b"y" * 32, path=path, uid=os.getuid(), gid=os.getgid())
     assert path.read_bytes() == b"y" * 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_secret_is_read_in_its_own_region(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No default region in the container (or a different one) must not matter."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    client = boto3.client("secretsmanager", region_name="eu-west-1")
+    arn = client.create_secret(Name="k", SecretString="z" * 40)["ARN"]
+    assert key.load_key({key.KEY_SECRET_ARN_ENV: arn}) == b"z" * 40
