@@ -147,6 +147,32 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             "tagged with this cluster; instance ids are not known before launch.",
         )
 
+    cost = stack.cost_tracker
+    cost_policy = _default_policy(cost.role)
+    _ack(
+        cost_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "EC2 Describe* and ce:GetCostAndUsage support no resource-level permissions; "
+        "cloudwatch:PutMetricData is held to the RelionSpot namespace by condition.",
+    )
+    for kind in ("instance", "volume", "network-interface"):
+        _ack(
+            cost_policy,
+            f"AwsSolutions-IAM5[Resource::{account_arn}:{kind}/*]",
+            "Tag repair may only add the launch tag keys (aws:TagKeys), only on resources "
+            "already tagged with this cluster or, for untagged volumes and interfaces, only "
+            "by tagging them with this cluster; ids are unknown before launch.",
+        )
+    for table, name in ((cost.records_table, "records"), (cost.costs_table, "costs")):
+        arn = Stack.of(stack).resolve(table.table_arn)["Fn::GetAtt"][0]
+        reason = (
+            f"Queries on the job {name} table's own secondary indexes; the index names are "
+            "fixed, CDK grants them by the table's /index/* ARN."
+        )
+        _ack(cost_policy, f"AwsSolutions-IAM5[Resource::<{arn}.Arn>/index/*]", reason)
+        if name == "records":
+            _ack(task_policy, f"AwsSolutions-IAM5[Resource::<{arn}.Arn>/index/*]", reason)
+
     teardown_policy = _default_policy(stack.teardown.role)
     _ack(
         teardown_policy,

@@ -370,3 +370,30 @@ def test_templates_fit_cloudformation_limits(default_synth, alternate_synth) -> 
             template = synth.template(name)
             assert len(template["Resources"]) < 500, name
             assert len(json.dumps(template)) < 1_000_000, name
+
+
+def test_cost_tables_follow_the_keep_data_setting(default_synth, alternate_synth) -> None:
+    for synth, stack, policy in (
+        (default_synth, "relion-spot-gpu1", "Retain"),
+        (alternate_synth, "lab-b-gpu4", "Delete"),
+    ):
+        tables = _resources(synth.template(stack), "AWS::DynamoDB::Table")
+        assert len(tables) == 2
+        assert {t["DeletionPolicy"] for t in tables.values()} == {policy}
+
+
+def test_controller_gets_its_spec_key_and_address(default_synth) -> None:
+    from relion_spot.slurm.entrypoint import CONTROLLER_ADDR_ENV
+    from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
+    from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec
+
+    template = default_synth.template("relion-spot-gpu4")
+    (task,) = _resources(template, "AWS::ECS::TaskDefinition").values()
+    env = {
+        e["Name"]: e["Value"] for e in task["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    spec = ClusterSpec.from_json(env[SPEC_ENV])
+    assert spec.cluster_name == "relion-spot-gpu4"
+    assert spec.default_partition.gpus == 4
+    assert env[CONTROLLER_ADDR_ENV] == "relion-spot-gpu4-ctld.relion-spot.internal"
+    assert "AuthKey" in env[KEY_SECRET_ARN_ENV]["Ref"]

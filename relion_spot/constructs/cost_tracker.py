@@ -24,9 +24,8 @@ from .. import tags
 from ..cost import config
 from ..cost.instances import LAUNCH_TEMPLATE_ID_TAG, REPAIRABLE_TAG_KEYS
 from ..cost.store import ATTEMPT_KEY, COSTS_BY_START, JOB_KEY, RECORDS_BY_END
-from .lambda_code import package_code
+from .lambda_code import LAMBDA_RUNTIME, package_code
 
-LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_12
 HANDLER = "relion_spot.cost.handler.main"
 
 

@@ -13,8 +13,10 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from ..settings import ControllerCapacity
+from ..slurm.entrypoint import CONTROLLER_ADDR_ENV
+from ..slurm.key import KEY_SECRET_ARN_ENV
+from ..slurm.spec import SLURMCTLD_PORT
 
-SLURMCTLD_PORT = 6817
 STATE_DIR = "/var/spool/slurmctld"
 TASK_CPU = 256
 TASK_MEMORY_MIB = 1024
@@ -97,8 +99,8 @@ class SlurmController(Construct):
             command=["controller"],
             environment={
                 **environment,
-                "RELION_SPOT_AUTH_KEY_SECRET": self.auth_key.secret_arn,
-                "RELION_SPOT_CONTROLLER_DNS": self.dns_name,
+                KEY_SECRET_ARN_ENV: self.auth_key.secret_arn,
+                CONTROLLER_ADDR_ENV: self.dns_name,
             },
             logging=ecs.LogDrivers.aws_logs(stream_prefix="slurmctld", log_group=self.log_group),
             port_mappings=[ecs.PortMapping(container_port=SLURMCTLD_PORT)],

@@ -8,10 +8,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct, IConstruct
 
-from .lambda_code import package_code
+from .lambda_code import LAMBDA_RUNTIME, package_code
 from .node_group import grant_terminate_cluster_instances
-
-LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
 
 
 class ClusterTeardown(Construct):

@@ -3,23 +3,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import CfnOutput, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from constructs import Construct
 
 from .. import __version__, tags
+from ..constructs.cost_tracker import CostTracker
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_power_saving
-from ..constructs.slurm_controller import SLURMCTLD_PORT, SlurmController
+from ..constructs.slurm_controller import SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..settings import Settings
+from ..slurm.spec import SLURMCTLD_PORT, SLURMD_PORT, SPEC_ENV, spec_from_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SLURMD_PORT = 6818
 SRUN_PORTS = (60001, 63000)
 GPU_ROOT_VOLUME_GIB = 150
 """The Deep Learning Base AMI's root snapshot needs ~100 GiB; the rest is image cache headroom."""
@@ -105,6 +106,19 @@ class ClusterStack(Stack):
             storage.grant_mount(group.role, storage.data_access_point)
             storage.grant_mount(group.role, storage.container_cache_access_point)
 
+        self.cost_tracker = CostTracker(
+            self,
+            "CostTracker",
+            cluster_name=cluster_name,
+            log_retention=log_retention,
+            removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
+        )
+        for group in node_groups:
+            self.cost_tracker.watch_launch_template(
+                group.launch_template_id,
+                launch_tags={tags.STACK: self.stack_name, tags.PARTITION: group.partition},
+            )
+
         image = ecr_assets.DockerImageAsset(
             self,
             "SlurmImage",
@@ -130,6 +144,8 @@ class ClusterStack(Stack):
             capacity=settings.controller_capacity,
             log_retention=log_retention,
             environment={
+                **self.cost_tracker.record_writer_environment(),
+                SPEC_ENV: spec_from_settings(settings, gpu_count).to_json(),
                 "AWS_DEFAULT_REGION": self.region,
                 "RELION_SPOT_CLUSTER": cluster_name,
                 "RELION_SPOT_NODE_GROUPS": self.to_json_string(
@@ -152,6 +168,7 @@ class ClusterStack(Stack):
             group.grant_launch(self.controller.task_role)
             self.controller.auth_key.grant_read(group.role)
         grant_power_saving(self.controller.task_role, cluster_name=cluster_name, scope=self)
+        self.cost_tracker.grant_record_writer(self.controller.task_role)
 
         self.teardown = ClusterTeardown(
             self, "Teardown", cluster_name=cluster_name, log_retention=log_retention
@@ -171,6 +188,8 @@ class ClusterStack(Stack):
             "ControllerServiceName": self.controller.service.service_name,
             "ControllerDnsName": self.controller.dns_name,
             "ControllerLogGroup": self.controller.log_group.log_group_name,
+            "JobCostsTable": self.cost_tracker.costs_table_name,
+            "JobRecordsTable": self.cost_tracker.records_table_name,
         }
         for key, value in outputs.items():
             CfnOutput(self, key, value=value)
