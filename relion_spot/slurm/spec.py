@@ -9,7 +9,7 @@ image never needs the CDK libraries, and the spec can describe a local cluster a
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .. import catalog
@@ -89,8 +89,6 @@ class ClusterSpec:
     cloud, whose node containers all share the host's few cores."""
     min_job_age: int = 3600
     """Seconds a finished job stays visible to squeue/scontrol (no accounting database)."""
-    extra: dict[str, str] = field(default_factory=dict)
-    """Free-form values for the programs slurmctld runs; not used in slurm.conf."""
 
     def __post_init__(self) -> None:
         _check_name("cluster_name", self.cluster_name)
