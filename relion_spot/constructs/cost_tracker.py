@@ -23,7 +23,7 @@ from constructs import Construct
 from .. import tags
 from ..cost import config
 from ..cost.instances import LAUNCH_TEMPLATE_ID_TAG, REPAIRABLE_TAG_KEYS
-from ..cost.store import ATTEMPT_KEY, COSTS_BY_START, JOB_KEY, RECORDS_BY_END
+from ..cost.store import ATTEMPT_KEY, COSTS_BY_START, JOB_KEY
 from .lambda_code import LAMBDA_RUNTIME, package_code
 
 HANDLER = "relion_spot.cost.handler.main"
@@ -64,12 +64,6 @@ class CostTracker(Construct):
             ),
             stream=dynamodb.StreamViewType.KEYS_ONLY,
             removal_policy=removal_policy,
-        )
-        self.records_table.add_global_secondary_index(
-            index_name=RECORDS_BY_END,
-            partition_key=dynamodb.Attribute(name="cluster", type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name="end", type=dynamodb.AttributeType.NUMBER),
-            projection_type=dynamodb.ProjectionType.ALL,
         )
         self.costs_table = dynamodb.Table(
             self,

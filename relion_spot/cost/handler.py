@@ -36,6 +36,7 @@ from relion_spot.cost.store import (
     CostStore,
     MalformedRecord,
     attempt_from_item,
+    is_bucket_key,
     job_key,
     split_job_key,
 )
@@ -168,7 +169,9 @@ class CostService:
 
     def price_window(self, outcome: Outcome, *, now: float) -> None:
         reach = (self.config.window_hours + self.config.lookback_hours) * 3600
-        items = self.attempts.items_ending_between(self.config.cluster, int(now - reach), int(now))
+        items = self.attempts.records_ending_between(
+            self.config.cluster, int(now - reach), int(now)
+        )
         self.price(self._parse(items, outcome), outcome, now=now)
 
     def price_jobs(self, keys: Iterable[tuple[str, str]], outcome: Outcome, *, now: float) -> None:
@@ -200,13 +203,16 @@ class CostService:
         outcome.billed_updated += result["billed_updated"]
 
 
-def _stream_job(record: Any) -> tuple[str, str]:
+def _stream_job(record: Any) -> tuple[str, str] | None:
+    """The job a stream record is about; None for the records table's own hourly index items."""
     if not isinstance(record, dict) or record.get("eventSource") != "aws:dynamodb":
         raise MalformedRecord(f"not a DynamoDB stream record: {str(record)[:200]}")
     keys = (record.get("dynamodb") or {}).get("Keys") or {}
     value = (keys.get(JOB_KEY) or {}).get("S")
     if not isinstance(value, str):
         raise MalformedRecord(f"stream record without a '{JOB_KEY}' key: {str(record)[:200]}")
+    if is_bucket_key(value):
+        return None
     return split_job_key(value)
 
 
@@ -235,10 +241,13 @@ def handle(event: Any, service: CostService, *, now: float | None = None) -> dic
     elif isinstance(event, dict) and isinstance(event.get("Records"), list):
         for record in event["Records"]:
             try:
-                keys.append(_stream_job(record))
+                job = _stream_job(record)
             except MalformedRecord as err:
                 log.error("skipping malformed stream record: %s", err)
                 outcome.skipped += 1
+                continue
+            if job is not None:
+                keys.append(job)
     elif action == "price-jobs" or (isinstance(event, dict) and "detail" in event):
         entries = event.get("jobs") if action == "price-jobs" else [event.get("detail")]
         for entry in entries if isinstance(entries, list) else [entries]:

@@ -14,11 +14,14 @@ concurrency of one, so a pricing run and a reconciliation never interleave.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -30,10 +33,17 @@ log = logging.getLogger(__name__)
 
 JOB_KEY = "job"
 ATTEMPT_KEY = "attempt"
-RECORDS_BY_END = "by-end"
 COSTS_BY_START = "by-start"
 BILLED_FIELDS = ("billed_by_day", "billed_usd", "billed_at")
 RECORD = "record"
+BUCKET_PREFIX = "hour#"
+BUCKET_SORT_KEY = "index"
+BUCKET_RECORDS = "records"
+BUCKET_OVERFLOW = "overflow"
+BUCKET_SHARDS = 16
+"""Each hour's records are spread over this many index items by job id, so a busy hour stays
+far below DynamoDB's 400 KB item limit (overflow items catch the rest)."""
+MAX_OVERFLOW = 32
 DETAIL_FIELDS = ("job_name", "partition", "last_end", "instance_ids", "attempts")
 
 _serializer = TypeSerializer()
@@ -46,6 +56,23 @@ class MalformedRecord(ValueError):
 
 def job_key(cluster: str, job_id: str) -> str:
     return f"{cluster}#{job_id}"
+
+
+def hour_of(epoch: int) -> int:
+    return int(epoch) // 3600
+
+
+def shard_of(job_id: str) -> int:
+    return zlib.crc32(job_id.encode()) % BUCKET_SHARDS
+
+
+def bucket_key(cluster: str, hour: int, shard: int) -> str:
+    stamp = datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y%m%d%H")
+    return f"{BUCKET_PREFIX}{cluster}#{stamp}#{shard:02d}"
+
+
+def is_bucket_key(key: str) -> bool:
+    return key.startswith(BUCKET_PREFIX)
 
 
 def split_job_key(key: str) -> tuple[str, str]:
@@ -250,7 +277,9 @@ class AttemptStore:
     table: str
 
     def put(self, attempt: Attempt, *, recorded_at: float | None = None) -> bool:
-        """Write an attempt once. False when it was already there (a retried write)."""
+        """Write an attempt once and list it in its hour's index. False when it was already
+        there (a retried write); the index entry is then re-added from the stored record, which
+        a string set absorbs, so neither a record nor an index entry is ever doubled."""
         when = time.time() if recorded_at is None else recorded_at
         item = attempt_item(attempt, recorded_at=when)
         try:
@@ -260,9 +289,84 @@ class AttemptStore:
                 ConditionExpression="attribute_not_exists(#job)",
                 ExpressionAttributeNames={"#job": JOB_KEY},
             )
+            written = True
         except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+            written = False
+            stored = self.client.get_item(
+                TableName=self.table,
+                Key={JOB_KEY: {"S": item[JOB_KEY]}, ATTEMPT_KEY: {"S": item[ATTEMPT_KEY]}},
+                ConsistentRead=True,
+            )
+            item = deserialize(stored["Item"])
+        self._index(attempt, item[RECORD])
+        return written
+
+    def _index(self, attempt: Attempt, record: str) -> None:
+        base = bucket_key(attempt.cluster, hour_of(attempt.end), shard_of(attempt.job_id))
+        for overflow in range(MAX_OVERFLOW + 1):
+            key = base if overflow == 0 else f"{base}#{overflow}"
+            try:
+                self.client.update_item(
+                    TableName=self.table,
+                    Key={JOB_KEY: {"S": key}, ATTEMPT_KEY: {"S": BUCKET_SORT_KEY}},
+                    UpdateExpression="ADD #records :record",
+                    ExpressionAttributeNames={"#records": BUCKET_RECORDS},
+                    ExpressionAttributeValues={":record": {"SS": [record]}},
+                )
+            except self.client.exceptions.ClientError as err:
+                if "size" not in str(err).lower() or overflow == MAX_OVERFLOW:
+                    raise
+                continue
+            if overflow:
+                self._note_overflow(base, overflow)
+            return
+
+    def _note_overflow(self, base: str, overflow: int) -> None:
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table,
+                Key={JOB_KEY: {"S": base}, ATTEMPT_KEY: {"S": BUCKET_SORT_KEY}},
+                UpdateExpression="SET #overflow = :n",
+                ConditionExpression="attribute_not_exists(#overflow) OR #overflow < :n",
+                ExpressionAttributeNames={"#overflow": BUCKET_OVERFLOW},
+                ExpressionAttributeValues={":n": {"N": str(overflow)}},
+            )
+
+    def records_ending_between(
+        self, cluster: str, lower: int, upper: int
+    ) -> Iterator[dict[str, Any]]:
+        """Every attempt record whose end falls in the hours [lower, upper] touch, read from the
+        hourly index items by key (no query or scan over the table)."""
+        hours = range(int(lower) // 3600, int(upper) // 3600 + 1)
+        keys = [bucket_key(cluster, h, s) for h in hours for s in range(BUCKET_SHARDS)]
+        overflowing: list[str] = []
+        for bucket in self._get_buckets(keys):
+            yield from self._records_in(bucket)
+            extra = bucket.get(BUCKET_OVERFLOW) or 0
+            overflowing.extend(f"{bucket[JOB_KEY]}#{n}" for n in range(1, int(extra) + 1))
+        for bucket in self._get_buckets(overflowing):
+            yield from self._records_in(bucket)
+
+    @staticmethod
+    def _records_in(bucket: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for record in sorted(bucket.get(BUCKET_RECORDS) or ()):
+            yield {JOB_KEY: bucket[JOB_KEY], RECORD: record}
+
+    def _get_buckets(self, keys: Sequence[str]) -> Iterator[dict[str, Any]]:
+        for offset in range(0, len(keys), 100):
+            request = {
+                self.table: {
+                    "Keys": [
+                        {JOB_KEY: {"S": k}, ATTEMPT_KEY: {"S": BUCKET_SORT_KEY}}
+                        for k in keys[offset : offset + 100]
+                    ]
+                }
+            }
+            for response in _retrying(
+                lambda r: self.client.batch_get_item(RequestItems=r), "UnprocessedKeys", request
+            ):
+                for raw in response.get("Responses", {}).get(self.table, []):
+                    yield deserialize(raw)
 
     def items_of_job(self, cluster: str, job_id: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -276,24 +380,6 @@ class AttemptStore:
         ):
             items.extend(deserialize(raw) for raw in page["Items"])
         return items
-
-    def items_ending_between(
-        self, cluster: str, lower: int, upper: int
-    ) -> Iterator[dict[str, Any]]:
-        paginator = self.client.get_paginator("query")
-        for page in paginator.paginate(
-            TableName=self.table,
-            IndexName=RECORDS_BY_END,
-            KeyConditionExpression="#cluster = :cluster AND #end BETWEEN :lower AND :upper",
-            ExpressionAttributeNames={"#cluster": "cluster", "#end": "end"},
-            ExpressionAttributeValues={
-                ":cluster": {"S": cluster},
-                ":lower": {"N": str(int(lower))},
-                ":upper": {"N": str(int(upper))},
-            },
-        ):
-            for raw in page["Items"]:
-                yield deserialize(raw)
 
 
 @dataclass
@@ -416,22 +502,10 @@ def create_tables(client: Any, *, records_table: str, costs_table: str) -> None:
         AttributeDefinitions=[
             {"AttributeName": JOB_KEY, "AttributeType": "S"},
             {"AttributeName": ATTEMPT_KEY, "AttributeType": "S"},
-            {"AttributeName": "cluster", "AttributeType": "S"},
-            {"AttributeName": "end", "AttributeType": "N"},
         ],
         KeySchema=[
             {"AttributeName": JOB_KEY, "KeyType": "HASH"},
             {"AttributeName": ATTEMPT_KEY, "KeyType": "RANGE"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": RECORDS_BY_END,
-                "KeySchema": [
-                    {"AttributeName": "cluster", "KeyType": "HASH"},
-                    {"AttributeName": "end", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
         ],
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
     )

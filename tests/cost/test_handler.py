@@ -15,12 +15,18 @@ from relion_spot import tags
 from relion_spot.cost.handler import handle
 from relion_spot.cost.store import (
     ATTEMPT_KEY,
+    BUCKET_RECORDS,
+    BUCKET_SORT_KEY,
     JOB_KEY,
     RECORD,
+    bucket_key,
     deserialize,
+    hour_of,
+    is_bucket_key,
     job_key,
     record_of,
     serialize,
+    shard_of,
 )
 
 from .conftest import CLUSTER, RECORDS, REGION, cost_item, slurm_env, write_attempt
@@ -53,9 +59,12 @@ def test_record_writer_is_idempotent(account, reclaimed_job):
     env = reclaimed_job["attempts"][0]
     assert write_attempt(account, env) == "written"
     assert write_attempt(account, env) == "duplicate"
-    items = account.dynamodb.scan(TableName=RECORDS)["Items"]
-    assert len(items) == 1
-    record = record_of(deserialize(items[0]))
+    items = [deserialize(i) for i in account.dynamodb.scan(TableName=RECORDS)["Items"]]
+    attempts = [i for i in items if not is_bucket_key(i[JOB_KEY])]
+    buckets = [i for i in items if is_bucket_key(i[JOB_KEY])]
+    assert len(attempts) == 1
+    assert len(buckets) == 1 and buckets[0][BUCKET_RECORDS] == {attempts[0][RECORD]}
+    record = record_of(attempts[0])
     node = record["nodes"][0]
     assert node["instance_id"] == reclaimed_job["instances"][0]
     assert node["instance_type"] == "g5.xlarge" and node["availability_zone"] == "us-east-1a"
@@ -194,6 +203,14 @@ def test_malformed_stored_record_is_skipped_in_a_window(account, reclaimed_job, 
     unreadable = {**broken, ATTEMPT_KEY: "0000000002", RECORD: "{not json"}
     account.dynamodb.put_item(TableName=RECORDS, Item=serialize(unreadable))
     account.dynamodb.put_item(TableName=RECORDS, Item=serialize(broken))
+    index = bucket_key(CLUSTER, hour_of(end), shard_of("99"))
+    account.dynamodb.update_item(
+        TableName=RECORDS,
+        Key={JOB_KEY: {"S": index}, ATTEMPT_KEY: {"S": BUCKET_SORT_KEY}},
+        UpdateExpression="ADD #records :records",
+        ExpressionAttributeNames={"#records": BUCKET_RECORDS},
+        ExpressionAttributeValues={":records": {"SS": [broken[RECORD], unreadable[RECORD]]}},
+    )
     with caplog.at_level(logging.ERROR, logger="relion_spot.cost.handler"):
         outcome = handle({"action": "schedule"}, account.service(), now=reclaimed_job["now"])
     assert outcome["skipped"] == 2 and outcome["jobs_written"] == 1
