@@ -14,6 +14,7 @@ Bad input ends the container with one line on stderr and exit status 2, before a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import shlex
@@ -37,6 +38,7 @@ SLURM_RUN_DIR = Path("/run/slurm")
 """Configless config cache and the sack socket; slurmd wants it owned by SlurmUser."""
 
 SLURM_CONF_DIR = Path("/etc/slurm")
+HOSTS_FILE = Path("/etc/hosts")
 RUNTIME_DIR = Path("/etc/relion-spot")
 POWERSAVE_ENV_FILE = RUNTIME_DIR / "powersave.env"
 """Shell-quoted KEY=value lines the power-save wrappers (assets/slurm/bin) load: slurmctld runs
@@ -97,6 +99,8 @@ def prepare_controller(env: Mapping[str, str]) -> list[str]:
     _ensure_owned_dir(SLURM_RUN_DIR, slurm.pw_uid, slurm.pw_gid)
     _ensure_owned_dir(Path(spec.state_save_location), slurm.pw_uid, slurm.pw_gid)
     _save_powersave_env(env, spec, slurm.pw_uid, slurm.pw_gid)
+    if not _is_ip_address(addr):
+        _point_name_at_loopback(addr, HOSTS_FILE)
     return ["slurmctld", "-D"]
 
 
@@ -135,6 +139,36 @@ def prepare_node(env: Mapping[str, str], node_name: str) -> list[str]:
         "--conf-server",
         f"{host}:{port or SLURMCTLD_PORT}",
     ]
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _point_name_at_loopback(name: str, hosts: Path) -> None:
+    """Make the controller's DNS name mean this container, inside this container.
+
+    Commands run here (the power-save programs' scontrol, the job intake's sbatch) reach
+    slurmctld through SlurmctldHost's address. In the cloud that is a Cloud Map name, which a new
+    task may not own yet (registration lags the start) or which may still point at the task it
+    replaced. Loopback is always this slurmctld. The line goes first (the first match wins) and
+    is replaced on every start; every other line is kept.
+    """
+    marker = "# relion-spot: the controller's own name"
+    try:
+        lines = hosts.read_text().splitlines() if hosts.exists() else []
+        kept = [line for line in lines if not line.endswith(marker)]
+        hosts.write_text("\n".join([f"127.0.0.1 {name} {marker}", *kept]) + "\n")
+    except OSError as err:
+        print(
+            f"relion-spot entrypoint: cannot map {name} to loopback in {hosts} ({err.strerror});"
+            " commands in this container will resolve it through DNS",
+            file=sys.stderr,
+        )
 
 
 def _slurm_user() -> pwd.struct_passwd:

@@ -109,7 +109,7 @@ class LocalSlurm:
         """Create and start the controller, or start it again on the same state directory.
 
         ``env``: more environment for the controller (e.g. AWS_ENDPOINT_URL and the key's secret
-        ARN instead of the key file)."""
+        ARN instead of the key file); it may replace the address nodes are given."""
         if docker("container", "inspect", self.controller, check=False).returncode == 0:
             docker("start", self.controller)
             return
@@ -124,8 +124,7 @@ class LocalSlurm:
             "-e", f"{SPEC_ENV}={self.spec.to_json()}",
             # Nodes reach the controller by name (Docker's DNS), as they do by its Cloud Map name
             # in the cloud: a restarted controller may come back at another address.
-            "-e", f"{CONTROLLER_ADDR_ENV}={self.controller}",
-            *self._key_args(env),
+            *self._key_args({CONTROLLER_ADDR_ENV: self.controller, **(env or {})}),
             "-v", f"{self.state_dir.resolve()}:{STATE_MOUNT}",
             self.image, "controller",
         )  # fmt: skip

@@ -21,6 +21,7 @@ import boto3
 import pytest
 
 from relion_spot.settings import Settings
+from relion_spot.slurm.entrypoint import CONTROLLER_ADDR_ENV
 from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
 from relion_spot.slurm.local import (
     LOCAL_NODE_IMAGE,
@@ -343,3 +344,27 @@ def test_key_comes_from_secrets_manager(moto_on_network: tuple[LocalSlurm, str])
     wait_job_state(local, job_id, "COMPLETED")
     probe = docker("exec", local.controller, "ls", "/run/secrets", check=False)
     assert probe.returncode != 0, "a key file is mounted: the secret was not what was used"
+
+
+def test_controller_commands_work_before_its_dns_name_resolves(
+    slurm_images: None, tmp_path: Path
+) -> None:
+    """In the cloud the controller's address is a Cloud Map name that a new task may not own yet:
+    commands inside the controller (power-save programs, job intake) must reach it regardless."""
+    local = LocalSlurm(
+        prefix=f"relion-spot-test-{os.getpid()}-dns",
+        spec=spec_from_settings(Settings(gpus=(1,)), 1, **LOCAL_CLOUD),
+        key_file=write_key(tmp_path / "slurm.key"),
+        state_dir=tmp_path / "state",
+    )
+    name = "ctld.not-registered-yet.invalid"
+    local.remove()
+    try:
+        local.start_controller(env={CONTROLLER_ADDR_ENV: name})
+        wait_for_controller(local)
+        config = local.run("scontrol", "show", "config")
+        assert re.search(rf"^SlurmctldHost\[0\]\s+= {local.controller}\({name}\)$", config, re.M)
+        job_id = sbatch(local, ["--hold", "-o", "/dev/null", "--wrap", "true"])
+        assert job(local, job_id)["JobState"] == "PENDING"
+    finally:
+        local.remove()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from relion_spot.settings import Settings
+from relion_spot.slurm import entrypoint
 from relion_spot.slurm.spec import SPEC_ENV, spec_from_settings
 
 GOOD_SPEC = spec_from_settings(Settings(), 1).to_json()
@@ -89,3 +91,20 @@ def test_daemon_gets_a_clean_signal_state() -> None:
     masks = dict(line.split(":\t") for line in result.stdout.strip().splitlines())
     assert int(masks["SigBlk"], 16) == 0, result.stdout
     assert int(masks["SigIgn"], 16) == 0, result.stdout
+
+
+def test_controller_name_maps_to_loopback_once(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1\tlocalhost\n172.18.0.2\tctl\n")
+    for _ in range(2):  # every container start rewrites it
+        entrypoint._point_name_at_loopback("ctl.relion-spot.local", hosts)
+    lines = hosts.read_text().splitlines()
+    assert lines[0].split()[:2] == ["127.0.0.1", "ctl.relion-spot.local"]
+    assert lines[1:] == ["127.0.0.1\tlocalhost", "172.18.0.2\tctl"]
+
+
+def test_unwritable_hosts_file_is_a_warning_not_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entrypoint._point_name_at_loopback("ctl.x", tmp_path / "no-such-dir" / "hosts")
+    assert "cannot map ctl.x to loopback" in capsys.readouterr().err
