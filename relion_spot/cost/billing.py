@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 JOB_COST_METRIC = "JobCostUSD"
 RECLAIMED_COST_METRIC = "ReclaimedCostUSD"
 COST_METRIC = "UnblendedCost"
-METRICS_PER_CALL = 500
 
 
 def publish_estimate_changes(
@@ -28,24 +27,36 @@ def publish_estimate_changes(
 ) -> int:
     """Publish how much each written job's estimate moved (its whole estimate the first time),
     so a Sum of the metric over any period equals the estimates added in it: a re-priced job
-    adds only its difference, an unchanged job adds nothing."""
-    data = []
-    dimensions = [{"Name": "Cluster", "Value": cluster}]
+    adds only its difference, an unchanged job adds nothing. One statistic set per metric and
+    run (count, sum, min, max of the moves) keeps it to one request however many jobs."""
+    moves: dict[str, list[float]] = {JOB_COST_METRIC: [], RECLAIMED_COST_METRIC: []}
     for cost, before in changes:
+        first = "fingerprint" not in before
         for metric, now, previous in (
             (JOB_COST_METRIC, cost.total_usd, before.get("estimate_usd", 0.0)),
             (RECLAIMED_COST_METRIC, cost.reclaimed_usd, before.get("reclaimed_usd", 0.0)),
         ):
             delta = round(now - float(previous or 0.0), 10)
-            if delta or "fingerprint" not in before:
-                data.append(
-                    {"MetricName": metric, "Dimensions": dimensions, "Value": delta, "Unit": "None"}
-                )
-    for offset in range(0, len(data), METRICS_PER_CALL):
-        cloudwatch.put_metric_data(
-            Namespace=namespace, MetricData=data[offset : offset + METRICS_PER_CALL]
-        )
-    return len(data)
+            if delta or first:
+                moves[metric].append(delta)
+    data = [
+        {
+            "MetricName": metric,
+            "Dimensions": [{"Name": "Cluster", "Value": cluster}],
+            "StatisticValues": {
+                "SampleCount": float(len(values)),
+                "Sum": round(sum(values), 10),
+                "Minimum": min(values),
+                "Maximum": max(values),
+            },
+            "Unit": "None",
+        }
+        for metric, values in moves.items()
+        if values
+    ]
+    if data:
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=data)
+    return sum(len(v) for v in moves.values())
 
 
 def _tag_value(key: str, tag_key: str) -> str | None:

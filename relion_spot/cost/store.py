@@ -20,6 +20,7 @@ import logging
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,7 +45,10 @@ BUCKET_SHARDS = 16
 """Each hour's records are spread over this many index items by job id, so a busy hour stays
 far below DynamoDB's 400 KB item limit (overflow items catch the rest)."""
 MAX_OVERFLOW = 32
-DETAIL_FIELDS = ("job_name", "partition", "last_end", "instance_ids", "attempts")
+WRITERS = 4
+"""Concurrent batch requests: DynamoDB batches are latency-bound, so a few in flight overlap
+the round trips (boto3 clients are thread-safe)."""
+TOP_LEVEL_FIELDS = ("cluster", "first_start", "estimate_usd", "reclaimed_usd")
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -172,15 +176,16 @@ def record_of(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def cost_item(cost: JobCost, *, fingerprint: str, priced_at: float) -> dict[str, Any]:
-    """What the report filters and sums on as attributes; the per-attempt breakdown as JSON."""
+    """Attributes the index, the metric and the idempotency check need; everything else (user,
+    month, per-attempt breakdown) as one JSON attribute the report unpacks."""
     summary = cost.as_dict()
-    detail = {k: summary.pop(k) for k in DETAIL_FIELDS}
+    top = {k: summary.pop(k) for k in TOP_LEVEL_FIELDS}
+    summary["priced_at"] = int(priced_at)
     return {
         JOB_KEY: job_key(cost.cluster, cost.job_id),
-        **summary,
-        "detail": _compact(detail),
+        **top,
         "fingerprint": fingerprint,
-        "priced_at": int(priced_at),
+        "detail": _compact(summary),
     }
 
 
@@ -394,20 +399,27 @@ class CostStore:
         projection = ", ".join(
             ["#job", "fingerprint", "estimate_usd", "reclaimed_usd", *BILLED_FIELDS]
         )
-        for offset in range(0, len(unique), 100):
+
+        def fetch(keys: list[str]) -> list[dict[str, Any]]:
             request = {
                 self.table: {
-                    "Keys": [{JOB_KEY: {"S": k}} for k in unique[offset : offset + 100]],
+                    "Keys": [{JOB_KEY: {"S": k}} for k in keys],
                     "ProjectionExpression": projection,
                     "ExpressionAttributeNames": {"#job": JOB_KEY},
                 }
             }
-            for response in _retrying(
-                lambda r: self.client.batch_get_item(RequestItems=r), "UnprocessedKeys", request
-            ):
-                for raw in response.get("Responses", {}).get(self.table, []):
-                    item = deserialize(raw)
-                    found[item[JOB_KEY]] = item
+            return [
+                deserialize(raw)
+                for response in _retrying(
+                    lambda r: self.client.batch_get_item(RequestItems=r), "UnprocessedKeys", request
+                )
+                for raw in response.get("Responses", {}).get(self.table, [])
+            ]
+
+        chunks = [unique[o : o + 100] for o in range(0, len(unique), 100)]
+        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+            for items in pool.map(fetch, chunks):
+                found.update((item[JOB_KEY], item) for item in items)
         return found
 
     def write_estimates(
@@ -426,11 +438,17 @@ class CostStore:
             item.update({f: before[f] for f in BILLED_FIELDS if f in before})
             requests.append({"PutRequest": {"Item": serialize(item)}})
             changed.append(cost)
-        for offset in range(0, len(requests), 25):
-            _retrying(
-                lambda r: self.client.batch_write_item(RequestItems=r),
-                "UnprocessedItems",
-                {self.table: requests[offset : offset + 25]},
+        chunks = [requests[o : o + 25] for o in range(0, len(requests), 25)]
+        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+            list(
+                pool.map(
+                    lambda chunk: _retrying(
+                        lambda r: self.client.batch_write_item(RequestItems=r),
+                        "UnprocessedItems",
+                        {self.table: chunk},
+                    ),
+                    chunks,
+                )
             )
         return changed
 
