@@ -1,0 +1,273 @@
+"""ResumeProgram: launch an EC2 spot instance for every node Slurm wants powered up.
+
+    python -m relion_spot.powersave.resume <hostlist>        (run by slurmctld as SlurmUser)
+
+One instant CreateFleet call per partition (up to 500 nodes a call) over the group's instance
+types x subnets, spot, price-capacity-optimized, tagged at launch with the cluster and partition;
+each instance is then tagged with its node name and type (the node's bootstrap reads its name
+from those tags) and Slurm is told which instance plays the node.
+
+Nodes EC2 could not launch are set DOWN with EC2's reason, so Slurm requeues their jobs, and
+powered down again so the names can be retried (see ``slurm.Slurm.fail_launch``); a type that ran
+out of capacity is left out of launches for a while (``capacity.CapacityMemory``).
+
+Exit status: 0 when every node was launched or handed back to Slurm for a capacity shortage;
+1 when something Slurm or an operator must look at went wrong (EC2 refused the request for a
+reason other than capacity, tagging or scontrol failed); 2 on bad input, before any launch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import ec2 as fleet
+from . import logs
+from .capacity import CapacityMemory
+from .config import DEFAULT_LOG_FILE, LOG_FILE_ENV, ConfigError, NodeGroup, PowerSaveConfig
+from .nodes import NodeListError, by_partition, compress, expand_hostlist
+from .slurm import CommandRunner, Slurm, run_command
+
+PROGRAM = "resume"
+RESUME_FILE_ENV = "SLURM_RESUME_FILE"
+log = logging.getLogger(f"relion_spot.powersave.{PROGRAM}")
+
+
+class UsageError(ValueError):
+    pass
+
+
+@dataclass
+class PartitionResult:
+    launched: dict[str, fleet.Launched] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Node -> the reason Slurm is given."""
+    trouble: bool = False
+    """Something other than a capacity shortage went wrong: the exit status says so."""
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    runner: CommandRunner = run_command,
+    ec2_client: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    env = os.environ if environ is None else environ
+    args = list(sys.argv[1:] if argv is None else argv)
+    logs.setup(PROGRAM, env.get(LOG_FILE_ENV, DEFAULT_LOG_FILE).strip())
+    try:
+        config = PowerSaveConfig.from_env(env)
+        nodes = parse_args(args, config)
+    except (ConfigError, NodeListError, UsageError) as err:
+        log.error("nothing launched: %s", err)
+        return 2
+    slurm = Slurm(runner=runner, scontrol=config.scontrol, squeue=config.squeue)
+    jobs = jobs_by_node(env)
+    all_nodes = [n for names in nodes.values() for n in names]
+    waiting = _jobs_text(jobs, all_nodes)
+    log.info("resume %s%s", compress(all_nodes), f" for job(s) {waiting}" if waiting else "")
+    ec2 = ec2_client or _client(config)
+    memory = CapacityMemory(config.state_dir, config.backoff_seconds, clock=clock)
+    trouble = replace_stale_instances(ec2, config.cluster, all_nodes)
+    for partition, names in nodes.items():
+        result = launch_partition(
+            ec2, config, config.groups[partition], names, memory, slurm, sleep=sleep
+        )
+        trouble |= result.trouble
+    return 1 if trouble else 0
+
+
+def parse_args(args: list[str], config: PowerSaveConfig) -> dict[str, list[str]]:
+    if len(args) != 1:
+        raise UsageError(
+            f"expected one argument, a Slurm host list such as gpu-[1-3]; got {len(args)}: {args}"
+        )
+    return by_partition(expand_hostlist(args[0]), config.groups)
+
+
+def _client(config: PowerSaveConfig) -> Any:
+    import boto3
+
+    return boto3.session.Session().client("ec2", region_name=config.region)
+
+
+def jobs_by_node(env: Mapping[str, str]) -> dict[str, list[str]]:
+    """Which jobs wait for which node, from SLURM_RESUME_FILE (read first: Slurm removes it
+    when slurmctld restarts). Only for the log lines; a missing or odd file changes nothing."""
+    path = env.get(RESUME_FILE_ENV, "").strip()
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+        mapping: dict[str, list[str]] = defaultdict(list)
+        for job in data.get("jobs") or []:
+            for node in expand_hostlist(job.get("nodes_resume") or job.get("nodes_alloc") or ""):
+                mapping[node].append(str(job["job_id"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NodeListError) as err:
+        log.warning("%s=%s unreadable (%s); going on without job names", RESUME_FILE_ENV, path, err)
+        return {}
+    return dict(mapping)
+
+
+def _jobs_text(jobs: Mapping[str, list[str]], nodes: Sequence[str]) -> str:
+    ids = sorted({j for n in nodes for j in jobs.get(n, [])}, key=lambda j: (len(j), j))
+    return ",".join(ids)
+
+
+def replace_stale_instances(ec2: Any, cluster: str, nodes: Sequence[str]) -> bool:
+    """A node Slurm asks to resume is powered down in Slurm's eyes: an instance still tagged
+    with its name is left over (a suspend that failed) and must not answer for the new one.
+    Returns True if one could not be terminated."""
+    stale = [i for i in fleet.node_instances(ec2, cluster, nodes) if i.state != "shutting-down"]
+    if not stale:
+        return False
+    for instance in stale:
+        log.info(
+            "%s: terminating left-over %s (%s) before launching its replacement",
+            instance.node,
+            instance.instance_id,
+            instance.state,
+        )
+    result = fleet.terminate(ec2, cluster, [i.instance_id for i in stale])
+    for instance_id, why in result.refused.items():
+        log.error("left-over %s could not be terminated: %s", instance_id, why)
+    return bool(result.refused)
+
+
+def launch_partition(
+    ec2: Any,
+    config: PowerSaveConfig,
+    group: NodeGroup,
+    nodes: list[str],
+    memory: CapacityMemory,
+    slurm: Slurm,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PartitionResult:
+    """Launch ``nodes`` of one partition; every node ends launched or handed back to Slurm."""
+    result = PartitionResult()
+    types, left_out = memory.order(group.instance_types)
+    if left_out:
+        short = memory.current()
+        log.info(
+            "%s: leaving out %s (no spot capacity lately: %s) while %s remain",
+            group.partition,
+            ",".join(left_out),
+            ", ".join(f"{t} {short[t].code}" for t in left_out if t in short),
+            ",".join(types),
+        )
+    for start in range(0, len(nodes), fleet.MAX_FLEET_CAPACITY):
+        batch = nodes[start : start + fleet.MAX_FLEET_CAPACITY]
+        _launch_batch(ec2, config, group, types, batch, memory, result, sleep)
+    _hand_back(slurm, result)
+    return result
+
+
+def _launch_batch(
+    ec2: Any,
+    config: PowerSaveConfig,
+    group: NodeGroup,
+    types: list[str],
+    batch: list[str],
+    memory: CapacityMemory,
+    result: PartitionResult,
+    sleep: Callable[[float], None],
+) -> None:
+    request = fleet.fleet_request(
+        cluster=config.cluster,
+        group=group,
+        instance_types=types,
+        subnets=config.subnets,
+        count=len(batch),
+    )
+    outcome = fleet.create_fleet(ec2, request)
+    errors = "; ".join(dict.fromkeys(e.describe() for e in outcome.errors))
+    log.info(
+        "%s: fleet of %d over %s x %d subnet(s): %d launched%s",
+        group.partition,
+        len(batch),
+        ",".join(types),
+        len(config.subnets),
+        len(outcome.launched),
+        f", EC2 errors: {errors}" if errors else "",
+    )
+    shortages: dict[str, str] = {}
+    for error in outcome.errors:
+        if error.is_capacity:
+            # A whole request refused for capacity names no type: it holds for all it asked.
+            for instance_type in [error.instance_type] if error.instance_type else types:
+                shortages[instance_type] = error.code
+    launched_types = sorted({i.instance_type for i in outcome.launched})
+    memory.remember({t: c for t, c in shortages.items() if t not in launched_types})
+    memory.forget(launched_types)
+    if any(not e.is_capacity for e in outcome.errors):
+        result.trouble = True
+
+    extra = outcome.launched[len(batch) :]
+    if extra:
+        log.warning(
+            "%s: EC2 launched %d more than asked; terminating them", group.partition, len(extra)
+        )
+        fleet.terminate(ec2, config.cluster, [i.instance_id for i in extra])
+    for node, instance in zip(batch, outcome.launched, strict=False):
+        problem = fleet.tag_node(ec2, instance, node, sleep=sleep)
+        if problem is None:
+            result.launched[node] = instance
+            continue
+        log.error(
+            "%s: %s could not be named (%s); terminating it", node, instance.instance_id, problem
+        )
+        fleet.terminate(ec2, config.cluster, [instance.instance_id])
+        result.failed[node] = f"EC2 tagging failed: {problem}"
+        result.trouble = True
+    shortfall = batch[len(outcome.launched) :]
+    if shortfall:
+        reason = "EC2 " + (
+            errors
+            or f"fleet launched {len(outcome.launched)} of {len(batch)} instances, no error given"
+        )
+        for node in shortfall:
+            result.failed[node] = reason
+
+
+def _hand_back(slurm: Slurm, result: PartitionResult) -> None:
+    for node, instance in result.launched.items():
+        told = slurm.record_instance(node, instance.instance_id, instance.instance_type)
+        log.info(
+            "%s: launched %s (%s in %s)%s",
+            node,
+            instance.instance_id,
+            instance.instance_type,
+            instance.subnet_id or "a node subnet",
+            "" if told else "; Slurm was not told the instance id",
+        )
+        result.trouble |= not told
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for node, reason in result.failed.items():
+        by_reason[reason].append(node)
+    for reason, failed in by_reason.items():
+        told = slurm.fail_launch(failed, reason)
+        log.info(
+            "%s: not launched (%s); %s",
+            compress(failed),
+            reason,
+            "set DOWN so Slurm requeues their jobs, then powered down for a later retry"
+            if told
+            else "Slurm could not be told: they stay POWERING_UP until ResumeTimeout",
+        )
+        result.trouble |= not told
+
+
+if __name__ == "__main__":
+    sys.exit(main())
