@@ -124,6 +124,7 @@ class ClusterStack(Stack):
             "SlurmImage",
             directory=str(REPO_ROOT),
             file="assets/slurm/Dockerfile",
+            target="slurm",
             platform=ecr_assets.Platform.LINUX_AMD64,
             exclude=IMAGE_BUILD_EXCLUDES,
         )
