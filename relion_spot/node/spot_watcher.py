@@ -1,0 +1,334 @@
+"""Spot-reclaim watcher: on EC2's two-minute notice, hand this node's jobs back to Slurm.
+
+    python -m relion_spot.node.spot_watcher       (started by the node bootstrap, in the slurmd
+                                                   container)
+
+Polls IMDS ``spot/instance-action`` (IMDSv2) every few seconds; it answers 404 until EC2 decides to
+take the instance back. On a notice, within the two minutes:
+1. ``scontrol update nodename=<node> state=drain reason="spot reclaim"`` - nothing new lands here;
+2. ``scontrol requeue <jobs>`` for the jobs running on the node (``squeue --nodelist``): they go
+   back to the queue now, while their checkpoints are intact, instead of at SlurmdTimeout after
+   the instance is gone; the RELION job resumes from its last complete iteration;
+3. ``scontrol update nodename=<node> state=power_down_asap`` - once the requeued jobs have left,
+   Slurm runs SuspendProgram (terminating the instance a little early) and the name can be
+   launched again after SuspendTimeout, rather than waiting out SuspendTime as a DOWN node.
+4. The event is recorded for the cost tracker: a JSON line appended to
+   ``RELION_SPOT_SPOT_EVENTS_FILE`` and, if ``RELION_SPOT_SPOT_EVENTS_TABLE`` is set, an item in
+   that DynamoDB table (partition key ``instance_id``; written once per instance).
+
+Exit status: 0 after a notice was handled; 1 if Slurm could not be told; 2 on bad settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import tags
+from ..powersave import logs
+from ..powersave.config import SCONTROL_ENV, SQUEUE_ENV
+from ..powersave.slurm import CommandRunner, Slurm, run_command
+from .imds import DEFAULT_IMDS_URL, IMDS_URL_ENV, Imds, ImdsError
+
+NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
+CLUSTER_ENV = "RELION_SPOT_CLUSTER"
+POLL_SECONDS_ENV = "RELION_SPOT_SPOT_POLL_SECONDS"
+EVENTS_FILE_ENV = "RELION_SPOT_SPOT_EVENTS_FILE"
+EVENTS_TABLE_ENV = "RELION_SPOT_SPOT_EVENTS_TABLE"
+LOG_FILE_ENV = "RELION_SPOT_SPOT_WATCHER_LOG"
+DEFAULT_LOG_FILE = "/var/log/slurm/relion-spot-spot-watcher.log"
+DEFAULT_POLL_SECONDS = 5.0
+"""AWS's advice for the notice: check every 5 s. The notice comes 2 min ahead."""
+DEFAULT_EVENTS_FILE = "/var/log/slurm/relion-spot-spot-events.jsonl"
+REASON = "spot reclaim"
+ACTION_PATH = "spot/instance-action"
+JOB_LIST_ATTEMPTS = 3
+
+log = logging.getLogger("relion_spot.node.spot_watcher")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class WatcherSettings:
+    imds_url: str
+    node: str
+    cluster: str
+    poll_seconds: float
+    events_file: str
+    events_table: str
+    scontrol: str
+    squeue: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WatcherSettings:
+        raw_poll = env.get(POLL_SECONDS_ENV, "").strip()
+        try:
+            poll = float(raw_poll) if raw_poll else DEFAULT_POLL_SECONDS
+        except ValueError:
+            poll = -1.0
+        if not 0 < poll <= 30:
+            raise SettingsError(
+                f"{POLL_SECONDS_ENV} = {raw_poll!r}: expected seconds above 0 and at most 30 "
+                "(the notice gives 120)"
+            )
+        url = env.get(IMDS_URL_ENV, "").strip() or DEFAULT_IMDS_URL
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{IMDS_URL_ENV} = {url!r}: expected an http:// base URL")
+        return cls(
+            imds_url=url,
+            node=env.get(NODE_NAME_ENV, "").strip(),
+            cluster=env.get(CLUSTER_ENV, "").strip(),
+            poll_seconds=poll,
+            events_file=env.get(EVENTS_FILE_ENV, DEFAULT_EVENTS_FILE).strip(),
+            events_table=env.get(EVENTS_TABLE_ENV, "").strip(),
+            scontrol=env.get(SCONTROL_ENV, "").strip() or "scontrol",
+            squeue=env.get(SQUEUE_ENV, "").strip() or "squeue",
+        )
+
+
+@dataclass
+class Identity:
+    """Who this instance is, from IMDS (and the environment where the bootstrap set it)."""
+
+    node: str
+    cluster: str
+    instance_id: str
+    instance_type: str
+    availability_zone: str
+    region: str
+
+
+@dataclass
+class ReclaimEvent:
+    kind: str
+    cluster: str
+    node: str
+    instance_id: str
+    instance_type: str
+    availability_zone: str
+    action: str
+    action_time: str
+    """When EC2 will act, from the notice (ISO 8601, UTC)."""
+    noticed_at: float
+    handled_at: float
+    job_ids: list[str] = field(default_factory=list)
+    requeued: bool = False
+    drained: bool = False
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    runner: CommandRunner = run_command,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+    dynamodb: Any = None,
+) -> int:
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="spot_watcher",
+        description="Hand this node's jobs back to Slurm on a spot interruption notice.",
+    )
+    parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    logs.setup("spot-watcher", env.get(LOG_FILE_ENV, DEFAULT_LOG_FILE).strip())
+    try:
+        settings = WatcherSettings.from_env(env)
+    except SettingsError as err:
+        log.error("not watching: %s", err)
+        return 2
+    imds = Imds(settings.imds_url)
+    identity = wait_for_identity(imds, settings, env, sleep)
+    slurm = Slurm(runner=runner, scontrol=settings.scontrol, squeue=settings.squeue)
+    log.info(
+        "watching %s (%s, %s) for a spot interruption notice every %g s",
+        identity.node,
+        identity.instance_id,
+        identity.instance_type,
+        settings.poll_seconds,
+    )
+    notice = wait_for_notice(imds, settings.poll_seconds, sleep)
+    event = handle_notice(notice, identity, slurm, clock)
+    record(event, settings, identity, dynamodb)
+    return 0 if event.drained and event.requeued else 1
+
+
+def wait_for_identity(
+    imds: Imds, settings: WatcherSettings, env: Mapping[str, str], sleep: Callable[[float], None]
+) -> Identity:
+    """Ask IMDS until it answers; the node name may come from the environment or the node tag."""
+    while True:
+        try:
+            return _identity(imds, settings, env)
+        except (ImdsError, SettingsError) as err:
+            log.warning("instance identity not known yet (%s); asking again", err)
+            sleep(settings.poll_seconds)
+
+
+def _identity(imds: Imds, settings: WatcherSettings, env: Mapping[str, str]) -> Identity:
+    node = settings.node or (imds.get(f"tags/instance/{tags.NODE}") or "").strip()
+    if not node:
+        raise SettingsError(f"no {NODE_NAME_ENV} and no {tags.NODE} tag on this instance")
+    cluster = settings.cluster or (imds.get(f"tags/instance/{tags.CLUSTER}") or "").strip()
+    zone = (imds.get("placement/availability-zone") or "").strip()
+    region = (
+        env.get("AWS_REGION", "")
+        or env.get("AWS_DEFAULT_REGION", "")
+        or (imds.get("placement/region") or "")
+    ).strip()
+    return Identity(
+        node=node,
+        cluster=cluster,
+        instance_id=(imds.get("instance-id") or "").strip(),
+        instance_type=(imds.get("instance-type") or "").strip(),
+        availability_zone=zone,
+        region=region,
+    )
+
+
+def wait_for_notice(
+    imds: Imds, poll_seconds: float, sleep: Callable[[float], None]
+) -> dict[str, str]:
+    """Block until IMDS has an instance-action; its JSON (``action``, ``time``)."""
+    failing_since: float | None = None
+    while True:
+        try:
+            body = imds.get(ACTION_PATH)
+        except ImdsError as err:
+            if failing_since is None:
+                log.warning("IMDS unavailable (%s); still polling", err)
+                failing_since = time.monotonic()
+            sleep(poll_seconds)
+            continue
+        if failing_since is not None:
+            log.info("IMDS answers again")
+            failing_since = None
+        if body is not None:
+            try:
+                notice = json.loads(body)
+            except ValueError:
+                notice = {}
+            if not isinstance(notice, dict):
+                notice = {}
+            return {
+                "action": str(notice.get("action", "terminate")),
+                "time": str(notice.get("time", "")),
+            }
+        sleep(poll_seconds)
+
+
+def handle_notice(
+    notice: dict[str, str], identity: Identity, slurm: Slurm, clock: Callable[[], float]
+) -> ReclaimEvent:
+    noticed_at = clock()
+    node = identity.node
+    log.info(
+        "spot interruption notice: %s at %s; draining %s",
+        notice["action"],
+        notice["time"] or "an unstated time",
+        node,
+    )
+    drained = slurm.drain(node, REASON)
+    jobs: list[str] | None = None
+    for _ in range(JOB_LIST_ATTEMPTS):
+        jobs = slurm.jobs_on(node)
+        if jobs is not None:
+            break
+    if jobs is None:
+        log.error("%s: could not list its jobs; Slurm will requeue them at SlurmdTimeout", node)
+        requeued = False
+    elif jobs:
+        requeued = slurm.requeue(jobs)
+        log.info(
+            "%s: %s job(s) %s",
+            node,
+            "requeued" if requeued else "could NOT requeue",
+            ",".join(jobs),
+        )
+    else:
+        requeued = True
+        log.info("%s: no running jobs to requeue", node)
+    if slurm.power_down_asap(node, REASON):
+        log.info("%s: powering down once its jobs have left", node)
+    event = ReclaimEvent(
+        kind="spot-interruption",
+        cluster=identity.cluster,
+        node=node,
+        instance_id=identity.instance_id,
+        instance_type=identity.instance_type,
+        availability_zone=identity.availability_zone,
+        action=notice["action"],
+        action_time=notice["time"],
+        noticed_at=noticed_at,
+        handled_at=clock(),
+        job_ids=jobs or [],
+        requeued=requeued,
+        drained=drained,
+    )
+    log.info("%s: handled %.1f s after the notice", node, event.handled_at - event.noticed_at)
+    return event
+
+
+def record(
+    event: ReclaimEvent, settings: WatcherSettings, identity: Identity, dynamodb: Any = None
+) -> None:
+    """Append the event as a JSON line and, if a table is set, put it there once."""
+    line = json.dumps({**asdict(event), "noticed_at_iso": _iso(event.noticed_at)}, sort_keys=True)
+    if settings.events_file:
+        try:
+            path = Path(settings.events_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            with os.fdopen(fd, "a") as out:
+                out.write(line + "\n")
+            log.info("event recorded in %s", path)
+        except OSError as err:
+            log.error("event NOT recorded in %s: %s", settings.events_file, err)
+    if settings.events_table:
+        _put_event(event, settings.events_table, identity.region, dynamodb)
+
+
+def _put_event(event: ReclaimEvent, table: str, region: str, dynamodb: Any) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from ..cost.store import serialize
+
+    try:
+        if dynamodb is None:
+            import boto3
+
+            dynamodb = boto3.session.Session().client("dynamodb", region_name=region or None)
+        dynamodb.put_item(
+            TableName=table,
+            Item=serialize({**asdict(event), "noticed_at_iso": _iso(event.noticed_at)}),
+            ConditionExpression="attribute_not_exists(instance_id)",
+        )
+        log.info("event recorded in table %s", table)
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        if error.get("Code") == "ConditionalCheckFailedException":
+            log.info("event already in table %s", table)
+        else:
+            log.error("event NOT recorded in table %s: %s", table, error.get("Message"))
+    except BotoCoreError as err:
+        log.error("event NOT recorded in table %s: %s", table, err)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
