@@ -1,0 +1,182 @@
+#!/bin/bash
+# relion-spot node bootstrap: the user data of every Slurm CLOUD node (GPU and CPU groups).
+#
+# A template: relion_spot.node.bootstrap.render() fills these string.Template placeholders
+# (written here without their dollar sign, which the renderer would replace):
+#   cluster_name                  the cluster (value of the cluster tag)
+#   file_system_id                EFS file system id (fs-...)
+#   data_access_point_id          EFS access point for /data (fsap-...)
+#   containers_access_point_id    EFS access point for /containers, the SIF cache (fsap-...)
+#   slurm_image                   the Slurm image URI (the controller's image: one Slurm version)
+#   controller                    slurmctld as host[:port] (the controller's Cloud Map name)
+#   key_secret_arn                Secrets Manager ARN of the auth/slurm key
+#   spot_events_table             DynamoDB table for spot reclaim events ('' for none)
+#   node_tag_key                  the node-name tag key (filled from relion_spot.tags)
+# Every other dollar sign is doubled: the renderer turns two into one.
+#
+# What it does, in order: learn the node name from this instance's own tags (IMDSv2, instance
+# metadata tags on; the resume program tags the instance seconds after launch, so it waits);
+# format the local NVMe instance store as /scratch (RAID0 over several); mount EFS with TLS and
+# IAM through the access points; start slurmd from the Slurm image with the GPUs, /scratch and
+# EFS passed in (the image's entrypoint fetches the Slurm key from Secrets Manager and resets the
+# signal mask before exec'ing slurmd -b); start the spot watcher inside that container, where
+# scontrol reaches the controller through slurmd's configless cache.
+# A failure stops here with one line on the console; the instance is then terminated by
+# ResumeFailProgram when ResumeTimeout runs out, and the job requeued.
+set -euo pipefail
+
+readonly CLUSTER_NAME='${cluster_name}'
+readonly FILE_SYSTEM_ID='${file_system_id}'
+readonly DATA_ACCESS_POINT='${data_access_point_id}'
+readonly CONTAINERS_ACCESS_POINT='${containers_access_point_id}'
+readonly SLURM_IMAGE='${slurm_image}'
+readonly CONTROLLER='${controller}'
+readonly KEY_SECRET_ARN='${key_secret_arn}'
+readonly SPOT_EVENTS_TABLE='${spot_events_table}'
+readonly NODE_TAG_KEY='${node_tag_key}'
+
+readonly IMDS=http://169.254.169.254
+readonly CONTAINER=relion-spot-slurmd
+readonly LOG_DIR=/var/log/relion-spot
+readonly TAG_WAIT_SECONDS=300
+
+log() { echo "relion-spot bootstrap: $$*" >&2; }
+die() {
+  log "FAILED: $$*"
+  exit 1
+}
+
+TOKEN=$$(curl -fsS -X PUT "$$IMDS/latest/api/token" \
+  -H "X-aws-ec2-metadata-token-ttl-seconds: 21600") || die "no IMDSv2 token"
+readonly TOKEN
+imds() { curl -fsS -H "X-aws-ec2-metadata-token: $$TOKEN" "$$IMDS/latest/meta-data/$$1"; }
+
+REGION=$$(imds placement/region) || die "no region from IMDS"
+INSTANCE_ID=$$(imds instance-id) || die "no instance id from IMDS"
+readonly REGION INSTANCE_ID
+
+# --- 1. Node name, from the tag the resume program sets right after launch ---------------------
+NODE_NAME=""
+waited=0
+while [ -z "$$NODE_NAME" ]; do
+  NODE_NAME=$$(imds "tags/instance/$$NODE_TAG_KEY" 2>/dev/null || true)
+  if [ -z "$$NODE_NAME" ]; then
+    [ "$$waited" -lt "$$TAG_WAIT_SECONDS" ] ||
+      die "$$INSTANCE_ID has no $$NODE_TAG_KEY tag after $$TAG_WAIT_SECONDS s (metadata tags off?)"
+    sleep 5
+    waited=$$((waited + 5))
+  fi
+done
+case "$$NODE_NAME" in
+  *[!A-Za-z0-9-]*) die "tag $$NODE_TAG_KEY = '$$NODE_NAME' is not a Slurm node name" ;;
+esac
+readonly NODE_NAME
+log "$$INSTANCE_ID is node $$NODE_NAME of $$CLUSTER_NAME in $$REGION"
+
+# --- 2. Tools the AMI may lack (the Deep Learning AMI has Docker and the NVIDIA toolkit) -------
+missing=()
+command -v mount.efs >/dev/null || missing+=(amazon-efs-utils)
+command -v mdadm >/dev/null || missing+=(mdadm)
+command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
+command -v docker >/dev/null || missing+=(docker)
+if [ "$${#missing[@]}" -gt 0 ]; then
+  log "installing $${missing[*]}"
+  dnf install -y -q "$${missing[@]}" || die "could not install $${missing[*]}"
+fi
+systemctl enable --now docker >/dev/null || die "docker would not start"
+
+# --- 3. Local NVMe instance store as /scratch (RELION --scratch_dir) ---------------------------
+mkdir -p /scratch
+devices=()
+for block in /sys/block/nvme*n*; do
+  [ -e "$$block/device/model" ] || continue
+  model=$$(tr -d '[:space:]' <"$$block/device/model")
+  if [ "$$model" = "AmazonEC2NVMeInstanceStorage" ]; then
+    devices+=("/dev/$${block##*/}")
+  fi
+done
+if mountpoint -q /scratch; then
+  log "/scratch already mounted"
+elif [ "$${#devices[@]}" -eq 0 ]; then
+  log "no instance store: /scratch is a directory on the root volume"
+else
+  scratch_device=$${devices[0]}
+  if [ "$${#devices[@]}" -gt 1 ]; then
+    scratch_device=/dev/md/scratch
+    mdadm --create "$$scratch_device" --run --level=0 --raid-devices="$${#devices[@]}" \
+      "$${devices[@]}" || die "RAID0 over $${devices[*]} failed"
+  fi
+  mkfs.xfs -f -q "$$scratch_device" || die "mkfs.xfs $$scratch_device failed"
+  mount -o noatime "$$scratch_device" /scratch || die "mount $$scratch_device /scratch failed"
+  log "/scratch on $${devices[*]}"
+fi
+chmod 1777 /scratch
+
+# --- 4. EFS over TLS with IAM, through the access points ---------------------------------------
+mount_efs() {
+  local access_point=$$1 target=$$2 attempt
+  mkdir -p "$$target"
+  mountpoint -q "$$target" && return 0
+  for attempt in 1 2 3 4 5 6; do
+    if mount -t efs -o "tls,iam,accesspoint=$$access_point,_netdev" "$$FILE_SYSTEM_ID:/" "$$target"; then
+      log "$$target is $$FILE_SYSTEM_ID via $$access_point"
+      return 0
+    fi
+    sleep $$((attempt * 5))
+  done
+  die "$$FILE_SYSTEM_ID via $$access_point would not mount at $$target"
+}
+mount_efs "$$DATA_ACCESS_POINT" /data
+mount_efs "$$CONTAINERS_ACCESS_POINT" /containers
+
+# --- 5. slurmd from the Slurm image ------------------------------------------------------------
+registry=$${SLURM_IMAGE%%/*}
+case "$$registry" in
+  *.dkr.ecr.*)
+    aws ecr get-login-password --region "$$REGION" |
+      docker login --username AWS --password-stdin "$$registry" >/dev/null ||
+      die "could not log in to $$registry"
+    ;;
+esac
+for attempt in 1 2 3 4 5; do
+  docker pull -q "$$SLURM_IMAGE" >/dev/null && break
+  [ "$$attempt" -lt 5 ] || die "could not pull $$SLURM_IMAGE"
+  sleep $$((attempt * 10))
+done
+
+gpu_args=()
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  gpu_args=(--gpus all)
+fi
+mkdir -p "$$LOG_DIR"
+docker rm -f "$$CONTAINER" >/dev/null 2>&1 || true
+# Host network: slurmctld reaches slurmd at the instance's own address (it registers from it),
+# and the watcher reaches IMDS (hop limit 2). Host IPC: MPI ranks share memory through /dev/shm.
+docker run -d --name "$$CONTAINER" --network host --ipc host \
+  --ulimit memlock=-1 --ulimit stack=67108864 \
+  "$${gpu_args[@]}" \
+  -v /scratch:/scratch -v /data:/data -v /containers:/containers -v "$$LOG_DIR:/var/log/slurm" \
+  -e AWS_DEFAULT_REGION="$$REGION" \
+  -e RELION_SPOT_CLUSTER="$$CLUSTER_NAME" \
+  -e RELION_SPOT_NODE_NAME="$$NODE_NAME" \
+  -e RELION_SPOT_CONTROLLER="$$CONTROLLER" \
+  -e RELION_SPOT_SLURM_KEY_SECRET_ARN="$$KEY_SECRET_ARN" \
+  -e RELION_SPOT_SPOT_EVENTS_TABLE="$$SPOT_EVENTS_TABLE" \
+  -e RELION_SPOT_SPOT_EVENTS_FILE="/data/.relion-spot/spot-events/$$CLUSTER_NAME.jsonl" \
+  "$$SLURM_IMAGE" node >/dev/null || die "docker run $$SLURM_IMAGE failed"
+
+for _ in $$(seq 1 60); do
+  if [ "$$(docker inspect -f '{{.State.Running}}' "$$CONTAINER" 2>/dev/null)" != "true" ]; then
+    docker logs --tail 20 "$$CONTAINER" >&2 || true
+    die "the slurmd container stopped"
+  fi
+  docker exec "$$CONTAINER" pgrep -x slurmd >/dev/null 2>&1 && break
+  sleep 1
+done
+docker exec "$$CONTAINER" pgrep -x slurmd >/dev/null 2>&1 || die "slurmd did not start"
+log "slurmd runs as $$NODE_NAME against $$CONTROLLER"
+
+# --- 6. The spot watcher, next to slurmd -------------------------------------------------------
+docker exec -d "$$CONTAINER" /opt/relion-spot/venv/bin/python -m relion_spot.node.spot_watcher ||
+  die "the spot watcher would not start"
+log "spot watcher started; node $$NODE_NAME is up"
