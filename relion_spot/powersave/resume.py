@@ -25,6 +25,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .slurm import CommandRunner, Slurm, run_command
 
 PROGRAM = "resume"
 RESUME_FILE_ENV = "SLURM_RESUME_FILE"
+PARALLEL_CALLS = 16
 log = logging.getLogger(f"relion_spot.powersave.{PROGRAM}")
 
 
@@ -220,8 +222,9 @@ def _launch_batch(
             "%s: EC2 launched %d more than asked; terminating them", group.partition, len(extra)
         )
         fleet.terminate(ec2, config.cluster, [i.instance_id for i in extra])
-    for node, instance in zip(batch, outcome.launched, strict=False):
-        problem = fleet.tag_node(ec2, instance, node, sleep=sleep)
+    pairs = list(zip(batch, outcome.launched, strict=False))
+    problems = _in_parallel(lambda pair: fleet.tag_node(ec2, pair[1], pair[0], sleep=sleep), pairs)
+    for (node, instance), problem in zip(pairs, problems, strict=True):
         if problem is None:
             result.launched[node] = instance
             continue
@@ -241,9 +244,22 @@ def _launch_batch(
             result.failed[node] = reason
 
 
+def _in_parallel(work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``work`` over ``items`` on a few threads, results in order: per-instance calls (EC2 tags,
+    scontrol) each wait on a round trip, and a 64-node resume should not wait on 64 in a row."""
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(items))) as pool:
+        return list(pool.map(work, items))
+
+
 def _hand_back(slurm: Slurm, result: PartitionResult) -> None:
-    for node, instance in result.launched.items():
-        told = slurm.record_instance(node, instance.instance_id, instance.instance_type)
+    launched = list(result.launched.items())
+    told_each = _in_parallel(
+        lambda item: slurm.record_instance(item[0], item[1].instance_id, item[1].instance_type),
+        launched,
+    )
+    for (node, instance), told in zip(launched, told_each, strict=True):
         log.info(
             "%s: launched %s (%s in %s)%s",
             node,
