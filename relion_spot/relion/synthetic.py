@@ -43,7 +43,7 @@ _CORE_LOBES_PX = ((6.5, 0.5, -2.0), (-3.0, 6.0, -2.5), (-3.5, -5.5, -1.0), (0.5,
 """Four lobes around the centre, not in one plane, so every projection direction is distinct."""
 _CORE_LOBE_ATOMS = (6, 8, 10, 12)
 """Unequal lobes: the core has no symmetry a classification could confuse for a class."""
-_CLASS_LOBE_ATOMS = 24
+_CLASS_LOBE_ATOMS = 10
 _CLASS_LOBE_RADIUS_PX = 8.0
 
 

@@ -46,7 +46,9 @@ def require(program: str) -> str:
     return found
 
 
-def run_tool(args: Sequence[str | os.PathLike[str]], *, cwd: Path, log: Path | None = None) -> str:
+def run_tool(
+    args: Sequence[str | float | os.PathLike[str]], *, cwd: Path, log: Path | None = None
+) -> str:
     """Run one RELION program to completion in cwd; returns its stdout, raises with its tail."""
     argv = [str(a) for a in args]
     argv[0] = require(argv[0])

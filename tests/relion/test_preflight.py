@@ -117,7 +117,8 @@ def _other_box(project: Path) -> None:
         mrc.voxel_size = ANGPIX
 
 
-CASES = {
+Damage = Callable[[Path], None] | None
+CASES: dict[str, tuple[Damage, dict[str, str | None], str]] = {
     "missing STAR": (None, {"i": "nope.star"}, "particles STAR {p}/nope.star does not exist"),
     "unreadable STAR": (_break_star, {}, "particles STAR {p}/p.star"),
     "missing image file": (_drop_stack, {}, "image stack {p}/stack.mrcs (named in"),

@@ -1,0 +1,196 @@
+"""Real RELION classification of the ground-truthed set: accuracy, reclaims, resume points."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import mrcfile
+import pytest
+
+from relion_spot.relion.checkpoint import (
+    check_iteration,
+    find_resume_point,
+    history_path,
+    iteration_files,
+    snapshot_dir,
+)
+from relion_spot.relion.progress import collect, plot_path, progress_path
+from relion_spot.relion.score import score_run
+from relion_spot.relion.synthetic import SyntheticResult
+
+from .conftest import (
+    FIRST_KILL_AFTER,
+    ITERATIONS,
+    SECOND_KILL_AFTER,
+    SPEC,
+    RunRecord,
+    checkpoint_cli,
+    classify_argv,
+    truncate,
+)
+
+pytestmark = pytest.mark.relion
+
+
+def _final_accuracy(record: RunRecord, dataset: SyntheticResult) -> float:
+    scores = score_run(record.root, dataset.truth)
+    assert scores[-1].iteration == ITERATIONS
+    return scores[-1].accuracy
+
+
+def test_uninterrupted_run_classifies(uninterrupted: RunRecord, dataset: SyntheticResult) -> None:
+    accuracy = _final_accuracy(uninterrupted, dataset)
+    print(f"\nuninterrupted: {uninterrupted.wall_seconds:.0f} s wall, accuracy {accuracy:.3f}")
+    assert accuracy >= 0.90
+
+
+def test_killed_run_resumes_after_its_last_complete_iteration(resumed: RunRecord) -> None:
+    first, second, third = resumed.logs
+    assert "no complete iteration: starting fresh" in first
+    assert f"continuing after iteration {FIRST_KILL_AFTER} of {ITERATIONS}" in second
+    assert f"--continue Resumed/run_it{FIRST_KILL_AFTER:03d}_optimiser.star" in second
+    # The second kill left iteration 5 with a map cut short: the job goes back to 4.
+    damaged = f"run_it{SECOND_KILL_AFTER:03d}_class002.mrc"
+    assert f"iteration {SECOND_KILL_AFTER} is incomplete: {damaged} is" in third
+    assert f"continuing after iteration {SECOND_KILL_AFTER - 1} of {ITERATIONS}" in third
+    history = json.loads(history_path(resumed.root).read_text())
+    assert history["resumes"] == 2
+    assert history["resumed_from"] == [FIRST_KILL_AFTER, SECOND_KILL_AFTER - 1]
+    assert [s["action"] for s in history["starts"]] == ["fresh", "continue", "continue"]
+
+
+def test_resumed_run_has_every_iteration_complete(resumed: RunRecord) -> None:
+    for iteration in range(1, ITERATIONS + 1):
+        check_iteration(resumed.root, iteration, SPEC.classes)
+    point = find_resume_point(resumed.root, SPEC.classes, ITERATIONS)
+    assert (point.action, point.iteration) == ("finished", ITERATIONS)
+
+
+def test_resumed_run_matches_uninterrupted_accuracy(
+    resumed: RunRecord, uninterrupted: RunRecord, dataset: SyntheticResult
+) -> None:
+    resumed_accuracy = _final_accuracy(resumed, dataset)
+    uninterrupted_accuracy = _final_accuracy(uninterrupted, dataset)
+    print(
+        f"\nresumed twice: {resumed.wall_seconds:.0f} s wall, accuracy {resumed_accuracy:.3f}"
+        f" (uninterrupted {uninterrupted_accuracy:.3f})"
+    )
+    assert abs(resumed_accuracy - uninterrupted_accuracy) <= 0.05
+
+
+def test_finished_run_exits_at_once_without_recomputing(
+    uninterrupted: RunRecord, dataset: SyntheticResult
+) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in uninterrupted.root.parent.iterdir()}
+    started = time.monotonic()
+    done = subprocess.run(
+        checkpoint_cli("run", classify_argv("Uninterrupted/run")), cwd=dataset.out,
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"finished: iteration {ITERATIONS} of {ITERATIONS} is complete" in done.stderr
+    assert time.monotonic() - started < 30
+    after = {p.name: p.stat().st_mtime_ns for p in uninterrupted.root.parent.iterdir()}
+    relion_files = {n for n in before if "_it0" in n}
+    assert {n: after[n] for n in relion_files} == {n: before[n] for n in relion_files}
+    assert not any(n.startswith("run_it0") for n in set(after) - set(before))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncate-map", "{newest}_class001.mrc is 154214 bytes, its header says 257024"),
+        ("cut-map-header", "{newest}_class001.mrc is not a readable MRC map"),
+        ("missing-map", "{newest}_class001.mrc is missing"),
+        ("truncate-data", "{newest}_data.star"),
+        ("missing-sampling", "{newest}_sampling.star is missing"),
+        ("cut-model-at-line", "{newest}_model.star"),
+    ],
+)
+def test_incomplete_newest_iteration_falls_back_to_previous(
+    uninterrupted: RunRecord, copy_run: Callable[[RunRecord], Path], damage: str, reason: str
+) -> None:
+    root = copy_run(uninterrupted)
+    files = iteration_files(root, ITERATIONS, SPEC.classes)
+    if damage == "truncate-map":
+        truncate(files["class001"], keep=0.6)
+    elif damage == "cut-map-header":
+        truncate(files["class001"], keep=0.001)
+    elif damage == "missing-map":
+        files["class001"].unlink()
+    elif damage == "truncate-data":
+        truncate(files["data"], keep=0.5)
+    elif damage == "missing-sampling":
+        files["sampling"].unlink()
+    else:  # a write that stopped at a line boundary still parses: the missing blocks show it
+        lines = files["model"].read_text().splitlines(keepends=True)
+        files["model"].write_text("".join(lines[: len(lines) // 3]))
+    point = find_resume_point(root, SPEC.classes, ITERATIONS)
+    assert (point.action, point.iteration) == ("continue", ITERATIONS - 1)
+    assert reason.format(newest=f"run_it{ITERATIONS:03d}") in point.passed_over[ITERATIONS]
+
+
+def test_iteration_numbers_are_read_from_the_files(
+    uninterrupted: RunRecord, copy_run: Callable[[RunRecord], Path]
+) -> None:
+    root = copy_run(uninterrupted)
+    files = iteration_files(root, ITERATIONS, SPEC.classes)
+    stale = iteration_files(root, ITERATIONS - 1, SPEC.classes)["optimiser"]
+    files["optimiser"].write_bytes(stale.read_bytes())
+    point = find_resume_point(root, SPEC.classes, ITERATIONS)
+    assert point.iteration == ITERATIONS - 1
+    assert f"says iteration {ITERATIONS - 1}" in point.passed_over[ITERATIONS]
+
+
+def test_checkpoint_rewritten_during_a_reclaim_is_restored_from_its_snapshot(
+    resumed: RunRecord, copy_run: Callable[[RunRecord], Path]
+) -> None:
+    # The last resume continued from iteration 4 and snapshotted it first. Pretend the node
+    # was reclaimed while RELION was rewriting iteration 4 (before iteration 5 existed).
+    root = copy_run(resumed)
+    checkpoint = SECOND_KILL_AFTER - 1
+    assert (snapshot_dir(root) / "ITERATION").read_text().strip() == str(checkpoint)
+    for later in range(checkpoint + 1, ITERATIONS + 1):
+        for path in iteration_files(root, later, SPEC.classes).values():
+            path.unlink()
+    damaged = iteration_files(root, checkpoint, SPEC.classes)
+    truncate(damaged["data"], keep=0.3)
+    damaged["class001"].unlink()
+
+    point = find_resume_point(root, SPEC.classes, ITERATIONS)
+    assert (point.action, point.iteration, point.restored_from_snapshot) == (
+        "continue", checkpoint, True,
+    )  # fmt: skip
+    check_iteration(root, checkpoint, SPEC.classes)
+
+
+def test_progress_record_and_plot(resumed: RunRecord) -> None:
+    record = json.loads(progress_path(resumed.root).read_text())
+    assert record == {**collect(resumed.root), "updated": record["updated"]}
+    assert record["finished"] and record["current_iteration"] == ITERATIONS
+    assert record["resumed_from"] == [FIRST_KILL_AFTER, SECOND_KILL_AFTER - 1]
+    assert [r["iteration"] for r in record["iterations"]] == list(range(1, ITERATIONS + 1))
+    for row in record["iterations"]:
+        assert 2 * SPEC.angpix <= row["resolution_angstrom"] <= 100
+        assert sum(row["class_distribution"]) == pytest.approx(1, abs=1e-4)
+        assert row["seconds"] is not None and row["seconds"] > 0
+    changed = [r["changed_class_fraction"] for r in record["iterations"]]
+    assert changed[0] == 1.0  # every particle gets its first class in iteration 1
+    assert all(0 <= c <= 1 for c in changed)
+    assert changed[-1] < 0.2  # the run has settled
+    after_resume = [r["iteration"] for r in record["iterations"] if r["after_resume"]]
+    assert after_resume == [FIRST_KILL_AFTER + 1, SECOND_KILL_AFTER]
+    assert record["eta_seconds"] == 0.0
+    with plot_path(resumed.root).open("rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_class_maps_have_the_data_sets_geometry(uninterrupted: RunRecord) -> None:
+    files = iteration_files(uninterrupted.root, ITERATIONS, SPEC.classes)
+    with mrcfile.open(files["class002"]) as mrc:
+        assert mrc.data.shape == (SPEC.box,) * 3
+        assert float(mrc.voxel_size.x) == pytest.approx(SPEC.angpix)

@@ -1,0 +1,94 @@
+"""The ground-truthed data set: what it contains, that it is blind, and that a seed fixes it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+from relion_spot.relion.synthetic import SyntheticResult, SyntheticSpec, generate
+
+from .conftest import SPEC
+
+pytestmark = pytest.mark.relion
+
+
+def test_files_and_truth(dataset: SyntheticResult) -> None:
+    blocks = starfile.read(dataset.particles_star, always_dict=True)
+    particles = blocks["particles"]
+    assert float(blocks["optics"]["rlnImagePixelSize"].iloc[0]) == SPEC.angpix
+    assert len(particles) == SPEC.particles
+    # Nothing a classification should have to find out is given away.
+    hidden = {"rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"}
+    assert not hidden & set(particles.columns)
+    assert particles["rlnMicrographName"].nunique() == SPEC.micrographs
+
+    truth = starfile.read(dataset.truth, always_dict=True)["particles"]
+    assert truth["rlnImageName"].tolist() == particles["rlnImageName"].tolist()
+    assert truth["rlnClassNumber"].value_counts().to_dict() == {
+        k: SPEC.particles_per_class for k in range(1, SPEC.classes + 1)
+    }
+    # Classes are interleaved, not in blocks a lucky split would recover.
+    assert truth["rlnClassNumber"].iloc[: SPEC.particles // 2].nunique() == SPEC.classes
+
+    with mrcfile.open(dataset.out / "particles.mrcs") as mrc:
+        assert mrc.data.shape == (SPEC.particles, SPEC.box, SPEC.box)
+        stack = np.asarray(mrc.data)
+    with mrcfile.open(dataset.reference) as mrc:
+        assert mrc.data.shape == (SPEC.box,) * 3
+        assert float(mrc.voxel_size.x) == pytest.approx(SPEC.angpix)
+    # relion_preprocess --norm: background (outside the particle) has mean 0 and sd 1.
+    axis = np.arange(SPEC.box) - SPEC.box // 2
+    radius = SPEC.particle_diameter_angstrom / SPEC.angpix / 2
+    background = stack[:, (axis[:, None] ** 2 + axis[None, :] ** 2) > radius**2]
+    assert abs(background.mean()) < 0.05
+    assert background.std() == pytest.approx(1, abs=0.05)
+
+
+def test_classes_differ_by_one_lobe(dataset: SyntheticResult) -> None:
+    first, second = (mrcfile.read(p) for p in dataset.volumes)
+    difference = np.abs(first - second)
+    # Same core in both: most of the mass is shared, a clear part is not.
+    assert 0.1 < difference.sum() / first.sum() < 0.8
+
+
+def test_noise_gives_the_requested_snr(dataset: SyntheticResult) -> None:
+    manifest = json.loads((dataset.out / "synthetic.json").read_text())
+    assert manifest["signal_variance"] / manifest["noise_sigma"] ** 2 == pytest.approx(SPEC.snr)
+    assert manifest["particle_diameter_angstrom"] == SPEC.particle_diameter_angstrom
+
+
+def test_same_seed_same_data_other_seed_other_data(
+    dataset: SyntheticResult, tmp_path: Path
+) -> None:
+    again = generate(SPEC, tmp_path / "again")
+    other = generate(SyntheticSpec(**{**SPEC.__dict__, "seed": SPEC.seed + 1}), tmp_path / "o")
+    original = mrcfile.read(dataset.out / "particles.mrcs")
+    assert np.array_equal(mrcfile.read(again.out / "particles.mrcs"), original)
+    assert np.array_equal(mrcfile.read(again.reference), mrcfile.read(dataset.reference))
+    assert again.truth.read_text().split("\n", 1)[1] == dataset.truth.read_text().split("\n", 1)[1]
+    assert not np.array_equal(mrcfile.read(other.out / "particles.mrcs"), original)
+
+
+def test_cli_refuses_bad_values_and_busy_folders(tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "relion_spot.relion.synthetic", "--out", str(tmp_path), *args],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    done = cli("--classes", "0", "--box", "41")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "classes=0: must be between 1 and 50" in done.stderr
+    assert "box=41: must be an even number of pixels from 32 to 256" in done.stderr
+    (tmp_path / "keep.txt").write_text("user data")
+    done = cli()
+    assert done.returncode == 2
+    assert f"{tmp_path} is not empty" in done.stderr
+    assert (tmp_path / "keep.txt").read_text() == "user data"
