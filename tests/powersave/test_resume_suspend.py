@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from relion_spot import tags
 from relion_spot.powersave import resume, resume_fail, suspend
@@ -328,3 +331,65 @@ def test_bad_input_is_one_clear_line_exit_2_and_nothing_done(
     assert "nothing" in lines[0]
     assert {i["InstanceId"]: i["State"]["Name"] for i in cloud.instances()} == before
     assert recorder.calls == []
+
+
+class TagRefusals:
+    """EC2 answering CreateTags with an error for the first ``count`` calls."""
+
+    def __init__(self, client: Any, code: str, count: int) -> None:
+        self.client, self.code, self.left = client, code, count
+        self.refused: list[str] = []
+        self._lock = threading.Lock()
+        client.meta.events.register("before-call.ec2.CreateTags", self.answer)
+
+    def answer(self, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        with self._lock:
+            if self.left <= 0:
+                return None
+            self.left -= 1
+            self.refused.append(params["body"]["ResourceId.1"])
+        http = AWSResponse("https://ec2.us-east-1.amazonaws.com/", 400, {}, None)
+        return http, {"Error": {"Code": self.code, "Message": "refused for the test"}}
+
+    def remove(self) -> None:
+        self.client.meta.events.unregister("before-call.ec2.CreateTags", self.answer)
+
+
+def test_an_instance_that_cannot_be_named_is_terminated_and_its_node_handed_back(
+    cloud: Cloud, recorder: Recorder
+) -> None:
+    refusals = TagRefusals(cloud.ec2, "UnauthorizedOperation", 1)
+    try:
+        status = run_resume(cloud, recorder, "gpu-[1-3]")
+    finally:
+        refusals.remove()
+
+    assert status == 1
+    (refused,) = refusals.refused
+    assert len(cloud.live()) == 2 and refused not in {
+        i["InstanceId"] for i in cloud.live().values()
+    }
+    states = {i["InstanceId"]: i["State"]["Name"] for i in cloud.instances()}
+    assert states[refused] in ("shutting-down", "terminated")
+    (down,) = [c for c in recorder.updates() if "state=down" in c]
+    (missing,) = {"gpu-1", "gpu-2", "gpu-3"} - set(cloud.live())
+    assert down[2:4] == [f"nodename={missing}", "state=down"]
+    assert down[4] == "reason=EC2 tagging failed: UnauthorizedOperation: refused for the test"
+
+
+def test_a_not_yet_visible_instance_is_tagged_on_retry(cloud: Cloud, recorder: Recorder) -> None:
+    refusals = TagRefusals(cloud.ec2, "InvalidInstanceID.NotFound", 2)
+    naps: list[float] = []
+    try:
+        status = resume.main(
+            ["gpu-1"],
+            environ=cloud.env(),
+            runner=recorder,
+            ec2_client=cloud.ec2,
+            sleep=naps.append,
+        )
+    finally:
+        refusals.remove()
+    assert status == 0
+    assert naps == [0.5, 1.0]
+    assert tag_map(cloud.live()["gpu-1"])[tags.NODE] == "gpu-1"
