@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import tags
 from ..teardown.sweep import LIVE_STATES, SweepResult
@@ -40,6 +40,18 @@ FILTER_VALUES = 200
 """DescribeInstances takes at most 200 values per filter."""
 TAG_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 """A fresh instance may be unknown to CreateTags for a moment (eventual consistency)."""
+
+
+AWS_ERRORS = (ClientError, BotoCoreError)
+"""What a boto3 call raises when AWS refuses or cannot be reached."""
+
+
+def aws_error_text(err: Exception) -> str:
+    """``Code: message`` of a refusal, or botocore's own sentence for a connection problem."""
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}"
+    return str(err)
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,8 @@ def create_fleet(ec2: Any, request: dict[str, Any]) -> FleetOutcome:
         return FleetOutcome(
             errors=[LaunchError(str(error.get("Code", "Error")), str(error.get("Message", "")))]
         )
+    except BotoCoreError as err:
+        return FleetOutcome(errors=[LaunchError(type(err).__name__, str(err))])
     outcome = FleetOutcome()
     for entry in response.get("Instances") or []:
         overrides = (entry.get("LaunchTemplateAndOverrides") or {}).get("Overrides") or {}
@@ -171,6 +185,8 @@ def tag_node(
             if code != "InvalidInstanceID.NotFound" or delay is None:
                 return f"{code}: {error.get('Message', '')}"
             sleep(delay)
+        except BotoCoreError as err:
+            return str(err)
     return None  # not reached: the last round returns
 
 
@@ -232,8 +248,14 @@ def _describe(ec2: Any, filters: list[dict[str, Any]]) -> list[NodeInstance]:
 
 
 def terminate(ec2: Any, cluster: str, instance_ids: Sequence[str]) -> SweepResult:
-    """Terminate; one refusal does not stop the rest (see ``teardown.sweep``)."""
+    """Terminate; one refusal does not stop the rest (see ``teardown.sweep``). EC2 out of
+    reach counts every instance as refused, with the reason."""
     result = SweepResult(cluster_name=cluster)
     if instance_ids:
-        terminate_with_fallback(ec2, sorted(instance_ids), result)
+        try:
+            terminate_with_fallback(ec2, sorted(instance_ids), result)
+        except BotoCoreError as err:
+            for instance_id in instance_ids:
+                if instance_id not in result.terminated:
+                    result.refused[instance_id] = str(err)
     return result

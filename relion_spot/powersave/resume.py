@@ -81,11 +81,27 @@ def main(
     log.info("resume %s%s", compress(all_nodes), f" for job(s) {waiting}" if waiting else "")
     ec2 = ec2_client or _client(config)
     memory = CapacityMemory(config.state_dir, config.backoff_seconds, clock=clock)
-    trouble = replace_stale_instances(ec2, config.cluster, all_nodes)
+    try:
+        trouble = replace_stale_instances(ec2, config.cluster, all_nodes)
+    except fleet.AWS_ERRORS as err:
+        log.error("could not look for left-over instances: %s", fleet.aws_error_text(err))
+        trouble = True
     for partition, names in nodes.items():
-        result = launch_partition(
-            ec2, config, config.groups[partition], names, memory, slurm, sleep=sleep
-        )
+        try:
+            result = launch_partition(
+                ec2, config, config.groups[partition], names, memory, slurm, sleep=sleep
+            )
+        except fleet.AWS_ERRORS as err:
+            reason = f"EC2 {fleet.aws_error_text(err)}"
+            told = slurm.fail_launch(names, reason)
+            log.error(
+                "%s: not launched (%s); %s",
+                compress(names),
+                reason,
+                "set DOWN and powered down" if told else "Slurm could not be told",
+            )
+            trouble = True
+            continue
         trouble |= result.trouble
     return 1 if trouble else 0
 
@@ -231,7 +247,10 @@ def _launch_batch(
         log.error(
             "%s: %s could not be named (%s); terminating it", node, instance.instance_id, problem
         )
-        fleet.terminate(ec2, config.cluster, [instance.instance_id])
+        for instance_id, why in fleet.terminate(
+            ec2, config.cluster, [instance.instance_id]
+        ).refused.items():
+            log.error("%s was NOT terminated and may still bill: %s", instance_id, why)
         result.failed[node] = f"EC2 tagging failed: {problem}"
         result.trouble = True
     shortfall = batch[len(outcome.launched) :]

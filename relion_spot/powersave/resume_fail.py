@@ -59,8 +59,12 @@ def main(
     nodes = [n for names in grouped.values() for n in names]
     log.info("resume failed for %s: cleaning up", compress(nodes))
     ec2 = ec2_client or _client(config)
-    ok = terminate_nodes(ec2, config.cluster, nodes)
-    ok &= terminate_orphans(ec2, config.cluster, list(grouped), now=clock())
+    try:
+        ok = terminate_nodes(ec2, config.cluster, nodes)
+        ok &= terminate_orphans(ec2, config.cluster, list(grouped), now=clock())
+    except fleet.AWS_ERRORS as err:
+        log.error("could not find the nodes' instances: %s", fleet.aws_error_text(err))
+        ok = False
     slurm = Slurm(runner=runner, scontrol=config.scontrol, squeue=config.squeue)
     if slurm.reset_addresses(nodes):
         log.info("%s: addresses set back to the node names", compress(nodes))

@@ -45,7 +45,11 @@ def main(
         log.error("nothing terminated: %s", err)
         return 2
     ec2 = ec2_client or _client(config)
-    return 0 if terminate_nodes(ec2, config.cluster, nodes) else 1
+    try:
+        return 0 if terminate_nodes(ec2, config.cluster, nodes) else 1
+    except fleet.AWS_ERRORS as err:
+        log.error("could not find the nodes' instances: %s", fleet.aws_error_text(err))
+        return 1
 
 
 def _client(config: PowerSaveConfig) -> Any:

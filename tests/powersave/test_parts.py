@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from relion_spot.powersave import resume, resume_fail, suspend
 from relion_spot.powersave.capacity import CapacityMemory
 from relion_spot.powersave.config import NodeGroup
 from relion_spot.powersave.nodes import NodeListError, by_partition, compress, expand_hostlist
@@ -155,3 +156,35 @@ def test_programs_as_slurm_runs_them_refuse_bad_input_without_a_traceback(
     ]
     log_line = (tmp_path / "powersave.log").read_text()
     assert "ERROR nothing" in log_line and "gpu-3" in log_line
+
+
+def test_ec2_out_of_reach_hands_the_nodes_back_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    env = {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "RELION_SPOT_CLUSTER": "lab-1gpu",
+        "RELION_SPOT_NODE_GROUPS": json.dumps(
+            {"gpu": {"launch_template_id": "lt-1", "instance_types": ["g5.xlarge"], "max_nodes": 2}}
+        ),
+        "RELION_SPOT_SUBNETS": "subnet-1",
+        "RELION_SPOT_POWERSAVE_STATE_DIR": str(tmp_path / "state"),
+        "RELION_SPOT_POWERSAVE_LOG": "",
+    }
+    recorder = Recorder()
+
+    assert resume.main(["gpu-[1-2]"], environ=env, runner=recorder) == 1
+
+    down, release = recorder.calls
+    assert down[:4] == ["scontrol", "update", "nodename=gpu-[1-2]", "state=down"]
+    assert down[4].startswith("reason=EC2 EndpointConnectionError")
+    assert release[3] == "state=power_down_force"
+    assert not (tmp_path / "state" / "capacity.json").exists(), "not a capacity shortage"
+    assert "Traceback" not in capsys.readouterr().err
+    assert suspend.main(["gpu-1"], environ=env) == 1
+    assert resume_fail.main(["gpu-1"], environ=env, runner=Recorder()) == 1
+    err = capsys.readouterr().err
+    assert err.count("could not find the nodes' instances: Could not connect") == 2
+    assert "Traceback" not in err
