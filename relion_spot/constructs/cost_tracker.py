@@ -161,7 +161,7 @@ class CostTracker(Construct):
 
     def _grant_function(self, stack: Stack) -> None:
         ec2_arn = f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}"
-        self.records_table.grant(self.role, "dynamodb:Query")
+        self.records_table.grant(self.role, "dynamodb:Query", "dynamodb:BatchGetItem")
         self.costs_table.grant(
             self.role,
             "dynamodb:BatchGetItem",
@@ -252,9 +252,12 @@ class CostTracker(Construct):
         )
 
     def grant_record_writer(self, grantee: iam.IGrantable) -> None:
-        """What the controller's job record writer needs: one conditional put per attempt and
-        the instance/volume descriptions that map Slurm nodes to instances."""
-        self.records_table.grant(grantee, "dynamodb:PutItem")
+        """What the controller's job record writer needs: one conditional put per attempt, the
+        hourly index update (and a read-back on a retried write), and the instance/volume
+        descriptions that map Slurm nodes to instances."""
+        self.records_table.grant(
+            grantee, "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"
+        )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="MapNodesToInstances",

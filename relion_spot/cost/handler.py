@@ -134,14 +134,11 @@ class CostService:
         ]
         outcome.jobs_priced += len(costs)
         outcome.flagged_jobs += sum(1 for c in costs if c.flags)
-        existing = self.costs.existing(jobs)
-        changed = self.costs.write_estimates(costs, existing, priced_at=now)
-        outcome.jobs_written += len(changed)
+        del attempts, jobs  # a 100,000-attempt run needs the memory for the writes
+        changes = self.costs.write_estimates(costs, priced_at=now)
+        outcome.jobs_written += len(changes)
         outcome.metrics_published += billing.publish_estimate_changes(
-            self.clients.cloudwatch,
-            self.config.metric_namespace,
-            self.config.cluster,
-            [(c, existing.get(job_key(c.cluster, c.job_id), {})) for c in changed],
+            self.clients.cloudwatch, self.config.metric_namespace, self.config.cluster, changes
         )
 
     def _fill_unresolved(self, attempts: list[Attempt]) -> list[Attempt]:

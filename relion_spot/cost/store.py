@@ -1,14 +1,18 @@
 """DynamoDB access for job-attempt records and job costs.
 
 Records table: one item per job attempt, key ``job`` = "<cluster>#<job id>", ``attempt`` = the
-attempt's start second (zero-padded, so attempts sort in time). Written once with a condition,
-so Slurm re-running the writer, or a retried request, never doubles an attempt. GSI ``by-end``
-(``cluster``, ``end``) lets the scheduled pricing read every attempt that ended in a window.
+attempt's start second (zero-padded, so attempts sort in time; Slurm gives no attempt counter
+and a requeued attempt starts anew). Written once with a condition, so Slurm re-running the
+writer, or a retried request, never doubles an attempt. The attempt itself is one JSON
+attribute. Beside the attempts, hourly index items (``job`` = "hour#<cluster>#<YYYYMMDDHH>#<shard>",
+``attempt`` = "index") hold the records of the attempts that ended in that hour as a string set:
+adding an element twice changes nothing, and the scheduled pricing fetches a window's index
+items by key instead of querying or scanning the table.
 
-Costs table: one item per job, key ``job``; the estimate (with its attempts and a fingerprint of
-everything priced) and, beside it, ``billed_by_day``/``billed_usd`` from Cost Explorer. GSI
-``by-start`` (``cluster``, ``first_start``) serves the report. The pricing writes whole items in
-batches and carries the billed fields over; the construct gives the function a reserved
+Costs table: one item per job, key ``job``; the estimate, a fingerprint of everything priced,
+and the breakdown as JSON, with ``billed_by_day``/``billed_usd`` from Cost Explorer beside it.
+GSI ``by-start`` (``cluster``, ``first_start``) serves the report. The pricing writes whole
+items in batches and carries the billed fields over; the construct gives the function a reserved
 concurrency of one, so a pricing run and a reconciliation never interleave.
 """
 
@@ -48,7 +52,7 @@ MAX_OVERFLOW = 32
 WRITERS = 4
 """Concurrent batch requests: DynamoDB batches are latency-bound, so a few in flight overlap
 the round trips (boto3 clients are thread-safe)."""
-TOP_LEVEL_FIELDS = ("cluster", "first_start", "estimate_usd", "reclaimed_usd")
+TOP_LEVEL_FIELDS = ("cluster", "first_start")
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -392,20 +396,16 @@ class CostStore:
     client: Any
     table: str
 
-    def existing(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Fingerprint, estimate and billed fields of the jobs already stored, by job key."""
-        found: dict[str, dict[str, Any]] = {}
+    def _batch_get(self, keys: Iterable[str], projection: Sequence[str]) -> list[dict[str, Any]]:
         unique = sorted(set(keys))
-        projection = ", ".join(
-            ["#job", "fingerprint", "estimate_usd", "reclaimed_usd", *BILLED_FIELDS]
-        )
+        names = {f"#a{i}": name for i, name in enumerate([JOB_KEY, *projection])}
 
-        def fetch(keys: list[str]) -> list[dict[str, Any]]:
+        def fetch(chunk: list[str]) -> list[dict[str, Any]]:
             request = {
                 self.table: {
-                    "Keys": [{JOB_KEY: {"S": k}} for k in keys],
-                    "ProjectionExpression": projection,
-                    "ExpressionAttributeNames": {"#job": JOB_KEY},
+                    "Keys": [{JOB_KEY: {"S": k}} for k in chunk],
+                    "ProjectionExpression": ", ".join(names),
+                    "ExpressionAttributeNames": names,
                 }
             }
             return [
@@ -418,39 +418,53 @@ class CostStore:
 
         chunks = [unique[o : o + 100] for o in range(0, len(unique), 100)]
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-            for items in pool.map(fetch, chunks):
-                found.update((item[JOB_KEY], item) for item in items)
-        return found
+            return [item for items in pool.map(fetch, chunks) for item in items]
+
+    def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
+        """Fingerprint of each job already priced: the cheap read that decides what changed."""
+        return {
+            item[JOB_KEY]: item.get("fingerprint", "")
+            for item in self._batch_get(keys, ["fingerprint"])
+        }
+
+    def previous(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored estimate and billed fields of these jobs, by job key."""
+        return {
+            item[JOB_KEY]: decode_cost(item)
+            for item in self._batch_get(keys, ["fingerprint", "detail", *BILLED_FIELDS])
+        }
 
     def write_estimates(
-        self, costs: Sequence[JobCost], existing: dict[str, dict[str, Any]], *, priced_at: float
-    ) -> list[JobCost]:
-        """Write the jobs whose fingerprint changed (keeping their billed fields); returns them."""
-        changed: list[JobCost] = []
-        requests: list[dict[str, Any]] = []
-        for cost in costs:
-            key = job_key(cost.cluster, cost.job_id)
+        self, costs: Sequence[JobCost], *, priced_at: float
+    ) -> list[tuple[JobCost, dict[str, Any]]]:
+        """Write the jobs whose fingerprint changed, keeping their billed fields; returns each
+        written job with what was stored before (empty when it is new)."""
+        keyed = [(job_key(c.cluster, c.job_id), c) for c in costs]
+        stored = self.fingerprints(k for k, _ in keyed)
+        changed = []
+        for key, cost in keyed:
             fingerprint = cost.fingerprint()
-            before = existing.get(key, {})
-            if before.get("fingerprint") == fingerprint:
-                continue
-            item = cost_item(cost, fingerprint=fingerprint, priced_at=priced_at)
-            item.update({f: before[f] for f in BILLED_FIELDS if f in before})
-            requests.append({"PutRequest": {"Item": serialize(item)}})
-            changed.append(cost)
-        chunks = [requests[o : o + 25] for o in range(0, len(requests), 25)]
-        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-            list(
-                pool.map(
-                    lambda chunk: _retrying(
-                        lambda r: self.client.batch_write_item(RequestItems=r),
-                        "UnprocessedItems",
-                        {self.table: chunk},
-                    ),
-                    chunks,
-                )
+            if stored.get(key) != fingerprint:
+                changed.append((key, cost, fingerprint))
+        before = self.previous(k for k, _, _ in changed if k in stored)
+
+        def write(chunk: list[tuple[str, JobCost, str]]) -> None:
+            requests = []
+            for key, cost, fingerprint in chunk:
+                item = cost_item(cost, fingerprint=fingerprint, priced_at=priced_at)
+                earlier = before.get(key, {})
+                item.update({f: earlier[f] for f in BILLED_FIELDS if f in earlier})
+                requests.append({"PutRequest": {"Item": serialize(item)}})
+            _retrying(
+                lambda r: self.client.batch_write_item(RequestItems=r),
+                "UnprocessedItems",
+                {self.table: requests},
             )
-        return changed
+
+        chunks = [changed[o : o + 25] for o in range(0, len(changed), 25)]
+        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+            list(pool.map(write, chunks))
+        return [(cost, before.get(key, {})) for key, cost, _ in changed]
 
     def record_billed(
         self, cluster: str, job_id: str, by_day: dict[str, float], *, billed_at: float
