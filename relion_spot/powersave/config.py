@@ -61,7 +61,6 @@ class PowerSaveConfig:
     subnets: tuple[str, ...]
     region: str
     state_dir: Path
-    log_file: str = DEFAULT_LOG_FILE
     backoff_seconds: int = DEFAULT_BACKOFF_SECONDS
     scontrol: str = "scontrol"
     squeue: str = "squeue"
@@ -81,7 +80,6 @@ class PowerSaveConfig:
             subnets=parse_subnets(env.get(SUBNETS_ENV, "")),
             region=region,
             state_dir=_state_dir(env),
-            log_file=env.get(LOG_FILE_ENV, DEFAULT_LOG_FILE).strip(),
             backoff_seconds=_backoff(env.get(BACKOFF_ENV, "")),
             scontrol=env.get(SCONTROL_ENV, "").strip() or "scontrol",
             squeue=env.get(SQUEUE_ENV, "").strip() or "squeue",
