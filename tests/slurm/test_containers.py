@@ -8,11 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,44 +276,6 @@ def test_cloud_config_is_accepted_by_slurmctld(
         assert errors == []
     finally:
         local.remove()
-
-
-@pytest.fixture
-def moto_on_network(slurm_images: None) -> Iterator[tuple[LocalSlurm, str]]:
-    """A cluster network plus moto's server on this host's address on that network only."""
-    local = LocalSlurm(
-        prefix=f"relion-spot-test-{os.getpid()}-moto",
-        spec=spec_from_settings(Settings(gpus=(1,)), 1, **LOCAL_CLOUD),
-        key_file=None,
-        state_dir=Path(tempfile.mkdtemp(prefix="relion-spot-state-")),
-    )
-    local.remove()
-    gateway = local.gateway_address()
-    with socket.socket() as probe:
-        probe.bind((gateway, 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", gateway, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://{gateway}:{port}"
-    try:
-
-        def answers() -> bool:
-            try:
-                with socket.create_connection((gateway, port), timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(answers, timeout=30, what=f"moto server at {endpoint}")
-        yield local, endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        local.remove()
-        shutil.rmtree(local.state_dir, ignore_errors=True)
 
 
 def test_key_comes_from_secrets_manager(moto_on_network: tuple[LocalSlurm, str]) -> None:
