@@ -274,12 +274,15 @@ def find_resume_point(root: Path, classes: int, requested_iterations: int) -> Re
         try:
             check_iteration(root, iteration, classes)
         except CheckpointError as problem:
-            if iteration == snapshot and _restore_snapshot(root, classes) == iteration:
-                check_iteration(root, iteration, classes)
-                restored = True
-            else:
+            if iteration != snapshot or _restore_snapshot(root, classes) != iteration:
                 passed_over[iteration] = str(problem)
                 continue
+            try:
+                check_iteration(root, iteration, classes)
+            except CheckpointError as still:
+                passed_over[iteration] = f"{problem}; its snapshot too: {still}"
+                continue
+            restored = True
         action = "finished" if iteration >= requested_iterations else "continue"
         return ResumePoint(action, iteration, requested_iterations, passed_over, restored)
     return ResumePoint("fresh", None, requested_iterations, passed_over)

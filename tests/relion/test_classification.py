@@ -108,7 +108,8 @@ def test_finished_run_exits_at_once_without_recomputing(
         ("missing-map", "{newest}_class001.mrc is missing"),
         ("truncate-data", "{newest}_data.star"),
         ("missing-sampling", "{newest}_sampling.star is missing"),
-        ("cut-model-at-line", "{newest}_model.star"),
+        ("cut-model-at-line", "{newest}_model.star lacks the model_group"),
+        ("cut-data-at-line", "particles, the model counts 200"),
     ],
 )
 def test_incomplete_newest_iteration_falls_back_to_previous(
@@ -126,9 +127,12 @@ def test_incomplete_newest_iteration_falls_back_to_previous(
         truncate(files["data"], keep=0.5)
     elif damage == "missing-sampling":
         files["sampling"].unlink()
-    else:  # a write that stopped at a line boundary still parses: the missing blocks show it
+    elif damage == "cut-model-at-line":  # stopped at a line boundary: parses, blocks missing
         lines = files["model"].read_text().splitlines(keepends=True)
         files["model"].write_text("".join(lines[: len(lines) // 3]))
+    else:  # stopped at a line boundary inside the particle table: parses, rows missing
+        lines = files["data"].read_text().splitlines(keepends=True)
+        files["data"].write_text("".join(lines[: len(lines) - SPEC.particles // 5]))
     point = find_resume_point(root, SPEC.classes, ITERATIONS)
     assert (point.action, point.iteration) == ("continue", ITERATIONS - 1)
     assert reason.format(newest=f"run_it{ITERATIONS:03d}") in point.passed_over[ITERATIONS]
