@@ -146,6 +146,12 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             "A node may set or clear only the job tags (aws:TagKeys) and only on instances "
             "tagged with this cluster; instance ids are not known before launch.",
         )
+        _ack(
+            node_policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken, granted by CDK for pulling the Slurm image, supports no "
+            "resource-level permissions.",
+        )
 
     cost = stack.cost_tracker
     cost_policy = _default_policy(cost.role)

@@ -46,9 +46,7 @@ def test_one_stack_per_gpu_count_side_by_side(default_synth) -> None:
 
 
 @pytest.mark.parametrize("stack", CLUSTERS)
-def test_node_launch_templates_require_imdsv2_spot_and_encrypted_root(
-    default_synth, stack: str
-) -> None:
+def test_node_launch_templates_require_imdsv2_and_encrypted_root(default_synth, stack: str) -> None:
     template = Template.from_json(default_synth.template(stack))
     template.resource_count_is("AWS::EC2::LaunchTemplate", 2)
     template.all_resources_properties(
@@ -60,13 +58,6 @@ def test_node_launch_templates_require_imdsv2_spot_and_encrypted_root(
                         "HttpTokens": "required",
                         "HttpPutResponseHopLimit": 2,
                         "InstanceMetadataTags": "enabled",
-                    },
-                    "InstanceMarketOptions": {
-                        "MarketType": "spot",
-                        "SpotOptions": {
-                            "InstanceInterruptionBehavior": "terminate",
-                            "SpotInstanceType": "one-time",
-                        },
                     },
                     "BlockDeviceMappings": [
                         Match.object_like(
@@ -82,10 +73,38 @@ def test_node_launch_templates_require_imdsv2_spot_and_encrypted_root(
                         )
                     ],
                     "IamInstanceProfile": Match.any_value(),
+                    "UserData": Match.any_value(),
+                    "InstanceMarketOptions": Match.absent(),
                 }
             ),
         },
     )
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_nodes_can_only_ever_be_spot(default_synth, stack: str) -> None:
+    """Spot is enforced by IAM on every launch path (EC2 Fleet refuses launch templates that
+    carry market options, so the template cannot be where spot is decided)."""
+    template = default_synth.template(stack)
+    launches = [
+        s
+        for s in _statements(template)
+        if "ec2:RunInstances" in _as_list(s["Action"])
+        and any(":instance/" in json.dumps(r) for r in _as_list(s["Resource"]))
+    ]
+    assert len(launches) == 2  # one per node group
+    for statement in launches:
+        assert statement["Condition"]["StringEquals"]["ec2:InstanceMarketType"] == "spot"
+
+
+def test_nodes_boot_into_the_cluster(default_synth) -> None:
+    template = default_synth.template("relion-spot-gpu1")
+    for lt in _resources(template, "AWS::EC2::LaunchTemplate").values():
+        user_data = json.dumps(lt["Properties"]["LaunchTemplateData"]["UserData"])
+        assert "relion-spot-gpu1-ctld.relion-spot.internal:6817" in user_data
+        assert "readonly CLUSTER_NAME='relion-spot-gpu1'" in user_data
+    pulls = [s for s in _statements(template) if "ecr:BatchGetImage" in _as_list(s["Action"])]
+    assert len(pulls) >= 2, "both node roles pull the Slurm image"
 
 
 @pytest.mark.parametrize(("stack", "gpus"), CLUSTERS.items())
@@ -125,8 +144,10 @@ def test_instances_and_volumes_are_tagged_at_launch(default_synth) -> None:
             s["ResourceType"]: {t["Key"]: t["Value"] for t in s["Tags"]}
             for s in lt["Properties"]["LaunchTemplateData"]["TagSpecifications"]
         }
-        for kind in ("instance", "volume"):
+        for kind in ("instance", "volume", "network-interface"):
             assert specs[kind][tags.CLUSTER] == "relion-spot-gpu4"
+            assert specs[kind][tags.PARTITION] in ("gpu", "cpu")
+        for kind in ("instance", "volume"):
             assert specs[kind][tags.PROJECT] == "relion-spot"
 
 
@@ -223,7 +244,8 @@ def test_launch_is_held_to_this_clusters_templates_and_tag(default_synth) -> Non
     by_sid = {s.get("Sid"): s for s in _statements(template) if s.get("Sid")}
     tagged = by_sid["LaunchTaggedInstancesGpu"]
     assert tagged["Condition"]["StringEquals"] == {
-        f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1"
+        f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1",
+        "ec2:InstanceMarketType": "spot",
     }
     assert "ec2:LaunchTemplate" in tagged["Condition"]["ArnLike"]
     resources_statement = by_sid["LaunchResourcesGpu"]
@@ -396,4 +418,4 @@ def test_controller_gets_its_spec_key_and_address(default_synth) -> None:
     assert spec.cluster_name == "relion-spot-gpu4"
     assert spec.default_partition.gpus == 4
     assert env[CONTROLLER_ADDR_ENV] == "relion-spot-gpu4-ctld.relion-spot.internal"
-    assert "AuthKey" in env[KEY_SECRET_ARN_ENV]["Ref"]
+    assert "SlurmKey" in env[KEY_SECRET_ARN_ENV]["Ref"]

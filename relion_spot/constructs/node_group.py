@@ -8,7 +8,7 @@ cluster's controller launch and terminate exactly this cluster's instances.
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+from aws_cdk import Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -67,10 +67,6 @@ class NodeGroup(Construct):
             require_imdsv2=True,
             http_put_response_hop_limit=2,
             instance_metadata_tags=True,
-            spot_options=ec2.LaunchTemplateSpotOptions(
-                interruption_behavior=ec2.SpotInstanceInterruption.TERMINATE,
-                request_type=ec2.SpotRequestType.ONE_TIME,
-            ),
             block_devices=[
                 ec2.BlockDevice(
                     device_name="/dev/xvda",
@@ -86,6 +82,26 @@ class NodeGroup(Construct):
         )
         for sg in other_sgs:
             self.launch_template.add_security_group(sg)
+        Tags.of(self).add(tags.PARTITION, partition)
+        self._tag_network_interfaces_at_launch()
+
+    def _tag_network_interfaces_at_launch(self) -> None:
+        """CDK propagates tags to the instance and volume specs; cost allocation wants the
+        network interface tagged from launch too."""
+        stack = Stack.of(self)
+        cfn = self.launch_template.node.default_child
+        assert isinstance(cfn, ec2.CfnLaunchTemplate)
+        cfn.add_property_override(
+            "LaunchTemplateData.TagSpecifications.2",
+            {
+                "ResourceType": "network-interface",
+                "Tags": [
+                    {"Key": tags.CLUSTER, "Value": self.cluster_name},
+                    {"Key": tags.PARTITION, "Value": self.partition},
+                    {"Key": tags.STACK, "Value": stack.stack_name},
+                ],
+            },
+        )
 
     def _allow_job_tagging(self) -> None:
         """A node may set and clear the job tags on this cluster's instances, and nothing else.
@@ -141,7 +157,12 @@ class NodeGroup(Construct):
                 resources=[f"{ec2_arn}:instance/*"],
                 conditions={
                     **launch_template_condition,
-                    "StringEquals": {f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name},
+                    "StringEquals": {
+                        f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name,
+                        # Spot only: enforced here rather than by market options in the launch
+                        # template, which EC2 Fleet-family APIs (ASG, EKS, Fleet) refuse.
+                        "ec2:InstanceMarketType": "spot",
+                    },
                 },
             ),
             iam.PolicyStatement(

@@ -25,7 +25,7 @@ headroom is for the power-save programs it spawns (boto3 in Python)."""
 
 
 class SlurmController(Construct):
-    """The cluster's single slurmctld and the secret key its daemons authenticate with.
+    """The cluster's single slurmctld, reachable at ``dns_name`` (a name in ``namespace``).
 
     Exactly one task ever runs (max 100 % during deployments, min 0 %): two slurmctld on one
     StateSaveLocation would corrupt it. A replaced or reclaimed task comes back on the same EFS
@@ -38,6 +38,8 @@ class SlurmController(Construct):
         construct_id: str,
         *,
         cluster_name: str,
+        auth_key: secretsmanager.ISecret,
+        dns_name: str,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         assign_public_ip: bool,
@@ -51,15 +53,7 @@ class SlurmController(Construct):
         environment: dict[str, str],
     ) -> None:
         super().__init__(scope, construct_id)
-        self.auth_key = secretsmanager.Secret(
-            self,
-            "AuthKey",
-            description=f"Slurm auth/slurm key of cluster {cluster_name}",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                password_length=64, exclude_punctuation=True
-            ),
-            removal_policy=RemovalPolicy.DESTROY,
-        )
+        self.auth_key = auth_key
         self.log_group = logs.LogGroup(
             self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
@@ -92,7 +86,7 @@ class SlurmController(Construct):
                 )
             ],
         )
-        self.dns_name = f"{cluster_name}-ctld.{namespace.namespace_name}"
+        self.dns_name = dns_name
         container = self.task_definition.add_container(
             "slurmctld",
             image=image,
@@ -130,7 +124,7 @@ class SlurmController(Construct):
             security_groups=security_groups,
             cloud_map_options=ecs.CloudMapOptions(
                 cloud_map_namespace=namespace,
-                name=f"{cluster_name}-ctld",
+                name=dns_name.split(".", 1)[0],
                 dns_record_type=servicediscovery.DnsRecordType.A,
                 dns_ttl=Duration.seconds(10),
             ),

@@ -7,6 +7,7 @@ from aws_cdk import CfnOutput, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from .. import __version__, tags
@@ -17,6 +18,7 @@ from ..constructs.node_group import NodeGroup, grant_power_saving
 from ..constructs.slurm_controller import SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
+from ..node import bootstrap
 from ..settings import Settings
 from ..slurm.spec import SLURMCTLD_PORT, SLURMD_PORT, SPEC_ENV, spec_from_settings
 
@@ -80,6 +82,38 @@ class ClusterStack(Stack):
             node_sg, ec2.Port.tcp_range(*SRUN_PORTS), "srun and job steps between nodes"
         )
 
+        image = ecr_assets.DockerImageAsset(
+            self,
+            "SlurmImage",
+            directory=str(REPO_ROOT),
+            file="assets/slurm/Dockerfile",
+            target="slurm",
+            platform=ecr_assets.Platform.LINUX_AMD64,
+            exclude=IMAGE_BUILD_EXCLUDES,
+        )
+        auth_key = secretsmanager.Secret(
+            self,
+            "SlurmKey",
+            description=f"Slurm auth/slurm key of cluster {cluster_name}",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=64, exclude_punctuation=True
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        controller_dns_name = f"{cluster_name}-ctld.{network.namespace.namespace_name}"
+        user_data = ec2.UserData.custom(
+            bootstrap.render(
+                cluster_name=cluster_name,
+                file_system_id=storage.file_system.file_system_id,
+                data_access_point_id=storage.data_access_point.access_point_id,
+                containers_access_point_id=storage.container_cache_access_point.access_point_id,
+                slurm_image=image.image_uri,
+                controller=f"{controller_dns_name}:{SLURMCTLD_PORT}",
+                key_secret_arn=auth_key.secret_arn,
+                spot_events_table="",
+            )
+        )
+
         node_sgs: list[ec2.ISecurityGroup] = [node_sg, storage.client_security_group]
         self.gpu_nodes = NodeGroup(
             self,
@@ -90,6 +124,7 @@ class ClusterStack(Stack):
             max_nodes=settings.max_nodes,
             security_groups=node_sgs,
             root_volume_gib=GPU_ROOT_VOLUME_GIB,
+            user_data=user_data,
         )
         self.cpu_nodes = NodeGroup(
             self,
@@ -100,11 +135,14 @@ class ClusterStack(Stack):
             max_nodes=settings.cpu_max_nodes,
             security_groups=node_sgs,
             root_volume_gib=CPU_ROOT_VOLUME_GIB,
+            user_data=user_data,
         )
         node_groups = (self.gpu_nodes, self.cpu_nodes)
         for group in node_groups:
             storage.grant_mount(group.role, storage.data_access_point)
             storage.grant_mount(group.role, storage.container_cache_access_point)
+            image.repository.grant_pull(group.role)
+            auth_key.grant_read(group.role)
 
         self.cost_tracker = CostTracker(
             self,
@@ -119,21 +157,14 @@ class ClusterStack(Stack):
                 launch_tags={tags.STACK: self.stack_name, tags.PARTITION: group.partition},
             )
 
-        image = ecr_assets.DockerImageAsset(
-            self,
-            "SlurmImage",
-            directory=str(REPO_ROOT),
-            file="assets/slurm/Dockerfile",
-            target="slurm",
-            platform=ecr_assets.Platform.LINUX_AMD64,
-            exclude=IMAGE_BUILD_EXCLUDES,
-        )
         state_access_point = storage.slurm_state_access_point(self, cluster_name)
         subnets = vpc.select_subnets(subnet_type=network.node_subnets.subnet_type)
         self.controller = SlurmController(
             self,
             "Controller",
             cluster_name=cluster_name,
+            auth_key=auth_key,
+            dns_name=controller_dns_name,
             vpc=vpc,
             subnets=network.node_subnets,
             assign_public_ip=network.assign_public_ip,
@@ -167,7 +198,6 @@ class ClusterStack(Stack):
         storage.grant_mount(self.controller.task_role, state_access_point)
         for group in node_groups:
             group.grant_launch(self.controller.task_role)
-            self.controller.auth_key.grant_read(group.role)
         grant_power_saving(self.controller.task_role, cluster_name=cluster_name, scope=self)
         self.cost_tracker.grant_record_writer(self.controller.task_role)
 
