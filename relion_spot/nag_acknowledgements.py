@@ -12,6 +12,7 @@ from aws_cdk import Acknowledgment, Stack, Token, Validations
 from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
+from .constructs.node_group import LAUNCH_RESOURCE_KINDS
 from .stacks.cluster import ClusterStack
 from .stacks.network import NetworkStack
 
@@ -96,13 +97,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
     )
 
     task_policy = _default_policy(controller.task_role)
-    for kind in (
-        "volume",
-        "network-interface",
-        "subnet",
-        "security-group",
-        "spot-instances-request",
-    ):
+    for kind in LAUNCH_RESOURCE_KINDS:
         _ack(
             task_policy, f"AwsSolutions-IAM5[Resource::{account_arn}:{kind}/*]", _LAUNCH_CONDITIONED
         )

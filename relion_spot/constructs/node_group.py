@@ -21,6 +21,15 @@ GPU_AMI_PARAMETER = (
 )
 """AWS Deep Learning Base AMI (Amazon Linux 2023): NVIDIA driver, Docker and the NVIDIA container
 toolkit, resolved from a public SSM parameter at deploy time (no lookup at synth)."""
+LAUNCH_RESOURCE_KINDS = (
+    "volume",
+    "network-interface",
+    "subnet",
+    "security-group",
+    "spot-instances-request",
+)
+"""Resources a launch creates or uses besides the instance and image; IAM names them by
+wildcard (their ids do not exist before the launch) and holds them to the launch template."""
 CPU_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 
@@ -168,16 +177,7 @@ class NodeGroup(Construct):
             iam.PolicyStatement(
                 sid=f"LaunchResources{self.partition.title()}",
                 actions=["ec2:RunInstances", "ec2:CreateFleet"],
-                resources=[
-                    f"{ec2_arn}:{kind}/*"
-                    for kind in (
-                        "volume",
-                        "network-interface",
-                        "subnet",
-                        "security-group",
-                        "spot-instances-request",
-                    )
-                ]
+                resources=[f"{ec2_arn}:{kind}/*" for kind in LAUNCH_RESOURCE_KINDS]
                 + [f"arn:{stack.partition}:ec2:{stack.region}::image/*"],
                 conditions=launch_template_condition,
             ),
