@@ -199,11 +199,27 @@ def invoke(now: int) -> None:
     service = CostService(CostConfig.from_env(), Clients.create())
     outcome = handle({"action": "schedule"}, service, now=now)
     seconds = time.monotonic() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "outcome": outcome}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "peak_rss_mb": usage.ru_maxrss / 1024,
+                "outcome": outcome,
+            }
+        )
+    )
 
 
-def run_child(now: int, env: dict[str, str]) -> dict:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux), to tell moto's share of a run."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(now: int, env: dict[str, str], server_pid: int) -> dict:
+    moto_before = process_cpu_seconds(server_pid)
     result = subprocess.run(
         [sys.executable, __file__, "--invoke", str(now)],
         env={**os.environ, **env},
@@ -213,7 +229,9 @@ def run_child(now: int, env: dict[str, str]) -> dict:
     )
     if result.returncode != 0:
         raise SystemExit(f"invocation failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["moto_cpu_seconds"] = process_cpu_seconds(server_pid) - moto_before
+    return figures
 
 
 def main() -> int:
@@ -236,8 +254,8 @@ def main() -> int:
     os.environ.update(env)
     try:
         now = seed(args.attempts, args.instances, args.seed)
-        first = run_child(now, env)
-        again = run_child(now, env)
+        first = run_child(now, env, server.pid)
+        again = run_child(now, env, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -245,7 +263,9 @@ def main() -> int:
     for label, run in (("first invocation", first), ("re-run, same window", again)):
         outcome = run["outcome"]
         print(
-            f"{label}: {run['seconds']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB, "
+            f"{label}: {run['seconds']:.1f} s wall (function CPU {run['cpu_seconds']:.1f} s, "
+            f"moto server CPU {run['moto_cpu_seconds']:.1f} s), "
+            f"peak RSS {run['peak_rss_mb']:.0f} MB, "
             f"jobs priced {outcome['jobs_priced']}, written {outcome['jobs_written']}, "
             f"metric data {outcome['metrics_published']}, "
             f"spot price requests {outcome['spot_price_requests']}"

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from relion_spot.cost import config
+from relion_spot.cost import config, jobcomp
 from relion_spot.cost.hostlist import HostlistError, expand
 from relion_spot.cost.jobcomp import SlurmRecordError, attempt_from_slurm
+from relion_spot.cost.store import JOB_KEY, deserialize, is_bucket_key
 
 from .conftest import CLUSTER, RECORDS, Account, slurm_env, write_attempt
 
@@ -126,3 +127,29 @@ def test_bad_launch_template_setting_is_named(raw):
     environ = {config.CLUSTER: "c", config.RECORDS_TABLE: "r", config.LAUNCH_TEMPLATES: raw}
     with pytest.raises(config.ConfigError, match="RELION_SPOT_LAUNCH_TEMPLATES"):
         config.CostConfig.from_env(environ, need_costs=False)
+
+
+def test_unreachable_table_spools_the_attempt_and_the_next_run_writes_it(account, tmp_path):
+    account.launch(node="gpu-1")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    first = {
+        **slurm_env("51", nodes="gpu-1", start=100, end=900, state="COMPLETED", procs=4),
+        jobcomp.SPOOL_VARIABLE: str(spool),
+    }
+    offline = config.CostConfig.from_env(
+        {**account.environ, config.RECORDS_TABLE: "not-created-yet"}, need_costs=False
+    )
+    assert jobcomp.record(first, offline, (account.ec2, account.dynamodb)) == "spooled"
+    assert [p.name for p in spool.iterdir()] == ["51-0000000100.json"]
+
+    second = {**first, "JOBID": "52", "START": "1000", "END": "1500"}
+    online = config.CostConfig.from_env(account.environ, need_costs=False)
+    assert jobcomp.record(second, online, (account.ec2, account.dynamodb)) == "written"
+    assert list(spool.iterdir()) == []
+    stored = {
+        deserialize(i)[JOB_KEY]
+        for i in account.dynamodb.scan(TableName=RECORDS)["Items"]
+        if not is_bucket_key(deserialize(i)[JOB_KEY])
+    }
+    assert stored == {f"{CLUSTER}#51", f"{CLUSTER}#52"}
