@@ -164,15 +164,13 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             "already tagged with this cluster or, for untagged volumes and interfaces, only "
             "by tagging them with this cluster; ids are unknown before launch.",
         )
-    for table, name in ((cost.records_table, "records"), (cost.costs_table, "costs")):
-        arn = Stack.of(stack).resolve(table.table_arn)["Fn::GetAtt"][0]
-        reason = (
-            f"Queries on the job {name} table's own secondary indexes; the index names are "
-            "fixed, CDK grants them by the table's /index/* ARN."
-        )
-        _ack(cost_policy, f"AwsSolutions-IAM5[Resource::<{arn}.Arn>/index/*]", reason)
-        if name == "records":
-            _ack(task_policy, f"AwsSolutions-IAM5[Resource::<{arn}.Arn>/index/*]", reason)
+    costs_arn = Stack.of(stack).resolve(cost.costs_table.table_arn)["Fn::GetAtt"][0]
+    _ack(
+        cost_policy,
+        f"AwsSolutions-IAM5[Resource::<{costs_arn}.Arn>/index/*]",
+        "Queries on the job cost table's own secondary index; CDK grants indexes by the "
+        "table's /index/* ARN.",
+    )
 
     teardown_policy = _default_policy(stack.teardown.role)
     _ack(

@@ -15,9 +15,10 @@ from ..constructs.cost_tracker import CostTracker
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_power_saving
-from ..constructs.slurm_controller import SlurmController
+from ..constructs.slurm_controller import STATE_DIR, SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
+from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
 from ..node import bootstrap
 from ..settings import Settings
 from ..slurm.spec import SLURMCTLD_PORT, SLURMD_PORT, SPEC_ENV, spec_from_settings
@@ -193,6 +194,8 @@ class ClusterStack(Stack):
                 ),
                 "RELION_SPOT_SUBNETS": ",".join(subnets.subnet_ids),
                 "RELION_SPOT_NODE_IDLE_SECONDS": str(settings.node_idle_seconds),
+                # Job records that cannot reach DynamoDB wait on the state volume for the next.
+                JOBCOMP_SPOOL_ENV: f"{STATE_DIR}/relion-spot/jobcomp-spool",
             },
         )
         storage.grant_mount(self.controller.task_role, state_access_point)
