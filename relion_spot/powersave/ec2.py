@@ -17,8 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import tags
-from ..teardown.sweep import LIVE_STATES, SweepResult
-from ..teardown.sweep import _terminate as terminate_with_fallback
+from ..teardown.sweep import LIVE_STATES, SweepResult, terminate_with_fallback
 from .config import LAUNCH_TEMPLATE_VERSION, NodeGroup
 
 log = logging.getLogger(__name__)

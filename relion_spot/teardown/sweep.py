@@ -47,7 +47,8 @@ def live_cluster_instances(ec2: Any, cluster_name: str) -> dict[str, str]:
     return found
 
 
-def _terminate(ec2: Any, instance_ids: list[str], result: SweepResult) -> None:
+def terminate_with_fallback(ec2: Any, instance_ids: list[str], result: SweepResult) -> None:
+    """Terminate in batches; when EC2 refuses a batch, one by one, noting each refusal."""
     for start in range(0, len(instance_ids), TERMINATE_BATCH):
         batch = instance_ids[start : start + TERMINATE_BATCH]
         try:
@@ -100,7 +101,7 @@ def terminate_cluster_instances(
         to_terminate = sorted(i for i, state in alive.items() if state != "shutting-down")
         if to_terminate:
             log.info("cluster %s: terminating %s", cluster_name, ", ".join(to_terminate))
-            _terminate(ec2, to_terminate, result)
+            terminate_with_fallback(ec2, to_terminate, result)
         if clock() + poll_seconds > deadline:
             raise TeardownIncomplete(_survivors_message(cluster_name, alive, result))
         sleep(poll_seconds)
