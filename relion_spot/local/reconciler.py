@@ -1,0 +1,152 @@
+"""The local hypervisor: each running moto instance of the cluster becomes a node container.
+
+moto keeps instances as records and emits no state-change events, so a poll loop compares the
+cluster's instances (found by ``relion_spot.tags.CLUSTER``) with the node containers it started:
+a running instance with a node name (``relion_spot.tags.NODE``, set by the resume program) gets a
+container of the node image, started as that node; a container whose instance is terminated,
+stopping or gone is removed outright, as a vanished machine would be. Each decision is one log
+line; a poll with nothing to change says nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .. import tags
+from ..slurm.local import DockerError, LocalSlurm
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A node container and the instance it plays."""
+
+    node: str
+    instance_id: str
+    container: str
+
+
+class Reconciler:
+    """Plays the hypervisor for one cluster. ``poll`` once, or ``start``/``stop`` a thread.
+
+    ``node_env``: the node containers' environment (the key's source, AWS endpoint and region).
+    """
+
+    def __init__(
+        self,
+        local: LocalSlurm,
+        ec2: Any,
+        *,
+        node_env: dict[str, str] | None = None,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        self.local = local
+        self.ec2 = ec2
+        self.node_env = dict(node_env or {})
+        self.poll_seconds = poll_seconds
+        self.machines: dict[str, Machine] = {}
+        """Node name -> the container started for it, while its instance runs."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def cluster(self) -> str:
+        return self.local.spec.cluster_name
+
+    def running_instances(self) -> dict[str, str]:
+        """Node name -> instance id of the cluster's running, named instances."""
+        found: dict[str, str] = {}
+        paginator = self.ec2.get_paginator("describe_instances")
+        filters = [{"Name": f"tag:{tags.CLUSTER}", "Values": [self.cluster]}]
+        for page in paginator.paginate(Filters=filters):
+            for reservation in page["Reservations"]:
+                for raw in reservation["Instances"]:
+                    node = {t["Key"]: t["Value"] for t in raw.get("Tags") or []}.get(tags.NODE)
+                    if node and raw["State"]["Name"] == RUNNING:
+                        if node in found:
+                            log.warning(
+                                "%s: instances %s and %s both play it; keeping %s",
+                                node,
+                                found[node],
+                                raw["InstanceId"],
+                                found[node],
+                            )
+                            continue
+                        found[node] = raw["InstanceId"]
+        return found
+
+    def poll(self) -> None:
+        """One round: start what runs without a container, remove what runs no more."""
+        with self._lock:
+            wanted = self.running_instances()
+            for node, machine in list(self.machines.items()):
+                if wanted.get(node) != machine.instance_id:
+                    log.info(
+                        "%s: instance %s is no longer running; removing container %s",
+                        node,
+                        machine.instance_id,
+                        machine.container,
+                    )
+                    self.local.remove_node(node)
+                    del self.machines[node]
+            for node, instance_id in sorted(wanted.items()):
+                if node not in self.machines:
+                    self._boot(node, instance_id)
+
+    def _boot(self, node: str, instance_id: str) -> None:
+        gpus = self._gpus(node)
+        log.info(
+            "%s: instance %s is running; starting its container (%d GPUs)", node, instance_id, gpus
+        )
+        # A container left from an earlier instance of this node (or an earlier reconciler) is a
+        # machine that no longer exists: it goes before the new one boots.
+        self.local.remove_node(node)
+        container = self.local.start_node(node, placeholder_gpus=gpus, env=self.node_env)
+        self.machines[node] = Machine(node, instance_id, container)
+
+    def _gpus(self, node: str) -> int:
+        prefix = node.rsplit("-", 1)[0]
+        for part in self.local.spec.partitions:
+            if part.node_prefix == prefix:
+                return part.gpus
+        raise ValueError(f"node {node!r} belongs to no partition of {self.cluster}")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception as err:  # a failed round is retried, never fatal
+                reason = str(err) if isinstance(err, DockerError) else repr(err)
+                log.warning("reconcile round failed, retrying: %s", reason)
+            self._stop.wait(self.poll_seconds)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"reconciler-{self.cluster}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop polling (containers stay; ``LocalSlurm.remove`` clears them)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Reconciler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
