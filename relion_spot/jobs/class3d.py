@@ -1,0 +1,223 @@
+"""The Class3D sbatch script: assets/slurm/class3d.sbatch filled in for one GPU count.
+
+Launch line by GPU count:
+  1 GPU  → ``relion_refine ... --gpu`` (one process: no MPI, nothing to combine).
+  N GPUs → ``mpirun -n N+1 --mca plm ^slurm --mca ras ^slurm --bind-to none --oversubscribe
+            relion_refine_mpi ... --gpu --dont_combine_weights_via_disc``: one leader rank that
+            only coordinates plus one follower per GPU (RELION shares the node's GPUs out among
+            the followers). Open MPI must not ask Slurm to launch or place ranks from inside the
+            container (plm/ras ^slurm); the leader is idle, so oversubscribing its core is fine.
+            Combining weights over MPI rather than through files keeps the classes' weight
+            volumes off EFS.
+
+Threads and pool (``threads_and_pool``): the job may land on any instance type of the group, so
+sizing uses the group's smallest vCPU count. Each follower rank (the single process for 1 GPU)
+gets --j = vCPUs ÷ GPUs threads, so the followers together use every vCPU once; the leader's
+share is not counted (it sleeps while followers work). --pool = max(30, 5 x --j): the
+benchmark's 30 particles for 6 threads, i.e. five particles per thread, never fewer than the
+benchmark's 30. A --j or --pool parameter overrides the rule.
+
+Cloud mode runs RELION from an Apptainer image (``apptainer exec --nv``) kept in the EFS
+container cache: the first job pulls it under an exclusive flock to a temporary name and renames
+it into place, so concurrent jobs neither pull twice nor read a half-written image. Local mode
+(the embedded cloud's node image with Debian's CPU-only RELION 3.1.3 and Open MPI) renders the
+same command without Apptainer and without --gpu, with tcmalloc preloaded (about twice as fast).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Literal
+
+from relion_spot import catalog
+from relion_spot.settings import Settings
+from relion_spot.slurm.spec import GPU_PARTITION
+
+from .parameters import Class3dParams, JobParameterError
+
+Mode = Literal["cloud", "local"]
+MODES: tuple[Mode, ...] = ("cloud", "local")
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "assets" / "slurm" / "class3d.sbatch"
+"""assets/slurm beside the package: in the repository and in the image (/opt/relion-spot)."""
+
+MPI_OPTIONS: tuple[str, ...] = (
+    "--mca", "plm", "^slurm", "--mca", "ras", "^slurm", "--bind-to", "none", "--oversubscribe",
+)  # fmt: skip
+CONTAINER_CACHE = "/containers"
+"""The EFS access point for the SIF cache, mounted on every GPU node."""
+DEFAULT_IMAGE = "docker://nvcr.io/hpc/relion:3.1.3"
+"""Where the RELION image is pulled from the first time. Not verified from here (no registry is
+reachable): a deployment should pass the image it has tested (``image=``)."""
+TCMALLOC = "libtcmalloc_minimal.so.4"
+CONTAINER_BINDS = "/data,/scratch"
+JOB_DIR = "$JOB_DIR"
+"""The job directory as the script names it: <output_dir>/job<Slurm job id>, stable across
+requeues, so every attempt continues the same --o."""
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """What the job's sizing needs to know about the nodes it may land on."""
+
+    gpus: int
+    vcpus: int
+    """The smallest vCPU count among the group's instance types."""
+
+    @classmethod
+    def for_types(cls, instance_types: Sequence[str]) -> NodeShape:
+        if not instance_types:
+            raise JobParameterError("no instance types given for the GPU node group")
+        unknown = [t for t in instance_types if t not in catalog.INSTANCE_TYPES]
+        if unknown:
+            raise JobParameterError(f"unknown instance type(s) {', '.join(unknown)}")
+        types = [catalog.INSTANCE_TYPES[t] for t in instance_types]
+        counts = {t.gpus for t in types}
+        if len(counts) != 1 or 0 in counts:
+            raise JobParameterError(
+                f"instance types {', '.join(instance_types)} must all have the same GPU count"
+            )
+        return cls(gpus=counts.pop(), vcpus=min(t.vcpus for t in types))
+
+    @classmethod
+    def for_gpu_count(cls, gpus: int, settings: Settings | None = None) -> NodeShape:
+        gpu_types = (settings or Settings()).gpu_types
+        types = gpu_types.get(gpus) or catalog.DEFAULT_GPU_TYPES.get(gpus)
+        if types is None:
+            accepted = ", ".join(str(n) for n in catalog.SUPPORTED_GPU_COUNTS)
+            raise JobParameterError(f"GPU count {gpus!r} is not valid: one of {accepted}")
+        return cls.for_types(types)
+
+
+def threads_and_pool(shape: NodeShape, params: Class3dParams) -> tuple[int, int]:
+    """--j and --pool for the node: see the module docstring for the rule."""
+    threads = params.j if params.j is not None else max(1, shape.vcpus // shape.gpus)
+    pool = params.pool if params.pool is not None else max(30, 5 * threads)
+    return threads, pool
+
+
+def sif_name(image: str) -> str:
+    """The cache file for an image source: one file per source, so versions never collide."""
+    stem = re.sub(r"^[a-z]+://", "", image)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") + ".sif"
+
+
+def command_words(
+    shape: NodeShape, params: Class3dParams, *, mode: Mode = "cloud", image: str = DEFAULT_IMAGE
+) -> list[str]:
+    """The fresh RELION command, word by word ($JOB_DIR is left for the shell to expand)."""
+    if mode not in MODES:
+        raise JobParameterError(f"mode {mode!r} is not valid: one of {', '.join(MODES)}")
+    threads, pool = threads_and_pool(shape, params)
+    launcher: list[str] = []
+    if mode == "cloud":
+        sif = f"{CONTAINER_CACHE}/{sif_name(image)}"
+        launcher += ["apptainer", "exec", "--nv", "--bind", CONTAINER_BINDS, sif]
+    elif shape.gpus == 1:
+        launcher += ["env", f"LD_PRELOAD={TCMALLOC}"]
+    if shape.gpus == 1:
+        program = "relion_refine"
+    else:
+        launcher += ["mpirun", "-n", str(shape.gpus + 1), *MPI_OPTIONS]
+        if mode == "local":
+            launcher += ["-x", f"LD_PRELOAD={TCMALLOC}"]
+        program = "relion_refine_mpi"
+    args = [
+        *("--o", f"{JOB_DIR}/run"),
+        *params.refine_args(),
+        *("--pool", str(pool), "--j", str(threads)),
+    ]
+    if mode == "cloud":
+        args.append("--gpu")
+    args += ["--scratch_dir", params.scratch_dir, "--pipeline_control", f"{JOB_DIR}/"]
+    if shape.gpus > 1:
+        args.append("--dont_combine_weights_via_disc")
+    return [*launcher, program, *args]
+
+
+def _shell_word(word: str) -> str:
+    if word.startswith(JOB_DIR):
+        return f'"{word}"'
+    return shlex.quote(word)
+
+
+def _format_command(words: Sequence[str]) -> str:
+    """Shell text, one flag (with its value) per continuation line."""
+    lines: list[list[str]] = [[]]
+    for word in words:
+        if (word.startswith("--") and lines[-1] and lines[-1][0] not in ("apptainer", "env")) or (
+            word in ("mpirun", "relion_refine", "relion_refine_mpi") and lines[-1]
+        ):
+            lines.append([])
+        lines[-1].append(_shell_word(word))
+    return " \\\n".join("  " + " ".join(line) for line in lines)
+
+
+_IMAGE_SETUP = """\
+# The RELION image: pulled once into the EFS cache. An exclusive lock makes concurrent jobs wait
+# for the first pull instead of pulling again; the pull writes a temporary file that is renamed
+# into place, so no job ever sees a half-written image.
+IMAGE={image}
+SIF={sif}
+if [ ! -s "$SIF" ]; then
+  exec 9>"$SIF.lock"
+  flock 9
+  if [ ! -s "$SIF" ]; then
+    tmp="$SIF.partial.$SLURM_JOB_ID"
+    rm -f "$tmp"
+    apptainer pull --disable-cache "$tmp" "$IMAGE"
+    mv -f "$tmp" "$SIF"
+  fi
+  flock -u 9
+  exec 9>&-
+fi"""
+
+
+def render(
+    target: Settings | int | NodeShape,
+    params: Class3dParams | None = None,
+    *,
+    mode: Mode = "cloud",
+    gpus: int | None = None,
+    image: str = DEFAULT_IMAGE,
+) -> str:
+    """The sbatch script for one cluster's GPU count.
+
+    ``target``: a Settings (then ``gpus`` names which of its clusters), a GPU count (the default
+    instance types) or a NodeShape.
+    """
+    params = params or Class3dParams()
+    if isinstance(target, NodeShape):
+        shape = target
+    elif isinstance(target, Settings):
+        count = gpus if gpus is not None else target.gpus[0]
+        if count not in target.gpus:
+            raise JobParameterError(
+                f"GPU count {count} has no cluster in these settings (clusters: "
+                f"{', '.join(str(n) for n in target.gpus)})"
+            )
+        shape = NodeShape.for_gpu_count(count, target)
+    else:
+        shape = NodeShape.for_gpu_count(target)
+    words = command_words(shape, params, mode=mode, image=image)
+    if mode == "cloud":
+        sif = f"{CONTAINER_CACHE}/{sif_name(image)}"
+        image_setup = _IMAGE_SETUP.format(image=shlex.quote(image), sif=shlex.quote(sif))
+    else:
+        image_setup = "# local mode: Debian's RELION on the node image itself, no container."
+    template = Template(TEMPLATE_PATH.read_text())
+    return template.substitute(
+        gpus=shape.gpus,
+        mode=mode,
+        job_name=f"class3d-gpu{shape.gpus}",
+        partition=GPU_PARTITION,
+        project_dir=shlex.quote(params.project_dir),
+        output_dir=params.output_dir,
+        image_setup=image_setup,
+        command=_format_command(words),
+    )

@@ -1,0 +1,291 @@
+"""The Class3D job's parameters: the canonical benchmark by default, each change range-checked.
+
+Every relion_refine flag a user may change is a named parameter with the values it accepts; a
+bad value is refused with one message naming the parameter, the value and what is accepted. Flags
+without a parameter may be passed as ``extra_flags``, but only flags relion_refine knows (RELION
+itself only warns about unknown flags, so a typo would silently run a different job), and never
+a flag the template sets itself (output, GPUs, threads, scratch, pipeline control).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from relion_spot.relion.preflight import PreflightError, parse_refine_args
+
+
+class JobParameterError(ValueError):
+    """A job parameter that cannot be used; the message is meant for the user, verbatim."""
+
+
+_SYM_RE = re.compile(r"^(C[1-9]\d*|Ci|Cs|D[1-9]\d*|T|O|I[1-5]?)$")
+_PATH_RE = re.compile(r"^[\w./:+@-]+$")
+"""Paths stay plain (no spaces or shell characters): they are written into a shell script."""
+
+
+@dataclass(frozen=True)
+class _Range:
+    low: float
+    high: float
+    whole: bool
+
+    def describe(self) -> str:
+        kind = "a whole number" if self.whole else "a number"
+        return f"{kind} from {self.low:g} to {self.high:g}"
+
+
+RANGES: dict[str, _Range] = {
+    "K": _Range(1, 50, True),
+    "iter": _Range(1, 200, True),
+    "tau2_fudge": _Range(0.1, 100, False),
+    "particle_diameter": _Range(1, 10_000, False),
+    "ini_high": _Range(1, 1000, False),
+    "healpix_order": _Range(0, 6, True),
+    "oversampling": _Range(0, 3, True),
+    "offset_range": _Range(0, 100, False),
+    "offset_step": _Range(0.1, 50, False),
+    "random_seed": _Range(0, 2**31 - 1, True),
+    "pool": _Range(1, 1000, True),
+    "j": _Range(1, 256, True),
+}
+"""Numeric parameters and the values each accepts."""
+
+SWITCHES: tuple[str, ...] = (
+    "firstiter_cc",
+    "ctf",
+    "ctf_corrected_ref",
+    "flatten_solvent",
+    "zero_mask",
+    "norm",
+    "scale",
+)
+"""Boolean parameters: each is its relion_refine flag, given when true."""
+
+MANAGED_FLAGS: frozenset[str] = frozenset(
+    {
+        "--o",
+        "--continue",
+        "--gpu",
+        "--cpu",
+        "--j",
+        "--pool",
+        "--scratch_dir",
+        "--pipeline_control",
+        "--dont_combine_weights_via_disc",
+        "--i",
+        "--ref",
+        "--iter",
+        "--K",
+    }
+    | {f"--{name}" for name in RANGES}
+    | {f"--{name}" for name in SWITCHES}
+    | {"--sym"}
+)
+"""Flags the template or a named parameter sets; giving one again as an extra flag is refused."""
+
+
+@dataclass(frozen=True)
+class Class3dParams:
+    """relion_refine settings for one Class3D job. Defaults = the EMPIAR-10028 benchmark."""
+
+    particles: str = "Particles/shiny_2sets.star"
+    """--i, relative to the project directory."""
+    reference: str = "emd_2660.map:mrc"
+    """--ref, relative to the project directory."""
+    ini_high: float = 60
+    iter: int = 25
+    tau2_fudge: float = 4
+    particle_diameter: float = 360
+    K: int = 6
+    oversampling: int = 1
+    healpix_order: int = 2
+    offset_range: float = 5
+    offset_step: float = 2
+    sym: str = "C1"
+    random_seed: int = 0
+    pool: int | None = None
+    """None: sized to the node (see relion_spot.jobs.class3d.threads_and_pool)."""
+    j: int | None = None
+    """None: sized to the node (see relion_spot.jobs.class3d.threads_and_pool)."""
+    firstiter_cc: bool = True
+    ctf: bool = True
+    ctf_corrected_ref: bool = True
+    flatten_solvent: bool = True
+    zero_mask: bool = True
+    norm: bool = True
+    scale: bool = True
+    project_dir: str = "/data/relion_benchmark"
+    """Where the job runs (--i and --ref are relative to it); on the EFS /data mount."""
+    output_dir: str = "Class3D"
+    """Jobs write to <output_dir>/job<Slurm job id>/run_* under the project directory."""
+    scratch_dir: str = "/scratch"
+    """The node's local NVMe (the node bootstrap mounts the instance store there)."""
+    extra_flags: tuple[str, ...] = ()
+    """Further relion_refine flags (and values), checked against the flags RELION knows."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in ("pool", "j"):
+                continue
+            _check_number(name, value, allowed)
+        for name in SWITCHES:
+            if not isinstance(getattr(self, name), bool):
+                raise JobParameterError(
+                    f"parameter {name} = {getattr(self, name)!r} is not valid: true or false"
+                )
+        if not isinstance(self.sym, str) or not _SYM_RE.fullmatch(self.sym):
+            raise JobParameterError(
+                f"parameter sym = {self.sym!r} is not valid: a point group such as C1, C4, D7, "
+                "T, O or I (I1-I5)"
+            )
+        for name in ("particles", "reference", "project_dir", "output_dir", "scratch_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _PATH_RE.fullmatch(value):
+                raise JobParameterError(
+                    f"parameter {name} = {value!r} is not valid: a path of letters, digits and "
+                    "_ . / : + @ - (no spaces or shell characters)"
+                )
+        for name in ("project_dir", "scratch_dir"):
+            if not getattr(self, name).startswith("/"):
+                raise JobParameterError(
+                    f"parameter {name} = {getattr(self, name)!r} is not valid: an absolute path"
+                )
+        if self.output_dir.startswith("/") or ".." in self.output_dir.split("/"):
+            raise JobParameterError(
+                f"parameter output_dir = {self.output_dir!r} is not valid: a path inside the "
+                "project directory (relative, without ..)"
+            )
+        if self.offset_step > self.offset_range and self.offset_range > 0:
+            raise JobParameterError(
+                f"parameter offset_step = {self.offset_step:g} is not valid: at most "
+                f"offset_range ({self.offset_range:g})"
+            )
+        check_extra_flags(self.extra_flags)
+
+    def refine_args(self) -> list[str]:
+        """The job's own relion_refine flags (no output, GPU, thread or scratch flags)."""
+        args = ["--i", self.particles, "--ref", self.reference]
+        switches = {name: getattr(self, name) for name in SWITCHES}
+        if switches["firstiter_cc"]:
+            args.append("--firstiter_cc")
+        args += ["--ini_high", _number(self.ini_high)]
+        for name in ("ctf", "ctf_corrected_ref"):
+            if switches[name]:
+                args.append(f"--{name}")
+        args += [
+            *("--iter", str(self.iter)),
+            *("--tau2_fudge", _number(self.tau2_fudge)),
+            *("--particle_diameter", _number(self.particle_diameter)),
+            *("--K", str(self.K)),
+        ]
+        for name in ("flatten_solvent", "zero_mask"):
+            if switches[name]:
+                args.append(f"--{name}")
+        args += [
+            *("--oversampling", str(self.oversampling)),
+            *("--healpix_order", str(self.healpix_order)),
+            *("--offset_range", _number(self.offset_range)),
+            *("--offset_step", _number(self.offset_step)),
+            *("--sym", self.sym),
+        ]
+        for name in ("norm", "scale"):
+            if switches[name]:
+                args.append(f"--{name}")
+        args += ["--random_seed", str(self.random_seed)]
+        return [*args, *self.extra_flags]
+
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Class3dParams))
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _check_number(name: str, value: object, allowed: _Range) -> None:
+    accepted = allowed.describe()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JobParameterError(f"parameter {name} = {value!r} is not valid: {accepted}")
+    if allowed.whole and not float(value).is_integer():
+        raise JobParameterError(f"parameter {name} = {value!r} is not valid: {accepted}")
+    if not allowed.low <= value <= allowed.high:
+        raise JobParameterError(f"parameter {name} = {value!r} is not valid: {accepted}")
+
+
+def check_extra_flags(extra: Sequence[str]) -> None:
+    """Refuse unknown or misspelt relion_refine flags, and flags the template sets itself."""
+    if isinstance(extra, str):
+        raise JobParameterError(
+            f"parameter extra_flags = {extra!r} is not valid: a list of flags and values"
+        )
+    try:
+        parsed = parse_refine_args(list(extra))
+    except PreflightError as error:
+        raise JobParameterError(f"parameter extra_flags: {error}") from None
+    for flag in parsed:
+        if flag in MANAGED_FLAGS:
+            name = flag.removeprefix("--")
+            how = (
+                f"use the parameter {name}"
+                if name in PARAMETER_NAMES
+                else "the job template sets it"
+            )
+            raise JobParameterError(f"parameter extra_flags: {flag} may not be given here: {how}")
+        for word in (flag, parsed[flag] or ""):
+            if word and shlex.quote(word) != word and not _PATH_RE.fullmatch(word):
+                raise JobParameterError(
+                    f"parameter extra_flags: {flag} {word!r} has characters a job script cannot "
+                    "carry safely (spaces or shell characters)"
+                )
+
+
+_ALIASES = {"i": "particles", "ref": "reference"}
+
+
+def _coerce(name: str, value: object) -> Any:
+    """Text from a command line or context → the parameter's type (numbers, switches, lists)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if name in SWITCHES:
+        lowered = text.lower()
+        if lowered in ("true", "yes", "1"):
+            return True
+        if lowered in ("false", "no", "0"):
+            return False
+        return value
+    if name == "extra_flags":
+        return tuple(shlex.split(text))
+    if name in RANGES:
+        try:
+            return (
+                int(text)
+                if RANGES[name].whole and re.fullmatch(r"[+-]?\d+", text)
+                else (float(text))
+            )
+        except ValueError:
+            return value
+    return text
+
+
+def from_mapping(values: Mapping[str, object]) -> Class3dParams:
+    """Parameters from names (e.g. a submit command's key=value pairs); unknown names refused."""
+    given: dict[str, Any] = {}
+    for key, value in values.items():
+        name = _ALIASES.get(key.removeprefix("--"), key.removeprefix("--"))
+        if name not in PARAMETER_NAMES:
+            close = difflib.get_close_matches(name, PARAMETER_NAMES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise JobParameterError(
+                f"no job parameter {key!r}; {hint}parameters are: " + ", ".join(PARAMETER_NAMES)
+            )
+        given[name] = _coerce(name, value)
+    if "extra_flags" in given and isinstance(given["extra_flags"], list):
+        given["extra_flags"] = tuple(str(w) for w in given["extra_flags"])
+    return Class3dParams(**given)
