@@ -138,7 +138,7 @@ class _Http:
         def chunks() -> Iterator[bytes]:
             while True:
                 try:
-                    block = response.read(CHUNK)
+                    block = response.read1(CHUNK)  # what has arrived: progress stays live
                 except (OSError, http.client.HTTPException) as error:
                     raise _Interrupted(f"connection lost: {error!r}") from error
                 if not block:

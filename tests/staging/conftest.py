@@ -7,6 +7,7 @@ import io
 import re
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,8 +74,10 @@ class Served:
     etag: str = '"v1"'
     ranges: bool = True
     cut_after: int | None = None  # send this many body bytes of the next reply, then hang up
+    throttle_s: float = 0.0  # pause after each 4 KiB sent, so a client can be stopped midway
     requests: list[dict[str, str | None]] = field(default_factory=list)
     bytes_sent: int = 0
+    sent: list[int] = field(default_factory=list)  # body bytes per request, in request order
     url: str = ""
 
     def set_body(self, body: bytes) -> None:
@@ -93,6 +96,8 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             range_header = self.headers.get("Range")
             if_range = self.headers.get("If-Range")
             served.requests.append({"range": range_header, "if_range": if_range})
+            served.sent.append(0)
+            index = len(served.sent) - 1
             body, start, status = served.body, 0, 200
             match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
             if served.ranges and match and (if_range is None or if_range == served.etag):
@@ -114,9 +119,16 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             if served.cut_after is not None:
                 payload, served.cut_after = payload[: served.cut_after], None
                 self.close_connection = True
-            self.wfile.write(payload)
-            self.wfile.flush()
-            served.bytes_sent += len(payload)
+            step = 4096 if served.throttle_s else len(payload) or 1
+            try:
+                for at in range(0, len(payload), step):
+                    self.wfile.write(payload[at : at + step])
+                    self.wfile.flush()
+                    served.bytes_sent += len(payload[at : at + step])
+                    served.sent[index] += len(payload[at : at + step])
+                    time.sleep(served.throttle_s)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
     return Handler
 

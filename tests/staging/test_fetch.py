@@ -5,9 +5,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,46 @@ def test_interrupted_download_resumes_with_a_range_and_sends_nothing_twice(
     assert server.bytes_sent == len(server.body)  # every byte crossed the wire exactly once
     assert_staged(dest)
     assert (dest / DOWNLOADS / NAME).read_bytes() == server.body
+
+
+def test_a_staging_job_killed_midway_resumes_where_its_file_ends(
+    server: Served, tmp_path: Path
+) -> None:
+    """What a cancelled or preempted batch job leaves: SIGTERM, no chance to tidy up."""
+    server.throttle_s = 0.01
+    part = tmp_path / DOWNLOADS / (NAME + ".part")
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relion_spot.staging",
+            "fetch",
+            "--source",
+            server.url,
+            "--dest",
+            str(tmp_path),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (part.exists() and part.stat().st_size >= 32 * 1024):
+            assert time.monotonic() < deadline and job.poll() is None
+            time.sleep(0.01)
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=10)
+    finally:
+        job.kill()
+    held = part.stat().st_size
+    assert 0 < held < len(server.body) and not (tmp_path / MARKER).exists()
+
+    server.throttle_s = 0.0
+    assert fetch(server.url, tmp_path) == 0
+    assert server.requests[-1]["range"] == f"bytes={held}-"
+    assert server.sent[-1] == len(server.body) - held
+    assert_staged(tmp_path)
 
 
 def test_a_dropped_connection_is_retried_within_the_same_run(
