@@ -158,6 +158,7 @@ docker run -d --name "$$CONTAINER" --network host --ipc host \
   -v /scratch:/scratch -v /data:/data -v /containers:/containers -v "$$LOG_DIR:/var/log/slurm" \
   -e AWS_DEFAULT_REGION="$$REGION" \
   -e RELION_SPOT_CLUSTER="$$CLUSTER_NAME" \
+  -e RELION_SPOT_JOB_TAGS=1 \
   -e RELION_SPOT_NODE_NAME="$$NODE_NAME" \
   -e RELION_SPOT_CONTROLLER="$$CONTROLLER" \
   -e RELION_SPOT_SLURM_KEY_SECRET_ARN="$$KEY_SECRET_ARN" \

@@ -44,6 +44,9 @@ POWERSAVE_ENV_FILE = RUNTIME_DIR / "powersave.env"
 """Shell-quoted KEY=value lines the power-save wrappers (assets/slurm/bin) load: slurmctld runs
 those programs with an environment of its own, not the container's."""
 CLUSTER_SPEC_FILE = RUNTIME_DIR / "cluster.json"
+NODE_ENV_FILE = RUNTIME_DIR / "node.env"
+"""The same for a node's Prolog/Epilog (assets/slurm/bin/prolog, epilog), which slurmd runs as
+root with an environment of its own."""
 POWERSAVE_ENV_PREFIXES = ("AWS_", "RELION_SPOT_")
 """Region, endpoint (moto locally), the ECS task-role credential URI, and the project's own
 settings; the key's location is not a secret, the key itself never goes in this file."""
@@ -128,6 +131,7 @@ def prepare_node(env: Mapping[str, str], node_name: str) -> list[str]:
     Path("/var/spool/slurmd").mkdir(parents=True, exist_ok=True)
     for index in range(int(placeholders or 0)):
         _make_placeholder_device(Path(f"{LOCAL_GPU_DEVICE_PREFIX}{index}"))
+    _write_env_file(env, NODE_ENV_FILE, 0, 0)
     # -b: report this start as the boot time. Node containers share the host's boot time, and
     # slurmctld ignores a resumed node whose boot predates the resume request.
     return [
@@ -223,12 +227,18 @@ def _save_powersave_env(env: Mapping[str, str], spec: ClusterSpec, uid: int, gid
     RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
     CLUSTER_SPEC_FILE.write_text(spec.to_json() + "\n")
     CLUSTER_SPEC_FILE.chmod(0o644)
+    _write_env_file(env, POWERSAVE_ENV_FILE, uid, gid)
+
+
+def _write_env_file(env: Mapping[str, str], path: Path, uid: int, gid: int) -> None:
+    """Shell-quoted KEY=value lines of the project's and AWS's variables, owner-only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         f"{name}={shlex.quote(value)}"
         for name, value in sorted(env.items())
         if name.startswith(POWERSAVE_ENV_PREFIXES) and name.isidentifier()
     ]
-    fd = os.open(POWERSAVE_ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         os.fchmod(out.fileno(), 0o600)
         out.write("".join(f"{line}\n" for line in lines))
