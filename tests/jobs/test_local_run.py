@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from relion_spot.jobs import Class3dParams, render
+from relion_spot.jobs import Class3dParams, NodeShape, render
 from relion_spot.relion.synthetic import SyntheticResult, SyntheticSpec, generate
 
 pytestmark = pytest.mark.relion
@@ -36,6 +36,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticResult:
 def _run(script: Path, job_id: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        # Open MPI refuses to start as root unless told; the cluster's jobs never run as root.
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "SLURM_JOB_ID": job_id,
     }
@@ -44,12 +47,9 @@ def _run(script: Path, job_id: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_local_script_runs_relion_to_the_end_and_skips_a_finished_run(
-    dataset: SyntheticResult, tmp_path: Path
-) -> None:
-    scratch = tmp_path / "scratch"
+def _params(dataset: SyntheticResult, scratch: Path, threads: int) -> Class3dParams:
     scratch.mkdir()
-    params = Class3dParams(
+    return Class3dParams(
         particles=dataset.particles_star.name,
         reference=dataset.reference.name,
         K=SPEC.classes,
@@ -58,11 +58,17 @@ def test_local_script_runs_relion_to_the_end_and_skips_a_finished_run(
         particle_diameter=SPEC.particle_diameter_angstrom,
         offset_range=2,
         offset_step=1,
-        j=2,
+        j=threads,
         pool=10,
         project_dir=str(dataset.out),
         scratch_dir=str(scratch),
     )
+
+
+def test_local_script_runs_relion_to_the_end_and_skips_a_finished_run(
+    dataset: SyntheticResult, tmp_path: Path
+) -> None:
+    params = _params(dataset, tmp_path / "scratch", threads=2)
     script = tmp_path / "class3d.sbatch"
     script.write_text(render(1, params, mode="local"))
 
@@ -78,3 +84,19 @@ def test_local_script_runs_relion_to_the_end_and_skips_a_finished_run(
     assert f"finished: iteration {ITERATIONS} of {ITERATIONS} is complete" in again.stderr
     assert "relion_refine exited" not in again.stderr
     assert time.monotonic() - started < 30
+
+
+def test_local_mpi_launch_line_runs_relion_refine_mpi(
+    dataset: SyntheticResult, tmp_path: Path
+) -> None:
+    """The multi-GPU launch line (mpirun -n N+1 with the container's Open MPI settings), run
+    with Debian's Open MPI: a leader and two followers, one thread each."""
+    params = _params(dataset, tmp_path / "scratch", threads=1)
+    script = tmp_path / "class3d.sbatch"
+    script.write_text(render(NodeShape(gpus=2, vcpus=2), params, mode="local"))
+    done = _run(script, "43")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    job_dir = dataset.out / "Class3D" / "job43"
+    assert (job_dir / f"run_it{ITERATIONS:03d}_model.star").is_file()
+    assert (job_dir / "RELION_JOB_EXIT_SUCCESS").is_file()
+    assert "relion_refine_mpi exited 0" in done.stderr
