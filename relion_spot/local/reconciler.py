@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import tags
@@ -31,6 +33,8 @@ class Machine:
     node: str
     instance_id: str
     container: str
+    started: float
+    """``time.monotonic()`` when the container was started."""
 
 
 class Reconciler:
@@ -53,6 +57,11 @@ class Reconciler:
         self.poll_seconds = poll_seconds
         self.machines: dict[str, Machine] = {}
         """Node name -> the container started for it, while its instance runs."""
+        self.notices: dict[str, dict[str, str]] = {}
+        """Instance id -> its spot interruption notice, as IMDS ``spot/instance-action`` gives it
+        (``{"action": "terminate", "time": "...Z"}``), from ``reclaim`` on."""
+        self._reclaims: dict[str, float] = {}
+        """Instance id -> ``time.monotonic()`` at which EC2 takes it back."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,9 +92,34 @@ class Reconciler:
                         found[node] = raw["InstanceId"]
         return found
 
-    def poll(self) -> None:
-        """One round: start what runs without a container, remove what runs no more."""
+    def reclaim(self, instance_id: str, grace_seconds: float = 120) -> dict[str, str]:
+        """Take a spot instance back as EC2 does: the interruption notice now, the instance
+        terminated ``grace_seconds`` later (and with it, on the next poll, its container).
+
+        Returns the notice, also kept in ``notices``. Serving it to the node's spot watcher
+        needs an IMDS endpoint per node container, which the local cloud does not run yet."""
+        at = datetime.now(UTC) + timedelta(seconds=grace_seconds)
+        notice = {"action": "terminate", "time": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
         with self._lock:
+            self.notices[instance_id] = notice
+            self._reclaims[instance_id] = time.monotonic() + grace_seconds
+        log.info("%s: spot reclaim noticed, terminating at %s", instance_id, notice["time"])
+        return notice
+
+    def _terminate_reclaimed(self) -> None:
+        now = time.monotonic()
+        due = sorted(i for i, at in self._reclaims.items() if at <= now)
+        if due:
+            log.info("%s: reclaim grace over; terminating", ", ".join(due))
+            self.ec2.terminate_instances(InstanceIds=due)
+            for instance_id in due:
+                del self._reclaims[instance_id]
+
+    def poll(self) -> None:
+        """One round: end reclaimed instances whose grace is over, start what runs without a
+        container, remove what runs no more."""
+        with self._lock:
+            self._terminate_reclaimed()
             wanted = self.running_instances()
             for node, machine in list(self.machines.items()):
                 if wanted.get(node) != machine.instance_id:
@@ -110,7 +144,7 @@ class Reconciler:
         # machine that no longer exists: it goes before the new one boots.
         self.local.remove_node(node)
         container = self.local.start_node(node, placeholder_gpus=gpus, env=self.node_env)
-        self.machines[node] = Machine(node, instance_id, container)
+        self.machines[node] = Machine(node, instance_id, container, time.monotonic())
 
     def _gpus(self, node: str) -> int:
         prefix = node.rsplit("-", 1)[0]

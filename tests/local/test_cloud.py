@@ -3,6 +3,7 @@ programs accept and launch from, and the reconciler sees exactly the cluster's r
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,31 @@ def test_prepared_cloud_launches_and_the_reconciler_sees_only_named_running_node
     assert reconciler.running_instances() == {"gpu-2": named}
     assert reconciler._gpus("gpu-2") == 4
     assert reconciler._gpus("cpu-1") == 0
+
+
+@mock_aws
+def test_a_reclaim_gives_notice_then_terminates_after_the_grace(tmp_path: Path) -> None:
+    spec = spec_from_settings(Settings(gpus=(1,)), 1, **LOCAL_CLOUD)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    config = PowerSaveConfig.from_env(prepare_cloud(ec2, spec))
+    instance_id = _launch(ec2, config, "gpu", spec.cluster_name)
+    local = LocalSlurm(prefix="relion-spot-unit", spec=spec, key_file=None, state_dir=tmp_path)
+    reconciler = Reconciler(local, ec2)
+
+    def state() -> str:
+        (reservation,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return str(reservation["Instances"][0]["State"]["Name"])
+
+    notice = reconciler.reclaim(instance_id, grace_seconds=3600)
+    assert notice["action"] == "terminate"
+    assert datetime.strptime(notice["time"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    ) > datetime.now(UTC) + timedelta(minutes=59)
+    assert reconciler.notices == {instance_id: notice}
+    reconciler.poll()  # the instance has no node name: nothing to boot, nothing to remove
+    assert state() == "running"
+
+    reconciler.reclaim(instance_id, grace_seconds=0)
+    reconciler.poll()
+    assert state() in ("shutting-down", "terminated")
+    reconciler.poll()  # done once only
