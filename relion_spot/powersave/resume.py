@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections import defaultdict
@@ -31,20 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from . import ec2 as fleet
-from . import logs
 from .capacity import CapacityMemory
-from .config import DEFAULT_LOG_FILE, LOG_FILE_ENV, ConfigError, NodeGroup, PowerSaveConfig
-from .nodes import NodeListError, by_partition, compress, expand_hostlist
+from .config import NodeGroup, PowerSaveConfig
+from .invocation import ec2_client as new_ec2_client
+from .invocation import start
+from .nodes import NodeListError, compress, expand_hostlist
 from .slurm import CommandRunner, Slurm, run_command
 
 PROGRAM = "resume"
 RESUME_FILE_ENV = "SLURM_RESUME_FILE"
 PARALLEL_CALLS = 16
 log = logging.getLogger(f"relion_spot.powersave.{PROGRAM}")
-
-
-class UsageError(ValueError):
-    pass
 
 
 @dataclass
@@ -65,21 +61,16 @@ def main(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
 ) -> int:
-    env = os.environ if environ is None else environ
-    args = list(sys.argv[1:] if argv is None else argv)
-    logs.setup(PROGRAM, env.get(LOG_FILE_ENV, DEFAULT_LOG_FILE).strip())
-    try:
-        config = PowerSaveConfig.from_env(env)
-        nodes = parse_args(args, config)
-    except (ConfigError, NodeListError, UsageError) as err:
-        log.error("nothing launched: %s", err)
+    run = start(PROGRAM, log, argv, environ, nothing_done="nothing launched")
+    if run is None:
         return 2
+    env, config, nodes = run.env, run.config, run.nodes
     slurm = Slurm(runner=runner, scontrol=config.scontrol, squeue=config.squeue)
     jobs = jobs_by_node(env)
-    all_nodes = [n for names in nodes.values() for n in names]
+    all_nodes = run.node_names
     waiting = _jobs_text(jobs, all_nodes)
     log.info("resume %s%s", compress(all_nodes), f" for job(s) {waiting}" if waiting else "")
-    ec2 = ec2_client or _client(config)
+    ec2 = ec2_client or new_ec2_client(config)
     memory = CapacityMemory(config.state_dir, config.backoff_seconds, clock=clock)
     try:
         trouble = replace_stale_instances(ec2, config.cluster, all_nodes)
@@ -104,20 +95,6 @@ def main(
             continue
         trouble |= result.trouble
     return 1 if trouble else 0
-
-
-def parse_args(args: list[str], config: PowerSaveConfig) -> dict[str, list[str]]:
-    if len(args) != 1:
-        raise UsageError(
-            f"expected one argument, a Slurm host list such as gpu-[1-3]; got {len(args)}: {args}"
-        )
-    return by_partition(expand_hostlist(args[0]), config.groups)
-
-
-def _client(config: PowerSaveConfig) -> Any:
-    import boto3
-
-    return boto3.session.Session().client("ec2", region_name=config.region)
 
 
 def jobs_by_node(env: Mapping[str, str]) -> dict[str, list[str]]:
@@ -185,8 +162,8 @@ def launch_partition(
             ", ".join(f"{t} {short[t].code}" for t in left_out if t in short),
             ",".join(types),
         )
-    for start in range(0, len(nodes), fleet.MAX_FLEET_CAPACITY):
-        batch = nodes[start : start + fleet.MAX_FLEET_CAPACITY]
+    for offset in range(0, len(nodes), fleet.MAX_FLEET_CAPACITY):
+        batch = nodes[offset : offset + fleet.MAX_FLEET_CAPACITY]
         _launch_batch(ec2, config, group, types, batch, memory, result, sleep)
     _hand_back(slurm, result)
     return result

@@ -19,17 +19,15 @@ could not be told; 2 on bad input, before anything is changed.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import ec2 as fleet
-from . import logs
-from .config import DEFAULT_LOG_FILE, LOG_FILE_ENV, ConfigError, PowerSaveConfig
-from .nodes import NodeListError, compress
-from .resume import UsageError, parse_args
+from .invocation import ec2_client as new_ec2_client
+from .invocation import start
+from .nodes import compress
 from .slurm import CommandRunner, Slurm, run_command
 from .suspend import terminate_nodes
 
@@ -47,18 +45,12 @@ def main(
     ec2_client: Any = None,
     clock: Callable[[], float] = time.time,
 ) -> int:
-    env = os.environ if environ is None else environ
-    args = list(sys.argv[1:] if argv is None else argv)
-    logs.setup(PROGRAM, env.get(LOG_FILE_ENV, DEFAULT_LOG_FILE).strip())
-    try:
-        config = PowerSaveConfig.from_env(env)
-        grouped = parse_args(args, config)
-    except (ConfigError, NodeListError, UsageError) as err:
-        log.error("nothing changed: %s", err)
+    run = start(PROGRAM, log, argv, environ, nothing_done="nothing changed")
+    if run is None:
         return 2
-    nodes = [n for names in grouped.values() for n in names]
+    config, grouped, nodes = run.config, run.nodes, run.node_names
     log.info("resume failed for %s: cleaning up", compress(nodes))
-    ec2 = ec2_client or _client(config)
+    ec2 = ec2_client or new_ec2_client(config)
     try:
         ok = terminate_nodes(ec2, config.cluster, nodes)
         ok &= terminate_orphans(ec2, config.cluster, list(grouped), now=clock())
@@ -75,12 +67,6 @@ def main(
     else:
         ok = False
     return 0 if ok else 1
-
-
-def _client(config: PowerSaveConfig) -> Any:
-    import boto3
-
-    return boto3.session.Session().client("ec2", region_name=config.region)
 
 
 def terminate_orphans(ec2: Any, cluster: str, partitions: Sequence[str], *, now: float) -> bool:

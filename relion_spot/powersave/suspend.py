@@ -14,16 +14,13 @@ Exit status: 0 when every named node has no live instance left (or one already s
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import ec2 as fleet
-from . import logs
-from .config import DEFAULT_LOG_FILE, LOG_FILE_ENV, ConfigError, PowerSaveConfig
-from .nodes import NodeListError
-from .resume import UsageError, parse_args
+from .invocation import ec2_client as new_ec2_client
+from .invocation import start
 
 PROGRAM = "suspend"
 log = logging.getLogger(f"relion_spot.powersave.{PROGRAM}")
@@ -35,27 +32,16 @@ def main(
     environ: Mapping[str, str] | None = None,
     ec2_client: Any = None,
 ) -> int:
-    env = os.environ if environ is None else environ
-    args = list(sys.argv[1:] if argv is None else argv)
-    logs.setup(PROGRAM, env.get(LOG_FILE_ENV, DEFAULT_LOG_FILE).strip())
-    try:
-        config = PowerSaveConfig.from_env(env)
-        nodes = [n for names in parse_args(args, config).values() for n in names]
-    except (ConfigError, NodeListError, UsageError) as err:
-        log.error("nothing terminated: %s", err)
+    run = start(PROGRAM, log, argv, environ, nothing_done="nothing terminated")
+    if run is None:
         return 2
-    ec2 = ec2_client or _client(config)
+    config, nodes = run.config, run.node_names
+    ec2 = ec2_client or new_ec2_client(config)
     try:
         return 0 if terminate_nodes(ec2, config.cluster, nodes) else 1
     except fleet.AWS_ERRORS as err:
         log.error("could not find the nodes' instances: %s", fleet.aws_error_text(err))
         return 1
-
-
-def _client(config: PowerSaveConfig) -> Any:
-    import boto3
-
-    return boto3.session.Session().client("ec2", region_name=config.region)
 
 
 def terminate_nodes(ec2: Any, cluster: str, nodes: Sequence[str]) -> bool:
