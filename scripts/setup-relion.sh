@@ -32,7 +32,8 @@ for tool in relion_refine relion_project relion_preprocess relion_reconstruct \
     fi
 done
 
-tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}')
+# awk reads to the end: exiting early would SIGPIPE ldconfig and fail the pipeline (pipefail).
+tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 / && !found {print $NF; found = 1}')
 if [[ -z $tcmalloc ]]; then
     echo "setup-relion: libtcmalloc_minimal.so.4 not found by ldconfig" >&2
     exit 1
