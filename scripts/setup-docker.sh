@@ -119,22 +119,38 @@ build_one() {
     fi
 }
 
+image_pins() {
+    # The pinned lines of requirements.txt for the packages assets/slurm/image-requirements.txt
+    # names: what the image's pip installs.
+    local names
+    names=$(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$repo/assets/slurm/image-requirements.txt")
+    local name line
+    for name in $names; do
+        line=$(grep -E "^$name==" "$repo/requirements.txt") || die "no $name pin in requirements.txt"
+        echo "$line"
+    done
+}
+
 stage_wheels() {
-    # The image's pip installs the runtime pin from here: this host's own pip reaches PyPI
+    # The image's pip installs the runtime pins from here: this host's own pip reaches PyPI
     # (with whatever CA bundle and mirrors it is configured for) where a build container may not.
-    local wheels="$repo/.local/wheels" pin
-    pin=$(grep -E '^boto3==' "$repo/requirements.txt") || die "no boto3 pin in requirements.txt"
-    if [[ -f "$wheels/.pin" && $(cat "$wheels/.pin") == "$pin" ]]; then
+    # Wheels for the image's interpreter (Debian trixie: CPython 3.13 on x86_64 glibc).
+    local wheels="$repo/.local/wheels" pins
+    pins=$(image_pins) || exit 1
+    if [[ -f "$wheels/.pin" && $(cat "$wheels/.pin") == "$pins" ]]; then
         return 0
     fi
-    log "staging wheels for $pin in $wheels"
+    log "staging wheels for the image in $wheels"
     rm -rf "$wheels"
     mkdir -p "$wheels"
+    # shellcheck disable=SC2086  # one word per pin
     python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
-        --python-version 3.13 --implementation py --abi none --platform any \
-        -d "$wheels" "$pin" >"$state_dir/wheels.log" 2>&1 ||
-        die "could not download $pin and its dependencies; see $state_dir/wheels.log"
-    echo "$pin" >"$wheels/.pin"
+        --python-version 3.13 --implementation cp --abi cp313 --abi abi3 --abi none \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform any \
+        -d "$wheels" $pins >"$state_dir/wheels.log" 2>&1 ||
+        die "could not download the image's wheels ($(echo $pins)); see $state_dir/wheels.log"
+    echo "$pins" >"$wheels/.pin"
 }
 
 build_images() {
