@@ -3,9 +3,10 @@
 moto keeps instances as records and emits no state-change events, so a poll loop compares the
 cluster's instances (found by ``relion_spot.tags.CLUSTER``) with the node containers it started:
 a running instance with a node name (``relion_spot.tags.NODE``, set by the resume program) gets a
-container of the node image, started as that node; a container whose instance is terminated,
-stopping or gone is removed outright, as a vanished machine would be. Each decision is one log
-line; a poll with nothing to change says nothing.
+container of the node image, started as that node, and - as the node bootstrap does on EC2 - the
+spot watcher inside it, reading this cloud's metadata service (``relion_spot.local.imds``); a
+container whose instance is terminated, stopping or gone is removed outright, as a vanished
+machine would be. Each decision is one log line; a poll with nothing to change says nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import tags
-from ..slurm.local import DockerError, LocalSlurm
+from ..node.imds import IMDS_URL_ENV
+from ..slurm.local import DockerError, LocalSlurm, docker
+from .imds import LocalImds
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ class Reconciler:
     """Plays the hypervisor for one cluster. ``poll`` once, or ``start``/``stop`` a thread.
 
     ``node_env``: the node containers' environment (the key's source, AWS endpoint and region).
+    ``spot_watcher``: run the spot watcher in each node container, with the metadata service
+    started (on this host's address on the cluster network) for as long as the reconciler runs.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class Reconciler:
         *,
         node_env: dict[str, str] | None = None,
         poll_seconds: float = POLL_SECONDS,
+        spot_watcher: bool = False,
     ) -> None:
         self.local = local
         self.ec2 = ec2
@@ -62,6 +68,9 @@ class Reconciler:
         (``{"action": "terminate", "time": "...Z"}``), from ``reclaim`` on."""
         self._reclaims: dict[str, float] = {}
         """Instance id -> ``time.monotonic()`` at which EC2 takes it back."""
+        self.imds: LocalImds | None = None
+        if spot_watcher:
+            self.imds = LocalImds(ec2, notices=self.notices.get, host=local.gateway_address())
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,8 +105,7 @@ class Reconciler:
         """Take a spot instance back as EC2 does: the interruption notice now, the instance
         terminated ``grace_seconds`` later (and with it, on the next poll, its container).
 
-        Returns the notice, also kept in ``notices``. Serving it to the node's spot watcher
-        needs an IMDS endpoint per node container, which the local cloud does not run yet."""
+        Returns the notice, also kept in ``notices``, where the metadata service finds it."""
         at = datetime.now(UTC) + timedelta(seconds=grace_seconds)
         notice = {"action": "terminate", "time": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
         with self._lock:
@@ -145,6 +153,17 @@ class Reconciler:
         self.local.remove_node(node)
         container = self.local.start_node(node, placeholder_gpus=gpus, env=self.node_env)
         self.machines[node] = Machine(node, instance_id, container, time.monotonic())
+        if self.imds is not None:
+            self._start_spot_watcher(node, instance_id, container)
+
+    def _start_spot_watcher(self, node: str, instance_id: str, container: str) -> None:
+        assert self.imds is not None
+        url = self.imds.url_for(instance_id)
+        docker(
+            "exec", "-d", "-e", f"{IMDS_URL_ENV}={url}", container,
+            "/opt/relion-spot/venv/bin/python", "-m", "relion_spot.node.spot_watcher",
+        )  # fmt: skip
+        log.info("%s: spot watcher started (metadata at %s)", node, url)
 
     def _gpus(self, node: str) -> int:
         prefix = node.rsplit("-", 1)[0]
@@ -165,6 +184,8 @@ class Reconciler:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.imds is not None:
+            self.imds.start()
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._loop, name=f"reconciler-{self.cluster}", daemon=True
@@ -177,6 +198,8 @@ class Reconciler:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.imds is not None:
+            self.imds.stop()
 
     def __enter__(self) -> Reconciler:
         self.start()
