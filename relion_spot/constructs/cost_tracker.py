@@ -4,6 +4,7 @@ its schedules, and the grants the controller (record writer) and the CLI (report
 The function runs with a reserved concurrency of one: a scheduled pricing run, a stream batch
 and the daily reconciliation never interleave, which is what lets the pricing write whole cost
 items in batches (fast at 100,000 attempts) without losing the billed figure beside them.
+The five-minute node count shares that one slot; it writes no cost item and takes a second.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CostTracker(Construct):
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
         pricing_schedule: Duration | None = None,
+        node_count_schedule: Duration | None = None,
         pricing_window: Duration | None = None,
         job_lookback: Duration | None = None,
         reconcile_days: int = 3,
@@ -47,6 +49,7 @@ class CostTracker(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         pricing_schedule = pricing_schedule or Duration.hours(1)
+        node_count_schedule = node_count_schedule or Duration.minutes(5)
         pricing_window = pricing_window or Duration.hours(24)
         job_lookback = job_lookback or Duration.days(7)
         self.cluster_name = cluster_name
@@ -85,6 +88,7 @@ class CostTracker(Construct):
         log_group = logs.LogGroup(
             self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
+        self.log_group = log_group
         self.role = iam.Role(
             self,
             "Role",
@@ -142,6 +146,21 @@ class CostTracker(Construct):
                     self.function,
                     event=events.RuleTargetInput.from_object({"action": "schedule"}),
                     retry_attempts=2,
+                )
+            ],
+        )
+        # The node count is a gauge the dashboard graphs: sampled hourly, a node that lived 40
+        # minutes between two pricing runs would never show. A count is one DescribeInstances.
+        self.node_count_rule = events.Rule(
+            self,
+            "NodeCountSchedule",
+            schedule=events.Schedule.rate(node_count_schedule),
+            description=f"Publish how many of {cluster_name}'s nodes run, by type and market",
+            targets=[
+                targets.LambdaFunction(
+                    self.function,
+                    event=events.RuleTargetInput.from_object({"action": "count-nodes"}),
+                    retry_attempts=0,
                 )
             ],
         )

@@ -5,13 +5,18 @@ Events it understands (anything else is logged and skipped; a batch always goes 
 - ``{"action": "schedule"}`` (hourly rule): price every job with an attempt that ended within
   the pricing window plus the job lookback, write the ones that are new or changed, and repair
   launch tags of this cluster's running instances.
+- ``{"action": "count-nodes"}`` (every few minutes; the hourly run does it too): publish how
+  many of this cluster's instances run, per instance type and market.
 - ``{"action": "reconcile"}`` (daily rule): store Cost Explorer's billed cost per job.
 - DynamoDB stream records of the attempts table (an attempt ended): price those jobs.
 - ``{"action": "price-jobs", "jobs": [{"cluster": ..., "job_id": ...}]}``, or an EventBridge
   event whose ``detail`` has ``cluster`` and ``job_id``: price those jobs.
 
 Idempotent: a job is rewritten only when the fingerprint of its priced result changes, so the
-same event twice, or a rerun over the same window, writes nothing and publishes nothing.
+same event twice, or a rerun over the same window, writes nothing and publishes nothing. Each
+written job is also logged as one ``job-cost`` line (see ``JOB_COST_LOG``), which is what the
+cluster dashboard's cost-per-job table reads: the metrics carry no job dimension, as one metric
+per job would bill per job.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from relion_spot.cost import billing, instances
+from relion_spot.cost import billing, instances, nodes
 from relion_spot.cost.config import CostConfig
 from relion_spot.cost.prices import SpotPriceSource
 from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, price_job
@@ -42,6 +47,12 @@ from relion_spot.cost.store import (
 )
 
 log = logging.getLogger(__name__)
+
+JOB_COST_LOG = "job-cost"
+JOB_COST_LOG_FORMAT = (
+    JOB_COST_LOG + " job=%s user=%s estimate_usd=%.6f reclaimed_usd=%.6f attempts=%d reclaims=%d"
+)
+"""One line per written job; the dashboard's Logs Insights query parses these field names."""
 
 
 @dataclass
@@ -77,6 +88,7 @@ class Outcome:
     instances_tagged: list[str] = field(default_factory=list)
     billed_jobs: int = 0
     billed_updated: int = 0
+    nodes_running: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,6 +149,16 @@ class CostService:
         del attempts, jobs  # a 100,000-attempt run needs the memory for the writes
         changes = self.costs.write_estimates(costs, priced_at=now)
         outcome.jobs_written += len(changes)
+        for cost, _ in changes:
+            log.info(
+                JOB_COST_LOG_FORMAT,
+                cost.job_id,
+                cost.user or "-",
+                cost.total_usd,
+                cost.reclaimed_usd,
+                len(cost.attempts),
+                sum(1 for a in cost.attempts if a.reclaimed),
+            )
         outcome.metrics_published += billing.publish_estimate_changes(
             self.clients.cloudwatch, self.config.metric_namespace, self.config.cluster, changes
         )
@@ -180,6 +202,18 @@ class CostService:
                 continue
             attempts.extend(self._parse(self.attempts.items_of_job(cluster, job_id), outcome))
         self.price(attempts, outcome, now=now)
+
+    def publish_nodes(self, outcome: Outcome, *, now: float) -> None:
+        running = instances.running_cluster_instances(self.clients.ec2, self.config.cluster)
+        counts = nodes.count_running(running)
+        nodes.publish_node_counts(
+            self.clients.cloudwatch,
+            self.config.metric_namespace,
+            self.config.cluster,
+            counts,
+            now=now,
+        )
+        outcome.nodes_running = sum(counts.values())
 
     def repair_tags(self, outcome: Outcome) -> None:
         report = instances.repair_tags(
@@ -233,6 +267,9 @@ def handle(event: Any, service: CostService, *, now: float | None = None) -> dic
         service.price_window(outcome, now=now)
         service.repair_tags(outcome)
         outcome.spot_price_requests = service.prices.requests
+        service.publish_nodes(outcome, now=now)
+    elif action == "count-nodes":
+        service.publish_nodes(outcome, now=now)
     elif action == "reconcile":
         service.reconcile(outcome, now=now)
     elif isinstance(event, dict) and isinstance(event.get("Records"), list):

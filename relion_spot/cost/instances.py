@@ -43,6 +43,8 @@ class InstanceInfo:
     tags: dict[str, str] = field(hash=False)
     volume_ids: tuple[str, ...] = ()
     network_interface_ids: tuple[str, ...] = ()
+    market: str = "on-demand"
+    """``spot`` or ``on-demand`` (EC2 names only the exception: ``InstanceLifecycle``)."""
 
     @property
     def node(self) -> str:
@@ -67,6 +69,7 @@ def _info(raw: dict[str, Any]) -> InstanceInfo:
             for n in raw.get("NetworkInterfaces") or []
             if n.get("NetworkInterfaceId")
         ),
+        market=raw.get("InstanceLifecycle") or "on-demand",
     )
 
 
@@ -94,6 +97,17 @@ def cluster_instances(
         chunk = names[offset : offset + FILTER_CHUNK]
         found.extend(describe(ec2, [cluster_filter, {"Name": f"tag:{tags.NODE}", "Values": chunk}]))
     return found
+
+
+def running_cluster_instances(ec2: Any, cluster: str) -> list[InstanceInfo]:
+    """This cluster's instances in the running state (the ones billed by the second now)."""
+    return describe(
+        ec2,
+        [
+            {"Name": f"tag:{tags.CLUSTER}", "Values": [cluster]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ],
+    )
 
 
 def resolve_nodes(

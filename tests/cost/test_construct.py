@@ -144,6 +144,24 @@ def test_function_runtime_logs_and_triggers(template: Template):
     )
 
 
+def test_nodes_are_counted_every_five_minutes_without_retries(template: Template):
+    """The dashboard's node gauge; a missed count is superseded by the next, not retried."""
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "ScheduleExpression": "rate(5 minutes)",
+            "Targets": [
+                Match.object_like(
+                    {
+                        "Input": Match.serialized_json({"action": "count-nodes"}),
+                        "RetryPolicy": {"MaximumRetryAttempts": 0},
+                    }
+                )
+            ],
+        },
+    )
+
+
 def statements(template: Template, role_prefix: str) -> list[dict]:
     found = []
     for policy in template.find_resources("AWS::IAM::Policy").values():
