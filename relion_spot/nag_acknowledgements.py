@@ -145,7 +145,13 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             node_policy,
             "AwsSolutions-IAM5[Resource::*]",
             "ecr:GetAuthorizationToken, granted by CDK for pulling the Slurm image, supports no "
-            "resource-level permissions.",
+            "resource-level permissions."
+            + (
+                " Nor does cloudwatch:PutMetricData (the CloudWatch agent's GPU metrics), held "
+                "to the CWAgent namespace by condition."
+                if group.gpus_per_node
+                else ""
+            ),
         )
 
     cost = stack.cost_tracker

@@ -12,6 +12,8 @@
 #   key_secret_arn                Secrets Manager ARN of the auth/slurm key
 #   spot_events_table             DynamoDB table for spot reclaim events ('' for none)
 #   node_tag_key                  the node-name tag key (filled from relion_spot.tags)
+#   cloudwatch_agent_config       CloudWatch agent config for GPU metrics (filled from
+#                                 assets/slurm/cloudwatch-agent.json with the cluster's name)
 # Every other dollar sign is doubled: the renderer turns two into one.
 #
 # What it does, in order: learn the node name from this instance's own tags (IMDSv2, instance
@@ -20,7 +22,9 @@
 # IAM through the access points; start slurmd from the Slurm image with the GPUs, /scratch and
 # EFS passed in (the image's entrypoint fetches the Slurm key from Secrets Manager and resets the
 # signal mask before exec'ing slurmd -b); start the spot watcher inside that container, where
-# scontrol reaches the controller through slurmd's configless cache.
+# scontrol reaches the controller through slurmd's configless cache; on a GPU node, start the
+# CloudWatch agent's GPU metrics for the cluster dashboard (best effort: a node without them
+# still runs jobs).
 # A failure stops here with one line on the console; the instance is then terminated by
 # ResumeFailProgram when ResumeTimeout runs out, and the job requeued.
 set -euo pipefail
@@ -181,3 +185,24 @@ log "slurmd runs as $$NODE_NAME against $$CONTROLLER"
 docker exec -d "$$CONTAINER" /opt/relion-spot/venv/bin/python -m relion_spot.node.spot_watcher ||
   die "the spot watcher would not start"
 log "spot watcher started; node $$NODE_NAME is up"
+
+# --- 7. GPU metrics for the cluster dashboard (CloudWatch agent, Cluster dimension) -----------
+readonly AGENT_HOME=/opt/aws/amazon-cloudwatch-agent
+start_gpu_metrics() {
+  if [ ! -x "$$AGENT_HOME/bin/amazon-cloudwatch-agent-ctl" ]; then
+    dnf install -y -q amazon-cloudwatch-agent || return 1
+  fi
+  mkdir -p "$$AGENT_HOME/etc" || return 1
+  cat >"$$AGENT_HOME/etc/relion-spot-gpu.json" <<'AGENT_CONFIG' || return 1
+${cloudwatch_agent_config}
+AGENT_CONFIG
+  "$$AGENT_HOME/bin/amazon-cloudwatch-agent-ctl" -a fetch-config -m ec2 -s \
+    -c "file:$$AGENT_HOME/etc/relion-spot-gpu.json" >/dev/null
+}
+if [ "$${#gpu_args[@]}" -eq 0 ]; then
+  log "no GPU on $$NODE_NAME: no GPU metrics"
+elif start_gpu_metrics; then
+  log "GPU metrics of $$NODE_NAME go to CloudWatch"
+else
+  log "the CloudWatch agent did not start: $$NODE_NAME's GPUs are missing from the dashboard"
+fi

@@ -14,6 +14,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from .. import catalog, tags
+from ..node.bootstrap import GPU_METRICS_NAMESPACE
 
 GPU_AMI_PARAMETER = (
     "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/"
@@ -65,6 +66,8 @@ class NodeGroup(Construct):
             description=f"Nodes of partition {partition} of cluster {cluster_name}",
         )
         self._allow_job_tagging()
+        if self.gpus_per_node:
+            self._allow_gpu_metrics()
         primary_sg, *other_sgs = security_groups
         self.launch_template = ec2.LaunchTemplate(
             self,
@@ -127,6 +130,19 @@ class NodeGroup(Construct):
                     "StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": self.cluster_name},
                     "ForAllValues:StringEquals": {"aws:TagKeys": list(tags.JOB_TAG_KEYS)},
                 },
+            )
+        )
+
+    def _allow_gpu_metrics(self) -> None:
+        """The node's CloudWatch agent publishes GPU metrics for the dashboard.
+        PutMetricData has no resource-level permission; the namespace condition is the scope.
+        """
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PublishGpuMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": GPU_METRICS_NAMESPACE}},
             )
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -35,7 +36,7 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_template_names_exactly_the_documented_placeholders() -> None:
     text = bootstrap.TEMPLATE_PATH.read_text()
     identifiers = set(Template(text).get_identifiers())
-    assert identifiers == {*bootstrap.PLACEHOLDERS, "node_tag_key"}
+    assert identifiers == {*bootstrap.PLACEHOLDERS, *bootstrap.FILLED_HERE}
     header = text.split("set -euo pipefail")[0]
     for name in identifiers:
         assert re.search(rf"^#   {name} ", header, re.MULTILINE), f"{name} is not documented"
@@ -50,6 +51,60 @@ def test_rendered_script_carries_the_values_and_no_placeholder(script: Path) -> 
     assert "docker run -d --name" in text and "node >/dev/null" in text
     assert "tls,iam,accesspoint=" in text
     assert "-m relion_spot.node.spot_watcher" in text
+
+
+def test_gpu_nodes_start_the_cloudwatch_agent_with_the_clusters_dimension(script: Path) -> None:
+    text = script.read_text()
+    written = re.search(r"<<'AGENT_CONFIG'.*?\n(.*?)\nAGENT_CONFIG\n", text, re.DOTALL)
+    assert written is not None, "the agent config is written by a quoted heredoc"
+    config = json.loads(written.group(1))
+    metrics = config["metrics"]
+    assert metrics["namespace"] == bootstrap.GPU_METRICS_NAMESPACE == "CWAgent"
+    assert metrics["append_dimensions"] == {
+        "InstanceId": "${aws:InstanceId}",
+        "InstanceType": "${aws:InstanceType}",
+    }, "the agent's own placeholders pass the renderer untouched"
+    gpu = metrics["metrics_collected"]["nvidia_gpu"]
+    assert gpu["append_dimensions"] == {"Cluster": VALUES["cluster_name"]}
+    assert {"utilization_gpu", "memory_used"} <= set(gpu["measurement"])
+    assert list(metrics["metrics_collected"]) == ["nvidia_gpu"], "GPU metrics only: each bills"
+    assert 'amazon-cloudwatch-agent-ctl" -a fetch-config -m ec2 -s' in text
+    start = text.index("start_gpu_metrics; then")
+    assert 'if [ "${#gpu_args[@]}" -eq 0 ]; then' in text[:start], "only where GPUs were found"
+    assert "die" not in text[start:], "a node without GPU metrics still runs jobs"
+
+
+@pytest.mark.parametrize("gpus", [True, False])
+def test_the_agent_step_writes_its_config_and_starts_the_agent(
+    script: Path, tmp_path: Path, gpus: bool
+) -> None:
+    """Step 7 run for real by bash, against a stand-in agent that records how it was called."""
+    step = "# --- 7." + script.read_text().split("# --- 7.", 1)[1]
+    home = tmp_path / "agent"
+    (home / "bin").mkdir(parents=True)
+    ctl = home / "bin" / "amazon-cloudwatch-agent-ctl"
+    ctl.write_text(f'#!/bin/bash\necho "$*" >"{tmp_path}/ctl-args"\n')
+    ctl.chmod(0o755)
+    prelude = (
+        'set -euo pipefail\nNODE_NAME=gpu-1\nlog() { echo "$*" >&2; }\n'
+        f"gpu_args=({'--gpus all' if gpus else ''})\n"
+    )
+    body = step.replace("/opt/aws/amazon-cloudwatch-agent", str(home))
+    done = subprocess.run(
+        ["bash", "-c", prelude + body], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    config = home / "etc" / "relion-spot-gpu.json"
+    if not gpus:
+        assert not config.exists() and "no GPU metrics" in done.stderr
+        return
+    written = json.loads(config.read_text())
+    assert written["metrics"]["metrics_collected"]["nvidia_gpu"]["append_dimensions"] == {
+        "Cluster": VALUES["cluster_name"]
+    }
+    assert written["metrics"]["append_dimensions"]["InstanceId"] == "${aws:InstanceId}"
+    args = (tmp_path / "ctl-args").read_text().split()
+    assert args == ["-a", "fetch-config", "-m", "ec2", "-s", "-c", f"file:{config}"]
 
 
 def test_rendered_script_is_valid_bash(script: Path) -> None:
