@@ -28,12 +28,14 @@ def _fargate_month(market: str, vcpu: float, gb: float, public_ip: bool) -> floa
 def test_default_deployment_prices_every_standing_resource(default_synth) -> None:
     estimate = estimate_templates(read_cloud_assembly(default_synth.outdir))
     controller = _fargate_month("spot", 0.25, 1.0, public_ip=True)
-    per_cluster_up = controller + PRICES["secret_month"] + PRICES["cloud_map_instance_month"]
+    standing = PRICES["secret_month"] + PRICES["dashboard_month"]
+    per_cluster_up = controller + standing + PRICES["cloud_map_instance_month"]
     for stack in ("relion-spot-gpu1", "relion-spot-gpu4", "relion-spot-gpu8"):
         assert estimate.total(controller_up=True, stack=stack) == pytest.approx(per_cluster_up)
-        assert estimate.total(controller_up=False, stack=stack) == pytest.approx(
-            PRICES["secret_month"]
-        )
+        assert estimate.total(controller_up=False, stack=stack) == pytest.approx(standing)
+        dashboards = [i for i in estimate.items if i.stack == stack and "dashboard" in i.what]
+        assert len(dashboards) == 1, "one dashboard per cluster, priced with no free tier"
+        assert dashboards[0].usd_month_controller_asleep == PRICES["dashboard_month"] == 3.00
     assert estimate.total(controller_up=True, stack="relion-spot-network") == pytest.approx(
         PRICES["private_hosted_zone_month"]
     )
@@ -50,7 +52,10 @@ def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth)
     assert nat_instance.total(controller_up=False, stack="lab-b-network") == pytest.approx(expected)
     on_demand_private = _fargate_month("on-demand", 0.25, 1.0, public_ip=False)
     assert nat_instance.total(controller_up=True, stack="lab-b-gpu4") == pytest.approx(
-        on_demand_private + PRICES["secret_month"] + PRICES["cloud_map_instance_month"]
+        on_demand_private
+        + PRICES["secret_month"]
+        + PRICES["dashboard_month"]
+        + PRICES["cloud_map_instance_month"]
     )
     nat_gateway = estimate_templates(read_cloud_assembly(nat_gateway_synth.outdir))
     assert nat_gateway.total(controller_up=False, stack="lab-c-network") == pytest.approx(

@@ -419,3 +419,109 @@ def test_controller_gets_its_spec_key_and_address(default_synth) -> None:
     assert spec.default_partition.gpus == 4
     assert env[CONTROLLER_ADDR_ENV] == "relion-spot-gpu4-ctld.relion-spot.internal"
     assert "SlurmKey" in env[KEY_SECRET_ARN_ENV]["Ref"]
+
+
+def _dashboard_body(template: dict) -> tuple[str, dict]:
+    """The dashboard's logical id and its body, references shown as ``<LogicalId>``."""
+    ((logical_id, dashboard),) = _resources(template, "AWS::CloudWatch::Dashboard").items()
+    parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
+    text = "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in parts)
+    return logical_id, json.loads(text)
+
+
+def _expressions(widget: dict) -> list[str]:
+    return [m[-1]["expression"] for m in widget["properties"].get("metrics", []) if len(m) == 1]
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_one_dashboard_per_cluster_that_finds_everything_by_its_cluster(
+    default_synth, stack: str
+) -> None:
+    from relion_spot.constructs.dashboard import JOB_COST_PATTERN
+
+    raw = default_synth.template(stack)
+    template = Template.from_json(raw)
+    template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+    template.has_resource_properties(
+        "AWS::CloudWatch::Dashboard", {"DashboardName": f"{stack}-us-east-1"}
+    )
+    _, body = _dashboard_body(raw)
+    widgets = {w["properties"].get("title", w["type"]): w for w in body["widgets"]}
+    by_cluster = f'Cluster="{stack}"'
+    nodes = _expressions(widgets["Nodes running, by instance type and market"])
+    assert nodes == [
+        'FILL(SEARCH(\'{RelionSpot,Cluster,InstanceType,Market} MetricName="NodesRunning" '
+        f"{by_cluster}', 'Maximum', 300), 0)"
+    ]
+    gpu = [
+        *_expressions(widgets["GPU utilization (%), per GPU"]),
+        *_expressions(widgets["GPU memory used and total (MB), per GPU"]),
+    ]
+    assert [e.split('MetricName="')[1].split('"')[0] for e in gpu] == [
+        "nvidia_smi_utilization_gpu",
+        "nvidia_smi_memory_used",
+        "nvidia_smi_memory_total",
+    ]
+    assert all(e.startswith('SEARCH(\'Namespace="CWAgent"') and by_cluster in e for e in gpu)
+    (resolution,) = _expressions(widgets["Resolution per iteration (Å, lower is better), per job"])
+    assert 'MetricName="ResolutionAngstrom"' in resolution and by_cluster in resolution
+    daily = widgets["Job cost per day (USD, estimate) and the part lost to spot reclaims"]
+    assert [m[:4] for m in daily["properties"]["metrics"]] == [
+        ["RelionSpot", "JobCostUSD", "Cluster", stack],
+        ["RelionSpot", "ReclaimedCostUSD", "Cluster", stack],
+    ]
+    assert {m[4]["stat"] for m in daily["properties"]["metrics"]} == {"Sum"}
+    assert daily["properties"]["period"] == 86400
+
+    (log,) = [w for w in body["widgets"] if w["type"] == "log"]
+    query = log["properties"]["query"]
+    assert f"parse @message /{JOB_COST_PATTERN}/" in query
+    cost_logs = Capture()
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "relion_spot.cost.handler.main",
+            "LoggingConfig": {"LogGroup": {"Ref": cost_logs}},
+        },
+    )
+    assert query.startswith(f"SOURCE '<{cost_logs.as_string()}>'"), "the cost function's logs"
+    others = [name for name in CLUSTERS if name != stack]
+    assert not any(f'"{other}' in json.dumps(body) for other in others)
+
+
+def test_dashboard_url_is_an_output(default_synth) -> None:
+    raw = default_synth.template("relion-spot-gpu4")
+    logical_id, _ = _dashboard_body(raw)
+    Template.from_json(raw).has_output(
+        "DashboardUrl",
+        {
+            "Value": {
+                "Fn::Join": [
+                    "",
+                    [
+                        "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
+                        "#dashboards/dashboard/",
+                        {"Ref": logical_id},
+                    ],
+                ]
+            }
+        },
+    )
+
+
+def test_metrics_are_published_only_into_their_own_namespaces(default_synth) -> None:
+    """GPU nodes may put CWAgent metrics (their agent), the cost function RelionSpot ones;
+    PutMetricData has no resource scope, so the namespace condition is the whole fence."""
+    template = default_synth.template("relion-spot-gpu1")
+    granted: dict[str, str] = {}
+    for policy in _resources(template, "AWS::IAM::Policy").values():
+        (role,) = policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if "cloudwatch:PutMetricData" in _as_list(statement["Action"]):
+                assert _as_list(statement["Action"]) == ["cloudwatch:PutMetricData"]
+                namespace = statement["Condition"]["StringEquals"]["cloudwatch:namespace"]
+                granted[role["Ref"]] = namespace
+    assert sorted(granted.values()) == ["CWAgent", "RelionSpot"]
+    by_namespace = {namespace: role for role, namespace in granted.items()}
+    assert by_namespace["CWAgent"].startswith("GpuNodesRole")
+    assert by_namespace["RelionSpot"].startswith("CostTrackerRole")

@@ -12,6 +12,7 @@ from constructs import Construct
 
 from .. import __version__, tags
 from ..constructs.cost_tracker import CostTracker
+from ..constructs.dashboard import ClusterDashboard
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_power_saving
@@ -210,6 +211,14 @@ class ClusterStack(Stack):
         self.teardown.run_before_deleting(node_sg, controller_sg, *node_groups)
         self.teardown.stop_launches_first(self.controller.service)
 
+        self.dashboard = ClusterDashboard(
+            self,
+            "Dashboard",
+            cluster_name=cluster_name,
+            metric_namespace=self.cost_tracker.metric_namespace,
+            cost_log_group=self.cost_tracker.log_group,
+        )
+
         outputs: dict[str, str] = {
             "ClusterName": cluster_name,
             "Version": __version__,
@@ -224,6 +233,7 @@ class ClusterStack(Stack):
             "ControllerLogGroup": self.controller.log_group.log_group_name,
             "JobCostsTable": self.cost_tracker.costs_table_name,
             "JobRecordsTable": self.cost_tracker.records_table_name,
+            "DashboardUrl": self.dashboard.console_url,
         }
         for key, value in outputs.items():
             CfnOutput(self, key, value=value)

@@ -1,15 +1,19 @@
-"""The nodes-running gauge, against moto."""
+"""The nodes-running gauge and the per-job cost log line, against moto."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from relion_spot import tags
-from relion_spot.cost.handler import handle
+from relion_spot.cost.handler import JOB_COST_LOG, handle
 from relion_spot.cost.nodes import NODES_RUNNING_METRIC
 
-from .conftest import AMI, CLUSTER
+from .conftest import AMI, CLUSTER, write_attempt
 
 
 def _launch(account, *, instance_type: str, spot: bool, cluster: str = CLUSTER) -> str:
@@ -83,3 +87,27 @@ def test_the_hourly_run_counts_nodes_too(account):
     outcome = handle({"action": "schedule"}, account.service(), now=time.time())
     assert outcome["nodes_running"] == 1
     assert _published(account) == {(CLUSTER, "g5.xlarge", "spot"): 1.0}
+
+
+def test_each_written_job_is_logged_in_the_form_the_dashboard_parses(
+    account, reclaimed_job, caplog
+):
+    from relion_spot.constructs.dashboard import JOB_COST_PATTERN
+
+    for env in reclaimed_job["attempts"]:
+        write_attempt(account, env)
+    with caplog.at_level(logging.INFO, logger="relion_spot.cost.handler"):
+        handle({"action": "schedule"}, account.service(), now=reclaimed_job["now"])
+        again = handle({"action": "schedule"}, account.service(), now=reclaimed_job["now"])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(JOB_COST_LOG)]
+    assert again["jobs_written"] == 0
+    assert len(lines) == 1, "an unchanged job is not logged again"
+
+    # Logs Insights names groups (?<name>...); Python spells them (?P<name>...).
+    match = re.search(JOB_COST_PATTERN.replace("(?<", "(?P<"), f"[INFO]\t...\t{lines[0]}")
+    assert match is not None, lines[0]
+    lost, kept = reclaimed_job["expected"]
+    assert match["job"] == "41" and match["user"] == "alice"
+    assert float(match["estimate_usd"]) == pytest.approx(lost + kept, abs=1e-6)
+    assert float(match["reclaimed_usd"]) == pytest.approx(lost, abs=1e-6)
+    assert (match["attempts"], match["reclaims"]) == ("2", "1")
