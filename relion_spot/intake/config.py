@@ -1,0 +1,33 @@
+"""Names shared by the intake's construct (synth) and its drainer (runtime): no heavy imports."""
+
+from __future__ import annotations
+
+QUEUE_URL_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
+TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
+SBATCH_ENV = "RELION_SPOT_INTAKE_SBATCH"
+"""The sbatch command (a path, or a command line); default ``sbatch``."""
+SQUEUE_ENV = "RELION_SPOT_INTAKE_SQUEUE"
+"""The squeue command (a path, or a command line); default ``squeue``."""
+DATA_ROOT_ENV = "RELION_SPOT_INTAKE_DATA_ROOT"
+"""Where the drainer sees the nodes' /data (the EFS data access point). Preflight runs against
+the job's project directory there; unset or absent, preflight is skipped and the record says so."""
+JOB_MODE_ENV = "RELION_SPOT_INTAKE_JOB_MODE"
+"""``cloud`` (default: RELION from the Apptainer image, GPUs) or ``local`` (the embedded cloud)."""
+RELION_IMAGE_ENV = "RELION_SPOT_INTAKE_RELION_IMAGE"
+"""The RELION image the job template pulls; default relion_spot.jobs.class3d.DEFAULT_IMAGE."""
+
+NODE_DATA_DIR = "/data"
+"""Where every node mounts the shared data (the EFS data access point); job paths live here."""
+
+KEY = "submission_id"
+"""The intake table's partition key, and the message field it comes from."""
+
+VISIBILITY_TIMEOUT_SECONDS = 300
+"""How long a received submission stays hidden from the next receive. One drain step is one
+squeue (30 s limit), the render and preflight (seconds: STAR and MRC headers only), one sbatch
+(90 s limit) and two small DynamoDB writes; five minutes leaves room for a slow EFS."""
+MAX_RECEIVES = 5
+"""Receives before a submission goes to the dead-letter queue: a message that crashes the
+drainer every time (a bug) stops after this many tries instead of looping forever."""
+RECEIVE_WAIT_SECONDS = 20
+"""Long poll: an idle drainer makes three receive requests a minute."""

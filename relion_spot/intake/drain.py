@@ -1,0 +1,443 @@
+"""Drains the intake queue into Slurm, once per submission id, however often a message arrives.
+
+Runs in the controller container beside slurmctld: ``python -m relion_spot.intake.drain`` (a
+loop until SIGTERM) or ``--once`` (one receive, then exit). Each step first asks Slurm (squeue)
+whether it answers, so nothing is received, and no receive is counted against the message,
+while slurmctld is not up. Then, for a message:
+
+  1. Parse it. A message without a usable submission id cannot be answered (no client can look
+     its record up): it is logged and deleted.
+  2. The table already holds a decision for the id: delete the message, done. (A duplicate
+     delivery, a client that sent twice, or a retry after a crash between record and delete.)
+  3. Anything else wrong with it: a "rejected" record whose message names the field, the value
+     and what is accepted; delete.
+  4. Slurm already has a job with the comment ``relion-spot:<id>``: record it as accepted with
+     that job id; delete. (A retry after a crash between sbatch and the record.)
+  5. Render the job script and run preflight; a refusal is a "rejected" record; delete.
+  6. Claim: an item in state "submitting" with the time, written only where no item exists.
+  7. sbatch, tagged with the id. An outright refusal by Slurm is a "rejected" record; an
+     unknown outcome (timeout, controller unreachable) leaves the message for a retry.
+  8. The "accepted" record (written only over the claim or nothing), then delete.
+
+A crash anywhere leaves the message to come back after the queue's visibility timeout, and
+step 2 or 4 makes the retry a no-op.
+
+Why the claim: step 4 sees only jobs slurmctld still knows, and it forgets a finished job
+MinJobAge after the job ends. A job that an interrupted drain submitted was submitted after that
+drain's claim; while the first claim is younger than MinJobAge, such a job is still listed, so
+"not in squeue" means "never submitted" and submitting is safe. Past that (the message could
+not be handled for an hour, e.g. the drainer was down), the drainer cannot tell and does not
+guess: it records a rejection that says so, rather than risk running the job twice.
+
+Assumes one drainer per queue (the controller is a single task). Two drainers would still never
+record two different decisions for one id, but could both run sbatch for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from relion_spot.jobs.class3d import DEFAULT_IMAGE, MODES, Mode
+from relion_spot.jobs.parameters import Class3dParams
+from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
+
+from .config import (
+    DATA_ROOT_ENV,
+    JOB_MODE_ENV,
+    QUEUE_URL_ENV,
+    RECEIVE_WAIT_SECONDS,
+    RELION_IMAGE_ENV,
+    SBATCH_ENV,
+    SQUEUE_ENV,
+    TABLE_ENV,
+)
+from .message import InvalidSubmission, Submission, parse
+from .prepare import JobPreparer, JobRejected, PreparedJob
+from .slurm import SlurmJobs, SlurmRefused, SlurmUnavailable, comment_for
+from .table import ACCEPTED, REJECTED, SUBMITTING, IntakeTable, Record, parameters_text
+
+log = logging.getLogger("relion_spot.intake.drain")
+
+CLAIM_MARGIN_SECONDS = 300
+"""A claim counts as too old this long before MinJobAge is reached: room for the clocks of two
+controller tasks to differ and for the time between squeue's answer and the decision."""
+SLURM_PAUSE_SECONDS = 5.0
+ERROR_PAUSE_SECONDS = 10.0
+
+# Step outcomes, as returned by Drainer.step / Drainer.handle.
+ACCEPTED_OUTCOME = "accepted"
+RECOVERED = "recovered"
+REJECTED_OUTCOME = "rejected"
+UNCERTAIN = "uncertain"
+DUPLICATE = "duplicate"
+DISCARDED = "discarded"
+RETRY = "retry"
+SLURM_UNAVAILABLE = "slurm-unavailable"
+
+
+class IntakeConfigError(ValueError):
+    """A missing or malformed setting of the drainer; the message names it."""
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    message_id: str
+    receipt: str
+    body: str
+    sender_id: str
+    received_at: int | None
+
+    @classmethod
+    def of(cls, message: Mapping[str, Any]) -> _Delivery:
+        attributes = message.get("Attributes") or {}
+        first = str(attributes.get("ApproximateFirstReceiveTimestamp", ""))
+        return cls(
+            message_id=str(message.get("MessageId", "")),
+            receipt=str(message.get("ReceiptHandle", "")),
+            body=str(message.get("Body", "")),
+            sender_id=str(attributes.get("SenderId", "")),
+            received_at=int(first) // 1000 if first.isdigit() else None,
+        )
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat()
+
+
+def _raw_text_fields(body: str) -> dict[str, Any]:
+    """What a rejected record can still carry from a message that did not validate."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    names = ("user", "template", "submitted_at")
+    kept = {n: data[n] for n in names if isinstance(data.get(n), str)}
+    if "parameters" in data:
+        kept["parameters"] = parameters_text(data["parameters"])
+    return {k: v[:1000] for k, v in kept.items()}
+
+
+@dataclass
+class Drainer:
+    sqs: Any
+    table: IntakeTable
+    queue_url: str
+    slurm: SlurmJobs
+    prepare: Callable[[Class3dParams], PreparedJob]
+    min_job_age: int
+    """slurmctld's MinJobAge: how long squeue still lists a finished job."""
+    wait_seconds: int = RECEIVE_WAIT_SECONDS
+    clock: Callable[[], float] = time.time
+
+    def step(self) -> list[str]:
+        """One receive (long poll) and whatever it brought; the outcomes, one per message."""
+        try:
+            self.slurm.submitted()
+        except SlurmUnavailable as err:
+            log.warning("not receiving: Slurm does not answer (%s)", err)
+            return [SLURM_UNAVAILABLE]
+        response = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=self.wait_seconds,
+            MessageSystemAttributeNames=["SenderId", "ApproximateFirstReceiveTimestamp"],
+        )
+        return [self.handle(message) for message in response.get("Messages") or []]
+
+    def handle(self, message: Mapping[str, Any]) -> str:
+        delivery = _Delivery.of(message)
+        try:
+            submission = parse(delivery.body)
+        except InvalidSubmission as err:
+            return self._invalid(delivery, err)
+        sid = submission.submission_id
+        stored = self.table.get(sid)
+        if stored is not None and stored.final:
+            return self._duplicate(delivery, stored)
+        try:
+            job_id = self.slurm.find(sid)
+        except SlurmUnavailable as err:
+            return self._later(sid, f"Slurm does not answer ({err})")
+        checked_at = self.clock()
+        base = self._base(submission, delivery, stored)
+        if job_id is not None:
+            found = replace(
+                base,
+                state=ACCEPTED,
+                job_id=job_id,
+                message=f"found in Slurm as job {job_id}, submitted by an earlier drain that "
+                "was interrupted before recording it",
+            )
+            return self._decide(delivery, found, RECOVERED)
+        if (
+            stored is not None
+            and stored.claimed_at is not None
+            and checked_at - stored.claimed_at >= self.min_job_age - CLAIM_MARGIN_SECONDS
+        ):
+            return self._decide(delivery, self._uncertain(base, stored.claimed_at), UNCERTAIN)
+        try:
+            prepared = self.prepare(submission.params)
+        except JobRejected as err:
+            return self._decide(delivery, replace(base, state=REJECTED, message=str(err)))
+        if stored is None:
+            claim = replace(base, state=SUBMITTING, claimed_at=int(self.clock()))
+            stored, _ = self.table.claim(claim)
+            if stored.final:
+                return self._duplicate(delivery, stored)
+        base = replace(base, claimed_at=stored.claimed_at)
+        try:
+            job_id = self.slurm.submit(prepared.script, sid)
+        except SlurmRefused as err:
+            refused = replace(base, state=REJECTED, message=f"Slurm refused the job: {err}")
+            return self._decide(delivery, refused)
+        except SlurmUnavailable as err:
+            return self._later(sid, f"sbatch's outcome is unknown ({err})")
+        accepted = replace(base, state=ACCEPTED, job_id=job_id, message=prepared.note)
+        return self._decide(delivery, accepted, ACCEPTED_OUTCOME)
+
+    def _base(self, submission: Submission, delivery: _Delivery, stored: Record | None) -> Record:
+        return Record(
+            submission_id=submission.submission_id,
+            state="",
+            user=submission.user,
+            sender_id=delivery.sender_id,
+            template=submission.template,
+            parameters=parameters_text(submission.parameters),
+            submitted_at=submission.submitted_at,
+            message_id=delivery.message_id,
+            received_at=(stored.received_at if stored else None) or delivery.received_at,
+            claimed_at=stored.claimed_at if stored else None,
+        )
+
+    def _uncertain(self, base: Record, claimed_at: int) -> Record:
+        return replace(
+            base,
+            state=REJECTED,
+            message=(
+                f"not submitted again: a drain claimed this submission at {_iso(claimed_at)} "
+                f"and was interrupted, and Slurm no longer lists jobs that finished more than "
+                f"{self.min_job_age} s ago (MinJobAge), so whether it ran cannot be told; look "
+                f"for a job with comment {comment_for(base.submission_id)} in the output "
+                "directory, or submit again with a new submission id"
+            ),
+        )
+
+    def _invalid(self, delivery: _Delivery, err: InvalidSubmission) -> str:
+        sid = err.submission_id
+        if sid is None:
+            log.warning("message %s discarded: %s", delivery.message_id, err)
+            self._delete(delivery)
+            return DISCARDED
+        stored = self.table.get(sid)
+        if stored is not None and stored.final:
+            return self._duplicate(delivery, stored)
+        raw = _raw_text_fields(delivery.body)
+        record = Record(
+            submission_id=sid,
+            state=REJECTED,
+            message=str(err),
+            sender_id=delivery.sender_id,
+            message_id=delivery.message_id,
+            received_at=delivery.received_at,
+            claimed_at=stored.claimed_at if stored else None,
+            **raw,
+        )
+        return self._decide(delivery, record)
+
+    def _decide(self, delivery: _Delivery, record: Record, outcome: str = "") -> str:
+        record = replace(record, decided_at=int(self.clock()))
+        stored, wrote = self.table.finish(record)
+        if not wrote:
+            return self._duplicate(delivery, stored)
+        sid = record.submission_id
+        if record.state == ACCEPTED:
+            log.info(
+                "%s: %s Slurm job %s for %s (%s)",
+                sid,
+                "accepted as" if outcome == ACCEPTED_OUTCOME else "recorded existing",
+                record.job_id,
+                record.user,
+                record.message,
+            )
+        else:
+            log.info("%s: rejected: %s", sid, record.message)
+        self._delete(delivery)
+        return outcome or REJECTED_OUTCOME
+
+    def _duplicate(self, delivery: _Delivery, stored: Record) -> str:
+        job = f" as Slurm job {stored.job_id}" if stored.job_id else ""
+        log.info(
+            "%s: already %s%s; message %s deleted",
+            stored.submission_id,
+            stored.state,
+            job,
+            delivery.message_id,
+        )
+        self._delete(delivery)
+        return DUPLICATE
+
+    def _later(self, sid: str, why: str) -> str:
+        log.warning("%s: left on the queue for a retry: %s", sid, why)
+        return RETRY
+
+    def _delete(self, delivery: _Delivery) -> None:
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=delivery.receipt)
+        except Exception as err:  # the decision is recorded; the copy that comes back is dropped
+            log.warning(
+                "message %s not deleted (%s); when it comes back it will be seen as done",
+                delivery.message_id,
+                _one_line(err),
+            )
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+
+
+@dataclass(frozen=True)
+class DrainSettings:
+    queue_url: str
+    table: str
+    spec: ClusterSpec
+    sbatch: tuple[str, ...] = ("sbatch",)
+    squeue: tuple[str, ...] = ("squeue",)
+    data_root: Path | None = None
+    mode: Mode = "cloud"
+    image: str = DEFAULT_IMAGE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DrainSettings:
+        def required(name: str, what: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise IntakeConfigError(f"{name} is not set; it must name {what}")
+            return value
+
+        queue_url = required(QUEUE_URL_ENV, "the intake queue's URL (stack output IntakeQueueUrl)")
+        table = required(TABLE_ENV, "the intake table (stack output IntakeTable)")
+        try:
+            spec = ClusterSpec.from_json(required(SPEC_ENV, "the cluster spec JSON"))
+        except SpecError as err:
+            raise IntakeConfigError(f"{SPEC_ENV}: {err}") from None
+        mode = env.get(JOB_MODE_ENV, "").strip() or "cloud"
+        if mode not in MODES:
+            raise IntakeConfigError(
+                f"{JOB_MODE_ENV} = {mode!r} is not valid: one of {', '.join(MODES)}"
+            )
+        commands = {}
+        for name, default in ((SBATCH_ENV, "sbatch"), (SQUEUE_ENV, "squeue")):
+            try:
+                words = shlex.split(env.get(name, ""))
+            except ValueError as err:
+                raise IntakeConfigError(f"{name}: {err}") from None
+            commands[name] = tuple(words or [default])
+        data_root = env.get(DATA_ROOT_ENV, "").strip()
+        return cls(
+            queue_url=queue_url,
+            table=table,
+            spec=spec,
+            sbatch=commands[SBATCH_ENV],
+            squeue=commands[SQUEUE_ENV],
+            data_root=Path(data_root) if data_root else None,
+            mode=cast(Mode, mode),
+            image=env.get(RELION_IMAGE_ENV, "").strip() or DEFAULT_IMAGE,
+        )
+
+    def drainer(self, *, sqs: Any, dynamodb: Any, wait_seconds: int) -> Drainer:
+        return Drainer(
+            sqs=sqs,
+            table=IntakeTable(dynamodb, self.table),
+            queue_url=self.queue_url,
+            slurm=SlurmJobs(sbatch=self.sbatch, squeue=self.squeue),
+            prepare=JobPreparer.from_spec(
+                self.spec, mode=self.mode, image=self.image, data_root=self.data_root
+            ),
+            min_job_age=self.spec.min_job_age,
+            wait_seconds=wait_seconds,
+        )
+
+
+def run(drainer: Drainer, *, once: bool, stop: threading.Event) -> int:
+    """The drain loop; with ``once``, a single step whose exit status says whether it worked."""
+    while not stop.is_set():
+        try:
+            outcomes = drainer.step()
+        except Exception as err:
+            # AWS unreachable or a bug: nothing was decided, so any received message comes
+            # back after the visibility timeout (and goes to the dead-letter queue at last).
+            log.error("drain step failed: %s", _one_line(err))
+            if once:
+                return 1
+            stop.wait(ERROR_PAUSE_SECONDS)
+            continue
+        if once:
+            return 1 if SLURM_UNAVAILABLE in outcomes or RETRY in outcomes else 0
+        if SLURM_UNAVAILABLE in outcomes:
+            stop.wait(SLURM_PAUSE_SECONDS)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m relion_spot.intake.drain",
+        description="Drain the job intake queue into Slurm, once per submission id. Settings "
+        f"come from the environment ({QUEUE_URL_ENV}, {TABLE_ENV}, {SPEC_ENV}, ...).",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="one receive and what it brings, then exit"
+    )
+    parser.add_argument(
+        "--wait-seconds",
+        type=int,
+        default=RECEIVE_WAIT_SECONDS,
+        choices=range(0, 21),
+        metavar="0-20",
+        help=f"long-poll time of each receive (default {RECEIVE_WAIT_SECONDS})",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="relion-spot intake: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = DrainSettings.from_env(os.environ)
+    except IntakeConfigError as err:
+        print(f"relion-spot intake: {err}", file=sys.stderr)
+        return 2
+    import boto3
+
+    session = boto3.session.Session()
+    drainer = settings.drainer(
+        sqs=session.client("sqs"),
+        dynamodb=session.client("dynamodb"),
+        wait_seconds=args.wait_seconds,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info(
+        "draining %s into Slurm (%s), decisions in table %s",
+        settings.queue_url,
+        shlex.join(settings.sbatch),
+        settings.table,
+    )
+    return run(drainer, once=args.once, stop=stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""A job submission as it travels on the intake queue: one JSON object, schema version 1.
+
+    {
+      "version": 1,
+      "submission_id": "7d9f4c1e-0a53-4c55-9b7e-2f7c2b1f6a10",   a UUID the client makes up
+      "template": "class3d",                                     the job template to fill in
+      "parameters": {"K": 4, "iter": 25},                        relion_spot.jobs.parameters
+      "user": "alice",                                           who asked (as the client says)
+      "submitted_at": "2026-11-03T10:15:00Z"                     ISO 8601 with a time zone
+    }
+
+The submission id is the idempotency key from end to end: the intake table is keyed by it, and
+Slurm carries it in the job's comment. Every check below refuses with one message that names the
+field, the value given and what is accepted; the drainer stores that message as the rejection.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from relion_spot.jobs.parameters import Class3dParams, JobParameterError, from_mapping
+
+from .config import KEY
+
+SCHEMA_VERSION = 1
+TEMPLATES: tuple[str, ...] = ("class3d",)
+FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
+MAX_USER_CHARS = 128
+ID_ACCEPTED = "a UUID in lowercase with hyphens, e.g. 7d9f4c1e-0a53-4c55-9b7e-2f7c2b1f6a10"
+MAX_SHOWN_CHARS = 80
+"""A rejected value is quoted in the message, cut to this length."""
+
+
+class InvalidSubmission(ValueError):
+    """The message cannot be run; ``submission_id`` is set when the message named a valid one
+    (so the rejection can be recorded where the client looks for it)."""
+
+    def __init__(self, message: str, submission_id: str | None = None) -> None:
+        super().__init__(message)
+        self.submission_id = submission_id
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
+
+
+def canonical_id(value: object) -> str | None:
+    """The submission id in its one accepted spelling (lowercase, hyphenated UUID), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    return str(parsed) if str(parsed) == value else None
+
+
+def utc_now_text() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Submission:
+    submission_id: str
+    parameters: dict[str, Any]
+    user: str
+    submitted_at: str
+    template: str = "class3d"
+    version: int = SCHEMA_VERSION
+    params: Class3dParams = field(init=False, repr=False, compare=False)
+    """The validated job parameters (set by ``__post_init__``)."""
+
+    def __post_init__(self) -> None:
+        sid = self.submission_id
+        if canonical_id(sid) is None:
+            raise InvalidSubmission(f"{KEY} = {_shown(sid)} is not valid: {ID_ACCEPTED}")
+        if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:
+            raise InvalidSubmission(
+                f"version = {_shown(self.version)} is not supported: {SCHEMA_VERSION}", sid
+            )
+        if self.template not in TEMPLATES:
+            raise InvalidSubmission(
+                f"template = {_shown(self.template)} is not valid: one of {', '.join(TEMPLATES)}",
+                sid,
+            )
+        user = self.user
+        if (
+            not isinstance(user, str)
+            or not user.strip()
+            or len(user) > MAX_USER_CHARS
+            or not user.isprintable()
+        ):
+            raise InvalidSubmission(
+                f"user = {_shown(user)} is not valid: a name of 1 to {MAX_USER_CHARS} printable "
+                "characters",
+                sid,
+            )
+        _check_time(self.submitted_at, sid)
+        if not isinstance(self.parameters, Mapping) or not all(
+            isinstance(k, str) for k in self.parameters
+        ):
+            raise InvalidSubmission(
+                f"parameters = {_shown(self.parameters)} is not valid: a JSON object of job "
+                "parameters (names of relion_spot.jobs.parameters.Class3dParams)",
+                sid,
+            )
+        try:
+            params = from_mapping(self.parameters)
+        except JobParameterError as err:
+            raise InvalidSubmission(str(err), sid) from None
+        except (TypeError, ValueError, AttributeError) as err:  # a shape no check foresaw
+            raise InvalidSubmission(f"parameters are not valid: {err}", sid) from None
+        object.__setattr__(self, "params", params)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                KEY: self.submission_id,
+                "template": self.template,
+                "parameters": self.parameters,
+                "user": self.user,
+                "submitted_at": self.submitted_at,
+            },
+            sort_keys=True,
+        )
+
+
+def _check_time(value: object, sid: str) -> None:
+    accepted = "an ISO 8601 time with a time zone, e.g. 2026-11-03T10:15:00Z"
+    if not isinstance(value, str):
+        raise InvalidSubmission(f"submitted_at = {_shown(value)} is not valid: {accepted}", sid)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidSubmission(
+            f"submitted_at = {_shown(value)} is not valid: {accepted}", sid
+        ) from None
+    if when.tzinfo is None:
+        raise InvalidSubmission(f"submitted_at = {_shown(value)} is not valid: {accepted}", sid)
+
+
+def new_submission(
+    parameters: Mapping[str, Any],
+    *,
+    user: str,
+    template: str = "class3d",
+    submission_id: str | None = None,
+    submitted_at: str | None = None,
+) -> Submission:
+    """A validated submission with a fresh id (unless one is given, e.g. by a retrying client)."""
+    return Submission(
+        submission_id=submission_id or str(uuid.uuid4()),
+        parameters=dict(parameters),
+        user=user,
+        submitted_at=submitted_at or utc_now_text(),
+        template=template,
+    )
+
+
+def parse(body: str) -> Submission:
+    """The submission a queue message carries; InvalidSubmission says what is wrong with it."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, TypeError) as err:
+        reason = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else err
+        raise InvalidSubmission(f"the message is not JSON ({reason})") from None
+    if not isinstance(data, dict):
+        raise InvalidSubmission(
+            f"the message is a JSON {type(data).__name__}, not an object with the fields "
+            f"{', '.join(FIELDS)}"
+        )
+    sid = canonical_id(data.get(KEY))
+    if sid is None:
+        raise InvalidSubmission(f"{KEY} = {_shown(data.get(KEY))} is not valid: {ID_ACCEPTED}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise InvalidSubmission(
+            f"field {unknown[0]!r} is not known; the fields are: {', '.join(FIELDS)}", sid
+        )
+    missing = [name for name in FIELDS if name not in data]
+    if missing:
+        raise InvalidSubmission(
+            f"field {missing[0]!r} is missing; the fields are: {', '.join(FIELDS)}", sid
+        )
+    return Submission(
+        submission_id=sid,
+        parameters=data["parameters"],
+        user=data["user"],
+        submitted_at=data["submitted_at"],
+        template=data["template"],
+        version=data["version"],
+    )

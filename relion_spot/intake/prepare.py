@@ -1,0 +1,101 @@
+"""From a submission's parameters to the sbatch script, checked by preflight first.
+
+The script is relion_spot.jobs.class3d's template rendered for this cluster's GPU node group
+(the instance types come from the cluster spec the controller already receives). Preflight checks
+exactly the relion_refine arguments that script will run, against the project directory as the
+controller sees it: the nodes' /data is ``data_root`` here. Where the controller does not see the
+data, the job is accepted without preflight and the record says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from relion_spot.jobs.class3d import DEFAULT_IMAGE, Mode, NodeShape, command_words, render
+from relion_spot.jobs.parameters import Class3dParams, JobParameterError
+from relion_spot.relion import preflight
+from relion_spot.slurm.spec import GPU_PARTITION, ClusterSpec
+
+from .config import NODE_DATA_DIR
+
+PROGRAMS = ("relion_refine", "relion_refine_mpi")
+
+
+class JobRejected(ValueError):
+    """The job cannot run as asked; the message is for the user, verbatim."""
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    script: str
+    note: str
+    """What preflight found (or why it did not run), kept in the accepted record."""
+
+
+@dataclass(frozen=True)
+class JobPreparer:
+    instance_types: tuple[str, ...]
+    """The GPU node group's types: the job's shape, and what preflight sizes GPU and NVMe for."""
+    mode: Mode = "cloud"
+    image: str = DEFAULT_IMAGE
+    data_root: Path | None = None
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ClusterSpec,
+        *,
+        mode: Mode = "cloud",
+        image: str = DEFAULT_IMAGE,
+        data_root: Path | None = None,
+    ) -> JobPreparer:
+        gpu = next((p for p in spec.partitions if p.name == GPU_PARTITION), None)
+        if gpu is None:
+            gpu = spec.default_partition
+        return cls(
+            instance_types=tuple(gpu.instance_types), mode=mode, image=image, data_root=data_root
+        )
+
+    def __call__(self, params: Class3dParams) -> PreparedJob:
+        try:
+            shape = NodeShape.for_types(self.instance_types)
+            script = render(shape, params, mode=self.mode, image=self.image)
+            words = command_words(shape, params, mode=self.mode, image=self.image)
+        except JobParameterError as err:
+            raise JobRejected(str(err)) from None
+        return PreparedJob(script=script, note=self._preflight(params, words))
+
+    def _preflight(self, params: Class3dParams, words: Sequence[str]) -> str:
+        project = PurePosixPath(params.project_dir)
+        if self.data_root is None:
+            return f"preflight skipped: the controller is not told where it sees {NODE_DATA_DIR}"
+        if not self.data_root.is_dir():
+            return (
+                f"preflight skipped: {self.data_root} (the nodes' {NODE_DATA_DIR}) is not "
+                f"mounted on the controller"
+            )
+        try:
+            inside = project.relative_to(NODE_DATA_DIR)
+        except ValueError:
+            return (
+                f"preflight skipped: project_dir {params.project_dir} is outside {NODE_DATA_DIR}, "
+                "the only data the controller sees"
+            )
+        here = self.data_root / inside
+        start = next(i for i, w in enumerate(words) if PurePosixPath(w).name in PROGRAMS)
+        try:
+            report = preflight.check(
+                list(words[start + 1 :]), project=here, instance_types=self.instance_types
+            )
+        except preflight.PreflightError as err:
+            raise JobRejected(
+                f"preflight: {str(err).replace(str(here), params.project_dir)}"
+            ) from None
+        p = report.particles
+        return (
+            f"preflight ok: {p.count} particles, box {p.box} at {p.angpix:g} A/px, "
+            f"K={report.classes}, {report.iterations} iterations; GPU ~"
+            f"{report.gpu_gib_needed:.1f} GiB, scratch {report.scratch_gb_needed:.1f} GB"
+        )

@@ -1,0 +1,137 @@
+"""The intake's two Slurm commands: sbatch (submit, tagged with the submission id) and squeue
+(which job, if any, already carries a submission id).
+
+Every job the intake submits carries ``--comment=relion-spot:<submission id>``. squeue with
+``--states=all`` lists pending, running and finished jobs alike, so a job submitted by a drain
+that crashed before recording it is found again, for as long as slurmctld keeps finished jobs
+(MinJobAge; StateSaveLocation keeps them across a controller restart). The commands are command
+lines from the environment, so tests and the embedded cloud can point them anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+COMMENT_PREFIX = "relion-spot:"
+SQUEUE_TIMEOUT_SECONDS = 30
+SBATCH_TIMEOUT_SECONDS = 90
+"""sbatch retries on its own while slurmctld is busy; past this the outcome is unknown."""
+REFUSED = "Batch job submission failed:"
+TRANSIENT_MARKERS = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "connection refused",
+    "connection failure",
+    "zero bytes were transmitted",
+    "temporarily",
+    "try again",
+)
+"""sbatch errors after which the job may or may not exist, or that pass: never a rejection."""
+CONTROLLER_ONLY_ENV_PREFIXES = ("AWS_CONTAINER_",)
+"""The controller task's credential endpoint: meaningless on a node, so not passed to jobs
+(sbatch exports the submitting environment into the job's)."""
+
+
+class SlurmUnavailable(RuntimeError):
+    """Slurm did not answer, or answered in a way that leaves the outcome unknown: try later."""
+
+
+class SlurmRefused(RuntimeError):
+    """sbatch refused the job outright (no job was created); the message is Slurm's."""
+
+
+def comment_for(submission_id: str) -> str:
+    return f"{COMMENT_PREFIX}{submission_id}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+@dataclass
+class SlurmJobs:
+    sbatch: Sequence[str] = ("sbatch",)
+    squeue: Sequence[str] = ("squeue",)
+    env: Mapping[str, str] | None = None
+    """The environment the commands (and so the submitted jobs) get; default this process's,
+    without the controller-only variables."""
+
+    def _environment(self) -> dict[str, str]:
+        source = os.environ if self.env is None else self.env
+        return {k: v for k, v in source.items() if not k.startswith(CONTROLLER_ONLY_ENV_PREFIXES)}
+
+    def _run(self, argv: list[str], *, stdin: str | None, timeout: float) -> tuple[int, str, str]:
+        try:
+            done = subprocess.run(
+                argv,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                env=self._environment(),
+            )
+        except FileNotFoundError:
+            raise SlurmUnavailable(f"{argv[0]}: command not found") from None
+        except PermissionError:
+            raise SlurmUnavailable(f"{argv[0]}: not executable") from None
+        except subprocess.TimeoutExpired:
+            raise SlurmUnavailable(f"{argv[0]}: no answer within {timeout:g} s") from None
+        return done.returncode, done.stdout, done.stderr
+
+    def submitted(self) -> dict[str, str]:
+        """Submission id -> Slurm job id, for every job (in any state) the intake submitted."""
+        argv = [*self.squeue, "--all", "--states=all", "--noheader", "--format=%i|%k"]
+        code, out, err = self._run(argv, stdin=None, timeout=SQUEUE_TIMEOUT_SECONDS)
+        if code != 0:
+            raise SlurmUnavailable(f"squeue exited {code}: {_one_line(err or out)}")
+        jobs: dict[str, str] = {}
+        for line in out.splitlines():
+            job_id, sep, comment = line.strip().partition("|")
+            if not sep or not comment.startswith(COMMENT_PREFIX):
+                continue
+            submission_id = comment.removeprefix(COMMENT_PREFIX).strip()
+            job_id = job_id.strip()
+            known = jobs.get(submission_id)
+            if known is not None and known != job_id:
+                log.warning(
+                    "submission %s is carried by Slurm jobs %s and %s; the first one counts",
+                    submission_id,
+                    known,
+                    job_id,
+                )
+                job_id = min(known, job_id, key=_job_order)
+            jobs[submission_id] = job_id
+        return jobs
+
+    def find(self, submission_id: str) -> str | None:
+        """The Slurm job already carrying this submission id, if slurmctld still knows one."""
+        return self.submitted().get(submission_id)
+
+    def submit(self, script: str, submission_id: str) -> str:
+        """sbatch the script (on stdin) tagged with the submission id; returns the job id."""
+        argv = [*self.sbatch, "--parsable", f"--comment={comment_for(submission_id)}"]
+        code, out, err = self._run(argv, stdin=script, timeout=SBATCH_TIMEOUT_SECONDS)
+        if code != 0:
+            text = _one_line(err or out) or f"sbatch exited {code} and said nothing"
+            lowered = text.lower()
+            if REFUSED.lower() in lowered and not any(m in lowered for m in TRANSIENT_MARKERS):
+                raise SlurmRefused(text.split(REFUSED, 1)[-1].strip() or text)
+            raise SlurmUnavailable(f"sbatch exited {code}: {text}")
+        first = out.strip().splitlines()[0] if out.strip() else ""
+        job_id = first.split(";", 1)[0].strip()
+        if not job_id.isdigit():
+            raise SlurmUnavailable(f"sbatch printed {_one_line(out)!r}, not a job id")
+        return job_id
+
+
+def _job_order(job_id: str) -> tuple[int, str]:
+    head = job_id.split("_", 1)[0]
+    return (int(head), job_id) if head.isdigit() else (1 << 62, job_id)

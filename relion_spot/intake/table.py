@@ -1,0 +1,159 @@
+"""The intake table: one item per submission, keyed by ``submission_id``.
+
+    submission_id  S  the client's UUID (partition key)
+    state          S  "submitting": the drainer is about to run sbatch (a claim, see below)
+                      "accepted":   Slurm has the job; job_id says which
+                      "rejected":   it will never run; message says why
+    job_id         S  Slurm's job id (accepted only)
+    message        S  why it was rejected, or what the drainer noted on accepting (e.g. the
+                      preflight result, or that the job was found already submitted)
+    user           S  who asked, as the client says
+    sender_id      S  who sent the message, as SQS says (the IAM principal; not forgeable)
+    template       S  "class3d"
+    parameters     S  the parameters as given (JSON)
+    submitted_at   S  the client's time (ISO 8601)
+    received_at    N  epoch seconds: when SQS first handed the message to a drainer
+    claimed_at     N  epoch seconds: when a drainer first claimed it, before any sbatch
+    decided_at     N  epoch seconds: when it became accepted or rejected
+    message_id     S  the SQS message id
+
+A decision is final: ``finish`` writes only where no item exists or the item is still a claim,
+so neither a retry nor a second drainer can turn an accepted submission into a rejected one, or
+change its job id. A claim keeps the time of the *first* claim (``claim`` never overwrites),
+which is what lets a retry trust Slurm's "no such job" (see relion_spot.intake.drain).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import KEY
+
+SUBMITTING = "submitting"
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+FINAL_STATES = (ACCEPTED, REJECTED)
+
+_TEXT: tuple[str, ...] = ("state", "job_id", "message", "user", "sender_id", "template")
+_TEXT += ("parameters", "submitted_at", "message_id")
+_NUMBERS = ("received_at", "claimed_at", "decided_at")
+
+
+@dataclass(frozen=True)
+class Record:
+    submission_id: str
+    state: str
+    job_id: str | None = None
+    message: str = ""
+    user: str = ""
+    sender_id: str = ""
+    template: str = ""
+    parameters: str = ""
+    submitted_at: str = ""
+    message_id: str = ""
+    received_at: int | None = None
+    claimed_at: int | None = None
+    decided_at: int | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _item(record: Record) -> dict[str, Any]:
+    item: dict[str, Any] = {KEY: {"S": record.submission_id}}
+    for name in _TEXT:
+        value = getattr(record, name)
+        if value:
+            item[name] = {"S": str(value)}
+    for name in _NUMBERS:
+        value = getattr(record, name)
+        if value is not None:
+            item[name] = {"N": str(int(value))}
+    return item
+
+
+def _record(item: Mapping[str, Any]) -> Record:
+    values: dict[str, Any] = {}
+    for name in _TEXT:
+        if name in item:
+            values[name] = item[name].get("S", "")
+    for name in _NUMBERS:
+        if name in item:
+            values[name] = int(float(item[name]["N"]))
+    values.setdefault("state", "")
+    return Record(submission_id=item[KEY]["S"], **values)
+
+
+def parameters_text(parameters: Mapping[str, Any] | Any) -> str:
+    try:
+        return json.dumps(parameters, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return repr(parameters)
+
+
+@dataclass
+class IntakeTable:
+    """The intake table through a boto3 DynamoDB client."""
+
+    client: Any
+    name: str
+
+    def get(self, submission_id: str) -> Record | None:
+        response = self.client.get_item(
+            TableName=self.name, Key={KEY: {"S": submission_id}}, ConsistentRead=True
+        )
+        item = response.get("Item")
+        return _record(item) if item else None
+
+    def claim(self, record: Record) -> tuple[Record, bool]:
+        """Store ``record`` (state "submitting") unless an item exists; returns the stored item
+        and whether this call wrote it."""
+        if record.state != SUBMITTING or record.claimed_at is None:
+            raise ValueError("a claim has state 'submitting' and a claimed_at time")
+        try:
+            self.client.put_item(
+                TableName=self.name,
+                Item=_item(record),
+                ConditionExpression="attribute_not_exists(#key)",
+                ExpressionAttributeNames={"#key": KEY},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            stored = self.get(record.submission_id)
+            if stored is None:  # deleted in between: nothing here writes deletes
+                raise
+            return stored, False
+        return record, True
+
+    def finish(self, record: Record) -> tuple[Record, bool]:
+        """Store a decision where there is no item or only a claim; returns the stored item and
+        whether this call wrote it (False: a decision was already there, and it stands)."""
+        if not record.final:
+            raise ValueError(f"a decision has state {' or '.join(FINAL_STATES)}")
+        try:
+            self.client.put_item(
+                TableName=self.name,
+                Item=_item(record),
+                ConditionExpression="attribute_not_exists(#key) OR #state = :submitting",
+                ExpressionAttributeNames={"#key": KEY, "#state": "state"},
+                ExpressionAttributeValues={":submitting": {"S": SUBMITTING}},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            stored = self.get(record.submission_id)
+            if stored is None:
+                raise
+            return stored, False
+        return record, True
+
+
+def create_table(client: Any, name: str) -> None:
+    """The table as the construct defines it (for the embedded cloud and tests)."""
+    client.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+    )
