@@ -399,7 +399,13 @@ def test_cost_tables_follow_the_keep_data_setting(default_synth, alternate_synth
         (default_synth, "relion-spot-gpu1", "Retain"),
         (alternate_synth, "lab-b-gpu4", "Delete"),
     ):
-        tables = _resources(synth.template(stack), "AWS::DynamoDB::Table")
+        tables = {
+            logical_id: table
+            for logical_id, table in _resources(
+                synth.template(stack), "AWS::DynamoDB::Table"
+            ).items()
+            if logical_id.startswith("CostTracker")
+        }
         assert len(tables) == 2
         assert {t["DeletionPolicy"] for t in tables.values()} == {policy}
 

@@ -13,6 +13,7 @@ from constructs import Construct
 from .. import __version__, tags
 from ..constructs.cost_tracker import CostTracker
 from ..constructs.dashboard import ClusterDashboard
+from ..constructs.intake import JobIntake
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_power_saving
@@ -158,6 +159,12 @@ class ClusterStack(Stack):
                 group.launch_template_id,
                 launch_tags={tags.STACK: self.stack_name, tags.PARTITION: group.partition},
             )
+        self.intake = JobIntake(
+            self,
+            "Intake",
+            cluster_name=cluster_name,
+            removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
+        )
 
         state_access_point = storage.slurm_state_access_point(self, cluster_name)
         subnets = vpc.select_subnets(subnet_type=network.node_subnets.subnet_type)
@@ -179,6 +186,7 @@ class ClusterStack(Stack):
             log_retention=log_retention,
             environment={
                 **self.cost_tracker.record_writer_environment(),
+                **self.intake.drainer_environment(),
                 SPEC_ENV: spec_from_settings(settings, gpu_count).to_json(),
                 "AWS_DEFAULT_REGION": self.region,
                 "RELION_SPOT_CLUSTER": cluster_name,
@@ -204,6 +212,7 @@ class ClusterStack(Stack):
             group.grant_launch(self.controller.task_role)
         grant_power_saving(self.controller.task_role, cluster_name=cluster_name, scope=self)
         self.cost_tracker.grant_record_writer(self.controller.task_role)
+        self.intake.grant_drain(self.controller.task_role)
 
         self.teardown = ClusterTeardown(
             self, "Teardown", cluster_name=cluster_name, log_retention=log_retention
@@ -233,6 +242,8 @@ class ClusterStack(Stack):
             "ControllerLogGroup": self.controller.log_group.log_group_name,
             "JobCostsTable": self.cost_tracker.costs_table_name,
             "JobRecordsTable": self.cost_tracker.records_table_name,
+            "IntakeQueueUrl": self.intake.queue_url,
+            "IntakeTable": self.intake.table_name,
             "DashboardUrl": self.dashboard.console_url,
         }
         for key, value in outputs.items():

@@ -1,0 +1,146 @@
+"""The intake in the synthesized cluster stacks (the session's shared synths, see conftest)."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Capture, Match, Template
+
+from relion_spot.constructs.intake import TABLE_LOGICAL_ID
+from relion_spot.intake import config, slurm
+
+CLUSTERS = ("relion-spot-gpu1", "relion-spot-gpu4", "relion-spot-gpu8")
+
+
+def _resources(template: dict, kind: str) -> dict[str, dict]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def _as_list(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _controller_environment(template: dict) -> dict:
+    (task,) = _resources(template, "AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    return {e["Name"]: e["Value"] for e in container["Environment"]}
+
+
+def _queues(template: dict) -> tuple[str, str]:
+    """(intake queue, dead-letter queue) logical ids."""
+    queues = _resources(template, "AWS::SQS::Queue")
+    assert len(queues) == 2
+    (main,) = [k for k, q in queues.items() if "RedrivePolicy" in q["Properties"]]
+    (dead,) = set(queues) - {main}
+    return main, dead
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_queue_is_encrypted_tls_only_and_dead_letters_after_a_few_receives(
+    default_synth, stack: str
+) -> None:
+    raw = default_synth.template(stack)
+    main, dead = _queues(raw)
+    template = Template.from_json(raw)
+    template.has_resource(
+        "AWS::SQS::Queue",
+        {
+            "Properties": {
+                "SqsManagedSseEnabled": True,
+                "VisibilityTimeout": config.VISIBILITY_TIMEOUT_SECONDS,
+                "ReceiveMessageWaitTimeSeconds": config.RECEIVE_WAIT_SECONDS,
+                "MessageRetentionPeriod": 14 * 86400,
+                "RedrivePolicy": {
+                    "deadLetterTargetArn": {"Fn::GetAtt": [dead, "Arn"]},
+                    "maxReceiveCount": config.MAX_RECEIVES,
+                },
+                "Tags": Match.array_with([{"Key": "relion-spot:cluster", "Value": stack}]),
+            },
+            "DeletionPolicy": "Delete",
+        },
+    )
+    assert raw["Resources"][dead]["Properties"]["SqsManagedSseEnabled"] is True
+    for queue in (main, dead):
+        template.has_resource_properties(
+            "AWS::SQS::QueuePolicy",
+            {
+                "Queues": [{"Ref": queue}],
+                "PolicyDocument": {
+                    "Statement": [
+                        Match.object_like(
+                            {
+                                "Effect": "Deny",
+                                "Action": "sqs:*",
+                                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                            }
+                        )
+                    ],
+                    "Version": "2012-10-17",
+                },
+            },
+        )
+
+
+def test_visibility_outlasts_one_drain_step() -> None:
+    """squeue twice (readiness, then the lookup), sbatch once, with room for the rest."""
+    step = 2 * slurm.SQUEUE_TIMEOUT_SECONDS + slurm.SBATCH_TIMEOUT_SECONDS
+    assert 2 * step <= config.VISIBILITY_TIMEOUT_SECONDS
+
+
+def test_table_keyed_by_submission_id_on_demand_recoverable_with_a_pinned_id(
+    default_synth, alternate_synth
+) -> None:
+    for synth, stack, policy in (
+        (default_synth, "relion-spot-gpu1", "Retain"),
+        (default_synth, "relion-spot-gpu8", "Retain"),
+        (alternate_synth, "lab-b-gpu4", "Delete"),
+    ):
+        table = synth.template(stack)["Resources"][TABLE_LOGICAL_ID]
+        assert table["Type"] == "AWS::DynamoDB::Table"
+        assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == (policy, policy)
+        props = table["Properties"]
+        assert props["KeySchema"] == [{"AttributeName": "submission_id", "KeyType": "HASH"}]
+        assert props["BillingMode"] == "PAY_PER_REQUEST"
+        assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert "GlobalSecondaryIndexes" not in props and "StreamSpecification" not in props
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_controller_is_told_where_the_intake_is(default_synth, stack: str) -> None:
+    raw = default_synth.template(stack)
+    main, _ = _queues(raw)
+    env = _controller_environment(raw)
+    assert env[config.QUEUE_URL_ENV] == {"Ref": main}
+    assert env[config.TABLE_ENV] == {"Ref": TABLE_LOGICAL_ID}
+    assert env[config.DATA_ROOT_ENV] == "/data"
+    outputs = raw["Outputs"]
+    assert outputs["IntakeQueueUrl"]["Value"] == {"Ref": main}
+    assert outputs["IntakeTable"]["Value"] == {"Ref": TABLE_LOGICAL_ID}
+
+
+def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) -> None:
+    raw = default_synth.template("relion-spot-gpu4")
+    main, dead = _queues(raw)
+    task_role = Capture()
+    Template.from_json(raw).has_resource_properties(
+        "AWS::ECS::TaskDefinition", {"TaskRoleArn": {"Fn::GetAtt": [task_role, "Arn"]}}
+    )
+    sqs_actions: set[str] = set()
+    table_actions: set[str] = set()
+    for policy in _resources(raw, "AWS::IAM::Policy").values():
+        roles = [r["Ref"] for r in policy["Properties"]["Roles"]]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            resources = _as_list(statement["Resource"])
+            actions = set(_as_list(statement["Action"]))
+            if {"Fn::GetAtt": [dead, "Arn"]} in resources:
+                raise AssertionError(f"nobody is granted the dead-letter queue: {statement}")
+            if {"Fn::GetAtt": [main, "Arn"]} in resources:
+                assert roles == [task_role.as_string()]
+                assert resources == [{"Fn::GetAtt": [main, "Arn"]}]
+                sqs_actions |= actions
+            if {"Fn::GetAtt": [TABLE_LOGICAL_ID, "Arn"]} in resources:
+                assert roles == [task_role.as_string()]
+                assert resources == [{"Fn::GetAtt": [TABLE_LOGICAL_ID, "Arn"]}]
+                table_actions |= actions
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= sqs_actions
+    assert not any(a.startswith("sqs:Send") or a == "sqs:PurgeQueue" for a in sqs_actions)
+    assert table_actions == {"dynamodb:GetItem", "dynamodb:PutItem"}
