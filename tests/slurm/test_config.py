@@ -111,13 +111,17 @@ def test_powersave_wrappers_exist_and_are_executable() -> None:
     spec = spec_from_settings(SETTINGS, 1)
     values = conf_values(config.render(spec, controller_host=HOST, controller_addr=ADDR)[
         "slurm.conf"])  # fmt: skip
-    for key in ("ResumeProgram", "SuspendProgram", "ResumeFailProgram"):
-        name = values[key].rsplit("/", 1)[1]
-        wrapper = config.TEMPLATE_DIR / "bin" / name
+    modules = {
+        "ResumeProgram": "powersave.resume ",
+        "SuspendProgram": "powersave.suspend ",
+        "ResumeFailProgram": "powersave.resume_fail ",
+        "PrologSlurmctld": "slurm.wait_for_nodes\n",
+    }
+    for key, module in modules.items():
+        wrapper = config.TEMPLATE_DIR / "bin" / values[key].rsplit("/", 1)[1]
         assert wrapper.is_file(), wrapper
         assert wrapper.stat().st_mode & 0o111, f"{wrapper} is not executable"
-        module = {"resume": "resume", "suspend": "suspend", "resume-fail": "resume_fail"}[name]
-        assert f"-m relion_spot.powersave.{module} " in wrapper.read_text()
+        assert f"-m relion_spot.{module}" in wrapper.read_text()
 
 
 def test_spec_round_trips_through_json() -> None:

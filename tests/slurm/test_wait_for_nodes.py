@@ -1,0 +1,72 @@
+"""PrologSlurmctld's wait: it returns as soon as no node of the job is booting, gives up (still
+exit 0) at the deadline, and reads scontrol's one-line node records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from relion_spot.powersave.slurm import CommandResult
+from relion_spot.slurm import wait_for_nodes
+
+BOOTING = (
+    "NodeName=gpu-1 Arch=x86_64 State=ALLOCATED+CLOUD+POWERING_UP ThreadsPerCore=1\n"
+    "NodeName=gpu-2 State=IDLE+CLOUD+POWERED_DOWN Weight=1\n"
+)
+UP = "NodeName=gpu-1 State=ALLOCATED+CLOUD Weight=1\nNodeName=gpu-2 State=MIXED+CLOUD\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _replies(*texts: str) -> tuple[list[list[str]], object]:
+    calls: list[list[str]] = []
+
+    def runner(argv: Sequence[str]) -> CommandResult:
+        calls.append(list(argv))
+        return CommandResult(0, texts[min(len(calls), len(texts)) - 1])
+
+    return calls, runner
+
+
+def test_booting_nodes_are_named() -> None:
+    assert wait_for_nodes.booting_nodes(BOOTING) == ["gpu-1", "gpu-2"]
+    assert wait_for_nodes.booting_nodes(UP) == []
+
+
+def test_returns_once_the_nodes_registered() -> None:
+    clock = Clock()
+    calls, runner = _replies(BOOTING, BOOTING, UP)
+    assert wait_for_nodes.wait(
+        "gpu-[1-2]", deadline=60, runner=runner, sleep=clock.sleep, clock=clock
+    )
+    assert calls == [["scontrol", "show", "node", "-o", "gpu-[1-2]"]] * 3
+    assert clock.now == 2 * wait_for_nodes.POLL_SECONDS
+
+
+def test_gives_up_at_the_deadline_and_still_exits_0() -> None:
+    clock = Clock()
+    _, runner = _replies(BOOTING)
+    assert not wait_for_nodes.wait(
+        "gpu-1", deadline=5, runner=runner, sleep=clock.sleep, clock=clock
+    )
+    assert clock.now == 5
+    assert wait_for_nodes.main({"SLURM_JOB_ID": "7"}, runner=runner) == 0
+
+
+def test_deadline_is_the_resume_timeout(tmp_path: Path) -> None:
+    from relion_spot.settings import Settings
+    from relion_spot.slurm.spec import spec_from_settings
+
+    spec_file = tmp_path / "cluster.json"
+    spec_file.write_text(spec_from_settings(Settings(gpus=(1,)), 1).to_json())
+    assert wait_for_nodes.deadline_seconds(spec_file) == 900
+    assert wait_for_nodes.deadline_seconds(tmp_path / "absent.json") == 900
