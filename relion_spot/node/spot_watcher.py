@@ -11,7 +11,10 @@ take the instance back. On a notice, within the two minutes:
    the instance is gone; the RELION job resumes from its last complete iteration;
 3. ``scontrol update nodename=<node> state=power_down_asap`` - once the requeued jobs have left,
    Slurm runs SuspendProgram (terminating the instance a little early) and the name can be
-   launched again after SuspendTimeout, rather than waiting out SuspendTime as a DOWN node.
+   launched again after SuspendTimeout, rather than waiting out SuspendTime as a DOWN node;
+   then, once Slurm has finished requeueing them (it holds a requeued job until now + 121 s, a
+   guard against a stale launch credential on the same node, which is draining), ``scontrol
+   update jobid=<jobs> starttime=now`` so they go to a fresh node at once.
 4. The event is recorded for the cost tracker: a JSON line appended to
    ``RELION_SPOT_SPOT_EVENTS_FILE`` and, if ``RELION_SPOT_SPOT_EVENTS_TABLE`` is set, an item in
    that DynamoDB table (partition key ``instance_id``; written once per instance).
@@ -52,6 +55,8 @@ DEFAULT_EVENTS_FILE = "/var/log/slurm/relion-spot-spot-events.jsonl"
 REASON = "spot reclaim"
 ACTION_PATH = "spot/instance-action"
 JOB_LIST_ATTEMPTS = 3
+RELEASE_ATTEMPTS = 30
+"""Seconds to wait for Slurm to finish a requeue before lifting its delay (well inside 120)."""
 
 log = logging.getLogger("relion_spot.node.spot_watcher")
 
@@ -160,7 +165,7 @@ def main(
         settings.poll_seconds,
     )
     notice = wait_for_notice(imds, settings.poll_seconds, sleep)
-    event = handle_notice(notice, identity, slurm, clock)
+    event = handle_notice(notice, identity, slurm, clock, sleep)
     record(event, settings, identity, dynamodb)
     return 0 if event.drained and event.requeued else 1
 
@@ -229,8 +234,29 @@ def wait_for_notice(
         sleep(poll_seconds)
 
 
+def release_requeue_delay(
+    slurm: Slurm, node: str, jobs: list[str], sleep: Callable[[float], None]
+) -> bool:
+    """Start the requeued jobs' begin time now, once Slurm has set it (when the job has left the
+    node); True if it was lifted."""
+    for _ in range(RELEASE_ATTEMPTS):
+        held = slurm.held_for_begin_time(jobs)
+        if held:
+            if slurm.start_now(held):
+                log.info("%s: job(s) %s may start at once elsewhere", node, ",".join(held))
+                return True
+            break
+        sleep(1)
+    log.warning("%s: job(s) %s keep Slurm's requeue delay", node, ",".join(jobs))
+    return False
+
+
 def handle_notice(
-    notice: dict[str, str], identity: Identity, slurm: Slurm, clock: Callable[[], float]
+    notice: dict[str, str],
+    identity: Identity,
+    slurm: Slurm,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ReclaimEvent:
     noticed_at = clock()
     node = identity.node
@@ -262,6 +288,8 @@ def handle_notice(
         log.info("%s: no running jobs to requeue", node)
     if slurm.power_down_asap(node, REASON):
         log.info("%s: powering down once its jobs have left", node)
+    if jobs and requeued:
+        release_requeue_delay(slurm, node, jobs, sleep)
     event = ReclaimEvent(
         kind="spot-interruption",
         cluster=identity.cluster,

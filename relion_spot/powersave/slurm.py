@@ -138,3 +138,25 @@ class Slurm:
 
     def requeue(self, job_ids: Sequence[str]) -> bool:
         return self._run([self.scontrol, "requeue", ",".join(job_ids)]).returncode == 0
+
+    def held_for_begin_time(self, job_ids: Sequence[str]) -> list[str] | None:
+        """Which of the jobs wait for their begin time (squeue reason BeginTime); None if squeue
+        failed."""
+        result = self._run(
+            [self.squeue, "--noheader", f"--jobs={','.join(job_ids)}", "--format=%i|%r"]
+        )
+        if result.returncode != 0:
+            return None
+        held = []
+        for line in result.stdout.splitlines():
+            job, _, reason = line.strip().partition("|")
+            if reason == "BeginTime":
+                held.append(job)
+        return held
+
+    def start_now(self, job_ids: Sequence[str]) -> bool:
+        """Lift the begin time Slurm puts on a requeued job (now + cred_expire + 1, 121 s by
+        default). The delay keeps a new launch credential from predating the old one's revocation
+        on the same node; a job requeued off a draining node cannot land there again."""
+        argv = [self.scontrol, "update", f"jobid={','.join(job_ids)}", "starttime=now"]
+        return self._run(argv).returncode == 0

@@ -30,6 +30,8 @@ LABEL = "relion-spot.local"
 
 KEY_MOUNT = "/run/secrets/slurm.key"
 STATE_MOUNT = "/var/spool/slurmctld"
+DATA_MOUNT = "/data"
+"""Where the shared file system (EFS in the cloud) is mounted on the controller and every node."""
 
 
 class DockerError(RuntimeError):
@@ -77,6 +79,8 @@ class LocalSlurm:
     node_image: str = SLURM_IMAGE
     nodes: dict[str, str] = field(default_factory=dict)
     """Node name -> container name, for the nodes started here."""
+    data_dir: Path | None = None
+    """A host directory mounted at /data on the controller and every node (EFS's stand-in)."""
 
     @property
     def network(self) -> str:
@@ -126,6 +130,7 @@ class LocalSlurm:
             # in the cloud: a restarted controller may come back at another address.
             *self._key_args({CONTROLLER_ADDR_ENV: self.controller, **(env or {})}),
             "-v", f"{self.state_dir.resolve()}:{STATE_MOUNT}",
+            *self._data_args(),
             self.image, "controller",
         )  # fmt: skip
 
@@ -152,10 +157,16 @@ class LocalSlurm:
             "-e", f"{CONTROLLER_ENV}={self.controller}:{self.spec.slurmctld_port}",
             "-e", f"{PLACEHOLDER_GPUS_ENV}={placeholder_gpus}",
             *self._key_args(env),
+            *self._data_args(),
             image or self.node_image, "node", node_name,
         )  # fmt: skip
         self.nodes[node_name] = container
         return container
+
+    def _data_args(self) -> list[str]:
+        if self.data_dir is None:
+            return []
+        return ["-v", f"{self.data_dir.resolve()}:{DATA_MOUNT}"]
 
     def _key_args(self, env: dict[str, str] | None) -> list[str]:
         """The key as a mounted file, unless ``env`` names a secret instead; then ``env``."""

@@ -46,6 +46,9 @@ def test_notice_drains_the_node_requeues_its_jobs_and_records_the_event(
     imds: FakeImds, tmp_path: Path
 ) -> None:
     recorder = Recorder()
+    recorder.replies[("squeue", "--noheader", "--jobs=41,42_3")] = CommandResult(
+        0, "41|BeginTime\n42_3|BeginTime\n"
+    )
     recorder.replies[("squeue",)] = CommandResult(0, "41\n42_3\n")
 
     status = spot_watcher.main(
@@ -64,6 +67,8 @@ def test_notice_drains_the_node_requeues_its_jobs_and_records_the_event(
         ],
         ["scontrol", "requeue", "41,42_3"],
         ["scontrol", "update", "nodename=gpu-3", "state=power_down_asap", "reason=spot reclaim"],
+        ["squeue", "--noheader", "--jobs=41,42_3", "--format=%i|%r"],
+        ["scontrol", "update", "jobid=41,42_3", "starttime=now"],
     ]
     assert imds.polls() == 4, "three 404s, then the notice"
     assert imds.tokens_issued == 1, "one token serves every poll"
@@ -164,3 +169,25 @@ def test_imds_client_needs_the_token_and_reports_a_dead_endpoint(imds: FakeImds)
     assert client.get("instance-id") == "i-0abc123def4567890"
     with pytest.raises(ImdsError, match="no answer"):
         Imds("http://127.0.0.1:9", timeout=0.5).get("instance-id")
+
+
+def test_the_requeue_delay_is_lifted_once_slurm_has_set_it() -> None:
+    from relion_spot.powersave.slurm import Slurm
+
+    answers = iter(["7|None\n", "7|None\n", "7|BeginTime\n"])
+    recorder = Recorder()
+    calls: list[list[str]] = []
+
+    def runner(argv):  # squeue answers change as Slurm finishes the requeue
+        calls.append(list(argv))
+        if argv[0] == "squeue":
+            return CommandResult(0, next(answers))
+        return recorder(argv)
+
+    slept: list[float] = []
+    assert spot_watcher.release_requeue_delay(Slurm(runner=runner), "gpu-1", ["7"], slept.append)
+    assert len(slept) == 2
+    assert calls[-1] == ["scontrol", "update", "jobid=7", "starttime=now"]
+
+    never = Slurm(runner=lambda argv: CommandResult(0, "7|Resources\n"))
+    assert not spot_watcher.release_requeue_delay(never, "gpu-1", ["7"], lambda _: None)

@@ -1,0 +1,230 @@
+"""The whole embedded cloud in one context manager: what the demo and the end-to-end tests run.
+
+    with EmbeddedCloud.start(prefix="relion-spot-demo", settings=Settings(gpus=(1,)),
+                             gpu_count=1, work_dir=Path(".local/demo")) as cloud:
+        cloud.local.run("sbatch", ...)
+
+Started in order: the cluster's Docker network; moto's server on this host's address on that
+network only (the containers' "AWS"; nothing else can reach it, it reaches nothing); in moto the
+Slurm key secret, the job-record and cost tables, the spot-event table, a subnet and a launch
+template per partition; the controller container (the same image and entrypoint as on Fargate);
+the reconciler with its metadata service, which turns launched instances into node containers
+running slurmd and the spot watcher. Closing stops and removes all of it; the work directory
+(state, shared data) stays for inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from ..cost.store import create_tables
+from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
+from ..settings import Settings
+from ..slurm.key import KEY_SECRET_ARN_ENV
+from ..slurm.local import LOCAL_NODE_IMAGE, SLURM_IMAGE, LocalSlurm, wait_until
+from ..slurm.spec import LOCAL_CLOUD, spec_from_settings
+from .cloud import MOTO_CREDENTIALS, prepare_cloud
+from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+RECORDS_TABLE = "job-records"
+COSTS_TABLE = "job-costs"
+SPOT_EVENTS_TABLE = "spot-events"
+RECORDS_TABLE_ENV = "RELION_SPOT_RECORDS_TABLE"
+JOB_USER_UID = 1000
+"""The job user of the image (``relion``): owns the shared data directory, as on EFS's /data."""
+SPOT_POLL_SECONDS = "2"
+"""The spot watcher's IMDS poll here: well inside any grace a test or the demo gives."""
+
+
+class EmbeddedCloudError(RuntimeError):
+    """A part of the embedded cloud would not start; the message says which and why."""
+
+
+@contextmanager
+def moto_server(host: str) -> Iterator[str]:
+    """moto's server on ``host`` (a free port); yields its endpoint URL, stops it on exit."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://{host}:{port}"
+    try:
+
+        def answers() -> bool:
+            if server.poll() is not None:
+                raise EmbeddedCloudError(f"moto's server exited ({server.returncode})")
+            try:
+                with socket.create_connection((host, port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(answers, timeout=30, what=f"moto's server at {endpoint}")
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def wait_for_controller(local: LocalSlurm, timeout: float = 90) -> None:
+    """Until ``scontrol ping`` says the controller is UP (fails at once if its container died)."""
+
+    def answers() -> bool:
+        if not local.is_running():
+            raise EmbeddedCloudError(f"the controller container exited:\n{local.logs(tail=40)}")
+        try:
+            return "UP" in local.run("scontrol", "ping")
+        except Exception:
+            return False
+
+    wait_until(answers, timeout=timeout, what=lambda: f"slurmctld to answer:\n{local.logs()}")
+
+
+@dataclass
+class EmbeddedCloud:
+    """A running embedded cloud: the cluster's containers, moto, and the clients to reach it."""
+
+    local: LocalSlurm
+    endpoint: str
+    region: str
+    env: dict[str, str]
+    """The controller's and nodes' environment (endpoint, credentials, key, tables)."""
+    reconciler: Reconciler
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            region_name=self.region,
+            endpoint_url=self.endpoint,
+            aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def instances(self) -> list[dict]:
+        """Every instance of the cluster in moto (any state), oldest first."""
+        from .. import tags
+
+        pages = (
+            self.client("ec2")
+            .get_paginator("describe_instances")
+            .paginate(Filters=[{"Name": f"tag:{tags.CLUSTER}", "Values": [self.cluster]}])
+        )
+        found = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        return sorted(found, key=lambda i: i["LaunchTime"])
+
+    @property
+    def cluster(self) -> str:
+        return self.local.spec.cluster_name
+
+    @classmethod
+    @contextmanager
+    def start(
+        cls,
+        *,
+        prefix: str,
+        settings: Settings,
+        gpu_count: int,
+        work_dir: Path,
+        suspend_time: int | None = None,
+        node_image: str = LOCAL_NODE_IMAGE,
+    ) -> Iterator[EmbeddedCloud]:
+        """Start it all (see the module docstring); ``work_dir`` gets ``state/`` and ``data/``.
+
+        ``suspend_time``: SuspendTime for this cloud only (tests and the demo do not wait the
+        deployed minimum)."""
+        spec = spec_from_settings(settings, gpu_count, **LOCAL_CLOUD)
+        if suspend_time is not None:
+            spec = replace(spec, suspend_time=suspend_time)
+        state_dir, data_dir = work_dir / "state", work_dir / "data"
+        shutil.rmtree(state_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(data_dir, JOB_USER_UID, JOB_USER_UID)
+        local = LocalSlurm(
+            prefix=prefix,
+            spec=spec,
+            key_file=None,
+            state_dir=state_dir,
+            image=SLURM_IMAGE,
+            node_image=node_image,
+            data_dir=data_dir,
+        )
+        local.remove()
+        started = time.monotonic()
+        try:
+            with moto_server(local.gateway_address()) as endpoint:
+                env = _prepare_moto(endpoint, settings.region or "us-east-1", spec)
+                local.start_controller(env=env)
+                wait_for_controller(local)
+                ec2 = boto3.client(
+                    "ec2",
+                    region_name=env["AWS_REGION"],
+                    endpoint_url=endpoint,
+                    aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                    aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                )
+                reconciler = Reconciler(local, ec2, node_env=env, spot_watcher=True)
+                with reconciler:
+                    log.info(
+                        "embedded cloud %s up in %.1f s (moto at %s)",
+                        spec.cluster_name,
+                        time.monotonic() - started,
+                        endpoint,
+                    )
+                    yield cls(local, endpoint, env["AWS_REGION"], env, reconciler)
+        finally:
+            local.remove()
+
+
+def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
+    """Create in moto what the cluster stack creates in AWS; the containers' environment."""
+
+    def client(service: str) -> Any:
+        return boto3.client(
+            service,
+            region_name=region,
+            endpoint_url=endpoint,
+            aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    secret = client("secretsmanager").create_secret(
+        Name=f"{spec.cluster_name}-slurm-key", SecretString=os.urandom(32).hex()
+    )
+    dynamodb = client("dynamodb")
+    create_tables(dynamodb, records_table=RECORDS_TABLE, costs_table=COSTS_TABLE)
+    dynamodb.create_table(
+        TableName=SPOT_EVENTS_TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "instance_id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "instance_id", "KeyType": "HASH"}],
+    )
+    return {
+        **prepare_cloud(client("ec2"), spec, endpoint=endpoint),
+        KEY_SECRET_ARN_ENV: secret["ARN"],
+        RECORDS_TABLE_ENV: RECORDS_TABLE,
+        EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,
+        POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
+    }
