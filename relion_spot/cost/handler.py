@@ -33,7 +33,7 @@ from typing import Any
 
 from relion_spot.cost import billing, instances, nodes
 from relion_spot.cost.config import CostConfig
-from relion_spot.cost.prices import SpotPriceSource
+from relion_spot.cost.prices import PriceSource, SpotPriceSource
 from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, price_job
 from relion_spot.cost.store import (
     JOB_KEY,
@@ -100,7 +100,7 @@ class CostService:
         self.clients = clients
         self.attempts = AttemptStore(clients.dynamodb, config.records_table)
         self.costs = CostStore(clients.dynamodb, config.costs_table)
-        self.prices = SpotPriceSource(clients.ec2)
+        self.prices: PriceSource = SpotPriceSource(clients.ec2)
 
     def _parse(self, items: Iterable[dict[str, Any]], outcome: Outcome) -> list[Attempt]:
         parsed = []

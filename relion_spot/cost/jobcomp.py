@@ -45,6 +45,11 @@ def _number(env: Mapping[str, str], name: str) -> int:
     return int(raw)
 
 
+REQUEUED_AS = "PENDING"
+"""Slurm 24.11 reports an attempt ended by ``scontrol requeue`` (the spot watcher's hand-back)
+with the state the job is in afterwards; a finished attempt is never pending otherwise."""
+
+
 def attempt_from_slurm(env: Mapping[str, str], cluster: str) -> tuple[Attempt, list[str]] | None:
     """The attempt Slurm describes (without instances) and its node names; None when the job
     never ran (cancelled while pending: START is 0 and no nodes)."""
@@ -63,6 +68,8 @@ def attempt_from_slurm(env: Mapping[str, str], cluster: str) -> tuple[Attempt, l
         return None
     if end < start:
         raise SlurmRecordError(f"END={end} is before START={start}")
+    if state == REQUEUED_AS:
+        state = "REQUEUED"
     attempt = Attempt(
         cluster=cluster,
         job_id=job_id,

@@ -5,13 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from relion_spot.cost.pricing import PriceHistory
 
 log = logging.getLogger(__name__)
 
 PRODUCT_DESCRIPTIONS = ("Linux/UNIX (Amazon VPC)", "Linux/UNIX")
+
+
+class PriceSource(Protocol):
+    """Where pricing reads $/hour histories from."""
+
+    requests: int
+
+    def histories(
+        self, pairs: Iterable[tuple[str, str]], start: int, end: int
+    ) -> dict[tuple[str, str], PriceHistory]: ...
 
 
 class SpotPriceSource:
@@ -51,6 +61,26 @@ class SpotPriceSource:
             log.warning("no spot price history for %s in %s", instance_type, zone)
         self._cache[key] = history
         return history
+
+    def histories(
+        self, pairs: Iterable[tuple[str, str]], start: int, end: int
+    ) -> dict[tuple[str, str], PriceHistory]:
+        return {pair: self.history(pair[0], pair[1], start, end) for pair in set(pairs)}
+
+
+class OnDemandCeiling:
+    """The on-demand price of each type (the project's catalog) as a flat history: what a spot
+    instance can cost at most, since EC2 never bills spot above on-demand. For places with no
+    spot market to read, such as the embedded cloud, whose moto quotes a placeholder price."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def history(self, instance_type: str, zone: str, start: int, end: int) -> PriceHistory:
+        from ..catalog import INSTANCE_TYPES
+
+        known = INSTANCE_TYPES.get(instance_type)
+        return PriceHistory([(0.0, known.on_demand_usd_hour)] if known else [])
 
     def histories(
         self, pairs: Iterable[tuple[str, str]], start: int, end: int

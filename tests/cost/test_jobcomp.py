@@ -51,6 +51,13 @@ def test_slurm_environment_is_read():
     assert (attempt.cpus, attempt.node_count, attempt.user) == (8, 2, "alice")
 
 
+def test_an_attempt_ended_by_a_requeue_counts_as_requeued():
+    env = slurm_env("14", nodes="gpu-1", start=100, end=160, state="PENDING", procs=4)
+    attempt, _ = attempt_from_slurm(env, CLUSTER)
+    assert attempt.state == "REQUEUED"
+    assert attempt.reclaimed
+
+
 def test_job_that_never_ran_writes_nothing(account: Account):
     env = slurm_env("13", nodes="", start=0, end=500, state="CANCELLED", procs=0)
     assert write_attempt(account, env) == "not-run"
