@@ -6,10 +6,11 @@
 
 Started in order: the cluster's Docker network; moto's server on this host's address on that
 network only (the containers' "AWS"; nothing else can reach it, it reaches nothing); in moto the
-Slurm key secret, the job-record and cost tables, the spot-event table, a subnet and a launch
-template per partition; the controller container (the same image and entrypoint as on Fargate);
-the reconciler with its metadata service, which turns launched instances into node containers
-running slurmd and the spot watcher. Closing stops and removes all of it; the work directory
+Slurm key secret, the job-record and cost tables, the spot-event table, the job intake's queue
+and table, a subnet and a launch template per partition; the controller container (the same
+image and entrypoint as on Fargate, with the intake's drainer beside slurmctld); the reconciler
+with its metadata service, which turns launched instances into node containers running slurmd
+and the spot watcher. Closing stops and removes all of it; the work directory
 (state, shared data) stays for inspection.
 """
 
@@ -31,6 +32,8 @@ from typing import Any
 import boto3
 
 from ..cost.store import create_tables
+from ..intake import config as intake_config
+from ..intake.table import create_table as create_intake_table
 from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm.key import KEY_SECRET_ARN_ENV
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 RECORDS_TABLE = "job-records"
 COSTS_TABLE = "job-costs"
 SPOT_EVENTS_TABLE = "spot-events"
+INTAKE_TABLE = "intake"
 RECORDS_TABLE_ENV = "RELION_SPOT_RECORDS_TABLE"
 JOB_USER_UID = 1000
 """The job user of the image (``relion``): owns the shared data directory, as on EFS's /data."""
@@ -221,8 +225,14 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         AttributeDefinitions=[{"AttributeName": "instance_id", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "instance_id", "KeyType": "HASH"}],
     )
+    queue_url = client("sqs").create_queue(QueueName=f"{spec.cluster_name}-intake")["QueueUrl"]
+    create_intake_table(dynamodb, INTAKE_TABLE)
     return {
         **prepare_cloud(client("ec2"), spec, endpoint=endpoint),
+        intake_config.QUEUE_URL_ENV: queue_url,
+        intake_config.TABLE_ENV: INTAKE_TABLE,
+        intake_config.DATA_ROOT_ENV: intake_config.NODE_DATA_DIR,
+        intake_config.JOB_MODE_ENV: "local",
         KEY_SECRET_ARN_ENV: secret["ARN"],
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,

@@ -1,6 +1,8 @@
 """What the Slurm container runs under tini: set up one role, then become its daemon.
 
     controller              render slurm.conf from the spec, install the key, run slurmctld
+                            (and beside it the job intake's drainer, when the intake queue is
+                            configured: RELION_SPOT_INTAKE_QUEUE_URL)
     node [NAME]             install the key, run slurmd configless against the controller
 
 Environment (controller): RELION_SPOT_SLURM_SPEC (ClusterSpec JSON), optionally
@@ -52,6 +54,10 @@ POWERSAVE_ENV_PREFIXES = ("AWS_", "RELION_SPOT_")
 settings; the key's location is not a secret, the key itself never goes in this file."""
 
 SLURM_USER = "slurm"
+JOB_USER = "relion"
+"""Jobs run as this user (uid 1000, the owner of files on /data), never as root."""
+INTAKE_QUEUE_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
+INTAKE_SBATCH_ENV = "RELION_SPOT_INTAKE_SBATCH"
 ROLES = ("controller", "node")
 
 
@@ -66,10 +72,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SetupError, SpecError, config.RenderError, key.SlurmKeyError) as err:
         print(f"relion-spot entrypoint: {err}", file=sys.stderr)
         return 2
+    if args[:1] == ["controller"] and os.environ.get(INTAKE_QUEUE_ENV, "").strip():
+        _start_intake_drainer(os.environ)
     print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)
     _reset_signals()
     os.execvp(command[0], command)
     return 0  # not reached
+
+
+def _start_intake_drainer(env: Mapping[str, str]) -> None:
+    """The drainer runs beside slurmctld (it waits for Slurm to answer before it takes anything
+    from the queue); its log goes to the container's output, like slurmctld's. It submits as the
+    job user."""
+    import subprocess
+
+    child_env = dict(env)
+    child_env.setdefault(INTAKE_SBATCH_ENV, f"runuser -u {JOB_USER} -- sbatch")
+    subprocess.Popen(
+        [sys.executable, "-m", "relion_spot.intake.drain"], env=child_env, close_fds=True
+    )
+    print("relion-spot entrypoint: job intake drainer started", file=sys.stderr, flush=True)
 
 
 def _prepare(args: list[str], env: Mapping[str, str]) -> list[str]:
