@@ -10,6 +10,7 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import demo
     from .cost import report as cost_report
     from .estimate import cli as estimate_cli
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"relion-spot {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo.register(subparsers)
     estimate_cli.register(subparsers)
     cost_report.register(subparsers)
     return parser

@@ -1,0 +1,370 @@
+"""``relion-spot demo``: the whole product on the embedded cloud, with a spot reclaim on the way.
+
+What happens, and what each step runs for real:
+1. images and the Docker engine (scripts/setup-docker.sh, a no-op when current);
+2. a ground-truthed 2-class particle set, made by RELION's relion_project in the node image;
+3. the embedded cloud (relion_spot.local.embedded): moto as AWS, the controller container with
+   slurmctld and the job intake's drainer, the reconciler playing EC2;
+4. the Class3D submission through the intake queue, exactly as the CLI sends it; the controller
+   preflights it and submits the rendered template to Slurm; the resume program launches a spot
+   instance in moto; the reconciler boots it as a node container; RELION runs;
+5. after iteration ``reclaim_after`` EC2 "reclaims" the instance: the node's spot watcher reads
+   the notice from IMDS, drains the node and requeues the job; Slurm launches a fresh node and
+   the job resumes from its last complete iteration;
+6. the job's attempts are priced by the cost function's own code against moto's spot prices;
+   the run is scored against the truth; the convergence plot is the job's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SETUP_DOCKER = REPO_ROOT / "scripts" / "setup-docker.sh"
+DEFAULT_WORK_DIR = REPO_ROOT / ".local" / "demo"
+PREFIX = "relion-spot-demo"
+PROJECT = "demo"
+"""The project directory under the shared /data."""
+JOB_TIMEOUT_SECONDS = 1500
+
+
+class DemoError(RuntimeError):
+    """The demo could not go on; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    iterations: int = 12
+    reclaim_after: int = 4
+    """Reclaim the node once this many iterations are complete (0: no reclaim)."""
+    particles_per_class: int = 100
+    work_dir: Path = DEFAULT_WORK_DIR
+    suspend_time: int = 30
+    """Idle seconds before a node is terminated (the deployed minimum is 60)."""
+
+    def check(self) -> None:
+        if not 1 <= self.iterations <= 50:
+            raise DemoError(f"--iterations {self.iterations}: give 1 to 50")
+        if not 0 <= self.reclaim_after < self.iterations:
+            raise DemoError(
+                f"--reclaim-after {self.reclaim_after}: give 0 (no reclaim) up to "
+                f"{self.iterations - 1} (one less than --iterations)"
+            )
+        if not 20 <= self.particles_per_class <= 2000:
+            raise DemoError(f"--particles-per-class {self.particles_per_class}: give 20 to 2000")
+
+
+@dataclass
+class DemoResult:
+    job_id: str = ""
+    state: str = ""
+    iterations: int = 0
+    resolution_per_iteration: list[float | None] = field(default_factory=list)
+    accuracy: float | None = None
+    resumed_from: list[int] = field(default_factory=list)
+    reclaims: int = 0
+    nodes_launched: int = 0
+    cost_usd: float | None = None
+    reclaimed_usd: float | None = None
+    reclaimed_share: float | None = None
+    plot: str = ""
+    wall_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase: setup, data, cloud, submit -> running, run, pricing."""
+
+
+Report = Callable[[str, dict[str, Any]], None]
+"""Progress callback: (phase or event, details)."""
+
+
+def _quiet(_: str, __: dict[str, Any]) -> None:
+    return None
+
+
+def ensure_images() -> None:
+    """Engine up and images current: the project's own setup script (idempotent)."""
+    done = subprocess.run(["bash", str(SETUP_DOCKER)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise DemoError(f"scripts/setup-docker.sh failed:\n{tail}")
+
+
+def make_dataset(settings: DemoSettings, data_dir: Path) -> Path:
+    """The synthetic set, made in the node image (RELION's relion_project); its directory."""
+    from ..slurm.local import LOCAL_NODE_IMAGE, docker
+
+    project = data_dir / PROJECT
+    if project.exists():
+        shutil.rmtree(project)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(data_dir, 1000, 1000)
+    done = docker(
+        "run", "--rm", "--user", "1000:1000", "-v", f"{data_dir.resolve()}:/data",
+        "--entrypoint", "/opt/relion-spot/venv/bin/python", LOCAL_NODE_IMAGE,
+        "-m", "relion_spot.relion.synthetic", "--out", f"/data/{PROJECT}",
+        "--classes", "2", "--particles-per-class", str(settings.particles_per_class),
+        "--snr", "1.0", "--seed", "0",
+        check=False, timeout=600,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise DemoError(f"generating the particles failed:\n{(done.stderr or done.stdout)[-800:]}")
+    return project
+
+
+def job_parameters(settings: DemoSettings, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's flags scaled to the small box (as the RELION tests use them)."""
+    spec = manifest["spec"]
+    return {
+        "particles": manifest["files"]["particles"],
+        "reference": manifest["files"]["reference"],
+        "K": int(spec["classes"]),
+        "iter": settings.iterations,
+        "ini_high": round(2.5 * 2 * float(spec["angpix"])),
+        "particle_diameter": float(manifest["particle_diameter_angstrom"]),
+        "offset_range": 2,
+        "offset_step": 1,
+        "j": 2,
+        "pool": 10,
+        "project_dir": f"/data/{PROJECT}",
+    }
+
+
+def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
+    from ..intake.client import submit, wait_for_acceptance
+    from ..intake.table import IntakeTable
+    from ..local.embedded import INTAKE_TABLE, EmbeddedCloud
+    from ..relion import score
+    from ..relion.progress import plot_path, progress_path
+    from ..relion.synthetic import load_manifest
+    from ..settings import Settings
+    from ..slurm.local import scontrol_fields, wait_until
+
+    settings.check()
+    result = DemoResult()
+    started = time.monotonic()
+    mark = started
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        result.phases[name] = round(now - mark, 1)
+        mark = now
+
+    report("setup", {})
+    ensure_images()
+    phase("setup")
+    data_dir = settings.work_dir / "data"
+    report("data", {"particles": 2 * settings.particles_per_class})
+    project = make_dataset(settings, data_dir)
+    manifest = load_manifest(project)
+    phase("data")
+
+    report("cloud", {})
+    with EmbeddedCloud.start(
+        prefix=PREFIX,
+        settings=Settings(gpus=(1,)),
+        gpu_count=1,
+        work_dir=settings.work_dir,
+        suspend_time=settings.suspend_time,
+    ) as cloud:
+        phase("cloud")
+        local = cloud.local
+        sqs = cloud.client("sqs")
+        table = IntakeTable(cloud.client("dynamodb"), INTAKE_TABLE)
+        submission = submit(
+            sqs,
+            table,
+            cloud.env["RELION_SPOT_INTAKE_QUEUE_URL"],
+            parameters=job_parameters(settings, manifest),
+            user="demo",
+        )
+        report("submitted", {"submission": submission.submission_id})
+        job_id = wait_for_acceptance(table, submission.submission_id, timeout=120)
+        result.job_id = job_id
+        report("accepted", {"job_id": job_id})
+
+        def job() -> dict[str, str]:
+            return scontrol_fields(local.run("scontrol", "show", "job", job_id))
+
+        wait_until(
+            lambda: job().get("JobState") in ("RUNNING", "COMPLETED"),
+            timeout=300,
+            what=lambda: f"job {job_id} to start ({job().get('JobState')}, {job().get('Reason')})",
+        )
+        phase("submit_to_running")
+        run_root = data_dir / PROJECT / "Class3D" / f"job{job_id}" / "run"
+        reclaimed = False
+        deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+        while True:
+            fields = job()
+            state = fields.get("JobState", "")
+            record = _read_json(progress_path(run_root))
+            done = int(record.get("current_iteration", 0)) if record else 0
+            report(
+                "running",
+                {
+                    "state": state,
+                    "iteration": done,
+                    "iterations": settings.iterations,
+                    "resolution": record.get("resolution_angstrom") if record else None,
+                    "node": fields.get("NodeList", ""),
+                },
+            )
+            if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
+                break
+            if (
+                settings.reclaim_after
+                and not reclaimed
+                and done >= settings.reclaim_after
+                and state == "RUNNING"
+            ):
+                node = fields["NodeList"]
+                machine = cloud.reconciler.machines.get(node)
+                if machine is not None:
+                    cloud.reconciler.reclaim(machine.instance_id)
+                    reclaimed = True
+                    result.reclaims += 1
+                    report("reclaim", {"node": node, "after_iteration": done})
+            if time.monotonic() > deadline:
+                raise DemoError(f"job {job_id} did not finish within {JOB_TIMEOUT_SECONDS} s")
+            time.sleep(2)
+        result.state = state
+        phase("run")
+        result.nodes_launched = len(cloud.instances())
+
+        report("pricing", {})
+        _price(cloud, job_id, state, result)
+        phase("pricing")
+
+    record = _read_json(progress_path(run_root)) or {}
+    result.iterations = int(record.get("current_iteration", 0))
+    result.resolution_per_iteration = [
+        row.get("resolution_angstrom") for row in record.get("iterations", [])
+    ]
+    result.resumed_from = [int(i) for i in record.get("resumed_from", [])]
+    if plot_path(run_root).is_file():
+        result.plot = str(plot_path(run_root))
+    scores = score.score_run(run_root, project / manifest["files"]["truth"])
+    if scores:
+        result.accuracy = round(scores[-1].accuracy, 3)
+    result.wall_seconds = round(time.monotonic() - started, 1)
+    return result
+
+
+def _price(cloud: Any, job_id: str, final_state: str, result: DemoResult) -> None:
+    """The cost function's own code, run as its Lambda would, against moto's records; priced at
+    the on-demand ceiling (moto's spot market quotes a placeholder $0.00001/hour)."""
+    from ..cost.config import CostConfig
+    from ..cost.handler import Clients, CostService, handle
+    from ..cost.prices import OnDemandCeiling
+    from ..cost.store import decode_cost, deserialize, job_key
+    from ..local.embedded import COSTS_TABLE, RECORDS_TABLE
+    from ..slurm.local import wait_until
+
+    dynamodb = cloud.client("dynamodb")
+    config = CostConfig.from_env(
+        {
+            "RELION_SPOT_CLUSTER": cloud.cluster,
+            "RELION_SPOT_RECORDS_TABLE": RECORDS_TABLE,
+            "RELION_SPOT_COSTS_TABLE": COSTS_TABLE,
+        }
+    )
+    clients = Clients(
+        ec2=cloud.client("ec2"),
+        dynamodb=dynamodb,
+        cloudwatch=cloud.client("cloudwatch"),
+        ce=cloud.client("ce"),
+    )
+    key = job_key(cloud.cluster, job_id)
+
+    def priced() -> dict[str, Any] | None:
+        service = CostService(config, clients)
+        service.prices = OnDemandCeiling()
+        handle(
+            {"action": "price-jobs", "jobs": [{"cluster": cloud.cluster, "job_id": job_id}]},
+            service,
+        )
+        item = dynamodb.get_item(TableName=COSTS_TABLE, Key={"job": {"S": key}}).get("Item")
+        if not item:
+            return None
+        cost = decode_cost(deserialize(item))
+        # jobcomp writes the last attempt's record as the job ends: price once it is there.
+        states = [attempt.get("state") for attempt in cost.get("attempts", [])]
+        return cost if final_state in states else None
+
+    item = wait_until(priced, timeout=60, interval=2, what=f"job {job_id}'s cost")
+    assert isinstance(item, dict)
+    result.cost_usd = float(item["estimate_usd"])
+    result.reclaimed_usd = float(item["reclaimed_usd"])
+    result.reclaimed_share = float(item["reclaimed_share"])
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    defaults = DemoSettings()
+    parser = subparsers.add_parser(
+        "demo",
+        help="run RELION Class3D on the embedded local cloud, with a spot reclaim and resume",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--iterations", type=int, default=defaults.iterations)
+    parser.add_argument(
+        "--reclaim-after",
+        type=int,
+        default=defaults.reclaim_after,
+        help="reclaim the node after this many iterations (0: never)",
+    )
+    parser.add_argument("--particles-per-class", type=int, default=defaults.particles_per_class)
+    parser.add_argument("--work-dir", type=Path, default=defaults.work_dir)
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON object on the last line"
+    )
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from .display import Display
+
+    settings = DemoSettings(
+        iterations=args.iterations,
+        reclaim_after=args.reclaim_after,
+        particles_per_class=args.particles_per_class,
+        work_dir=args.work_dir,
+    )
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        settings.check()
+    except DemoError as err:
+        print(f"relion-spot demo: {err}", file=sys.stderr)
+        return 2
+    display = Display(settings.iterations, stream=sys.stderr if args.json else sys.stdout)
+    try:
+        with display:
+            result = run(settings, display.report)
+    except DemoError as err:
+        print(f"relion-spot demo: {err}", file=sys.stderr)
+        return 1
+    display.summary(result)
+    if args.json:
+        print(json.dumps(asdict(result), sort_keys=True))
+    return 0 if result.state == "COMPLETED" else 1

@@ -1,0 +1,61 @@
+"""``relion-spot demo`` as a newcomer runs it: the real CLI, the whole embedded cloud, real RELION
+in the node containers, a spot reclaim and the resume. The demo's own JSON line is the verdict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relion_spot.demo import DemoSettings
+
+
+def _demo(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relion_spot.cli", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.docker
+def test_the_demo_classifies_survives_a_reclaim_and_prices_it(
+    slurm_images: None, tmp_path: Path
+) -> None:
+    done = _demo("--json", "--work-dir", str(tmp_path))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    defaults = DemoSettings()
+    assert result["state"] == "COMPLETED"
+    assert result["iterations"] == defaults.iterations
+    assert len(result["resolution_per_iteration"]) == defaults.iterations
+    assert result["accuracy"] >= 0.90, result
+    assert result["reclaims"] == 1
+    assert result["resumed_from"] == [defaults.reclaim_after], result
+    assert result["nodes_launched"] == 2
+    assert result["cost_usd"] > 0
+    assert 0 < result["reclaimed_share"] < 1, result
+    assert Path(result["plot"]).is_file()
+    assert result["plot"].endswith(".png")
+    print(f"\ndemo: {result['wall_seconds']:.0f} s, phases {result['phases']}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--iterations", "0"], "--iterations 0: give 1 to 50"),
+        (["--reclaim-after", "12", "--iterations", "12"], "--reclaim-after 12: give 0"),
+        (["--particles-per-class", "5"], "--particles-per-class 5: give 20 to 2000"),
+    ],
+)
+def test_bad_settings_are_one_line_and_launch_nothing(args: list[str], message: str) -> None:
+    done = _demo(*args, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(f"relion-spot demo: {message}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stdout == ""
