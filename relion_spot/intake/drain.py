@@ -19,6 +19,11 @@ while slurmctld is not up. Then, for a message:
      unknown outcome (timeout, controller unreachable) leaves the message for a retry.
   8. The "accepted" record (written only over the claim or nothing), then delete.
 
+A cancel request (same queue) names an accepted submission and its job id: anything else is
+logged and dropped. The drainer notes "cancel-requested" on the submission's item, runs scancel,
+and notes "cancelled" (or "cancel-failed" with Slurm's answer); an unknown outcome leaves the
+message for a retry. The submission's decision itself never changes.
+
 A crash anywhere leaves the message to come back after the queue's visibility timeout, and
 step 2 or 4 makes the retry a no-op.
 
@@ -59,15 +64,27 @@ from .config import (
     JOB_MODE_ENV,
     QUEUE_URL_ENV,
     RECEIVE_WAIT_SECONDS,
+    REGION_ENV,
     RELION_IMAGE_ENV,
     SBATCH_ENV,
+    SCANCEL_ENV,
     SQUEUE_ENV,
     TABLE_ENV,
 )
-from .message import InvalidSubmission, Submission, parse
+from .message import CancelRequest, InvalidSubmission, Submission, parse_request
 from .prepare import JobPreparer, JobRejected, PreparedJob
 from .slurm import SlurmJobs, SlurmRefused, SlurmUnavailable, comment_for
-from .table import ACCEPTED, REJECTED, SUBMITTING, IntakeTable, Record, parameters_text
+from .table import (
+    ACCEPTED,
+    CANCEL_FAILED,
+    CANCEL_REQUESTED,
+    CANCELLED,
+    REJECTED,
+    SUBMITTING,
+    IntakeTable,
+    Record,
+    parameters_text,
+)
 
 log = logging.getLogger("relion_spot.intake.drain")
 
@@ -86,6 +103,9 @@ DUPLICATE = "duplicate"
 DISCARDED = "discarded"
 RETRY = "retry"
 SLURM_UNAVAILABLE = "slurm-unavailable"
+CANCELLED_OUTCOME = "cancelled"
+CANCEL_FAILED_OUTCOME = "cancel-failed"
+CANCEL_IGNORED = "cancel-ignored"
 
 
 class IntakeConfigError(ValueError):
@@ -162,9 +182,12 @@ class Drainer:
     def handle(self, message: Mapping[str, Any]) -> str:
         delivery = _Delivery.of(message)
         try:
-            submission = parse(delivery.body)
+            request = parse_request(delivery.body)
         except InvalidSubmission as err:
             return self._invalid(delivery, err)
+        if isinstance(request, CancelRequest):
+            return self._cancel(delivery, request)
+        submission = request
         sid = submission.submission_id
         stored = self.table.get(sid)
         if stored is not None and stored.final:
@@ -209,6 +232,35 @@ class Drainer:
             return self._later(sid, f"sbatch's outcome is unknown ({err})")
         accepted = replace(base, state=ACCEPTED, job_id=job_id, message=prepared.note)
         return self._decide(delivery, accepted, ACCEPTED_OUTCOME)
+
+    def _cancel(self, delivery: _Delivery, request: CancelRequest) -> str:
+        sid, job_id = request.submission_id, request.job_id
+        stored = self.table.get(sid)
+        if stored is None or stored.state != ACCEPTED or stored.job_id != job_id:
+            found = "no such submission" if stored is None else f"it is {stored.state}"
+            if stored is not None and stored.job_id and stored.job_id != job_id:
+                found = f"its job is {stored.job_id}"
+            log.warning(
+                "%s: cancel of job %s from %s dropped: %s", sid, job_id, request.user, found
+            )
+            self._delete(delivery)
+            return CANCEL_IGNORED
+        if stored.cancel_state in (CANCELLED, CANCEL_FAILED):
+            return self._duplicate(delivery, stored)
+        self.table.mark_cancel(sid, CANCEL_REQUESTED, at=int(self.clock()))
+        try:
+            self.slurm.cancel(job_id)
+        except SlurmUnavailable as err:
+            return self._later(sid, f"scancel's outcome is unknown ({err})")
+        except SlurmRefused as err:
+            self.table.mark_cancel(sid, CANCEL_FAILED, at=int(self.clock()), message=str(err))
+            log.info("%s: cancel of job %s refused by Slurm: %s", sid, job_id, err)
+            self._delete(delivery)
+            return CANCEL_FAILED_OUTCOME
+        self.table.mark_cancel(sid, CANCELLED, at=int(self.clock()))
+        log.info("%s: job %s cancelled for %s", sid, job_id, request.user)
+        self._delete(delivery)
+        return CANCELLED_OUTCOME
 
     def _base(self, submission: Submission, delivery: _Delivery, stored: Record | None) -> Record:
         return Record(
@@ -317,6 +369,7 @@ class DrainSettings:
     spec: ClusterSpec
     sbatch: tuple[str, ...] = ("sbatch",)
     squeue: tuple[str, ...] = ("squeue",)
+    scancel: tuple[str, ...] = ("scancel",)
     data_root: Path | None = None
     mode: Mode = "cloud"
     image: str = DEFAULT_IMAGE
@@ -341,7 +394,11 @@ class DrainSettings:
                 f"{JOB_MODE_ENV} = {mode!r} is not valid: one of {', '.join(MODES)}"
             )
         commands = {}
-        for name, default in ((SBATCH_ENV, "sbatch"), (SQUEUE_ENV, "squeue")):
+        for name, default in (
+            (SBATCH_ENV, "sbatch"),
+            (SQUEUE_ENV, "squeue"),
+            (SCANCEL_ENV, "scancel"),
+        ):
             try:
                 words = shlex.split(env.get(name, ""))
             except ValueError as err:
@@ -354,17 +411,27 @@ class DrainSettings:
             spec=spec,
             sbatch=commands[SBATCH_ENV],
             squeue=commands[SQUEUE_ENV],
+            scancel=commands[SCANCEL_ENV],
             data_root=Path(data_root) if data_root else None,
             mode=cast(Mode, mode),
             image=env.get(RELION_IMAGE_ENV, "").strip() or DEFAULT_IMAGE,
         )
+
+    def job_environment(self, region: str) -> dict[str, str]:
+        """What every submitted job is told, so its progress reaches the submission's item."""
+        return {TABLE_ENV: self.table, REGION_ENV: region}
 
     def drainer(self, *, sqs: Any, dynamodb: Any, wait_seconds: int) -> Drainer:
         return Drainer(
             sqs=sqs,
             table=IntakeTable(dynamodb, self.table),
             queue_url=self.queue_url,
-            slurm=SlurmJobs(sbatch=self.sbatch, squeue=self.squeue),
+            slurm=SlurmJobs(
+                sbatch=self.sbatch,
+                squeue=self.squeue,
+                scancel=self.scancel,
+                job_env=self.job_environment(str(dynamodb.meta.region_name or "")),
+            ),
             prepare=JobPreparer.from_spec(
                 self.spec, mode=self.mode, image=self.image, data_root=self.data_root
             ),

@@ -9,6 +9,12 @@
       "submitted_at": "2026-11-03T10:15:00Z"                     ISO 8601 with a time zone
     }
 
+A cancel request travels on the same queue (the drainer is the one process that may run Slurm
+commands); it names the submission and its job, and has no template or parameters:
+
+    {"version": 1, "action": "cancel", "submission_id": "...", "job_id": "42",
+     "user": "alice", "submitted_at": "2026-11-03T11:00:00Z"}
+
 The submission id is the idempotency key from end to end: the intake table is keyed by it, and
 Slurm carries it in the job's comment. Every check below refuses with one message that names the
 field, the value given and what is accepted; the drainer stores that message as the rejection.
@@ -30,6 +36,10 @@ from .config import KEY
 SCHEMA_VERSION = 1
 TEMPLATES: tuple[str, ...] = ("class3d",)
 FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
+ACTION = "action"
+SUBMIT = "submit"
+CANCEL = "cancel"
+CANCEL_FIELDS: tuple[str, ...] = ("version", ACTION, KEY, "job_id", "user", "submitted_at")
 MAX_USER_CHARS = 128
 ID_ACCEPTED = "a UUID in lowercase with hyphens, e.g. 7d9f4c1e-0a53-4c55-9b7e-2f7c2b1f6a10"
 MAX_SHOWN_CHARS = 80
@@ -195,5 +205,98 @@ def parse(body: str) -> Submission:
         user=data["user"],
         submitted_at=data["submitted_at"],
         template=data["template"],
+        version=data["version"],
+    )
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A request to cancel the Slurm job of an accepted submission."""
+
+    submission_id: str
+    job_id: str
+    user: str
+    submitted_at: str
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        sid = self.submission_id
+        if canonical_id(sid) is None:
+            raise InvalidSubmission(f"{KEY} = {_shown(sid)} is not valid: {ID_ACCEPTED}")
+        if isinstance(self.version, bool) or self.version != SCHEMA_VERSION:
+            raise InvalidSubmission(
+                f"version = {_shown(self.version)} is not supported: {SCHEMA_VERSION}", sid
+            )
+        if not isinstance(self.job_id, str) or not self.job_id.isdigit():
+            raise InvalidSubmission(
+                f"job_id = {_shown(self.job_id)} is not valid: a Slurm job id (digits)", sid
+            )
+        if not isinstance(self.user, str) or not self.user.strip():
+            raise InvalidSubmission(f"user = {_shown(self.user)} is not valid: a name", sid)
+        _check_time(self.submitted_at, sid)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                ACTION: CANCEL,
+                KEY: self.submission_id,
+                "job_id": self.job_id,
+                "user": self.user,
+                "submitted_at": self.submitted_at,
+            },
+            sort_keys=True,
+        )
+
+
+def new_cancel(submission_id: str, job_id: str, *, user: str) -> CancelRequest:
+    return CancelRequest(
+        submission_id=submission_id, job_id=job_id, user=user, submitted_at=utc_now_text()
+    )
+
+
+def parse_request(body: str) -> Submission | CancelRequest:
+    """What a queue message asks for: a submission (no ``action``, or "submit") or a cancel.
+    InvalidSubmission says what is wrong with it."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, TypeError):
+        return parse(body)
+    if not isinstance(data, dict) or ACTION not in data:
+        return parse(body)
+    action = data.pop(ACTION)
+    if action == SUBMIT:
+        return parse(json.dumps(data))
+    try:
+        return _cancel_request(action, data)
+    except InvalidSubmission as err:
+        # Never recorded against the submission (its decision stands): logged and dropped.
+        raise InvalidSubmission(f"cancel request: {err}") from None
+
+
+def _cancel_request(action: object, data: dict[str, Any]) -> CancelRequest:
+    if action != CANCEL:
+        raise InvalidSubmission(
+            f"{ACTION} = {_shown(action)} is not valid: one of {SUBMIT}, {CANCEL}"
+        )
+    sid = canonical_id(data.get(KEY))
+    if sid is None:
+        raise InvalidSubmission(f"{KEY} = {_shown(data.get(KEY))} is not valid: {ID_ACCEPTED}")
+    names = [n for n in CANCEL_FIELDS if n != ACTION]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise InvalidSubmission(
+            f"field {unknown[0]!r} is not known; the fields are: {', '.join(CANCEL_FIELDS)}"
+        )
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise InvalidSubmission(
+            f"field {missing[0]!r} is missing; the fields are: {', '.join(CANCEL_FIELDS)}"
+        )
+    return CancelRequest(
+        submission_id=sid,
+        job_id=data["job_id"],
+        user=data["user"],
+        submitted_at=data["submitted_at"],
         version=data["version"],
     )

@@ -1,7 +1,10 @@
-"""The intake's two Slurm commands: sbatch (submit, tagged with the submission id) and squeue
-(which job, if any, already carries a submission id).
+"""The intake's Slurm commands: sbatch (submit, tagged with the submission id), squeue (which
+job, if any, already carries a submission id) and scancel (a user's cancel request).
 
-Every job the intake submits carries ``--comment=relion-spot:<submission id>``. squeue with
+Every job the intake submits carries ``--comment=relion-spot:<submission id>``, and
+``--export=ALL,RELION_SPOT_SUBMISSION_ID=<id>,...``: the drainer's environment (sbatch's
+default) plus the names the job's progress reporter needs to find its intake table item
+(relion_spot.relion.progress). Values given on ``--export`` win over the inherited ones. squeue with
 ``--states=all`` lists pending, running and finished jobs alike, so a job submitted by a drain
 that crashed before recording it is found again, for as long as slurmctld keeps finished jobs
 (MinJobAge; StateSaveLocation keeps them across a controller restart). The commands are command
@@ -16,11 +19,14 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .config import SUBMISSION_ID_ENV
+
 log = logging.getLogger(__name__)
 
 COMMENT_PREFIX = "relion-spot:"
 SQUEUE_TIMEOUT_SECONDS = 30
 SBATCH_TIMEOUT_SECONDS = 90
+SCANCEL_TIMEOUT_SECONDS = 30
 """sbatch retries on its own while slurmctld is busy; past this the outcome is unknown."""
 REFUSED = "Batch job submission failed:"
 TRANSIENT_MARKERS = (
@@ -59,6 +65,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 class SlurmJobs:
     sbatch: Sequence[str] = ("sbatch",)
     squeue: Sequence[str] = ("squeue",)
+    scancel: Sequence[str] = ("scancel",)
+    job_env: Mapping[str, str] | None = None
+    """Variables every submitted job gets besides the submission id (e.g. the intake table's
+    name and region); passed on sbatch's --export, so they reach the job whatever slurmd has."""
     env: Mapping[str, str] | None = None
     """The environment the commands (and so the submitted jobs) get; default this process's,
     without the controller-only variables."""
@@ -117,7 +127,12 @@ class SlurmJobs:
 
     def submit(self, script: str, submission_id: str) -> str:
         """sbatch the script (on stdin) tagged with the submission id; returns the job id."""
-        argv = [*self.sbatch, "--parsable", f"--comment={comment_for(submission_id)}"]
+        argv = [
+            *self.sbatch,
+            "--parsable",
+            f"--comment={comment_for(submission_id)}",
+            export_for(submission_id, self.job_env or {}),
+        ]
         code, out, err = self._run(argv, stdin=script, timeout=SBATCH_TIMEOUT_SECONDS)
         if code != 0:
             text = _one_line(err or out) or f"sbatch exited {code} and said nothing"
@@ -130,6 +145,30 @@ class SlurmJobs:
         if not job_id.isdigit():
             raise SlurmUnavailable(f"sbatch printed {_one_line(out)!r}, not a job id")
         return job_id
+
+    def cancel(self, job_id: str) -> None:
+        """scancel the job. SlurmRefused: Slurm said no (e.g. the job has already ended);
+        SlurmUnavailable: the outcome is unknown, try again."""
+        if not job_id.isdigit():
+            raise SlurmRefused(f"{job_id!r} is not a Slurm job id")
+        argv = [*self.scancel, job_id]
+        code, out, err = self._run(argv, stdin=None, timeout=SCANCEL_TIMEOUT_SECONDS)
+        text = _one_line(err or out)
+        lowered = text.lower()
+        if code != 0 or "error" in lowered:
+            if code != 0 and (not text or any(m in lowered for m in TRANSIENT_MARKERS)):
+                raise SlurmUnavailable(f"scancel exited {code}: {text or 'no message'}")
+            raise SlurmRefused(text or f"scancel exited {code}")
+
+
+def export_for(submission_id: str, job_env: Mapping[str, str]) -> str:
+    """sbatch's --export value: everything the drainer has, plus the submission id and
+    ``job_env`` (names and values must not contain commas: sbatch splits on them)."""
+    values = {SUBMISSION_ID_ENV: submission_id, **job_env}
+    for name, value in values.items():
+        if "," in name or "," in value or "=" in name:
+            raise ValueError(f"--export cannot carry {name}={value!r}")
+    return "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in values.items() if v)])
 
 
 def _job_order(job_id: str) -> tuple[int, str]:

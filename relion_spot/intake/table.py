@@ -16,6 +16,14 @@
     claimed_at     N  epoch seconds: when a drainer first claimed it, before any sbatch
     decided_at     N  epoch seconds: when it became accepted or rejected
     message_id     S  the SQS message id
+    cancel_state   S  "cancel-requested" (the drainer took a cancel request and runs scancel),
+                      "cancelled" (scancel succeeded) or "cancel-failed" (Slurm said no:
+                      cancel_message says why); the decision above stays as it was
+    cancel_message S  Slurm's answer to a cancel that failed
+    cancel_at      N  epoch seconds of the last cancel_state change
+    progress       M  written by the job itself while it runs (relion_spot.relion.progress):
+                      iteration, resolution, ETA, per-iteration history, state
+    log_tail       S  the last lines of the job's output file, written with progress
 
 A decision is final: ``finish`` writes only where no item exists or the item is still a claim,
 so neither a retry nor a second drainer can turn an accepted submission into a rejected one, or
@@ -36,10 +44,13 @@ SUBMITTING = "submitting"
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 FINAL_STATES = (ACCEPTED, REJECTED)
+CANCEL_REQUESTED = "cancel-requested"
+CANCELLED = "cancelled"
+CANCEL_FAILED = "cancel-failed"
 
 _TEXT: tuple[str, ...] = ("state", "job_id", "message", "user", "sender_id", "template")
-_TEXT += ("parameters", "submitted_at", "message_id")
-_NUMBERS = ("received_at", "claimed_at", "decided_at")
+_TEXT += ("parameters", "submitted_at", "message_id", "cancel_state", "cancel_message")
+_NUMBERS = ("received_at", "claimed_at", "decided_at", "cancel_at")
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,9 @@ class Record:
     received_at: int | None = None
     claimed_at: int | None = None
     decided_at: int | None = None
+    cancel_state: str = ""
+    cancel_message: str = ""
+    cancel_at: int | None = None
 
     @property
     def final(self) -> bool:
@@ -147,6 +161,29 @@ class IntakeTable:
                 raise
             return stored, False
         return record, True
+
+    def mark_cancel(self, submission_id: str, state: str, *, at: int, message: str = "") -> bool:
+        """Note a cancel's progress on an existing item; False when there is no such item."""
+        names = {"#key": KEY, "#c": "cancel_state", "#at": "cancel_at", "#m": "cancel_message"}
+        values: dict[str, Any] = {":c": {"S": state}, ":at": {"N": str(int(at))}}
+        update = "SET #c = :c, #at = :at"
+        if message:
+            update += ", #m = :m"
+            values[":m"] = {"S": message[:1000]}
+        else:
+            update += " REMOVE #m"
+        try:
+            self.client.update_item(
+                TableName=self.name,
+                Key={KEY: {"S": submission_id}},
+                UpdateExpression=update,
+                ConditionExpression="attribute_exists(#key)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
 
 def create_table(client: Any, name: str) -> None:

@@ -102,7 +102,11 @@ def test_a_submission_round_trips_to_a_slurm_job(intake: Intake) -> None:
     assert wait_for_acceptance(intake.table, sent.submission_id, timeout=1) == "42"
 
     (call,) = intake.slurm.sbatch_calls()
-    assert call == f"--parsable --comment=relion-spot:{sent.submission_id}"
+    sid = sent.submission_id
+    assert (
+        call
+        == f"--parsable --comment=relion-spot:{sid} --export=ALL,RELION_SPOT_SUBMISSION_ID={sid}"
+    )
     script = intake.slurm.script("42")
     assert "#SBATCH --gres=gpu:1" in script
     assert "--K 4" in script and "--iter 30" in script
