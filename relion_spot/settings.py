@@ -71,6 +71,9 @@ class Settings:
     """Value of the ``Project`` cost-allocation tag on every resource."""
     node_idle_seconds: int = 600
     """How long a node may sit idle before Slurm powers it down (SuspendTime)."""
+    controller_idle_seconds: int = 1800
+    """How long the controller may have no jobs, nodes or submissions before it stops itself
+    (its state stays on EFS; the next submission wakes it)."""
     log_retention_days: int = 30
 
     def cluster_name(self, gpu_count: int) -> str:
@@ -195,6 +198,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
         "project", v, _TAG_VALUE_RE, "1-128 letters, digits, spaces or _ . : / = + - @"
     ),
     "node_idle_seconds": lambda v: _bounded("node_idle_seconds", v, 60, 86_400),
+    "controller_idle_seconds": lambda v: _bounded("controller_idle_seconds", v, 300, 86_400),
     "log_retention_days": lambda v: _retention(v),
 }
 

@@ -103,6 +103,7 @@ BAD = [
     ("azs", "eu-west-1a,eu-west-1b", "of region us-east-1"),
     ("az_count", "1", "from 2 to 6"),
     ("node_idle_seconds", "5", "from 60 to 86400"),
+    ("controller_idle_seconds", "60", "from 300 to 86400"),
     ("log_retention_days", "10", "one of 1, 3, 5"),
     ("account", "12345", "12-digit"),
 ]

@@ -531,3 +531,52 @@ def test_metrics_are_published_only_into_their_own_namespaces(default_synth) -> 
     by_namespace = {namespace: role for role, namespace in granted.items()}
     assert by_namespace["CWAgent"].startswith("GpuNodesRole")
     assert by_namespace["RelionSpot"].startswith("CostTrackerRole")
+
+
+def test_controller_may_put_only_its_own_service_to_sleep(default_synth) -> None:
+    template = Template.from_json(default_synth.template("relion-spot-gpu4"))
+    template.has_resource_properties(
+        "AWS::ECS::Service", {"ServiceName": "relion-spot-gpu4-controller"}
+    )
+    template.has_resource_properties("AWS::ECS::Cluster", {"ClusterName": "relion-spot-gpu4"})
+    template.has_resource_properties(
+        "AWS::ECS::TaskDefinition",
+        {
+            "ContainerDefinitions": Match.array_with(
+                [
+                    Match.object_like(
+                        {
+                            "Environment": Match.array_with(
+                                [
+                                    {"Name": "RELION_SPOT_ECS_SERVICE",
+                                     "Value": "relion-spot-gpu4-controller"},
+                                    {"Name": "RELION_SPOT_CONTROLLER_IDLE_SECONDS",
+                                     "Value": "1800"},
+                                ]
+                            )
+                        }
+                    )
+                ]
+            )
+        },
+    )  # fmt: skip
+    resource = Capture()
+    template.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Action": ["ecs:DescribeServices", "ecs:UpdateService"],
+                                "Resource": resource,
+                            }
+                        )
+                    ]
+                )
+            }
+        },
+    )
+    arn = json.dumps(resource.as_object())
+    assert "service/relion-spot-gpu4/relion-spot-gpu4-controller" in arn

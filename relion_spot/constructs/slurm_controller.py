@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_efs as efs
@@ -13,6 +13,7 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from ..settings import ControllerCapacity
+from ..slurm import idle
 from ..slurm.entrypoint import CONTROLLER_ADDR_ENV
 from ..slurm.key import KEY_SECRET_ARN_ENV
 from ..slurm.spec import SLURMCTLD_PORT
@@ -30,6 +31,10 @@ class SlurmController(Construct):
     Exactly one task ever runs (max 100 % during deployments, min 0 %): two slurmctld on one
     StateSaveLocation would corrupt it. A replaced or reclaimed task comes back on the same EFS
     state and the same DNS name, so no job is lost and nodes find it again.
+
+    With nothing to do for ``idle_seconds`` the controller sets its own service to 0 tasks
+    (relion_spot.slurm.idle); a submission sets it back to 1 (relion_spot.intake.wake). Cluster
+    and service have fixed names so the task can be told them without a reference cycle.
     """
 
     def __init__(
@@ -51,15 +56,19 @@ class SlurmController(Construct):
         capacity: ControllerCapacity,
         log_retention: logs.RetentionDays,
         environment: dict[str, str],
+        idle_seconds: int,
     ) -> None:
         super().__init__(scope, construct_id)
         self.auth_key = auth_key
         self.log_group = logs.LogGroup(
             self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
+        self.cluster_name = cluster_name
+        self.service_name = f"{cluster_name}-controller"
         self.cluster = ecs.Cluster(
             self,
             "Cluster",
+            cluster_name=cluster_name,
             vpc=vpc,
             enable_fargate_capacity_providers=True,
             container_insights_v2=ecs.ContainerInsights.DISABLED,
@@ -95,6 +104,9 @@ class SlurmController(Construct):
                 **environment,
                 KEY_SECRET_ARN_ENV: self.auth_key.secret_arn,
                 CONTROLLER_ADDR_ENV: self.dns_name,
+                idle.CLUSTER_ENV: self.cluster_name,
+                idle.SERVICE_ENV: self.service_name,
+                idle.IDLE_SECONDS_ENV: str(idle_seconds),
             },
             logging=ecs.LogDrivers.aws_logs(stream_prefix="slurmctld", log_group=self.log_group),
             port_mappings=[ecs.PortMapping(container_port=SLURMCTLD_PORT)],
@@ -108,6 +120,7 @@ class SlurmController(Construct):
         self.service = ecs.FargateService(
             self,
             "Service",
+            service_name=self.service_name,
             cluster=self.cluster,
             task_definition=self.task_definition,
             desired_count=1,
@@ -129,6 +142,19 @@ class SlurmController(Construct):
                 dns_ttl=Duration.seconds(10),
             ),
             circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
+        )
+        # Only its own service, and only its task count (to sleep); waking is the submitter's.
+        self.task_definition.task_role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["ecs:UpdateService", "ecs:DescribeServices"],
+                resources=[
+                    Stack.of(self).format_arn(
+                        service="ecs",
+                        resource="service",
+                        resource_name=f"{self.cluster_name}/{self.service_name}",
+                    )
+                ],
+            )
         )
 
     @property

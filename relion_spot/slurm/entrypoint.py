@@ -2,7 +2,8 @@
 
     controller              render slurm.conf from the spec, install the key, run slurmctld
                             (and beside it the job intake's drainer, when the intake queue is
-                            configured: RELION_SPOT_INTAKE_QUEUE_URL)
+                            configured: RELION_SPOT_INTAKE_QUEUE_URL, and the idle watch that
+                            puts the controller to sleep: RELION_SPOT_CONTROLLER_IDLE_SECONDS)
     node [NAME]             install the key, run slurmd configless against the controller
 
 Environment (controller): RELION_SPOT_SLURM_SPEC (ClusterSpec JSON), optionally
@@ -58,6 +59,7 @@ JOB_USER = "relion"
 """Jobs run as this user (uid 1000, the owner of files on /data), never as root."""
 INTAKE_QUEUE_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
 INTAKE_SBATCH_ENV = "RELION_SPOT_INTAKE_SBATCH"
+IDLE_SECONDS_ENV = "RELION_SPOT_CONTROLLER_IDLE_SECONDS"
 ROLES = ("controller", "node")
 
 
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args[:1] == ["controller"] and os.environ.get(INTAKE_QUEUE_ENV, "").strip():
         _start_intake_drainer(os.environ)
+    if args[:1] == ["controller"] and os.environ.get(IDLE_SECONDS_ENV, "").strip():
+        _start_beside("relion_spot.slurm.idle", os.environ, "idle watch")
     print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)
     _reset_signals()
     os.execvp(command[0], command)
@@ -84,14 +88,17 @@ def _start_intake_drainer(env: Mapping[str, str]) -> None:
     """The drainer runs beside slurmctld (it waits for Slurm to answer before it takes anything
     from the queue); its log goes to the container's output, like slurmctld's. It submits as the
     job user."""
-    import subprocess
-
     child_env = dict(env)
     child_env.setdefault(INTAKE_SBATCH_ENV, f"runuser -u {JOB_USER} -- sbatch")
-    subprocess.Popen(
-        [sys.executable, "-m", "relion_spot.intake.drain"], env=child_env, close_fds=True
-    )
-    print("relion-spot entrypoint: job intake drainer started", file=sys.stderr, flush=True)
+    _start_beside("relion_spot.intake.drain", child_env, "job intake drainer")
+
+
+def _start_beside(module: str, env: Mapping[str, str], what: str) -> None:
+    """A helper process next to the daemon; its log goes to the container's output."""
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-m", module], env=dict(env), close_fds=True)
+    print(f"relion-spot entrypoint: {what} started", file=sys.stderr, flush=True)
 
 
 def _prepare(args: list[str], env: Mapping[str, str]) -> list[str]:

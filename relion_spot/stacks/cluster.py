@@ -184,6 +184,7 @@ class ClusterStack(Stack):
             state_access_point=state_access_point,
             capacity=settings.controller_capacity,
             log_retention=log_retention,
+            idle_seconds=settings.controller_idle_seconds,
             environment={
                 **self.cost_tracker.record_writer_environment(),
                 **self.intake.drainer_environment(),

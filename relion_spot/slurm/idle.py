@@ -1,0 +1,160 @@
+"""The controller puts itself to sleep: with nothing to do for a while, its ECS service goes to 0.
+
+    python -m relion_spot.slurm.idle        (started by the entrypoint beside slurmctld)
+
+Every check asks: is any job known to Slurm (pending, running, completing)? Is any node not
+powered down? Is any submission waiting in the intake queue or being handled? Anything that cannot
+be answered counts as busy: the controller never sleeps on a doubt. After
+RELION_SPOT_CONTROLLER_IDLE_SECONDS of uninterrupted idleness it sets the desired count of its own
+service (RELION_SPOT_ECS_CLUSTER / RELION_SPOT_ECS_SERVICE) to 0; ECS stops the task with SIGTERM,
+slurmctld saves its state to EFS, and the bill drops to what the cluster costs asleep. A submission
+wakes it (``relion_spot.intake.wake``): the service goes back to 1 and slurmctld resumes from the
+saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..powersave.slurm import CommandRunner, run_command
+
+log = logging.getLogger("relion_spot.slurm.idle")
+
+CLUSTER_ENV = "RELION_SPOT_ECS_CLUSTER"
+SERVICE_ENV = "RELION_SPOT_ECS_SERVICE"
+IDLE_SECONDS_ENV = "RELION_SPOT_CONTROLLER_IDLE_SECONDS"
+QUEUE_URL_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
+MIN_IDLE_SECONDS = 10
+MAX_CHECK_SECONDS = 30.0
+
+
+class IdleSettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class IdleSettings:
+    ecs_cluster: str
+    ecs_service: str
+    idle_seconds: int
+    queue_url: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> IdleSettings:
+        cluster, service = env.get(CLUSTER_ENV, "").strip(), env.get(SERVICE_ENV, "").strip()
+        if not cluster or not service:
+            raise IdleSettingsError(
+                f"{CLUSTER_ENV} and {SERVICE_ENV} must name the controller's ECS cluster and "
+                f"service (got {cluster!r}, {service!r})"
+            )
+        raw = env.get(IDLE_SECONDS_ENV, "").strip()
+        if not raw.isdigit() or int(raw) < MIN_IDLE_SECONDS:
+            raise IdleSettingsError(
+                f"{IDLE_SECONDS_ENV} = {raw!r}: expected whole seconds, at least {MIN_IDLE_SECONDS}"
+            )
+        return cls(cluster, service, int(raw), env.get(QUEUE_URL_ENV, "").strip())
+
+    @property
+    def check_seconds(self) -> float:
+        return min(MAX_CHECK_SECONDS, self.idle_seconds / 4)
+
+
+def busy_reason(runner: CommandRunner, sqs: Any, queue_url: str) -> str | None:
+    """Why the controller must stay up, or None when it has nothing to do."""
+    jobs = runner(["squeue", "--noheader", "--format=%i"])
+    if jobs.returncode != 0:
+        return "Slurm does not answer squeue"
+    if jobs.stdout.strip():
+        return f"{len(jobs.stdout.split())} job(s) in Slurm"
+    nodes = runner(["scontrol", "show", "node", "-o"])
+    if nodes.returncode != 0:
+        return "Slurm does not answer scontrol"
+    for line in nodes.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "POWERED_DOWN" not in fields.get("State", "").split("+"):
+            return f"node {fields.get('NodeName', '?')} is {fields.get('State', '?')}"
+    if queue_url:
+        try:
+            attributes = sqs.get_queue_attributes(
+                QueueUrl=queue_url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )["Attributes"]
+        except Exception as err:  # AWS unreachable: a doubt, so stay up
+            return f"the intake queue cannot be read ({type(err).__name__})"
+        waiting = sum(int(v) for v in attributes.values())
+        if waiting:
+            return f"{waiting} submission(s) in the intake queue"
+    return None
+
+
+def watch(
+    settings: IdleSettings,
+    *,
+    ecs: Any,
+    sqs: Any,
+    runner: CommandRunner = run_command,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rounds: int | None = None,
+) -> bool:
+    """Check until idle for long enough, then scale the service to 0; True once it did.
+    ``rounds`` bounds the checks (tests)."""
+    idle_since: float | None = None
+    previous: str | None = "starting"
+    count = 0
+    while rounds is None or count < rounds:
+        count += 1
+        reason = busy_reason(runner, sqs, settings.queue_url)
+        now = clock()
+        if reason != previous:
+            if reason:
+                log.info("busy: %s", reason)
+            else:
+                log.info("idle: no jobs, no nodes up, no submissions")
+            previous = reason
+        if reason:
+            idle_since = None
+        else:
+            idle_since = now if idle_since is None else idle_since
+            if now - idle_since >= settings.idle_seconds:
+                ecs.update_service(
+                    cluster=settings.ecs_cluster, service=settings.ecs_service, desiredCount=0
+                )
+                log.info(
+                    "idle for %.0f s: service %s scaled to 0 (state stays on EFS; a submission "
+                    "wakes it)",
+                    now - idle_since,
+                    settings.ecs_service,
+                )
+                return True
+        sleep(settings.check_seconds)
+    return False
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="relion-spot idle: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = IdleSettings.from_env(os.environ)
+    except IdleSettingsError as err:
+        print(f"relion-spot idle: {err}", file=sys.stderr)
+        return 2
+    import boto3
+
+    session = boto3.session.Session()
+    watch(settings, ecs=session.client("ecs"), sqs=session.client("sqs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

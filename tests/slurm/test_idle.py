@@ -1,0 +1,131 @@
+"""The controller's idle watch against moto's ECS and SQS, Slurm's answers scripted: it sleeps only
+after an uninterrupted idle stretch, never on a doubt, and a submission wakes it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import boto3
+import pytest
+
+from relion_spot.intake.wake import wake_controller
+from relion_spot.powersave.slurm import CommandResult
+from relion_spot.slurm import idle
+
+REGION = "us-east-1"
+DOWN = (
+    "NodeName=gpu-1 State=IDLE+CLOUD+POWERED_DOWN\nNodeName=gpu-2 State=IDLE+CLOUD+POWERED_DOWN\n"
+)
+UP = "NodeName=gpu-1 State=IDLE+CLOUD\nNodeName=gpu-2 State=IDLE+CLOUD+POWERED_DOWN\n"
+
+
+class Slurm:
+    """Scripted squeue/scontrol answers, one per check (the last repeats)."""
+
+    def __init__(self, *answers: tuple[str, str]) -> None:
+        self.answers = list(answers)
+        self.checks = 0
+
+    def __call__(self, argv: Sequence[str]) -> CommandResult:
+        if argv[0] == "squeue":  # each check starts with squeue
+            self.checks += 1
+        jobs, nodes = self.answers[min(self.checks, len(self.answers)) - 1]
+        if argv[0] == "squeue":
+            return CommandResult(0, jobs) if jobs != "fail" else CommandResult(1, "", "down")
+        return CommandResult(0, nodes)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def aws(moto_aws: None) -> dict[str, Any]:
+    ecs = boto3.client("ecs", region_name=REGION)
+    ecs.create_cluster(clusterName="lab-gpu1")
+    ecs.register_task_definition(
+        family="ctl", containerDefinitions=[{"name": "slurmctld", "image": "x", "memory": 512}]
+    )
+    ecs.create_service(cluster="lab-gpu1", serviceName="lab-gpu1-controller",
+                       taskDefinition="ctl", desiredCount=1)  # fmt: skip
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = sqs.create_queue(QueueName="intake")["QueueUrl"]
+    return {"ecs": ecs, "sqs": sqs, "url": url}
+
+
+def _settings(aws: dict[str, Any], idle_seconds: int = 120) -> idle.IdleSettings:
+    return idle.IdleSettings.from_env(
+        {
+            idle.CLUSTER_ENV: "lab-gpu1",
+            idle.SERVICE_ENV: "lab-gpu1-controller",
+            idle.IDLE_SECONDS_ENV: str(idle_seconds),
+            idle.QUEUE_URL_ENV: aws["url"],
+        }
+    )
+
+
+def _desired(aws: dict[str, Any]) -> int:
+    services = aws["ecs"].describe_services(cluster="lab-gpu1", services=["lab-gpu1-controller"])
+    return int(services["services"][0]["desiredCount"])
+
+
+def test_sleeps_after_an_uninterrupted_idle_stretch_and_a_submission_wakes_it(
+    aws: dict[str, Any],
+) -> None:
+    clock = Clock()
+    # busy (a job), busy (a node up), then idle for good
+    slurm = Slurm(("7\n", DOWN), ("", UP), ("", DOWN))
+    settings = _settings(aws)
+    assert idle.watch(settings, ecs=aws["ecs"], sqs=aws["sqs"], runner=slurm,
+                      clock=clock, sleep=clock.sleep, rounds=100)  # fmt: skip
+    assert _desired(aws) == 0
+    # two busy checks, then idle_seconds of idle checks
+    assert clock.now == pytest.approx(2 * settings.check_seconds + settings.idle_seconds)
+
+    assert wake_controller(aws["ecs"], "lab-gpu1", "lab-gpu1-controller")
+    assert _desired(aws) == 1
+    assert not wake_controller(aws["ecs"], "lab-gpu1", "lab-gpu1-controller")
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [(("fail", DOWN),), (("", UP),), (("3\n4\n", DOWN),)],
+    ids=["slurm-silent", "node-up", "jobs"],
+)
+def test_never_sleeps_while_busy_or_in_doubt(aws: dict[str, Any], answers: tuple) -> None:
+    clock = Clock()
+    assert not idle.watch(_settings(aws), ecs=aws["ecs"], sqs=aws["sqs"], runner=Slurm(*answers),
+                          clock=clock, sleep=clock.sleep, rounds=50)  # fmt: skip
+    assert _desired(aws) == 1
+
+
+def test_a_waiting_submission_keeps_it_up(aws: dict[str, Any]) -> None:
+    aws["sqs"].send_message(QueueUrl=aws["url"], MessageBody="{}")
+    reason = idle.busy_reason(Slurm(("", DOWN)), aws["sqs"], aws["url"])
+    assert reason == "1 submission(s) in the intake queue"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "must name the controller's ECS cluster and service"),
+        ({idle.CLUSTER_ENV: "c", idle.SERVICE_ENV: "s", idle.IDLE_SECONDS_ENV: "5"}, "at least 10"),
+        ({idle.CLUSTER_ENV: "c", idle.SERVICE_ENV: "s", idle.IDLE_SECONDS_ENV: "x"}, "'x'"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(idle.IdleSettingsError, match=message):
+        idle.IdleSettings.from_env(env)
+
+
+def test_waking_an_unknown_service_is_an_error(aws: dict[str, Any]) -> None:
+    with pytest.raises(LookupError, match="not found"):
+        wake_controller(aws["ecs"], "lab-gpu1", "nope")
