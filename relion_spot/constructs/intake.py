@@ -75,14 +75,21 @@ class JobIntake(Construct):
         cfn_table.override_logical_id(TABLE_LOGICAL_ID)
 
     def grant_drain(self, grantee: iam.IGrantable) -> None:
-        """The drainer: receive and delete messages; read and conditionally write decisions."""
+        """The drainer: receive and delete messages; read and conditionally write decisions
+        (UpdateItem: the cancel state of a submission)."""
         self.queue.grant_consume_messages(grantee)
-        self.table.grant(grantee, "dynamodb:GetItem", "dynamodb:PutItem")
+        self.table.grant(grantee, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
 
     def grant_submit(self, grantee: iam.IGrantable) -> None:
-        """A submitting client: send messages and read decisions, never write them."""
+        """A submitting client: send messages (submissions, cancels) and read decisions and
+        progress, never write them."""
         self.queue.grant_send_messages(grantee)
-        self.table.grant(grantee, "dynamodb:GetItem")
+        self.table.grant(grantee, "dynamodb:GetItem", "dynamodb:Scan")
+
+    def grant_progress(self, grantee: iam.IGrantable) -> None:
+        """A job on a node: update its own submission's progress (relion_spot.intake.report).
+        UpdateItem only, on this table only; the update is conditioned on the item existing."""
+        self.table.grant(grantee, "dynamodb:UpdateItem")
 
     def drainer_environment(self) -> dict[str, str]:
         """What ``python -m relion_spot.intake.drain`` reads besides the cluster spec."""

@@ -17,13 +17,18 @@ import os
 import statistics
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import starfile
 
 from relion_spot.relion.checkpoint import iteration_root, read_history, written_iterations
+
+if TYPE_CHECKING:
+    from relion_spot.intake.report import ProgressReporter
 
 _UNSET = 9.0e6
 """RELION writes 9.999999e+06 for figures it has not computed yet (e.g. changes at iteration 1)."""
@@ -149,8 +154,9 @@ def write_record(root: Path, record: dict) -> Path:
     return path
 
 
-def plot(root: Path, record: dict) -> Path:
-    """Convergence plot: resolution, class distribution and class changes per iteration."""
+def plot(root: Path, record: dict, path: Path | None = None) -> Path:
+    """Convergence plot: resolution, class distribution and class changes per iteration;
+    written beside the run (plot_path), or to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +213,7 @@ def plot(root: Path, record: dict) -> Path:
             xytext=(3, 0), textcoords="offset points",
         )  # fmt: skip
     figure.tight_layout()
-    path = plot_path(root)
+    path = path or plot_path(root)
     temporary = path.with_name(path.stem + ".tmp.png")
     figure.savefig(temporary, dpi=100)
     plt.close(figure)
@@ -223,16 +229,43 @@ def update(root: Path, requested_iterations: int | None = None) -> dict:
     return record
 
 
-class Watcher:
-    """Updates the progress of a run every few seconds while it runs, then once more at stop."""
+REPORT_EVERY_SECONDS = 60.0
+"""Between new iterations, the intake table's copy (and its log tail) is refreshed this often."""
 
-    def __init__(self, *, root: Path, requested_iterations: int | None, interval: float) -> None:
+
+def job_state(record: dict, *, final: bool) -> str:
+    from relion_spot.intake.report import FINISHED, RUNNING, STOPPED
+
+    if record.get("finished"):
+        return FINISHED
+    return STOPPED if final else RUNNING
+
+
+class Watcher:
+    """Updates the progress of a run every few seconds while it runs, then once more at stop.
+
+    In a job the intake submitted (its submission id is in the environment), each update is
+    also reported into the submission's intake table item (relion_spot.intake.report)."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        requested_iterations: int | None,
+        interval: float,
+        reporter: ProgressReporter | None = None,
+    ) -> None:
+        from relion_spot.intake.report import ProgressReporter
+
         self.root = root
         self.requested = requested_iterations
         self.interval = interval
+        self.reporter = reporter if reporter is not None else ProgressReporter.from_env(os.environ)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._seen: tuple[int, ...] = ()
+        self._record: dict | None = None
+        self._reported_at = 0.0
 
     def _changed(self) -> bool:
         seen = tuple(written_iterations(self.root))
@@ -240,18 +273,31 @@ class Watcher:
         self._seen = seen
         return changed
 
-    def refresh(self) -> dict:
+    def _report(self, record: dict, *, final: bool) -> None:
+        self._record = record
+        if self.reporter is not None:
+            self.reporter.publish(record, state=job_state(record, final=final))
+            self._reported_at = time.monotonic()
+
+    def refresh(self, *, final: bool = False) -> dict:
         self._changed()
-        return update(self.root, self.requested)
+        record = update(self.root, self.requested)
+        self._report(record, final=final)
+        return record
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             if not self._changed():
+                due = time.monotonic() - self._reported_at >= REPORT_EVERY_SECONDS
+                if self._record is not None and due:
+                    self._report(self._record, final=False)  # a fresher log tail
                 continue
             try:
-                update(self.root, self.requested)
+                record = update(self.root, self.requested)
             except Exception as error:  # progress must never take the job down with it
                 print(f"progress: could not update {self.root}: {error}", file=sys.stderr)
+                continue
+            self._report(record, final=False)
 
     def __enter__(self) -> Watcher:
         self._thread.start()
@@ -260,7 +306,7 @@ class Watcher:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.refresh()
+        self.refresh(final=True)
 
 
 def main(argv: list[str] | None = None) -> int:

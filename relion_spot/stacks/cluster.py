@@ -214,6 +214,7 @@ class ClusterStack(Stack):
         grant_power_saving(self.controller.task_role, cluster_name=cluster_name, scope=self)
         self.cost_tracker.grant_record_writer(self.controller.task_role)
         self.intake.grant_drain(self.controller.task_role)
+        self.intake.grant_progress(self.gpu_nodes.role)  # jobs report progress to the table
 
         self.teardown = ClusterTeardown(
             self, "Teardown", cluster_name=cluster_name, log_retention=log_retention

@@ -125,7 +125,7 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
         "AWS::ECS::TaskDefinition", {"TaskRoleArn": {"Fn::GetAtt": [task_role, "Arn"]}}
     )
     sqs_actions: set[str] = set()
-    table_actions: set[str] = set()
+    table_actions: dict[str, set[str]] = {}
     for policy in _resources(raw, "AWS::IAM::Policy").values():
         roles = [r["Ref"] for r in policy["Properties"]["Roles"]]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -138,9 +138,14 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
                 assert resources == [{"Fn::GetAtt": [main, "Arn"]}]
                 sqs_actions |= actions
             if {"Fn::GetAtt": [TABLE_LOGICAL_ID, "Arn"]} in resources:
-                assert roles == [task_role.as_string()]
-                assert resources == [{"Fn::GetAtt": [TABLE_LOGICAL_ID, "Arn"]}]
-                table_actions |= actions
+                assert len(roles) == 1
+                assert all(isinstance(r, dict) for r in resources), "no wildcard"
+                table_actions.setdefault(roles[0], set()).update(actions)
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= sqs_actions
     assert not any(a.startswith("sqs:Send") or a == "sqs:PurgeQueue" for a in sqs_actions)
-    assert table_actions == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    controller = table_actions.pop(task_role.as_string())
+    assert controller == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
+    # The GPU nodes' jobs report their progress into their submission's item, and only that.
+    (node_role,) = table_actions
+    assert node_role.startswith("GpuNodesRole")
+    assert table_actions[node_role] == {"dynamodb:UpdateItem"}
