@@ -11,6 +11,7 @@ from . import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from . import demo
+    from .client import commands as cluster_commands
     from .cost import report as cost_report
     from .estimate import cli as estimate_cli
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(subparsers)
     estimate_cli.register(subparsers)
     cost_report.register(subparsers)
+    cluster_commands.register(subparsers)
     return parser
 
 

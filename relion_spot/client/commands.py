@@ -1,0 +1,493 @@
+"""``relion-spot submit | status | logs | cancel | plot``: a deployed cluster, from the lab's desk.
+
+    relion-spot submit class3d --stack relion-spot-gpu1 --K 4 --iter 30   prints the job id
+    relion-spot status --stack relion-spot-gpu1 [JOB_ID | SUBMISSION_ID] [--json]
+    relion-spot logs   --stack relion-spot-gpu1 JOB_ID
+    relion-spot cancel --stack relion-spot-gpu1 JOB_ID
+    relion-spot plot   --stack relion-spot-gpu1 JOB_ID -o convergence.png
+
+``--stack`` may come from RELION_SPOT_STACK. Every failure is one line on stderr and a non-zero
+exit: 1 for what the cluster or AWS said, 2 for what was typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TextIO
+
+from relion_spot.intake import client as intake_client
+from relion_spot.intake.message import canonical_id, new_cancel
+from relion_spot.intake.table import (
+    ACCEPTED,
+    CANCEL_FAILED,
+    CANCEL_REQUESTED,
+    CANCELLED,
+    REJECTED,
+    IntakeTable,
+)
+from relion_spot.jobs.parameters import RANGES, SWITCHES, Class3dParams, JobParameterError
+
+from .cluster import STACK_ENV, ClusterError, ClusterHandle, aws_errors, find_cluster
+
+DEFAULT_TIMEOUT_SECONDS = 600.0
+CANCEL_TIMEOUT_SECONDS = 120.0
+SCAN_LIMIT = 2000
+"""Submissions read at most per status (newest shown): the table keeps every submission."""
+SHOWN = 20
+_sleep = time.sleep
+
+
+class UsageError(ClusterError):
+    """Something typed that cannot work (exit 2)."""
+
+
+@dataclass
+class Context:
+    """What a command runs with: the cluster and its AWS clients (tests build their own)."""
+
+    handle: ClusterHandle
+    session: Any
+    out: TextIO
+    err: TextIO
+
+    def client(self, name: str) -> Any:
+        return self.session.client(name)
+
+    @property
+    def table(self) -> IntakeTable:
+        return IntakeTable(self.client("dynamodb"), self.handle.intake_table)
+
+
+def _session(region: str | None) -> Any:
+    import boto3
+
+    return boto3.session.Session(region_name=region or None)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stack",
+        default=os.environ.get(STACK_ENV),
+        help=f"the cluster's CloudFormation stack, e.g. relion-spot-gpu1 (default ${STACK_ENV})",
+    )
+    parser.add_argument("--region", help="the stack's AWS region (default: your AWS config)")
+
+
+def _runner(
+    name: str, body: Callable[[argparse.Namespace, Context], int]
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        out, err = sys.stdout, sys.stderr
+        try:
+            session = _session(args.region)
+            handle = find_cluster(args.stack, session=session)
+            return body(args, Context(handle, session, out, err))
+        except UsageError as error:
+            print(f"relion-spot {name}: {error}", file=err)
+            return 2
+        except ClusterError as error:
+            print(f"relion-spot {name}: {error}", file=err)
+            return 1
+
+    return run
+
+
+# --- submit -------------------------------------------------------------------------------
+
+
+def _option(name: str) -> str:
+    return "--" + (name if name == "K" else name.replace("_", "-"))
+
+
+def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "job parameters (default: the EMPIAR-10028 benchmark; see relion_spot.jobs.parameters)"
+    )
+    defaults = Class3dParams()
+    for spec in fields(Class3dParams):
+        name = spec.name
+        default = getattr(defaults, name)
+        if name in SWITCHES:
+            group.add_argument(
+                _option(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"relion_refine --{name} (default {'on' if default else 'off'})",
+            )
+            continue
+        if name == "extra_flags":
+            help_text = "further relion_refine flags, quoted as one word, e.g. '--maxsig 500'"
+        elif name in RANGES:
+            shown = "sized to the node" if default is None else default
+            help_text = f"{RANGES[name].describe()} (default {shown})"
+        else:
+            help_text = f"default {default}"
+        group.add_argument(_option(name), dest=name, metavar="VALUE", help=help_text)
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters given, validated and typed as the job will see them."""
+    from relion_spot.jobs.parameters import from_mapping
+
+    given = {
+        spec.name: getattr(args, spec.name)
+        for spec in fields(Class3dParams)
+        if getattr(args, spec.name, None) is not None
+    }
+    try:
+        params = from_mapping(given)
+    except JobParameterError as error:
+        raise UsageError(str(error)) from None
+    typed = {name: getattr(params, name) for name in given}
+    if "extra_flags" in typed:
+        typed["extra_flags"] = list(typed["extra_flags"])
+    return typed
+
+
+def _wake(context: Context) -> None:
+    handle = context.handle
+    if not handle.ecs_cluster or not handle.controller_service:
+        return
+    from relion_spot.intake.wake import wake_controller
+
+    try:
+        if wake_controller(context.client("ecs"), handle.ecs_cluster, handle.controller_service):
+            print("the controller was asleep: waking it (about a minute)", file=context.err)
+    except Exception as error:  # it wakes on its own schedule too; the submission is queued
+        print(f"could not wake the controller ({error}); it will be", file=context.err)
+
+
+def submit_command(args: argparse.Namespace, context: Context) -> int:
+    parameters = _parameters(args)
+    user = args.user or getpass.getuser()
+    table = context.table
+    with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
+        try:
+            sent = intake_client.submit(
+                context.client("sqs"),
+                None,
+                context.handle.queue_url,
+                parameters=parameters,
+                user=user,
+                template=args.template,
+            )
+        except ValueError as error:  # InvalidSubmission: the same check the drainer makes
+            raise UsageError(str(error)) from None
+    print(f"submitted {sent.submission_id} to {context.handle.cluster_name}", file=context.err)
+    _wake(context)
+    if args.no_wait:
+        print(sent.submission_id, file=context.out)
+        return 0
+    print(f"waiting up to {args.timeout:g} s for the controller to accept it ...", file=context.err)
+    with aws_errors("reading the intake table"):
+        try:
+            job_id = intake_client.wait_for_acceptance(
+                table, sent.submission_id, args.timeout, poll_seconds=args.poll
+            )
+        except intake_client.SubmissionRejected as rejected:
+            raise ClusterError(f"rejected: {rejected.reason}") from None
+        except intake_client.SubmissionPending as pending:
+            raise ClusterError(
+                f"{pending}; the controller may still be waking up; the submission stays "
+                f"queued: see relion-spot status --stack {context.handle.stack} "
+                f"{sent.submission_id}"
+            ) from None
+    print(f"accepted: Slurm job {job_id}", file=context.err)
+    print(job_id, file=context.out)
+    return 0
+
+
+# --- reading the table --------------------------------------------------------------------
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    from relion_spot.cost.store import deserialize
+
+    return deserialize(item)
+
+
+def submissions(context: Context, *, limit: int = SCAN_LIMIT) -> list[dict[str, Any]]:
+    """Every submission (up to ``limit`` read), newest first."""
+    client = context.client("dynamodb")
+    items: list[dict[str, Any]] = []
+    request: dict[str, Any] = {"TableName": context.handle.intake_table}
+    with aws_errors(f"reading intake table {context.handle.intake_table}"):
+        while len(items) < limit:
+            response = client.scan(**request)
+            items += [_plain(i) for i in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                break
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    items.sort(key=lambda i: (str(i.get("submitted_at", "")), int(i.get("decided_at") or 0)))
+    return items[::-1][:limit]
+
+
+def find_submission(context: Context, selector: str) -> dict[str, Any]:
+    """The submission a job id or a submission id names; UsageError when there is none."""
+    wanted = selector.strip()
+    if canonical_id(wanted) is None and not wanted.isdigit():
+        raise UsageError(f"{selector!r} is neither a Slurm job id nor a submission id (a UUID)")
+    key = "submission_id" if canonical_id(wanted) else "job_id"
+    for item in submissions(context):
+        if str(item.get(key, "")) == wanted:
+            return item
+    what = "submission" if key == "submission_id" else "job"
+    raise UsageError(
+        f"no {what} {wanted} among the submissions of {context.handle.cluster_name} "
+        f"(stack {context.handle.stack})"
+    )
+
+
+def display_state(item: dict[str, Any]) -> str:
+    state = str(item.get("state", ""))
+    cancel = str(item.get("cancel_state", ""))
+    progress = item.get("progress") or {}
+    if state != ACCEPTED:
+        return state or "?"
+    if cancel == CANCELLED:
+        return "cancelled"
+    if progress.get("state"):
+        running = str(progress["state"]).lower()
+        return f"{running} ({cancel})" if cancel in (CANCEL_REQUESTED, CANCEL_FAILED) else running
+    return cancel or "queued"
+
+
+def costs(context: Context, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Job id -> its priced cost (estimate_usd, billed_usd ...), for the jobs priced so far."""
+    from relion_spot.cost.store import CostStore, job_key
+
+    cluster = context.handle.cluster_name
+    keys = {job_key(cluster, j): j for j in job_ids if j}
+    if not keys:
+        return {}
+    store = CostStore(context.client("dynamodb"), context.handle.costs_table)
+    with aws_errors(f"reading job cost table {context.handle.costs_table}"):
+        found = store.previous(list(keys))
+    return {keys[k]: v for k, v in found.items() if k in keys}
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def status_row(item: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:
+    progress = item.get("progress") or {}
+    usd = None
+    if cost:
+        billed = cost.get("billed_usd")
+        usd = billed if billed is not None else cost.get("estimate_usd")
+    return {
+        "submission_id": item.get("submission_id"),
+        "job_id": item.get("job_id"),
+        "user": item.get("user"),
+        "state": display_state(item),
+        "submitted_at": item.get("submitted_at"),
+        "current_iteration": progress.get("current_iteration"),
+        "requested_iterations": progress.get("requested_iterations"),
+        "resolution_angstrom": progress.get("resolution_angstrom"),
+        "eta_seconds": progress.get("eta_seconds"),
+        "resumes": progress.get("resumes"),
+        "cost_usd": usd,
+        "message": item.get("cancel_message") or item.get("message") or "",
+        "updated": progress.get("updated"),
+    }
+
+
+def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
+    from rich.console import Console
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("job", "submission", "user", "state", "iteration", "", "resolution", "ETA"):
+        table.add_column(column, justify="right" if column in ("job", "resolution") else "left")
+    table.add_column("cost", justify="right")
+    for row in rows:
+        current, total = row["current_iteration"], row["requested_iterations"]
+        bar: Any = ""
+        iteration = "-"
+        if isinstance(total, int) and total > 0:
+            iteration = f"{current or 0}/{total}"
+            bar = ProgressBar(total=total, completed=current or 0, width=20)
+        resolution = row["resolution_angstrom"]
+        state = row["state"]
+        if state == REJECTED and row["message"]:
+            state = f"rejected: {row['message'][:60]}"
+        table.add_row(
+            str(row["job_id"] or "-"),
+            str(row["submission_id"])[:8],
+            str(row["user"] or ""),
+            state,
+            iteration,
+            bar,
+            f"{resolution:.2f} Å" if isinstance(resolution, int | float) else "-",
+            _duration(row["eta_seconds"]) if row["state"] == "running" else "-",
+            f"${row['cost_usd']:,.4f}" if isinstance(row["cost_usd"], int | float) else "-",
+        )
+    Console(file=out, width=160).print(table)
+
+
+def status_command(args: argparse.Namespace, context: Context) -> int:
+    if args.selector:
+        items = [find_submission(context, args.selector)]
+    else:
+        items = submissions(context)[: args.limit]
+    priced = costs(context, [str(i.get("job_id") or "") for i in items])
+    rows = [status_row(i, priced.get(str(i.get("job_id") or ""))) for i in items]
+    if args.json:
+        json.dump(rows, context.out, indent=2, default=str)
+        context.out.write("\n")
+    elif not rows:
+        print(f"no submissions on {context.handle.cluster_name} yet", file=context.out)
+    else:
+        _table(rows, context.out, f"relion-spot {context.handle.cluster_name}")
+    return 0
+
+
+def _job(context: Context, job_id: str) -> dict[str, Any]:
+    if not job_id.strip().isdigit():
+        raise UsageError(f"{job_id!r} is not a Slurm job id (digits)")
+    return find_submission(context, job_id)
+
+
+def logs_command(args: argparse.Namespace, context: Context) -> int:
+    item = _job(context, args.job_id)
+    tail = str(item.get("log_tail") or "")
+    if not tail:
+        print(
+            f"job {args.job_id} has not reported any output yet ({display_state(item)})",
+            file=context.err,
+        )
+        return 0
+    context.out.write(tail if tail.endswith("\n") else tail + "\n")
+    return 0
+
+
+def cancel_command(args: argparse.Namespace, context: Context) -> int:
+    item = _job(context, args.job_id)
+    state = display_state(item)
+    if state in ("finished", "cancelled"):
+        raise ClusterError(f"job {args.job_id} is already {state}: nothing to cancel")
+    request = new_cancel(str(item["submission_id"]), args.job_id, user=getpass.getuser())
+    with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
+        context.client("sqs").send_message(
+            QueueUrl=context.handle.queue_url, MessageBody=request.to_json()
+        )
+    print(f"cancel of job {args.job_id} requested", file=context.err)
+    _wake(context)
+    if args.no_wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    table = context.table
+    while True:
+        with aws_errors("reading the intake table"):
+            record = table.get(request.submission_id)
+        if record is not None and record.cancel_state == CANCELLED:
+            print(f"job {args.job_id} cancelled", file=context.out)
+            return 0
+        if record is not None and record.cancel_state == CANCEL_FAILED:
+            raise ClusterError(f"Slurm did not cancel job {args.job_id}: {record.cancel_message}")
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"the controller has not acted on the cancel within {args.timeout:g} s; it "
+                "stays queued (see relion-spot status)"
+            )
+        _sleep(args.poll)
+
+
+def plot_command(args: argparse.Namespace, context: Context) -> int:
+    from relion_spot.intake.report import expand
+    from relion_spot.relion.progress import plot
+
+    item = _job(context, args.job_id)
+    progress = item.get("progress") or {}
+    record = expand(progress)
+    if not record["iterations"]:
+        raise ClusterError(f"job {args.job_id} has no finished iteration yet to plot")
+    record["run"] = f"job {args.job_id}"
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {args.output}: directory {output.parent} does not exist")
+    plot(output.with_suffix(""), record, path=output)
+    print(str(output), file=context.out)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Context], int]] = {
+    "submit": submit_command,
+    "status": status_command,
+    "logs": logs_command,
+    "cancel": cancel_command,
+    "plot": plot_command,
+}
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be more than 0")
+    return number
+
+
+def register(subparsers: Any) -> None:
+    """Add submit, status, logs, cancel and plot."""
+    submit = subparsers.add_parser(
+        "submit", help="submit a job to a deployed cluster", description=__doc__.splitlines()[0]
+    )
+    templates = submit.add_subparsers(dest="template", required=True, metavar="TEMPLATE")
+    class3d = templates.add_parser("class3d", help="RELION 3D classification (Class3D)")
+    _common(class3d)
+    class3d.add_argument("--user", help="who asks (default: your login name)")
+    class3d.add_argument("--no-wait", action="store_true", help="print the submission id, go")
+    class3d.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        help=f"seconds to wait for acceptance (default {DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    class3d.add_argument("--poll", type=_positive, default=2.0, help=argparse.SUPPRESS)
+    _add_parameter_options(class3d)
+    class3d.set_defaults(func=_runner("submit", submit_command))
+
+    status = subparsers.add_parser("status", help="submissions, progress and cost so far")
+    _common(status)
+    status.add_argument("selector", nargs="?", help="one job id or submission id")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=int, default=SHOWN, help=f"rows (default {SHOWN})")
+    status.set_defaults(func=_runner("status", status_command))
+
+    logs = subparsers.add_parser("logs", help="the last lines of a job's output")
+    _common(logs)
+    logs.add_argument("job_id")
+    logs.set_defaults(func=_runner("logs", logs_command))
+
+    cancel = subparsers.add_parser("cancel", help="cancel a job")
+    _common(cancel)
+    cancel.add_argument("job_id")
+    cancel.add_argument("--no-wait", action="store_true", help="do not wait for the outcome")
+    cancel.add_argument("--timeout", type=_positive, default=CANCEL_TIMEOUT_SECONDS)
+    cancel.add_argument("--poll", type=_positive, default=2.0, help=argparse.SUPPRESS)
+    cancel.set_defaults(func=_runner("cancel", cancel_command))
+
+    plot = subparsers.add_parser("plot", help="a job's convergence plot (PNG)")
+    _common(plot)
+    plot.add_argument("job_id")
+    plot.add_argument("-o", "--output", required=True, help="the PNG to write")
+    plot.set_defaults(func=_runner("plot", plot_command))

@@ -1,0 +1,132 @@
+"""A deployed cluster as the lab's commands see it, in moto: a CloudFormation stack with the
+cluster's outputs, the intake queue and table, the job cost table, and a drainer (in this
+process) over stand-ins for sbatch, squeue and scancel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relion_spot import __version__
+from relion_spot.intake.config import REGION_ENV, TABLE_ENV
+from relion_spot.intake.drain import Drainer
+from relion_spot.intake.prepare import JobPreparer
+from relion_spot.intake.slurm import SlurmJobs
+from relion_spot.intake.table import IntakeTable
+from tests.intake.conftest import (
+    MIN_JOB_AGE,
+    TABLE,
+    FakeSlurm,
+    cluster_spec,
+    fake_slurm,
+    make_queue_and_table,
+)
+
+__all__ = ["fake_slurm"]
+
+STACK = "lab-gpu1"
+CLUSTER = "lab-gpu1"
+COSTS = "lab-gpu1-costs"
+RECORDS = "lab-gpu1-records"
+REGION = "us-east-1"
+
+SCANCEL = r"""#!/bin/bash
+# Stand-in for Slurm's scancel: notes the call; ``scancel-refuse`` makes it refuse.
+dir=$(dirname "$0")
+printf '%s\n' "$*" >> "$dir/scancel-calls"
+if [ -e "$dir/scancel-refuse" ]; then
+  echo "scancel: error: Kill job error on job id $1: $(cat "$dir/scancel-refuse")" >&2
+  exit 1
+fi
+"""
+
+
+def stack_template(outputs: dict[str, str]) -> str:
+    return json.dumps(
+        {
+            "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+            "Outputs": {k: {"Value": v} for k, v in outputs.items()},
+        }
+    )
+
+
+@dataclass
+class Cluster:
+    sqs: Any
+    dynamodb: Any
+    cloudformation: Any
+    queue_url: str
+    slurm: FakeSlurm
+
+    @property
+    def table(self) -> IntakeTable:
+        return IntakeTable(self.dynamodb, TABLE)
+
+    def drainer(self) -> Drainer:
+        jobs = SlurmJobs(
+            sbatch=(str(self.slurm.sbatch),),
+            squeue=(str(self.slurm.squeue),),
+            scancel=(str(self.slurm.dir / "scancel"),),
+            job_env={TABLE_ENV: TABLE, REGION_ENV: REGION},
+        )
+        return Drainer(
+            sqs=self.sqs,
+            table=self.table,
+            queue_url=self.queue_url,
+            slurm=jobs,
+            prepare=JobPreparer.from_spec(cluster_spec()),
+            min_job_age=MIN_JOB_AGE,
+            wait_seconds=0,
+        )
+
+    def scancel_calls(self) -> list[str]:
+        calls = self.slurm.dir / "scancel-calls"
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    def add_stack(self, name: str, outputs: dict[str, str]) -> None:
+        self.cloudformation.create_stack(StackName=name, TemplateBody=stack_template(outputs))
+
+
+@pytest.fixture
+def cluster(moto_aws: None, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    import warnings
+
+    import boto3
+
+    from relion_spot.cost.store import create_tables
+
+    monkeypatch.delenv("RELION_SPOT_STACK", raising=False)
+    scancel = fake_slurm.dir / "scancel"
+    scancel.write_text(SCANCEL)
+    scancel.chmod(0o755)
+    sqs = boto3.client("sqs", region_name=REGION)
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    cloudformation = boto3.client("cloudformation", region_name=REGION)
+    url = make_queue_and_table(sqs, dynamodb)
+    create_tables(dynamodb, records_table=RECORDS, costs_table=COSTS)
+    made = Cluster(sqs, dynamodb, cloudformation, url, fake_slurm)
+    with warnings.catch_warnings():  # moto does not model the placeholder resource
+        warnings.simplefilter("ignore", UserWarning)
+        made.add_stack(
+            STACK,
+            {
+                "ClusterName": CLUSTER,
+                "Version": __version__,
+                "IntakeQueueUrl": url,
+                "IntakeTable": TABLE,
+                "JobCostsTable": COSTS,
+                "JobRecordsTable": RECORDS,
+            },
+        )
+        made.add_stack("unrelated", {"Something": "else"})
+    return made
+
+
+def job_log(tmp_path: Path, job_id: str, lines: int) -> Path:
+    path = tmp_path / f"class3d-{job_id}.out"
+    path.write_text("".join(f"line {n}\n" for n in range(lines)))
+    return path

@@ -1,0 +1,351 @@
+"""The lab's commands against a cluster in moto: find the stack, submit (through a drainer step
+run in this process), progress reported by the job, status, logs, plot, cancel, and every
+bad input as one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, NoCredentialsError
+
+from relion_spot import __version__
+from relion_spot.cli import main
+from relion_spot.client import commands
+from relion_spot.client.cluster import ClusterError, aws_errors
+from relion_spot.intake.client import wait_for_acceptance
+from relion_spot.intake.report import ProgressReporter, compact, expand, log_tail
+from relion_spot.relion.progress import Watcher
+
+from .conftest import CLUSTER, COSTS, REGION, STACK, TABLE, Cluster, job_log
+
+
+def _record(current: int, total: int = 5) -> dict[str, Any]:
+    """A progress record as relion_spot.relion.progress.collect makes it."""
+    rows = [
+        {
+            "iteration": i,
+            "resolution_angstrom": 40.0 / i,
+            "log_likelihood": 1e6 + i,
+            "class_distribution": [0.5 + 0.05 * i, 0.5 - 0.05 * i],
+            "changed_class_fraction": None if i == 1 else 0.5 / i,
+            "seconds": 10.0,
+            "after_resume": i == 3,
+        }
+        for i in range(1, current + 1)
+    ]
+    return {
+        "run": "run",
+        "updated": "2026-11-03T10:20:00+00:00",
+        "requested_iterations": total,
+        "current_iteration": current,
+        "finished": current >= total,
+        "resolution_angstrom": rows[-1]["resolution_angstrom"] if rows else None,
+        "seconds_per_iteration": 10.0,
+        "eta_seconds": 10.0 * (total - current),
+        "resumes": 1,
+        "resumed_from": [2],
+        "iterations": rows,
+    }
+
+
+def _submit(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:
+    """``relion-spot submit class3d``, with one drain step run while it waits."""
+
+    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> str:
+        kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
+        return wait_for_acceptance(table, sid, timeout, **kwargs)
+
+    monkeypatch.setattr(commands.intake_client, "wait_for_acceptance", waiting)
+    return main(["submit", "class3d", "--stack", STACK, "--user", "alice", *extra])
+
+
+def _accepted(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> str:
+    assert _submit(cluster, monkeypatch, "--K", "2", "--iter", "5") == 0
+    return capsys.readouterr().out.strip()
+
+
+def _status_json(capsys: Any, *args: str) -> list[dict[str, Any]]:
+    capsys.readouterr()
+    assert main(["status", "--stack", STACK, "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_submit_goes_through_the_queue_and_prints_the_job_id(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    assert _submit(cluster, monkeypatch, "--K", "4", "--iter", "30", "--no-ctf") == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "42"
+    assert "accepted: Slurm job 42" in captured.err
+    (item,) = cluster.dynamodb.scan(TableName=TABLE)["Items"]
+    sid = item["submission_id"]["S"]
+    assert json.loads(item["parameters"]["S"]) == {"K": 4, "iter": 30, "ctf": False}
+    # The job learns its submission and where to report, through sbatch --export.
+    (call,) = cluster.slurm.sbatch_calls()
+    assert (
+        f"--export=ALL,RELION_SPOT_SUBMISSION_ID={sid},RELION_SPOT_INTAKE_TABLE={TABLE},"
+        f"RELION_SPOT_INTAKE_REGION={REGION}" in call
+    )
+    script = cluster.slurm.script("42")
+    assert "--K 4" in script and "--iter 30" in script and "--ctf " not in script
+
+
+def test_submit_no_wait_prints_the_submission_and_leaves_one_message(
+    cluster: Cluster, capsys: Any
+) -> None:
+    assert main(["submit", "class3d", "--stack", STACK, "--no-wait"]) == 0
+    sid = capsys.readouterr().out.strip()
+    messages = cluster.sqs.receive_message(QueueUrl=cluster.queue_url, MaxNumberOfMessages=10)
+    (message,) = messages["Messages"]
+    assert json.loads(message["Body"])["submission_id"] == sid
+
+
+def test_a_rejection_prints_the_drainers_reason(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    cluster.slurm.set("refuse", "Invalid partition name specified")
+    assert _submit(cluster, monkeypatch) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "relion-spot submit: rejected: Slurm refused the job: Invalid partition name specified"
+    )
+
+
+def test_no_decision_in_time_says_the_controller_may_be_waking(
+    cluster: Cluster, capsys: Any
+) -> None:
+    argv = ["submit", "class3d", "--stack", STACK, "--timeout", "0.2", "--poll", "0.05"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no decision within 0.2 s" in err and "waking up" in err
+
+
+def test_progress_reported_by_the_job_shows_in_status_logs_and_plot(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys)
+    assert (row["job_id"], row["state"], row["cost_usd"]) == (job, "queued", None)
+    sid = row["submission_id"]
+
+    env = {
+        "RELION_SPOT_SUBMISSION_ID": sid,
+        "RELION_SPOT_INTAKE_TABLE": TABLE,
+        "RELION_SPOT_INTAKE_REGION": REGION,
+        "SLURM_JOB_ID": job,
+    }
+    job_log(tmp_path, job, 100)
+    reporter = ProgressReporter.from_env(env, cwd=tmp_path)
+    assert reporter is not None and reporter.log_path == tmp_path / f"class3d-{job}.out"
+    assert reporter.publish(_record(3), state="RUNNING")
+
+    (row,) = _status_json(capsys, job)
+    assert row["state"] == "running"
+    assert (row["current_iteration"], row["requested_iterations"]) == (3, 5)
+    assert row["resolution_angstrom"] == pytest.approx(40 / 3)
+    assert row["eta_seconds"] == 20
+    capsys.readouterr()
+    assert main(["status", "--stack", STACK]) == 0
+    table = capsys.readouterr().out
+    assert "3/5" in table and "13.33 Å" in table and "running" in table
+
+    assert main(["logs", "--stack", STACK, job]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "line 60" and lines[-1] == "line 99" and len(lines) == 40
+
+    out = tmp_path / "convergence.png"
+    assert main(["plot", "--stack", STACK, job, "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Priced: the cost table's estimate for <cluster>#<job> appears as the cost so far.
+    cluster.dynamodb.put_item(
+        TableName=COSTS,
+        Item={
+            "job": {"S": f"{CLUSTER}#{job}"},
+            "cluster": {"S": CLUSTER},
+            "first_start": {"N": "1"},
+            "detail": {"S": json.dumps({"estimate_usd": 0.0125})},
+        },
+    )
+    reporter.publish(_record(5), state="FINISHED")
+    (row,) = _status_json(capsys, sid)
+    assert (row["state"], row["cost_usd"], row["current_iteration"]) == ("finished", 0.0125, 5)
+
+
+def test_the_watcher_reports_into_the_table_and_never_fails_the_job(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys)
+    root = tmp_path / "Class3D" / f"job{job}" / "run"
+    root.parent.mkdir(parents=True)
+    monkeypatch.setenv("RELION_SPOT_SUBMISSION_ID", row["submission_id"])
+    monkeypatch.setenv("RELION_SPOT_INTAKE_TABLE", TABLE)
+    monkeypatch.setenv("RELION_SPOT_INTAKE_REGION", REGION)
+    monkeypatch.setenv("SLURM_JOB_ID", job)
+    monkeypatch.chdir(tmp_path)
+    job_log(tmp_path, job, 3)
+    # RELION exited before writing an iteration (e.g. a reclaim): the job's state is STOPPED.
+    Watcher(root=root, requested_iterations=5, interval=0).refresh(final=True)
+    (row,) = _status_json(capsys, job)
+    assert (row["state"], row["current_iteration"], row["requested_iterations"]) == (
+        "stopped",
+        0,
+        5,
+    )
+    # A submission the table does not hold (or any AWS failure): a warning, nothing raised.
+    monkeypatch.setenv("RELION_SPOT_SUBMISSION_ID", "00000000-0000-4000-8000-000000000000")
+    Watcher(root=root, requested_iterations=5, interval=0).refresh()
+    assert "progress: not reported to intake table" in capsys.readouterr().err
+
+
+def test_cancel_round_trip(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    job = _accepted(cluster, monkeypatch, capsys)
+    monkeypatch.setattr(commands, "_sleep", lambda _s: cluster.drainer().step())
+    assert main(["cancel", "--stack", STACK, job, "--poll", "0.01"]) == 0
+    assert capsys.readouterr().out.strip() == f"job {job} cancelled"
+    assert cluster.scancel_calls() == [job]
+    (row,) = _status_json(capsys, job)
+    assert row["state"] == "cancelled"
+    assert main(["cancel", "--stack", STACK, job]) == 1
+    assert "already cancelled" in capsys.readouterr().err
+
+
+def test_a_cancel_slurm_refuses_is_reported(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    job = _accepted(cluster, monkeypatch, capsys)
+    cluster.slurm.set("scancel-refuse", "Job/step already completing or completed")
+    monkeypatch.setattr(commands, "_sleep", lambda _s: cluster.drainer().step())
+    assert main(["cancel", "--stack", STACK, job, "--poll", "0.01"]) == 1
+    assert "already completing or completed" in capsys.readouterr().err
+
+
+def test_a_cancel_for_a_job_the_intake_does_not_know_is_dropped_by_the_drainer(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from relion_spot.intake.message import new_cancel
+
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys)
+    forged = new_cancel(row["submission_id"], "7", user="mallory")  # someone else's job
+    cluster.sqs.send_message(QueueUrl=cluster.queue_url, MessageBody=forged.to_json())
+    assert cluster.drainer().step() == ["cancel-ignored"]
+    assert cluster.scancel_calls() == []
+    assert job == "42"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["status", "--stack", "lab-gpu9"],
+            "relion-spot status: stack 'lab-gpu9' not found in us-east-1; relion-spot cluster "
+            "stacks there: lab-gpu1",
+        ),
+        (
+            ["status", "--stack", "unrelated"],
+            "relion-spot status: stack 'unrelated' is not a relion-spot cluster stack (or is not "
+            "fully deployed): it has no output IntakeQueueUrl",
+        ),
+        (
+            ["submit", "class3d", "--stack", STACK, "--K", "0"],
+            "relion-spot submit: parameter K = 0 is not valid: a whole number from 1 to 50",
+        ),
+        (
+            ["submit", "class3d", "--stack", STACK, "--iter", "many"],
+            "relion-spot submit: parameter iter = 'many' is not valid: a whole number from 1 "
+            "to 200",
+        ),
+        (
+            ["submit", "class3d", "--stack", STACK, "--extra-flags", "--maxsigg 5"],
+            None,
+        ),
+        (
+            ["cancel", "--stack", STACK, "99"],
+            f"relion-spot cancel: no job 99 among the submissions of {CLUSTER} (stack {STACK})",
+        ),
+        (
+            ["logs", "--stack", STACK, "abc"],
+            "relion-spot logs: 'abc' is not a Slurm job id (digits)",
+        ),
+        (
+            ["plot", "--stack", STACK, "99", "-o", "x.png"],
+            f"relion-spot plot: no job 99 among the submissions of {CLUSTER} (stack {STACK})",
+        ),
+        (
+            ["status", "--stack", STACK, "0b7c63c4-7f0e-4a39-8d4e-5a0d8e0c1f2a"],
+            "relion-spot status: no submission 0b7c63c4-7f0e-4a39-8d4e-5a0d8e0c1f2a among the "
+            f"submissions of {CLUSTER} (stack {STACK})",
+        ),
+        (
+            ["status"],
+            "relion-spot status: which cluster? give --stack <stack name> (e.g. "
+            "relion-spot-gpu1) or set RELION_SPOT_STACK",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit(
+    cluster: Cluster, capsys: Any, argv: list[str], expected: str | None
+) -> None:
+    assert main(argv) != 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    if expected is not None:
+        assert lines[0] == expected
+    else:
+        assert lines[0].startswith("relion-spot submit: parameter extra_flags:")
+    assert cluster.sqs.receive_message(QueueUrl=cluster.queue_url).get("Messages") is None
+
+
+def test_a_stack_from_another_version_is_refused(cluster: Cluster, capsys: Any) -> None:
+    major, minor, *_ = __version__.split(".")
+    outputs = {
+        "ClusterName": "old",
+        "Version": f"{major}.{int(minor) + 1}.0",
+        "IntakeQueueUrl": cluster.queue_url,
+        "IntakeTable": TABLE,
+        "JobCostsTable": COSTS,
+        "JobRecordsTable": "r",
+    }
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cluster.add_stack("old", outputs)
+    assert main(["status", "--stack", "old"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"deployed with relion-spot {major}.{int(minor) + 1}.0, this CLI is {__version__}" in (
+        line
+    )
+
+
+def test_credential_failures_are_one_clear_line() -> None:
+    with pytest.raises(ClusterError, match="no AWS credentials found"), aws_errors("x"):
+        raise NoCredentialsError()
+    expired = ClientError(
+        {"Error": {"Code": "ExpiredToken", "Message": "The security token has expired"}},
+        "DescribeStacks",
+    )
+    refused = r"refused your credentials \(ExpiredToken\)"
+    with pytest.raises(ClusterError, match=refused), aws_errors("looking up stack s"):
+        raise expired
+
+
+def test_the_stored_progress_redraws_the_record_and_the_log_tail_is_bounded(
+    tmp_path: Path,
+) -> None:
+    record = _record(4)
+    again = expand(compact(record, state="RUNNING", job_id="42"))
+    assert [r["iteration"] for r in again["iterations"]] == [1, 2, 3, 4]
+    assert again["iterations"][1]["class_distribution"] == [0.6, 0.4]
+    assert again["resumed_from"] == [2]
+    huge = tmp_path / "huge.out"
+    huge.write_text("x" * 50_000 + "\n" + "".join(f"{'y' * 500}\n" for _ in range(60)))
+    tail = log_tail(huge)
+    assert len(tail.encode()) <= 8192 and tail.endswith("y" * 500)
+    assert log_tail(tmp_path / "missing.out") == ""
