@@ -171,8 +171,12 @@ class ProgressReporter:
     def _client(self) -> Any:
         if self.client is None:
             import boto3
+            from botocore.config import Config
 
-            self.client = boto3.session.Session(region_name=self.region).client("dynamodb")
+            # Short: the final report runs as the job ends, and must not hold it up for long.
+            config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
+            session = boto3.session.Session(region_name=self.region)
+            self.client = session.client("dynamodb", config=config)
         return self.client
 
     def publish(self, record: Mapping[str, Any], *, state: str) -> bool:
