@@ -1,7 +1,7 @@
 """A running job's progress, reported into its submission's item in the intake table.
 
 The drainer starts every job with ``RELION_SPOT_SUBMISSION_ID``, ``RELION_SPOT_INTAKE_TABLE`` and
-``RELION_SPOT_INTAKE_REGION`` in its environment (sbatch ``--export``). While RELION runs, the
+``RELION_SPOT_INTAKE_REGION`` in its environment (from sbatch's environment). While RELION runs, the
 progress watcher (relion_spot.relion.progress) hands each new progress record to
 ``ProgressReporter.publish``, which sets two attributes of that item with one UpdateItem, only
 where the item exists:

@@ -1,10 +1,9 @@
 """The intake's Slurm commands: sbatch (submit, tagged with the submission id), squeue (which
 job, if any, already carries a submission id) and scancel (a user's cancel request).
 
-Every job the intake submits carries ``--comment=relion-spot:<submission id>``, and
-``--export=ALL,RELION_SPOT_SUBMISSION_ID=<id>,...``: the drainer's environment (sbatch's
-default) plus the names the job's progress reporter needs to find its intake table item
-(relion_spot.relion.progress). Values given on ``--export`` win over the inherited ones. squeue with
+Every job the intake submits carries ``--comment=relion-spot:<submission id>``, and in its
+environment (sbatch exports its own) RELION_SPOT_SUBMISSION_ID and the names the job's progress
+reporter needs to find its intake table item (relion_spot.relion.progress). squeue with
 ``--states=all`` lists pending, running and finished jobs alike, so a job submitted by a drain
 that crashed before recording it is found again, for as long as slurmctld keeps finished jobs
 (MinJobAge; StateSaveLocation keeps them across a controller restart). The commands are command
@@ -68,7 +67,7 @@ class SlurmJobs:
     scancel: Sequence[str] = ("scancel",)
     job_env: Mapping[str, str] | None = None
     """Variables every submitted job gets besides the submission id (e.g. the intake table's
-    name and region); passed on sbatch's --export, so they reach the job whatever slurmd has."""
+    name and region); put in sbatch's environment, which it exports into the job's."""
     env: Mapping[str, str] | None = None
     """The environment the commands (and so the submitted jobs) get; default this process's,
     without the controller-only variables."""
@@ -77,7 +76,14 @@ class SlurmJobs:
         source = os.environ if self.env is None else self.env
         return {k: v for k, v in source.items() if not k.startswith(CONTROLLER_ONLY_ENV_PREFIXES)}
 
-    def _run(self, argv: list[str], *, stdin: str | None, timeout: float) -> tuple[int, str, str]:
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        stdin: str | None,
+        timeout: float,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> tuple[int, str, str]:
         try:
             done = subprocess.run(
                 argv,
@@ -86,7 +92,7 @@ class SlurmJobs:
                 text=True,
                 timeout=timeout,
                 check=False,
-                env=self._environment(),
+                env={**self._environment(), **(extra_env or {})},
             )
         except FileNotFoundError:
             raise SlurmUnavailable(f"{argv[0]}: command not found") from None
@@ -127,13 +133,13 @@ class SlurmJobs:
 
     def submit(self, script: str, submission_id: str) -> str:
         """sbatch the script (on stdin) tagged with the submission id; returns the job id."""
-        argv = [
-            *self.sbatch,
-            "--parsable",
-            f"--comment={comment_for(submission_id)}",
-            export_for(submission_id, self.job_env or {}),
-        ]
-        code, out, err = self._run(argv, stdin=script, timeout=SBATCH_TIMEOUT_SECONDS)
+        argv = [*self.sbatch, "--parsable", f"--comment={comment_for(submission_id)}"]
+        code, out, err = self._run(
+            argv,
+            stdin=script,
+            timeout=SBATCH_TIMEOUT_SECONDS,
+            extra_env=job_variables(submission_id, self.job_env or {}),
+        )
         if code != 0:
             text = _one_line(err or out) or f"sbatch exited {code} and said nothing"
             lowered = text.lower()
@@ -161,14 +167,12 @@ class SlurmJobs:
             raise SlurmRefused(text or f"scancel exited {code}")
 
 
-def export_for(submission_id: str, job_env: Mapping[str, str]) -> str:
-    """sbatch's --export value: everything the drainer has, plus the submission id and
-    ``job_env`` (names and values must not contain commas: sbatch splits on them)."""
-    values = {SUBMISSION_ID_ENV: submission_id, **job_env}
-    for name, value in values.items():
-        if "," in name or "," in value or "=" in name:
-            raise ValueError(f"--export cannot carry {name}={value!r}")
-    return "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in values.items() if v)])
+def job_variables(submission_id: str, job_env: Mapping[str, str]) -> dict[str, str]:
+    """What the job must find in its environment: the submission id and ``job_env``. They go in
+    sbatch's own environment, which sbatch exports into the job's: an ``--export=ALL,X=...``
+    list makes slurmd load the user's login environment, which needs a mount namespace (clone
+    with CLONE_NEWNS) that a container without CAP_SYS_ADMIN is refused - slurmd dies."""
+    return {k: v for k, v in {SUBMISSION_ID_ENV: submission_id, **job_env}.items() if v}
 
 
 def _job_order(job_id: str) -> tuple[int, str]:

@@ -43,6 +43,8 @@ for arg in "$@"; do
   case $arg in --comment=*) comment=${arg#--comment=} ;; esac
 done
 printf '%s\n' "$*" >> "$dir/sbatch-calls"
+env | grep '^RELION_SPOT_' | sort | tr '\n' ' ' >> "$dir/sbatch-env"
+echo >> "$dir/sbatch-env"
 if [ -e "$dir/down" ] || [ -e "$dir/sbatch-down" ]; then
   echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller" \
     "(connect failure)" >&2
@@ -87,6 +89,11 @@ class FakeSlurm:
     @property
     def squeue(self) -> Path:
         return self.dir / "squeue"
+
+    def sbatch_environments(self) -> list[str]:
+        """The RELION_SPOT_* variables each sbatch call saw, as one sorted line per call."""
+        calls = self.dir / "sbatch-env"
+        return calls.read_text().splitlines() if calls.exists() else []
 
     def sbatch_calls(self) -> list[str]:
         calls = self.dir / "sbatch-calls"
