@@ -7,7 +7,8 @@
 Started in order: the cluster's Docker network; moto's server on this host's address on that
 network only (the containers' "AWS"; nothing else can reach it, it reaches nothing); in moto the
 Slurm key secret, the job-record and cost tables, the spot-event table, the job intake's queue
-and table, a subnet and a launch template per partition; the controller container (the same
+and table, the controller's ECS service, a subnet and a launch template per partition; the
+controller container (the same
 image and entrypoint as on Fargate, with the intake's drainer beside slurmctld); the reconciler
 with its metadata service, which turns launched instances into node containers running slurmd
 and the spot watcher. Closing stops and removes all of it; the work directory
@@ -36,6 +37,7 @@ from ..intake import config as intake_config
 from ..intake.table import create_table as create_intake_table
 from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
+from ..slurm import idle
 from ..slurm.key import KEY_SECRET_ARN_ENV
 from ..slurm.local import LOCAL_NODE_IMAGE, SLURM_IMAGE, LocalSlurm, wait_until
 from ..slurm.spec import LOCAL_CLOUD, spec_from_settings
@@ -53,6 +55,17 @@ JOB_USER_UID = 1000
 """The job user of the image (``relion``): owns the shared data directory, as on EFS's /data."""
 SPOT_POLL_SECONDS = "2"
 """The spot watcher's IMDS poll here: well inside any grace a test or the demo gives."""
+
+
+def moto_client(service: str, *, endpoint: str, region: str) -> Any:
+    """A boto3 client for moto at ``endpoint``, with its placeholder credentials."""
+    return boto3.client(
+        service,
+        region_name=region,
+        endpoint_url=endpoint,
+        aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 class EmbeddedCloudError(RuntimeError):
@@ -118,13 +131,7 @@ class EmbeddedCloud:
     reconciler: Reconciler
 
     def client(self, service: str) -> Any:
-        return boto3.client(
-            service,
-            region_name=self.region,
-            endpoint_url=self.endpoint,
-            aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        return moto_client(service, endpoint=self.endpoint, region=self.region)
 
     def instances(self) -> list[dict]:
         """Every instance of the cluster in moto (any state), oldest first."""
@@ -153,11 +160,14 @@ class EmbeddedCloud:
         work_dir: Path,
         suspend_time: int | None = None,
         node_image: str = LOCAL_NODE_IMAGE,
+        controller_idle_seconds: int | None = None,
     ) -> Iterator[EmbeddedCloud]:
         """Start it all (see the module docstring); ``work_dir`` gets ``state/`` and ``data/``.
 
         ``suspend_time``: SuspendTime for this cloud only (tests and the demo do not wait the
-        deployed minimum)."""
+        deployed minimum). ``controller_idle_seconds``: let the controller put itself to sleep
+        (its ECS service in moto to 0; the reconciler then stops its container, and starts it
+        again when the service is woken); None: it stays up."""
         spec = spec_from_settings(settings, gpu_count, **LOCAL_CLOUD)
         if suspend_time is not None:
             spec = replace(spec, suspend_time=suspend_time)
@@ -180,16 +190,19 @@ class EmbeddedCloud:
         try:
             with moto_server(local.gateway_address()) as endpoint:
                 env = _prepare_moto(endpoint, settings.region or "us-east-1", spec)
+                if controller_idle_seconds is not None:
+                    env[idle.IDLE_SECONDS_ENV] = str(controller_idle_seconds)
                 local.start_controller(env=env)
                 wait_for_controller(local)
-                ec2 = boto3.client(
-                    "ec2",
-                    region_name=env["AWS_REGION"],
-                    endpoint_url=endpoint,
-                    aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                    aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                region = env["AWS_REGION"]
+                reconciler = Reconciler(
+                    local,
+                    moto_client("ec2", endpoint=endpoint, region=region),
+                    node_env=env,
+                    spot_watcher=True,
+                    controller_service=(env[idle.CLUSTER_ENV], env[idle.SERVICE_ENV]),
+                    ecs=moto_client("ecs", endpoint=endpoint, region=region),
                 )
-                reconciler = Reconciler(local, ec2, node_env=env, spot_watcher=True)
                 with reconciler:
                     log.info(
                         "embedded cloud %s up in %.1f s (moto at %s)",
@@ -197,7 +210,7 @@ class EmbeddedCloud:
                         time.monotonic() - started,
                         endpoint,
                     )
-                    yield cls(local, endpoint, env["AWS_REGION"], env, reconciler)
+                    yield cls(local, endpoint, region, env, reconciler)
         finally:
             local.remove()
 
@@ -206,13 +219,7 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
     """Create in moto what the cluster stack creates in AWS; the containers' environment."""
 
     def client(service: str) -> Any:
-        return boto3.client(
-            service,
-            region_name=region,
-            endpoint_url=endpoint,
-            aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        return moto_client(service, endpoint=endpoint, region=region)
 
     secret = client("secretsmanager").create_secret(
         Name=f"{spec.cluster_name}-slurm-key", SecretString=os.urandom(32).hex()
@@ -226,6 +233,16 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         KeySchema=[{"AttributeName": "instance_id", "KeyType": "HASH"}],
     )
     queue_url = client("sqs").create_queue(QueueName=f"{spec.cluster_name}-intake")["QueueUrl"]
+    ecs = client("ecs")
+    service = f"{spec.cluster_name}-controller"
+    ecs.create_cluster(clusterName=spec.cluster_name)
+    ecs.register_task_definition(
+        family=service,
+        containerDefinitions=[{"name": "slurmctld", "image": SLURM_IMAGE, "memory": 1024}],
+    )
+    ecs.create_service(
+        cluster=spec.cluster_name, serviceName=service, taskDefinition=service, desiredCount=1
+    )
     create_intake_table(dynamodb, INTAKE_TABLE)
     return {
         **prepare_cloud(client("ec2"), spec, endpoint=endpoint),
@@ -237,4 +254,6 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,
         POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
+        idle.CLUSTER_ENV: spec.cluster_name,
+        idle.SERVICE_ENV: service,
     }

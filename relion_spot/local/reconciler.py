@@ -46,6 +46,9 @@ class Reconciler:
     ``node_env``: the node containers' environment (the key's source, AWS endpoint and region).
     ``spot_watcher``: run the spot watcher in each node container, with the metadata service
     started (on this host's address on the cluster network) for as long as the reconciler runs.
+    ``controller_service``: (ECS cluster, service) whose desired count (read through ``ecs``) the
+    controller container follows, as Fargate would: 0 stops it (SIGTERM, slurmctld saves its
+    state), 1 starts it again.
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class Reconciler:
         node_env: dict[str, str] | None = None,
         poll_seconds: float = POLL_SECONDS,
         spot_watcher: bool = False,
+        controller_service: tuple[str, str] | None = None,
+        ecs: Any = None,
     ) -> None:
         self.local = local
         self.ec2 = ec2
@@ -68,6 +73,10 @@ class Reconciler:
         (``{"action": "terminate", "time": "...Z"}``), from ``reclaim`` on."""
         self._reclaims: dict[str, float] = {}
         """Instance id -> ``time.monotonic()`` at which EC2 takes it back."""
+        self.controller_service = controller_service
+        self.ecs = ecs
+        if controller_service is not None and ecs is None:
+            raise ValueError("controller_service needs an ecs client")
         self.imds: LocalImds | None = None
         if spot_watcher:
             self.imds = LocalImds(ec2, notices=self.notices.get, host=local.gateway_address())
@@ -124,9 +133,10 @@ class Reconciler:
                 del self._reclaims[instance_id]
 
     def poll(self) -> None:
-        """One round: end reclaimed instances whose grace is over, start what runs without a
-        container, remove what runs no more."""
+        """One round: the controller to its service's desired count; end reclaimed instances
+        whose grace is over, start what runs without a container, remove what runs no more."""
         with self._lock:
+            self._follow_controller_service()
             self._terminate_reclaimed()
             wanted = self.running_instances()
             for node, machine in list(self.machines.items()):
@@ -142,6 +152,20 @@ class Reconciler:
             for node, instance_id in sorted(wanted.items()):
                 if node not in self.machines:
                     self._boot(node, instance_id)
+
+    def _follow_controller_service(self) -> None:
+        if self.controller_service is None:
+            return
+        cluster, service = self.controller_service
+        found = self.ecs.describe_services(cluster=cluster, services=[service])["services"]
+        desired = int(found[0]["desiredCount"]) if found else 0
+        running = self.local.is_running()
+        if desired == 0 and running:
+            log.info("%s: desired count 0; stopping the controller (it saves its state)", service)
+            self.local.stop_controller()
+        elif desired >= 1 and not running:
+            log.info("%s: desired count %d; starting the controller", service, desired)
+            self.local.start_controller()
 
     def _boot(self, node: str, instance_id: str) -> None:
         gpus = self._gpus(node)
