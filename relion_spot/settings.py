@@ -75,6 +75,8 @@ class Settings:
     """How long the controller may have no jobs, nodes or submissions before it stops itself
     (its state stays on EFS; the next submission wakes it)."""
     log_retention_days: int = 30
+    dashboard: bool = True
+    """A CloudWatch dashboard per cluster: $3/month unless among the account's first three."""
 
     def cluster_name(self, gpu_count: int) -> str:
         return f"{self.name}-gpu{gpu_count}"
@@ -200,6 +202,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "node_idle_seconds": lambda v: _bounded("node_idle_seconds", v, 60, 86_400),
     "controller_idle_seconds": lambda v: _bounded("controller_idle_seconds", v, 300, 86_400),
     "log_retention_days": lambda v: _retention(v),
+    "dashboard": lambda v: _bool("dashboard", v),
 }
 
 SETTING_NAMES: tuple[str, ...] = (

@@ -90,6 +90,7 @@ def alternate_synth(synth_factory) -> Synth:
         egress="nat-instance",
         keep_data="false",
         controller_capacity="on-demand",
+        dashboard="false",
         name="lab-b",
     )
 

@@ -52,11 +52,10 @@ def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth)
     assert nat_instance.total(controller_up=False, stack="lab-b-network") == pytest.approx(expected)
     on_demand_private = _fargate_month("on-demand", 0.25, 1.0, public_ip=False)
     assert nat_instance.total(controller_up=True, stack="lab-b-gpu4") == pytest.approx(
-        on_demand_private
-        + PRICES["secret_month"]
-        + PRICES["dashboard_month"]
-        + PRICES["cloud_map_instance_month"]
-    )
+        on_demand_private + PRICES["secret_month"] + PRICES["cloud_map_instance_month"]
+    ), "dashboard=false: no dashboard"
+    asleep = PRICES["secret_month"]
+    assert nat_instance.total(controller_up=False, stack="lab-b-gpu4") == pytest.approx(asleep)
     nat_gateway = estimate_templates(read_cloud_assembly(nat_gateway_synth.outdir))
     assert nat_gateway.total(controller_up=False, stack="lab-c-network") == pytest.approx(
         (PRICES["nat_gateway_hour"] + PRICES["public_ipv4_hour"]) * HOURS  # gateway + its EIP

@@ -580,3 +580,9 @@ def test_controller_may_put_only_its_own_service_to_sleep(default_synth) -> None
     )
     arn = json.dumps(resource.as_object())
     assert "service/relion-spot-gpu4/relion-spot-gpu4-controller" in arn
+
+
+def test_the_dashboard_can_be_left_out(alternate_synth) -> None:
+    template = Template.from_json(alternate_synth.template("lab-b-gpu4"))
+    template.resource_count_is("AWS::CloudWatch::Dashboard", 0)
+    assert "DashboardUrl" not in template.to_json()["Outputs"]

@@ -222,13 +222,15 @@ class ClusterStack(Stack):
         self.teardown.run_before_deleting(node_sg, controller_sg, *node_groups)
         self.teardown.stop_launches_first(self.controller.service)
 
-        self.dashboard = ClusterDashboard(
-            self,
-            "Dashboard",
-            cluster_name=cluster_name,
-            metric_namespace=self.cost_tracker.metric_namespace,
-            cost_log_group=self.cost_tracker.log_group,
-        )
+        self.dashboard: ClusterDashboard | None = None
+        if settings.dashboard:
+            self.dashboard = ClusterDashboard(
+                self,
+                "Dashboard",
+                cluster_name=cluster_name,
+                metric_namespace=self.cost_tracker.metric_namespace,
+                cost_log_group=self.cost_tracker.log_group,
+            )
 
         outputs: dict[str, str] = {
             "ClusterName": cluster_name,
@@ -246,7 +248,8 @@ class ClusterStack(Stack):
             "JobRecordsTable": self.cost_tracker.records_table_name,
             "IntakeQueueUrl": self.intake.queue_url,
             "IntakeTable": self.intake.table_name,
-            "DashboardUrl": self.dashboard.console_url,
         }
+        if self.dashboard is not None:
+            outputs["DashboardUrl"] = self.dashboard.console_url
         for key, value in outputs.items():
             CfnOutput(self, key, value=value)
