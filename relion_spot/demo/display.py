@@ -74,9 +74,11 @@ class Display:
             )
 
     def summary(self, result: DemoResult) -> None:
-        table = Table(title=f"relion-spot demo: job {result.job_id} {result.state}")
-        table.add_column("")
-        table.add_column("")
+        table = Table(
+            title=f"relion-spot demo: job {result.job_id} {result.state}", show_header=False
+        )
+        table.add_column(no_wrap=True)
+        table.add_column()
         resolutions = ", ".join(
             f"{r:.1f}" if r is not None else "-" for r in result.resolution_per_iteration
         )
@@ -92,12 +94,12 @@ class Display:
             ("nodes launched", str(result.nodes_launched)),
             ("cost (at most: on-demand ceiling)", _figure(result.cost_usd, "${:.4f}")),
             ("  of it lost to the reclaim", lost),
-            ("convergence plot", result.plot or "-"),
             ("wall time", f"{result.wall_seconds:.0f} s"),
         ]
         for name, value in rows:
             table.add_row(name, value)
         self.console.print(table)
+        self.console.print(f"convergence plot: {result.plot or '-'}", soft_wrap=True)
 
 
 def _figure(value: float | None, form: str) -> str:
