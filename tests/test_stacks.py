@@ -586,3 +586,21 @@ def test_the_dashboard_can_be_left_out(alternate_synth) -> None:
     template = Template.from_json(alternate_synth.template("lab-b-gpu4"))
     template.resource_count_is("AWS::CloudWatch::Dashboard", 0)
     assert "DashboardUrl" not in template.to_json()["Outputs"]
+
+
+def test_the_benchmark_job_template_is_published_per_cluster(default_synth) -> None:
+    from relion_spot.jobs.class3d import render
+    from relion_spot.settings import Settings
+
+    template = Template.from_json(default_synth.template("relion-spot-gpu8"))
+    template.has_resource_properties(
+        "AWS::SSM::Parameter",
+        {
+            "Name": "/relion-spot/relion-spot-gpu8/class3d.sbatch",
+            "Type": "String",
+            "Tier": "Standard",
+            "Value": render(Settings(gpus=(1, 4, 8)), gpus=8),
+        },
+    )
+    outputs = template.to_json()["Outputs"]
+    assert "Class3dTemplateParameter" in outputs

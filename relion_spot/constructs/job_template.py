@@ -1,14 +1,17 @@
 """The RELION Class3D job template of one cluster, rendered at synth from assets/slurm.
 
 The construct renders the sbatch script for the cluster's GPU count with validated parameters
-(a bad parameter stops synth with one clear message) and holds the text; ``write`` puts it in a
-directory (e.g. beside the stack's outputs) for the controller image or the CLI to pick up.
+(a bad parameter stops synth with one clear message) and publishes the default (the canonical
+benchmark) as an SSM parameter, for whoever wants plain ``sbatch`` of it on the cluster; the
+intake's drainer renders the same file per submission with the submitted parameters. ``write``
+puts the text in a directory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from ..jobs.class3d import DEFAULT_IMAGE, Mode, render
@@ -34,6 +37,14 @@ class Class3dJobTemplate(Construct):
         self.file_name = f"{settings.cluster_name(gpu_count)}-class3d.sbatch"
         """One file per cluster: several clusters' templates may share a directory."""
         self.script = render(settings, self.params, gpus=gpu_count, mode=mode, image=image)
+        self.parameter = ssm.StringParameter(
+            self,
+            "Script",
+            parameter_name=f"/relion-spot/{settings.cluster_name(gpu_count)}/class3d.sbatch",
+            string_value=self.script,
+            tier=ssm.ParameterTier.STANDARD,
+            description="RELION Class3D job template (the benchmark's flags) for sbatch",
+        )
 
     def write(self, directory: Path) -> Path:
         """Write the script (executable) into directory; returns its path."""

@@ -38,6 +38,7 @@ USAGE_BILLED = {
     "AWS::EFS::AccessPoint",
     "AWS::EFS::FileSystem",
     "AWS::EFS::MountTarget",
+    "AWS::SSM::Parameter",
     "AWS::Events::Rule",
     "AWS::IAM::InstanceProfile",
     "AWS::IAM::Policy",

@@ -14,6 +14,7 @@ from .. import __version__, tags
 from ..constructs.cost_tracker import CostTracker
 from ..constructs.dashboard import ClusterDashboard
 from ..constructs.intake import JobIntake
+from ..constructs.job_template import Class3dJobTemplate
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_power_saving
@@ -232,6 +233,10 @@ class ClusterStack(Stack):
                 cost_log_group=self.cost_tracker.log_group,
             )
 
+        self.class3d_template = Class3dJobTemplate(
+            self, "Class3dTemplate", settings=settings, gpu_count=gpu_count
+        )
+
         outputs: dict[str, str] = {
             "ClusterName": cluster_name,
             "Version": __version__,
@@ -248,6 +253,7 @@ class ClusterStack(Stack):
             "JobRecordsTable": self.cost_tracker.records_table_name,
             "IntakeQueueUrl": self.intake.queue_url,
             "IntakeTable": self.intake.table_name,
+            "Class3dTemplateParameter": self.class3d_template.parameter.parameter_name,
         }
         if self.dashboard is not None:
             outputs["DashboardUrl"] = self.dashboard.console_url
