@@ -12,6 +12,7 @@ import pytest
 from relion_spot import tags
 from relion_spot.teardown import handler
 from relion_spot.teardown.sweep import TeardownIncomplete, terminate_cluster_instances
+from tests.fakes import FakeClock
 
 
 def _launch(ec2, cluster: str, count: int) -> list[str]:
@@ -31,19 +32,6 @@ def _launch(ec2, cluster: str, count: int) -> list[str]:
 def _states(ec2, ids: list[str]) -> dict[str, str]:
     reservations = ec2.describe_instances(InstanceIds=ids)["Reservations"]
     return {i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]}
-
-
-class FakeClock:
-    """Time that advances only when the sweep sleeps, so waits cost no wall time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

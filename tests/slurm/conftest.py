@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from relion_spot.local.embedded import moto_server
 from relion_spot.settings import Settings
-from relion_spot.slurm.local import LocalSlurm, docker_available, wait_until
+from relion_spot.slurm.local import LocalSlurm, docker_available
 from relion_spot.slurm.spec import LOCAL_CLOUD, spec_from_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,29 +46,9 @@ def moto_on_network(slurm_images: None) -> Iterator[tuple[LocalSlurm, str]]:
         state_dir=Path(tempfile.mkdtemp(prefix="relion-spot-state-")),
     )
     local.remove()
-    gateway = local.gateway_address()
-    with socket.socket() as probe:
-        probe.bind((gateway, 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", gateway, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://{gateway}:{port}"
     try:
-
-        def answers() -> bool:
-            try:
-                with socket.create_connection((gateway, port), timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(answers, timeout=30, what=f"moto server at {endpoint}")
-        yield local, endpoint
+        with moto_server(local.gateway_address()) as endpoint:
+            yield local, endpoint
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         local.remove()
         shutil.rmtree(local.state_dir, ignore_errors=True)

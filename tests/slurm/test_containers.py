@@ -16,6 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from relion_spot.local.embedded import wait_for_controller
 from relion_spot.settings import Settings
 from relion_spot.slurm.entrypoint import CONTROLLER_ADDR_ENV
 from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
@@ -67,18 +68,6 @@ def cluster(slurm_images: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield local
     finally:
         local.remove()
-
-
-def wait_for_controller(local: LocalSlurm, timeout: float = 60) -> None:
-    def answers() -> bool:
-        if not local.is_running():
-            raise AssertionError(f"the controller container exited:\n{local.logs()}")
-        try:
-            return "UP" in local.run("scontrol", "ping")
-        except Exception:
-            return False
-
-    wait_until(answers, timeout=timeout, what=lambda: f"slurmctld to answer:\n{local.logs()}")
 
 
 def node_state(local: LocalSlurm, node: str) -> str:

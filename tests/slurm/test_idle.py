@@ -12,6 +12,7 @@ import pytest
 from relion_spot.intake.wake import wake_controller
 from relion_spot.powersave.slurm import CommandResult
 from relion_spot.slurm import idle
+from tests.fakes import FakeClock
 
 REGION = "us-east-1"
 DOWN = (
@@ -34,17 +35,6 @@ class Slurm:
         if argv[0] == "squeue":
             return CommandResult(0, jobs) if jobs != "fail" else CommandResult(1, "", "down")
         return CommandResult(0, nodes)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -80,7 +70,7 @@ def _desired(aws: dict[str, Any]) -> int:
 def test_sleeps_after_an_uninterrupted_idle_stretch_and_a_submission_wakes_it(
     aws: dict[str, Any],
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     # busy (a job), busy (a node up), then idle for good
     slurm = Slurm(("7\n", DOWN), ("", UP), ("", DOWN))
     settings = _settings(aws)
@@ -101,7 +91,7 @@ def test_sleeps_after_an_uninterrupted_idle_stretch_and_a_submission_wakes_it(
     ids=["slurm-silent", "node-up", "jobs"],
 )
 def test_never_sleeps_while_busy_or_in_doubt(aws: dict[str, Any], answers: tuple) -> None:
-    clock = Clock()
+    clock = FakeClock()
     assert not idle.watch(_settings(aws), ecs=aws["ecs"], sqs=aws["sqs"], runner=Slurm(*answers),
                           clock=clock, sleep=clock.sleep, rounds=50)  # fmt: skip
     assert _desired(aws) == 1

@@ -8,23 +8,13 @@ from pathlib import Path
 
 from relion_spot.powersave.slurm import CommandResult
 from relion_spot.slurm import wait_for_nodes
+from tests.fakes import FakeClock
 
 BOOTING = (
     "NodeName=gpu-1 Arch=x86_64 State=ALLOCATED+CLOUD+POWERING_UP ThreadsPerCore=1\n"
     "NodeName=gpu-2 State=IDLE+CLOUD+POWERED_DOWN Weight=1\n"
 )
 UP = "NodeName=gpu-1 State=ALLOCATED+CLOUD Weight=1\nNodeName=gpu-2 State=MIXED+CLOUD\n"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _replies(*texts: str) -> tuple[list[list[str]], object]:
@@ -43,7 +33,7 @@ def test_booting_nodes_are_named() -> None:
 
 
 def test_returns_once_the_nodes_registered() -> None:
-    clock = Clock()
+    clock = FakeClock()
     calls, runner = _replies(BOOTING, BOOTING, UP)
     assert wait_for_nodes.wait(
         "gpu-[1-2]", deadline=60, runner=runner, sleep=clock.sleep, clock=clock
@@ -53,7 +43,7 @@ def test_returns_once_the_nodes_registered() -> None:
 
 
 def test_gives_up_at_the_deadline_and_still_exits_0() -> None:
-    clock = Clock()
+    clock = FakeClock()
     _, runner = _replies(BOOTING)
     assert not wait_for_nodes.wait(
         "gpu-1", deadline=5, runner=runner, sleep=clock.sleep, clock=clock
