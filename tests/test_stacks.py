@@ -516,7 +516,8 @@ def test_dashboard_url_is_an_output(default_synth) -> None:
 
 
 def test_metrics_are_published_only_into_their_own_namespaces(default_synth) -> None:
-    """GPU nodes may put CWAgent metrics (their agent), the cost function RelionSpot ones;
+    """GPU nodes may put CWAgent metrics (their agent) and RelionSpot ones (their jobs'
+    resolution), the cost function RelionSpot ones;
     PutMetricData has no resource scope, so the namespace condition is the whole fence."""
     template = default_synth.template("relion-spot-gpu1")
     granted: dict[str, str] = {}
@@ -526,11 +527,12 @@ def test_metrics_are_published_only_into_their_own_namespaces(default_synth) -> 
             if "cloudwatch:PutMetricData" in _as_list(statement["Action"]):
                 assert _as_list(statement["Action"]) == ["cloudwatch:PutMetricData"]
                 namespace = statement["Condition"]["StringEquals"]["cloudwatch:namespace"]
-                granted[role["Ref"]] = namespace
-    assert sorted(granted.values()) == ["CWAgent", "RelionSpot"]
-    by_namespace = {namespace: role for role, namespace in granted.items()}
-    assert by_namespace["CWAgent"].startswith("GpuNodesRole")
-    assert by_namespace["RelionSpot"].startswith("CostTrackerRole")
+                granted[role["Ref"]] = ",".join(_as_list(namespace))
+    by_namespaces = {namespaces: role for role, namespaces in granted.items()}
+    assert sorted(by_namespaces) == ["CWAgent,RelionSpot", "RelionSpot"]
+    # GPU nodes: their agent's GPU metrics and their jobs' resolution per iteration.
+    assert by_namespaces["CWAgent,RelionSpot"].startswith("GpuNodesRole")
+    assert by_namespaces["RelionSpot"].startswith("CostTrackerRole")
 
 
 def test_controller_may_put_only_its_own_service_to_sleep(default_synth) -> None:

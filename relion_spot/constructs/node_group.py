@@ -14,6 +14,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from .. import catalog, tags
+from ..intake.report import METRIC_NAMESPACE as JOB_METRICS_NAMESPACE
 from ..node.bootstrap import GPU_METRICS_NAMESPACE
 
 GPU_AMI_PARAMETER = (
@@ -134,15 +135,20 @@ class NodeGroup(Construct):
         )
 
     def _allow_gpu_metrics(self) -> None:
-        """The node's CloudWatch agent publishes GPU metrics for the dashboard.
-        PutMetricData has no resource-level permission; the namespace condition is the scope.
+        """The node's CloudWatch agent publishes GPU metrics for the dashboard, and a job its
+        resolution per iteration (relion_spot.intake.report). PutMetricData has no
+        resource-level permission; the namespace condition is the scope.
         """
         self.role.add_to_policy(
             iam.PolicyStatement(
                 sid="PublishGpuMetrics",
                 actions=["cloudwatch:PutMetricData"],
                 resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": GPU_METRICS_NAMESPACE}},
+                conditions={
+                    "StringEquals": {
+                        "cloudwatch:namespace": [GPU_METRICS_NAMESPACE, JOB_METRICS_NAMESPACE]
+                    }
+                },
             )
         )
 

@@ -15,8 +15,11 @@ where the item exists:
     log_tail  S  the last lines of the job's output file (at most LOG_TAIL_BYTES)
 
 This is what ``relion-spot status``, ``logs`` and ``plot`` read: the user's AWS credentials
-reach it, no file system does. A report that fails is a warning on the job's stderr and nothing
-more: progress must never take the job down.
+reach it, no file system does. Each newly completed iteration's resolution is also published as
+the metric ``RelionSpot/ResolutionAngstrom`` (dimensions Cluster, JobId) for the cluster's
+dashboard, when the job knows its cluster (``RELION_SPOT_CLUSTER``, the controller's). A
+report that fails is a warning on the job's stderr and nothing more: progress must never take
+the job down.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import KEY, REGION_ENV, SUBMISSION_ID_ENV, TABLE_ENV
+
+CLUSTER_ENV = "RELION_SPOT_CLUSTER"
+METRIC_NAMESPACE = "RelionSpot"
+RESOLUTION_METRIC = "ResolutionAngstrom"
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +151,11 @@ class ProgressReporter:
     job_id: str = ""
     log_path: Path | None = None
     client: Any = None
+    cluster: str = ""
+    metrics: Any = None
+    """The CloudWatch client (made on first use)."""
     _warned: str = field(default="", repr=False)
+    _published_iteration: int = field(default=0, repr=False)
 
     @classmethod
     def from_env(
@@ -166,18 +177,51 @@ class ProgressReporter:
             region=env.get(REGION_ENV, "").strip() or None,
             job_id=job_id,
             log_path=where,
+            cluster=env.get(CLUSTER_ENV, "").strip(),
         )
 
-    def _client(self) -> Any:
-        if self.client is None:
-            import boto3
-            from botocore.config import Config
+    def _client(self, service: str = "dynamodb") -> Any:
+        import boto3
+        from botocore.config import Config
 
-            # Short: the final report runs as the job ends, and must not hold it up for long.
-            config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
-            session = boto3.session.Session(region_name=self.region)
+        # Short: the final report runs as the job ends, and must not hold it up for long.
+        config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
+        session = boto3.session.Session(region_name=self.region)
+        if service == "cloudwatch":
+            if self.metrics is None:
+                self.metrics = session.client("cloudwatch", config=config)
+            return self.metrics
+        if self.client is None:
             self.client = session.client("dynamodb", config=config)
         return self.client
+
+    def publish_resolution(self, record: Mapping[str, Any]) -> bool:
+        """The resolution of a newly completed iteration as a metric; False if none was sent."""
+        iteration = int(record.get("current_iteration") or 0)
+        resolution = record.get("resolution_angstrom")
+        if not self.cluster or iteration <= self._published_iteration or resolution is None:
+            return False
+        try:
+            self._client("cloudwatch").put_metric_data(
+                Namespace=METRIC_NAMESPACE,
+                MetricData=[
+                    {
+                        "MetricName": RESOLUTION_METRIC,
+                        "Dimensions": [
+                            {"Name": "Cluster", "Value": self.cluster},
+                            {"Name": "JobId", "Value": self.job_id or "?"},
+                        ],
+                        "Value": float(resolution),
+                    }
+                ],
+            )
+        except Exception as err:  # never the job's problem
+            print(
+                f"progress: resolution metric not published: {type(err).__name__}", file=sys.stderr
+            )
+            return False
+        self._published_iteration = iteration
+        return True
 
     def publish(self, record: Mapping[str, Any], *, state: str) -> bool:
         """Set the item's progress and log tail; False (and a warning) when that failed."""
@@ -204,4 +248,5 @@ class ProgressReporter:
                 )
             return False
         self._warned = ""
+        self.publish_resolution(record)
         return True

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
@@ -136,12 +137,23 @@ def test_progress_reported_by_the_job_shows_in_status_logs_and_plot(
         "RELION_SPOT_SUBMISSION_ID": sid,
         "RELION_SPOT_INTAKE_TABLE": TABLE,
         "RELION_SPOT_INTAKE_REGION": REGION,
+        "RELION_SPOT_CLUSTER": CLUSTER,
         "SLURM_JOB_ID": job,
     }
     job_log(tmp_path, job, 100)
     reporter = ProgressReporter.from_env(env, cwd=tmp_path)
     assert reporter is not None and reporter.log_path == tmp_path / f"class3d-{job}.out"
     assert reporter.publish(_record(3), state="RUNNING")
+    assert reporter.publish(_record(3), state="RUNNING")  # the same iteration: one data point
+    # The dashboard's resolution graph: one point per new iteration, by cluster and job.
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    (metric,) = cloudwatch.list_metrics(Namespace="RelionSpot")["Metrics"]
+    assert metric["MetricName"] == "ResolutionAngstrom"
+    assert {d["Name"]: d["Value"] for d in metric["Dimensions"]} == {
+        "Cluster": CLUSTER,
+        "JobId": job,
+    }
+    assert reporter._published_iteration == 3
 
     (row,) = _status_json(capsys, job)
     assert row["state"] == "running"
