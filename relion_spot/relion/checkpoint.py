@@ -14,6 +14,9 @@ Continuing into the same --o rewrites the checkpoint iteration's data, optimiser
 files while RELION initialises. A reclaim at that moment would truncate the only checkpoint, so
 before continuing the checkpoint's files are copied into a snapshot folder beside the run; a
 later start that finds the checkpoint iteration damaged restores it from the snapshot first.
+
+pandas, starfile and mrcfile are imported when an iteration is first checked, not before: a fresh
+start (nothing to check) launches RELION without waiting half a second for them.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mrcfile
-import pandas as pd
-import starfile
+if TYPE_CHECKING:
+    import pandas as pd
 
 STAR_KINDS = ("data", "model", "optimiser", "sampling")
 
@@ -94,6 +97,8 @@ def written_iterations(root: Path) -> list[int]:
 
 
 def _read_star(path: Path) -> dict[str, pd.DataFrame | dict]:
+    import starfile
+
     text = path.read_bytes()
     if not text.endswith(b"\n"):
         raise CheckpointError(f"{path.name} ends mid-line (truncated)")
@@ -104,6 +109,8 @@ def _read_star(path: Path) -> dict[str, pd.DataFrame | dict]:
 
 
 def _table(blocks: dict, name: str, path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     block = blocks.get(name)
     if not isinstance(block, pd.DataFrame) or block.empty:
         raise CheckpointError(f"{path.name} lacks the {name} table")
@@ -113,6 +120,8 @@ def _table(blocks: dict, name: str, path: Path) -> pd.DataFrame:
 
 
 def _single(blocks: dict, name: str, path: Path) -> dict:
+    import pandas as pd
+
     block = blocks.get(name)
     if isinstance(block, pd.DataFrame) and len(block) == 1:
         block = block.iloc[0].to_dict()
@@ -122,6 +131,8 @@ def _single(blocks: dict, name: str, path: Path) -> dict:
 
 
 def _check_map(path: Path, box: int) -> None:
+    import mrcfile
+
     try:
         with mrcfile.open(path, header_only=True, permissive=False) as mrc:
             header = mrc.header

@@ -6,6 +6,11 @@ seconds it took. Seconds come from the _sampling.star modification times: RELION
 file once per iteration and, unlike the other files, does not rewrite it when a run continues,
 so a resume does not disturb the earlier figures. The record is one JSON file beside the run,
 replaced atomically, plus a convergence plot (PNG) with the resumes marked.
+
+The watcher shares the job's CPUs with RELION, so it keeps each iteration's figures and reads an
+iteration's STAR files again only when they change (a resume rewrites the checkpoint's): an update
+parses the new iteration only, not every iteration so far. starfile (and with it pandas) is
+imported on first use, so a fresh job starts RELION without waiting for it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,10 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import starfile
 
 from relion_spot.relion.checkpoint import iteration_root, read_history, written_iterations
 
@@ -78,6 +81,8 @@ def _mtime(path: Path) -> float | None:
 
 def read_iteration(root: Path, iteration: int) -> tuple[IterationProgress, int] | None:
     """One iteration's figures and its requested total, or None while its files are unreadable."""
+    import starfile
+
     stem = iteration_root(root, iteration)
     try:
         model = starfile.read(f"{stem}_model.star", always_dict=True)
@@ -100,14 +105,53 @@ def read_iteration(root: Path, iteration: int) -> tuple[IterationProgress, int] 
     return progress, int(optimiser.get("rlnNumberOfIterations", 0))
 
 
+Stamp = tuple[int, int, int, int]
+"""Modification time (ns) and size of an iteration's model and optimiser STARs."""
+IterationCache = dict[int, tuple[Stamp, IterationProgress, int]]
+"""Figures already read, by iteration, with the stamp of the files they were read from."""
+
+
+def _stamp(root: Path, iteration: int) -> Stamp | None:
+    stem = iteration_root(root, iteration)
+    try:
+        model = os.stat(f"{stem}_model.star")
+        optimiser = os.stat(f"{stem}_optimiser.star")
+    except FileNotFoundError:
+        return None
+    return model.st_mtime_ns, model.st_size, optimiser.st_mtime_ns, optimiser.st_size
+
+
+def _read_cached(
+    root: Path, iteration: int, cache: IterationCache | None
+) -> tuple[IterationProgress, int] | None:
+    """read_iteration, answered from the cache while the iteration's files are unchanged."""
+    if cache is None:
+        return read_iteration(root, iteration)
+    stamp = _stamp(root, iteration)
+    known = cache.get(iteration)
+    if stamp is not None and known is not None and known[0] == stamp:
+        return replace(known[1]), known[2]
+    read = read_iteration(root, iteration)
+    # Kept only when nothing was written while it was read: a half-written file never sticks.
+    if read is not None and stamp is not None and _stamp(root, iteration) == stamp:
+        cache[iteration] = (stamp, replace(read[0]), read[1])
+    else:
+        cache.pop(iteration, None)
+    return read
+
+
 def _finished_at(root: Path, iteration: int) -> float | None:
     if iteration == 0:
         return _mtime(Path(f"{iteration_root(root, 0)}_model.star"))
     return _mtime(Path(f"{iteration_root(root, iteration)}_sampling.star"))
 
 
-def collect(root: Path, requested_iterations: int | None = None) -> dict:
-    """The progress record of the run at root (RELION's --o), from the files on disk now."""
+def collect(
+    root: Path, requested_iterations: int | None = None, *, cache: IterationCache | None = None
+) -> dict:
+    """The progress record of the run at root (RELION's --o), from the files on disk now.
+
+    ``cache`` (kept by the caller between calls) spares reading unchanged iterations again."""
     history = read_history(root)
     resumed_from = [int(i) for i in history.get("resumed_from", [])]
     rows: list[IterationProgress] = []
@@ -115,7 +159,7 @@ def collect(root: Path, requested_iterations: int | None = None) -> dict:
     for iteration in sorted(written_iterations(root)):
         if iteration < 1:
             continue
-        read = read_iteration(root, iteration)
+        read = _read_cached(root, iteration, cache)
         if read is None:
             continue
         row, total = read
@@ -221,9 +265,11 @@ def plot(root: Path, record: dict, path: Path | None = None) -> Path:
     return path
 
 
-def update(root: Path, requested_iterations: int | None = None) -> dict:
+def update(
+    root: Path, requested_iterations: int | None = None, *, cache: IterationCache | None = None
+) -> dict:
     """Collect, write the JSON record and redraw the plot; returns the record."""
-    record = collect(root, requested_iterations)
+    record = collect(root, requested_iterations, cache=cache)
     write_record(root, record)
     plot(root, record)
     return record
@@ -264,6 +310,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._seen: tuple[int, ...] = ()
+        self._cache: IterationCache = {}
         self._record: dict | None = None
         self._reported_at = 0.0
 
@@ -281,7 +328,7 @@ class Watcher:
 
     def refresh(self, *, final: bool = False) -> dict:
         self._changed()
-        record = update(self.root, self.requested)
+        record = update(self.root, self.requested, cache=self._cache)
         self._report(record, final=final)
         return record
 
@@ -293,7 +340,7 @@ class Watcher:
                     self._report(self._record, final=False)  # a fresher log tail
                 continue
             try:
-                record = update(self.root, self.requested)
+                record = update(self.root, self.requested, cache=self._cache)
             except Exception as error:  # progress must never take the job down with it
                 print(f"progress: could not update {self.root}: {error}", file=sys.stderr)
                 continue
