@@ -138,6 +138,16 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The parameters given, validated and typed as the job will see them."""
     from relion_spot.jobs.parameters import from_mapping
 
+    if args.template == "stage":
+        from relion_spot.jobs.stage import STAGE_FIELDS, stage_from_mapping
+
+        staged = {n: getattr(args, n) for n in STAGE_FIELDS if getattr(args, n) is not None}
+        try:
+            stage_from_mapping(staged)
+        except JobParameterError as error:
+            raise UsageError(str(error)) from None
+        return staged
+
     given = {
         spec.name: getattr(args, spec.name)
         for spec in fields(Class3dParams)
@@ -446,6 +456,19 @@ def _positive(value: str) -> float:
     return number
 
 
+def _submission_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--user", help="who asks (default: your login name)")
+    parser.add_argument("--no-wait", action="store_true", help="print the submission id, go")
+    parser.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        help=f"seconds to wait for acceptance (default {DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    parser.add_argument("--poll", type=_positive, default=2.0, help=argparse.SUPPRESS)
+
+
 def register(subparsers: Any) -> None:
     """Add submit, status, logs, cancel and plot."""
     submit = subparsers.add_parser(
@@ -453,18 +476,18 @@ def register(subparsers: Any) -> None:
     )
     templates = submit.add_subparsers(dest="template", required=True, metavar="TEMPLATE")
     class3d = templates.add_parser("class3d", help="RELION 3D classification (Class3D)")
-    _common(class3d)
-    class3d.add_argument("--user", help="who asks (default: your login name)")
-    class3d.add_argument("--no-wait", action="store_true", help="print the submission id, go")
-    class3d.add_argument(
-        "--timeout",
-        type=_positive,
-        default=DEFAULT_TIMEOUT_SECONDS,
-        help=f"seconds to wait for acceptance (default {DEFAULT_TIMEOUT_SECONDS:g})",
-    )
-    class3d.add_argument("--poll", type=_positive, default=2.0, help=argparse.SUPPRESS)
+    _submission_options(class3d)
     _add_parameter_options(class3d)
     class3d.set_defaults(func=_runner("submit", submit_command))
+    stage = templates.add_parser(
+        "stage", help="fetch the benchmark dataset into /data, as a job on the CPU partition"
+    )
+    _submission_options(stage)
+    stage.add_argument("--dest", help="directory under /data (default /data/relion_benchmark)")
+    stage.add_argument("--source", help="http(s):// URL or s3://bucket/key of the tarball")
+    stage.add_argument("--sha256", help="expected sha256 of the tarball")
+    stage.add_argument("--expect-files", type=int, help="files the archive must hold")
+    stage.set_defaults(func=_runner("submit", submit_command))
 
     status = subparsers.add_parser("status", help="submissions, progress and cost so far")
     _common(status)

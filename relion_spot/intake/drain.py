@@ -57,6 +57,7 @@ from typing import Any, cast
 
 from relion_spot.jobs.class3d import DEFAULT_IMAGE, MODES, Mode
 from relion_spot.jobs.parameters import Class3dParams
+from relion_spot.jobs.stage import StageParams
 from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
 
 from .config import (
@@ -158,7 +159,7 @@ class Drainer:
     table: IntakeTable
     queue_url: str
     slurm: SlurmJobs
-    prepare: Callable[[Class3dParams], PreparedJob]
+    prepare: Callable[[Class3dParams | StageParams], PreparedJob]
     min_job_age: int
     """slurmctld's MinJobAge: how long squeue still lists a finished job."""
     wait_seconds: int = RECEIVE_WAIT_SECONDS

@@ -30,11 +30,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError, from_mapping
+from relion_spot.jobs.stage import StageParams, stage_from_mapping
 
 from .config import KEY
 
 SCHEMA_VERSION = 1
-TEMPLATES: tuple[str, ...] = ("class3d",)
+TEMPLATES: tuple[str, ...] = ("class3d", "stage")
 FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
 ACTION = "action"
 SUBMIT = "submit"
@@ -83,7 +84,7 @@ class Submission:
     submitted_at: str
     template: str = "class3d"
     version: int = SCHEMA_VERSION
-    params: Class3dParams = field(init=False, repr=False, compare=False)
+    params: Class3dParams | StageParams = field(init=False, repr=False, compare=False)
     """The validated job parameters (set by ``__post_init__``)."""
 
     def __post_init__(self) -> None:
@@ -121,7 +122,11 @@ class Submission:
                 sid,
             )
         try:
-            params = from_mapping(self.parameters)
+            params: Class3dParams | StageParams
+            if self.template == "stage":
+                params = stage_from_mapping(self.parameters)
+            else:
+                params = from_mapping(self.parameters)
         except JobParameterError as err:
             raise InvalidSubmission(str(err), sid) from None
         except (TypeError, ValueError, AttributeError) as err:  # a shape no check foresaw

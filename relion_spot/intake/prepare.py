@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from relion_spot.jobs.class3d import DEFAULT_IMAGE, Mode, NodeShape, command_words, render
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
+from relion_spot.jobs.stage import StageParams, render_stage
 from relion_spot.relion import preflight
 from relion_spot.slurm.spec import GPU_PARTITION, ClusterSpec
 
@@ -58,7 +59,12 @@ class JobPreparer:
             instance_types=tuple(gpu.instance_types), mode=mode, image=image, data_root=data_root
         )
 
-    def __call__(self, params: Class3dParams) -> PreparedJob:
+    def __call__(self, params: Class3dParams | StageParams) -> PreparedJob:
+        if isinstance(params, StageParams):
+            return PreparedJob(
+                script=render_stage(params),
+                note=f"staging {params.source} into {params.dest} on the CPU partition",
+            )
         try:
             shape = NodeShape.for_types(self.instance_types)
             script = render(shape, params, mode=self.mode, image=self.image)

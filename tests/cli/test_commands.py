@@ -278,6 +278,16 @@ def test_a_cancel_for_a_job_the_intake_does_not_know_is_dropped_by_the_drainer(
             None,
         ),
         (
+            ["submit", "stage", "--stack", STACK, "--dest", "/home/lab"],
+            "relion-spot submit: parameter dest = '/home/lab' is not valid: a directory under "
+            "/data, e.g. /data/relion_benchmark",
+        ),
+        (
+            ["submit", "stage", "--stack", STACK, "--source", "ftp://host/x.tar.gz"],
+            "relion-spot submit: parameter source = 'ftp://host/x.tar.gz' is not valid: an "
+            "http(s):// URL or s3://bucket/key",
+        ),
+        (
             ["cancel", "--stack", STACK, "99"],
             f"relion-spot cancel: no job 99 among the submissions of {CLUSTER} (stack {STACK})",
         ),
@@ -362,3 +372,23 @@ def test_the_stored_progress_redraws_the_record_and_the_log_tail_is_bounded(
     tail = log_tail(huge)
     assert len(tail.encode()) <= 8192 and tail.endswith("y" * 500)
     assert log_tail(tmp_path / "missing.out") == ""
+
+
+def test_staging_is_a_job_on_the_cpu_partition(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> str:
+        kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
+        return wait_for_acceptance(table, sid, timeout, **kwargs)
+
+    monkeypatch.setattr(commands.intake_client, "wait_for_acceptance", waiting)
+    argv = ["submit", "stage", "--stack", STACK, "--source", "s3://lab-bucket/bench.tar.gz"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == "42"
+    script = cluster.slurm.script("42")
+    assert "#SBATCH --partition=cpu" in script
+    assert "--gres" not in script
+    assert (
+        "exec python -m relion_spot.staging fetch --dest /data/relion_benchmark "
+        "--source s3://lab-bucket/bench.tar.gz" in script
+    )
