@@ -50,16 +50,18 @@ def test_uninterrupted_run_classifies(uninterrupted: RunRecord, dataset: Synthet
 
 def test_killed_run_resumes_after_its_last_complete_iteration(resumed: RunRecord) -> None:
     first, second, third = resumed.logs
+    first_kill, second_kill = resumed.kills
+    assert first_kill >= FIRST_KILL_AFTER and second_kill >= SECOND_KILL_AFTER
     assert "no complete iteration: starting fresh" in first
-    assert f"continuing after iteration {FIRST_KILL_AFTER} of {ITERATIONS}" in second
-    assert f"--continue Resumed/run_it{FIRST_KILL_AFTER:03d}_optimiser.star" in second
-    # The second kill left iteration 5 with a map cut short: the job goes back to 4.
-    damaged = f"run_it{SECOND_KILL_AFTER:03d}_class002.mrc"
-    assert f"iteration {SECOND_KILL_AFTER} is incomplete: {damaged} is" in third
-    assert f"continuing after iteration {SECOND_KILL_AFTER - 1} of {ITERATIONS}" in third
+    assert f"continuing after iteration {first_kill} of {ITERATIONS}" in second
+    assert f"--continue Resumed/run_it{first_kill:03d}_optimiser.star" in second
+    # The second kill left its newest iteration with a map cut short: the job goes back one.
+    damaged = f"run_it{second_kill:03d}_class002.mrc"
+    assert f"iteration {second_kill} is incomplete: {damaged} is" in third
+    assert f"continuing after iteration {second_kill - 1} of {ITERATIONS}" in third
     history = json.loads(history_path(resumed.root).read_text())
     assert history["resumes"] == 2
-    assert history["resumed_from"] == [FIRST_KILL_AFTER, SECOND_KILL_AFTER - 1]
+    assert history["resumed_from"] == [first_kill, second_kill - 1]
     assert [s["action"] for s in history["starts"]] == ["fresh", "continue", "continue"]
 
 
@@ -153,10 +155,11 @@ def test_iteration_numbers_are_read_from_the_files(
 def test_checkpoint_rewritten_during_a_reclaim_is_restored_from_its_snapshot(
     resumed: RunRecord, copy_run: Callable[[RunRecord], Path]
 ) -> None:
-    # The last resume continued from iteration 4 and snapshotted it first. Pretend the node
-    # was reclaimed while RELION was rewriting iteration 4 (before iteration 5 existed).
+    # The last resume continued from the iteration before the damaged one and snapshotted it
+    # first. Pretend the node was reclaimed while RELION was rewriting it (before the next
+    # iteration existed).
     root = copy_run(resumed)
-    checkpoint = SECOND_KILL_AFTER - 1
+    checkpoint = resumed.kills[1] - 1
     assert (snapshot_dir(root) / "ITERATION").read_text().strip() == str(checkpoint)
     for later in range(checkpoint + 1, ITERATIONS + 1):
         for path in iteration_files(root, later, SPEC.classes).values():
@@ -176,7 +179,8 @@ def test_progress_record_and_plot(resumed: RunRecord) -> None:
     record = json.loads(progress_path(resumed.root).read_text())
     assert record == {**collect(resumed.root), "updated": record["updated"]}
     assert record["finished"] and record["current_iteration"] == ITERATIONS
-    assert record["resumed_from"] == [FIRST_KILL_AFTER, SECOND_KILL_AFTER - 1]
+    first_kill, second_kill = resumed.kills
+    assert record["resumed_from"] == [first_kill, second_kill - 1]
     assert [r["iteration"] for r in record["iterations"]] == list(range(1, ITERATIONS + 1))
     for row in record["iterations"]:
         assert 2 * SPEC.angpix <= row["resolution_angstrom"] <= 100
@@ -187,7 +191,7 @@ def test_progress_record_and_plot(resumed: RunRecord) -> None:
     assert all(0 <= c <= 1 for c in changed)
     assert changed[-1] < 0.2  # the run has settled
     after_resume = [r["iteration"] for r in record["iterations"] if r["after_resume"]]
-    assert after_resume == [FIRST_KILL_AFTER + 1, SECOND_KILL_AFTER]
+    assert after_resume == [first_kill + 1, second_kill]
     assert record["eta_seconds"] == 0.0
     with plot_path(resumed.root).open("rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
