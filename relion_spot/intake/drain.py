@@ -58,6 +58,7 @@ from typing import Any, cast
 from relion_spot.jobs.class3d import DEFAULT_IMAGE, MODES, Mode
 from relion_spot.jobs.parameters import Class3dParams
 from relion_spot.jobs.stage import StageParams
+from relion_spot.powersave import logs
 from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
 
 from .config import (
@@ -479,9 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"long-poll time of each receive (default {RECEIVE_WAIT_SECONDS})",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="relion-spot intake: %(message)s")
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup("intake")
     try:
         settings = DrainSettings.from_env(os.environ)
     except IntakeConfigError as err:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..powersave import logs
 from ..powersave.slurm import CommandRunner, run_command
 
 log = logging.getLogger("relion_spot.slurm.idle")
@@ -141,9 +142,7 @@ def watch(
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="relion-spot idle: %(message)s")
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup("idle")
     try:
         settings = IdleSettings.from_env(os.environ)
     except IdleSettingsError as err:
