@@ -165,8 +165,12 @@ def main(
         settings.poll_seconds,
     )
     notice = wait_for_notice(imds, settings.poll_seconds, sleep)
-    event = handle_notice(notice, identity, slurm, clock, sleep)
+    event = handle_notice(notice, identity, slurm, clock)
+    # The record first: the instance may be gone within the two minutes, and lifting the requeue
+    # delay can take up to RELEASE_ATTEMPTS seconds; the cost of the reclaim must not be lost.
     record(event, settings, identity, dynamodb)
+    if event.job_ids and event.requeued:
+        release_requeue_delay(slurm, identity.node, event.job_ids, sleep)
     return 0 if event.drained and event.requeued else 1
 
 
@@ -256,8 +260,8 @@ def handle_notice(
     identity: Identity,
     slurm: Slurm,
     clock: Callable[[], float],
-    sleep: Callable[[float], None] = time.sleep,
 ) -> ReclaimEvent:
+    """Drain the node, requeue its jobs and power it down; what was done, to be recorded."""
     noticed_at = clock()
     node = identity.node
     log.info(
@@ -288,8 +292,6 @@ def handle_notice(
         log.info("%s: no running jobs to requeue", node)
     if slurm.power_down_asap(node, REASON):
         log.info("%s: powering down once its jobs have left", node)
-    if jobs and requeued:
-        release_requeue_delay(slurm, node, jobs, sleep)
     event = ReclaimEvent(
         kind="spot-interruption",
         cluster=identity.cluster,

@@ -105,10 +105,16 @@ def test_a_reclaimed_job_is_requeued_and_finishes_on_a_fresh_node(
     attempts = (Path(local.data_dir or "") / "attempts.log").read_text().split()
     assert attempts[0::2] == ["0", "1"], attempts
 
-    (event,) = [
-        deserialize(item)
-        for item in cloud.client("dynamodb").scan(TableName=SPOT_EVENTS_TABLE)["Items"]
-    ]
+    def events() -> list[dict]:
+        items = cloud.client("dynamodb").scan(TableName=SPOT_EVENTS_TABLE)["Items"]
+        return [deserialize(item) for item in items]
+
+    (event,) = wait_until(
+        events,
+        timeout=GRACE_SECONDS,
+        what=lambda: "the watcher's event in the spot-event table\n"
+        + local.logs(local.node_container(first_node), tail=30),
+    )
     assert event["instance_id"] == first["InstanceId"]
     assert event["node"] == first_node
     assert event["job_ids"] == [str(job_id)]

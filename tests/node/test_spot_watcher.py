@@ -89,6 +89,30 @@ def test_notice_drains_the_node_requeues_its_jobs_and_records_the_event(
     assert "gpu-3: requeued job(s) 41,42_3" in log
 
 
+def test_the_event_is_recorded_before_waiting_on_slurms_requeue_hold(
+    imds: FakeImds, tmp_path: Path
+) -> None:
+    """Lifting the hold may take RELEASE_ATTEMPTS seconds; the instance may be gone by then, so the
+    reclaim's record must already be written when that wait starts."""
+    events = tmp_path / "events" / "spot.jsonl"
+    recorder = Recorder()
+    recorder.replies[("squeue",)] = CommandResult(0, "41\n")
+    seen_at_release: list[bool] = []
+
+    def runner(argv: list[str]) -> CommandResult:
+        if "--format=%i|%r" in argv:
+            seen_at_release.append(events.is_file() and events.read_text().strip() != "")
+        return recorder(argv)
+
+    status = spot_watcher.main(
+        [], environ=watcher_env(imds, tmp_path), runner=runner, sleep=notice_after(imds, 1)
+    )
+
+    assert status == 0
+    assert seen_at_release, "the watcher never looked for the requeue hold"
+    assert all(seen_at_release), "the hold was awaited before the event was recorded"
+
+
 def test_event_goes_to_the_table_once(imds: FakeImds, tmp_path: Path, moto_aws: None) -> None:
     import boto3
 
