@@ -74,6 +74,9 @@ class DemoResult:
     accuracy: float | None = None
     resumed_from: list[int] = field(default_factory=list)
     reclaims: int = 0
+    reclaimed_at_iteration: int | None = None
+    """The newest complete iteration once the reclaimed attempt had left its node: where the job
+    must resume (RELION may finish one more iteration between the decision and the kill)."""
     nodes_launched: int = 0
     cost_usd: float | None = None
     reclaimed_usd: float | None = None
@@ -82,6 +85,8 @@ class DemoResult:
     wall_seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds per phase: setup, data, cloud, submit -> running, run, pricing."""
+    failures: list[str] = field(default_factory=list)
+    """The demo's own outcomes that did not hold (empty: every promise kept)."""
 
 
 Report = Callable[[str, dict[str, Any]], None]
@@ -233,10 +238,14 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
                 node = fields["NodeList"]
                 machine = cloud.reconciler.machines.get(node)
                 if machine is not None:
+                    restarts = int(fields.get("Restarts", "0") or 0)
                     cloud.reconciler.reclaim(machine.instance_id)
                     reclaimed = True
                     result.reclaims += 1
                     report("reclaim", {"node": node, "after_iteration": done})
+                    result.reclaimed_at_iteration = _left_node_at(
+                        job, restarts, run_root, int(manifest["spec"]["classes"])
+                    )
             if time.monotonic() > deadline:
                 raise DemoError(f"job {job_id} did not finish within {JOB_TIMEOUT_SECONDS} s")
             time.sleep(2)
@@ -260,7 +269,59 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     if scores:
         result.accuracy = round(scores[-1].accuracy, 3)
     result.wall_seconds = round(time.monotonic() - started, 1)
+    result.failures = outcome_failures(settings, result)
     return result
+
+
+MIN_ACCURACY = 0.90
+"""Label-swap-invariant agreement with the truth the demo promises (K=2, SNR 1)."""
+
+
+def _left_node_at(
+    job: Callable[[], dict[str, str]], restarts_before: int, run_root: Path, classes: int
+) -> int | None:
+    """Wait until the reclaimed attempt is off its node (requeued: restart count up, no longer
+    completing), then read the newest complete iteration. Nothing writes the run until the next
+    attempt has booted a node and run an iteration, so this is where the job must resume."""
+    from ..relion.checkpoint import newest_complete_iteration
+    from ..slurm.local import wait_until
+
+    def requeued() -> bool:
+        fields = job()
+        restarted = int(fields.get("Restarts", "0") or 0) > restarts_before
+        return restarted and fields.get("JobState") != "COMPLETING"
+
+    wait_until(requeued, timeout=120, interval=0.1, what="the reclaimed attempt to be requeued")
+    return newest_complete_iteration(run_root, classes)
+
+
+def outcome_failures(settings: DemoSettings, result: DemoResult) -> list[str]:
+    """What the demo promises, checked on its own result: one line per broken promise."""
+    failures = []
+    if result.state != "COMPLETED":
+        failures.append(f"the job ended {result.state or 'in no known state'}, not COMPLETED")
+    if result.iterations != settings.iterations:
+        failures.append(f"{result.iterations} of {settings.iterations} iterations written")
+    if settings.reclaim_after:
+        if result.reclaims != 1:
+            failures.append(f"{result.reclaims} spot reclaims happened, 1 was asked for")
+        elif result.reclaimed_at_iteration is None:
+            failures.append("no complete iteration was on disk when the reclaim took the node")
+        elif result.resumed_from != [result.reclaimed_at_iteration]:
+            failures.append(
+                f"resumed after iterations {result.resumed_from or 'none'}, expected "
+                f"[{result.reclaimed_at_iteration}] (the newest complete one at the reclaim)"
+            )
+        elif result.reclaimed_at_iteration < settings.reclaim_after:
+            failures.append(
+                f"the reclaim came after iteration {result.reclaimed_at_iteration}, "
+                f"before the {settings.reclaim_after} asked for"
+            )
+    if result.accuracy is None or result.accuracy < MIN_ACCURACY:
+        failures.append(f"accuracy {result.accuracy} against the truth is below {MIN_ACCURACY}")
+    if not result.cost_usd or result.cost_usd <= 0:
+        failures.append(f"the job was not priced (cost {result.cost_usd})")
+    return failures
 
 
 def _price(cloud: Any, job_id: str, final_state: str, result: DemoResult) -> None:
@@ -365,6 +426,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"relion-spot demo: {err}", file=sys.stderr)
         return 1
     display.summary(result)
+    for failure in result.failures:
+        print(f"relion-spot demo: FAILED: {failure}", file=sys.stderr)
     if args.json:
         print(json.dumps(asdict(result), sort_keys=True))
-    return 0 if result.state == "COMPLETED" else 1
+    return 1 if result.failures else 0

@@ -271,6 +271,20 @@ def _restore_snapshot(root: Path, classes: int) -> int | None:
     return iteration
 
 
+def newest_complete_iteration(root: Path, classes: int) -> int | None:
+    """The newest iteration whose files are all complete, read only (no snapshot restored): what
+    an observer sees while no attempt runs, e.g. right after a reclaim took the job off its node."""
+    for iteration in written_iterations(root):
+        if iteration < 1:
+            continue
+        try:
+            check_iteration(root, iteration, classes)
+        except CheckpointError:
+            continue
+        return iteration
+    return None
+
+
 def find_resume_point(root: Path, classes: int, requested_iterations: int) -> ResumePoint:
     """The newest complete iteration of the run at root (RELION's --o), or a fresh start."""
     passed_over: dict[int, str] = {}

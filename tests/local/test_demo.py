@@ -35,8 +35,10 @@ def test_the_demo_classifies_survives_a_reclaim_and_prices_it(
     assert result["iterations"] == defaults.iterations
     assert len(result["resolution_per_iteration"]) == defaults.iterations
     assert result["accuracy"] >= 0.90, result
+    assert result["failures"] == [], result
     assert result["reclaims"] == 1
-    assert result["resumed_from"] == [defaults.reclaim_after], result
+    assert result["reclaimed_at_iteration"] >= defaults.reclaim_after, result
+    assert result["resumed_from"] == [result["reclaimed_at_iteration"]], result
     assert result["nodes_launched"] == 2
     assert result["cost_usd"] > 0
     assert 0 < result["reclaimed_share"] < 1, result
@@ -59,3 +61,44 @@ def test_bad_settings_are_one_line_and_launch_nothing(args: list[str], message: 
     assert done.stderr.strip().startswith(f"relion-spot demo: {message}"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert done.stdout == ""
+
+
+def _kept_promises() -> dict:
+    return {
+        "state": "COMPLETED",
+        "iterations": 12,
+        "reclaims": 1,
+        "reclaimed_at_iteration": 5,
+        "resumed_from": [5],
+        "accuracy": 0.93,
+        "cost_usd": 0.04,
+    }
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ({}, None),
+        ({"state": "FAILED"}, "the job ended FAILED"),
+        ({"iterations": 9}, "9 of 12 iterations written"),
+        ({"reclaims": 0}, "0 spot reclaims happened"),
+        ({"resumed_from": []}, "resumed after iterations none, expected [5]"),
+        ({"resumed_from": [4]}, "resumed after iterations [4], expected [5]"),
+        ({"reclaimed_at_iteration": 3, "resumed_from": [3]}, "the reclaim came after iteration 3"),
+        ({"reclaimed_at_iteration": None}, "no complete iteration was on disk"),
+        ({"accuracy": 0.6}, "accuracy 0.6 against the truth is below 0.9"),
+        ({"accuracy": None}, "accuracy None"),
+        ({"cost_usd": None}, "the job was not priced"),
+    ],
+)
+def test_the_demo_fails_when_its_own_outcomes_do_not_hold(
+    broken: dict, message: str | None
+) -> None:
+    from relion_spot.demo.runner import DemoResult, outcome_failures
+
+    result = DemoResult(**{**_kept_promises(), **broken})
+    failures = outcome_failures(DemoSettings(), result)
+    if message is None:
+        assert failures == []
+    else:
+        assert len(failures) == 1 and failures[0].startswith(message), failures

@@ -112,8 +112,10 @@ def test_a_reclaimed_job_is_requeued_and_finishes_on_a_fresh_node(
     (event,) = wait_until(
         events,
         timeout=GRACE_SECONDS,
-        what=lambda: "the watcher's event in the spot-event table\n"
-        + local.logs(local.node_container(first_node), tail=30),
+        what=lambda: (
+            "the watcher's event in the spot-event table\n"
+            + local.logs(local.node_container(first_node), tail=30)
+        ),
     )
     assert event["instance_id"] == first["InstanceId"]
     assert event["node"] == first_node
