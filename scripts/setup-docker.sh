@@ -149,7 +149,7 @@ stage_wheels() {
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform any \
         -d "$wheels" $pins >"$state_dir/wheels.log" 2>&1 ||
-        die "could not download the image's wheels ($(echo $pins)); see $state_dir/wheels.log"
+        die "could not download the image's wheels (${pins//$'\n'/ }); see $state_dir/wheels.log"
     echo "$pins" >"$wheels/.pin"
 }
 

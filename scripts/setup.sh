@@ -12,6 +12,7 @@ log() { echo "setup: $*" >&2; }
 apt_missing=()
 command -v node >/dev/null || apt_missing+=(nodejs)
 command -v npm >/dev/null || apt_missing+=(npm)
+command -v shellcheck >/dev/null || apt_missing+=(shellcheck)
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 if ((${#apt_missing[@]})); then
     log "installing ${apt_missing[*]} from apt"

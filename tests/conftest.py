@@ -106,3 +106,26 @@ def moto_aws() -> Iterator[None]:
 
     with mock_aws():
         yield
+
+
+SKIPS_ALLOWED_ENV = "RELION_SPOT_ALLOW_SKIPS"
+"""Set (to anything) for a partial local run; the suite as the README and CI run it never skips."""
+
+
+def _skipped(config: pytest.Config) -> int:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _skipped(config) and not os.environ.get(SKIPS_ALLOWED_ENV):
+        terminalreporter.write_line(
+            f"relion-spot: {_skipped(config)} test(s) skipped: a skip is a check that did not run; "
+            f"install what it names (scripts/test.sh does) or set {SKIPS_ALLOWED_ENV}=1",
+            red=True,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and _skipped(session.config) and not os.environ.get(SKIPS_ALLOWED_ENV):
+        session.exitstatus = 1

@@ -50,6 +50,12 @@ def test_rendered_script_is_valid_bash(gpus: int, mode: str, tmp_path: Path) -> 
     script.write_text(render(gpus, mode=mode))  # type: ignore[arg-type]
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    checked = subprocess.run(
+        ["shellcheck", "--shell=bash", "--severity=style", str(script)],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout
 
 
 def _words(gpus: int, mode: str = "cloud", params: Class3dParams | None = None) -> list[str]:

@@ -21,6 +21,14 @@ def test_default_stages_the_benchmark_on_the_cpu_partition() -> None:
     )
     assert "$$" not in script and "${" not in script.replace("${SLURM_RESTART_COUNT:-0}", "")
     assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
+    checked = subprocess.run(
+        ["shellcheck", "--shell=bash", "--severity=style", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout
 
 
 def test_checks_and_optional_values_reach_the_command() -> None:
