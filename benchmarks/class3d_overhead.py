@@ -52,6 +52,7 @@ from rich.console import Console
 
 from relion_spot.jobs import Class3dParams, NodeShape, render
 from relion_spot.jobs.class3d import JOB_DIR, command_words
+from relion_spot.jobs.job_dir import Owner, find
 from relion_spot.relion.checkpoint import (
     CheckpointError,
     check_iteration,
@@ -208,10 +209,19 @@ class Bench:
         last = (root.parent / "RELION_JOB_EXIT_SUCCESS").stat().st_mtime
         return first - run.started, last - first, run.ended - last
 
+    def _root(self, job: str, timeout: float = 60) -> Path:
+        """The run root in the directory the job claimed (relion_spot.jobs.job_dir)."""
+        deadline = time.monotonic() + timeout
+        while (claimed := find(self.data.out, Owner(cluster="", slurm_job_id=job))) is None:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"class3d_overhead: job {job} claimed no directory")
+            time.sleep(0.05)
+        return claimed.directory / "run"
+
     def template(self) -> Sample:
         job = self.job_id()
-        root = self.data.out / self.params.output_dir / f"job{job}" / "run"
         run = self._run(["bash", str(self.script)], self.env(job), self.logs / f"A-{job}.log")
+        root = self._root(job)
         scores = self._accuracy(root)
         phases = self._phases(root, run)
         return Sample(
@@ -238,10 +248,10 @@ class Bench:
 
     def reclaimed(self, kill_after: int) -> Sample:
         job = self.job_id()
-        root = self.data.out / self.params.output_dir / f"job{job}" / "run"
         first_log = self.logs / f"C-{job}-attempt0.log"
         started = time.perf_counter()
         process = self._start(["bash", str(self.script)], self.env(job), first_log)
+        root = self._root(job)
         self._kill_when_complete(process, root, kill_after, first_log)
         killed = time.perf_counter() - started
 

@@ -149,6 +149,8 @@ def job_parameters(settings: DemoSettings, manifest: dict[str, Any]) -> dict[str
 def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     from ..intake.client import submit, wait_for_acceptance
     from ..intake.table import IntakeTable
+    from ..jobs.job_dir import Claim, Owner
+    from ..jobs.job_dir import find as find_job_dir
     from ..local.embedded import INTAKE_TABLE, EmbeddedCloud
     from ..relion import score
     from ..relion.progress import plot_path, progress_path
@@ -195,7 +197,8 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
             parameters=job_parameters(settings, manifest),
             user="demo",
         )
-        report("submitted", {"submission": submission.submission_id})
+        sid = submission.submission_id
+        report("submitted", {"submission": sid})
         job_id = wait_for_acceptance(table, submission.submission_id, timeout=120)
         result.job_id = job_id
         report("accepted", {"job_id": job_id})
@@ -209,7 +212,14 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
             what=lambda: f"job {job_id} to start ({job().get('JobState')}, {job().get('Reason')})",
         )
         phase("submit_to_running")
-        run_root = data_dir / PROJECT / "Class3D" / f"job{job_id}" / "run"
+        owner = Owner(cluster=cloud.cluster, slurm_job_id=job_id, submission_id=sid)
+        claimed = wait_until(
+            lambda: find_job_dir(project, owner),
+            timeout=120,
+            what=f"job {job_id} to claim its directory in {project}",
+        )
+        assert isinstance(claimed, Claim)
+        run_root = claimed.directory / "run"
         reclaimed = False
         deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
         while True:

@@ -57,8 +57,8 @@ reachable): a deployment should pass the image it has tested (``image=``)."""
 TCMALLOC = "libtcmalloc_minimal.so.4"
 CONTAINER_BINDS = "/data,/scratch"
 JOB_DIR = "$JOB_DIR"
-"""The job directory as the script names it: <output_dir>/job<Slurm job id>, stable across
-requeues, so every attempt continues the same --o."""
+"""The job directory as the script names it: <output_dir>/jobNNN claimed by this job
+(relion_spot.jobs.job_dir), the same on every attempt, so every attempt continues the same --o."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from typing import Any
 
 from relion_spot.relion.preflight import PreflightError, parse_refine_args
 
+from .job_dir import JOB_TYPE
+
 
 class JobParameterError(ValueError):
     """A job parameter that cannot be used; the message is meant for the user, verbatim."""
@@ -122,7 +124,8 @@ class Class3dParams:
     project_dir: str = "/data/relion_benchmark"
     """Where the job runs (--i and --ref are relative to it); on the EFS /data mount."""
     output_dir: str = "Class3D"
-    """Jobs write to <output_dir>/job<Slurm job id>/run_* under the project directory."""
+    """The job type directory under the project: the job writes to <output_dir>/jobNNN/run_*,
+    NNN the project's next RELION job number, claimed by this job (relion_spot.jobs.job_dir)."""
     scratch_dir: str = "/scratch"
     """The node's local NVMe (the node bootstrap mounts the instance store there)."""
     extra_flags: tuple[str, ...] = ()
@@ -156,10 +159,10 @@ class Class3dParams:
                 raise JobParameterError(
                     f"parameter {name} = {getattr(self, name)!r} is not valid: an absolute path"
                 )
-        if self.output_dir.startswith("/") or ".." in self.output_dir.split("/"):
+        if not JOB_TYPE.fullmatch(self.output_dir):
             raise JobParameterError(
-                f"parameter output_dir = {self.output_dir!r} is not valid: a path inside the "
-                "project directory (relative, without ..)"
+                f"parameter output_dir = {self.output_dir!r} is not valid: one directory name "
+                "under the project (a letter, then letters, digits or _; e.g. Class3D)"
             )
         if self.offset_step > self.offset_range and self.offset_range > 0:
             raise JobParameterError(

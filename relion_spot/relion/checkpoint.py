@@ -509,15 +509,20 @@ def describe(point: ResumePoint) -> str:
 
 def run(command: RefineCommand, *, cwd: Path, progress_interval: float = 5.0) -> int:
     """Start or resume RELION in cwd and wait; publishes progress; forwards SIGTERM/SIGINT."""
+    from relion_spot.jobs.job_dir import JobDirError, check_owner
     from relion_spot.relion.progress import Watcher
     from relion_spot.relion.tools import relion_env
 
+    root = command.root if command.root.is_absolute() else cwd / command.root
+    try:
+        check_owner(root.parent, os.environ)
+    except JobDirError as err:
+        raise CheckpointError(str(err)) from None
     decided, history = start(command, cwd=cwd)
     print(
         f"checkpoint: {describe(decided.point)} (resumed {history['resumes']} times)",
         file=sys.stderr,
     )
-    root = command.root if command.root.is_absolute() else cwd / command.root
     if decided.argv is None:
         Watcher(root=root, requested_iterations=command.iterations, interval=0).refresh()
         return 0

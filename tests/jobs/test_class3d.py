@@ -227,6 +227,7 @@ BAD = [
     ({"particles": "my particles.star"}, "parameter particles = 'my particles.star'"),
     ({"project_dir": "relative"}, "parameter project_dir = 'relative' is not valid: an absolute"),
     ({"output_dir": "../elsewhere"}, "parameter output_dir = '../elsewhere' is not valid"),
+    ({"output_dir": "Class3D/sub"}, "parameter output_dir = 'Class3D/sub' is not valid"),
     ({"scratch_dir": "/scratch;rm"}, "parameter scratch_dir = '/scratch;rm' is not valid"),
     ({"Kk": 2}, "no job parameter 'Kk'; did you mean K?"),
     ({"healpix": 2}, "no job parameter 'healpix'; did you mean healpix_order?"),

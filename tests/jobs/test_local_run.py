@@ -1,8 +1,9 @@
 """The rendered local-mode script run for real: Debian's RELION on a small synthetic set.
 
 Runs the script with bash as Slurm would (SLURM_JOB_ID set, the #SBATCH lines are comments),
-checks the run finishes into Class3D/job<id>/ with the pipeline-control marker, and that a
-second start of the same job (a requeue after the end) exits at once without recomputing.
+checks the run finishes into the job's own Class3D/jobNNN/ with the pipeline-control marker, that
+a second start of the same job (a requeue after the end) exits at once without recomputing, and
+that job 1 of a second cluster sharing the project runs its own classification beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from relion_spot.jobs import Class3dParams, NodeShape, render
+from relion_spot.jobs.job_dir import Owner, find
 from relion_spot.relion.synthetic import SyntheticResult, SyntheticSpec, generate
 
 pytestmark = pytest.mark.relion
@@ -33,7 +35,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticResult:
     return generate(SPEC, tmp_path_factory.mktemp("class3d-local"))
 
 
-def _run(script: Path, job_id: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    script: Path, job_id: str, *, cluster: str = "lab-gpu1", restarts: int = 0
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         # Open MPI refuses to start as root unless told; the cluster's jobs never run as root.
@@ -41,10 +45,18 @@ def _run(script: Path, job_id: str) -> subprocess.CompletedProcess[str]:
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "SLURM_JOB_ID": job_id,
+        "SLURM_CLUSTER_NAME": cluster,
+        "SLURM_RESTART_COUNT": str(restarts),
     }
     return subprocess.run(
         ["bash", str(script)], env=env, capture_output=True, text=True, timeout=600, check=False
     )
+
+
+def _own_dir(dataset: SyntheticResult, cluster: str, job_id: str) -> Path:
+    found = find(dataset.out, Owner(cluster=cluster, slurm_job_id=job_id))
+    assert found is not None, f"job {job_id} of {cluster} claimed no directory"
+    return found.directory
 
 
 def _params(dataset: SyntheticResult, scratch: Path, threads: int) -> Class3dParams:
@@ -72,18 +84,27 @@ def test_local_script_runs_relion_to_the_end_and_skips_a_finished_run(
     script = tmp_path / "class3d.sbatch"
     script.write_text(render(1, params, mode="local"))
 
-    done = _run(script, "42")
+    done = _run(script, "1")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    job_dir = dataset.out / "Class3D" / "job42"
+    job_dir = _own_dir(dataset, "lab-gpu1", "1")
     assert (job_dir / f"run_it{ITERATIONS:03d}_model.star").is_file()
     assert (job_dir / "RELION_JOB_EXIT_SUCCESS").is_file()
 
     started = time.monotonic()
-    again = _run(script, "42")
+    again = _run(script, "1", restarts=1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"finished: iteration {ITERATIONS} of {ITERATIONS} is complete" in again.stderr
     assert "relion_refine exited" not in again.stderr
     assert time.monotonic() - started < 30
+
+    # Job 1 of another cluster (its own slurmctld, ids from 1) on the same /data: its own
+    # directory and its own classification, never "finished" with the first cluster's classes.
+    other = _run(script, "1", cluster="lab-gpu4")
+    assert other.returncode == 0, (other.stdout + other.stderr)[-3000:]
+    assert "relion_refine exited 0" in other.stderr
+    other_dir = _own_dir(dataset, "lab-gpu4", "1")
+    assert other_dir != job_dir
+    assert (other_dir / f"run_it{ITERATIONS:03d}_model.star").is_file()
 
 
 def test_local_mpi_launch_line_runs_relion_refine_mpi(
@@ -96,7 +117,7 @@ def test_local_mpi_launch_line_runs_relion_refine_mpi(
     script.write_text(render(NodeShape(gpus=2, vcpus=2), params, mode="local"))
     done = _run(script, "43")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    job_dir = dataset.out / "Class3D" / "job43"
+    job_dir = _own_dir(dataset, "lab-gpu1", "43")
     assert (job_dir / f"run_it{ITERATIONS:03d}_model.star").is_file()
     assert (job_dir / "RELION_JOB_EXIT_SUCCESS").is_file()
     assert "relion_refine_mpi exited 0" in done.stderr
