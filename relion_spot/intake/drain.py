@@ -64,6 +64,7 @@ from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
 from .config import (
     DATA_ROOT_ENV,
     JOB_MODE_ENV,
+    MAX_RECEIVES,
     QUEUE_URL_ENV,
     RECEIVE_WAIT_SECONDS,
     REGION_ENV,
@@ -73,7 +74,13 @@ from .config import (
     SQUEUE_ENV,
     TABLE_ENV,
 )
-from .message import CancelRequest, InvalidSubmission, Submission, parse_request
+from .message import (
+    CancelRequest,
+    InvalidSubmission,
+    Submission,
+    parse_request,
+    submission_id_in,
+)
 from .prepare import JobPreparer, JobRejected, PreparedJob
 from .slurm import SlurmJobs, SlurmRefused, SlurmUnavailable, comment_for
 from .table import (
@@ -121,17 +128,20 @@ class _Delivery:
     body: str
     sender_id: str
     received_at: int | None
+    receive_count: int = 1
 
     @classmethod
     def of(cls, message: Mapping[str, Any]) -> _Delivery:
         attributes = message.get("Attributes") or {}
         first = str(attributes.get("ApproximateFirstReceiveTimestamp", ""))
+        count = str(attributes.get("ApproximateReceiveCount", "1"))
         return cls(
             message_id=str(message.get("MessageId", "")),
             receipt=str(message.get("ReceiptHandle", "")),
             body=str(message.get("Body", "")),
             sender_id=str(attributes.get("SenderId", "")),
             received_at=int(first) // 1000 if first.isdigit() else None,
+            receive_count=int(count) if count.isdigit() else 1,
         )
 
 
@@ -143,7 +153,7 @@ def _raw_text_fields(body: str) -> dict[str, Any]:
     """What a rejected record can still carry from a message that did not validate."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, TypeError):
+    except (TypeError, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}
@@ -151,7 +161,7 @@ def _raw_text_fields(body: str) -> dict[str, Any]:
     kept = {n: data[n] for n in names if isinstance(data.get(n), str)}
     if "parameters" in data:
         kept["parameters"] = parameters_text(data["parameters"])
-    return {k: v[:1000] for k, v in kept.items()}
+    return {k: v if k == "parameters" else v[:1000] for k, v in kept.items()}
 
 
 @dataclass
@@ -177,9 +187,50 @@ class Drainer:
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=1,
             WaitTimeSeconds=self.wait_seconds,
-            MessageSystemAttributeNames=["SenderId", "ApproximateFirstReceiveTimestamp"],
+            MessageSystemAttributeNames=[
+                "SenderId",
+                "ApproximateFirstReceiveTimestamp",
+                "ApproximateReceiveCount",
+            ],
         )
-        return [self.handle(message) for message in response.get("Messages") or []]
+        return [self._handle_or_record(message) for message in response.get("Messages") or []]
+
+    def _handle_or_record(self, message: Mapping[str, Any]) -> str:
+        """``handle``; where it fails on the message's last receive before the dead-letter
+        queue, the submission is first recorded as rejected with the failure, so the client
+        sees a terminal state instead of "pending" forever. The failure still propagates."""
+        try:
+            return self.handle(message)
+        except Exception as err:
+            delivery = _Delivery.of(message)
+            if delivery.receive_count >= MAX_RECEIVES:
+                self._record_gave_up(delivery, err)
+            raise
+
+    def _record_gave_up(self, delivery: _Delivery, err: Exception) -> None:
+        sid = submission_id_in(delivery.body)
+        if sid is None:
+            log.error("message %s goes to the dead-letter queue unrecorded", delivery.message_id)
+            return
+        stored = self.table.get(sid)
+        if stored is not None and stored.final:
+            return
+        record = Record(
+            submission_id=sid,
+            state=REJECTED,
+            message=(
+                f"the intake failed on this submission {delivery.receive_count} times "
+                f"(last: {_one_line(err)}); it is in the dead-letter "
+                "queue for the cluster's admin"
+            ),
+            sender_id=delivery.sender_id,
+            message_id=delivery.message_id,
+            received_at=delivery.received_at,
+            decided_at=int(self.clock()),
+            **_raw_text_fields(delivery.body),
+        )
+        self.table.finish(record)
+        log.error("%s: recorded as rejected after %d receives", sid, delivery.receive_count)
 
     def handle(self, message: Mapping[str, Any]) -> str:
         delivery = _Delivery.of(message)

@@ -23,6 +23,7 @@ field, the value given and what is accepted; the drainer stores that message as 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,8 +58,39 @@ class InvalidSubmission(ValueError):
 
 
 def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<a {round(value.bit_length() * 0.30103)}-digit number>"
     text = repr(value)
     return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
+
+
+_ID_IN_TEXT = re.compile(
+    rf'"{KEY}"\s*:\s*"([0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}})"'
+)
+
+
+def submission_id_in(body: str) -> str | None:
+    """The submission id a raw message names, found in its text (for a message that does not
+    parse or cannot be processed, so its fate is recorded where the client looks)."""
+    found = _ID_IN_TEXT.search(body)
+    return canonical_id(found.group(1)) if found else None
+
+
+def _load(body: object) -> Any:
+    """JSON of a queue message; InvalidSubmission for anything json cannot take (not JSON, an
+    integer of more digits than Python converts, nesting deeper than its recursion limit),
+    carrying the submission id where the raw text names one, so the rejection is recorded where
+    the client looks."""
+    try:
+        return json.loads(body)  # type: ignore[arg-type]
+    except json.JSONDecodeError as err:
+        reason = f"{err.msg} at char {err.pos}"
+    except (TypeError, ValueError, RecursionError) as err:
+        reason = str(err).splitlines()[0][:MAX_SHOWN_CHARS]
+    raise InvalidSubmission(
+        f"the message is not JSON ({reason})",
+        submission_id_in(body) if isinstance(body, str) else None,
+    )
 
 
 def canonical_id(value: object) -> str | None:
@@ -127,6 +159,7 @@ class Submission:
                 params = stage_from_mapping(self.parameters)
             else:
                 params = from_mapping(self.parameters)
+                params.check_confined()
         except JobParameterError as err:
             raise InvalidSubmission(str(err), sid) from None
         except (TypeError, ValueError, AttributeError) as err:  # a shape no check foresaw
@@ -181,11 +214,7 @@ def new_submission(
 
 def parse(body: str) -> Submission:
     """The submission a queue message carries; InvalidSubmission says what is wrong with it."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, TypeError) as err:
-        reason = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else err
-        raise InvalidSubmission(f"the message is not JSON ({reason})") from None
+    data = _load(body)
     if not isinstance(data, dict):
         raise InvalidSubmission(
             f"the message is a JSON {type(data).__name__}, not an object with the fields "
@@ -263,10 +292,7 @@ def new_cancel(submission_id: str, job_id: str, *, user: str) -> CancelRequest:
 def parse_request(body: str) -> Submission | CancelRequest:
     """What a queue message asks for: a submission (no ``action``, or "submit") or a cancel.
     InvalidSubmission says what is wrong with it."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, TypeError):
-        return parse(body)
+    data = _load(body)
     if not isinstance(data, dict) or ACTION not in data:
         return parse(body)
     action = data.pop(ACTION)

@@ -77,12 +77,23 @@ class Record:
         return self.state in FINAL_STATES
 
 
+MAX_TEXT_CHARS = 4000
+"""Every text attribute is stored cut to this many characters (the parameters to
+MAX_PARAMETERS_CHARS), so an item stays far below DynamoDB's 400 KB whatever a message held."""
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    return f"{text[: MAX_TEXT_CHARS - 40]}... ({len(text)} characters, cut)"
+
+
 def _item(record: Record) -> dict[str, Any]:
     item: dict[str, Any] = {KEY: {"S": record.submission_id}}
     for name in _TEXT:
         value = getattr(record, name)
         if value:
-            item[name] = {"S": str(value)}
+            item[name] = {"S": _bounded(str(value))}
     for name in _NUMBERS:
         value = getattr(record, name)
         if value is not None:
@@ -102,11 +113,19 @@ def _record(item: Mapping[str, Any]) -> Record:
     return Record(submission_id=item[KEY]["S"], **values)
 
 
+MAX_PARAMETERS_CHARS = 4000
+"""The parameters are stored as given, cut to this many characters: an item stays far below
+DynamoDB's 400 KB whatever a message carried (JSON-escaping can triple a multi-byte body)."""
+
+
 def parameters_text(parameters: Mapping[str, Any] | Any) -> str:
     try:
-        return json.dumps(parameters, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return repr(parameters)
+        text = json.dumps(parameters, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = f"<{type(parameters).__name__} that is not JSON>"
+    if len(text) > MAX_PARAMETERS_CHARS:
+        return f"{text[: MAX_PARAMETERS_CHARS - 40]}... ({len(text)} characters, cut)"
+    return text
 
 
 @dataclass

@@ -26,8 +26,13 @@ class JobParameterError(ValueError):
 
 
 _SYM_RE = re.compile(r"^(C[1-9]\d*|Ci|Cs|D[1-9]\d*|T|O|I[1-5]?)$")
-_PATH_RE = re.compile(r"^[\w./:+@-]+$")
-"""Paths stay plain (no spaces or shell characters): they are written into a shell script."""
+_PATH_RE = re.compile(r"^[\w./:+@-]+$", re.ASCII)
+"""Paths stay plain ASCII (no spaces or shell characters): they are written into a shell script."""
+MAX_PATH_LENGTH = 255
+DATA_ROOT = "/data"
+"""The shared file system on every node: a job's project lives in a directory under it."""
+SCRATCH_ROOT = "/scratch"
+"""The node's local NVMe: RELION's --scratch_dir must be there."""
 
 
 @dataclass(frozen=True)
@@ -148,17 +153,14 @@ class Class3dParams:
                 "T, O or I (I1-I5)"
             )
         for name in ("particles", "reference", "project_dir", "output_dir", "scratch_dir"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not _PATH_RE.fullmatch(value):
-                raise JobParameterError(
-                    f"parameter {name} = {value!r} is not valid: a path of letters, digits and "
-                    "_ . / : + @ - (no spaces or shell characters)"
-                )
+            check_path(name, getattr(self, name))
         for name in ("project_dir", "scratch_dir"):
             if not getattr(self, name).startswith("/"):
                 raise JobParameterError(
                     f"parameter {name} = {getattr(self, name)!r} is not valid: an absolute path"
                 )
+        for name in ("particles", "reference"):
+            _check_relative(name, getattr(self, name))
         if not JOB_TYPE.fullmatch(self.output_dir):
             raise JobParameterError(
                 f"parameter output_dir = {self.output_dir!r} is not valid: one directory name "
@@ -170,6 +172,14 @@ class Class3dParams:
                 f"offset_range ({self.offset_range:g})"
             )
         check_extra_flags(self.extra_flags)
+
+    def check_confined(self) -> None:
+        """What a submission to the cluster may name: a project under the shared /data (never
+        the cluster's own dot-directories there) and scratch on the node's NVMe. (Rendering for
+        a test or a benchmark may point elsewhere; the intake always checks this.)"""
+        _check_under("project_dir", self.project_dir, DATA_ROOT, "a project directory")
+        check_not_reserved("project_dir", self.project_dir)
+        _check_under("scratch_dir", self.scratch_dir, SCRATCH_ROOT, "the node's scratch", True)
 
     def refine_args(self) -> list[str]:
         """The job's own relion_refine flags (no output, GPU, thread or scratch flags)."""
@@ -207,6 +217,61 @@ class Class3dParams:
 PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Class3dParams))
 
 
+def check_path(name: str, value: object) -> None:
+    """Plain ASCII path text of bounded length that can never be read as a flag."""
+    if not isinstance(value, str) or not _PATH_RE.fullmatch(value):
+        raise JobParameterError(
+            f"parameter {name} = {value!r} is not valid: a path of ASCII letters, digits and "
+            "_ . / : + @ - (no spaces or shell characters)"
+        )
+    if len(value) > MAX_PATH_LENGTH:
+        raise JobParameterError(
+            f"parameter {name} = {value[:40]!r}... is not valid: at most {MAX_PATH_LENGTH} "
+            f"characters ({len(value)} given)"
+        )
+    if value.startswith("-"):
+        raise JobParameterError(
+            f"parameter {name} = {value!r} is not valid: a path, not a flag (it starts with -)"
+        )
+
+
+def check_not_reserved(name: str, value: str) -> None:
+    """Names starting with . directly under /data are the cluster's own (spot-event logs,
+    claims): no job may write there."""
+    if value.startswith(DATA_ROOT + "/") and value.split("/")[2].startswith("."):
+        raise JobParameterError(
+            f"parameter {name} = {value!r} is not valid: names starting with . directly under "
+            f"{DATA_ROOT} are the cluster's own"
+        )
+
+
+def _parts(value: str) -> list[str]:
+    return value.split("/")
+
+
+def _check_under(name: str, value: str, root: str, what: str, root_itself: bool = False) -> None:
+    """An absolute, normalised path below ``root`` (or ``root`` itself where allowed)."""
+    parts = _parts(value)
+    normal = value.startswith("/") and all(p not in ("", ".", "..") for p in parts[1:])
+    inside = value.startswith(root + "/") or (root_itself and value == root)
+    if not (normal and inside):
+        where = f"{root} or a directory under it" if root_itself else f"a directory under {root}"
+        raise JobParameterError(
+            f"parameter {name} = {value!r} is not valid: {what}, {where} "
+            "(absolute, no . or .. or empty parts)"
+        )
+
+
+def _check_relative(name: str, value: str) -> None:
+    """A file inside the project: relative, without . or .. or empty parts."""
+    path = value.split(":", 1)[0] if name == "reference" else value
+    if path.startswith("/") or any(p in ("", ".", "..") for p in _parts(path)):
+        raise JobParameterError(
+            f"parameter {name} = {value!r} is not valid: a file inside the project directory "
+            "(relative, no . or .. or empty parts)"
+        )
+
+
 def _number(value: float) -> str:
     return f"{value:g}"
 
@@ -215,10 +280,14 @@ def _check_number(name: str, value: object, allowed: _Range) -> None:
     accepted = allowed.describe()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise JobParameterError(f"parameter {name} = {value!r} is not valid: {accepted}")
-    if allowed.whole and not float(value).is_integer():
-        raise JobParameterError(f"parameter {name} = {value!r} is not valid: {accepted}")
+    # Range first: a huge integer overflows float(), and NaN compares false both ways.
+    shown: object = value
+    if isinstance(value, int) and abs(value) >= 10**12:
+        shown = f"<a {round(value.bit_length() * 0.30103)}-digit number>"
     if not allowed.low <= value <= allowed.high:
-        raise JobParameterError(f"parameter {name} = {value!r} is not valid: {accepted}")
+        raise JobParameterError(f"parameter {name} = {shown!r} is not valid: {accepted}")
+    if allowed.whole and not float(value).is_integer():
+        raise JobParameterError(f"parameter {name} = {shown!r} is not valid: {accepted}")
 
 
 def check_extra_flags(extra: Sequence[str]) -> None:
@@ -285,8 +354,9 @@ def from_mapping(values: Mapping[str, object]) -> Class3dParams:
         if name not in PARAMETER_NAMES:
             close = difflib.get_close_matches(name, PARAMETER_NAMES, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}? " if close else ""
+            shown = repr(key) if len(key) <= 60 else f"{key[:57]!r}..."
             raise JobParameterError(
-                f"no job parameter {key!r}; {hint}parameters are: " + ", ".join(PARAMETER_NAMES)
+                f"no job parameter {shown}; {hint}parameters are: " + ", ".join(PARAMETER_NAMES)
             )
         given[name] = _coerce(name, value)
     if "extra_flags" in given and isinstance(given["extra_flags"], list):

@@ -18,7 +18,7 @@ from typing import Any
 from relion_spot.slurm.spec import CPU_PARTITION
 from relion_spot.staging import BENCHMARK_URL
 
-from .parameters import JobParameterError
+from .parameters import JobParameterError, check_not_reserved, check_path
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "assets" / "slurm" / "stage.sbatch"
 DATA_DIR = PurePosixPath("/data")
@@ -35,6 +35,7 @@ class StageParams:
     expect_files: int | None = None
 
     def __post_init__(self) -> None:
+        check_path("dest", self.dest)
         dest = PurePosixPath(self.dest)
         if (
             not isinstance(self.dest, str)
@@ -47,6 +48,7 @@ class StageParams:
                 f"parameter dest = {self.dest!r} is not valid: a directory under /data, "
                 "e.g. /data/relion_benchmark"
             )
+        check_not_reserved("dest", self.dest)
         if not isinstance(self.source, str) or not re.match(r"^(https?|s3)://\S+$", self.source):
             raise JobParameterError(
                 f"parameter source = {self.source!r} is not valid: an http(s):// URL or "
