@@ -145,6 +145,14 @@ class _Delivery:
         )
 
 
+def same_principal(sender: str, submitter: str) -> bool:
+    """Whether two SQS SenderIds are one IAM principal: a user's id (AIDA...) as it is, a role's
+    (AROA...:session) without the session name, which changes from one login to the next."""
+    if not sender or not submitter:
+        return False
+    return sender.split(":", 1)[0] == submitter.split(":", 1)[0]
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat()
 
@@ -300,9 +308,19 @@ class Drainer:
             return CANCEL_IGNORED
         if stored.cancel_state in (CANCELLED, CANCEL_FAILED):
             return self._duplicate(delivery, stored)
+        if not same_principal(delivery.sender_id, stored.sender_id):
+            log.warning(
+                "%s: cancel of job %s dropped: sent by %s, the submission by %s",
+                sid,
+                job_id,
+                delivery.sender_id or "an unknown sender",
+                stored.sender_id or "an unknown sender",
+            )
+            self._delete(delivery)
+            return CANCEL_IGNORED
         self.table.mark_cancel(sid, CANCEL_REQUESTED, at=int(self.clock()))
         try:
-            self.slurm.cancel(job_id)
+            self.slurm.cancel(job_id, sid)
         except SlurmUnavailable as err:
             return self._later(sid, f"scancel's outcome is unknown ({err})")
         except SlurmRefused as err:

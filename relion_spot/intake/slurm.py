@@ -152,11 +152,19 @@ class SlurmJobs:
             raise SlurmUnavailable(f"sbatch printed {_one_line(out)!r}, not a job id")
         return job_id
 
-    def cancel(self, job_id: str) -> None:
-        """scancel the job. SlurmRefused: Slurm said no (e.g. the job has already ended);
+    def cancel(self, job_id: str, submission_id: str) -> None:
+        """scancel the job, only if Slurm lists it carrying this submission (its comment): a
+        cancel never reaches a job the intake did not submit for that submission. SlurmRefused:
+        Slurm said no (e.g. the job has already ended), or the job is not that submission's;
         SlurmUnavailable: the outcome is unknown, try again."""
         if not job_id.isdigit():
             raise SlurmRefused(f"{job_id!r} is not a Slurm job id")
+        carrier = self.find(submission_id)
+        if carrier != job_id:
+            raise SlurmRefused(
+                f"Slurm job {job_id} does not carry submission {submission_id}"
+                + (f" (job {carrier} does)" if carrier else " (Slurm lists none that does)")
+            )
         argv = [*self.scancel, job_id]
         code, out, err = self._run(argv, stdin=None, timeout=SCANCEL_TIMEOUT_SECONDS)
         text = _one_line(err or out)

@@ -251,6 +251,47 @@ def test_a_cancel_for_a_job_the_intake_does_not_know_is_dropped_by_the_drainer(
     assert job == "42"
 
 
+def test_another_members_cancel_is_dropped(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """SQS says who sent each message; a cancel counts only from the submission's own sender
+    (a role's session name may differ from one login to the next)."""
+    from relion_spot.intake.message import new_cancel
+
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys)
+    submitter = cluster.table.get(row["submission_id"]).sender_id
+    request = new_cancel(row["submission_id"], job, user="alice")  # the user field is free text
+
+    def deliver(sender: str) -> str:
+        cluster.sqs.send_message(QueueUrl=cluster.queue_url, MessageBody=request.to_json())
+        (message,) = cluster.sqs.receive_message(QueueUrl=cluster.queue_url)["Messages"]
+        message["Attributes"] = {"SenderId": sender}
+        return cluster.drainer().handle(message)
+
+    assert deliver("AIDAOTHERLABMEMBER") == "cancel-ignored"
+    assert deliver("AROAOTHERROLE:alice") == "cancel-ignored"
+    assert cluster.scancel_calls() == []
+    assert cluster.table.get(row["submission_id"]).cancel_state == ""
+    assert deliver(f"{submitter.split(':')[0]}:another-session") == "cancelled"
+    assert cluster.scancel_calls() == [job]
+
+
+def test_scancel_only_touches_the_job_carrying_the_submission(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """After a controller reset job ids start again: job 42 in Slurm may now be another
+    submission's. The drainer checks the job's comment before scancel."""
+    job = _accepted(cluster, monkeypatch, capsys)
+    jobs = cluster.slurm.dir / "jobs"
+    other = "relion-spot:9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+    jobs.write_text(jobs.read_text().replace(f"{job}|relion-spot:", f"{job}|{other}#"))
+    monkeypatch.setattr(commands, "_sleep", lambda _s: cluster.drainer().step())
+    assert main(["cancel", "--stack", STACK, job, "--poll", "0.01"]) == 1
+    assert f"Slurm job {job} does not carry submission" in capsys.readouterr().err
+    assert cluster.scancel_calls() == []
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
