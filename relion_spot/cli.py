@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
     from .client import commands as cluster_commands
     from .cost import report as cost_report
+    from .doctor import cli as doctor_cli
     from .estimate import cli as estimate_cli
 
     parser = argparse.ArgumentParser(
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(subparsers)
     estimate_cli.register(subparsers)
+    doctor_cli.register(subparsers)
     cost_report.register(subparsers)
     cluster_commands.register(subparsers)
     return parser

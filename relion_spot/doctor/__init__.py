@@ -1,0 +1,1 @@
+"""``relion-spot doctor``: the account and region checked against the settings, before deploy."""
