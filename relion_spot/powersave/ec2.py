@@ -26,13 +26,25 @@ CAPACITY_ERRORS = frozenset(
     {
         "InsufficientInstanceCapacity",
         "InsufficientCapacity",
-        "MaxSpotInstanceCountExceeded",
         "SpotMaxPriceTooLow",
         "UnfulfillableCapacity",
         "InsufficientHostCapacity",
     }
 )
 """EC2 error codes that mean "no spot capacity for this type here now", not a broken setup."""
+CONFIGURATION_ERRORS = frozenset(
+    {
+        "MaxSpotInstanceCountExceeded",
+        "VcpuLimitExceeded",
+        "Unsupported",
+        "UnauthorizedOperation",
+        "OptInRequired",
+        "PendingVerification",
+    }
+)
+"""EC2 error codes no retry will cure: the account's spot vCPU quota (0 in a new account), a
+type a zone does not offer, a missing permission. Jobs are held with the reason instead of
+launching and failing over and over (``relion-spot doctor`` names the fix)."""
 MAX_FLEET_CAPACITY = 500
 """Instances asked of one instant fleet; more nodes are split over several calls."""
 FILTER_VALUES = 200
@@ -62,6 +74,10 @@ class LaunchError:
     @property
     def is_capacity(self) -> bool:
         return self.code in CAPACITY_ERRORS
+
+    @property
+    def is_configuration(self) -> bool:
+        return self.code in CONFIGURATION_ERRORS
 
     def describe(self) -> str:
         where = f" ({self.instance_type})" if self.instance_type else ""

@@ -48,6 +48,8 @@ class PartitionResult:
     launched: dict[str, fleet.Launched] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     """Node -> the reason Slurm is given."""
+    misconfigured: bool = False
+    """Nothing launched and EC2 named only causes no retry cures (quota, zone, permission)."""
     trouble: bool = False
     """Something other than a capacity shortage went wrong: the exit status says so."""
 
@@ -94,7 +96,24 @@ def main(
             trouble = True
             continue
         trouble |= result.trouble
+        if result.misconfigured:
+            _hold_for_configuration(slurm, jobs, names, result)
     return 1 if trouble else 0
+
+
+def _hold_for_configuration(
+    slurm: Slurm, jobs: Mapping[str, list[str]], nodes: Sequence[str], result: PartitionResult
+) -> None:
+    """A launch no retry can cure: hold the jobs that waited for these nodes, with the reason,
+    so they do not requeue and relaunch forever."""
+    waiting = sorted({j for n in nodes for j in jobs.get(n, [])}, key=lambda j: (len(j), j))
+    reason = next(iter(result.failed.values()), "EC2 refused the launch")
+    text = f"fix the account (relion-spot doctor), then scontrol release: {reason}"
+    if slurm.hold(waiting, text):
+        log.error("job(s) %s held: %s", ",".join(waiting) or "-", text)
+    else:
+        log.error("job(s) %s could NOT be held after: %s", ",".join(waiting), reason)
+        result.trouble = True
 
 
 def jobs_by_node(env: Mapping[str, str]) -> dict[str, list[str]]:
@@ -208,6 +227,8 @@ def _launch_batch(
     memory.forget(launched_types)
     if any(not e.is_capacity for e in outcome.errors):
         result.trouble = True
+    if not outcome.launched and outcome.errors and all(e.is_configuration for e in outcome.errors):
+        result.misconfigured = True
 
     extra = outcome.launched[len(batch) :]
     if extra:

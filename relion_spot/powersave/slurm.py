@@ -113,6 +113,23 @@ class Slurm:
             nodes, ("state", "power_down_force"), ("reason", clean_reason(reason))
         )
 
+    def hold(self, job_ids: Sequence[str], reason: str) -> bool:
+        """Hold the jobs (Slurm shows JobHeldAdmin) with the reason as their admin comment, so
+        they wait for the account to be fixed instead of cycling through failed launches;
+        ``scontrol release`` lets them go."""
+        if not job_ids:
+            return True
+        ids = ",".join(job_ids)
+        held = self._run([self.scontrol, "hold", ids]).returncode == 0
+        comment = clean_reason(f"relion-spot held: {reason}")
+        noted = (
+            self._run(
+                [self.scontrol, "update", f"jobid={ids}", f"admincomment={comment}"]
+            ).returncode
+            == 0
+        )
+        return held and noted
+
     def drain(self, node: str, reason: str) -> bool:
         return self.update_nodes([node], ("state", "drain"), ("reason", clean_reason(reason)))
 

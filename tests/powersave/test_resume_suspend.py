@@ -141,7 +141,7 @@ def test_every_type_out_of_capacity_sets_the_nodes_down_with_the_ec2_reason(
 ) -> None:
     pools.empty = {
         "g5.xlarge": "InsufficientInstanceCapacity",
-        "g6.xlarge": "MaxSpotInstanceCountExceeded",
+        "g6.xlarge": "UnfulfillableCapacity",
     }
 
     assert run_resume(cloud, recorder, "gpu-[1-2]") == 0, "a shortage is handled, not a failure"
@@ -150,7 +150,7 @@ def test_every_type_out_of_capacity_sets_the_nodes_down_with_the_ec2_reason(
     down, release = recorder.updates()
     assert down[:4] == ["scontrol", "update", "nodename=gpu-[1-2]", "state=down"]
     assert down[4].startswith("reason=EC2 InsufficientInstanceCapacity (g5.xlarge): There is no")
-    assert "MaxSpotInstanceCountExceeded (g6.xlarge)" in down[4]
+    assert "UnfulfillableCapacity (g6.xlarge)" in down[4]
     assert release == ["scontrol", "update", "nodename=gpu-[1-2]", "state=power_down_force"]
 
     memory = json.loads((cloud.state_dir / "capacity.json").read_text())
@@ -216,6 +216,50 @@ def test_resume_names_the_waiting_jobs_from_slurms_resume_file(
     )
     assert status == 0
     assert "resume gpu-[1-2] for job(s) 17,18" in capsys.readouterr().err
+
+
+def test_a_spot_quota_of_zero_holds_the_jobs_with_the_reason_instead_of_retrying(
+    cloud: Cloud, recorder: Recorder, pools: CapacityPools, tmp_path: Path, capsys
+) -> None:
+    """A new account's G/VT spot quota is 0 vCPUs: no retry launches anything, so the waiting
+    jobs are held with EC2's reason (Slurm would otherwise requeue and relaunch them forever)."""
+    pools.empty = {t: "MaxSpotInstanceCountExceeded" for t in ("g5.xlarge", "g6.xlarge")}
+    resume_file = tmp_path / "resume.json"
+    resume_file.write_text(
+        json.dumps({"jobs": [{"job_id": 21, "nodes_alloc": "gpu-1", "nodes_resume": "gpu-1"}]})
+    )
+
+    status = resume.main(
+        ["gpu-1"],
+        environ=cloud.env(SLURM_RESUME_FILE=str(resume_file)),
+        runner=recorder,
+        ec2_client=cloud.ec2,
+    )
+
+    assert status == 1, "not a capacity shortage: Slurm's log must show it as a failure"
+    assert cloud.live() == {}
+    assert ["scontrol", "hold", "21"] in recorder.calls
+    (comment,) = [c for c in recorder.calls if c[:3] == ["scontrol", "update", "jobid=21"]]
+    assert comment[3].startswith(
+        "admincomment=relion-spot held: fix the account (relion-spot doctor), then scontrol "
+        "release: EC2 MaxSpotInstanceCountExceeded"
+    )
+    memory = cloud.state_dir / "capacity.json"
+    assert not memory.exists() or json.loads(memory.read_text()) == {}, "not a shortage"
+    assert "job(s) 21 held" in capsys.readouterr().err
+
+
+def test_a_capacity_shortage_never_holds_jobs(
+    cloud: Cloud, recorder: Recorder, pools: CapacityPools, tmp_path: Path
+) -> None:
+    pools.empty = {t: "InsufficientInstanceCapacity" for t in ("g5.xlarge", "g6.xlarge")}
+    resume_file = tmp_path / "resume.json"
+    resume_file.write_text(
+        json.dumps({"jobs": [{"job_id": 22, "nodes_alloc": "gpu-1", "nodes_resume": "gpu-1"}]})
+    )
+    env = cloud.env(SLURM_RESUME_FILE=str(resume_file))
+    assert resume.main(["gpu-1"], environ=env, runner=recorder, ec2_client=cloud.ec2) == 0
+    assert not any(c[:2] == ["scontrol", "hold"] for c in recorder.calls)
 
 
 def test_slurm_not_answering_is_an_error_exit(cloud: Cloud, recorder: Recorder) -> None:
