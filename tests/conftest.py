@@ -27,6 +27,23 @@ def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def no_log_handler_outlives_its_test() -> Iterator[None]:
+    """Programs under test (power-save, spot watcher, drainer) attach stderr and file handlers to
+    the root logger; left there, they write to pytest's closed capture of that test and any
+    later log line, from any thread, ends in "Logging error: I/O operation on closed file"."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
 def cdk_json_context() -> dict[str, object]:
     """The context the CDK CLI passes (feature flags): tests must synth what `cdk` synths."""
     return dict(json.loads((REPO_ROOT / "cdk.json").read_text())["context"])
