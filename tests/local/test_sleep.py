@@ -19,7 +19,7 @@ from relion_spot.relion.synthetic import load_manifest
 from relion_spot.settings import Settings
 from relion_spot.slurm import idle
 from relion_spot.slurm.local import wait_until
-from tests.slurm.test_containers import job
+from tests.slurm.test_containers import job, sbatch
 
 pytestmark = pytest.mark.docker
 
@@ -51,6 +51,11 @@ def test_idle_controller_sleeps_and_a_submission_wakes_it(
 ) -> None:
     caplog.set_level(logging.INFO, logger="relion_spot.local")
     local = cloud.local
+    # A job before the sleep, held so it launches no node, then cancelled: the counter is at 1.
+    before = sbatch(
+        local, ["--hold", "-p", "gpu", "--gres=gpu:1", "-o", "/dev/null", "--wrap", "true"]
+    )
+    local.run("scancel", str(before))
     wait_until(
         lambda: _desired(cloud) == 0 and not local.is_running(),
         timeout=IDLE_SECONDS + 90,
@@ -73,7 +78,7 @@ def test_idle_controller_sleeps_and_a_submission_wakes_it(
     )
     job_id = wait_for_acceptance(table, submission.submission_id, timeout=180)
     assert local.is_running()
-    assert job_id == "1", "the job counter survived the sleep"
+    assert int(job_id) == before + 1, "the job counter survived the sleep"
     wait_until(
         lambda: job(local, int(job_id)).get("JobState") == "COMPLETED",
         timeout=300,
