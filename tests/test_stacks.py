@@ -233,31 +233,64 @@ def test_mutating_ec2_actions_are_never_unconditioned(default_synth, alternate_s
                     continue
                 checked += 1
                 resources = _as_list(statement["Resource"])
-                specific = all("launch-template/" in json.dumps(r) for r in resources)
+                # A spot request carries no key but request tags, which nothing sets; it is
+                # only launched with an instance, which the SpotInstances* statements hold.
+                specific = all(
+                    "launch-template/" in json.dumps(r)
+                    or (
+                        "spot-instances-request/" in json.dumps(r)
+                        and _as_list(statement["Action"]) == ["ec2:RunInstances"]
+                    )
+                    for r in resources
+                )
                 assert specific or statement.get("Condition"), (name, statement)
                 assert "*" not in resources, (name, statement)
     assert checked >= 10
 
 
 def test_launch_is_held_to_this_clusters_templates_and_tag(default_synth) -> None:
+    """The shape of the launch grants; tests/iam evaluates them request by request."""
     template = default_synth.template("relion-spot-gpu1")
     by_sid = {s.get("Sid"): s for s in _statements(template) if s.get("Sid")}
-    tagged = by_sid["LaunchTaggedInstancesGpu"]
-    assert tagged["Condition"]["StringEquals"] == {
+    request_tags = {
         f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1",
+        f"aws:RequestTag/{tags.PARTITION}": "gpu",
+    }
+    gpu_types = EXPECTED_TYPES[1].split(",")
+    fleet_instances = by_sid["FleetInstancesGpu"]
+    assert fleet_instances["Action"] == "ec2:CreateFleet"
+    assert fleet_instances["Condition"] == {
+        "StringEquals": {**request_tags, "ec2:InstanceType": gpu_types}
+    }
+    spot_instances = by_sid["SpotInstancesGpu"]
+    assert spot_instances["Action"] == "ec2:RunInstances"
+    assert spot_instances["Condition"]["StringEquals"] == {
+        **request_tags,
+        "ec2:InstanceType": gpu_types,
         "ec2:InstanceMarketType": "spot",
     }
-    assert "ec2:LaunchTemplate" in tagged["Condition"]["ArnLike"]
-    resources_statement = by_sid["LaunchResourcesGpu"]
-    assert "ec2:LaunchTemplate" in resources_statement["Condition"]["ArnLike"]
+    assert "ec2:LaunchTemplate" in spot_instances["Condition"]["ArnEquals"]
+    image = by_sid["TemplateImageGpu"]
+    assert image["Condition"]["Bool"] == {"ec2:IsLaunchTemplateResource": "true"}
+    assert "ec2:LaunchTemplate" in image["Condition"]["ArnEquals"]
+    for sid in ("TemplateVolumesGpu", "TemplateNetworkGpu"):
+        assert "ec2:LaunchTemplate" in by_sid[sid]["Condition"]["ArnEquals"]
+    assert "ec2:Vpc" in by_sid["TemplateNetworkGpu"]["Condition"]["ArnEquals"]
+    assert "ec2:Vpc" in by_sid["FleetSubnets"]["Condition"]["ArnEquals"]
     terminate = by_sid["TerminateClusterInstances"]
     assert terminate["Condition"] == {
         "StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": "relion-spot-gpu1"}
     }
-    fleet = by_sid["CreateTaggedFleetGpu"]
+    fleet = by_sid["CreateClusterFleets"]
     assert fleet["Condition"]["StringEquals"] == {
         f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1"
     }
+    # CreateFleet carries neither key: a condition on them would refuse every fleet.
+    for statement in _statements(template):
+        if "ec2:CreateFleet" in _as_list(statement["Action"]):
+            conditions = json.dumps(statement.get("Condition", {}))
+            assert "ec2:LaunchTemplate" not in conditions, statement
+            assert "ec2:InstanceMarketType" not in conditions, statement
 
 
 def test_teardown_runs_after_controller_and_before_network_resources(default_synth) -> None:

@@ -23,15 +23,6 @@ GPU_AMI_PARAMETER = (
 )
 """AWS Deep Learning Base AMI (Amazon Linux 2023): NVIDIA driver, Docker and the NVIDIA container
 toolkit, resolved from a public SSM parameter at deploy time (no lookup at synth)."""
-LAUNCH_RESOURCE_KINDS = (
-    "volume",
-    "network-interface",
-    "subnet",
-    "security-group",
-    "spot-instances-request",
-)
-"""Resources a launch creates or uses besides the instance and image; IAM names them by
-wildcard (their ids do not exist before the launch) and holds them to the launch template."""
 CPU_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 
@@ -117,14 +108,20 @@ class NodeGroup(Construct):
         )
 
     def _allow_job_tagging(self) -> None:
-        """A node may set and clear the job tags on this cluster's instances, and nothing else.
+        """A node may set and clear the job tags on this cluster's instances, and nothing else;
+        the Epilog reads the job tag back first (DescribeTags, which has no resource-level
+        permission) so a late Epilog never clears the next job's tags.
 
         Narrower than "only itself" would need the policy variable ``${ec2:SourceInstanceARN}``
         as a Resource, which CloudFormation's validators reject; the blast radius is one job's
         labels on a sibling node of the same cluster.
         """
         self.role.add_to_policy(
+            iam.PolicyStatement(sid="ReadJobTags", actions=["ec2:DescribeTags"], resources=["*"])
+        )
+        self.role.add_to_policy(
             iam.PolicyStatement(
+                sid="SetClearJobTags",
                 actions=["ec2:CreateTags", "ec2:DeleteTags"],
                 resources=[f"{_ec2_arn(self)}:instance/*"],
                 conditions={
@@ -166,30 +163,57 @@ class NodeGroup(Construct):
             f"{self.launch_template_id}"
         )
 
-    def grant_launch(self, grantee: iam.IGrantable) -> None:
+    def grant_launch(self, grantee: iam.IGrantable, *, vpc: ec2.IVpc) -> None:
         """Let the controller's resume program launch this group's nodes, and nothing else.
 
-        Launching works only through this group's launch template and only with this cluster's
-        tag on the request (terminating is ``grant_terminate_cluster_instances``).
+        EC2 authorizes an instant fleet twice: CreateFleet on what the request itself names (the
+        fleet, its instances, the launch template, the override subnets), and RunInstances on
+        what the launch template supplies (image, security groups, volume, interface, subnet,
+        spot request). Each statement conditions only on keys that action carries for that
+        resource type (IAM Service Authorization Reference):
+
+        - CreateFleet carries neither ``ec2:LaunchTemplate`` nor ``ec2:InstanceMarketType``; it
+          is held to this group's template by naming the template as its resource, and its
+          instances to this cluster's and partition's request tags and the group's types.
+        - RunInstances carries ``ec2:LaunchTemplate`` on everything but the spot request, so
+          every resource is held to this group's template; the instance also to the spot market,
+          the group's types and the request tags; the image to being the template's own
+          (``ec2:IsLaunchTemplateResource``); network resources to the cluster's VPC.
+
+        Shared parts (fleet, override subnets, spot requests, tag-on-create) are
+        ``grant_power_saving``'s; terminating is ``grant_terminate_cluster_instances``.
         """
         stack = Stack.of(self)
         ec2_arn = _ec2_arn(self)
-        launch_template_condition = {"ArnLike": {"ec2:LaunchTemplate": self.launch_template_arn}}
-        principal = grantee.grant_principal
+        name = self.partition.title()
+        template = {"ec2:LaunchTemplate": self.launch_template_arn}
+        request_tags = {
+            f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name,
+            f"aws:RequestTag/{tags.PARTITION}": self.partition,
+        }
         statements = [
             iam.PolicyStatement(
-                sid=f"LaunchWithTemplate{self.partition.title()}",
-                actions=["ec2:RunInstances", "ec2:CreateFleet"],
+                sid=f"LaunchFromTemplate{name}",
+                actions=["ec2:CreateFleet", "ec2:RunInstances"],
                 resources=[self.launch_template_arn],
             ),
             iam.PolicyStatement(
-                sid=f"LaunchTaggedInstances{self.partition.title()}",
-                actions=["ec2:RunInstances", "ec2:CreateFleet"],
+                sid=f"FleetInstances{name}",
+                actions=["ec2:CreateFleet"],
                 resources=[f"{ec2_arn}:instance/*"],
                 conditions={
-                    **launch_template_condition,
+                    "StringEquals": {**request_tags, "ec2:InstanceType": list(self.instance_types)}
+                },
+            ),
+            iam.PolicyStatement(
+                sid=f"SpotInstances{name}",
+                actions=["ec2:RunInstances"],
+                resources=[f"{ec2_arn}:instance/*"],
+                conditions={
+                    "ArnEquals": template,
                     "StringEquals": {
-                        f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name,
+                        **request_tags,
+                        "ec2:InstanceType": list(self.instance_types),
                         # Spot only: enforced here rather than by market options in the launch
                         # template, which EC2 Fleet-family APIs (ASG, EKS, Fleet) refuse.
                         "ec2:InstanceMarketType": "spot",
@@ -197,32 +221,48 @@ class NodeGroup(Construct):
                 },
             ),
             iam.PolicyStatement(
-                sid=f"LaunchResources{self.partition.title()}",
-                actions=["ec2:RunInstances", "ec2:CreateFleet"],
-                resources=[f"{ec2_arn}:{kind}/*" for kind in LAUNCH_RESOURCE_KINDS]
-                + [f"arn:{stack.partition}:ec2:{stack.region}::image/*"],
-                conditions=launch_template_condition,
+                sid=f"TemplateImage{name}",
+                actions=["ec2:RunInstances"],
+                resources=[f"arn:{stack.partition}:ec2:{stack.region}::image/*"],
+                conditions={
+                    "ArnEquals": template,
+                    "Bool": {"ec2:IsLaunchTemplateResource": "true"},
+                },
             ),
             iam.PolicyStatement(
-                sid=f"CreateTaggedFleet{self.partition.title()}",
-                actions=["ec2:CreateFleet"],
-                resources=[f"{ec2_arn}:fleet/*"],
-                conditions={"StringEquals": {f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name}},
+                sid=f"TemplateVolumes{name}",
+                actions=["ec2:RunInstances"],
+                resources=[f"{ec2_arn}:volume/*"],
+                conditions={"ArnEquals": template},
             ),
             iam.PolicyStatement(
-                sid=f"PassNodeRole{self.partition.title()}",
+                sid=f"TemplateNetwork{name}",
+                actions=["ec2:RunInstances"],
+                resources=[
+                    f"{ec2_arn}:{kind}/*"
+                    for kind in ("subnet", "security-group", "network-interface")
+                ],
+                conditions={"ArnEquals": {**template, "ec2:Vpc": _vpc_arn(self, vpc)}},
+            ),
+            iam.PolicyStatement(
+                sid=f"PassNodeRole{name}",
                 actions=["iam:PassRole"],
                 resources=[self.role.role_arn],
                 conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
             ),
         ]
         for statement in statements:
-            principal.add_to_principal_policy(statement)
+            grantee.grant_principal.add_to_principal_policy(statement)
 
 
 def _ec2_arn(scope: Construct) -> str:
     stack = Stack.of(scope)
     return f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}"
+
+
+def _vpc_arn(scope: Construct, vpc: ec2.IVpc) -> str:
+    """``ec2:Vpc`` is compared as the VPC's ARN, not its id."""
+    return f"{_ec2_arn(scope)}:vpc/{vpc.vpc_id}"
 
 
 def grant_terminate_cluster_instances(
@@ -240,19 +280,43 @@ def grant_terminate_cluster_instances(
     )
     principal.add_to_principal_policy(
         iam.PolicyStatement(
-            sid="DescribeInstances",
-            actions=["ec2:DescribeInstances", "ec2:DescribeInstanceStatus"],
-            resources=["*"],
+            sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]
         )
     )
 
 
-def grant_power_saving(grantee: iam.IGrantable, *, cluster_name: str, scope: Construct) -> None:
-    """What Slurm's resume/suspend programs need beyond each group's launch rights."""
+def grant_power_saving(
+    grantee: iam.IGrantable, *, cluster_name: str, vpc: ec2.IVpc, scope: Construct
+) -> None:
+    """What Slurm's resume/suspend programs need beyond each group's launch rights
+    (``NodeGroup.grant_launch``): the fleet itself, the subnets it overrides, spot requests,
+    tags at launch and the node name after, and the service-linked roles a first spot launch in
+    an account creates."""
     grant_terminate_cluster_instances(grantee, cluster_name=cluster_name, scope=scope)
     ec2_arn = _ec2_arn(scope)
-    principal = grantee.grant_principal
-    principal.add_to_principal_policy(
+    iam_arn = f"arn:{Stack.of(scope).partition}:iam::{Stack.of(scope).account}"
+    cluster_request_tag = {f"aws:RequestTag/{tags.CLUSTER}": cluster_name}
+    statements = [
+        iam.PolicyStatement(
+            sid="CreateClusterFleets",
+            actions=["ec2:CreateFleet"],
+            resources=[f"{ec2_arn}:fleet/*"],
+            conditions={"StringEquals": cluster_request_tag},
+        ),
+        iam.PolicyStatement(
+            sid="FleetSubnets",
+            actions=["ec2:CreateFleet"],
+            resources=[f"{ec2_arn}:subnet/*"],
+            conditions={"ArnEquals": {"ec2:Vpc": _vpc_arn(scope, vpc)}},
+        ),
+        # A spot launch's request carries only request tags, and neither the fleet nor the
+        # launch template tags it; it is never launched alone, but with an instance that
+        # SpotInstances* holds to a template, the spot market, the group's types and tags.
+        iam.PolicyStatement(
+            sid="SpotRequests",
+            actions=["ec2:RunInstances"],
+            resources=[f"{ec2_arn}:spot-instances-request/*"],
+        ),
         iam.PolicyStatement(
             sid="TagAtLaunch",
             actions=["ec2:CreateTags"],
@@ -266,38 +330,35 @@ def grant_power_saving(grantee: iam.IGrantable, *, cluster_name: str, scope: Con
                     "spot-instances-request",
                 )
             ],
-            conditions={"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateFleet"]}},
-        )
-    )
-    principal.add_to_principal_policy(
+            conditions={
+                "StringEquals": {
+                    "ec2:CreateAction": ["RunInstances", "CreateFleet"],
+                    **cluster_request_tag,
+                }
+            },
+        ),
         iam.PolicyStatement(
-            sid="RetagClusterInstances",
-            actions=["ec2:CreateTags", "ec2:DeleteTags"],
+            sid="NameClusterNodes",
+            actions=["ec2:CreateTags"],
             resources=[f"{ec2_arn}:instance/*"],
-            conditions={"StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": cluster_name}},
-        )
-    )
-    principal.add_to_principal_policy(
-        iam.PolicyStatement(
-            sid="DescribeForLaunching",
-            actions=[
-                "ec2:DescribeInstanceTypes",
-                "ec2:DescribeLaunchTemplateVersions",
-                "ec2:DescribeSubnets",
-                "ec2:DescribeSpotPriceHistory",
-            ],
-            resources=["*"],
-        )
-    )
-    principal.add_to_principal_policy(
+            conditions={
+                "StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": cluster_name},
+                "ForAllValues:StringEquals": {"aws:TagKeys": [tags.NODE, tags.INSTANCE_TYPE]},
+            },
+        ),
         iam.PolicyStatement(
             sid="SpotServiceLinkedRoles",
             actions=["iam:CreateServiceLinkedRole"],
-            resources=["*"],
+            resources=[
+                f"{iam_arn}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot",
+                f"{iam_arn}:role/aws-service-role/ec2fleet.amazonaws.com/AWSServiceRoleForEC2Fleet",
+            ],
             conditions={
                 "StringEquals": {
                     "iam:AWSServiceName": ["spot.amazonaws.com", "ec2fleet.amazonaws.com"]
                 }
             },
-        )
-    )
+        ),
+    ]
+    for statement in statements:
+        grantee.grant_principal.add_to_principal_policy(statement)

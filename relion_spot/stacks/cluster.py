@@ -211,8 +211,10 @@ class ClusterStack(Stack):
         )
         storage.grant_mount(self.controller.task_role, state_access_point)
         for group in node_groups:
-            group.grant_launch(self.controller.task_role)
-        grant_power_saving(self.controller.task_role, cluster_name=cluster_name, scope=self)
+            group.grant_launch(self.controller.task_role, vpc=vpc)
+        grant_power_saving(
+            self.controller.task_role, cluster_name=cluster_name, vpc=vpc, scope=self
+        )
         self.cost_tracker.grant_record_writer(self.controller.task_role)
         self.intake.grant_drain(self.controller.task_role)
         self.intake.grant_progress(self.gpu_nodes.role)  # jobs report progress to the table

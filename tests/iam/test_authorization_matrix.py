@@ -564,6 +564,16 @@ def deny_instance_other_tag(w: World) -> Request:
     )
 
 
+@deny("resume/deny/RunInstances/security-group-of-another-vpc")
+def deny_other_sg(w: World) -> Request:
+    return Request(
+        "controller",
+        "ec2:RunInstances",
+        w.ec2("security-group/sg-0aaaaaaaaaaaaaaaa"),
+        _from_template(w, "gpu", **{"ec2:Vpc": w.other_vpc}),
+    )
+
+
 @deny("resume/deny/CreateFleet/subnet-of-another-vpc")
 def deny_other_subnet(w: World) -> Request:
     return Request(
@@ -952,40 +962,12 @@ def decisions(default_synth: Any, world: World) -> dict[str, Decision]:
     return simulate(principals, {case.id: case.build(world) for case in CASES})
 
 
-FAILING_ON_THE_POLICIES_BEFORE = {
-    "resume/gpu/CreateFleet/instance",
-    "resume/gpu/CreateFleet/subnet",
-    "resume/gpu/RunInstances/spot-instances-request",
-    "resume/cpu/CreateFleet/instance",
-    "resume/cpu/CreateFleet/subnet",
-    "resume/cpu/RunInstances/spot-instances-request",
-    "resume/deny/RunInstances/image-not-from-the-template",
-    "resume/deny/RunInstances/instance-type-outside-the-group",
-    "resume/deny/CreateTags/move-an-instance-to-another-cluster",
-    "gpu-node/job-tags/DescribeTags",
-    "cpu-node/job-tags/DescribeTags",
-}
-"""Cases the policies got wrong when the matrix was written; the fix removes this set."""
-
-
 def test_case_ids_are_unique() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(
-            case,
-            id=case.id,
-            marks=pytest.mark.xfail(strict=True, reason="wrong in the policies before")
-            if case.id in FAILING_ON_THE_POLICIES_BEFORE
-            else (),
-        )
-        for case in CASES
-    ],
-)
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_authorization(case: Case, decisions: dict[str, Decision]) -> None:
     decision = decisions[case.id]
     assert decision.decision != "Error", decision.errors
