@@ -311,6 +311,20 @@ def test_teardown_runs_after_controller_and_before_network_resources(default_syn
     assert function["Properties"]["Handler"] == "relion_spot.teardown.handler.on_event"
 
 
+def test_no_function_reserves_concurrency(default_synth, alternate_synth) -> None:
+    """A new account's Lambda quota is 10 concurrent executions, all unreserved: a function that
+    reserves any makes the stack fail to create."""
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            for logical_id, function in _resources(
+                synth.template(name), "AWS::Lambda::Function"
+            ).items():
+                assert "ReservedConcurrentExecutions" not in function["Properties"], (
+                    name,
+                    logical_id,
+                )
+
+
 def test_every_log_group_has_retention(default_synth, alternate_synth) -> None:
     for synth in (default_synth, alternate_synth):
         for name in synth.template_names():

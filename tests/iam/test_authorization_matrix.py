@@ -866,6 +866,7 @@ for _action in (
     "dynamodb:GetItem",
     "dynamodb:UpdateItem",
     "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
 ):
     allow(f"cost/{_action}/costs-table")(lambda w, a=_action: Request("cost", a, w.costs_table))
 for _action in ("dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:DescribeStream"):
