@@ -270,12 +270,12 @@ def test_launch_is_held_to_this_clusters_templates_and_tag(default_synth) -> Non
         "ec2:InstanceMarketType": "spot",
     }
     assert "ec2:LaunchTemplate" in spot_instances["Condition"]["ArnEquals"]
-    image = by_sid["TemplateImageGpu"]
+    image = by_sid["TemplateImages"]
     assert image["Condition"]["Bool"] == {"ec2:IsLaunchTemplateResource": "true"}
     assert "ec2:LaunchTemplate" in image["Condition"]["ArnEquals"]
-    for sid in ("TemplateVolumesGpu", "TemplateNetworkGpu"):
+    for sid in ("TemplateVolumes", "TemplateNetwork"):
         assert "ec2:LaunchTemplate" in by_sid[sid]["Condition"]["ArnEquals"]
-    assert "ec2:Vpc" in by_sid["TemplateNetworkGpu"]["Condition"]["ArnEquals"]
+    assert "ec2:Vpc" in by_sid["TemplateNetwork"]["Condition"]["ArnEquals"]
     assert "ec2:Vpc" in by_sid["FleetSubnets"]["Condition"]["ArnEquals"]
     terminate = by_sid["TerminateClusterInstances"]
     assert terminate["Condition"] == {
@@ -323,6 +323,30 @@ def test_no_function_reserves_concurrency(default_synth, alternate_synth) -> Non
                     name,
                     logical_id,
                 )
+
+
+def test_role_policies_stay_inline(default_synth, alternate_synth) -> None:
+    """CDK moves a role's policy past IAM's inline size into extra managed policies (an account
+    quota, and resources the estimate and the acknowledgements do not expect)."""
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            assert not _resources(synth.template(name), "AWS::IAM::ManagedPolicy"), name
+
+
+def test_ecs_service_linked_role_exists_before_the_controller(default_synth) -> None:
+    """A new account has no ECS service-linked role; the cluster's capacity providers and the
+    service wait for the custom resource that creates it."""
+    template = default_synth.template("relion-spot-gpu1")
+    (ensure,) = _resources(template, "Custom::ServiceLinkedRole")
+    assert template["Resources"][ensure]["Properties"]["AWSServiceName"] == "ecs.amazonaws.com"
+    ecs_resources = [
+        *_resources(template, "AWS::ECS::Cluster"),
+        *_resources(template, "AWS::ECS::ClusterCapacityProviderAssociations"),
+        *_resources(template, "AWS::ECS::Service"),
+    ]
+    assert len(ecs_resources) == 3
+    for logical_id in ecs_resources:
+        assert ensure in template["Resources"][logical_id].get("DependsOn", []), logical_id
 
 
 def test_every_log_group_has_retention(default_synth, alternate_synth) -> None:

@@ -8,6 +8,8 @@ cluster's controller launch and terminate exactly this cluster's instances.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -163,96 +165,103 @@ class NodeGroup(Construct):
             f"{self.launch_template_id}"
         )
 
-    def grant_launch(self, grantee: iam.IGrantable, *, vpc: ec2.IVpc) -> None:
-        """Let the controller's resume program launch this group's nodes, and nothing else.
-
-        EC2 authorizes an instant fleet twice: CreateFleet on what the request itself names (the
-        fleet, its instances, the launch template, the override subnets), and RunInstances on
-        what the launch template supplies (image, security groups, volume, interface, subnet,
-        spot request). Each statement conditions only on keys that action carries for that
-        resource type (IAM Service Authorization Reference):
-
-        - CreateFleet carries neither ``ec2:LaunchTemplate`` nor ``ec2:InstanceMarketType``; it
-          is held to this group's template by naming the template as its resource, and its
-          instances to this cluster's and partition's request tags and the group's types.
-        - RunInstances carries ``ec2:LaunchTemplate`` on everything but the spot request, so
-          every resource is held to this group's template; the instance also to the spot market,
-          the group's types and the request tags; the image to being the template's own
-          (``ec2:IsLaunchTemplateResource``); network resources to the cluster's VPC.
-
-        Shared parts (fleet, override subnets, spot requests, tag-on-create) are
-        ``grant_power_saving``'s; terminating is ``grant_terminate_cluster_instances``.
-        """
-        stack = Stack.of(self)
+    def instance_statements(self) -> list[iam.PolicyStatement]:
+        """Launching this group's instances: CreateFleet with this cluster's and partition's
+        request tags and the group's types; RunInstances also only through this group's
+        template and on the spot market. One pair per group, as the types differ."""
         ec2_arn = _ec2_arn(self)
         name = self.partition.title()
-        template = {"ec2:LaunchTemplate": self.launch_template_arn}
         request_tags = {
             f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name,
             f"aws:RequestTag/{tags.PARTITION}": self.partition,
+            "ec2:InstanceType": list(self.instance_types),
         }
-        statements = [
-            iam.PolicyStatement(
-                sid=f"LaunchFromTemplate{name}",
-                actions=["ec2:CreateFleet", "ec2:RunInstances"],
-                resources=[self.launch_template_arn],
-            ),
+        return [
             iam.PolicyStatement(
                 sid=f"FleetInstances{name}",
                 actions=["ec2:CreateFleet"],
                 resources=[f"{ec2_arn}:instance/*"],
-                conditions={
-                    "StringEquals": {**request_tags, "ec2:InstanceType": list(self.instance_types)}
-                },
+                conditions={"StringEquals": request_tags},
             ),
             iam.PolicyStatement(
                 sid=f"SpotInstances{name}",
                 actions=["ec2:RunInstances"],
                 resources=[f"{ec2_arn}:instance/*"],
                 conditions={
-                    "ArnEquals": template,
-                    "StringEquals": {
-                        **request_tags,
-                        "ec2:InstanceType": list(self.instance_types),
-                        # Spot only: enforced here rather than by market options in the launch
-                        # template, which EC2 Fleet-family APIs (ASG, EKS, Fleet) refuse.
-                        "ec2:InstanceMarketType": "spot",
-                    },
+                    "ArnEquals": {"ec2:LaunchTemplate": self.launch_template_arn},
+                    # Spot only: enforced here rather than by market options in the launch
+                    # template, which EC2 Fleet-family APIs (ASG, EKS, Fleet) refuse.
+                    "StringEquals": {**request_tags, "ec2:InstanceMarketType": "spot"},
                 },
-            ),
-            iam.PolicyStatement(
-                sid=f"TemplateImage{name}",
-                actions=["ec2:RunInstances"],
-                resources=[f"arn:{stack.partition}:ec2:{stack.region}::image/*"],
-                conditions={
-                    "ArnEquals": template,
-                    "Bool": {"ec2:IsLaunchTemplateResource": "true"},
-                },
-            ),
-            iam.PolicyStatement(
-                sid=f"TemplateVolumes{name}",
-                actions=["ec2:RunInstances"],
-                resources=[f"{ec2_arn}:volume/*"],
-                conditions={"ArnEquals": template},
-            ),
-            iam.PolicyStatement(
-                sid=f"TemplateNetwork{name}",
-                actions=["ec2:RunInstances"],
-                resources=[
-                    f"{ec2_arn}:{kind}/*"
-                    for kind in ("subnet", "security-group", "network-interface")
-                ],
-                conditions={"ArnEquals": {**template, "ec2:Vpc": _vpc_arn(self, vpc)}},
-            ),
-            iam.PolicyStatement(
-                sid=f"PassNodeRole{name}",
-                actions=["iam:PassRole"],
-                resources=[self.role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
             ),
         ]
-        for statement in statements:
-            grantee.grant_principal.add_to_principal_policy(statement)
+
+
+def grant_launch(grantee: iam.IGrantable, groups: Sequence[NodeGroup], *, vpc: ec2.IVpc) -> None:
+    """Let the controller's resume program launch these groups' nodes, and nothing else.
+
+    EC2 authorizes an instant fleet twice: CreateFleet on what the request itself names (the
+    fleet, its instances, the launch template, the override subnets), and RunInstances on what
+    the launch template supplies (image, security groups, volume, interface, subnet, spot
+    request). Each statement conditions only on keys that action carries for that resource type
+    (IAM Service Authorization Reference):
+
+    - CreateFleet carries neither ``ec2:LaunchTemplate`` nor ``ec2:InstanceMarketType``; it is
+      held to the groups' templates by naming them as its resource, and its instances to the
+      request tags and types (``NodeGroup.instance_statements``).
+    - RunInstances carries ``ec2:LaunchTemplate`` on everything but the spot request, so every
+      resource is held to the groups' templates; the instance also to the spot market; the image
+      to being the template's own (``ec2:IsLaunchTemplateResource``); network resources to the
+      cluster's VPC.
+
+    Statements name all groups' templates at once where nothing else differs, which keeps the
+    controller's policy inline (CDK moves an oversized one to extra managed policies). The fleet,
+    override subnets, spot requests and tags at launch are ``grant_power_saving``'s; terminating
+    is ``grant_terminate_cluster_instances``.
+    """
+    (scope, *_) = groups
+    stack = Stack.of(scope)
+    ec2_arn = _ec2_arn(scope)
+    templates = {"ec2:LaunchTemplate": [g.launch_template_arn for g in groups]}
+    statements = [
+        iam.PolicyStatement(
+            sid="LaunchFromTemplates",
+            actions=["ec2:CreateFleet", "ec2:RunInstances"],
+            resources=[g.launch_template_arn for g in groups],
+        ),
+        *(statement for group in groups for statement in group.instance_statements()),
+        iam.PolicyStatement(
+            sid="TemplateImages",
+            actions=["ec2:RunInstances"],
+            resources=[f"arn:{stack.partition}:ec2:{stack.region}::image/*"],
+            conditions={
+                "ArnEquals": templates,
+                "Bool": {"ec2:IsLaunchTemplateResource": "true"},
+            },
+        ),
+        iam.PolicyStatement(
+            sid="TemplateVolumes",
+            actions=["ec2:RunInstances"],
+            resources=[f"{ec2_arn}:volume/*"],
+            conditions={"ArnEquals": templates},
+        ),
+        iam.PolicyStatement(
+            sid="TemplateNetwork",
+            actions=["ec2:RunInstances"],
+            resources=[
+                f"{ec2_arn}:{kind}/*" for kind in ("subnet", "security-group", "network-interface")
+            ],
+            conditions={"ArnEquals": {**templates, "ec2:Vpc": _vpc_arn(scope, vpc)}},
+        ),
+        iam.PolicyStatement(
+            sid="PassNodeRoles",
+            actions=["iam:PassRole"],
+            resources=[g.role.role_arn for g in groups],
+            conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        ),
+    ]
+    for statement in statements:
+        grantee.grant_principal.add_to_principal_policy(statement)
 
 
 def _ec2_arn(scope: Construct) -> str:
@@ -288,8 +297,8 @@ def grant_terminate_cluster_instances(
 def grant_power_saving(
     grantee: iam.IGrantable, *, cluster_name: str, vpc: ec2.IVpc, scope: Construct
 ) -> None:
-    """What Slurm's resume/suspend programs need beyond each group's launch rights
-    (``NodeGroup.grant_launch``): the fleet itself, the subnets it overrides, spot requests,
+    """What Slurm's resume/suspend programs need beyond the groups' launch rights
+    (``grant_launch``): the fleet itself, the subnets it overrides, spot requests,
     tags at launch and the node name after, and the service-linked roles a first spot launch in
     an account creates."""
     grant_terminate_cluster_instances(grantee, cluster_name=cluster_name, scope=scope)

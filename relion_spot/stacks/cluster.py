@@ -17,7 +17,8 @@ from ..constructs.intake import JobIntake
 from ..constructs.job_template import Class3dJobTemplate
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
-from ..constructs.node_group import NodeGroup, grant_power_saving
+from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
+from ..constructs.service_linked_role import ServiceLinkedRole
 from ..constructs.slurm_controller import STATE_DIR, SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
@@ -209,9 +210,14 @@ class ClusterStack(Stack):
                 JOBCOMP_SPOOL_ENV: f"{STATE_DIR}/relion-spot/jobcomp-spool",
             },
         )
+        # A new account has no ECS service-linked role yet; the cluster's capacity providers
+        # and the service need it.
+        self.ecs_service_role = ServiceLinkedRole(
+            self, "EcsServiceLinkedRole", service="ecs.amazonaws.com", log_retention=log_retention
+        )
+        self.ecs_service_role.required_by(self.controller.cluster, self.controller.service)
         storage.grant_mount(self.controller.task_role, state_access_point)
-        for group in node_groups:
-            group.grant_launch(self.controller.task_role, vpc=vpc)
+        grant_launch(self.controller.task_role, node_groups, vpc=vpc)
         grant_power_saving(
             self.controller.task_role, cluster_name=cluster_name, vpc=vpc, scope=self
         )

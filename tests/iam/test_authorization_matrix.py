@@ -198,6 +198,7 @@ PRINCIPALS = {
     "cpu-node": "CpuNodesRole",
     "cost": "CostTrackerRole",
     "teardown": "TeardownRole",
+    "ecs-role": "EcsServiceLinkedRole",
 }
 
 
@@ -939,6 +940,28 @@ deny("cost/deny/TerminateInstances")(
         "ec2:TerminateInstances",
         w.instance,
         tag_context("ResourceTag", {tags.CLUSTER: w.cluster}),
+    )
+)
+
+
+# --- the ECS service-linked role a new account lacks ------------------------------------------
+
+allow("ecs-role/CreateServiceLinkedRole/ecs")(
+    lambda w: Request(
+        "ecs-role",
+        "iam:CreateServiceLinkedRole",
+        f"arn:{PARTITION}:iam::{ACCOUNT}:role/aws-service-role/ecs.amazonaws.com/"
+        "AWSServiceRoleForECS",
+        {"iam:AWSServiceName": "ecs.amazonaws.com"},
+    )
+)
+deny("ecs-role/deny/CreateServiceLinkedRole/another-service")(
+    lambda w: Request(
+        "ecs-role",
+        "iam:CreateServiceLinkedRole",
+        f"arn:{PARTITION}:iam::{ACCOUNT}:role/aws-service-role/spot.amazonaws.com/"
+        "AWSServiceRoleForEC2Spot",
+        {"iam:AWSServiceName": "spot.amazonaws.com"},
     )
 )
 
