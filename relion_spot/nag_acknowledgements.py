@@ -63,11 +63,11 @@ def _ack(construct: IConstruct | None, rule: str, reason: str) -> None:
     Validations.of(construct).acknowledge(Acknowledgment(id=rule, reason=reason))
 
 
-def _default_policy(role: iam.IRole | None) -> IConstruct | None:
-    """The CfnPolicy CDK attaches to a role as grants are added."""
-    if role is None:
+def _default_policy(identity: iam.IRole | iam.IGroup | None) -> IConstruct | None:
+    """The CfnPolicy CDK attaches to a role or group as grants are added."""
+    if identity is None:
         return None
-    return role.node.find_child("DefaultPolicy").node.default_child
+    return identity.node.find_child("DefaultPolicy").node.default_child
 
 
 def acknowledge_findings(stacks: Iterable[Stack]) -> None:
@@ -198,6 +198,21 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         f"AwsSolutions-IAM5[Resource::<{costs_arn}.Arn>/index/*]",
         "Queries on the job cost table's own secondary index; CDK grants indexes by the "
         "table's /index/* ARN.",
+    )
+
+    users_policy = _default_policy(stack.users)
+    _ack(
+        users_policy,
+        f"AwsSolutions-IAM5[Resource::<{costs_arn}.Arn>/index/*]",
+        "relion-spot cost reads the job cost table through its own secondary index; CDK "
+        "grants indexes by the table's /index/* ARN.",
+    )
+    _ack(
+        users_policy,
+        f"AwsSolutions-IAM5[Resource::arn:{partition}:cloudformation:{stack.region}:{account}:"
+        f"stack/{stack.stack_name}/*]",
+        "DescribeStacks of this cluster's own stack only; a stack ARN ends in an id "
+        "CloudFormation assigns at create.",
     )
 
     teardown_policy = _default_policy(stack.teardown.role)

@@ -593,7 +593,7 @@ def test_metrics_are_published_only_into_their_own_namespaces(default_synth) -> 
     template = default_synth.template("relion-spot-gpu1")
     granted: dict[str, str] = {}
     for policy in _resources(template, "AWS::IAM::Policy").values():
-        (role,) = policy["Properties"]["Roles"]
+        (role,) = policy["Properties"].get("Roles") or policy["Properties"]["Groups"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             if "cloudwatch:PutMetricData" in _as_list(statement["Action"]):
                 assert _as_list(statement["Action"]) == ["cloudwatch:PutMetricData"]

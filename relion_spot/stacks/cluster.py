@@ -7,6 +7,7 @@ from aws_cdk import CfnOutput, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -225,6 +226,8 @@ class ClusterStack(Stack):
         self.intake.grant_drain(self.controller.task_role)
         self.intake.grant_progress(self.gpu_nodes.role)  # jobs report progress to the table
 
+        self.users = self._users_group()
+
         self.teardown = ClusterTeardown(
             self, "Teardown", cluster_name=cluster_name, log_retention=log_retention
         )
@@ -262,8 +265,33 @@ class ClusterStack(Stack):
             "IntakeQueueUrl": self.intake.queue_url,
             "IntakeTable": self.intake.table_name,
             "Class3dTemplateParameter": self.class3d_template.parameter.parameter_name,
+            "UsersGroup": self.users.group_name,
         }
         if self.dashboard is not None:
             outputs["DashboardUrl"] = self.dashboard.console_url
         for key, value in outputs.items():
             CfnOutput(self, key, value=value)
+
+    def _users_group(self) -> iam.Group:
+        """What the lab's ``relion-spot`` commands need, as a group an administrator adds
+        people to: find the cluster (DescribeStacks), submit and cancel (the intake queue), read
+        decisions, progress and costs (the tables), wake the controller (its service's task
+        count). Nothing that writes a decision, a record or a cost, and no EC2."""
+        group = iam.Group(self, "Users")
+        self.intake.grant_submit(group)
+        self.cost_tracker.grant_report_reader(group)
+        self.controller.grant_scale(group)
+        group.add_to_policy(
+            iam.PolicyStatement(
+                sid="FindTheCluster",
+                actions=["cloudformation:DescribeStacks"],
+                resources=[
+                    self.format_arn(
+                        service="cloudformation",
+                        resource="stack",
+                        resource_name=f"{self.stack_name}/*",
+                    )
+                ],
+            )
+        )
+        return group

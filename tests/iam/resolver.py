@@ -139,6 +139,7 @@ class TemplateResolver:
         named = {
             "AWS::DynamoDB::Table": "TableName",
             "AWS::IAM::Role": "RoleName",
+            "AWS::IAM::Group": "GroupName",
             "AWS::Logs::LogGroup": "LogGroupName",
             "AWS::ECS::Cluster": "ClusterName",
             "AWS::Lambda::Function": "FunctionName",
@@ -179,6 +180,7 @@ class TemplateResolver:
             ),
             ("AWS::SQS::Queue", "Arn"): self._arn("sqs", ref),
             ("AWS::IAM::Role", "Arn"): f"arn:{PARTITION}:iam::{ACCOUNT}:role/{ref}",
+            ("AWS::IAM::Group", "Arn"): f"arn:{PARTITION}:iam::{ACCOUNT}:group/{ref}",
             ("AWS::Logs::LogGroup", "Arn"): self._arn("logs", f"log-group:{ref}:*"),
             ("AWS::EFS::FileSystem", "Arn"): self._arn("elasticfilesystem", f"file-system/{ref}"),
             ("AWS::EFS::FileSystem", "FileSystemId"): ref,
@@ -201,31 +203,39 @@ class TemplateResolver:
     # --- policies ----------------------------------------------------------------------------
 
     def role_policies(self) -> dict[str, RolePolicies]:
-        """Every role of the stack with the identity policies CloudFormation attaches to it."""
-        roles: dict[str, RolePolicies] = {}
-        for logical_id in self.logical_ids("AWS::IAM::Role"):
-            props = self.resources[logical_id].get("Properties", {})
-            inline = [
-                {"name": p["PolicyName"], "policy": self.resolve(p["PolicyDocument"])}
-                for p in props.get("Policies", [])
-            ]
-            roles[logical_id] = RolePolicies(
-                logical_id,
-                self.get_att(logical_id, "Arn"),
-                inline,
-                [str(a) for a in self.resolve(props.get("ManagedPolicyArns", []))],
-            )
+        """Every role and group of the stack with the identity policies CloudFormation attaches
+        to it; a group is simulated as one of its members."""
+        principals: dict[str, RolePolicies] = {}
+        for kind in ("AWS::IAM::Role", "AWS::IAM::Group"):
+            for logical_id in self.logical_ids(kind):
+                props = self.resources[logical_id].get("Properties", {})
+                inline = [
+                    {"name": p["PolicyName"], "policy": self.resolve(p["PolicyDocument"])}
+                    for p in props.get("Policies", [])
+                ]
+                arn = (
+                    self.get_att(logical_id, "Arn")
+                    if kind == "AWS::IAM::Role"
+                    else f"arn:{PARTITION}:iam::{ACCOUNT}:user/member-of-{self.ref(logical_id)}"
+                )
+                principals[logical_id] = RolePolicies(
+                    logical_id,
+                    arn,
+                    inline,
+                    [str(a) for a in self.resolve(props.get("ManagedPolicyArns", []))],
+                )
         for policy_id, attached_to in self._attached_policies():
             document = self.resolve(self.resources[policy_id]["Properties"]["PolicyDocument"])
-            for role_id in attached_to:
-                roles[role_id].policies.append({"name": policy_id, "policy": document})
-        return roles
+            for principal_id in attached_to:
+                principals[principal_id].policies.append({"name": policy_id, "policy": document})
+        return principals
 
     def _attached_policies(self) -> Iterator[tuple[str, list[str]]]:
         for kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             for policy_id in self.logical_ids(kind):
-                role_refs = self.resources[policy_id]["Properties"].get("Roles", [])
-                yield policy_id, [r["Ref"] for r in role_refs]
+                props = self.resources[policy_id]["Properties"]
+                refs = [*props.get("Roles", []), *props.get("Groups", [])]
+                yield policy_id, [r["Ref"] for r in refs]
 
     def policy_documents(self) -> dict[str, dict[str, Any]]:
         """Every identity policy document of the stack (standalone or inline), by a readable

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from relion_spot import tags
+from relion_spot.cost.store import COSTS_BY_START
 
 from .resolver import ACCOUNT, PARTITION, TemplateResolver
 from .simulator import Decision, Request, simulate, tag_context
@@ -199,6 +200,7 @@ PRINCIPALS = {
     "cost": "CostTrackerRole",
     "teardown": "TeardownRole",
     "ecs-role": "EcsServiceLinkedRole",
+    "cli": "Users",
 }
 
 
@@ -962,6 +964,63 @@ deny("ecs-role/deny/CreateServiceLinkedRole/another-service")(
         f"arn:{PARTITION}:iam::{ACCOUNT}:role/aws-service-role/spot.amazonaws.com/"
         "AWSServiceRoleForEC2Spot",
         {"iam:AWSServiceName": "spot.amazonaws.com"},
+    )
+)
+
+
+# --- the lab's relion-spot commands (relion_spot.client), as a member of the users group -----
+
+
+def _stack_arn(w: World, stack: str) -> str:
+    return (
+        f"arn:{PARTITION}:cloudformation:{w.region}:{ACCOUNT}:stack/{stack}/"
+        "0a1b2c3d-0000-4000-8000-000000000000"
+    )
+
+
+allow("cli/cloudformation:DescribeStacks")(
+    lambda w: Request("cli", "cloudformation:DescribeStacks", _stack_arn(w, w.stack))
+)
+deny("cli/deny/cloudformation:DescribeStacks/another-stack")(
+    lambda w: Request("cli", "cloudformation:DescribeStacks", _stack_arn(w, "relion-spot-gpu4"))
+)
+allow("cli/submit-cancel/sqs:SendMessage")(lambda w: Request("cli", "sqs:SendMessage", w.queue))
+deny("cli/deny/sqs:SendMessage/another-queue")(
+    lambda w: Request("cli", "sqs:SendMessage", w.other_queue)
+)
+deny("cli/deny/sqs:ReceiveMessage")(lambda w: Request("cli", "sqs:ReceiveMessage", w.queue))
+for _action in ("dynamodb:GetItem", "dynamodb:Scan"):
+    allow(f"cli/status/{_action}/intake-table")(
+        lambda w, a=_action: Request("cli", a, w.intake_table)
+    )
+deny("cli/deny/dynamodb:PutItem/intake-table")(
+    lambda w: Request("cli", "dynamodb:PutItem", w.intake_table)
+)
+deny("cli/deny/dynamodb:GetItem/another-clusters-table")(
+    lambda w: Request("cli", "dynamodb:GetItem", w.other_intake_table)
+)
+allow("cli/status/dynamodb:BatchGetItem/costs-table")(
+    lambda w: Request("cli", "dynamodb:BatchGetItem", w.costs_table)
+)
+allow("cli/cost-report/dynamodb:Query/costs-index")(
+    lambda w: Request("cli", "dynamodb:Query", f"{w.costs_table}/index/{COSTS_BY_START}")
+)
+deny("cli/deny/dynamodb:PutItem/costs-table")(
+    lambda w: Request("cli", "dynamodb:PutItem", w.costs_table)
+)
+for _action in ("ecs:DescribeServices", "ecs:UpdateService"):
+    allow(f"cli/wake/{_action}")(
+        lambda w, a=_action: Request("cli", a, w.service, {"ecs:cluster": w.ecs_cluster})
+    )
+deny("cli/deny/ecs:UpdateService/another-service")(
+    lambda w: Request("cli", "ecs:UpdateService", w.other_service)
+)
+deny("cli/deny/ec2:TerminateInstances")(
+    lambda w: Request(
+        "cli",
+        "ec2:TerminateInstances",
+        w.instance,
+        tag_context("ResourceTag", w.own_instance_tags()),
     )
 )
 
