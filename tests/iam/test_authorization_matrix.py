@@ -533,6 +533,26 @@ def deny_fleet_cross_type(w: World) -> Request:
     )
 
 
+@deny("resume/deny/RunInstances/gpu-type-through-the-cpu-template")
+def deny_run_cross_template(w: World) -> Request:
+    return Request(
+        "controller",
+        "ec2:RunInstances",
+        w.instance,
+        _instance_launch(w, "cpu", **{"ec2:InstanceType": w.groups["gpu"].instance_types[0]}),
+    )
+
+
+@deny("resume/deny/RunInstances/volume-from-another-launch-template")
+def deny_other_template_volume(w: World) -> Request:
+    return Request(
+        "controller",
+        "ec2:RunInstances",
+        w.ec2("volume/vol-0aaaaaaaaaaaaaaaa"),
+        _from_template(w, "gpu", **{"ec2:LaunchTemplate": w.other_launch_template}),
+    )
+
+
 @deny("resume/deny/RunInstances/instance-type-outside-the-group")
 def deny_run_type(w: World) -> Request:
     return Request(
