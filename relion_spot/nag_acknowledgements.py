@@ -12,15 +12,44 @@ from aws_cdk import Acknowledgment, Stack, Token, Validations
 from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
-from .constructs.node_group import LAUNCH_RESOURCE_KINDS
 from .stacks.cluster import ClusterStack
 from .stacks.network import NetworkStack
 
-_LAUNCH_CONDITIONED = (
-    "RunInstances/CreateFleet on these resource types is allowed only with ec2:LaunchTemplate "
-    "equal to this cluster's own launch templates; EC2 needs them named by wildcard because "
-    "the instance, volume and interface ids do not exist before the launch"
-)
+_IDS_UNKNOWN = "ids do not exist before the launch, so EC2 needs them named by wildcard"
+_LAUNCH_REASONS = {
+    "instance": (
+        "CreateFleet on instances only with this cluster's and partition's request tags and the "
+        "group's instance types; RunInstances also only through the group's launch template "
+        "(ec2:LaunchTemplate) on the spot market; tag-on-create only with the cluster tag; node "
+        "names only as the node/type tag keys, and terminate, only on instances already tagged "
+        "with this cluster"
+    ),
+    "volume": (
+        "RunInstances creates volumes only through this cluster's launch templates "
+        "(ec2:LaunchTemplate); tag-on-create only with the cluster tag"
+    ),
+    "network-interface": (
+        "RunInstances creates interfaces only through this cluster's launch templates and in "
+        "its VPC (ec2:LaunchTemplate, ec2:Vpc); tag-on-create only with the cluster tag"
+    ),
+    "subnet": (
+        "RunInstances uses subnets only through this cluster's launch templates and in its VPC; "
+        "CreateFleet overrides only subnets of its VPC (ec2:Vpc)"
+    ),
+    "security-group": (
+        "RunInstances uses security groups only through this cluster's launch templates and in "
+        "its VPC (ec2:LaunchTemplate, ec2:Vpc)"
+    ),
+    "fleet": (
+        "CreateFleet and its tag-on-create only when the request tags the fleet with this "
+        "cluster (aws:RequestTag)"
+    ),
+    "spot-instances-request": (
+        "RunInstances on a spot request carries no key but request tags, which neither the fleet "
+        "nor the launch template sets; a spot request is only ever created with an instance, "
+        "which is held to the launch template, the spot market, the types and the cluster tag"
+    ),
+}
 
 
 def _as_nag_renders(stack: Stack, value: str, pseudo: str) -> str:
@@ -34,11 +63,11 @@ def _ack(construct: IConstruct | None, rule: str, reason: str) -> None:
     Validations.of(construct).acknowledge(Acknowledgment(id=rule, reason=reason))
 
 
-def _default_policy(role: iam.IRole | None) -> IConstruct | None:
-    """The CfnPolicy CDK attaches to a role as grants are added."""
-    if role is None:
+def _default_policy(identity: iam.IRole | iam.IGroup | None) -> IConstruct | None:
+    """The CfnPolicy CDK attaches to a role or group as grants are added."""
+    if identity is None:
         return None
-    return role.node.find_child("DefaultPolicy").node.default_child
+    return identity.node.find_child("DefaultPolicy").node.default_child
 
 
 def acknowledge_findings(stacks: Iterable[Stack]) -> None:
@@ -97,32 +126,24 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
     )
 
     task_policy = _default_policy(controller.task_role)
-    for kind in LAUNCH_RESOURCE_KINDS:
+    for kind, reason in _LAUNCH_REASONS.items():
         _ack(
-            task_policy, f"AwsSolutions-IAM5[Resource::{account_arn}:{kind}/*]", _LAUNCH_CONDITIONED
+            task_policy,
+            f"AwsSolutions-IAM5[Resource::{account_arn}:{kind}/*]",
+            f"{reason}; {_IDS_UNKNOWN}.",
         )
     _ack(
         task_policy,
         f"AwsSolutions-IAM5[Resource::arn:{partition}:ec2:{stack.region}::image/*]",
-        _LAUNCH_CONDITIONED + " (the AMI comes from the template's SSM parameter)",
-    )
-    _ack(
-        task_policy,
-        f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",
-        "Launch is allowed only through this cluster's launch templates with this cluster's tag "
-        "in the request; terminate and retag only on instances already tagged with this cluster.",
-    )
-    _ack(
-        task_policy,
-        f"AwsSolutions-IAM5[Resource::{account_arn}:fleet/*]",
-        "CreateFleet is allowed only when the request tags the fleet with this cluster; the "
-        "fleet's launches are then held to the launch-template conditions.",
+        "RunInstances only on the image the group's launch template names "
+        "(ec2:LaunchTemplate and ec2:IsLaunchTemplateResource); the template resolves it from a "
+        "public SSM parameter at deploy time, so its id is not known at synth. CreateFleet gets "
+        "no image at all: an AMI in a fleet's overrides is refused.",
     )
     _ack(
         task_policy,
         "AwsSolutions-IAM5[Resource::*]",
-        "EC2 Describe* calls support no resource-level permissions; iam:CreateServiceLinkedRole "
-        "is conditioned on the spot and ec2fleet service names.",
+        "ec2:DescribeInstances and ec2:DescribeVolumes support no resource-level permissions.",
     )
 
     execution_policy = _default_policy(controller.task_definition.execution_role)
@@ -144,8 +165,9 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         _ack(
             node_policy,
             "AwsSolutions-IAM5[Resource::*]",
-            "ecr:GetAuthorizationToken, granted by CDK for pulling the Slurm image, supports no "
-            "resource-level permissions."
+            "ecr:GetAuthorizationToken (granted by CDK for pulling the Slurm image) and "
+            "ec2:DescribeTags (the Epilog reading the job tag back) support no resource-level "
+            "permissions."
             + (
                 " Nor does cloudwatch:PutMetricData (the CloudWatch agent's GPU metrics), held "
                 "to the CWAgent namespace by condition."
@@ -176,6 +198,21 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         f"AwsSolutions-IAM5[Resource::<{costs_arn}.Arn>/index/*]",
         "Queries on the job cost table's own secondary index; CDK grants indexes by the "
         "table's /index/* ARN.",
+    )
+
+    users_policy = _default_policy(stack.users)
+    _ack(
+        users_policy,
+        f"AwsSolutions-IAM5[Resource::<{costs_arn}.Arn>/index/*]",
+        "relion-spot cost reads the job cost table through its own secondary index; CDK "
+        "grants indexes by the table's /index/* ARN.",
+    )
+    _ack(
+        users_policy,
+        f"AwsSolutions-IAM5[Resource::arn:{partition}:cloudformation:{stack.region}:{account}:"
+        f"stack/{stack.stack_name}/*]",
+        "DescribeStacks of this cluster's own stack only; a stack ARN ends in an id "
+        "CloudFormation assigns at create.",
     )
 
     teardown_policy = _default_policy(stack.teardown.role)

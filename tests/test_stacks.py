@@ -233,31 +233,64 @@ def test_mutating_ec2_actions_are_never_unconditioned(default_synth, alternate_s
                     continue
                 checked += 1
                 resources = _as_list(statement["Resource"])
-                specific = all("launch-template/" in json.dumps(r) for r in resources)
+                # A spot request carries no key but request tags, which nothing sets; it is
+                # only launched with an instance, which the SpotInstances* statements hold.
+                specific = all(
+                    "launch-template/" in json.dumps(r)
+                    or (
+                        "spot-instances-request/" in json.dumps(r)
+                        and _as_list(statement["Action"]) == ["ec2:RunInstances"]
+                    )
+                    for r in resources
+                )
                 assert specific or statement.get("Condition"), (name, statement)
                 assert "*" not in resources, (name, statement)
     assert checked >= 10
 
 
 def test_launch_is_held_to_this_clusters_templates_and_tag(default_synth) -> None:
+    """The shape of the launch grants; tests/iam evaluates them request by request."""
     template = default_synth.template("relion-spot-gpu1")
     by_sid = {s.get("Sid"): s for s in _statements(template) if s.get("Sid")}
-    tagged = by_sid["LaunchTaggedInstancesGpu"]
-    assert tagged["Condition"]["StringEquals"] == {
+    request_tags = {
         f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1",
+        f"aws:RequestTag/{tags.PARTITION}": "gpu",
+    }
+    gpu_types = EXPECTED_TYPES[1].split(",")
+    fleet_instances = by_sid["FleetInstancesGpu"]
+    assert fleet_instances["Action"] == "ec2:CreateFleet"
+    assert fleet_instances["Condition"] == {
+        "StringEquals": {**request_tags, "ec2:InstanceType": gpu_types}
+    }
+    spot_instances = by_sid["SpotInstancesGpu"]
+    assert spot_instances["Action"] == "ec2:RunInstances"
+    assert spot_instances["Condition"]["StringEquals"] == {
+        **request_tags,
+        "ec2:InstanceType": gpu_types,
         "ec2:InstanceMarketType": "spot",
     }
-    assert "ec2:LaunchTemplate" in tagged["Condition"]["ArnLike"]
-    resources_statement = by_sid["LaunchResourcesGpu"]
-    assert "ec2:LaunchTemplate" in resources_statement["Condition"]["ArnLike"]
+    assert "ec2:LaunchTemplate" in spot_instances["Condition"]["ArnEquals"]
+    image = by_sid["TemplateImages"]
+    assert image["Condition"]["Bool"] == {"ec2:IsLaunchTemplateResource": "true"}
+    assert "ec2:LaunchTemplate" in image["Condition"]["ArnEquals"]
+    for sid in ("TemplateVolumes", "TemplateNetwork"):
+        assert "ec2:LaunchTemplate" in by_sid[sid]["Condition"]["ArnEquals"]
+    assert "ec2:Vpc" in by_sid["TemplateNetwork"]["Condition"]["ArnEquals"]
+    assert "ec2:Vpc" in by_sid["FleetSubnets"]["Condition"]["ArnEquals"]
     terminate = by_sid["TerminateClusterInstances"]
     assert terminate["Condition"] == {
         "StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": "relion-spot-gpu1"}
     }
-    fleet = by_sid["CreateTaggedFleetGpu"]
+    fleet = by_sid["CreateClusterFleets"]
     assert fleet["Condition"]["StringEquals"] == {
         f"aws:RequestTag/{tags.CLUSTER}": "relion-spot-gpu1"
     }
+    # CreateFleet carries neither key: a condition on them would refuse every fleet.
+    for statement in _statements(template):
+        if "ec2:CreateFleet" in _as_list(statement["Action"]):
+            conditions = json.dumps(statement.get("Condition", {}))
+            assert "ec2:LaunchTemplate" not in conditions, statement
+            assert "ec2:InstanceMarketType" not in conditions, statement
 
 
 def test_teardown_runs_after_controller_and_before_network_resources(default_synth) -> None:
@@ -276,6 +309,44 @@ def test_teardown_runs_after_controller_and_before_network_resources(default_syn
     function = template["Resources"][sweep["Properties"]["ServiceToken"]["Fn::GetAtt"][0]]
     assert function["Properties"]["Timeout"] == 900
     assert function["Properties"]["Handler"] == "relion_spot.teardown.handler.on_event"
+
+
+def test_no_function_reserves_concurrency(default_synth, alternate_synth) -> None:
+    """A new account's Lambda quota is 10 concurrent executions, all unreserved: a function that
+    reserves any makes the stack fail to create."""
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            for logical_id, function in _resources(
+                synth.template(name), "AWS::Lambda::Function"
+            ).items():
+                assert "ReservedConcurrentExecutions" not in function["Properties"], (
+                    name,
+                    logical_id,
+                )
+
+
+def test_role_policies_stay_inline(default_synth, alternate_synth) -> None:
+    """CDK moves a role's policy past IAM's inline size into extra managed policies (an account
+    quota, and resources the estimate and the acknowledgements do not expect)."""
+    for synth in (default_synth, alternate_synth):
+        for name in synth.template_names():
+            assert not _resources(synth.template(name), "AWS::IAM::ManagedPolicy"), name
+
+
+def test_ecs_service_linked_role_exists_before_the_controller(default_synth) -> None:
+    """A new account has no ECS service-linked role; the cluster's capacity providers and the
+    service wait for the custom resource that creates it."""
+    template = default_synth.template("relion-spot-gpu1")
+    (ensure,) = _resources(template, "Custom::ServiceLinkedRole")
+    assert template["Resources"][ensure]["Properties"]["AWSServiceName"] == "ecs.amazonaws.com"
+    ecs_resources = [
+        *_resources(template, "AWS::ECS::Cluster"),
+        *_resources(template, "AWS::ECS::ClusterCapacityProviderAssociations"),
+        *_resources(template, "AWS::ECS::Service"),
+    ]
+    assert len(ecs_resources) == 3
+    for logical_id in ecs_resources:
+        assert ensure in template["Resources"][logical_id].get("DependsOn", []), logical_id
 
 
 def test_every_log_group_has_retention(default_synth, alternate_synth) -> None:
@@ -522,7 +593,7 @@ def test_metrics_are_published_only_into_their_own_namespaces(default_synth) -> 
     template = default_synth.template("relion-spot-gpu1")
     granted: dict[str, str] = {}
     for policy in _resources(template, "AWS::IAM::Policy").values():
-        (role,) = policy["Properties"]["Roles"]
+        (role,) = policy["Properties"].get("Roles") or policy["Properties"]["Groups"]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             if "cloudwatch:PutMetricData" in _as_list(statement["Action"]):
                 assert _as_list(statement["Action"]) == ["cloudwatch:PutMetricData"]

@@ -1,10 +1,12 @@
 """Per-job cost for one cluster: the attempt-records and job-cost tables, the pricing Lambda,
 its schedules, and the grants the controller (record writer) and the CLI (report) need.
 
-The function runs with a reserved concurrency of one: a scheduled pricing run, a stream batch
-and the daily reconciliation never interleave, which is what lets the pricing write whole cost
-items in batches (fast at 100,000 attempts) without losing the billed figure beside them.
-The five-minute node count shares that one slot; it writes no cost item and takes a second.
+The function reserves no concurrency (a new account's quota of 10 concurrent executions leaves
+none to reserve, and a stack that asks fails to create). A scheduled pricing run, a stream batch
+and the daily reconciliation instead take turns on a lease item in the job cost table
+(relion_spot.cost.lock), which is what lets the pricing write whole cost items in batches (fast
+at 100,000 attempts) without losing the billed figure beside them or publishing a move twice.
+The five-minute node count writes no cost item and needs no turn.
 """
 
 from __future__ import annotations
@@ -105,7 +107,6 @@ class CostTracker(Construct):
             handler=HANDLER,
             timeout=Duration.minutes(15),
             memory_size=memory_size,
-            reserved_concurrent_executions=1,
             role=self.role,
             log_group=log_group,
             description=f"Prices cluster {cluster_name}'s jobs from spot price history",
@@ -188,6 +189,7 @@ class CostTracker(Construct):
             "dynamodb:GetItem",
             "dynamodb:UpdateItem",
             "dynamodb:PutItem",
+            "dynamodb:DeleteItem",  # releasing the pricing lease
         )
         only_launch_tags = {"ForAllValues:StringEquals": {"aws:TagKeys": list(REPAIRABLE_TAG_KEYS)}}
         statements = [

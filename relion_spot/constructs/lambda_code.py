@@ -17,7 +17,7 @@ from aws_cdk import aws_lambda as lambda_
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
 """Every function's runtime: the newest, so none falls behind on security fixes."""
-SHARED_MODULES = ("__init__.py", "tags.py", "catalog.py")
+SHARED_MODULES = ("__init__.py", "tags.py", "catalog.py", "cfn_reply.py")
 """Top-level modules every function may import; each imports nothing outside the stdlib."""
 
 _staged: dict[tuple[str, ...], Path] = {}

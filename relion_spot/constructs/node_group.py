@@ -8,6 +8,8 @@ cluster's controller launch and terminate exactly this cluster's instances.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -23,15 +25,6 @@ GPU_AMI_PARAMETER = (
 )
 """AWS Deep Learning Base AMI (Amazon Linux 2023): NVIDIA driver, Docker and the NVIDIA container
 toolkit, resolved from a public SSM parameter at deploy time (no lookup at synth)."""
-LAUNCH_RESOURCE_KINDS = (
-    "volume",
-    "network-interface",
-    "subnet",
-    "security-group",
-    "spot-instances-request",
-)
-"""Resources a launch creates or uses besides the instance and image; IAM names them by
-wildcard (their ids do not exist before the launch) and holds them to the launch template."""
 CPU_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 
@@ -117,14 +110,20 @@ class NodeGroup(Construct):
         )
 
     def _allow_job_tagging(self) -> None:
-        """A node may set and clear the job tags on this cluster's instances, and nothing else.
+        """A node may set and clear the job tags on this cluster's instances, and nothing else;
+        the Epilog reads the job tag back first (DescribeTags, which has no resource-level
+        permission) so a late Epilog never clears the next job's tags.
 
         Narrower than "only itself" would need the policy variable ``${ec2:SourceInstanceARN}``
         as a Resource, which CloudFormation's validators reject; the blast radius is one job's
         labels on a sibling node of the same cluster.
         """
         self.role.add_to_policy(
+            iam.PolicyStatement(sid="ReadJobTags", actions=["ec2:DescribeTags"], resources=["*"])
+        )
+        self.role.add_to_policy(
             iam.PolicyStatement(
+                sid="SetClearJobTags",
                 actions=["ec2:CreateTags", "ec2:DeleteTags"],
                 resources=[f"{_ec2_arn(self)}:instance/*"],
                 conditions={
@@ -166,63 +165,113 @@ class NodeGroup(Construct):
             f"{self.launch_template_id}"
         )
 
-    def grant_launch(self, grantee: iam.IGrantable) -> None:
-        """Let the controller's resume program launch this group's nodes, and nothing else.
-
-        Launching works only through this group's launch template and only with this cluster's
-        tag on the request (terminating is ``grant_terminate_cluster_instances``).
-        """
-        stack = Stack.of(self)
+    def instance_statements(self) -> list[iam.PolicyStatement]:
+        """Launching this group's instances: CreateFleet with this cluster's and partition's
+        request tags and the group's types; RunInstances also only through this group's
+        template and on the spot market. One pair per group, as the types differ."""
         ec2_arn = _ec2_arn(self)
-        launch_template_condition = {"ArnLike": {"ec2:LaunchTemplate": self.launch_template_arn}}
-        principal = grantee.grant_principal
-        statements = [
+        name = self.partition.title()
+        request_tags = {
+            f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name,
+            f"aws:RequestTag/{tags.PARTITION}": self.partition,
+            "ec2:InstanceType": list(self.instance_types),
+        }
+        return [
             iam.PolicyStatement(
-                sid=f"LaunchWithTemplate{self.partition.title()}",
-                actions=["ec2:RunInstances", "ec2:CreateFleet"],
-                resources=[self.launch_template_arn],
+                sid=f"FleetInstances{name}",
+                actions=["ec2:CreateFleet"],
+                resources=[f"{ec2_arn}:instance/*"],
+                conditions={"StringEquals": request_tags},
             ),
             iam.PolicyStatement(
-                sid=f"LaunchTaggedInstances{self.partition.title()}",
-                actions=["ec2:RunInstances", "ec2:CreateFleet"],
+                sid=f"SpotInstances{name}",
+                actions=["ec2:RunInstances"],
                 resources=[f"{ec2_arn}:instance/*"],
                 conditions={
-                    **launch_template_condition,
-                    "StringEquals": {
-                        f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name,
-                        # Spot only: enforced here rather than by market options in the launch
-                        # template, which EC2 Fleet-family APIs (ASG, EKS, Fleet) refuse.
-                        "ec2:InstanceMarketType": "spot",
-                    },
+                    "ArnEquals": {"ec2:LaunchTemplate": self.launch_template_arn},
+                    # Spot only: enforced here rather than by market options in the launch
+                    # template, which EC2 Fleet-family APIs (ASG, EKS, Fleet) refuse.
+                    "StringEquals": {**request_tags, "ec2:InstanceMarketType": "spot"},
                 },
             ),
-            iam.PolicyStatement(
-                sid=f"LaunchResources{self.partition.title()}",
-                actions=["ec2:RunInstances", "ec2:CreateFleet"],
-                resources=[f"{ec2_arn}:{kind}/*" for kind in LAUNCH_RESOURCE_KINDS]
-                + [f"arn:{stack.partition}:ec2:{stack.region}::image/*"],
-                conditions=launch_template_condition,
-            ),
-            iam.PolicyStatement(
-                sid=f"CreateTaggedFleet{self.partition.title()}",
-                actions=["ec2:CreateFleet"],
-                resources=[f"{ec2_arn}:fleet/*"],
-                conditions={"StringEquals": {f"aws:RequestTag/{tags.CLUSTER}": self.cluster_name}},
-            ),
-            iam.PolicyStatement(
-                sid=f"PassNodeRole{self.partition.title()}",
-                actions=["iam:PassRole"],
-                resources=[self.role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
-            ),
         ]
-        for statement in statements:
-            principal.add_to_principal_policy(statement)
+
+
+def grant_launch(grantee: iam.IGrantable, groups: Sequence[NodeGroup], *, vpc: ec2.IVpc) -> None:
+    """Let the controller's resume program launch these groups' nodes, and nothing else.
+
+    EC2 authorizes an instant fleet twice: CreateFleet on what the request itself names (the
+    fleet, its instances, the launch template, the override subnets), and RunInstances on what
+    the launch template supplies (image, security groups, volume, interface, subnet, spot
+    request). Each statement conditions only on keys that action carries for that resource type
+    (IAM Service Authorization Reference):
+
+    - CreateFleet carries neither ``ec2:LaunchTemplate`` nor ``ec2:InstanceMarketType``; it is
+      held to the groups' templates by naming them as its resource, and its instances to the
+      request tags and types (``NodeGroup.instance_statements``).
+    - RunInstances carries ``ec2:LaunchTemplate`` on everything but the spot request, so every
+      resource is held to the groups' templates; the instance also to the spot market; the image
+      to being the template's own (``ec2:IsLaunchTemplateResource``); network resources to the
+      cluster's VPC.
+
+    Statements name all groups' templates at once where nothing else differs, which keeps the
+    controller's policy inline (CDK moves an oversized one to extra managed policies). The fleet,
+    override subnets, spot requests and tags at launch are ``grant_power_saving``'s; terminating
+    is ``grant_terminate_cluster_instances``.
+    """
+    (scope, *_) = groups
+    stack = Stack.of(scope)
+    ec2_arn = _ec2_arn(scope)
+    templates = {"ec2:LaunchTemplate": [g.launch_template_arn for g in groups]}
+    statements = [
+        iam.PolicyStatement(
+            sid="LaunchFromTemplates",
+            actions=["ec2:CreateFleet", "ec2:RunInstances"],
+            resources=[g.launch_template_arn for g in groups],
+        ),
+        *(statement for group in groups for statement in group.instance_statements()),
+        iam.PolicyStatement(
+            sid="TemplateImages",
+            actions=["ec2:RunInstances"],
+            resources=[f"arn:{stack.partition}:ec2:{stack.region}::image/*"],
+            conditions={
+                "ArnEquals": templates,
+                "Bool": {"ec2:IsLaunchTemplateResource": "true"},
+            },
+        ),
+        iam.PolicyStatement(
+            sid="TemplateVolumes",
+            actions=["ec2:RunInstances"],
+            resources=[f"{ec2_arn}:volume/*"],
+            conditions={"ArnEquals": templates},
+        ),
+        iam.PolicyStatement(
+            sid="TemplateNetwork",
+            actions=["ec2:RunInstances"],
+            resources=[
+                f"{ec2_arn}:{kind}/*" for kind in ("subnet", "security-group", "network-interface")
+            ],
+            conditions={"ArnEquals": {**templates, "ec2:Vpc": _vpc_arn(scope, vpc)}},
+        ),
+        iam.PolicyStatement(
+            sid="PassNodeRoles",
+            actions=["iam:PassRole"],
+            resources=[g.role.role_arn for g in groups],
+            conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        ),
+    ]
+    for statement in statements:
+        grantee.grant_principal.add_to_principal_policy(statement)
 
 
 def _ec2_arn(scope: Construct) -> str:
     stack = Stack.of(scope)
     return f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}"
+
+
+def _vpc_arn(scope: Construct, vpc: ec2.IVpc) -> str:
+    """``ec2:Vpc`` is compared as the VPC's ARN, not its id."""
+    return f"{_ec2_arn(scope)}:vpc/{vpc.vpc_id}"
 
 
 def grant_terminate_cluster_instances(
@@ -240,19 +289,43 @@ def grant_terminate_cluster_instances(
     )
     principal.add_to_principal_policy(
         iam.PolicyStatement(
-            sid="DescribeInstances",
-            actions=["ec2:DescribeInstances", "ec2:DescribeInstanceStatus"],
-            resources=["*"],
+            sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]
         )
     )
 
 
-def grant_power_saving(grantee: iam.IGrantable, *, cluster_name: str, scope: Construct) -> None:
-    """What Slurm's resume/suspend programs need beyond each group's launch rights."""
+def grant_power_saving(
+    grantee: iam.IGrantable, *, cluster_name: str, vpc: ec2.IVpc, scope: Construct
+) -> None:
+    """What Slurm's resume/suspend programs need beyond the groups' launch rights
+    (``grant_launch``): the fleet itself, the subnets it overrides, spot requests,
+    tags at launch and the node name after, and the service-linked roles a first spot launch in
+    an account creates."""
     grant_terminate_cluster_instances(grantee, cluster_name=cluster_name, scope=scope)
     ec2_arn = _ec2_arn(scope)
-    principal = grantee.grant_principal
-    principal.add_to_principal_policy(
+    iam_arn = f"arn:{Stack.of(scope).partition}:iam::{Stack.of(scope).account}"
+    cluster_request_tag = {f"aws:RequestTag/{tags.CLUSTER}": cluster_name}
+    statements = [
+        iam.PolicyStatement(
+            sid="CreateClusterFleets",
+            actions=["ec2:CreateFleet"],
+            resources=[f"{ec2_arn}:fleet/*"],
+            conditions={"StringEquals": cluster_request_tag},
+        ),
+        iam.PolicyStatement(
+            sid="FleetSubnets",
+            actions=["ec2:CreateFleet"],
+            resources=[f"{ec2_arn}:subnet/*"],
+            conditions={"ArnEquals": {"ec2:Vpc": _vpc_arn(scope, vpc)}},
+        ),
+        # A spot launch's request carries only request tags, and neither the fleet nor the
+        # launch template tags it; it is never launched alone, but with an instance that
+        # SpotInstances* holds to a template, the spot market, the group's types and tags.
+        iam.PolicyStatement(
+            sid="SpotRequests",
+            actions=["ec2:RunInstances"],
+            resources=[f"{ec2_arn}:spot-instances-request/*"],
+        ),
         iam.PolicyStatement(
             sid="TagAtLaunch",
             actions=["ec2:CreateTags"],
@@ -266,38 +339,35 @@ def grant_power_saving(grantee: iam.IGrantable, *, cluster_name: str, scope: Con
                     "spot-instances-request",
                 )
             ],
-            conditions={"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateFleet"]}},
-        )
-    )
-    principal.add_to_principal_policy(
+            conditions={
+                "StringEquals": {
+                    "ec2:CreateAction": ["RunInstances", "CreateFleet"],
+                    **cluster_request_tag,
+                }
+            },
+        ),
         iam.PolicyStatement(
-            sid="RetagClusterInstances",
-            actions=["ec2:CreateTags", "ec2:DeleteTags"],
+            sid="NameClusterNodes",
+            actions=["ec2:CreateTags"],
             resources=[f"{ec2_arn}:instance/*"],
-            conditions={"StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": cluster_name}},
-        )
-    )
-    principal.add_to_principal_policy(
-        iam.PolicyStatement(
-            sid="DescribeForLaunching",
-            actions=[
-                "ec2:DescribeInstanceTypes",
-                "ec2:DescribeLaunchTemplateVersions",
-                "ec2:DescribeSubnets",
-                "ec2:DescribeSpotPriceHistory",
-            ],
-            resources=["*"],
-        )
-    )
-    principal.add_to_principal_policy(
+            conditions={
+                "StringEquals": {f"aws:ResourceTag/{tags.CLUSTER}": cluster_name},
+                "ForAllValues:StringEquals": {"aws:TagKeys": [tags.NODE, tags.INSTANCE_TYPE]},
+            },
+        ),
         iam.PolicyStatement(
             sid="SpotServiceLinkedRoles",
             actions=["iam:CreateServiceLinkedRole"],
-            resources=["*"],
+            resources=[
+                f"{iam_arn}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot",
+                f"{iam_arn}:role/aws-service-role/ec2fleet.amazonaws.com/AWSServiceRoleForEC2Fleet",
+            ],
             conditions={
                 "StringEquals": {
                     "iam:AWSServiceName": ["spot.amazonaws.com", "ec2fleet.amazonaws.com"]
                 }
             },
-        )
-    )
+        ),
+    ]
+    for statement in statements:
+        grantee.grant_principal.add_to_principal_policy(statement)

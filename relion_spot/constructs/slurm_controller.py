@@ -144,7 +144,11 @@ class SlurmController(Construct):
             circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
         )
         # Only its own service, and only its task count (to sleep); waking is the submitter's.
-        self.task_definition.task_role.add_to_principal_policy(
+        self.grant_scale(self.task_definition.task_role)
+
+    def grant_scale(self, grantee: iam.IGrantable) -> None:
+        """Read and set this controller service's task count (sleep and wake), no other."""
+        grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["ecs:UpdateService", "ecs:DescribeServices"],
                 resources=[

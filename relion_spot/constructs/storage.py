@@ -109,6 +109,6 @@ class SharedStorage(Construct):
             actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
             resource_arns=[self.file_system.file_system_arn],
             conditions={
-                "StringEquals": {"elasticfilesystem:AccessPointArn": access_point.access_point_arn}
+                "ArnEquals": {"elasticfilesystem:AccessPointArn": access_point.access_point_arn}
             },
         )

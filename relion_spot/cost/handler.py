@@ -13,7 +13,9 @@ Events it understands (anything else is logged and skipped; a batch always goes 
   event whose ``detail`` has ``cluster`` and ``job_id``: price those jobs.
 
 Idempotent: a job is rewritten only when the fingerprint of its priced result changes, so the
-same event twice, or a rerun over the same window, writes nothing and publishes nothing. Each
+same event twice, or a rerun over the same window, writes nothing and publishes nothing. Pricing
+and reconciliation take turns on a lease (relion_spot.cost.lock), so concurrent invocations never
+interleave their writes. Each
 written job is also logged as one ``job-cost`` line (see ``JOB_COST_LOG``), which is what the
 cluster dashboard's cost-per-job table reads: the metrics carry no job dimension, as one metric
 per job would bill per job.
@@ -33,6 +35,7 @@ from typing import Any
 
 from relion_spot.cost import billing, instances, nodes
 from relion_spot.cost.config import CostConfig
+from relion_spot.cost.lock import PricingLock
 from relion_spot.cost.prices import PriceSource, SpotPriceSource
 from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, price_job
 from relion_spot.cost.store import (
@@ -101,6 +104,7 @@ class CostService:
         self.attempts = AttemptStore(clients.dynamodb, config.records_table)
         self.costs = CostStore(clients.dynamodb, config.costs_table)
         self.prices: PriceSource = SpotPriceSource(clients.ec2)
+        self.lock = PricingLock(clients.dynamodb, config.costs_table)
 
     def _parse(self, items: Iterable[dict[str, Any]], outcome: Outcome) -> list[Attempt]:
         parsed = []
@@ -264,14 +268,16 @@ def handle(event: Any, service: CostService, *, now: float | None = None) -> dic
     keys: list[tuple[str, str]] = []
     action = event.get("action") if isinstance(event, dict) else None
     if action == "schedule":
-        service.price_window(outcome, now=now)
+        with service.lock.held():
+            service.price_window(outcome, now=now)
         service.repair_tags(outcome)
         outcome.spot_price_requests = service.prices.requests
         service.publish_nodes(outcome, now=now)
     elif action == "count-nodes":
         service.publish_nodes(outcome, now=now)
     elif action == "reconcile":
-        service.reconcile(outcome, now=now)
+        with service.lock.held():
+            service.reconcile(outcome, now=now)
     elif isinstance(event, dict) and isinstance(event.get("Records"), list):
         for record in event["Records"]:
             try:
@@ -294,7 +300,8 @@ def handle(event: Any, service: CostService, *, now: float | None = None) -> dic
         log.error("skipping unrecognised event: %s", str(event)[:500])
         outcome.skipped += 1
     if keys:
-        service.price_jobs(keys, outcome, now=now)
+        with service.lock.held():
+            service.price_jobs(keys, outcome, now=now)
     result = outcome.as_dict()
     log.info("cost run: %s", result)
     return result

@@ -12,8 +12,8 @@ items by key instead of querying or scanning the table.
 Costs table: one item per job, key ``job``; the estimate, a fingerprint of everything priced,
 and the breakdown as JSON, with ``billed_by_day``/``billed_usd`` from Cost Explorer beside it.
 GSI ``by-start`` (``cluster``, ``first_start``) serves the report. The pricing writes whole
-items in batches and carries the billed fields over; the construct gives the function a reserved
-concurrency of one, so a pricing run and a reconciliation never interleave.
+items in batches and carries the billed fields over; pricing and reconciliation take turns on a
+lease item in this table (relion_spot.cost.lock), so they never interleave.
 """
 
 from __future__ import annotations

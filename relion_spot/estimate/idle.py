@@ -40,6 +40,7 @@ USAGE_BILLED = {
     "AWS::EFS::MountTarget",
     "AWS::SSM::Parameter",
     "AWS::Events::Rule",
+    "AWS::IAM::Group",
     "AWS::IAM::InstanceProfile",
     "AWS::IAM::Policy",
     "AWS::IAM::Role",

@@ -7,6 +7,7 @@ from aws_cdk import CfnOutput, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -17,7 +18,8 @@ from ..constructs.intake import JobIntake
 from ..constructs.job_template import Class3dJobTemplate
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
-from ..constructs.node_group import NodeGroup, grant_power_saving
+from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
+from ..constructs.service_linked_role import ServiceLinkedRole
 from ..constructs.slurm_controller import STATE_DIR, SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
@@ -209,13 +211,22 @@ class ClusterStack(Stack):
                 JOBCOMP_SPOOL_ENV: f"{STATE_DIR}/relion-spot/jobcomp-spool",
             },
         )
+        # A new account has no ECS service-linked role yet; the cluster's capacity providers
+        # and the service need it.
+        self.ecs_service_role = ServiceLinkedRole(
+            self, "EcsServiceLinkedRole", service="ecs.amazonaws.com", log_retention=log_retention
+        )
+        self.ecs_service_role.required_by(self.controller.cluster, self.controller.service)
         storage.grant_mount(self.controller.task_role, state_access_point)
-        for group in node_groups:
-            group.grant_launch(self.controller.task_role)
-        grant_power_saving(self.controller.task_role, cluster_name=cluster_name, scope=self)
+        grant_launch(self.controller.task_role, node_groups, vpc=vpc)
+        grant_power_saving(
+            self.controller.task_role, cluster_name=cluster_name, vpc=vpc, scope=self
+        )
         self.cost_tracker.grant_record_writer(self.controller.task_role)
         self.intake.grant_drain(self.controller.task_role)
         self.intake.grant_progress(self.gpu_nodes.role)  # jobs report progress to the table
+
+        self.users = self._users_group()
 
         self.teardown = ClusterTeardown(
             self, "Teardown", cluster_name=cluster_name, log_retention=log_retention
@@ -254,8 +265,33 @@ class ClusterStack(Stack):
             "IntakeQueueUrl": self.intake.queue_url,
             "IntakeTable": self.intake.table_name,
             "Class3dTemplateParameter": self.class3d_template.parameter.parameter_name,
+            "UsersGroup": self.users.group_name,
         }
         if self.dashboard is not None:
             outputs["DashboardUrl"] = self.dashboard.console_url
         for key, value in outputs.items():
             CfnOutput(self, key, value=value)
+
+    def _users_group(self) -> iam.Group:
+        """What the lab's ``relion-spot`` commands need, as a group an administrator adds
+        people to: find the cluster (DescribeStacks), submit and cancel (the intake queue), read
+        decisions, progress and costs (the tables), wake the controller (its service's task
+        count). Nothing that writes a decision, a record or a cost, and no EC2."""
+        group = iam.Group(self, "Users")
+        self.intake.grant_submit(group)
+        self.cost_tracker.grant_report_reader(group)
+        self.controller.grant_scale(group)
+        group.add_to_policy(
+            iam.PolicyStatement(
+                sid="FindTheCluster",
+                actions=["cloudformation:DescribeStacks"],
+                resources=[
+                    self.format_arn(
+                        service="cloudformation",
+                        resource="stack",
+                        resource_name=f"{self.stack_name}/*",
+                    )
+                ],
+            )
+        )
+        return group

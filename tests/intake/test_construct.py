@@ -117,6 +117,18 @@ def test_controller_is_told_where_the_intake_is(default_synth, stack: str) -> No
     assert outputs["IntakeTable"]["Value"] == {"Ref": TABLE_LOGICAL_ID}
 
 
+def _assert_users_only_send_and_read(policy: dict, queue: str) -> None:
+    """The lab's commands (the stack's users group) submit and cancel by message and read the
+    decisions; they never receive, erase or write one."""
+    for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+        resources = _as_list(statement["Resource"])
+        actions = set(_as_list(statement["Action"]))
+        if {"Fn::GetAtt": [queue, "Arn"]} in resources:
+            assert actions <= {"sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
+        if {"Fn::GetAtt": [TABLE_LOGICAL_ID, "Arn"]} in resources:
+            assert actions == {"dynamodb:GetItem", "dynamodb:Scan"}
+
+
 def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) -> None:
     raw = default_synth.template("relion-spot-gpu4")
     main, dead = _queues(raw)
@@ -127,6 +139,9 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
     sqs_actions: set[str] = set()
     table_actions: dict[str, set[str]] = {}
     for policy in _resources(raw, "AWS::IAM::Policy").values():
+        if "Groups" in policy["Properties"]:
+            _assert_users_only_send_and_read(policy, main)
+            continue
         roles = [r["Ref"] for r in policy["Properties"]["Roles"]]
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             resources = _as_list(statement["Resource"])

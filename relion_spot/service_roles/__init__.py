@@ -1,0 +1,1 @@
+"""Service-linked roles a deployment needs before its first resource of that service."""
