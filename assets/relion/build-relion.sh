@@ -164,8 +164,9 @@ write_runtime_list() {
     pkgs=$(ldd "$RELION_PREFIX"/bin/relion_* | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
         while read -r lib; do
             case $(basename "$lib") in libcuda.so* | libnvidia-*) continue ;; esac
-            dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib"
-        done | cut -d: -f1 | sort -u)
+            dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null ||
+                log "warning: no Debian package owns $lib"
+        done | grep -v '^diversion by' | cut -d: -f1 | sort -u)
     printf '%s\n' "$pkgs" "${RUNTIME_EXTRA[@]}" | sort -u >"$list"
     log "runtime packages: $(tr '\n' ' ' <"$list")"
 }
