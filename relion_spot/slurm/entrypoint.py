@@ -279,10 +279,18 @@ def _reset_signals() -> None:
     """Hand the daemon a clean signal state: exec keeps ignored signals and the blocked mask.
 
     Python ignores SIGPIPE and SIGXFSZ; a parent such as slurmscriptd (ResumeProgram) blocks
-    signals. Either would leave slurmd deaf to signals it relies on, SIGTERM included.
+    signals; a shell that started us in the background ignores SIGINT and SIGQUIT. Any of them
+    would leave slurmd deaf to signals it relies on, SIGTERM included. Every signal that may be
+    reset goes back to its default.
     """
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) is signal.SIG_IGN or sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # signals the runtime reserves (e.g. 32, 33) cannot be set
+            continue
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
