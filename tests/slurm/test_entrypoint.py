@@ -82,6 +82,7 @@ def test_daemon_gets_a_clean_signal_state() -> None:
         "from relion_spot.slurm import entrypoint\n"
         "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})\n"
         "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGQUIT, signal.SIG_IGN)\n"
         "entrypoint._reset_signals()\n"
         "os.execvp('grep', ['grep', '-E', '^Sig(Blk|Ign):', '/proc/self/status'])\n"
     )
