@@ -5,13 +5,16 @@
 #   2. a running Docker engine (dockerd started in the background if none answers; log under
 #      .local/docker/),
 #   3. a Debian trixie minbase base image made with debootstrap + `docker import` (only if absent),
-#   4. the project's Slurm images from assets/slurm/Dockerfile (the build cache makes this a few
-#      seconds when nothing changed).
+#   4. the project's Slurm images from assets/slurm/Dockerfile and its RELION 5 CPU image from
+#      assets/relion (scripts/build-relion-image.sh), exported into .local/containers for the
+#      embedded cloud's nodes (the build cache makes all this a few seconds when nothing changed;
+#      the first RELION build compiles for 20-45 minutes on 2 cores).
 # Idempotent and quiet when everything is already there.
 #
 # Environment (all optional):
 #   DEBIAN_MIRROR        Debian mirror for debootstrap (default: the first one apt uses here)
-#   RELION_SPOT_BASE_IMAGE, RELION_SPOT_SLURM_IMAGE, RELION_SPOT_LOCAL_NODE_IMAGE  image tags
+#   RELION_SPOT_BASE_IMAGE, RELION_SPOT_SLURM_IMAGE, RELION_SPOT_LOCAL_NODE_IMAGE,
+#   RELION_SPOT_RELION_IMAGE                                                      image tags
 #   SKIP_IMAGE_BUILD=1   stop after the engine and the base image
 set -euo pipefail
 
@@ -20,6 +23,7 @@ state_dir="$repo/.local/docker"
 base_image=${RELION_SPOT_BASE_IMAGE:-relion-spot/debian-base:trixie}
 slurm_image=${RELION_SPOT_SLURM_IMAGE:-relion-spot/slurm:dev}
 local_node_image=${RELION_SPOT_LOCAL_NODE_IMAGE:-relion-spot/slurm-local-node:dev}
+relion_image=${RELION_SPOT_RELION_IMAGE:-relion-spot/relion:5.0.1-cpu}
 
 log() { echo "setup-docker: $*" >&2; }
 die() {
@@ -153,11 +157,41 @@ stage_wheels() {
     echo "$pins" >"$wheels/.pin"
 }
 
+export_relion_image() {
+    # The embedded cloud's nodes run RELION as a GPU node does: `apptainer exec` of a SIF in
+    # their /containers cache. The project's CPU build of assets/relion goes there as a
+    # docker-archive; the first job (or the demo's data step) makes the SIF from it, once.
+    local cache="$repo/.local/containers" id tar
+    tar="$cache/relion-5.0.1-cpu.tar"
+    mkdir -p "$cache"
+    # The job user makes the SIF here (relion-image.sh), as on EFS; sticky like /tmp.
+    chmod 1777 "$cache"
+    id=$(docker image inspect -f '{{.Id}}' "$relion_image")
+    if [[ -f $tar && -f "$tar.id" && $(cat "$tar.id") == "$id" ]]; then
+        return 0
+    fi
+    log "exporting $relion_image to $tar"
+    docker save "$relion_image" -o "$tar.partial"
+    chmod 0644 "$tar.partial"
+    mv -f "$tar.partial" "$tar"
+    # A SIF made from the previous export is stale now.
+    rm -f "$cache"/*relion-5.0.1-cpu.tar.sif
+    echo "$id" >"$tar.id"
+}
+
 build_images() {
     mkdir -p "$state_dir"
     stage_wheels
     build_one slurm "$slurm_image"
     build_one local-node "$local_node_image"
+    # RELION 5 from its upstream source, the recipe the GPU image shares (the first build is
+    # long: the compile of RELION's library; later ones come from the build cache).
+    if ! RELION_IMAGE=$relion_image RELION_SPOT_BASE_IMAGE=$base_image \
+        bash "$repo/scripts/build-relion-image.sh" >"$state_dir/relion-image.log" 2>&1; then
+        tail -n 20 "$state_dir/relion-image.log" >&2 || true
+        die "building $relion_image failed; see $state_dir/relion-image.log"
+    fi
+    export_relion_image
     # Images these tags pointed at before a rebuild: untagged now, and only ever ours.
     docker image prune -f --filter "label=org.relion-spot.image=slurm" >/dev/null
 }
@@ -166,4 +200,4 @@ install_packages
 start_engine
 ensure_base_image
 [[ ${SKIP_IMAGE_BUILD:-0} == 1 ]] || build_images
-log "ready: $base_image, $slurm_image, $local_node_image"
+log "ready: $base_image, $slurm_image, $local_node_image, $relion_image"

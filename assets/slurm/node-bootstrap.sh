@@ -156,8 +156,15 @@ mkdir -p "$$LOG_DIR"
 docker rm -f "$$CONTAINER" >/dev/null 2>&1 || true
 # Host network: slurmctld reaches slurmd at the instance's own address (it registers from it),
 # and the watcher reaches IMDS (hop limit 2). Host IPC: MPI ranks share memory through /dev/shm.
+# Jobs run RELION with an unprivileged `apptainer exec` as the job user, which needs exactly:
+#   --device /dev/fuse                  squashfuse mounts the SIF (the entrypoint opens the
+#                                       device to the job user);
+#   --security-opt seccomp=unconfined   user namespaces, which Docker's default seccomp profile
+#                                       refuses to a process without CAP_SYS_ADMIN.
+# No added capability and no --privileged: the job user holds none, and root needs none.
 docker run -d --name "$$CONTAINER" --network host --ipc host \
   --ulimit memlock=-1 --ulimit stack=67108864 \
+  --device /dev/fuse --security-opt seccomp=unconfined \
   "$${gpu_args[@]}" \
   -v /scratch:/scratch -v /data:/data -v /containers:/containers -v "$$LOG_DIR:/var/log/slurm" \
   -e AWS_DEFAULT_REGION="$$REGION" \

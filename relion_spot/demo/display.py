@@ -86,6 +86,7 @@ class Display:
             result.reclaimed_share, " ({:.0%})"
         )
         rows = [
+            ("RELION", f"{result.relion_version or '-'} via {result.launcher or '-'}"),
             ("iterations", str(result.iterations)),
             ("resolution per iteration (Å)", resolutions),
             ("accuracy against the truth", _figure(result.accuracy, "{:.1%}")),

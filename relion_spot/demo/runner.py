@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,10 @@ class DemoResult:
     """Seconds per phase: setup, data, cloud, submit -> running, run, pricing."""
     failures: list[str] = field(default_factory=list)
     """The demo's own outcomes that did not hold (empty: every promise kept)."""
+    relion_version: str | None = None
+    """As the job's RELION reported it (the job's run history)."""
+    launcher: str = ""
+    """What the job ran RELION through (apptainer exec ... SIF), from the job's run history."""
 
 
 Report = Callable[[str, dict[str, Any]], None]
@@ -106,8 +111,13 @@ def ensure_images() -> None:
 
 
 def make_dataset(settings: DemoSettings, data_dir: Path) -> Path:
-    """The synthetic set, made in the node image (RELION's relion_project); its directory."""
-    from ..slurm.local import LOCAL_NODE_IMAGE, docker
+    """The synthetic set, made in a node container as the job user with RELION run as the jobs
+    run it (``apptainer exec`` of the SIF in /containers, made here first if need be); its
+    directory."""
+    from ..jobs.class3d import CONTAINER_CACHE, IMAGE_SCRIPT, LOCAL_IMAGE
+    from ..relion.tools import RELION_EXEC_ENV
+    from ..slurm.local import APPTAINER_ARGS, LOCAL_NODE_IMAGE, docker
+    from ..slurm.local import CONTAINER_CACHE as HOST_CACHE
 
     project = data_dir / PROJECT
     if project.exists():
@@ -115,13 +125,25 @@ def make_dataset(settings: DemoSettings, data_dir: Path) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         os.chown(data_dir, 1000, 1000)
+    generate = shlex.join(
+        [
+            "/opt/relion-spot/venv/bin/python", "-m", "relion_spot.relion.synthetic",
+            "--out", f"/data/{PROJECT}", "--classes", "2",
+            "--particles-per-class", str(settings.particles_per_class),
+            "--snr", "1.0", "--seed", "0",
+        ]
+    )  # fmt: skip
+    as_job_user = (
+        f'set -e; SIF=$({IMAGE_SCRIPT} "$IMAGE" {CONTAINER_CACHE}); '
+        f'export {RELION_EXEC_ENV}="apptainer exec --bind /data $SIF"; exec {generate}'
+    )
     done = docker(
-        "run", "--rm", "--user", "1000:1000", "-v", f"{data_dir.resolve()}:/data",
-        "--entrypoint", "/opt/relion-spot/venv/bin/python", LOCAL_NODE_IMAGE,
-        "-m", "relion_spot.relion.synthetic", "--out", f"/data/{PROJECT}",
-        "--classes", "2", "--particles-per-class", str(settings.particles_per_class),
-        "--snr", "1.0", "--seed", "0",
-        check=False, timeout=600,
+        "run", "--rm", "-v", f"{data_dir.resolve()}:/data",
+        "-v", f"{HOST_CACHE.resolve()}:{CONTAINER_CACHE}", *APPTAINER_ARGS,
+        "-e", f"IMAGE={LOCAL_IMAGE}", "--entrypoint", "bash", LOCAL_NODE_IMAGE,
+        # As the node entrypoint does: /dev/fuse open to the job user, then the job user.
+        "-c", 'chmod 0666 /dev/fuse && exec runuser -u relion -- bash -c "$0"', as_job_user,
+        check=False, timeout=900,
     )  # fmt: skip
     if done.returncode != 0:
         raise DemoError(f"generating the particles failed:\n{(done.stderr or done.stdout)[-800:]}")
@@ -153,6 +175,7 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     from ..jobs.job_dir import find as find_job_dir
     from ..local.embedded import INTAKE_TABLE, EmbeddedCloud
     from ..relion import score
+    from ..relion.checkpoint import read_history
     from ..relion.progress import plot_path, progress_path
     from ..relion.synthetic import load_manifest
     from ..settings import Settings
@@ -273,6 +296,9 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
         row.get("resolution_angstrom") for row in record.get("iterations", [])
     ]
     result.resumed_from = [int(i) for i in record.get("resumed_from", [])]
+    history = read_history(run_root)
+    result.relion_version = history.get("relion_version")
+    result.launcher = str(history.get("launcher", ""))
     if plot_path(run_root).is_file():
         result.plot = str(plot_path(run_root))
     scores = score.score_run(run_root, project / manifest["files"]["truth"])
@@ -329,6 +355,10 @@ def outcome_failures(settings: DemoSettings, result: DemoResult) -> list[str]:
             )
     if result.accuracy is None or result.accuracy < MIN_ACCURACY:
         failures.append(f"accuracy {result.accuracy} against the truth is below {MIN_ACCURACY}")
+    if not (result.relion_version or "").startswith("5."):
+        failures.append(f"the job ran RELION {result.relion_version}, not RELION 5")
+    if not result.launcher.startswith("apptainer exec"):
+        failures.append(f"the job ran RELION through {result.launcher!r}, not apptainer exec")
     if not result.cost_usd or result.cost_usd <= 0:
         failures.append(f"the job was not priced (cost {result.cost_usd})")
     return failures

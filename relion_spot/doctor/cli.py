@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
+from ..estimate.cli import add_context_argument
 from .checks import BLOCKER, OK, WARNING, Clients, Finding, check_docker, run_checks
 
 MARKS = {OK: "ok     ", WARNING: "warning", BLOCKER: "BLOCKER"}
@@ -20,13 +21,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "service-linked roles, instance types per availability zone, Lambda concurrency, the "
         "CDK bootstrap, cost allocation tags and a Docker engine for the deploy.",
     )
-    parser.add_argument(
-        "-c",
-        "--context",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="the settings you will deploy with, as for cdk deploy (e.g. -c gpus=1,4)",
+    add_context_argument(
+        parser, "the settings you will deploy with, as for cdk deploy (e.g. -c gpus=1,4)"
     )
     parser.add_argument(
         "--no-docker", action="store_true", help="skip the Docker check (not deploying from here)"

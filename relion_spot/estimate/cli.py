@@ -27,16 +27,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=Path,
         help="read this synthesized cloud assembly instead of running cdk synth",
     )
-    parser.add_argument(
-        "-c",
-        "--context",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="CDK context, as for cdk synth (e.g. -c gpus=1,4)",
-    )
+    add_context_argument(parser, "CDK context, as for cdk synth (e.g. -c gpus=1,4)")
     parser.set_defaults(func=run)
     return parser
+
+
+def add_context_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``-c KEY=VALUE`` (repeatable): the settings as ``cdk synth``/``deploy`` take them."""
+    parser.add_argument(
+        "-c", "--context", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
 
 
 def synthesize(context: list[str], outdir: Path) -> None:

@@ -20,7 +20,8 @@ the job's project directory there; unset or absent, preflight is skipped and the
 JOB_MODE_ENV = "RELION_SPOT_INTAKE_JOB_MODE"
 """``cloud`` (default: RELION from the Apptainer image, GPUs) or ``local`` (the embedded cloud)."""
 RELION_IMAGE_ENV = "RELION_SPOT_INTAKE_RELION_IMAGE"
-"""The RELION image the job template pulls; default relion_spot.jobs.class3d.DEFAULT_IMAGE."""
+"""The RELION image source the job template uses; default by mode (relion_spot.jobs.class3d:
+DEFAULT_IMAGE in the cloud, LOCAL_IMAGE on the embedded cloud)."""
 
 NODE_DATA_DIR = "/data"
 """Where every node mounts the shared data (the EFS data access point); job paths live here."""

@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from relion_spot.jobs.class3d import DEFAULT_IMAGE, MODES, Mode
+from relion_spot.jobs.class3d import MODES, Mode
 from relion_spot.jobs.parameters import Class3dParams
 from relion_spot.jobs.stage import StageParams
 from relion_spot.powersave import logs
@@ -443,7 +443,7 @@ class DrainSettings:
     scancel: tuple[str, ...] = ("scancel",)
     data_root: Path | None = None
     mode: Mode = "cloud"
-    image: str = DEFAULT_IMAGE
+    image: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DrainSettings:
@@ -485,7 +485,7 @@ class DrainSettings:
             scancel=commands[SCANCEL_ENV],
             data_root=Path(data_root) if data_root else None,
             mode=cast(Mode, mode),
-            image=env.get(RELION_IMAGE_ENV, "").strip() or DEFAULT_IMAGE,
+            image=env.get(RELION_IMAGE_ENV, "").strip() or None,
         )
 
     def job_environment(self, region: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from relion_spot.jobs.class3d import DEFAULT_IMAGE, Mode, NodeShape, command_words, render
+from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
 from relion_spot.jobs.stage import StageParams, render_stage
 from relion_spot.relion import preflight
@@ -40,7 +40,8 @@ class JobPreparer:
     instance_types: tuple[str, ...]
     """The GPU node group's types: the job's shape, and what preflight sizes GPU and NVMe for."""
     mode: Mode = "cloud"
-    image: str = DEFAULT_IMAGE
+    image: str | None = None
+    """The RELION image source; None: the mode's default (relion_spot.jobs.class3d)."""
     data_root: Path | None = None
 
     @classmethod
@@ -49,7 +50,7 @@ class JobPreparer:
         spec: ClusterSpec,
         *,
         mode: Mode = "cloud",
-        image: str = DEFAULT_IMAGE,
+        image: str | None = None,
         data_root: Path | None = None,
     ) -> JobPreparer:
         gpu = next((p for p in spec.partitions if p.name == GPU_PARTITION), None)
@@ -68,7 +69,7 @@ class JobPreparer:
         try:
             shape = NodeShape.for_types(self.instance_types)
             script = render(shape, params, mode=self.mode, image=self.image)
-            words = command_words(shape, params, mode=self.mode, image=self.image)
+            words = command_words(shape, params, mode=self.mode)
         except JobParameterError as err:
             raise JobRejected(str(err)) from None
         return PreparedJob(script=script, note=self._preflight(params, words))

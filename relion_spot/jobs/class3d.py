@@ -17,16 +17,16 @@ share is not counted (it sleeps while followers work). --pool = max(30, 5 x --j)
 benchmark's 30 particles for 6 threads, i.e. five particles per thread, never fewer than the
 benchmark's 30. A --j or --pool parameter overrides the rule.
 
-Cloud mode runs RELION from an Apptainer image (``apptainer exec --nv``) kept in the EFS
-container cache: the first job pulls it under an exclusive flock to a temporary name and renames
-it into place, so concurrent jobs neither pull twice nor read a half-written image. Local mode
-(the embedded cloud's node image with Debian's CPU-only RELION 3.1.3 and Open MPI) renders the
-same command without Apptainer and without --gpu, with tcmalloc preloaded (about twice as fast).
+One launch line for every node: RELION runs from an Apptainer image (SIF) in the node's
+/containers cache (``apptainer exec --bind /data,/scratch "$SIF" ...``), made once per image
+source by assets/slurm/relion-image.sh under an exclusive lock, to a temporary name renamed into
+place. A GPU node (cloud mode) adds ``--nv`` and ``--gpu`` and names its GPU image; the embedded
+cloud (local mode) names the project's CPU build of the same RELION 5 recipe (assets/relion),
+exported as a docker-archive. Nothing else differs (golden files).
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,12 +50,19 @@ MPI_OPTIONS: tuple[str, ...] = (
     "--mca", "plm", "^slurm", "--mca", "ras", "^slurm", "--bind-to", "none", "--oversubscribe",
 )  # fmt: skip
 CONTAINER_CACHE = "/containers"
-"""The EFS access point for the SIF cache, mounted on every GPU node."""
+"""The SIF cache: the EFS access point on every node; a shared host directory on the embedded
+cloud's nodes."""
 DEFAULT_IMAGE = "docker://nvcr.io/hpc/relion:3.1.3"
-"""Where the RELION image is pulled from the first time. Not verified from here (no registry is
-reachable): a deployment should pass the image it has tested (``image=``)."""
-TCMALLOC = "libtcmalloc_minimal.so.4"
+"""The GPU image a deployment pulls unless it names its own (``image=``). Not verified from here
+(no registry is reachable), and not yet the project's own RELION 5 build (assets/relion, built
+with scripts/build-relion-image.sh --cuda): a lab should build and name that one."""
+LOCAL_IMAGE = f"docker-archive:{CONTAINER_CACHE}/relion-5.0.1-cpu.tar"
+"""The embedded cloud's image: the project's CPU build of assets/relion, exported by
+scripts/setup-docker.sh into the shared cache."""
+IMAGE_SCRIPT = "/opt/relion-spot/assets/slurm/relion-image.sh"
 CONTAINER_BINDS = "/data,/scratch"
+SIF = "$SIF"
+"""The image's SIF as the script names it (set by relion-image.sh at run time)."""
 JOB_DIR = "$JOB_DIR"
 """The job directory as the script names it: <output_dir>/jobNNN claimed by this job
 (relion_spot.jobs.job_dir), the same on every attempt, so every attempt continues the same --o."""
@@ -101,31 +108,17 @@ def threads_and_pool(shape: NodeShape, params: Class3dParams) -> tuple[int, int]
     return threads, pool
 
 
-def sif_name(image: str) -> str:
-    """The cache file for an image source: one file per source, so versions never collide."""
-    stem = re.sub(r"^[a-z]+://", "", image)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") + ".sif"
-
-
-def command_words(
-    shape: NodeShape, params: Class3dParams, *, mode: Mode = "cloud", image: str = DEFAULT_IMAGE
-) -> list[str]:
+def command_words(shape: NodeShape, params: Class3dParams, *, mode: Mode = "cloud") -> list[str]:
     """The fresh RELION command, word by word ($JOB_DIR is left for the shell to expand)."""
     if mode not in MODES:
         raise JobParameterError(f"mode {mode!r} is not valid: one of {', '.join(MODES)}")
     threads, pool = threads_and_pool(shape, params)
-    launcher: list[str] = []
-    if mode == "cloud":
-        sif = f"{CONTAINER_CACHE}/{sif_name(image)}"
-        launcher += ["apptainer", "exec", "--nv", "--bind", CONTAINER_BINDS, sif]
-    elif shape.gpus == 1:
-        launcher += ["env", f"LD_PRELOAD={TCMALLOC}"]
+    gpu_passthrough = ["--nv"] if mode == "cloud" else []
+    launcher = ["apptainer", "exec", *gpu_passthrough, "--bind", CONTAINER_BINDS, SIF]
     if shape.gpus == 1:
         program = "relion_refine"
     else:
         launcher += ["mpirun", "-n", str(shape.gpus + 1), *MPI_OPTIONS]
-        if mode == "local":
-            launcher += ["-x", f"LD_PRELOAD={TCMALLOC}"]
         program = "relion_refine_mpi"
     args = [
         *("--o", f"{JOB_DIR}/run"),
@@ -141,7 +134,7 @@ def command_words(
 
 
 def _shell_word(word: str) -> str:
-    if word.startswith(JOB_DIR):
+    if word.startswith((JOB_DIR, SIF)):
         return f'"{word}"'
     return shlex.quote(word)
 
@@ -150,7 +143,7 @@ def _format_command(words: Sequence[str]) -> str:
     """Shell text, one flag (with its value) per continuation line."""
     lines: list[list[str]] = [[]]
     for word in words:
-        if (word.startswith("--") and lines[-1] and lines[-1][0] not in ("apptainer", "env")) or (
+        if (word.startswith("--") and lines[-1] and lines[-1][0] != "apptainer") or (
             word in ("mpirun", "relion_refine", "relion_refine_mpi") and lines[-1]
         ):
             lines.append([])
@@ -159,23 +152,9 @@ def _format_command(words: Sequence[str]) -> str:
 
 
 _IMAGE_SETUP = """\
-# The RELION image: pulled once into the EFS cache. An exclusive lock makes concurrent jobs wait
-# for the first pull instead of pulling again; the pull writes a temporary file that is renamed
-# into place, so no job ever sees a half-written image.
+# The RELION image, as a SIF in the node's cache: made once per image (relion-image.sh).
 IMAGE={image}
-SIF={sif}
-if [ ! -s "$SIF" ]; then
-  exec 9>"$SIF.lock"
-  flock 9
-  if [ ! -s "$SIF" ]; then
-    tmp="$SIF.partial.$SLURM_JOB_ID"
-    rm -f "$tmp"
-    apptainer pull --disable-cache "$tmp" "$IMAGE"
-    mv -f "$tmp" "$SIF"
-  fi
-  flock -u 9
-  exec 9>&-
-fi"""
+SIF=$({script} "$IMAGE" {cache})"""
 
 
 def render(
@@ -184,12 +163,13 @@ def render(
     *,
     mode: Mode = "cloud",
     gpus: int | None = None,
-    image: str = DEFAULT_IMAGE,
+    image: str | None = None,
 ) -> str:
     """The sbatch script for one cluster's GPU count.
 
     ``target``: a Settings (then ``gpus`` names which of its clusters), a GPU count (the default
-    instance types) or a NodeShape.
+    instance types) or a NodeShape. ``image``: the RELION image source; default DEFAULT_IMAGE in
+    cloud mode, LOCAL_IMAGE in local mode.
     """
     params = params or Class3dParams()
     if isinstance(target, NodeShape):
@@ -204,12 +184,11 @@ def render(
         shape = NodeShape.for_gpu_count(count, target)
     else:
         shape = NodeShape.for_gpu_count(target)
-    words = command_words(shape, params, mode=mode, image=image)
-    if mode == "cloud":
-        sif = f"{CONTAINER_CACHE}/{sif_name(image)}"
-        image_setup = _IMAGE_SETUP.format(image=shlex.quote(image), sif=shlex.quote(sif))
-    else:
-        image_setup = "# local mode: Debian's RELION on the node image itself, no container."
+    words = command_words(shape, params, mode=mode)
+    source = image or (DEFAULT_IMAGE if mode == "cloud" else LOCAL_IMAGE)
+    image_setup = _IMAGE_SETUP.format(
+        image=shlex.quote(source), script=IMAGE_SCRIPT, cache=CONTAINER_CACHE
+    )
     template = Template(TEMPLATE_PATH.read_text())
     return template.substitute(
         gpus=shape.gpus,

@@ -39,7 +39,7 @@ from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm import idle
 from ..slurm.key import KEY_SECRET_ARN_ENV
-from ..slurm.local import LOCAL_NODE_IMAGE, SLURM_IMAGE, LocalSlurm, wait_until
+from ..slurm.local import CONTAINER_CACHE, LOCAL_NODE_IMAGE, SLURM_IMAGE, LocalSlurm, wait_until
 from ..slurm.spec import LOCAL_CLOUD, spec_from_settings
 from .cloud import MOTO_CREDENTIALS, prepare_cloud
 from .reconciler import Reconciler
@@ -184,6 +184,7 @@ class EmbeddedCloud:
             image=SLURM_IMAGE,
             node_image=node_image,
             data_dir=data_dir,
+            containers_dir=CONTAINER_CACHE,
         )
         local.remove()
         started = time.monotonic()

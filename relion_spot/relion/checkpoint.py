@@ -182,16 +182,21 @@ def check_iteration(root: Path, iteration: int, classes: int) -> None:
     if len(_table(model, "model_classes", model_path)) != classes:
         raise CheckpointError(f"{model_path.name}: model_classes does not list {classes} classes")
     groups = _table(model, "model_groups", model_path)
+    data_path = files["data"]
+    data = _read_star(data_path)
+    optics = _table(data, "optics", data_path)
     expected_blocks = [f"model_class_{k}" for k in range(1, classes + 1)]
-    expected_blocks += [f"model_group_{g}" for g in groups["rlnGroupNumber"].astype(int)]
+    if any(name.startswith("model_optics_group_") for name in model):
+        # RELION 4 and 5 keep the noise spectra per optics group.
+        expected_blocks += [f"model_optics_group_{n}" for n in range(1, len(optics) + 1)]
+    else:
+        # RELION 3.1 keeps them per group.
+        expected_blocks += [f"model_group_{g}" for g in groups["rlnGroupNumber"].astype(int)]
     expected_blocks += [f"model_pdf_orient_class_{k}" for k in range(1, classes + 1)]
     for name in expected_blocks:
         _table(model, name, model_path)
     particles_in_groups = int(groups["rlnGroupNrParticles"].sum())
 
-    data_path = files["data"]
-    data = _read_star(data_path)
-    _table(data, "optics", data_path)
     particles = _table(data, "particles", data_path)
     if len(particles) != particles_in_groups:
         raise CheckpointError(
@@ -507,6 +512,50 @@ def describe(point: ResumePoint) -> str:
     return "\n".join(lines)
 
 
+VERSION_TIMEOUT_SECONDS = 300
+"""Asking the version may first mount the image; a node under load may take a while."""
+
+
+def version_argv(command: RefineCommand) -> list[str]:
+    """``relion_refine --version`` through the command's own launcher (apptainer exec ... SIF),
+    without mpirun and its options: the same binary tree answers."""
+    launcher = list(command.launcher)
+    mpirun = next((i for i, w in enumerate(launcher) if Path(w).name == "mpirun"), None)
+    if mpirun is not None:
+        launcher = launcher[:mpirun]
+    return [*launcher, "relion_refine", "--version"]
+
+
+def ask_version(command: RefineCommand, cwd: Path, env: dict[str, str]) -> str | None:
+    """The RELION version the job runs, as that RELION reports it; None (said on stderr) when
+    it does not answer, which then fails the job at RELION's own start."""
+    argv = version_argv(command)
+    try:
+        done = subprocess.run(
+            argv, cwd=cwd, env=env, capture_output=True, text=True,
+            timeout=VERSION_TIMEOUT_SECONDS, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as err:
+        print(f"checkpoint: RELION's version unknown ({err})", file=sys.stderr)
+        return None
+    match = re.search(r"RELION version:?\s*(\S+)", done.stdout + done.stderr)
+    if match is None:
+        print(f"checkpoint: RELION's version unknown (exit {done.returncode})", file=sys.stderr)
+        return None
+    return match.group(1)
+
+
+def record_runtime(root: Path, version: str | None, launcher: Sequence[str]) -> None:
+    """Which RELION the latest attempt ran, and through what, in the run's history."""
+    history = read_history(root)
+    history["relion_version"] = version
+    history["launcher"] = shlex.join(launcher)
+    path = history_path(root)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(history, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
 def run(command: RefineCommand, *, cwd: Path, progress_interval: float = 5.0) -> int:
     """Start or resume RELION in cwd and wait; publishes progress; forwards SIGTERM/SIGINT."""
     from relion_spot.jobs.job_dir import JobDirError, check_owner
@@ -526,9 +575,17 @@ def run(command: RefineCommand, *, cwd: Path, progress_interval: float = 5.0) ->
     if decided.argv is None:
         Watcher(root=root, requested_iterations=command.iterations, interval=0).refresh()
         return 0
+    env = relion_env()
+    version = ask_version(command, cwd, env)
+    record_runtime(root, version, command.launcher)
+    print(
+        f"checkpoint: RELION {version or '(version unknown)'} via "
+        f"{shlex.join(command.launcher) or 'PATH'}",
+        file=sys.stderr,
+    )
     print(f"checkpoint: {shlex.join(decided.argv)}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    child = subprocess.Popen(decided.argv, cwd=cwd, env=relion_env())
+    child = subprocess.Popen(decided.argv, cwd=cwd, env=env)
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -36,8 +37,20 @@ def relion_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+RELION_EXEC_ENV = "RELION_SPOT_RELION_EXEC"
+"""Words that run a RELION program from an image, e.g. ``apptainer exec --bind /data X.sif``
+(the launch line of the cluster's jobs); unset, RELION programs are looked up on PATH."""
+
+
+def launcher(env: Mapping[str, str] | None = None) -> list[str]:
+    """The words before a RELION program's name (empty: run it from PATH)."""
+    return shlex.split((os.environ if env is None else env).get(RELION_EXEC_ENV, ""))
+
+
 def require(program: str) -> str:
     """Absolute path of a RELION program, or a clear error naming it."""
+    if launcher():
+        return program
     found = shutil.which(program)
     if found is None:
         raise RelionToolError(
@@ -51,7 +64,7 @@ def run_tool(
 ) -> str:
     """Run one RELION program to completion in cwd; returns its stdout, raises with its tail."""
     argv = [str(a) for a in args]
-    argv[0] = require(argv[0])
+    argv = [*launcher(), require(argv[0]), *argv[1:]]
     done = subprocess.run(
         argv, cwd=cwd, env=relion_env(), capture_output=True, text=True, check=False
     )

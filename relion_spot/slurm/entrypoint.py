@@ -160,6 +160,7 @@ def prepare_node(env: Mapping[str, str], node_name: str) -> list[str]:
     Path("/var/spool/slurmd").mkdir(parents=True, exist_ok=True)
     for index in range(int(placeholders or 0)):
         _make_placeholder_device(Path(f"{LOCAL_GPU_DEVICE_PREFIX}{index}"))
+    _open_fuse_to_jobs()
     _write_env_file(env, NODE_ENV_FILE, 0, 0)
     # -b: report this start as the boot time. Node containers share the host's boot time, and
     # slurmctld ignores a resumed node whose boot predates the resume request.
@@ -273,6 +274,17 @@ def _write_env_file(env: Mapping[str, str], path: Path, uid: int, gid: int) -> N
         out.write("".join(f"{line}\n" for line in lines))
         if os.geteuid() == 0:
             os.fchown(out.fileno(), uid, gid)
+
+
+FUSE_DEVICE = Path("/dev/fuse")
+
+
+def _open_fuse_to_jobs() -> None:
+    """Jobs run RELION with ``apptainer exec`` as the job user, which mounts the SIF with
+    squashfuse: /dev/fuse must be usable by that user (mode 0666, the usual host default; some
+    hosts pass it in 0600 root)."""
+    if FUSE_DEVICE.exists():
+        FUSE_DEVICE.chmod(0o666)
 
 
 def _reset_signals() -> None:

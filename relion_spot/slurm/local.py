@@ -32,6 +32,23 @@ KEY_MOUNT = "/run/secrets/slurm.key"
 STATE_MOUNT = "/var/spool/slurmctld"
 DATA_MOUNT = "/data"
 """Where the shared file system (EFS in the cloud) is mounted on the controller and every node."""
+CONTAINERS_MOUNT = "/containers"
+"""Where every node finds the RELION image cache (an EFS access point in the cloud)."""
+CONTAINER_CACHE = Path(
+    os.environ.get(
+        "RELION_SPOT_CONTAINER_CACHE", Path(__file__).resolve().parents[2] / ".local" / "containers"
+    )
+)
+"""The embedded cloud's image cache on this host, shared by all its clusters: what
+scripts/setup-docker.sh exports the RELION image into, and where jobs keep its SIF."""
+APPTAINER_ARGS: tuple[str, ...] = (
+    "--device", "/dev/fuse",
+    "--security-opt", "seccomp=unconfined",
+)  # fmt: skip
+"""What a node container needs so the job user can ``apptainer exec`` a SIF, unprivileged, and
+no more: /dev/fuse for squashfuse (the entrypoint opens it to the job user), and user namespaces,
+which Docker's default seccomp profile refuses to a process without CAP_SYS_ADMIN. The same
+flags as the node bootstrap's on a GPU instance (assets/slurm/node-bootstrap.sh)."""
 
 
 class DockerError(RuntimeError):
@@ -81,6 +98,8 @@ class LocalSlurm:
     """Node name -> container name, for the nodes started here."""
     data_dir: Path | None = None
     """A host directory mounted at /data on the controller and every node (EFS's stand-in)."""
+    containers_dir: Path | None = None
+    """A host directory mounted at /containers on every node: the RELION image cache."""
 
     @property
     def network(self) -> str:
@@ -158,10 +177,17 @@ class LocalSlurm:
             "-e", f"{PLACEHOLDER_GPUS_ENV}={placeholder_gpus}",
             *self._key_args(env),
             *self._data_args(),
+            *APPTAINER_ARGS,
+            *self._containers_args(),
             image or self.node_image, "node", node_name,
         )  # fmt: skip
         self.nodes[node_name] = container
         return container
+
+    def _containers_args(self) -> list[str]:
+        if self.containers_dir is None:
+            return []
+        return ["-v", f"{self.containers_dir.resolve()}:{CONTAINERS_MOUNT}"]
 
     def _data_args(self) -> list[str]:
         if self.data_dir is None:

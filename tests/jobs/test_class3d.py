@@ -3,6 +3,7 @@ benchmark flags verbatim, and every bad parameter refused with a message naming 
 
 from __future__ import annotations
 
+import difflib
 import shlex
 import subprocess
 from pathlib import Path
@@ -17,6 +18,8 @@ from relion_spot.relion.preflight import parse_refine_args
 from relion_spot.settings import Settings
 
 from ..slurm import golden
+
+IMAGE_SCRIPT_PATH = Path(__file__).resolve().parents[2] / "assets" / "slurm" / "relion-image.sh"
 
 BENCHMARK = (
     "--i Particles/shiny_2sets.star --ref emd_2660.map:mrc --firstiter_cc --ini_high 60 "
@@ -95,13 +98,24 @@ def test_launch_line_by_gpu_count() -> None:
         assert "--dont_combine_weights_via_disc" in words
 
 
-def test_local_mode_drops_apptainer_and_gpu_and_preloads_tcmalloc() -> None:
-    one = _words(1, "local")
-    assert one[:3] == ["env", "LD_PRELOAD=libtcmalloc_minimal.so.4", "relion_refine"]
-    four = _words(4, "local")
-    assert four[0] == "mpirun" and "-x" in four
-    for words in (one, four):
-        assert "apptainer" not in words and "--gpu" not in words
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_local_and_cloud_scripts_differ_only_in_gpu_words_and_image(gpus: int) -> None:
+    """One launch line: the embedded cloud runs what a GPU node runs, without --nv and --gpu,
+    from its own image (golden files hold both; this pins the difference itself)."""
+    cloud = render(gpus, mode="cloud").splitlines()
+    local = render(gpus, mode="local").splitlines()
+    diff = [d for d in difflib.ndiff(cloud, local) if d[:2] in ("- ", "+ ")]
+    header = "# mode {}. Placeholders are string.Template names; every other dollar is doubled."
+    assert diff == [
+        "- " + header.format("cloud"),
+        "+ " + header.format("local"),
+        "- IMAGE=docker://nvcr.io/hpc/relion:3.1.3",
+        "+ IMAGE=docker-archive:/containers/relion-5.0.1-cpu.tar",
+        '-   apptainer exec --nv --bind /data,/scratch "$SIF" \\',
+        '+   apptainer exec --bind /data,/scratch "$SIF" \\',
+        "-   --gpu \\",
+    ], diff
+    assert [w for w in _words(gpus) if w not in _words(gpus, "local")] == ["--nv", "--gpu"]
 
 
 @pytest.mark.parametrize(("gpus", "threads", "pool"), [(1, 4, 30), (4, 12, 60), (8, 24, 120)])
@@ -147,45 +161,48 @@ def test_rendered_script_runs_the_checkpoint_with_the_command() -> None:
     assert words == [w.replace("$JOB_DIR", "J") for w in _words(4)]
 
 
-def test_image_is_pulled_once_under_a_lock_and_renamed_into_place() -> None:
-    text = render(1)
-    assert "flock 9" in text and 'mv -f "$tmp" "$SIF"' in text
-    assert text.index("apptainer pull") < text.index('mv -f "$tmp" "$SIF"')
-    assert "apptainer pull" not in render(1, mode="local")
+def test_image_is_made_once_under_a_lock_and_renamed_into_place() -> None:
+    for mode in ("cloud", "local"):
+        assert 'SIF=$(/opt/relion-spot/assets/slurm/relion-image.sh "$IMAGE" /containers)' in (
+            render(1, mode=mode)  # type: ignore[arg-type]
+        )
+    script = IMAGE_SCRIPT_PATH.read_text()
+    assert "flock 9" in script and 'mv -f "$tmp" "$sif"' in script
+    assert script.index("apptainer build") < script.index('mv -f "$tmp" "$sif"')
 
 
-def test_image_pull_under_lock_is_single_and_atomic(tmp_path: Path) -> None:
-    """Run the rendered pull block for real with a fake apptainer: 3 concurrent jobs, 1 pull."""
-    text = render(1)
-    block = text[text.index("IMAGE=") : text.index("exec python")]
-    sif = tmp_path / "cache" / "relion.sif"
-    sif.parent.mkdir()
-    block = block.replace(block.split("\n")[1], f"SIF={sif}")
+def test_image_build_under_lock_is_single_and_atomic(tmp_path: Path) -> None:
+    """The job's own image script with a stand-in apptainer: 3 concurrent jobs, 1 build."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "apptainer"
     fake.write_text(
-        f'#!/bin/bash\necho pull >> {tmp_path}/pulls\nprintf part > "$3"\nsleep 0.5\n'
+        f'#!/bin/bash\necho "$*" >> {tmp_path}/builds\nprintf part > "$3"\nsleep 0.5\n'
         'printf image >> "$3"\n'
     )
     fake.chmod(0o755)
-    script = tmp_path / "pull.sh"
-    script.write_text("set -euo pipefail\n" + block + '\ncat "$SIF"\n')
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "1"}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    image = "docker-archive:/containers/relion-5.0.1-cpu.tar"
     jobs = [
         subprocess.Popen(
-            ["bash", str(script)],
-            env={**env, "SLURM_JOB_ID": str(n)},
+            ["bash", "-c", f'sif=$("$0" {image} {cache}) && cat "$sif"', str(IMAGE_SCRIPT_PATH)],
+            env=env,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for n in range(3)
+        for _ in range(3)
     ]
     outputs = [job.communicate(timeout=30)[0] for job in jobs]
     assert all(job.returncode == 0 for job in jobs)
     assert outputs == ["partimage"] * 3
-    assert (tmp_path / "pulls").read_text() == "pull\n"
-    assert not list(sif.parent.glob("*.partial.*"))
+    (build,) = (tmp_path / "builds").read_text().splitlines()
+    assert build.startswith("build --disable-cache ") and build.endswith(f" {image}")
+    assert [p.name for p in cache.glob("*.sif")] == [
+        "docker-archive__containers_relion-5.0.1-cpu.tar.sif"
+    ]
+    assert not list(cache.glob("*.partial.*"))
 
 
 def test_construct_holds_and_writes_the_script(tmp_path: Path) -> None:

@@ -36,6 +36,10 @@ def test_the_demo_classifies_survives_a_reclaim_and_prices_it(
     assert len(result["resolution_per_iteration"]) == defaults.iterations
     assert result["accuracy"] >= 0.90, result
     assert result["failures"] == [], result
+    assert result["relion_version"].startswith("5.0.1"), result
+    assert result["launcher"].startswith("apptainer exec --bind /data,/scratch /containers/"), (
+        result
+    )
     assert result["reclaims"] == 1
     assert result["reclaimed_at_iteration"] >= defaults.reclaim_after, result
     assert result["resumed_from"] == [result["reclaimed_at_iteration"]], result
@@ -72,6 +76,8 @@ def _kept_promises() -> dict:
         "resumed_from": [5],
         "accuracy": 0.93,
         "cost_usd": 0.04,
+        "relion_version": "5.0.1",
+        "launcher": "apptainer exec --bind /data,/scratch /containers/r.sif",
     }
 
 
@@ -89,6 +95,8 @@ def _kept_promises() -> dict:
         ({"accuracy": 0.6}, "accuracy 0.6 against the truth is below 0.9"),
         ({"accuracy": None}, "accuracy None"),
         ({"cost_usd": None}, "the job was not priced"),
+        ({"relion_version": "3.1.3"}, "the job ran RELION 3.1.3, not RELION 5"),
+        ({"launcher": "env LD_PRELOAD=x"}, "the job ran RELION through 'env LD_PRELOAD=x'"),
     ],
 )
 def test_the_demo_fails_when_its_own_outcomes_do_not_hold(

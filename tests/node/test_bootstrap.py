@@ -138,3 +138,16 @@ def test_a_missing_value_is_refused() -> None:
     del values["slurm_image"]
     with pytest.raises(bootstrap.BootstrapError, match=re.escape("missing ['slurm_image']")):
         bootstrap.render(**values)
+
+
+def test_the_node_container_gets_what_apptainer_needs_and_the_embedded_cloud_the_same(
+    script: Path,
+) -> None:
+    """The embedded cloud starts its node containers with the bootstrap's Apptainer flags."""
+    from relion_spot.slurm.local import APPTAINER_ARGS
+
+    code = "\n".join(
+        line for line in script.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+    assert " ".join(APPTAINER_ARGS) in code
+    assert "--privileged" not in code and "--cap-add" not in code

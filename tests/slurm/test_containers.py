@@ -318,3 +318,18 @@ def test_controller_commands_work_before_its_dns_name_resolves(
         assert job(local, job_id)["JobState"] == "PENDING"
     finally:
         local.remove()
+
+
+def test_the_node_image_runs_apptainer_and_took_nothing_else_from_sid(slurm_images: None) -> None:
+    """GPU nodes run slurmd from this image and RELION through its Apptainer; apptainer is the
+    one package from Debian sid: trixie's libc (and everything Slurm was built on) stays."""
+    out = docker(
+        "run", "--rm", "--entrypoint", "sh", SLURM_IMAGE, "-c",
+        "apptainer --version; cat /etc/relion-spot/apptainer-packages.txt; "
+        "dpkg-query -W -f '${Version}' libc6",
+    ).stdout.splitlines()  # fmt: skip
+    assert out[0].startswith("apptainer version 1.4"), out
+    added = dict(line.split(" ", 1) for line in out[1:-1])
+    assert "squashfuse" in added and "fuse3" in added
+    assert "libc6" not in added, added
+    assert not out[-1].startswith("2.43"), f"libc6 {out[-1]} came from sid"
