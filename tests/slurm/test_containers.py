@@ -16,11 +16,13 @@ from pathlib import Path
 import boto3
 import pytest
 
+from relion_spot.jobs.class3d import IMAGE_SCRIPT, LOCAL_IMAGE
 from relion_spot.local.embedded import wait_for_controller
 from relion_spot.settings import Settings
 from relion_spot.slurm.entrypoint import CONTROLLER_ADDR_ENV
 from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
 from relion_spot.slurm.local import (
+    CONTAINER_CACHE,
     LOCAL_NODE_IMAGE,
     SLURM_IMAGE,
     LocalSlurm,
@@ -144,27 +146,33 @@ def test_batch_job_runs_on_the_node(cluster: LocalSlurm) -> None:
     assert output.split() == [f"host={NODE}", "gpus=0,1", "user=relion"]
 
 
-def test_relion_runs_as_a_job_on_a_local_node(cluster: LocalSlurm) -> None:
-    """The local cloud's node image: same entrypoint, plus RELION (CPU) and Open MPI."""
+def test_relion_5_runs_as_a_job_on_a_local_node_through_apptainer(cluster: LocalSlurm) -> None:
+    """The local cloud's node image (the GPU node's, with /scratch): a job, as the job user, makes
+    the RELION image's SIF in /containers if need be and runs RELION 5 and its Open MPI from it,
+    tcmalloc preloaded by the image."""
+    cluster.containers_dir = CONTAINER_CACHE
     cluster.start_node("cpu-1", image=LOCAL_NODE_IMAGE)
     wait_until(
         lambda: node_state(cluster, "cpu-1") == "IDLE",
         timeout=60,
         what=lambda: f"cpu-1 to register:\n{cluster.logs(cluster.node_container('cpu-1'))}",
     )
+    run = f'SIF=$({IMAGE_SCRIPT} {LOCAL_IMAGE} /containers); apptainer exec "$SIF"'
     job_id = sbatch(
         cluster,
         ["-p", "cpu", "-o", "/tmp/relion-%j.out", "--wrap",
-         "relion_refine --version | head -1; mpirun --version | head -1;"
-         " ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"],
+         f"{run} relion_refine --version | grep version; {run} mpirun --version | head -1;"
+         f" {run} sh -c 'echo $LD_PRELOAD; id -un'"],
     )  # fmt: skip
-    wait_job_state(cluster, job_id, "COMPLETED")
+    wait_job_state(cluster, job_id, "COMPLETED", timeout=600)
     output = cluster.run(
         "cat", f"/tmp/relion-{job_id}.out", container=cluster.node_container("cpu-1")
     ).splitlines()
-    assert output[0].strip() == "RELION version: 3.1.3", output
+    output = [line for line in output if not line.startswith(("INFO:", "relion-image:"))]
+    assert output[0].strip() == "RELION version: 5.0.1", output
     assert output[1].startswith("mpirun (Open MPI) 5."), output
-    assert output[2].endswith("libtcmalloc_minimal.so.4"), output
+    assert output[2].strip() == "libtcmalloc_minimal.so.4", output
+    assert output[3].strip() == "relion", output
     cluster.remove_node("cpu-1")
 
 
