@@ -6,6 +6,7 @@ The event lands in the spot-event table for the cost tracker."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ GRACE_SECONDS = 30
 @pytest.fixture
 def cloud(slurm_images: None, tmp_path: Path) -> Iterator[EmbeddedCloud]:
     with EmbeddedCloud.start(
-        prefix="relion-spot-test-reclaim",
+        prefix=f"relion-spot-test-reclaim-{os.getpid()}",
         settings=Settings(gpus=(1,)),
         gpu_count=1,
         work_dir=tmp_path,

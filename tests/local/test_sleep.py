@@ -5,6 +5,7 @@ controller comes back on its saved state, and the queued job runs."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ IDLE_SECONDS = 15
 @pytest.fixture
 def cloud(slurm_images: None, tmp_path: Path) -> Iterator[EmbeddedCloud]:
     with EmbeddedCloud.start(
-        prefix="relion-spot-test-sleep",
+        prefix=f"relion-spot-test-sleep-{os.getpid()}",
         settings=Settings(gpus=(1,)),
         gpu_count=1,
         work_dir=tmp_path,
