@@ -28,6 +28,12 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
 _TAG_VALUE_RE = re.compile(r"^[\w .:/=+@-]{1,128}$")
+_IMAGE_RE = re.compile(
+    r"^(def:[\w./-]+(:[\w./-]+)?"
+    r"|(docker|oras|library)://[\w./:@-]+"
+    r"|(docker-archive|oci-archive):/[\w./-]+"
+    r"|/[\w./-]+\.sif)$"
+)
 
 
 class SettingsError(ValueError):
@@ -77,6 +83,9 @@ class Settings:
     log_retention_days: int = 30
     dashboard: bool = True
     """A CloudWatch dashboard per cluster: $3/month unless among the account's first three."""
+    relion_image: str = ""
+    """The GPU jobs' RELION image; empty: the project's RELION 5 CUDA 12 recipe, built in the
+    cluster by the image job (relion_spot.jobs.class3d.DEFAULT_IMAGE)."""
 
     def cluster_name(self, gpu_count: int) -> str:
         return f"{self.name}-gpu{gpu_count}"
@@ -203,6 +212,14 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "controller_idle_seconds": lambda v: _bounded("controller_idle_seconds", v, 300, 86_400),
     "log_retention_days": lambda v: _retention(v),
     "dashboard": lambda v: _bool("dashboard", v),
+    "relion_image": lambda v: _pattern(
+        "relion_image",
+        v,
+        _IMAGE_RE,
+        "an image Apptainer can make: docker://registry/name:tag (also oras://, library://), "
+        "docker-archive:/path.tar, oci-archive:/path.tar, /path/image.sif, or "
+        "def:/path/recipe.def[:/path/build.args]",
+    ),
 }
 
 SETTING_NAMES: tuple[str, ...] = (

@@ -106,7 +106,24 @@ BAD = [
     ("controller_idle_seconds", "60", "from 300 to 86400"),
     ("log_retention_days", "10", "one of 1, 3, 5"),
     ("account", "12345", "12-digit"),
+    ("relion_image", "nvcr.io/hpc/relion:5.0", "docker://registry/name:tag"),
+    ("relion_image", "docker://x/y;rm -rf /", "docker://registry/name:tag"),
+    ("relion_image", "def:relion.def:a:b", "def:/path/recipe.def"),
+    ("relion_image", "docker-archive:relative.tar", "docker-archive:/path.tar"),
 ]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "docker://123456789012.dkr.ecr.us-east-1.amazonaws.com/relion:5.0.1-cuda12",
+        "def:/data/images/relion.def:/data/images/cuda12.args",
+        "/containers/relion-5.0.1.sif",
+        "oci-archive:/data/images/relion.tar",
+    ],
+)
+def test_a_lab_may_name_its_own_relion_image(image: str) -> None:
+    assert from_context({"relion_image": image}).relion_image == image
 
 
 @pytest.mark.parametrize(("key", "value", "accepted"), BAD)

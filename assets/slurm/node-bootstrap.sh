@@ -12,6 +12,8 @@
 #   key_secret_arn                Secrets Manager ARN of the auth/slurm key
 #   spot_events_table             DynamoDB table for spot reclaim events ('' for none)
 #   node_tag_key                  the node-name tag key (filled from relion_spot.tags)
+#   partition_tag_key             the partition tag key (filled from relion_spot.tags; the
+#                                 launch template tags every instance with its partition)
 #   cloudwatch_agent_config       CloudWatch agent config for GPU metrics (filled from
 #                                 assets/slurm/cloudwatch-agent.json with the cluster's name)
 # Every other dollar sign is doubled: the renderer turns two into one.
@@ -38,6 +40,7 @@ readonly CONTROLLER='${controller}'
 readonly KEY_SECRET_ARN='${key_secret_arn}'
 readonly SPOT_EVENTS_TABLE='${spot_events_table}'
 readonly NODE_TAG_KEY='${node_tag_key}'
+readonly PARTITION_TAG_KEY='${partition_tag_key}'
 
 readonly IMDS=http://169.254.169.254
 readonly CONTAINER=relion-spot-slurmd
@@ -75,7 +78,9 @@ case "$$NODE_NAME" in
   *[!A-Za-z0-9-]*) die "tag $$NODE_TAG_KEY = '$$NODE_NAME' is not a Slurm node name" ;;
 esac
 readonly NODE_NAME
-log "$$INSTANCE_ID is node $$NODE_NAME of $$CLUSTER_NAME in $$REGION"
+PARTITION=$$(imds "tags/instance/$$PARTITION_TAG_KEY" 2>/dev/null || true)
+readonly PARTITION
+log "$$INSTANCE_ID is node $$NODE_NAME of $$CLUSTER_NAME (partition $${PARTITION:-?}) in $$REGION"
 
 # --- 2. Tools the AMI may lack (the Deep Learning AMI has Docker and the NVIDIA toolkit) -------
 missing=()
@@ -161,11 +166,19 @@ docker rm -f "$$CONTAINER" >/dev/null 2>&1 || true
 #                                       device to the job user);
 #   --security-opt seccomp=unconfined   user namespaces, which Docker's default seccomp profile
 #                                       refuses to a process without CAP_SYS_ADMIN.
+# On a CPU node alone, where the image job builds the GPU image into /containers with
+# `apptainer build --fakeroot --ignore-subuid` (a root-mapped user namespace):
+#   --security-opt systempaths=unconfined   /proc unmasked, so the build's namespace may mount
+#                                           its own /proc; GPU nodes never build.
 # No added capability and no --privileged: the job user holds none, and root needs none.
+build_args=()
+if [ "$$PARTITION" = cpu ]; then
+  build_args=(--security-opt systempaths=unconfined)
+fi
 docker run -d --name "$$CONTAINER" --network host --ipc host \
   --ulimit memlock=-1 --ulimit stack=67108864 \
   --device /dev/fuse --security-opt seccomp=unconfined \
-  "$${gpu_args[@]}" \
+  "$${build_args[@]}" "$${gpu_args[@]}" \
   -v /scratch:/scratch -v /data:/data -v /containers:/containers -v "$$LOG_DIR:/var/log/slurm" \
   -e AWS_DEFAULT_REGION="$$REGION" \
   -e RELION_SPOT_CLUSTER="$$CLUSTER_NAME" \

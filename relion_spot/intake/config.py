@@ -23,6 +23,10 @@ RELION_IMAGE_ENV = "RELION_SPOT_INTAKE_RELION_IMAGE"
 """The RELION image source the job template uses; default by mode (relion_spot.jobs.class3d:
 DEFAULT_IMAGE in the cloud, LOCAL_IMAGE on the embedded cloud)."""
 
+CONTAINER_CACHE_ENV = "RELION_SPOT_INTAKE_CONTAINER_CACHE"
+"""Where the drainer sees the nodes' /containers (the SIF cache), to find an image already
+checked; unset, it asks Slurm whether an image job for it completed recently."""
+
 NODE_DATA_DIR = "/data"
 """Where every node mounts the shared data (the EFS data access point); job paths live here."""
 

@@ -15,14 +15,19 @@ while slurmctld is not up. Then, for a message:
      that job id; delete. (A retry after a crash between sbatch and the record.)
   5. Render the job script and run preflight; a refusal is a "rejected" record; delete.
   6. Claim: an item in state "submitting" with the time, written only where no item exists.
-  7. sbatch, tagged with the id. An outright refusal by Slurm is a "rejected" record; an
-     unknown outcome (timeout, controller unreachable) leaves the message for a retry.
+  7. sbatch, tagged with the id; a Class3D job after the job that makes and checks its RELION
+     image on the CPU partition (relion_spot.intake.images), unless that image is already
+     checked. An outright refusal by Slurm is a "rejected" record; an unknown outcome (timeout,
+     controller unreachable) leaves the message for a retry.
   8. The "accepted" record (written only over the claim or nothing), then delete.
 
 A cancel request (same queue) names an accepted submission and its job id: anything else is
 logged and dropped. The drainer notes "cancel-requested" on the submission's item, runs scancel,
 and notes "cancelled" (or "cancel-failed" with Slurm's answer); an unknown outcome leaves the
 message for a retry. The submission's decision itself never changes.
+
+Each step also looks for jobs Slurm cancelled because their image job failed, and notes them
+"cancelled" with a message naming the image: no GPU was launched for them.
 
 A crash anywhere leaves the message to come back after the queue's visibility timeout, and
 step 2 or 4 makes the retry a no-op.
@@ -55,13 +60,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from relion_spot.jobs.class3d import MODES, Mode
+from relion_spot.jobs.class3d import DEFAULT_IMAGE, LOCAL_IMAGE, MODES, Mode
+from relion_spot.jobs.image import ImageSourceError
 from relion_spot.jobs.parameters import Class3dParams
 from relion_spot.jobs.stage import StageParams
 from relion_spot.powersave import logs
 from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
 
 from .config import (
+    CONTAINER_CACHE_ENV,
     DATA_ROOT_ENV,
     JOB_MODE_ENV,
     MAX_RECEIVES,
@@ -74,6 +81,7 @@ from .config import (
     SQUEUE_ENV,
     TABLE_ENV,
 )
+from .images import ImageChecks
 from .message import (
     CancelRequest,
     InvalidSubmission,
@@ -183,11 +191,14 @@ class Drainer:
     """slurmctld's MinJobAge: how long squeue still lists a finished job."""
     wait_seconds: int = RECEIVE_WAIT_SECONDS
     clock: Callable[[], float] = time.time
+    images: ImageChecks | None = None
+    """The RELION image's check before GPU jobs; None: jobs wait for no image job."""
 
     def step(self) -> list[str]:
         """One receive (long poll) and whatever it brought; the outcomes, one per message."""
         try:
             self.slurm.submitted()
+            self._record_image_failures()
         except SlurmUnavailable as err:
             log.warning("not receiving: Slurm does not answer (%s)", err)
             return [SLURM_UNAVAILABLE]
@@ -202,6 +213,19 @@ class Drainer:
             ],
         )
         return [self._handle_or_record(message) for message in response.get("Messages") or []]
+
+    def _record_image_failures(self) -> None:
+        """Accepted jobs that Slurm cancelled because their image failed: noted cancelled."""
+        if self.images is None:
+            return
+        for sid, reason in self.images.failures().items():
+            stored = self.table.get(sid)
+            if stored is None or stored.state != ACCEPTED:
+                continue
+            if stored.cancel_state in (CANCELLED, CANCEL_FAILED):
+                continue
+            self.table.mark_cancel(sid, CANCELLED, at=int(self.clock()), message=reason)
+            log.error("%s: %s", sid, reason)
 
     def _handle_or_record(self, message: Mapping[str, Any]) -> str:
         """``handle``; where it fails on the message's last receive before the dead-letter
@@ -284,14 +308,27 @@ class Drainer:
             if stored.final:
                 return self._duplicate(delivery, stored)
         base = replace(base, claimed_at=stored.claimed_at)
+        after, note = None, prepared.note
+        if prepared.needs_image and self.images is not None:
+            try:
+                prerequisite = self.images.prerequisite()
+            except ImageSourceError as err:
+                reason = f"the RELION image {self.images.image} cannot be made: {err}"
+                return self._decide(delivery, replace(base, state=REJECTED, message=reason))
+            except SlurmRefused as err:
+                reason = f"Slurm refused the job that makes the RELION image: {err}"
+                return self._decide(delivery, replace(base, state=REJECTED, message=reason))
+            except SlurmUnavailable as err:
+                return self._later(sid, f"the image job's outcome is unknown ({err})")
+            after, note = prerequisite.job_id, f"{note}; {prerequisite.note}"
         try:
-            job_id = self.slurm.submit(prepared.script, sid)
+            job_id = self.slurm.submit(prepared.script, sid, after=after)
         except SlurmRefused as err:
             refused = replace(base, state=REJECTED, message=f"Slurm refused the job: {err}")
             return self._decide(delivery, refused)
         except SlurmUnavailable as err:
             return self._later(sid, f"sbatch's outcome is unknown ({err})")
-        accepted = replace(base, state=ACCEPTED, job_id=job_id, message=prepared.note)
+        accepted = replace(base, state=ACCEPTED, job_id=job_id, message=note)
         return self._decide(delivery, accepted, ACCEPTED_OUTCOME)
 
     def _cancel(self, delivery: _Delivery, request: CancelRequest) -> str:
@@ -444,6 +481,7 @@ class DrainSettings:
     data_root: Path | None = None
     mode: Mode = "cloud"
     image: str | None = None
+    container_cache: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DrainSettings:
@@ -486,6 +524,9 @@ class DrainSettings:
             data_root=Path(data_root) if data_root else None,
             mode=cast(Mode, mode),
             image=env.get(RELION_IMAGE_ENV, "").strip() or None,
+            container_cache=Path(cache)
+            if (cache := env.get(CONTAINER_CACHE_ENV, "").strip())
+            else None,
         )
 
     def job_environment(self, region: str) -> dict[str, str]:
@@ -493,21 +534,26 @@ class DrainSettings:
         return {TABLE_ENV: self.table, REGION_ENV: region}
 
     def drainer(self, *, sqs: Any, dynamodb: Any, wait_seconds: int) -> Drainer:
+        slurm = SlurmJobs(
+            sbatch=self.sbatch,
+            squeue=self.squeue,
+            scancel=self.scancel,
+            job_env=self.job_environment(str(dynamodb.meta.region_name or "")),
+        )
+        image = self.image or (DEFAULT_IMAGE if self.mode == "cloud" else LOCAL_IMAGE)
         return Drainer(
             sqs=sqs,
             table=IntakeTable(dynamodb, self.table),
             queue_url=self.queue_url,
-            slurm=SlurmJobs(
-                sbatch=self.sbatch,
-                squeue=self.squeue,
-                scancel=self.scancel,
-                job_env=self.job_environment(str(dynamodb.meta.region_name or "")),
-            ),
+            slurm=slurm,
             prepare=JobPreparer.from_spec(
                 self.spec, mode=self.mode, image=self.image, data_root=self.data_root
             ),
             min_job_age=self.spec.min_job_age,
             wait_seconds=wait_seconds,
+            images=ImageChecks(
+                slurm=slurm, image=image, mode=self.mode, cache_dir=self.container_cache
+            ),
         )
 
 

@@ -33,6 +33,8 @@ class PreparedJob:
     script: str
     note: str
     """What preflight found (or why it did not run), kept in the accepted record."""
+    needs_image: bool = False
+    """The job runs RELION from the cluster's image: it waits for that image's check."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class JobPreparer:
             words = command_words(shape, params, mode=self.mode)
         except JobParameterError as err:
             raise JobRejected(str(err)) from None
-        return PreparedJob(script=script, note=self._preflight(params, words))
+        return PreparedJob(script=script, note=self._preflight(params, words), needs_image=True)
 
     def _preflight(self, params: Class3dParams, words: Sequence[str]) -> str:
         project = PurePosixPath(params.project_dir)

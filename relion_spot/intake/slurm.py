@@ -23,6 +23,11 @@ from .config import SUBMISSION_ID_ENV
 log = logging.getLogger(__name__)
 
 COMMENT_PREFIX = "relion-spot:"
+IMAGE_COMMENT_PREFIX = "relion-spot-image:"
+"""The image job's comment: this prefix and its SIF's name (relion_spot.jobs.image); never taken
+for a submission's job, whose comment starts with COMMENT_PREFIX."""
+DEPENDENCY_FAILED = "DependencyNeverSatisfied"
+"""squeue's reason for a job Slurm cancelled because a job it depended on failed."""
 SQUEUE_TIMEOUT_SECONDS = 30
 SBATCH_TIMEOUT_SECONDS = 90
 SCANCEL_TIMEOUT_SECONDS = 30
@@ -131,14 +136,23 @@ class SlurmJobs:
         """The Slurm job already carrying this submission id, if slurmctld still knows one."""
         return self.submitted().get(submission_id)
 
-    def submit(self, script: str, submission_id: str) -> str:
-        """sbatch the script (on stdin) tagged with the submission id; returns the job id."""
-        argv = [*self.sbatch, "--parsable", f"--comment={comment_for(submission_id)}"]
+    def submit(self, script: str, submission_id: str, *, after: str | None = None) -> str:
+        """sbatch the script (on stdin) tagged with the submission id; returns the job id.
+        ``after``: a job (the image job) this one starts only after it succeeded; if it fails,
+        Slurm cancels this one (--kill-on-invalid-dep) before any node is launched for it."""
+        options = [f"--comment={comment_for(submission_id)}"]
+        if after is not None:
+            options += [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"]
+        return self._sbatch(script, options, job_variables(submission_id, self.job_env or {}))
+
+    def submit_image_job(self, script: str, sif: str) -> str:
+        """sbatch the image job for the SIF named ``sif``; returns the job id."""
+        return self._sbatch(script, [f"--comment={IMAGE_COMMENT_PREFIX}{sif}"], {})
+
+    def _sbatch(self, script: str, options: list[str], extra_env: Mapping[str, str]) -> str:
+        argv = [*self.sbatch, "--parsable", *options]
         code, out, err = self._run(
-            argv,
-            stdin=script,
-            timeout=SBATCH_TIMEOUT_SECONDS,
-            extra_env=job_variables(submission_id, self.job_env or {}),
+            argv, stdin=script, timeout=SBATCH_TIMEOUT_SECONDS, extra_env=extra_env
         )
         if code != 0:
             text = _one_line(err or out) or f"sbatch exited {code} and said nothing"
@@ -151,6 +165,36 @@ class SlurmJobs:
         if not job_id.isdigit():
             raise SlurmUnavailable(f"sbatch printed {_one_line(out)!r}, not a job id")
         return job_id
+
+    def image_jobs(self, sif: str) -> list[tuple[str, str]]:
+        """(job id, state) of every image job for the SIF named ``sif`` that slurmctld still
+        lists, oldest first."""
+        rows = self._listing("%i|%k|%T")
+        comment = f"{IMAGE_COMMENT_PREFIX}{sif}"
+        found = [(r[0], r[2]) for r in rows if r[1] == comment]
+        return sorted(found, key=lambda row: _job_order(row[0]))
+
+    def dependency_failures(self) -> dict[str, tuple[str, str]]:
+        """Submission id -> (job id, dependency text) for every intake job Slurm cancelled
+        because a job it depended on (its image job) failed."""
+        failed: dict[str, tuple[str, str]] = {}
+        for job_id, comment, state, reason, dependency in self._listing("%i|%k|%T|%r|%E"):
+            if (
+                comment.startswith(COMMENT_PREFIX)
+                and state == "CANCELLED"
+                and reason == DEPENDENCY_FAILED
+            ):
+                failed[comment.removeprefix(COMMENT_PREFIX)] = (job_id, dependency)
+        return failed
+
+    def _listing(self, fields: str) -> list[list[str]]:
+        argv = [*self.squeue, "--all", "--states=all", "--noheader", f"--format={fields}"]
+        code, out, err = self._run(argv, stdin=None, timeout=SQUEUE_TIMEOUT_SECONDS)
+        if code != 0:
+            raise SlurmUnavailable(f"squeue exited {code}: {_one_line(err or out)}")
+        width = fields.count("|") + 1
+        rows = [[part.strip() for part in line.split("|", width - 1)] for line in out.splitlines()]
+        return [row for row in rows if len(row) == width]
 
     def cancel(self, job_id: str, submission_id: str) -> None:
         """scancel the job, only if Slurm lists it carrying this submission (its comment): a

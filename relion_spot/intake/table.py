@@ -19,7 +19,8 @@
     cancel_state   S  "cancel-requested" (the drainer took a cancel request and runs scancel),
                       "cancelled" (scancel succeeded) or "cancel-failed" (Slurm said no:
                       cancel_message says why); the decision above stays as it was
-    cancel_message S  Slurm's answer to a cancel that failed
+    cancel_message S  Slurm's answer to a cancel that failed, or why Slurm cancelled the job itself
+                      (its RELION image failed its check: relion_spot.intake.images)
     cancel_at      N  epoch seconds of the last cancel_state change
     progress       M  written by the job itself while it runs (relion_spot.relion.progress):
                       iteration, resolution, ETA, per-iteration history, state

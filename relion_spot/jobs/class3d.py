@@ -52,10 +52,11 @@ MPI_OPTIONS: tuple[str, ...] = (
 CONTAINER_CACHE = "/containers"
 """The SIF cache: the EFS access point on every node; a shared host directory on the embedded
 cloud's nodes."""
-DEFAULT_IMAGE = "docker://nvcr.io/hpc/relion:3.1.3"
-"""The GPU image a deployment pulls unless it names its own (``image=``). Not verified from here
-(no registry is reachable), and not yet the project's own RELION 5 build (assets/relion, built
-with scripts/build-relion-image.sh --cuda): a lab should build and name that one."""
+DEFAULT_IMAGE = "def:relion/relion.def:relion/cuda12.args"
+"""The GPU image unless a deployment names its own (``relion_image``): the project's RELION 5
+recipe (assets/relion) with CUDA 12 for compute capabilities 8.0/8.6/8.9/9.0, built in the
+cluster by the image job on the CPU partition (relion_spot.jobs.image) into /containers, by
+content digest, and checked there before any GPU job runs."""
 LOCAL_IMAGE = f"docker-archive:{CONTAINER_CACHE}/relion-5.0.1-cpu.tar"
 """The embedded cloud's image: the project's CPU build of assets/relion, exported by
 scripts/setup-docker.sh into the shared cache."""

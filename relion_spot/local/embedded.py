@@ -39,7 +39,14 @@ from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm import idle
 from ..slurm.key import KEY_SECRET_ARN_ENV
-from ..slurm.local import CONTAINER_CACHE, LOCAL_NODE_IMAGE, SLURM_IMAGE, LocalSlurm, wait_until
+from ..slurm.local import (
+    CONTAINER_CACHE,
+    CONTAINERS_MOUNT,
+    LOCAL_NODE_IMAGE,
+    SLURM_IMAGE,
+    LocalSlurm,
+    wait_until,
+)
 from ..slurm.spec import LOCAL_CLOUD, spec_from_settings
 from .cloud import MOTO_CREDENTIALS, prepare_cloud
 from .reconciler import Reconciler
@@ -251,6 +258,7 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         intake_config.TABLE_ENV: INTAKE_TABLE,
         intake_config.DATA_ROOT_ENV: intake_config.NODE_DATA_DIR,
         intake_config.JOB_MODE_ENV: "local",
+        intake_config.CONTAINER_CACHE_ENV: CONTAINERS_MOUNT,
         KEY_SECRET_ARN_ENV: secret["ARN"],
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,

@@ -35,7 +35,7 @@ PLACEHOLDERS = (
 )
 """What the stack must give ``render``; ``spot_events_table`` may be empty."""
 OPTIONAL = frozenset({"spot_events_table"})
-FILLED_HERE = ("node_tag_key", "cloudwatch_agent_config")
+FILLED_HERE = ("node_tag_key", "partition_tag_key", "cloudwatch_agent_config")
 """Placeholders ``render`` fills itself."""
 
 
@@ -60,6 +60,7 @@ def render(**values: str) -> str:
     return template.substitute(
         values,
         node_tag_key=tags.NODE,
+        partition_tag_key=tags.PARTITION,
         cloudwatch_agent_config=agent_config(values["cluster_name"]),
     )
 

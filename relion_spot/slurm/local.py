@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .entrypoint import CONTROLLER_ADDR_ENV, CONTROLLER_ENV, PLACEHOLDER_GPUS_ENV
 from .key import KEY_FILE_ENV, KEY_SECRET_ARN_ENV
-from .spec import SPEC_ENV, ClusterSpec
+from .spec import CPU_PARTITION, SPEC_ENV, ClusterSpec
 
 SLURM_IMAGE = os.environ.get("RELION_SPOT_SLURM_IMAGE", "relion-spot/slurm:dev")
 LOCAL_NODE_IMAGE = os.environ.get(
@@ -49,6 +49,10 @@ APPTAINER_ARGS: tuple[str, ...] = (
 no more: /dev/fuse for squashfuse (the entrypoint opens it to the job user), and user namespaces,
 which Docker's default seccomp profile refuses to a process without CAP_SYS_ADMIN. The same
 flags as the node bootstrap's on a GPU instance (assets/slurm/node-bootstrap.sh)."""
+IMAGE_BUILD_ARGS: tuple[str, ...] = ("--security-opt", "systempaths=unconfined")
+"""What a CPU node adds, as the bootstrap's does, so its image job can build an image from a
+definition (``apptainer build --fakeroot --ignore-subuid``: the build's user namespace mounts its
+own /proc, which Docker's masked /proc paths forbid). GPU nodes never build."""
 
 
 class DockerError(RuntimeError):
@@ -150,6 +154,7 @@ class LocalSlurm:
             *self._key_args({CONTROLLER_ADDR_ENV: self.controller, **(env or {})}),
             "-v", f"{self.state_dir.resolve()}:{STATE_MOUNT}",
             *self._data_args(),
+            *self._containers_args(read_only=True),
             self.image, "controller",
         )  # fmt: skip
 
@@ -178,16 +183,24 @@ class LocalSlurm:
             *self._key_args(env),
             *self._data_args(),
             *APPTAINER_ARGS,
+            *(IMAGE_BUILD_ARGS if self._partition_of(node_name) == CPU_PARTITION else ()),
             *self._containers_args(),
             image or self.node_image, "node", node_name,
         )  # fmt: skip
         self.nodes[node_name] = container
         return container
 
-    def _containers_args(self) -> list[str]:
+    def _partition_of(self, node_name: str) -> str | None:
+        prefix = node_name.rsplit("-", 1)[0]
+        return next((p.name for p in self.spec.partitions if p.node_prefix == prefix), None)
+
+    def _containers_args(self, *, read_only: bool = False) -> list[str]:
+        """The image cache: nodes make and use images; the controller only looks (the intake
+        finds an image already checked)."""
         if self.containers_dir is None:
             return []
-        return ["-v", f"{self.containers_dir.resolve()}:{CONTAINERS_MOUNT}"]
+        suffix = ":ro" if read_only else ""
+        return ["-v", f"{self.containers_dir.resolve()}:{CONTAINERS_MOUNT}{suffix}"]
 
     def _data_args(self) -> list[str]:
         if self.data_dir is None:

@@ -24,6 +24,8 @@ from ..constructs.slurm_controller import STATE_DIR, SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
+from ..intake.config import RELION_IMAGE_ENV
+from ..jobs.class3d import DEFAULT_IMAGE
 from ..node import bootstrap
 from ..settings import Settings
 from ..slurm.spec import SLURMCTLD_PORT, SLURMD_PORT, SPEC_ENV, spec_from_settings
@@ -207,6 +209,7 @@ class ClusterStack(Stack):
                 ),
                 "RELION_SPOT_SUBNETS": ",".join(subnets.subnet_ids),
                 "RELION_SPOT_NODE_IDLE_SECONDS": str(settings.node_idle_seconds),
+                RELION_IMAGE_ENV: settings.relion_image or DEFAULT_IMAGE,
                 # Job records that cannot reach DynamoDB wait on the state volume for the next.
                 JOBCOMP_SPOOL_ENV: f"{STATE_DIR}/relion-spot/jobcomp-spool",
             },
@@ -245,7 +248,11 @@ class ClusterStack(Stack):
             )
 
         self.class3d_template = Class3dJobTemplate(
-            self, "Class3dTemplate", settings=settings, gpu_count=gpu_count
+            self,
+            "Class3dTemplate",
+            settings=settings,
+            gpu_count=gpu_count,
+            image=settings.relion_image or DEFAULT_IMAGE,
         )
 
         outputs: dict[str, str] = {

@@ -5,8 +5,9 @@ The stand-in behaves as the drainer needs Slurm to: sbatch prints a new job id a
 job with its --comment; squeue lists every remembered job as ``id|comment`` (jobs without a
 comment show ``(null)``, as Slurm's do). Files in its directory change its behaviour: ``down``
 (controller unreachable), ``sbatch-down`` (the same for sbatch alone), ``refuse`` (sbatch
-refuses with that text), ``kill-parent`` (sbatch SIGKILLs the process that ran it once the job
-exists; the file is then removed).
+refuses with that text), ``kill-parent`` (sbatch SIGKILLs the process that ran it once a
+submission's job exists; the file is then removed), ``state-<id>`` (``STATE|REASON|DEPENDENCY``
+of a job, listed by squeue's %T, %r and %E; default pending).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ id=$(( $(cat "$dir/next-id") + 1 ))
 echo "$id" > "$dir/next-id"
 printf '%s' "$script" > "$dir/script-$id"
 printf '%s|%s\n' "$id" "$comment" >> "$dir/jobs"
-if [ -e "$dir/kill-parent" ]; then
+if [ -e "$dir/kill-parent" ] && [[ $comment == relion-spot:* ]]; then
   rm -f "$dir/kill-parent"
   kill -KILL "$PPID"
   exit 0
@@ -74,7 +75,22 @@ if [ -e "$dir/down" ]; then
   echo "squeue: error: Unable to contact slurm controller (connect failure)" >&2
   exit 1
 fi
-cat "$dir/jobs"
+format="%i|%k"
+for arg in "$@"; do
+  case $arg in --format=*) format=${arg#--format=} ;; esac
+done
+# Listed jobs are pending (%T), for no reason (%r), without dependencies (%E); a file
+# "state-<id>" holds "STATE|REASON|DEPENDENCY" for a job that is not.
+while IFS='|' read -r id comment; do
+  state="PENDING|None|(null)"
+  [ -e "$dir/state-$id" ] && state=$(cat "$dir/state-$id")
+  IFS='|' read -r st reason dependency <<<"$state"
+  line=${format//%i/$id}
+  line=${line//%k/$comment}
+  line=${line//%T/$st}
+  line=${line//%r/$reason}
+  printf '%s\n' "${line//%E/$dependency}"
+done < "$dir/jobs"
 """
 
 
@@ -113,6 +129,11 @@ class FakeSlurm:
         """What slurmctld does MinJobAge after a job ends: squeue no longer lists it."""
         kept = [line for line in self.jobs() if line.split("|")[0] != job_id]
         (self.dir / "jobs").write_text("".join(f"{line}\n" for line in kept))
+
+    def set_state(
+        self, job_id: str, state: str, reason: str = "None", dependency: str = ""
+    ) -> None:
+        self.set(f"state-{job_id}", f"{state}|{reason}|{dependency or '(null)'}")
 
     def set(self, name: str, text: str = "") -> None:
         (self.dir / name).write_text(text)

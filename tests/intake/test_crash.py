@@ -17,6 +17,8 @@ import boto3
 from relion_spot.intake.client import submit, wait_for_acceptance
 from relion_spot.intake.config import QUEUE_URL_ENV, SBATCH_ENV, SQUEUE_ENV, TABLE_ENV
 from relion_spot.intake.table import IntakeTable
+from relion_spot.jobs.class3d import DEFAULT_IMAGE
+from relion_spot.jobs.image import sif_name
 from relion_spot.slurm.spec import SPEC_ENV
 
 from .conftest import TABLE, FakeSlurm, cluster_spec, make_queue_and_table
@@ -59,20 +61,24 @@ def test_a_drainer_killed_after_sbatch_leaves_a_retry_that_submits_nothing_new(
     fake_slurm.set("kill-parent")
     killed = _drain_once(env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert fake_slurm.jobs() == ["7|(null)", f"42|relion-spot:{sent.submission_id}"]
+    assert fake_slurm.jobs() == [
+        "7|(null)",
+        f"42|relion-spot-image:{sif_name(DEFAULT_IMAGE)}",
+        f"43|relion-spot:{sent.submission_id}",
+    ]
     claim = table.get(sent.submission_id)
     assert claim is not None and claim.state == "submitting", "killed before any decision"
 
     time.sleep(VISIBILITY_SECONDS + 0.5)
     retried = _drain_once(env)
     assert retried.returncode == 0, retried.stderr
-    assert len(fake_slurm.sbatch_calls()) == 1, "the retry ran no sbatch"
-    assert wait_for_acceptance(table, sent.submission_id, timeout=5) == "42"
+    assert len(fake_slurm.sbatch_calls()) == 2, "the retry ran no sbatch"
+    assert wait_for_acceptance(table, sent.submission_id, timeout=5) == "43"
     record = table.get(sent.submission_id)
     assert record is not None and record.claimed_at == claim.claimed_at
     decisions = [line for line in retried.stderr.splitlines() if sent.submission_id in line]
     assert decisions == [
-        f"relion-spot intake: {sent.submission_id}: recorded existing Slurm job 42 for alice "
+        f"relion-spot intake: {sent.submission_id}: recorded existing Slurm job 43 for alice "
         f"({record.message})"
     ]
     assert "Traceback" not in retried.stderr

@@ -109,7 +109,7 @@ def test_local_and_cloud_scripts_differ_only_in_gpu_words_and_image(gpus: int) -
     assert diff == [
         "- " + header.format("cloud"),
         "+ " + header.format("local"),
-        "- IMAGE=docker://nvcr.io/hpc/relion:3.1.3",
+        "- IMAGE=def:relion/relion.def:relion/cuda12.args",
         "+ IMAGE=docker-archive:/containers/relion-5.0.1-cpu.tar",
         '-   apptainer exec --nv --bind /data,/scratch "$SIF" \\',
         '+   apptainer exec --bind /data,/scratch "$SIF" \\',

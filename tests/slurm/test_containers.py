@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from relion_spot.intake.images import ImageChecks
+from relion_spot.intake.slurm import SlurmJobs
 from relion_spot.jobs.class3d import IMAGE_SCRIPT, LOCAL_IMAGE
 from relion_spot.local.embedded import wait_for_controller
 from relion_spot.settings import Settings
@@ -38,6 +41,8 @@ pytestmark = pytest.mark.docker
 
 GPUS = 4
 NODE = "gpu-1"
+BASE_IMAGE = "relion-spot/debian-base:trixie"
+"""The Debian base scripts/setup-docker.sh makes the Slurm images from."""
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOTO3_PIN = next(
     line.split("==", 1)[1].strip()
@@ -341,3 +346,105 @@ def test_the_node_image_runs_apptainer_and_took_nothing_else_from_sid(slurm_imag
     assert "squashfuse" in added and "fuse3" in added
     assert "libc6" not in added, added
     assert not out[-1].startswith("2.43"), f"libc6 {out[-1]} came from sid"
+
+
+def test_an_image_job_on_a_cpu_node_gates_the_gpu_jobs_that_need_its_image(
+    cluster: LocalSlurm,
+) -> None:
+    """The intake's own Slurm code against real Slurm: a GPU job waits for the image job; an
+    image that cannot be made fails its job on the CPU node and Slurm cancels the GPU job before
+    it runs, which the intake finds and names; a good image is made, run and checked once."""
+    cluster.containers_dir = CONTAINER_CACHE
+    cluster.start_node("cpu-1", image=LOCAL_NODE_IMAGE)
+    wait_until(
+        lambda: node_state(cluster, "cpu-1") == "IDLE",
+        timeout=60,
+        what=lambda: f"cpu-1 to register:\n{cluster.logs(cluster.node_container('cpu-1'))}",
+    )
+    in_controller = ("docker", "exec", "-i", "-u", "relion", "-w", "/tmp", cluster.controller)
+    slurm = SlurmJobs(
+        sbatch=(*in_controller, "sbatch"),
+        squeue=(*in_controller, "squeue"),
+        scancel=(*in_controller, "scancel"),
+        env={"PATH": os.environ["PATH"]},
+    )
+    gpu_script = "#!/bin/bash\n#SBATCH --partition=gpu\n#SBATCH --output=/dev/null\ntrue\n"
+    missing = "docker-archive:/containers/relion-spot-test-no-such-image.tar"
+    bad = ImageChecks(slurm=slurm, image=missing, mode="local")
+    good = ImageChecks(slurm=slurm, image=LOCAL_IMAGE, mode="local", cache_dir=CONTAINER_CACHE)
+    checked = CONTAINER_CACHE / f"{good.sif}.checked"
+    checked.unlink(missing_ok=True)
+    try:
+        bad_check = bad.prerequisite().job_id
+        assert bad_check is not None
+        doomed = slurm.submit(gpu_script, "bad-image", after=bad_check)
+        wait_until(lambda: "bad-image" in bad.failures(), timeout=120, what="the GPU job cancelled")
+        assert bad.failures()["bad-image"] == (
+            f"Slurm cancelled job {doomed} before any GPU was launched: the RELION image "
+            f"{missing} failed its check on the CPU partition (Slurm job {bad_check}; its log is "
+            f"relion-image-{bad_check}.out in the image cache)"
+        )
+        fields = job(cluster, int(doomed))
+        assert fields["JobState"] == "CANCELLED" and fields["NodeList"] == "", "never ran"
+        assert job(cluster, int(bad_check))["NodeList"] == "cpu-1"
+
+        good_check = good.prerequisite().job_id
+        assert good_check is not None
+        assert good.prerequisite().job_id == good_check, "one image job per image"
+        runs = slurm.submit(gpu_script, "good-image", after=good_check)
+        wait_job_state(cluster, int(runs), "COMPLETED", timeout=600)
+        assert checked.read_text().startswith("RELION version: 5.0.1")
+        assert good.prerequisite().job_id is None, "a checked image costs no job"
+    finally:
+        for leftover in CONTAINER_CACHE.glob("*relion-spot-test-no-such-image*"):
+            leftover.unlink()
+        cluster.remove_node("cpu-1")
+
+
+def test_a_cpu_node_builds_an_image_from_a_definition_as_the_job_user(
+    cluster: LocalSlurm,
+) -> None:
+    """What the image job does with the GPU image's definition on AWS, on a small definition: a
+    job on a CPU node (started with the bootstrap's CPU-node flags) builds it with
+    ``--fakeroot --ignore-subuid`` as the job user, %files and %post included, into a SIF named
+    by content digest, and a second job finds it instead of building again."""
+    work = CONTAINER_CACHE / f"relion-spot-test-def-{os.getpid()}"
+    work.mkdir(mode=0o777)
+    work.chmod(0o777)
+    cluster.containers_dir = CONTAINER_CACHE
+    try:
+        docker("save", "-o", str(work / "base.tar"), BASE_IMAGE)
+        (work / "base.tar").chmod(0o644)
+        (work / "copied.txt").write_text("copied by %files\n")
+        inside = f"/containers/{work.name}"
+        (work / "probe.def").write_text(
+            f"Bootstrap: docker-archive\nFrom: {inside}/base.tar\n\n"
+            "%files\n    copied.txt /opt/copied.txt\n\n"
+            '%post\n    echo "post ran as uid $(id -u)" > /opt/post.txt\n'
+        )
+        cluster.start_node("cpu-1", image=LOCAL_NODE_IMAGE)
+        wait_until(
+            lambda: node_state(cluster, "cpu-1") == "IDLE",
+            timeout=60,
+            what=lambda: f"cpu-1 to register:\n{cluster.logs(cluster.node_container('cpu-1'))}",
+        )
+        run = (
+            f'SIF=$({IMAGE_SCRIPT} def:{inside}/probe.def {inside}) && echo "$SIF" &&'
+            ' apptainer --quiet exec "$SIF" cat /opt/copied.txt /opt/post.txt'
+        )
+        outputs = []
+        for attempt in (1, 2):
+            job_id = sbatch(cluster, ["-p", "cpu", "-o", f"{inside}/out-{attempt}", "--wrap", run])
+            wait_job_state(cluster, job_id, "COMPLETED", timeout=300)
+            outputs.append((work / f"out-{attempt}").read_text())
+        sif = sorted(work.glob("probe-*.sif"))
+        assert len(sif) == 1 and re.fullmatch(r"probe-[0-9a-f]{16}\.sif", sif[0].name), sif
+        assert outputs[0].splitlines()[-3:] == [
+            f"{inside}/{sif[0].name}",
+            "copied by %files",
+            "post ran as uid 0",
+        ], outputs[0]
+        assert "building" in outputs[0] and "building" not in outputs[1], "built once"
+    finally:
+        cluster.remove_node("cpu-1")
+        shutil.rmtree(work, ignore_errors=True)
