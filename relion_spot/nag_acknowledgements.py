@@ -242,6 +242,13 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
     )
     _ack(
         users_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "relion-spot selftest reads the cluster's instances (ec2:DescribeInstances, held to the "
+        "region) and a quota's default (servicequotas:GetAWSDefaultServiceQuota): neither "
+        "supports resource-level permissions.",
+    )
+    _ack(
+        users_policy,
         f"AwsSolutions-IAM5[Resource::arn:{partition}:fis:{stack.region}:{account}:experiment/*]",
         "relion-spot selftest starts the cluster's own drill template only, tagging the "
         "experiment with this cluster (aws:RequestTag), and reads or stops only experiments "

@@ -18,6 +18,7 @@ from constructs import Construct
 
 from .. import tags
 from ..cost import nodes
+from ..doctor.checks import G_VT_SPOT_QUOTA
 
 ACTION_ID = "aws:ec2:send-spot-instance-interruptions"
 TARGET_TYPE = "aws:ec2:spot-instance"
@@ -134,9 +135,36 @@ class SpotInterruptionDrill(Construct):
         return self.template.attr_id
 
     def grant_run(self, grantee: iam.IGrantable, *, cluster_name: str) -> None:
-        """Start this template's experiment (tagged with the cluster), watch only experiments
-        carrying the cluster's tag, and stop an experiment."""
+        """What ``relion-spot selftest --gpu --interrupt`` calls besides the lab's commands:
+        read the G/VT spot quota and the cluster's instances, start this template's experiment
+        (tagged with the cluster), watch only experiments carrying the cluster's tag, and stop
+        an experiment."""
         stack = Stack.of(self)
+        service, quota = G_VT_SPOT_QUOTA
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadTheGpuSpotQuota",
+                actions=["servicequotas:GetServiceQuota"],
+                resources=[
+                    stack.format_arn(service="servicequotas", resource=service, resource_name=quota)
+                ],
+            )
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadTheQuotasDefault",
+                actions=["servicequotas:GetAWSDefaultServiceQuota"],
+                resources=["*"],  # authorizes no resource
+            )
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="FindTheClustersNodes",
+                actions=["ec2:DescribeInstances"],
+                resources=["*"],  # a Describe action authorizes no resource
+                conditions={"StringEquals": {"ec2:Region": stack.region}},
+            )
+        )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="StartTheSpotInterruptionDrill",

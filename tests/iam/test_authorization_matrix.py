@@ -1151,6 +1151,38 @@ deny("cli/deny/fis:GetExperiment/another-clusters-experiment")(
         tag_context("ResourceTag", {tags.CLUSTER: w.other_cluster}),
     )
 )
+allow("cli/selftest/ec2:DescribeInstances")(
+    lambda w: Request("cli", "ec2:DescribeInstances", "*", {"ec2:Region": w.region})
+)
+deny("cli/deny/ec2:DescribeInstances/another-region")(
+    lambda w: Request("cli", "ec2:DescribeInstances", "*", {"ec2:Region": "eu-west-1"})
+)
+allow("cli/selftest/servicequotas:GetServiceQuota/gvt-spot")(
+    lambda w: Request(
+        "cli",
+        "servicequotas:GetServiceQuota",
+        f"arn:{PARTITION}:servicequotas:{w.region}:{ACCOUNT}:ec2/L-3819A6DF",
+        {"servicequotas:service": "ec2"},
+    )
+)
+deny("cli/deny/servicequotas:GetServiceQuota/another-quota")(
+    lambda w: Request(
+        "cli",
+        "servicequotas:GetServiceQuota",
+        f"arn:{PARTITION}:servicequotas:{w.region}:{ACCOUNT}:ec2/L-1216C47A",
+        {"servicequotas:service": "ec2"},
+    )
+)
+allow("cli/selftest/servicequotas:GetAWSDefaultServiceQuota")(
+    lambda w: Request("cli", "servicequotas:GetAWSDefaultServiceQuota", "*")
+)
+deny("cli/deny/servicequotas:RequestServiceQuotaIncrease")(
+    lambda w: Request(
+        "cli",
+        "servicequotas:RequestServiceQuotaIncrease",
+        f"arn:{PARTITION}:servicequotas:{w.region}:{ACCOUNT}:ec2/L-3819A6DF",
+    )
+)
 # StopExperiment carries no condition key: any experiment may be stopped (it only ends a fault).
 allow("cli/selftest/fis:StopExperiment")(
     lambda w: Request("cli", "fis:StopExperiment", _experiment(w))
