@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
 from relion_spot import __version__, tags
 from relion_spot.cli import main
@@ -235,3 +235,58 @@ def test_the_json_line_carries_the_checks(deployed: dict[str, Any]) -> None:
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     assert [c["outcome"] for c in result["checks"]] == ["allowed"] * 5
     assert result["refused"] == "" and result["verdicts"] == {}
+
+
+def test_on_a_deployed_stack_gpu_stops_at_the_data_phase_before_any_launch(
+    deployed: dict[str, Any],
+) -> None:
+    outcomes = check_powersave(deployed["ec2"], deployed["config"])
+    record.store(deployed["dynamodb"], INTAKE, record.CONTROLLER, outcomes)
+    quotas = boto3.client("service-quotas", region_name=REGION)
+    stub = Stubber(quotas)
+    _quota_answer(stub, 64.0)
+    with stub:
+        result = run(_backend(deployed, quotas), SelftestOptions(gpu=True), lambda *_: None)
+    assert [p.name for p in result.phases] == ["permissions", "preconditions", "data"]
+    assert result.seen.notes[0].startswith("not built yet: a tiny ground-truthed data set")
+    assert result.cleanup == []  # nothing was submitted, nothing interrupted
+    assert {v.capability for v in result.verdicts if v.result == "FAILED"} >= {"launch", "RELION"}
+    assert deployed["ec2"].describe_fleets()["Fleets"] == []
+
+
+def test_the_interruption_is_the_stacks_fis_template_and_is_stopped_after(
+    deployed: dict[str, Any],
+) -> None:
+    """StartExperiment is not in moto: FIS's documented answers on the real client."""
+    fis = boto3.client("fis", region_name=REGION)
+    stub = Stubber(fis)
+    stub.add_response(
+        "start_experiment",
+        {"experiment": {"id": "EXP123", "state": {"status": "initiating"}}},
+        {
+            "clientToken": ANY,
+            "experimentTemplateId": "EXT0123456789abcd",
+            "tags": {tags.CLUSTER: "lab-gpu1"},
+        },
+    )
+    stub.add_response(
+        "get_experiment", {"experiment": {"id": "EXP123", "state": {"status": "running"}}},
+        {"id": "EXP123"},
+    )  # fmt: skip
+    stub.add_response("stop_experiment", {"experiment": {"id": "EXP123"}}, {"id": "EXP123"})
+    session = boto3.session.Session(region_name=REGION)
+
+    class Session:
+        region_name = REGION
+
+        def client(self, name: str) -> Any:
+            return fis if name == "fis" else session.client(name)
+
+    backend = AwsBackend(
+        find_cluster(STACK, session=session), Session(), stack_outputs(session, STACK)
+    )
+    with stub:
+        handle = backend.interrupt("i-0123456789abcdef0")
+        backend.end_interrupt(handle)
+    assert handle == "EXP123"
+    stub.assert_no_pending_responses()
