@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cost import report as cost_report
     from .doctor import cli as doctor_cli
     from .estimate import cli as estimate_cli
+    from .selftest import cli as selftest_cli
 
     parser = argparse.ArgumentParser(
         prog="relion-spot",
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cli.register(subparsers)
     cost_report.register(subparsers)
     cluster_commands.register(subparsers)
+    selftest_cli.register(subparsers)
     return parser
 
 

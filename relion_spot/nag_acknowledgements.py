@@ -226,3 +226,31 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         "AwsSolutions-IAM5[Resource::*]",
         "ec2:DescribeInstances supports no resource-level permissions.",
     )
+
+    drill_policy = _default_policy(stack.drill.role)
+    _ack(
+        drill_policy,
+        f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",
+        "AWS FIS may send spot interruption notices only to instances tagged with this cluster "
+        "(aws:ResourceTag); instance ids are not known before launch.",
+    )
+    _ack(
+        drill_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "ec2:DescribeInstances (FIS finding the drill's target by tag) supports no "
+        "resource-level permissions.",
+    )
+    _ack(
+        users_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "relion-spot selftest reads the cluster's instances (ec2:DescribeInstances, held to the "
+        "region) and a quota's default (servicequotas:GetAWSDefaultServiceQuota): neither "
+        "supports resource-level permissions.",
+    )
+    _ack(
+        users_policy,
+        f"AwsSolutions-IAM5[Resource::arn:{partition}:fis:{stack.region}:{account}:experiment/*]",
+        "relion-spot selftest starts the cluster's own drill template only, tagging the "
+        "experiment with this cluster (aws:RequestTag), and reads or stops only experiments "
+        "carrying that tag (aws:ResourceTag); experiment ids are assigned at start.",
+    )

@@ -28,7 +28,9 @@ def _fargate_month(market: str, vcpu: float, gb: float, public_ip: bool) -> floa
 def test_default_deployment_prices_every_standing_resource(default_synth) -> None:
     estimate = estimate_templates(read_cloud_assembly(default_synth.outdir))
     controller = _fargate_month("spot", 0.25, 1.0, public_ip=True)
-    standing = PRICES["secret_month"] + PRICES["dashboard_month"]
+    # The spot interruption drill's stop condition: one alarm over the GPU group's two types.
+    drill_alarm = 2 * PRICES["alarm_month"]
+    standing = PRICES["secret_month"] + PRICES["dashboard_month"] + drill_alarm
     per_cluster_up = controller + standing + PRICES["cloud_map_instance_month"]
     for stack in ("relion-spot-gpu1", "relion-spot-gpu4", "relion-spot-gpu8"):
         assert estimate.total(controller_up=True, stack=stack) == pytest.approx(per_cluster_up)
@@ -52,9 +54,12 @@ def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth)
     assert nat_instance.total(controller_up=False, stack="lab-b-network") == pytest.approx(expected)
     on_demand_private = _fargate_month("on-demand", 0.25, 1.0, public_ip=False)
     assert nat_instance.total(controller_up=True, stack="lab-b-gpu4") == pytest.approx(
-        on_demand_private + PRICES["secret_month"] + PRICES["cloud_map_instance_month"]
+        on_demand_private
+        + PRICES["secret_month"]
+        + PRICES["cloud_map_instance_month"]
+        + 2 * PRICES["alarm_month"]  # the drill's stop condition
     ), "dashboard=false: no dashboard"
-    asleep = PRICES["secret_month"]
+    asleep = PRICES["secret_month"] + 2 * PRICES["alarm_month"]
     assert nat_instance.total(controller_up=False, stack="lab-b-gpu4") == pytest.approx(asleep)
     nat_gateway = estimate_templates(read_cloud_assembly(nat_gateway_synth.outdir))
     assert nat_gateway.total(controller_up=False, stack="lab-c-network") == pytest.approx(

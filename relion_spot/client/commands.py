@@ -233,7 +233,12 @@ def submissions(context: Context, *, limit: int = SCAN_LIMIT) -> list[dict[str, 
     with aws_errors(f"reading intake table {context.handle.intake_table}"):
         while len(items) < limit:
             response = client.scan(**request)
-            items += [_plain(i) for i in response.get("Items", [])]
+            # Only submissions: the table also holds the permission checks (selftest.record).
+            items += [
+                _plain(i)
+                for i in response.get("Items", [])
+                if canonical_id(i.get("submission_id", {}).get("S"))
+            ]
             if "LastEvaluatedKey" not in response:
                 break
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]

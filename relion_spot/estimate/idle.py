@@ -40,6 +40,7 @@ USAGE_BILLED = {
     "AWS::EFS::MountTarget",
     "AWS::SSM::Parameter",
     "AWS::Events::Rule",
+    "AWS::FIS::ExperimentTemplate",
     "AWS::IAM::Group",
     "AWS::IAM::InstanceProfile",
     "AWS::IAM::Policy",
@@ -164,9 +165,12 @@ def _price(
             prices["dashboard_month"],
         )
     elif kind == "AWS::CloudWatch::Alarm":
-        yield LineItem(
-            stack, logical_id, "CloudWatch alarm", prices["alarm_month"], prices["alarm_month"]
-        )
+        # CloudWatch bills an alarm per metric it watches: a metric-math alarm over n metrics
+        # costs n alarm-months.
+        watched = max(1, sum("MetricStat" in m for m in props.get("Metrics") or []))
+        month = prices["alarm_month"] * watched
+        what = "CloudWatch alarm" + (f" over {watched} metrics" if watched > 1 else "")
+        yield LineItem(stack, logical_id, what, month, month)
     elif kind not in USAGE_BILLED and not kind.startswith("Custom::"):
         raise UnpricedResource(
             f"{stack}/{logical_id}: resource type {kind} has no idle price; add it to "

@@ -59,6 +59,7 @@ JOB_USER = "relion"
 """Jobs run as this user (uid 1000, the owner of files on /data), never as root."""
 INTAKE_QUEUE_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
 INTAKE_SBATCH_ENV = "RELION_SPOT_INTAKE_SBATCH"
+INTAKE_TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
 IDLE_SECONDS_ENV = "RELION_SPOT_CONTROLLER_IDLE_SECONDS"
 ROLES = ("controller", "node")
 
@@ -78,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _start_intake_drainer(os.environ)
     if args[:1] == ["controller"] and os.environ.get(IDLE_SECONDS_ENV, "").strip():
         _start_beside("relion_spot.slurm.idle", os.environ, "idle watch")
+    if args[:1] == ["controller"] and os.environ.get(INTAKE_TABLE_ENV, "").strip():
+        # Which of the power-save programs' calls AWS would refuse, known before a job waits.
+        _start_beside("relion_spot.selftest.check", os.environ, "permission check")
     print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)
     _reset_signals()
     os.execvp(command[0], command)

@@ -21,6 +21,7 @@ from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
 from ..constructs.service_linked_role import ServiceLinkedRole
 from ..constructs.slurm_controller import STATE_DIR, SlurmController
+from ..constructs.spot_interruption_drill import SpotInterruptionDrill
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
@@ -229,7 +230,16 @@ class ClusterStack(Stack):
         self.intake.grant_drain(self.controller.task_role)
         self.intake.grant_progress(self.gpu_nodes.role)  # jobs report progress to the table
 
+        self.drill = SpotInterruptionDrill(
+            self,
+            "SpotInterruptionDrill",
+            cluster_name=cluster_name,
+            partition=self.gpu_nodes.partition,
+            instance_types=tuple(self.gpu_nodes.instance_types),
+            metric_namespace=self.cost_tracker.metric_namespace,
+        )
         self.users = self._users_group()
+        self.drill.grant_run(self.users, cluster_name=cluster_name)
 
         self.teardown = ClusterTeardown(
             self, "Teardown", cluster_name=cluster_name, log_retention=log_retention
@@ -273,6 +283,7 @@ class ClusterStack(Stack):
             "IntakeTable": self.intake.table_name,
             "Class3dTemplateParameter": self.class3d_template.parameter.parameter_name,
             "UsersGroup": self.users.group_name,
+            "SpotInterruptionTemplateId": self.drill.template_id,
         }
         if self.dashboard is not None:
             outputs["DashboardUrl"] = self.dashboard.console_url

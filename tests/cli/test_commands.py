@@ -433,3 +433,17 @@ def test_staging_is_a_job_on_the_cpu_partition(
         "exec python -m relion_spot.staging fetch --dest /data/relion_benchmark "
         "--source s3://lab-bucket/bench.tar.gz" in script
     )
+
+
+def test_status_lists_submissions_not_the_permission_checks_kept_beside_them(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from relion_spot.selftest import record
+    from relion_spot.selftest.permissions import CheckOutcome
+
+    job = _accepted(cluster, monkeypatch, capsys)
+    checked = [CheckOutcome("resume", "ec2:CreateFleet", "gpu", "allowed", "DryRunOperation")]
+    record.store(cluster.dynamodb, TABLE, record.CONTROLLER, checked)
+    assert [row["job_id"] for row in _status_json(capsys)] == [job]
+    stored = record.load(cluster.dynamodb, TABLE)
+    assert stored is not None and stored.outcomes == checked

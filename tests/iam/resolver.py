@@ -164,6 +164,8 @@ class TemplateResolver:
             return f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{generated}"
         if kind == "AWS::SecretsManager::Secret":
             return self._arn("secretsmanager", f"secret:{generated}-AbCdEf")
+        if kind == "AWS::FIS::ExperimentTemplate":
+            return "EXT" + _hex(f"{self.stack_name}/{name}", 14).upper()
         if kind == "AWS::ECS::Service":
             return self._arn("ecs", f"service/{props['ServiceName']}")
         raise NotImplementedError(f"{self.stack_name}: Ref of a {kind} ({name})")
@@ -192,6 +194,7 @@ class TemplateResolver:
             ("AWS::EC2::LaunchTemplate", "LaunchTemplateId"): ref,
             ("AWS::Lambda::Function", "Arn"): self._arn("lambda", f"function:{ref}"),
             ("AWS::ECS::Cluster", "Arn"): self._arn("ecs", f"cluster/{ref}"),
+            ("AWS::FIS::ExperimentTemplate", "Id"): ref,
         }
         if (kind, attribute) not in arns:
             raise NotImplementedError(f"{self.stack_name}: GetAtt {logical_id}.{attribute}")

@@ -80,6 +80,8 @@ class World:
     image_repository: str
     cost_log_group: str
     teardown_log_group: str
+    drill_template: str
+    other_drill_template: str
 
     def ec2(self, resource: str) -> str:
         return f"arn:{PARTITION}:ec2:{self.region}:{ACCOUNT}:{resource}"
@@ -130,6 +132,12 @@ def _world(synth: Any) -> World:
 
     def queue(resolver: TemplateResolver) -> str:
         return resolver.get_att(resolver.one("AWS::SQS::Queue", "IntakeQueue"), "Arn")
+
+    def drill_template(resolver: TemplateResolver) -> str:
+        template = resolver.one("AWS::FIS::ExperimentTemplate", "SpotInterruptionDrill")
+        return f"arn:{PARTITION}:fis:{region}:{ACCOUNT}:experiment-template/" + resolver.get_att(
+            template, "Id"
+        )
 
     def service(resolver: TemplateResolver, cluster: str) -> str:
         return f"arn:{PARTITION}:ecs:{region}:{ACCOUNT}:service/{cluster}/{cluster}-controller"
@@ -190,6 +198,8 @@ def _world(synth: Any) -> World:
         ),
         cost_log_group=own.get_att(own.one("AWS::Logs::LogGroup", "CostTrackerLogs"), "Arn"),
         teardown_log_group=own.get_att(own.one("AWS::Logs::LogGroup", "TeardownLogs"), "Arn"),
+        drill_template=drill_template(own),
+        other_drill_template=drill_template(other),
     )
 
 
@@ -201,6 +211,7 @@ PRINCIPALS = {
     "teardown": "TeardownRole",
     "ecs-role": "EcsServiceLinkedRole",
     "cli": "Users",
+    "fis": "SpotInterruptionDrillRole",
 }
 
 
@@ -1042,6 +1053,142 @@ deny("cli/deny/ec2:TerminateInstances")(
         w.instance,
         tag_context("ResourceTag", w.own_instance_tags()),
     )
+)
+
+
+# --- the spot interruption drill (AWS FIS), run by relion-spot selftest --interrupt ---------
+
+allow("fis/ec2:SendSpotInstanceInterruptions/own")(
+    lambda w: Request(
+        "fis",
+        "ec2:SendSpotInstanceInterruptions",
+        w.instance,
+        tag_context("ResourceTag", w.own_instance_tags()),
+    )
+)
+deny("fis/deny/ec2:SendSpotInstanceInterruptions/another-clusters-instance")(
+    lambda w: Request(
+        "fis",
+        "ec2:SendSpotInstanceInterruptions",
+        w.other_instance,
+        tag_context("ResourceTag", {tags.CLUSTER: w.other_cluster}),
+    )
+)
+deny("fis/deny/ec2:SendSpotInstanceInterruptions/untagged-instance")(
+    lambda w: Request("fis", "ec2:SendSpotInstanceInterruptions", w.other_instance, {})
+)
+allow("fis/ec2:DescribeInstances")(
+    lambda w: Request("fis", "ec2:DescribeInstances", "*", {"ec2:Region": w.region})
+)
+deny("fis/deny/ec2:TerminateInstances/own")(
+    lambda w: Request(
+        "fis",
+        "ec2:TerminateInstances",
+        w.instance,
+        tag_context("ResourceTag", w.own_instance_tags()),
+    )
+)
+deny("fis/deny/ec2:StopInstances/own")(
+    lambda w: Request(
+        "fis", "ec2:StopInstances", w.instance, tag_context("ResourceTag", w.own_instance_tags())
+    )
+)
+
+
+def _experiment(w: World) -> str:
+    return f"arn:{PARTITION}:fis:{w.region}:{ACCOUNT}:experiment/EXPabcdef0123456"
+
+
+allow("cli/selftest/fis:StartExperiment/template")(
+    lambda w: Request("cli", "fis:StartExperiment", w.drill_template)
+)
+allow("cli/selftest/fis:StartExperiment/experiment")(
+    lambda w: Request(
+        "cli",
+        "fis:StartExperiment",
+        _experiment(w),
+        {**tag_context("RequestTag", {tags.CLUSTER: w.cluster}), "aws:TagKeys": [tags.CLUSTER]},
+    )
+)
+deny("cli/deny/fis:StartExperiment/another-clusters-template")(
+    lambda w: Request("cli", "fis:StartExperiment", w.other_drill_template)
+)
+deny("cli/deny/fis:StartExperiment/experiment-without-the-cluster-tag")(
+    lambda w: Request("cli", "fis:StartExperiment", _experiment(w), {})
+)
+allow("cli/selftest/fis:TagResource/experiment")(
+    lambda w: Request(
+        "cli",
+        "fis:TagResource",
+        _experiment(w),
+        {**tag_context("RequestTag", {tags.CLUSTER: w.cluster}), "aws:TagKeys": [tags.CLUSTER]},
+    )
+)
+deny("cli/deny/fis:TagResource/another-cluster")(
+    lambda w: Request(
+        "cli",
+        "fis:TagResource",
+        _experiment(w),
+        {
+            **tag_context("RequestTag", {tags.CLUSTER: w.other_cluster}),
+            "aws:TagKeys": [tags.CLUSTER],
+        },
+    )
+)
+allow("cli/selftest/fis:GetExperiment/own-experiment")(
+    lambda w: Request(
+        "cli",
+        "fis:GetExperiment",
+        _experiment(w),
+        tag_context("ResourceTag", {tags.CLUSTER: w.cluster}),
+    )
+)
+deny("cli/deny/fis:GetExperiment/another-clusters-experiment")(
+    lambda w: Request(
+        "cli",
+        "fis:GetExperiment",
+        _experiment(w),
+        tag_context("ResourceTag", {tags.CLUSTER: w.other_cluster}),
+    )
+)
+allow("cli/selftest/ec2:DescribeInstances")(
+    lambda w: Request("cli", "ec2:DescribeInstances", "*", {"ec2:Region": w.region})
+)
+deny("cli/deny/ec2:DescribeInstances/another-region")(
+    lambda w: Request("cli", "ec2:DescribeInstances", "*", {"ec2:Region": "eu-west-1"})
+)
+allow("cli/selftest/servicequotas:GetServiceQuota/gvt-spot")(
+    lambda w: Request(
+        "cli",
+        "servicequotas:GetServiceQuota",
+        f"arn:{PARTITION}:servicequotas:{w.region}:{ACCOUNT}:ec2/L-3819A6DF",
+        {"servicequotas:service": "ec2"},
+    )
+)
+deny("cli/deny/servicequotas:GetServiceQuota/another-quota")(
+    lambda w: Request(
+        "cli",
+        "servicequotas:GetServiceQuota",
+        f"arn:{PARTITION}:servicequotas:{w.region}:{ACCOUNT}:ec2/L-1216C47A",
+        {"servicequotas:service": "ec2"},
+    )
+)
+allow("cli/selftest/servicequotas:GetAWSDefaultServiceQuota")(
+    lambda w: Request("cli", "servicequotas:GetAWSDefaultServiceQuota", "*")
+)
+deny("cli/deny/servicequotas:RequestServiceQuotaIncrease")(
+    lambda w: Request(
+        "cli",
+        "servicequotas:RequestServiceQuotaIncrease",
+        f"arn:{PARTITION}:servicequotas:{w.region}:{ACCOUNT}:ec2/L-3819A6DF",
+    )
+)
+# StopExperiment carries no condition key: any experiment may be stopped (it only ends a fault).
+allow("cli/selftest/fis:StopExperiment")(
+    lambda w: Request("cli", "fis:StopExperiment", _experiment(w))
+)
+deny("cli/deny/fis:DeleteExperimentTemplate")(
+    lambda w: Request("cli", "fis:DeleteExperimentTemplate", w.drill_template)
 )
 
 

@@ -52,6 +52,18 @@ def accepted(kind: str, issue: str, detail: Any) -> str | None:
                 "kind carries different condition keys, so no single statement can hold every "
                 "resource a launch needs (parliament checks each statement alone)"
             )
+        if actions <= {"servicequotas:GetServiceQuota"}:
+            return (
+                "parliament's action data lists no resource for GetServiceQuota; IAM's current "
+                "action data (the matrix's, which allows it on this quota's ARN and denies "
+                "another quota) authorizes it on the quota"
+            )
+        if actions <= {"fis:StartExperiment"}:
+            return (
+                "StartExperiment authorizes the template and the new experiment; the request "
+                "tag the selftest must set is a condition on the experiment only, so each has "
+                "its own statement"
+            )
         if actions <= STREAM_ACTIONS:
             return (
                 "parliament splits ARNs on ':', and a DynamoDB stream label is a timestamp with "
