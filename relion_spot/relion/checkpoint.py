@@ -30,12 +30,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -584,8 +585,15 @@ def run(command: RefineCommand, *, cwd: Path, progress_interval: float = 5.0) ->
         file=sys.stderr,
     )
     print(f"checkpoint: {shlex.join(decided.argv)}", file=sys.stderr, flush=True)
+    follow_relion_conventions(command, decided.argv, cwd=cwd)
     started = time.monotonic()
-    child = subprocess.Popen(decided.argv, cwd=cwd, env=env)
+    child = subprocess.Popen(
+        decided.argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    copies = [
+        _copy_stream(child.stdout, sys.stdout.buffer, root.parent / "run.out"),
+        _copy_stream(child.stderr, sys.stderr.buffer, root.parent / "run.err"),
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
@@ -598,12 +606,56 @@ def run(command: RefineCommand, *, cwd: Path, progress_interval: float = 5.0) ->
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for copy in copies:
+            copy.join(timeout=30)
     print(
         f"checkpoint: {Path(command.program).name} exited {returncode} after "
         f"{time.monotonic() - started:.0f} s",
         file=sys.stderr,
     )
     return returncode
+
+
+def follow_relion_conventions(command: RefineCommand, argv: Sequence[str], *, cwd: Path) -> None:
+    """The job in the project's pipeline (once) and this attempt's command in note.txt, as
+    RELION's GUI keeps them; a pipeline that cannot be written is a warning, never the job's
+    end (the run itself is what matters)."""
+    from relion_spot.jobs.job_dir import job_number
+    from relion_spot.relion import pipeline
+
+    job_dir = command.root.parent
+    absolute = job_dir if job_dir.is_absolute() else cwd / job_dir
+    pipeline.append_note(absolute, argv)
+    number = job_number(absolute.name)
+    if job_dir.is_absolute() or number is None:
+        return
+    process = pipeline.class3d_process(str(job_dir), command.args, iterations=command.iterations)
+    holder = f"relion-spot job {os.environ.get('SLURM_JOB_ID', '?')} on {os.uname().nodename}"
+    try:
+        if pipeline.register(cwd, process, job_number=number, holder=holder):
+            print(f"checkpoint: {process.name} added to {pipeline.PIPELINE}", file=sys.stderr)
+    except (pipeline.PipelineError, OSError) as err:
+        print(
+            f"checkpoint: warning: {process.name} not added to the pipeline: {err}", file=sys.stderr
+        )
+
+
+def _copy_stream(source: IO[bytes] | None, echo: IO[bytes], log_path: Path) -> threading.Thread:
+    """RELION's output to the job's own output (Slurm's file) and to run.out / run.err in the
+    job directory, as RELION's GUI keeps them, appended across attempts."""
+
+    def copy() -> None:
+        assert source is not None
+        with log_path.open("ab") as log_file:
+            for chunk in iter(lambda: source.read1(65536), b""):  # type: ignore[attr-defined]
+                echo.write(chunk)
+                echo.flush()
+                log_file.write(chunk)
+                log_file.flush()
+
+    thread = threading.Thread(target=copy, name=f"copy-{log_path.name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> int:

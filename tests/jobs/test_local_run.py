@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import starfile
 
 from relion_spot.demo.runner import DemoSettings, make_dataset
 from relion_spot.jobs import Class3dParams, NodeShape, render
@@ -95,6 +96,12 @@ def test_local_script_runs_relion_5_to_the_end_and_skips_a_finished_run(project:
     job_dir = _own_dir(project, "lab-gpu1", "1")
     assert (job_dir / f"run_it{ITERATIONS:03d}_model.star").is_file()
     assert (job_dir / "RELION_JOB_EXIT_SUCCESS").is_file()
+    assert "Expectation iteration" in (job_dir / "run.out").read_text()
+    assert (job_dir / "run.err").is_file()
+    assert "relion_refine --o Class3D/job001/run" in (job_dir / "note.txt").read_text()
+    processes = starfile.read(project / "default_pipeline.star")["pipeline_processes"]
+    entry = processes[processes["rlnPipeLineProcessName"] == f"{job_dir.relative_to(project)}/"]
+    assert list(entry["rlnPipeLineProcessTypeLabel"]) == ["relion.class3d"], processes
 
     started = time.monotonic()
     again = _run(project, script, "1", restarts=1)
