@@ -28,6 +28,8 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
 _TAG_VALUE_RE = re.compile(r"^[\w .:/=+@-]{1,128}$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
+MAX_MONTHLY_BUDGET_USD = 1_000_000
 
 
 class SettingsError(ValueError):
@@ -77,6 +79,12 @@ class Settings:
     log_retention_days: int = 30
     dashboard: bool = True
     """A CloudWatch dashboard per cluster: $3/month unless among the account's first three."""
+    monthly_budget_usd: float | None = None
+    """Each cluster's spending cap per calendar month (UTC); None: no cap. Past it the resume
+    program launches nothing and holds the waiting jobs (relion_spot.budget)."""
+    notify_email: str | None = None
+    """Where each cluster's notifications (job done, failed, reclaimed and resumed, budget
+    reached) are e-mailed through its SNS topic; None: no topic."""
 
     def cluster_name(self, gpu_count: int) -> str:
         return f"{self.name}-gpu{gpu_count}"
@@ -203,6 +211,10 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "controller_idle_seconds": lambda v: _bounded("controller_idle_seconds", v, 300, 86_400),
     "log_retention_days": lambda v: _retention(v),
     "dashboard": lambda v: _bool("dashboard", v),
+    "monthly_budget_usd": lambda v: _budget(v),
+    "notify_email": lambda v: _pattern(
+        "notify_email", v, _EMAIL_RE, "one e-mail address such as lab@example.org"
+    ),
 }
 
 SETTING_NAMES: tuple[str, ...] = (
@@ -217,6 +229,20 @@ def _retention(value: object) -> int:
     if days not in LOG_RETENTION_CHOICES:
         raise SettingsError("log_retention_days", value, accepted)
     return days
+
+
+def _budget(value: object) -> float:
+    accepted = (
+        f"an amount in US dollars above 0 and at most {MAX_MONTHLY_BUDGET_USD:,}, "
+        "with at most two decimals (e.g. 500 or 250.50)"
+    )
+    text = "" if isinstance(value, bool) else str(value).strip()
+    if not re.fullmatch(r"\d+(\.\d{1,2})?", text):
+        raise SettingsError("monthly_budget_usd", value, accepted)
+    amount = float(text)
+    if not 0 < amount <= MAX_MONTHLY_BUDGET_USD:
+        raise SettingsError("monthly_budget_usd", value, accepted)
+    return amount
 
 
 def is_cdk_context_key(key: str) -> bool:

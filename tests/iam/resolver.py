@@ -164,6 +164,8 @@ class TemplateResolver:
             return f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{generated}"
         if kind == "AWS::SecretsManager::Secret":
             return self._arn("secretsmanager", f"secret:{generated}-AbCdEf")
+        if kind == "AWS::SNS::Topic":
+            return self._arn("sns", generated)
         if kind == "AWS::ECS::Service":
             return self._arn("ecs", f"service/{props['ServiceName']}")
         raise NotImplementedError(f"{self.stack_name}: Ref of a {kind} ({name})")
