@@ -11,6 +11,7 @@ from . import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from . import demo
+    from .budget import cli as budget_cli
     from .client import commands as cluster_commands
     from .cost import report as cost_report
     from .doctor import cli as doctor_cli
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost_report.register(subparsers)
     cluster_commands.register(subparsers)
     selftest_cli.register(subparsers)
+    budget_cli.register(subparsers)
     return parser
 
 

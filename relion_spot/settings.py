@@ -34,6 +34,8 @@ _IMAGE_RE = re.compile(
     r"|(docker-archive|oci-archive):/[\w./-]+"
     r"|/[\w./-]+\.sif)$"
 )
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
+MAX_MONTHLY_BUDGET_USD = 1_000_000
 
 
 class SettingsError(ValueError):
@@ -86,6 +88,12 @@ class Settings:
     relion_image: str = ""
     """The GPU jobs' RELION image; empty: the project's RELION 5 CUDA 12 recipe, built in the
     cluster by the image job (relion_spot.jobs.class3d.DEFAULT_IMAGE)."""
+    monthly_budget_usd: float | None = None
+    """Each cluster's spending cap per calendar month (UTC); None: no cap. Past it the resume
+    program launches nothing and holds the waiting jobs (relion_spot.budget)."""
+    notify_email: str | None = None
+    """Where each cluster's notifications (job done, failed, reclaimed and resumed, budget
+    reached) are e-mailed through its SNS topic; None: no topic."""
 
     def cluster_name(self, gpu_count: int) -> str:
         return f"{self.name}-gpu{gpu_count}"
@@ -220,6 +228,10 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
         "docker-archive:/path.tar, oci-archive:/path.tar, /path/image.sif, or "
         "def:/path/recipe.def[:/path/build.args]",
     ),
+    "monthly_budget_usd": lambda v: _budget(v),
+    "notify_email": lambda v: _pattern(
+        "notify_email", v, _EMAIL_RE, "one e-mail address such as lab@example.org"
+    ),
 }
 
 SETTING_NAMES: tuple[str, ...] = (
@@ -234,6 +246,20 @@ def _retention(value: object) -> int:
     if days not in LOG_RETENTION_CHOICES:
         raise SettingsError("log_retention_days", value, accepted)
     return days
+
+
+def _budget(value: object) -> float:
+    accepted = (
+        f"an amount in US dollars above 0 and at most {MAX_MONTHLY_BUDGET_USD:,}, "
+        "with at most two decimals (e.g. 500 or 250.50)"
+    )
+    text = "" if isinstance(value, bool) else str(value).strip()
+    if not re.fullmatch(r"\d+(\.\d{1,2})?", text):
+        raise SettingsError("monthly_budget_usd", value, accepted)
+    amount = float(text)
+    if not 0 < amount <= MAX_MONTHLY_BUDGET_USD:
+        raise SettingsError("monthly_budget_usd", value, accepted)
+    return amount
 
 
 def is_cdk_context_key(key: str) -> bool:

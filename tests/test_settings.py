@@ -65,6 +65,13 @@ def test_every_setting_parses_from_context_strings() -> None:
     assert settings.account == "123456789012"
 
 
+def test_budget_and_notifications_are_off_unless_set() -> None:
+    assert (Settings().monthly_budget_usd, Settings().notify_email) == (None, None)
+    settings = from_context({"monthly_budget_usd": "250.50", "notify_email": "lab@example.org"})
+    assert settings.monthly_budget_usd == 250.5
+    assert settings.notify_email == "lab@example.org"
+
+
 def test_cdk_own_context_keys_are_not_settings() -> None:
     settings = from_context(
         {
@@ -110,6 +117,14 @@ BAD = [
     ("relion_image", "docker://x/y;rm -rf /", "docker://registry/name:tag"),
     ("relion_image", "def:relion.def:a:b", "def:/path/recipe.def"),
     ("relion_image", "docker-archive:relative.tar", "docker-archive:/path.tar"),
+    ("monthly_budget_usd", "0", "above 0"),
+    ("monthly_budget_usd", "-5", "above 0"),
+    ("monthly_budget_usd", "lots", "above 0"),
+    ("monthly_budget_usd", "12.345", "at most two decimals"),
+    ("monthly_budget_usd", "1e3", "above 0"),
+    ("monthly_budget_usd", "2000000", "at most 1,000,000"),
+    ("notify_email", "lab", "e-mail address"),
+    ("notify_email", "a@b,c@d.org", "e-mail address"),
 ]
 
 

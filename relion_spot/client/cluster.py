@@ -34,7 +34,11 @@ REQUIRED_OUTPUTS = {
     "cluster_name": "ClusterName",
     "version": "Version",
 }
-OPTIONAL_OUTPUTS = {"ecs_cluster": "EcsClusterName", "controller_service": "ControllerServiceName"}
+OPTIONAL_OUTPUTS = {
+    "ecs_cluster": "EcsClusterName",
+    "controller_service": "ControllerServiceName",
+    "monthly_budget_usd": "MonthlyBudgetUsd",
+}
 CREDENTIAL_ERRORS = frozenset(
     {
         "ExpiredToken",
@@ -68,6 +72,8 @@ class ClusterHandle:
     version: str
     ecs_cluster: str = ""
     controller_service: str = ""
+    monthly_budget_usd: str = ""
+    """The cap as deployed ("250.00"), "none", or empty from a stack older than the cap."""
 
 
 def _code(err: ClientError) -> str:

@@ -287,6 +287,15 @@ class CostTracker(Construct):
             )
         )
 
+    def grant_spend_reader(self, grantee: iam.IGrantable) -> None:
+        """The budget cap reads the month's priced jobs: a Query on the by-start index, only."""
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:Query"],
+                resources=[f"{self.costs_table.table_arn}/index/{COSTS_BY_START}"],
+            )
+        )
+
     def grant_report_reader(self, grantee: iam.IGrantable) -> iam.Grant:
         """``relion-spot cost`` reads the job cost table and its index."""
         return self.costs_table.grant_read_data(grantee)

@@ -28,6 +28,8 @@ from relion_spot.cost.config import ConfigError, CostConfig, seed_environment
 from relion_spot.cost.hostlist import HostlistError, expand
 from relion_spot.cost.pricing import Attempt, NodeUse, Volume
 from relion_spot.cost.store import AttemptStore
+from relion_spot.notify.events import job_notification
+from relion_spot.notify.publish import Notifier
 
 log = logging.getLogger("relion_spot.cost.jobcomp")
 
@@ -106,8 +108,15 @@ def _flush_spool(store: AttemptStore, spool: Path) -> None:
         log.info("wrote spooled attempt %s", path.name)
 
 
-def record(env: Mapping[str, str], config: CostConfig, clients: tuple[Any, Any]) -> str:
-    """Write the attempt; returns what happened ("written", "duplicate", "not-run")."""
+def record(
+    env: Mapping[str, str],
+    config: CostConfig,
+    clients: tuple[Any, Any],
+    notifier: Notifier | None = None,
+) -> str:
+    """Write the attempt; returns what happened ("written", "spooled", "duplicate",
+    "not-run"). A written or spooled attempt is told to the lab (``notifier``) once: a retried
+    run finds it written and says nothing."""
     ec2, dynamodb = clients
     parsed = attempt_from_slurm(env, config.cluster)
     if parsed is None:
@@ -137,8 +146,18 @@ def record(env: Mapping[str, str], config: CostConfig, clients: tuple[Any, Any])
         target = spool / f"{attempt.job_id}-{attempt.key}.json"
         target.write_text(_to_json(attempt))
         log.exception("table unreachable; attempt kept in %s", target)
+        _notify(notifier, attempt)
         return "spooled"
-    return "written" if written else "duplicate"
+    if not written:
+        return "duplicate"
+    _notify(notifier, attempt)
+    return "written"
+
+
+def _notify(notifier: Notifier | None, attempt: Attempt) -> None:
+    notification = job_notification(attempt)
+    if notifier is not None and notification is not None:
+        notifier.publish(notification)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         import boto3
 
         session = boto3.session.Session()
-        outcome = record(os.environ, config, (session.client("ec2"), session.client("dynamodb")))
+        notifier = Notifier.from_env(
+            os.environ, cluster=config.cluster, region=session.region_name or ""
+        )
+        outcome = record(
+            os.environ, config, (session.client("ec2"), session.client("dynamodb")), notifier
+        )
     except (ConfigError, SlurmRecordError) as err:
         print(f"relion-spot jobcomp: {err}", file=sys.stderr)
         return 2

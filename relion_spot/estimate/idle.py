@@ -52,6 +52,8 @@ USAGE_BILLED = {
     "AWS::SQS::Queue",
     "AWS::SQS::QueuePolicy",
     "AWS::Scheduler::Schedule",
+    "AWS::SNS::Subscription",
+    "AWS::SNS::TopicPolicy",
     "AWS::SNS::Topic",
 }
 """Types that cost nothing while idle: free, or billed only per request, byte or GB stored."""

@@ -29,6 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..budget.config import BudgetConfig, BudgetConfigError
+from ..budget.guard import BudgetGuard, BudgetUnknownError, notify_reached
+from ..budget.jobs import HOLD_REASON_PREFIX
+from ..notify.publish import TOPIC_ENV, Notifier
 from . import ec2 as fleet
 from .capacity import CapacityMemory
 from .config import NodeGroup, PowerSaveConfig
@@ -62,6 +66,8 @@ def main(
     ec2_client: Any = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
+    dynamodb_client: Any = None,
+    sns_client: Any = None,
 ) -> int:
     run = start(PROGRAM, log, argv, environ, nothing_done="nothing launched")
     if run is None:
@@ -72,6 +78,11 @@ def main(
     all_nodes = run.node_names
     waiting = _jobs_text(jobs, all_nodes)
     log.info("resume %s%s", compress(all_nodes), f" for job(s) {waiting}" if waiting else "")
+    refused = _refuse_over_budget(
+        run.env, config, slurm, runner, jobs, nodes, dynamodb_client, sns_client, clock
+    )
+    if refused is not None:
+        return refused
     ec2 = ec2_client or new_ec2_client(config)
     memory = CapacityMemory(config.state_dir, config.backoff_seconds, clock=clock)
     try:
@@ -114,6 +125,73 @@ def _hold_for_configuration(
     else:
         log.error("job(s) %s could NOT be held after: %s", ",".join(waiting), reason)
         result.trouble = True
+
+
+def _refuse_over_budget(
+    env: Mapping[str, str],
+    config: PowerSaveConfig,
+    slurm: Slurm,
+    runner: CommandRunner,
+    jobs: Mapping[str, list[str]],
+    nodes: Mapping[str, list[str]],
+    dynamodb: Any,
+    sns: Any,
+    clock: Callable[[], float],
+) -> int | None:
+    """None when the launch may go ahead; else the exit status after the nodes were handed back
+    to Slurm and, when the cap would be passed, their jobs held with the reason "budget"."""
+    all_nodes = [n for names in nodes.values() for n in names]
+    try:
+        budget = BudgetConfig.from_env(env)
+        if budget.cap_usd is None:
+            return None
+        import boto3
+
+        guard = BudgetGuard(
+            budget,
+            config.cluster,
+            config.groups,
+            dynamodb or boto3.session.Session().client("dynamodb", region_name=config.region),
+            runner,
+            squeue=config.squeue,
+            scontrol=config.scontrol,
+            clock=clock,
+        )
+        forecast = guard.check_launch(nodes, excluded_nodes=all_nodes)
+    except (BudgetConfigError, BudgetUnknownError) as err:
+        reason = f"budget could not be checked, nothing launched: {err}"
+        slurm.fail_launch(all_nodes, reason)
+        log.error("%s: %s", compress(all_nodes), reason)
+        return 1
+    if not forecast.would_pass:
+        log.info("budget: %s", forecast.describe())
+        return None
+    waiting = sorted({j for n in all_nodes for j in jobs.get(n, [])}, key=lambda j: (len(j), j))
+    if not waiting:  # no resume file: the jobs Slurm is configuring on these nodes
+        waiting = sorted(
+            {j for n in all_nodes for j in slurm.jobs_on(n) or []}, key=lambda j: (len(j), j)
+        )
+    told = slurm.fail_launch(all_nodes, f"budget: {forecast.describe()}")
+    text = (
+        f"{HOLD_REASON_PREFIX}${forecast.total_usd:.2f} forecast for the month passes its "
+        f"${forecast.cap_usd:.2f} cap; raise monthly_budget_usd to release"
+    )
+    held = slurm.hold(waiting, text)
+    log.error(
+        "%s: not launched, %s; job(s) %s %s",
+        compress(all_nodes),
+        forecast.describe(),
+        ",".join(waiting) or "-",
+        "held for the budget" if held else "could NOT be held",
+    )
+    topic = env.get(TOPIC_ENV, "").strip()
+    notifier = (
+        Notifier(sns, topic, config.cluster)
+        if sns is not None and topic
+        else Notifier.from_env(env, cluster=config.cluster, region=config.region)
+    )
+    notify_reached(notifier, config.state_dir, forecast, waiting, clock())
+    return 0 if told and held else 1
 
 
 def jobs_by_node(env: Mapping[str, str]) -> dict[str, list[str]]:

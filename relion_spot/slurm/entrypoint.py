@@ -28,6 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..budget.config import BUDGET_ENV
 from . import config, key
 from .spec import LOCAL_GPU_DEVICE_PREFIX, SLURMCTLD_PORT, SPEC_ENV, ClusterSpec, SpecError
 
@@ -82,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["controller"] and os.environ.get(INTAKE_TABLE_ENV, "").strip():
         # Which of the power-save programs' calls AWS would refuse, known before a job waits.
         _start_beside("relion_spot.selftest.check", os.environ, "permission check")
+    if args[:1] == ["controller"] and BUDGET_ENV in os.environ:
+        # Present, even empty, on every deployed controller: a cap removed releases its holds.
+        _start_beside("relion_spot.budget.release", os.environ, "budget release loop")
     print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)
     _reset_signals()
     os.execvp(command[0], command)

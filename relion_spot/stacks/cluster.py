@@ -12,6 +12,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from .. import __version__, tags
+from ..budget.config import BUDGET_ENV
 from ..constructs.cost_tracker import CostTracker
 from ..constructs.dashboard import ClusterDashboard
 from ..constructs.intake import JobIntake
@@ -19,11 +20,13 @@ from ..constructs.job_template import Class3dJobTemplate
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
+from ..constructs.notifications import ClusterNotifications
 from ..constructs.service_linked_role import ServiceLinkedRole
 from ..constructs.slurm_controller import STATE_DIR, SlurmController
 from ..constructs.spot_interruption_drill import SpotInterruptionDrill
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
+from ..cost.config import COSTS_TABLE as COSTS_TABLE_ENV
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
 from ..intake.config import RELION_IMAGE_ENV
 from ..jobs.class3d import DEFAULT_IMAGE
@@ -172,6 +175,10 @@ class ClusterStack(Stack):
             removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
         )
 
+        self.notifications = ClusterNotifications(
+            self, "Notifications", cluster_name=cluster_name, email=settings.notify_email
+        )
+
         state_access_point = storage.slurm_state_access_point(self, cluster_name)
         subnets = vpc.select_subnets(subnet_type=network.node_subnets.subnet_type)
         self.controller = SlurmController(
@@ -194,6 +201,11 @@ class ClusterStack(Stack):
             environment={
                 **self.cost_tracker.record_writer_environment(),
                 **self.intake.drainer_environment(),
+                **self.notifications.publisher_environment(),
+                # Always present (empty: no cap), so the release loop runs and a removed cap
+                # releases the jobs held for it.
+                BUDGET_ENV: _amount(settings.monthly_budget_usd),
+                COSTS_TABLE_ENV: self.cost_tracker.costs_table_name,
                 SPEC_ENV: spec_from_settings(settings, gpu_count).to_json(),
                 "AWS_DEFAULT_REGION": self.region,
                 "RELION_SPOT_CLUSTER": cluster_name,
@@ -228,6 +240,8 @@ class ClusterStack(Stack):
         )
         self.cost_tracker.grant_record_writer(self.controller.task_role)
         self.intake.grant_drain(self.controller.task_role)
+        self.cost_tracker.grant_spend_reader(self.controller.task_role)  # the budget cap
+        self.notifications.grant_publish(self.controller.task_role)
         self.intake.grant_progress(self.gpu_nodes.role)  # jobs report progress to the table
 
         self.drill = SpotInterruptionDrill(
@@ -284,6 +298,8 @@ class ClusterStack(Stack):
             "Class3dTemplateParameter": self.class3d_template.parameter.parameter_name,
             "UsersGroup": self.users.group_name,
             "SpotInterruptionTemplateId": self.drill.template_id,
+            "NotificationTopicArn": self.notifications.topic_arn,
+            "MonthlyBudgetUsd": _amount(settings.monthly_budget_usd) or "none",
         }
         if self.dashboard is not None:
             outputs["DashboardUrl"] = self.dashboard.console_url
@@ -313,3 +329,8 @@ class ClusterStack(Stack):
             )
         )
         return group
+
+
+def _amount(usd: float | None) -> str:
+    """A cap as the controller and the CLI read it; empty for none."""
+    return "" if usd is None else f"{usd:.2f}"

@@ -166,6 +166,8 @@ class TemplateResolver:
             return self._arn("secretsmanager", f"secret:{generated}-AbCdEf")
         if kind == "AWS::FIS::ExperimentTemplate":
             return "EXT" + _hex(f"{self.stack_name}/{name}", 14).upper()
+        if kind == "AWS::SNS::Topic":
+            return self._arn("sns", generated)
         if kind == "AWS::ECS::Service":
             return self._arn("ecs", f"service/{props['ServiceName']}")
         raise NotImplementedError(f"{self.stack_name}: Ref of a {kind} ({name})")

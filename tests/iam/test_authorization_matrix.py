@@ -82,6 +82,9 @@ class World:
     teardown_log_group: str
     drill_template: str
     other_drill_template: str
+    topic: str
+    other_topic: str
+    other_costs_table: str
 
     def ec2(self, resource: str) -> str:
         return f"arn:{PARTITION}:ec2:{self.region}:{ACCOUNT}:{resource}"
@@ -200,6 +203,9 @@ def _world(synth: Any) -> World:
         teardown_log_group=own.get_att(own.one("AWS::Logs::LogGroup", "TeardownLogs"), "Arn"),
         drill_template=drill_template(own),
         other_drill_template=drill_template(other),
+        topic=own.ref(own.one("AWS::SNS::Topic", "NotificationsTopic")),
+        other_topic=other.ref(other.one("AWS::SNS::Topic", "NotificationsTopic")),
+        other_costs_table=table(other, "CostTrackerJobCosts"),
     )
 
 
@@ -736,6 +742,30 @@ deny("controller/deny/dynamodb:PutItem/another-clusters-table")(
 deny("controller/deny/dynamodb:PutItem/job-costs-table")(
     lambda w: Request("controller", "dynamodb:PutItem", w.costs_table)
 )
+# The budget cap (resume program, release loop): the month's priced jobs from the cost index.
+allow("controller/budget/dynamodb:Query/costs-index")(
+    lambda w: Request("controller", "dynamodb:Query", f"{w.costs_table}/index/{COSTS_BY_START}")
+)
+deny("controller/budget/deny/dynamodb:Query/another-clusters-costs-index")(
+    lambda w: Request(
+        "controller", "dynamodb:Query", f"{w.other_costs_table}/index/{COSTS_BY_START}"
+    )
+)
+deny("controller/budget/deny/dynamodb:Scan/costs-table")(
+    lambda w: Request("controller", "dynamodb:Scan", w.costs_table)
+)
+# Notifications (record writer: job done/failed/reclaimed; resume program: budget reached).
+allow("controller/notify/sns:Publish/own-topic")(
+    lambda w: Request("controller", "sns:Publish", w.topic)
+)
+deny("controller/notify/deny/sns:Publish/another-clusters-topic")(
+    lambda w: Request("controller", "sns:Publish", w.other_topic)
+)
+deny("controller/notify/deny/sns:Subscribe/own-topic")(
+    lambda w: Request("controller", "sns:Subscribe", w.topic)
+)
+deny("gpu-node/notify/deny/sns:Publish")(lambda w: Request("gpu-node", "sns:Publish", w.topic))
+deny("cli/notify/deny/sns:Publish")(lambda w: Request("cli", "sns:Publish", w.topic))
 for _action in ("ecs:UpdateService", "ecs:DescribeServices"):
     allow(f"controller/{_action}/own-service")(
         lambda w, a=_action: Request("controller", a, w.service, {"ecs:cluster": w.ecs_cluster})

@@ -1,0 +1,1 @@
+"""Telling the lab what happened without it polling: one SNS topic per cluster, e-mailed."""
