@@ -376,11 +376,11 @@ def test_controller_is_one_spot_fargate_task_with_state_on_efs(
             },
         },
     )
-    volume = Capture()
+    state_volume, data_volume = Capture(), Capture()
     template.has_resource_properties(
         "AWS::ECS::TaskDefinition",
         {
-            "Volumes": [volume],
+            "Volumes": [state_volume, data_volume],
             "ContainerDefinitions": [
                 Match.object_like(
                     {
@@ -390,15 +390,22 @@ def test_controller_is_one_spot_fargate_task_with_state_on_efs(
                                 "ContainerPath": "/var/spool/slurmctld",
                                 "SourceVolume": "slurm-state",
                                 "ReadOnly": False,
-                            }
+                            },
+                            {"ContainerPath": "/data", "SourceVolume": "data", "ReadOnly": True},
                         ],
                     }
                 )
             ],
         },
     )
-    assert volume.as_object()["EFSVolumeConfiguration"]["TransitEncryption"] == "ENABLED"
-    assert volume.as_object()["EFSVolumeConfiguration"]["AuthorizationConfig"]["IAM"] == "ENABLED"
+    for volume in (state_volume, data_volume):
+        efs_config = volume.as_object()["EFSVolumeConfiguration"]
+        assert efs_config["TransitEncryption"] == "ENABLED"
+        assert efs_config["AuthorizationConfig"]["IAM"] == "ENABLED"
+    assert data_volume.as_object()["Name"] == "data"
+    # The nodes' /data, through the same access point the nodes mount.
+    data_ap = data_volume.as_object()["EFSVolumeConfiguration"]["AuthorizationConfig"]
+    assert "StorageFileSystemData" in json.dumps(data_ap["AccessPointId"])
     Template.from_json(alternate_synth.template("lab-b-gpu4")).has_resource_properties(
         "AWS::ECS::Service",
         {

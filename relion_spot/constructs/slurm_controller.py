@@ -19,6 +19,8 @@ from ..slurm.key import KEY_SECRET_ARN_ENV
 from ..slurm.spec import SLURMCTLD_PORT
 
 STATE_DIR = "/var/spool/slurmctld"
+DATA_DIR = "/data"
+"""Where the controller sees the nodes' /data (read-only), so the drainer can preflight jobs."""
 TASK_CPU = 256
 TASK_MEMORY_MIB = 1024
 """slurmctld for a few dozen cloud nodes idles at a few percent of a quarter vCPU; the memory
@@ -53,6 +55,7 @@ class SlurmController(Construct):
         image: ecs.ContainerImage,
         state_file_system: efs.IFileSystem,
         state_access_point: efs.IAccessPoint,
+        data_access_point: efs.IAccessPoint,
         capacity: ControllerCapacity,
         log_retention: logs.RetentionDays,
         environment: dict[str, str],
@@ -92,7 +95,17 @@ class SlurmController(Construct):
                             access_point_id=state_access_point.access_point_id, iam="ENABLED"
                         ),
                     ),
-                )
+                ),
+                ecs.Volume(
+                    name="data",
+                    efs_volume_configuration=ecs.EfsVolumeConfiguration(
+                        file_system_id=state_file_system.file_system_id,
+                        transit_encryption="ENABLED",
+                        authorization_config=ecs.AuthorizationConfig(
+                            access_point_id=data_access_point.access_point_id, iam="ENABLED"
+                        ),
+                    ),
+                ),
             ],
         )
         self.dns_name = dns_name
@@ -114,7 +127,10 @@ class SlurmController(Construct):
             essential=True,
         )
         container.add_mount_points(
-            ecs.MountPoint(container_path=STATE_DIR, source_volume="slurm-state", read_only=False)
+            ecs.MountPoint(container_path=STATE_DIR, source_volume="slurm-state", read_only=False),
+            # The drainer's preflight reads STAR and MRC headers of submitted projects; it never
+            # writes there (the jobs do, on the nodes).
+            ecs.MountPoint(container_path=DATA_DIR, source_volume="data", read_only=True),
         )
         self.auth_key.grant_read(self.task_definition.task_role)
         self.service = ecs.FargateService(

@@ -102,11 +102,17 @@ class SharedStorage(Construct):
             ),
         )
 
-    def grant_mount(self, grantee: iam.IGrantable, access_point: efs.IAccessPoint) -> None:
-        """Let ``grantee`` mount (read/write, never as root) through one access point."""
+    def grant_mount(
+        self, grantee: iam.IGrantable, access_point: efs.IAccessPoint, *, read_only: bool = False
+    ) -> None:
+        """Let ``grantee`` mount (read/write unless ``read_only``, never as root) through one
+        access point."""
+        actions = ["elasticfilesystem:ClientMount"]
+        if not read_only:
+            actions.append("elasticfilesystem:ClientWrite")
         iam.Grant.add_to_principal(
             grantee=grantee,
-            actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+            actions=actions,
             resource_arns=[self.file_system.file_system_arn],
             conditions={
                 "ArnEquals": {"elasticfilesystem:AccessPointArn": access_point.access_point_arn}

@@ -185,6 +185,7 @@ class ClusterStack(Stack):
             image=ecs.ContainerImage.from_docker_image_asset(image),
             state_file_system=storage.file_system,
             state_access_point=state_access_point,
+            data_access_point=storage.data_access_point,
             capacity=settings.controller_capacity,
             log_retention=log_retention,
             idle_seconds=settings.controller_idle_seconds,
@@ -218,6 +219,7 @@ class ClusterStack(Stack):
         )
         self.ecs_service_role.required_by(self.controller.cluster, self.controller.service)
         storage.grant_mount(self.controller.task_role, state_access_point)
+        storage.grant_mount(self.controller.task_role, storage.data_access_point, read_only=True)
         grant_launch(self.controller.task_role, node_groups, vpc=vpc)
         grant_power_saving(
             self.controller.task_role, cluster_name=cluster_name, vpc=vpc, scope=self

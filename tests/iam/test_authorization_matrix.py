@@ -745,12 +745,29 @@ for _action in ("elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"
             {"elasticfilesystem:AccessPointArn": w.state_access_point},
         )
     )
-deny("controller/deny/ClientMount/data-access-point")(
+# The drainer's preflight reads the nodes' /data: mount it, never write it.
+allow("controller/preflight/ClientMount/data-access-point")(
     lambda w: Request(
         "controller",
         "elasticfilesystem:ClientMount",
         w.file_system,
         {"elasticfilesystem:AccessPointArn": w.data_access_point},
+    )
+)
+deny("controller/deny/ClientWrite/data-access-point")(
+    lambda w: Request(
+        "controller",
+        "elasticfilesystem:ClientWrite",
+        w.file_system,
+        {"elasticfilesystem:AccessPointArn": w.data_access_point},
+    )
+)
+deny("controller/deny/ClientMount/containers-access-point")(
+    lambda w: Request(
+        "controller",
+        "elasticfilesystem:ClientMount",
+        w.file_system,
+        {"elasticfilesystem:AccessPointArn": w.containers_access_point},
     )
 )
 
