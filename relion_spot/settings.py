@@ -28,6 +28,9 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
 _TAG_VALUE_RE = re.compile(r"^[\w .:/=+@-]{1,128}$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_FILE_SYSTEM_ID_RE = re.compile(r"^fs-[0-9a-f]{8,17}$")
+_IPV4_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
 class SettingsError(ValueError):
@@ -77,6 +80,11 @@ class Settings:
     log_retention_days: int = 30
     dashboard: bool = True
     """A CloudWatch dashboard per cluster: $3/month unless among the account's first three."""
+    stage_buckets: tuple[str, ...] = ()
+    adopt_file_system_id: str | None = None
+    """An EFS file system an earlier deployment kept on ``cdk destroy`` (keep_data): this
+    deployment mounts it instead of creating a new, empty one."""
+    """S3 buckets the staging job (``submit stage --source s3://...``) may read, read-only."""
 
     def cluster_name(self, gpu_count: int) -> str:
         return f"{self.name}-gpu{gpu_count}"
@@ -203,12 +211,37 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "controller_idle_seconds": lambda v: _bounded("controller_idle_seconds", v, 300, 86_400),
     "log_retention_days": lambda v: _retention(v),
     "dashboard": lambda v: _bool("dashboard", v),
+    "stage_buckets": lambda v: _parse_buckets(v),
+    "adopt_file_system_id": lambda v: _pattern(
+        "adopt_file_system_id",
+        v,
+        _FILE_SYSTEM_ID_RE,
+        "an EFS file system id, fs- and 8 or 17 lowercase hex digits (the FileSystemId output "
+        "of the deployment that kept it, e.g. fs-0123456789abcdef0)",
+    ),
 }
 
 SETTING_NAMES: tuple[str, ...] = (
     *_PARSERS,
     *(f"{_GPU_TYPES_PREFIX}{n}" for n in catalog.SUPPORTED_GPU_COUNTS),
 )
+
+
+def _parse_buckets(value: object) -> tuple[str, ...]:
+    """S3 bucket names as S3 names them (3-63 characters; no IP address, no ``..``); never a
+    wildcard, so the grant names each bucket."""
+    accepted = (
+        "comma-separated S3 bucket names, each 3-63 lowercase letters, digits, '.' or '-', "
+        "starting and ending with a letter or digit (e.g. my-lab-data,my-lab-raw); "
+        "no wildcards, each bucket once"
+    )
+    names = _split(value) if str(value).strip() else []
+    for name in names:
+        if not _BUCKET_RE.fullmatch(name) or ".." in name or _IPV4_RE.fullmatch(name):
+            raise SettingsError("stage_buckets", value, accepted)
+    if len(set(names)) != len(names):
+        raise SettingsError("stage_buckets", value, accepted)
+    return tuple(names)
 
 
 def _retention(value: object) -> int:
@@ -255,6 +288,13 @@ def from_context(context: Mapping[str, object]) -> Settings:
     for count, raw in gpu_type_overrides.items():
         gpu_types[count] = _parse_gpu_types(f"{_GPU_TYPES_PREFIX}{count}", raw, count)
     values["gpu_types"] = {count: gpu_types[count] for count in gpus}
+    if values.get("adopt_file_system_id") and values.get("keep_data") is False:
+        raise SettingsError(
+            "keep_data",
+            context["keep_data"],
+            "true while adopt_file_system_id is set: an adopted file system is never deleted by "
+            "cdk destroy (the stack does not own it); leave keep_data out",
+        )
     return Settings(**values)
 
 

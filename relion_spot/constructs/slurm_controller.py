@@ -12,6 +12,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
+from ..controller_capacity.fallback import ON_DEMAND, SPOT
 from ..settings import ControllerCapacity
 from ..slurm import idle
 from ..slurm.entrypoint import CONTROLLER_ADDR_ENV
@@ -67,6 +68,7 @@ class SlurmController(Construct):
             self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
         self.cluster_name = cluster_name
+        self.capacity_provider = SPOT if capacity == "spot" else ON_DEMAND
         self.service_name = f"{cluster_name}-controller"
         self.cluster = ecs.Cluster(
             self,
@@ -120,6 +122,7 @@ class SlurmController(Construct):
                 idle.CLUSTER_ENV: self.cluster_name,
                 idle.SERVICE_ENV: self.service_name,
                 idle.IDLE_SECONDS_ENV: str(idle_seconds),
+                idle.CAPACITY_PROVIDER_ENV: self.capacity_provider,
             },
             logging=ecs.LogDrivers.aws_logs(stream_prefix="slurmctld", log_group=self.log_group),
             port_mappings=[ecs.PortMapping(container_port=SLURMCTLD_PORT)],
@@ -143,10 +146,7 @@ class SlurmController(Construct):
             min_healthy_percent=0,
             max_healthy_percent=100,
             capacity_provider_strategies=[
-                ecs.CapacityProviderStrategy(
-                    capacity_provider="FARGATE_SPOT" if capacity == "spot" else "FARGATE",
-                    weight=1,
-                )
+                ecs.CapacityProviderStrategy(capacity_provider=self.capacity_provider, weight=1)
             ],
             vpc_subnets=subnets,
             assign_public_ip=assign_public_ip,

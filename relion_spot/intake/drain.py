@@ -72,6 +72,7 @@ from .config import (
     SBATCH_ENV,
     SCANCEL_ENV,
     SQUEUE_ENV,
+    STAGE_BUCKETS_ENV,
     TABLE_ENV,
 )
 from .message import (
@@ -444,6 +445,7 @@ class DrainSettings:
     data_root: Path | None = None
     mode: Mode = "cloud"
     image: str | None = None
+    stage_buckets: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DrainSettings:
@@ -476,6 +478,7 @@ class DrainSettings:
                 raise IntakeConfigError(f"{name}: {err}") from None
             commands[name] = tuple(words or [default])
         data_root = env.get(DATA_ROOT_ENV, "").strip()
+        buckets = env.get(STAGE_BUCKETS_ENV)
         return cls(
             queue_url=queue_url,
             table=table,
@@ -486,6 +489,9 @@ class DrainSettings:
             data_root=Path(data_root) if data_root else None,
             mode=cast(Mode, mode),
             image=env.get(RELION_IMAGE_ENV, "").strip() or None,
+            stage_buckets=(
+                None if buckets is None else tuple(b for b in buckets.split(",") if b.strip())
+            ),
         )
 
     def job_environment(self, region: str) -> dict[str, str]:
@@ -504,7 +510,11 @@ class DrainSettings:
                 job_env=self.job_environment(str(dynamodb.meta.region_name or "")),
             ),
             prepare=JobPreparer.from_spec(
-                self.spec, mode=self.mode, image=self.image, data_root=self.data_root
+                self.spec,
+                mode=self.mode,
+                image=self.image,
+                data_root=self.data_root,
+                stage_buckets=self.stage_buckets,
             ),
             min_job_age=self.spec.min_job_age,
             wait_seconds=wait_seconds,

@@ -12,6 +12,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from .. import __version__, tags
+from ..constructs.controller_capacity import ControllerCapacityFallback
 from ..constructs.cost_tracker import CostTracker
 from ..constructs.dashboard import ClusterDashboard
 from ..constructs.intake import JobIntake
@@ -24,6 +25,7 @@ from ..constructs.slurm_controller import STATE_DIR, SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
+from ..intake.config import STAGE_BUCKETS_ENV
 from ..node import bootstrap
 from ..settings import Settings
 from ..slurm.spec import SLURMCTLD_PORT, SLURMD_PORT, SPEC_ENV, spec_from_settings
@@ -150,6 +152,9 @@ class ClusterStack(Stack):
             image.repository.grant_pull(group.role)
             auth_key.grant_read(group.role)
 
+        # Staging runs on the CPU partition (relion_spot.jobs.stage): only it reads S3.
+        self.cpu_nodes.grant_read_buckets(settings.stage_buckets)
+
         self.cost_tracker = CostTracker(
             self,
             "CostTracker",
@@ -192,6 +197,7 @@ class ClusterStack(Stack):
             environment={
                 **self.cost_tracker.record_writer_environment(),
                 **self.intake.drainer_environment(),
+                STAGE_BUCKETS_ENV: ",".join(settings.stage_buckets),
                 SPEC_ENV: spec_from_settings(settings, gpu_count).to_json(),
                 "AWS_DEFAULT_REGION": self.region,
                 "RELION_SPOT_CLUSTER": cluster_name,
@@ -218,6 +224,12 @@ class ClusterStack(Stack):
             self, "EcsServiceLinkedRole", service="ecs.amazonaws.com", log_retention=log_retention
         )
         self.ecs_service_role.required_by(self.controller.cluster, self.controller.service)
+        if settings.controller_capacity == "spot":
+            self.capacity_fallback: ControllerCapacityFallback | None = ControllerCapacityFallback(
+                self, "CapacityFallback", controller=self.controller, log_retention=log_retention
+            )
+        else:
+            self.capacity_fallback = None
         storage.grant_mount(self.controller.task_role, state_access_point)
         storage.grant_mount(self.controller.task_role, storage.data_access_point, read_only=True)
         grant_launch(self.controller.task_role, node_groups, vpc=vpc)
