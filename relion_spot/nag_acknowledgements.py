@@ -160,7 +160,9 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             node_policy,
             f"AwsSolutions-IAM5[Resource::{account_arn}:instance/*]",
             "A node may set or clear only the job tags (aws:TagKeys) and only on instances "
-            "tagged with this cluster; instance ids are not known before launch.",
+            "tagged with this cluster, and terminate (when idle with no controller answering) "
+            "only instances tagged with this cluster and its partition; instance ids are not "
+            "known before launch.",
         )
         _ack(
             node_policy,
@@ -174,6 +176,14 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
                 if group.gpus_per_node
                 else ""
             ),
+        )
+
+    for bucket in stack.cpu_nodes.read_buckets:
+        _ack(
+            _default_policy(stack.cpu_nodes.role),
+            f"AwsSolutions-IAM5[Resource::arn:{partition}:s3:::{bucket}/*]",
+            f"The staging job reads (GetObject only) the objects of {bucket}, a bucket the lab "
+            "named in the stage_buckets setting; the keys it stages are chosen per job.",
         )
 
     cost = stack.cost_tracker

@@ -36,6 +36,9 @@ _IMAGE_RE = re.compile(
 )
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
 MAX_MONTHLY_BUDGET_USD = 1_000_000
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_FILE_SYSTEM_ID_RE = re.compile(r"^fs-[0-9a-f]{8,17}$")
+_IPV4_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
 class SettingsError(ValueError):
@@ -94,6 +97,11 @@ class Settings:
     notify_email: str | None = None
     """Where each cluster's notifications (job done, failed, reclaimed and resumed, budget
     reached) are e-mailed through its SNS topic; None: no topic."""
+    stage_buckets: tuple[str, ...] = ()
+    """S3 buckets the staging job (``submit stage --source s3://...``) may read, read-only."""
+    adopt_file_system_id: str | None = None
+    """An EFS file system an earlier deployment kept on ``cdk destroy`` (keep_data): this
+    deployment mounts it instead of creating a new, empty one."""
 
     def cluster_name(self, gpu_count: int) -> str:
         return f"{self.name}-gpu{gpu_count}"
@@ -232,12 +240,37 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "notify_email": lambda v: _pattern(
         "notify_email", v, _EMAIL_RE, "one e-mail address such as lab@example.org"
     ),
+    "stage_buckets": lambda v: _parse_buckets(v),
+    "adopt_file_system_id": lambda v: _pattern(
+        "adopt_file_system_id",
+        v,
+        _FILE_SYSTEM_ID_RE,
+        "an EFS file system id, fs- and 8 or 17 lowercase hex digits (the FileSystemId output "
+        "of the deployment that kept it, e.g. fs-0123456789abcdef0)",
+    ),
 }
 
 SETTING_NAMES: tuple[str, ...] = (
     *_PARSERS,
     *(f"{_GPU_TYPES_PREFIX}{n}" for n in catalog.SUPPORTED_GPU_COUNTS),
 )
+
+
+def _parse_buckets(value: object) -> tuple[str, ...]:
+    """S3 bucket names as S3 names them (3-63 characters; no IP address, no ``..``); never a
+    wildcard, so the grant names each bucket."""
+    accepted = (
+        "comma-separated S3 bucket names, each 3-63 lowercase letters, digits, '.' or '-', "
+        "starting and ending with a letter or digit (e.g. my-lab-data,my-lab-raw); "
+        "no wildcards, each bucket once"
+    )
+    names = _split(value) if str(value).strip() else []
+    for name in names:
+        if not _BUCKET_RE.fullmatch(name) or ".." in name or _IPV4_RE.fullmatch(name):
+            raise SettingsError("stage_buckets", value, accepted)
+    if len(set(names)) != len(names):
+        raise SettingsError("stage_buckets", value, accepted)
+    return tuple(names)
 
 
 def _retention(value: object) -> int:
@@ -298,6 +331,13 @@ def from_context(context: Mapping[str, object]) -> Settings:
     for count, raw in gpu_type_overrides.items():
         gpu_types[count] = _parse_gpu_types(f"{_GPU_TYPES_PREFIX}{count}", raw, count)
     values["gpu_types"] = {count: gpu_types[count] for count in gpus}
+    if values.get("adopt_file_system_id") and values.get("keep_data") is False:
+        raise SettingsError(
+            "keep_data",
+            context["keep_data"],
+            "true while adopt_file_system_id is set: an adopted file system is never deleted by "
+            "cdk destroy (the stack does not own it); leave keep_data out",
+        )
     return Settings(**values)
 
 

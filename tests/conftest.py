@@ -108,6 +108,7 @@ def alternate_synth(synth_factory) -> Synth:
         keep_data="false",
         controller_capacity="on-demand",
         dashboard="false",
+        stage_buckets="lab-b-raw,lab-b.archive",
         name="lab-b",
     )
 

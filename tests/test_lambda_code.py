@@ -13,6 +13,7 @@ from relion_spot.constructs.lambda_code import _stage
 HANDLERS = {
     "teardown": "relion_spot.teardown.handler",
     "cost": "relion_spot.cost.handler",
+    "controller_capacity": "relion_spot.controller_capacity.handler",
 }
 
 

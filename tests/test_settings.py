@@ -72,6 +72,28 @@ def test_budget_and_notifications_are_off_unless_set() -> None:
     assert settings.notify_email == "lab@example.org"
 
 
+def test_stage_buckets_are_a_list_of_names_and_none_by_default() -> None:
+    assert from_context({}).stage_buckets == ()
+    assert from_context({"stage_buckets": ""}).stage_buckets == ()
+    assert from_context({"stage_buckets": "lab-data, lab.raw.2026"}).stage_buckets == (
+        "lab-data",
+        "lab.raw.2026",
+    )
+
+
+def test_a_kept_file_system_is_adopted_by_id_and_never_deleted() -> None:
+    assert from_context({}).adopt_file_system_id is None
+    for fs_id in ("fs-01234567", "fs-0123456789abcdef0"):
+        assert from_context({"adopt_file_system_id": fs_id}).adopt_file_system_id == fs_id
+    with pytest.raises(SettingsError) as caught:
+        from_context({"adopt_file_system_id": "fs-01234567", "keep_data": "false"})
+    assert str(caught.value) == (
+        "setting 'keep_data' = 'false' is not valid: true while adopt_file_system_id is set: an "
+        "adopted file system is never deleted by cdk destroy (the stack does not own it); leave "
+        "keep_data out"
+    )
+
+
 def test_cdk_own_context_keys_are_not_settings() -> None:
     settings = from_context(
         {
@@ -125,6 +147,21 @@ BAD = [
     ("monthly_budget_usd", "2000000", "at most 1,000,000"),
     ("notify_email", "lab", "e-mail address"),
     ("notify_email", "a@b,c@d.org", "e-mail address"),
+    ("adopt_file_system_id", "fs-123", "an EFS file system id"),
+    ("adopt_file_system_id", "fs-0123456789ABCDEF0", "an EFS file system id"),
+    ("adopt_file_system_id", "fsap-0123456789abcdef0", "an EFS file system id"),
+    (
+        "adopt_file_system_id",
+        "arn:aws:elasticfilesystem:us-east-1:1:file-system/fs-01234567",
+        "an EFS file system id",
+    ),
+    ("stage_buckets", "My_Bucket", "S3 bucket names"),
+    ("stage_buckets", "lab-*", "no wildcards"),
+    ("stage_buckets", "ab", "3-63 lowercase"),
+    ("stage_buckets", "lab..data", "S3 bucket names"),
+    ("stage_buckets", "192.168.1.10", "S3 bucket names"),
+    ("stage_buckets", "lab-data,lab-data", "each bucket once"),
+    ("stage_buckets", "lab-data,,lab-raw", "S3 bucket names"),
 ]
 
 

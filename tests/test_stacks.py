@@ -376,11 +376,11 @@ def test_controller_is_one_spot_fargate_task_with_state_on_efs(
             },
         },
     )
-    volume = Capture()
+    state_volume, data_volume = Capture(), Capture()
     template.has_resource_properties(
         "AWS::ECS::TaskDefinition",
         {
-            "Volumes": [volume],
+            "Volumes": [state_volume, data_volume],
             "ContainerDefinitions": [
                 Match.object_like(
                     {
@@ -390,15 +390,22 @@ def test_controller_is_one_spot_fargate_task_with_state_on_efs(
                                 "ContainerPath": "/var/spool/slurmctld",
                                 "SourceVolume": "slurm-state",
                                 "ReadOnly": False,
-                            }
+                            },
+                            {"ContainerPath": "/data", "SourceVolume": "data", "ReadOnly": True},
                         ],
                     }
                 )
             ],
         },
     )
-    assert volume.as_object()["EFSVolumeConfiguration"]["TransitEncryption"] == "ENABLED"
-    assert volume.as_object()["EFSVolumeConfiguration"]["AuthorizationConfig"]["IAM"] == "ENABLED"
+    for volume in (state_volume, data_volume):
+        efs_config = volume.as_object()["EFSVolumeConfiguration"]
+        assert efs_config["TransitEncryption"] == "ENABLED"
+        assert efs_config["AuthorizationConfig"]["IAM"] == "ENABLED"
+    assert data_volume.as_object()["Name"] == "data"
+    # The nodes' /data, through the same access point the nodes mount.
+    data_ap = data_volume.as_object()["EFSVolumeConfiguration"]["AuthorizationConfig"]
+    assert "StorageFileSystemData" in json.dumps(data_ap["AccessPointId"])
     Template.from_json(alternate_synth.template("lab-b-gpu4")).has_resource_properties(
         "AWS::ECS::Service",
         {
@@ -677,3 +684,142 @@ def test_the_benchmark_job_template_is_published_per_cluster(default_synth) -> N
     )
     outputs = template.to_json()["Outputs"]
     assert "Class3dTemplateParameter" in outputs
+
+
+def test_stage_buckets_are_read_only_for_the_cpu_nodes_and_told_to_the_drainer(
+    default_synth, alternate_synth
+) -> None:
+    def s3_statements(template: dict, role_prefix: str) -> list[dict]:
+        found = []
+        for resource in _resources(template, "AWS::IAM::Policy").values():
+            roles = json.dumps(resource["Properties"].get("Roles", []))
+            if role_prefix not in roles:
+                continue
+            for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+                if any(a.startswith("s3:") for a in _as_list(statement["Action"])):
+                    found.append(statement)
+        return found
+
+    lab_b = alternate_synth.template("lab-b-gpu4")
+    by_sid = {s["Sid"]: s for s in s3_statements(lab_b, "CpuNodesRole")}
+    assert set(by_sid) == {"StageReadObjects", "StageListBuckets"}
+    assert by_sid["StageReadObjects"]["Action"] == "s3:GetObject"
+    assert by_sid["StageListBuckets"]["Action"] == "s3:ListBucket"
+    objects = json.dumps(by_sid["StageReadObjects"]["Resource"])
+    assert ":s3:::lab-b-raw/*" in objects and ":s3:::lab-b.archive/*" in objects
+    assert s3_statements(lab_b, "GpuNodesRole") == []
+    for name in CLUSTERS:
+        assert s3_statements(default_synth.template(name), "NodesRole") == []
+
+    def drainer_env(template: dict) -> dict[str, str]:
+        (task,) = _resources(template, "AWS::ECS::TaskDefinition").values()
+        (container,) = task["Properties"]["ContainerDefinitions"]
+        return {e["Name"]: e["Value"] for e in container["Environment"]}
+
+    assert drainer_env(lab_b)["RELION_SPOT_INTAKE_STAGE_BUCKETS"] == "lab-b-raw,lab-b.archive"
+    assert (
+        drainer_env(default_synth.template("relion-spot-gpu1"))["RELION_SPOT_INTAKE_STAGE_BUCKETS"]
+        == ""
+    )
+
+
+ADOPTED_FS = "fs-0123456789abcdef0"
+
+
+@pytest.fixture(scope="module")
+def adopted_synth(synth_factory):
+    """A deployment that takes back the file system an earlier one kept on destroy."""
+    return synth_factory(adopt_file_system_id=ADOPTED_FS, name="lab-d")
+
+
+def test_an_adopted_file_system_gets_mount_targets_and_access_points_not_a_new_one(
+    adopted_synth,
+) -> None:
+    storage = adopted_synth.template("lab-d-storage")
+    assert _resources(storage, "AWS::EFS::FileSystem") == {}
+    subnets = _resources(adopted_synth.template("lab-d-network"), "AWS::EC2::Subnet")
+    mount_targets = _resources(storage, "AWS::EFS::MountTarget")
+    assert len(mount_targets) == len(subnets) == 3
+    subnet_refs = set()
+    for target in mount_targets.values():
+        props = target["Properties"]
+        assert props["FileSystemId"] == ADOPTED_FS
+        assert target["DeletionPolicy"] == "Delete"
+        (sg,) = props["SecurityGroups"]
+        assert sg["Fn::GetAtt"][0].startswith("StorageMountTargetSecurityGroup")
+        subnet_refs.add(json.dumps(props["SubnetId"]))
+    assert len(subnet_refs) == 3, "one mount target per subnet"
+    access_points = _resources(storage, "AWS::EFS::AccessPoint")
+    assert {ap["Properties"]["RootDirectory"]["Path"] for ap in access_points.values()} == {
+        "/data",
+        "/containers",
+    }
+    assert {ap["Properties"]["FileSystemId"] for ap in access_points.values()} == {ADOPTED_FS}
+    outputs = storage["Outputs"]
+    assert outputs["FileSystemId"]["Value"] == ADOPTED_FS
+    assert outputs["DataKeptOnDestroy"]["Value"] == "true"
+    assert outputs["FileSystemAdopted"]["Value"] == "true"
+
+    cluster = adopted_synth.template("lab-d-gpu1")
+    (state_ap,) = _resources(cluster, "AWS::EFS::AccessPoint").values()
+    assert state_ap["Properties"]["FileSystemId"] == ADOPTED_FS
+    (task,) = _resources(cluster, "AWS::ECS::TaskDefinition").values()
+    assert {v["EFSVolumeConfiguration"]["FilesystemId"] for v in task["Properties"]["Volumes"]} == {
+        ADOPTED_FS
+    }
+    mounts = [
+        json.dumps(s["Resource"])
+        for s in _statements(cluster)
+        if "elasticfilesystem:ClientMount" in _as_list(s["Action"])
+    ]
+    assert mounts and all(f"file-system/{ADOPTED_FS}" in m for m in mounts)
+
+
+def test_a_new_file_system_is_still_created_and_pinned_without_adoption(default_synth) -> None:
+    storage = default_synth.template("relion-spot-storage")
+    assert list(_resources(storage, "AWS::EFS::FileSystem")) == [FILE_SYSTEM_LOGICAL_ID]
+    assert storage["Outputs"]["FileSystemAdopted"]["Value"] == "false"
+
+
+def test_a_spot_shortage_of_the_controller_invokes_the_on_demand_fallback(
+    default_synth, alternate_synth
+) -> None:
+    template = default_synth.template("relion-spot-gpu1")
+    (service_id,) = _resources(template, "AWS::ECS::Service")
+    (rule,) = [
+        r
+        for r in _resources(template, "AWS::Events::Rule").values()
+        if r["Properties"].get("EventPattern", {}).get("source") == ["aws.ecs"]
+    ]
+    assert rule["Properties"]["EventPattern"] == {
+        "source": ["aws.ecs"],
+        "detail-type": ["ECS Service Action"],
+        "resources": [{"Ref": service_id}],
+        "detail": {
+            "eventName": ["SERVICE_TASK_PLACEMENT_FAILURE"],
+            "reason": ["RESOURCE:FARGATE"],
+        },
+    }
+    (target,) = rule["Properties"]["Targets"]
+    function_id = target["Arn"]["Fn::GetAtt"][0]
+    function = template["Resources"][function_id]["Properties"]
+    assert function["Handler"] == "relion_spot.controller_capacity.handler.on_event"
+    assert function["Environment"]["Variables"] == {
+        "RELION_SPOT_ECS_CLUSTER": "relion-spot-gpu1",
+        "RELION_SPOT_ECS_SERVICE": "relion-spot-gpu1-controller",
+    }
+    (task,) = _resources(template, "AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["RELION_SPOT_CONTROLLER_CAPACITY_PROVIDER"] == "FARGATE_SPOT"
+
+    on_demand = alternate_synth.template("lab-b-gpu4")
+    assert not [
+        r
+        for r in _resources(on_demand, "AWS::Events::Rule").values()
+        if r["Properties"].get("EventPattern", {}).get("source") == ["aws.ecs"]
+    ]
+    (task,) = _resources(on_demand, "AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["RELION_SPOT_CONTROLLER_CAPACITY_PROVIDER"] == "FARGATE"

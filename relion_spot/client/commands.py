@@ -273,6 +273,8 @@ def display_state(item: dict[str, Any]) -> str:
     if progress.get("state"):
         running = str(progress["state"]).lower()
         return f"{running} ({cancel})" if cancel in (CANCEL_REQUESTED, CANCEL_FAILED) else running
+    if not cancel and item.get("held_reason"):
+        return "held"
     return cancel or "queued"
 
 
@@ -318,6 +320,7 @@ def status_row(item: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, A
         "resumes": progress.get("resumes"),
         "cost_usd": usd,
         "message": item.get("cancel_message") or item.get("message") or "",
+        "held_reason": item.get("held_reason") or "",
         "updated": progress.get("updated"),
     }
 
@@ -342,6 +345,8 @@ def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
         state = row["state"]
         if state == REJECTED and row["message"]:
             state = f"rejected: {row['message'][:60]}"
+        elif state == "held":
+            state = f"held: {row['held_reason'][:90]}"
         table.add_row(
             str(row["job_id"] or "-"),
             str(row["submission_id"])[:8],

@@ -49,6 +49,7 @@ class NodeGroup(Construct):
         self.partition = partition
         self.instance_types = instance_types
         self.max_nodes = max_nodes
+        self.read_buckets: tuple[str, ...] = ()
         specs = [catalog.INSTANCE_TYPES[t] for t in instance_types]
         self.gpus_per_node = specs[0].gpus
         ami_parameter = GPU_AMI_PARAMETER if self.gpus_per_node else CPU_AMI_PARAMETER
@@ -60,6 +61,7 @@ class NodeGroup(Construct):
             description=f"Nodes of partition {partition} of cluster {cluster_name}",
         )
         self._allow_job_tagging()
+        self._allow_ending_an_orphan()
         if self.gpus_per_node:
             self._allow_gpu_metrics()
         primary_sg, *other_sgs = security_groups
@@ -133,6 +135,25 @@ class NodeGroup(Construct):
             )
         )
 
+    def _allow_ending_an_orphan(self) -> None:
+        """An idle node that no controller answers terminates itself (relion_spot.node.orphan).
+        "Only itself" would need ``${ec2:SourceInstanceARN}`` as a Resource (see above); the
+        grant reaches this cluster's instances of this partition, which the node's Slurm key
+        already lets it power down through the controller."""
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="TerminateOrphanedNode",
+                actions=["ec2:TerminateInstances"],
+                resources=[f"{_ec2_arn(self)}:instance/*"],
+                conditions={
+                    "StringEquals": {
+                        f"aws:ResourceTag/{tags.CLUSTER}": self.cluster_name,
+                        f"aws:ResourceTag/{tags.PARTITION}": self.partition,
+                    }
+                },
+            )
+        )
+
     def _allow_gpu_metrics(self) -> None:
         """The node's CloudWatch agent publishes GPU metrics for the dashboard, and a job its
         resolution per iteration (relion_spot.intake.report). PutMetricData has no
@@ -148,6 +169,29 @@ class NodeGroup(Construct):
                         "cloudwatch:namespace": [GPU_METRICS_NAMESPACE, JOB_METRICS_NAMESPACE]
                     }
                 },
+            )
+        )
+
+    def grant_read_buckets(self, buckets: Sequence[str]) -> None:
+        """Read-only S3 for the staging job (relion_spot.staging): objects of these buckets
+        (GetObject, which also authorizes HeadObject), and ListBucket on the buckets themselves
+        so a missing key says 404 rather than 403. Nothing else in S3."""
+        if not buckets:
+            return
+        self.read_buckets = tuple(buckets)
+        partition = Stack.of(self).partition
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="StageReadObjects",
+                actions=["s3:GetObject"],
+                resources=[f"arn:{partition}:s3:::{b}/*" for b in buckets],
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="StageListBuckets",
+                actions=["s3:ListBucket"],
+                resources=[f"arn:{partition}:s3:::{b}" for b in buckets],
             )
         )
 

@@ -12,6 +12,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
+from ..controller_capacity.fallback import ON_DEMAND, SPOT
 from ..settings import ControllerCapacity
 from ..slurm import idle
 from ..slurm.entrypoint import CONTROLLER_ADDR_ENV
@@ -19,6 +20,8 @@ from ..slurm.key import KEY_SECRET_ARN_ENV
 from ..slurm.spec import SLURMCTLD_PORT
 
 STATE_DIR = "/var/spool/slurmctld"
+DATA_DIR = "/data"
+"""Where the controller sees the nodes' /data (read-only), so the drainer can preflight jobs."""
 TASK_CPU = 256
 TASK_MEMORY_MIB = 1024
 """slurmctld for a few dozen cloud nodes idles at a few percent of a quarter vCPU; the memory
@@ -53,6 +56,7 @@ class SlurmController(Construct):
         image: ecs.ContainerImage,
         state_file_system: efs.IFileSystem,
         state_access_point: efs.IAccessPoint,
+        data_access_point: efs.IAccessPoint,
         capacity: ControllerCapacity,
         log_retention: logs.RetentionDays,
         environment: dict[str, str],
@@ -64,6 +68,7 @@ class SlurmController(Construct):
             self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
         self.cluster_name = cluster_name
+        self.capacity_provider = SPOT if capacity == "spot" else ON_DEMAND
         self.service_name = f"{cluster_name}-controller"
         self.cluster = ecs.Cluster(
             self,
@@ -92,7 +97,17 @@ class SlurmController(Construct):
                             access_point_id=state_access_point.access_point_id, iam="ENABLED"
                         ),
                     ),
-                )
+                ),
+                ecs.Volume(
+                    name="data",
+                    efs_volume_configuration=ecs.EfsVolumeConfiguration(
+                        file_system_id=state_file_system.file_system_id,
+                        transit_encryption="ENABLED",
+                        authorization_config=ecs.AuthorizationConfig(
+                            access_point_id=data_access_point.access_point_id, iam="ENABLED"
+                        ),
+                    ),
+                ),
             ],
         )
         self.dns_name = dns_name
@@ -107,6 +122,7 @@ class SlurmController(Construct):
                 idle.CLUSTER_ENV: self.cluster_name,
                 idle.SERVICE_ENV: self.service_name,
                 idle.IDLE_SECONDS_ENV: str(idle_seconds),
+                idle.CAPACITY_PROVIDER_ENV: self.capacity_provider,
             },
             logging=ecs.LogDrivers.aws_logs(stream_prefix="slurmctld", log_group=self.log_group),
             port_mappings=[ecs.PortMapping(container_port=SLURMCTLD_PORT)],
@@ -114,7 +130,10 @@ class SlurmController(Construct):
             essential=True,
         )
         container.add_mount_points(
-            ecs.MountPoint(container_path=STATE_DIR, source_volume="slurm-state", read_only=False)
+            ecs.MountPoint(container_path=STATE_DIR, source_volume="slurm-state", read_only=False),
+            # The drainer's preflight reads STAR and MRC headers of submitted projects; it never
+            # writes there (the jobs do, on the nodes).
+            ecs.MountPoint(container_path=DATA_DIR, source_volume="data", read_only=True),
         )
         self.auth_key.grant_read(self.task_definition.task_role)
         self.service = ecs.FargateService(
@@ -127,10 +146,7 @@ class SlurmController(Construct):
             min_healthy_percent=0,
             max_healthy_percent=100,
             capacity_provider_strategies=[
-                ecs.CapacityProviderStrategy(
-                    capacity_provider="FARGATE_SPOT" if capacity == "spot" else "FARGATE",
-                    weight=1,
-                )
+                ecs.CapacityProviderStrategy(capacity_provider=self.capacity_provider, weight=1)
             ],
             vpc_subnets=subnets,
             assign_public_ip=assign_public_ip,

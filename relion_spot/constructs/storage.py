@@ -29,6 +29,7 @@ class SharedStorage(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         keep_data: bool,
+        adopt_file_system_id: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.client_security_group = ec2.SecurityGroup(
@@ -48,8 +49,28 @@ class SharedStorage(Construct):
         mount_target_sg.add_ingress_rule(
             self.client_security_group, ec2.Port.tcp(2049), "NFS from file-system clients"
         )
+        self.adopted = adopt_file_system_id is not None
+        self.file_system: efs.IFileSystem
+        if adopt_file_system_id is None:
+            self.file_system = self._new_file_system(vpc, subnets, mount_target_sg, keep_data)
+        else:
+            self.file_system = self._adopted_file_system(
+                adopt_file_system_id, vpc, subnets, mount_target_sg
+            )
+        self.data_access_point = self._access_point("Data", "/data", JOB_UID, "0755")
+        self.container_cache_access_point = self._access_point(
+            "ContainerCache", "/containers", JOB_UID, "0755"
+        )
+
+    def _new_file_system(
+        self,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        mount_target_sg: ec2.ISecurityGroup,
+        keep_data: bool,
+    ) -> efs.FileSystem:
         removal = RemovalPolicy.RETAIN if keep_data else RemovalPolicy.DESTROY
-        self.file_system = efs.FileSystem(
+        file_system = efs.FileSystem(
             self,
             "FileSystem",
             vpc=vpc,
@@ -63,7 +84,7 @@ class SharedStorage(Construct):
             enable_automatic_backups=False,
             removal_policy=removal,
         )
-        self.file_system.add_to_resource_policy(
+        file_system.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="RefuseClientsWithoutTls",
                 effect=iam.Effect.DENY,
@@ -73,17 +94,50 @@ class SharedStorage(Construct):
                 conditions={"Bool": {"aws:SecureTransport": "false"}},
             )
         )
-        cfn_fs = self.file_system.node.default_child
+        cfn_fs = file_system.node.default_child
         assert isinstance(cfn_fs, efs.CfnFileSystem)
         cfn_fs.override_logical_id(FILE_SYSTEM_LOGICAL_ID)
-        self.data_access_point = self._access_point("Data", "/data", JOB_UID, "0755")
-        self.container_cache_access_point = self._access_point(
-            "ContainerCache", "/containers", JOB_UID, "0755"
+        return file_system
+
+    def _adopted_file_system(
+        self,
+        file_system_id: str,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        mount_target_sg: ec2.ISecurityGroup,
+    ) -> efs.IFileSystem:
+        """A file system an earlier deployment kept (keep_data) and ``cdk destroy`` left behind:
+        its data, encryption and file system policy are as that deployment made them; what the
+        destroy removed (mount targets, access points) is made again here. CloudFormation never
+        owns it, so no destroy of this stack can delete it."""
+        file_system = efs.FileSystem.from_file_system_attributes(
+            self, "FileSystem", file_system_id=file_system_id, security_group=mount_target_sg
         )
+        selected = vpc.select_subnets(
+            subnet_type=subnets.subnet_type, subnet_group_name=subnets.subnet_group_name
+        )
+        for index, subnet in enumerate(selected.subnets):
+            mount_target = efs.CfnMountTarget(
+                self,
+                f"MountTarget{index + 1}",
+                file_system_id=file_system_id,
+                subnet_id=subnet.subnet_id,
+                security_groups=[mount_target_sg.security_group_id],
+            )
+            mount_target.apply_removal_policy(RemovalPolicy.DESTROY)
+        return file_system
 
     def _access_point(self, name: str, path: str, uid: int, permissions: str) -> efs.AccessPoint:
-        return self.file_system.add_access_point(
-            name,
+        # Under the new file system, as ever (stable logical ids); beside an adopted one, which
+        # is a reference rather than a construct, with the same logical-id prefix.
+        scope: Construct = self
+        construct_id = f"FileSystem{name}"
+        if isinstance(self.file_system, efs.FileSystem):
+            scope, construct_id = self.file_system, name
+        return efs.AccessPoint(
+            scope,
+            construct_id,
+            file_system=self.file_system,
             path=path,
             posix_user=efs.PosixUser(uid=str(uid), gid=str(uid)),
             create_acl=efs.Acl(owner_uid=str(uid), owner_gid=str(uid), permissions=permissions),
@@ -102,11 +156,17 @@ class SharedStorage(Construct):
             ),
         )
 
-    def grant_mount(self, grantee: iam.IGrantable, access_point: efs.IAccessPoint) -> None:
-        """Let ``grantee`` mount (read/write, never as root) through one access point."""
+    def grant_mount(
+        self, grantee: iam.IGrantable, access_point: efs.IAccessPoint, *, read_only: bool = False
+    ) -> None:
+        """Let ``grantee`` mount (read/write unless ``read_only``, never as root) through one
+        access point."""
+        actions = ["elasticfilesystem:ClientMount"]
+        if not read_only:
+            actions.append("elasticfilesystem:ClientWrite")
         iam.Grant.add_to_principal(
             grantee=grantee,
-            actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+            actions=actions,
             resource_arns=[self.file_system.file_system_arn],
             conditions={
                 "ArnEquals": {"elasticfilesystem:AccessPointArn": access_point.access_point_arn}

@@ -17,6 +17,9 @@ REGION_ENV = "RELION_SPOT_INTAKE_REGION"
 DATA_ROOT_ENV = "RELION_SPOT_INTAKE_DATA_ROOT"
 """Where the drainer sees the nodes' /data (the EFS data access point). Preflight runs against
 the job's project directory there; unset or absent, preflight is skipped and the record says so."""
+STAGE_BUCKETS_ENV = "RELION_SPOT_INTAKE_STAGE_BUCKETS"
+"""Comma-separated S3 buckets the nodes may read (setting ``stage_buckets``); a staging job from
+any other bucket is refused at intake. Unset (the embedded cloud): not checked."""
 JOB_MODE_ENV = "RELION_SPOT_INTAKE_JOB_MODE"
 """``cloud`` (default: RELION from the Apptainer image, GPUs) or ``local`` (the embedded cloud)."""
 RELION_IMAGE_ENV = "RELION_SPOT_INTAKE_RELION_IMAGE"

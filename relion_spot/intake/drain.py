@@ -79,6 +79,7 @@ from .config import (
     SBATCH_ENV,
     SCANCEL_ENV,
     SQUEUE_ENV,
+    STAGE_BUCKETS_ENV,
     TABLE_ENV,
 )
 from .images import ImageChecks
@@ -482,6 +483,7 @@ class DrainSettings:
     mode: Mode = "cloud"
     image: str | None = None
     container_cache: Path | None = None
+    stage_buckets: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DrainSettings:
@@ -514,6 +516,7 @@ class DrainSettings:
                 raise IntakeConfigError(f"{name}: {err}") from None
             commands[name] = tuple(words or [default])
         data_root = env.get(DATA_ROOT_ENV, "").strip()
+        buckets = env.get(STAGE_BUCKETS_ENV)
         return cls(
             queue_url=queue_url,
             table=table,
@@ -527,6 +530,9 @@ class DrainSettings:
             container_cache=Path(cache)
             if (cache := env.get(CONTAINER_CACHE_ENV, "").strip())
             else None,
+            stage_buckets=(
+                None if buckets is None else tuple(b for b in buckets.split(",") if b.strip())
+            ),
         )
 
     def job_environment(self, region: str) -> dict[str, str]:
@@ -547,7 +553,11 @@ class DrainSettings:
             queue_url=self.queue_url,
             slurm=slurm,
             prepare=JobPreparer.from_spec(
-                self.spec, mode=self.mode, image=self.image, data_root=self.data_root
+                self.spec,
+                mode=self.mode,
+                image=self.image,
+                data_root=self.data_root,
+                stage_buckets=self.stage_buckets,
             ),
             min_job_age=self.spec.min_job_age,
             wait_seconds=wait_seconds,

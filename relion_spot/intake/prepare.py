@@ -45,6 +45,8 @@ class JobPreparer:
     image: str | None = None
     """The RELION image source; None: the mode's default (relion_spot.jobs.class3d)."""
     data_root: Path | None = None
+    stage_buckets: tuple[str, ...] | None = None
+    """S3 buckets the nodes may read; None: not known here, so not checked."""
 
     @classmethod
     def from_spec(
@@ -54,16 +56,22 @@ class JobPreparer:
         mode: Mode = "cloud",
         image: str | None = None,
         data_root: Path | None = None,
+        stage_buckets: tuple[str, ...] | None = None,
     ) -> JobPreparer:
         gpu = next((p for p in spec.partitions if p.name == GPU_PARTITION), None)
         if gpu is None:
             gpu = spec.default_partition
         return cls(
-            instance_types=tuple(gpu.instance_types), mode=mode, image=image, data_root=data_root
+            instance_types=tuple(gpu.instance_types),
+            mode=mode,
+            image=image,
+            data_root=data_root,
+            stage_buckets=stage_buckets,
         )
 
     def __call__(self, params: Class3dParams | StageParams) -> PreparedJob:
         if isinstance(params, StageParams):
+            self._check_stage_source(params.source)
             return PreparedJob(
                 script=render_stage(params),
                 note=f"staging {params.source} into {params.dest} on the CPU partition",
@@ -75,6 +83,21 @@ class JobPreparer:
         except JobParameterError as err:
             raise JobRejected(str(err)) from None
         return PreparedJob(script=script, note=self._preflight(params, words), needs_image=True)
+
+    def _check_stage_source(self, source: str) -> None:
+        """An s3:// source must be a bucket the nodes may read: refused here, one line, rather
+        than an AccessDenied on a CPU node launched for nothing."""
+        if self.stage_buckets is None or not source.startswith("s3://"):
+            return
+        bucket = source.removeprefix("s3://").split("/", 1)[0]
+        if bucket in self.stage_buckets:
+            return
+        allowed = ", ".join(self.stage_buckets) if self.stage_buckets else "none"
+        raise JobRejected(
+            f"parameter source = {source!r} is not valid: bucket {bucket!r} is not one the nodes "
+            f"may read (this cluster's stage_buckets: {allowed}); deploy with "
+            f"-c stage_buckets=<buckets> to grant it"
+        )
 
     def _preflight(self, params: Class3dParams, words: Sequence[str]) -> str:
         project = PurePosixPath(params.project_dir)

@@ -206,6 +206,23 @@ class IntakeTable:
         return True
 
 
+def mark_held(client: Any, table: str, submission_id: str, reason: str, *, at: int) -> bool:
+    """Note on an existing item that Slurm holds the submission's job and why (the resume
+    program's hold on a configuration error); False when there is no such item."""
+    try:
+        client.update_item(
+            TableName=table,
+            Key={KEY: {"S": submission_id}},
+            UpdateExpression="SET #r = :r, #at = :at",
+            ConditionExpression="attribute_exists(#key)",
+            ExpressionAttributeNames={"#key": KEY, "#r": "held_reason", "#at": "held_at"},
+            ExpressionAttributeValues={":r": {"S": reason[:1000]}, ":at": {"N": str(int(at))}},
+        )
+    except client.exceptions.ConditionalCheckFailedException:
+        return False
+    return True
+
+
 def create_table(client: Any, name: str) -> None:
     """The table as the construct defines it (for the embedded cloud and tests)."""
     client.create_table(

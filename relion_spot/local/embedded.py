@@ -35,6 +35,7 @@ import boto3
 from ..cost.store import create_tables
 from ..intake import config as intake_config
 from ..intake.table import create_table as create_intake_table
+from ..node.orphan import ORPHAN_SECONDS_ENV
 from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm import idle
@@ -168,13 +169,16 @@ class EmbeddedCloud:
         suspend_time: int | None = None,
         node_image: str = LOCAL_NODE_IMAGE,
         controller_idle_seconds: int | None = None,
+        node_orphan_seconds: int | None = None,
     ) -> Iterator[EmbeddedCloud]:
         """Start it all (see the module docstring); ``work_dir`` gets ``state/`` and ``data/``.
 
         ``suspend_time``: SuspendTime for this cloud only (tests and the demo do not wait the
         deployed minimum). ``controller_idle_seconds``: let the controller put itself to sleep
         (its ECS service in moto to 0; the reconciler then stops its container, and starts it
-        again when the service is woken); None: it stays up."""
+        again when the service is woken); None: it stays up. ``node_orphan_seconds``: how long
+        an idle node whose controller does not answer lives on (relion_spot.node.orphan); None:
+        the deployed default."""
         spec = spec_from_settings(settings, gpu_count, **LOCAL_CLOUD)
         if suspend_time is not None:
             spec = replace(spec, suspend_time=suspend_time)
@@ -200,6 +204,8 @@ class EmbeddedCloud:
                 env = _prepare_moto(endpoint, settings.region or "us-east-1", spec)
                 if controller_idle_seconds is not None:
                     env[idle.IDLE_SECONDS_ENV] = str(controller_idle_seconds)
+                if node_orphan_seconds is not None:
+                    env[ORPHAN_SECONDS_ENV] = str(node_orphan_seconds)
                 local.start_controller(env=env)
                 wait_for_controller(local)
                 region = env["AWS_REGION"]

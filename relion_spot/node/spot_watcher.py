@@ -19,6 +19,10 @@ take the instance back. On a notice, within the two minutes:
    ``RELION_SPOT_SPOT_EVENTS_FILE`` and, if ``RELION_SPOT_SPOT_EVENTS_TABLE`` is set, an item in
    that DynamoDB table (partition key ``instance_id``; written once per instance).
 
+Between polls it also watches for being orphaned (relion_spot.node.orphan): idle, with no
+answer from slurmctld about this node for RELION_SPOT_NODE_ORPHAN_SECONDS, it terminates its own
+instance.
+
 Exit status: 0 after a notice was handled; 1 if Slurm could not be told; 2 on bad settings.
 """
 
@@ -40,6 +44,7 @@ from .. import tags
 from ..powersave import logs
 from ..powersave.config import SCONTROL_ENV, SQUEUE_ENV
 from ..powersave.slurm import CommandRunner, Slurm, run_command
+from . import orphan
 from .imds import DEFAULT_IMDS_URL, IMDS_URL_ENV, Imds, ImdsError
 
 NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
@@ -75,6 +80,7 @@ class WatcherSettings:
     events_table: str
     scontrol: str
     squeue: str
+    orphan_seconds: int = orphan.DEFAULT_ORPHAN_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WatcherSettings:
@@ -91,6 +97,10 @@ class WatcherSettings:
         url = env.get(IMDS_URL_ENV, "").strip() or DEFAULT_IMDS_URL
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"{IMDS_URL_ENV} = {url!r}: expected an http:// base URL")
+        try:
+            orphan_seconds = orphan.orphan_seconds(env)
+        except orphan.OrphanSettingsError as err:
+            raise SettingsError(str(err)) from None
         return cls(
             imds_url=url,
             node=env.get(NODE_NAME_ENV, "").strip(),
@@ -100,6 +110,7 @@ class WatcherSettings:
             events_table=env.get(EVENTS_TABLE_ENV, "").strip(),
             scontrol=env.get(SCONTROL_ENV, "").strip() or "scontrol",
             squeue=env.get(SQUEUE_ENV, "").strip() or "squeue",
+            orphan_seconds=orphan_seconds,
         )
 
 
@@ -141,6 +152,8 @@ def main(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
     dynamodb: Any = None,
+    ec2: Any = None,
+    proc: Path = Path("/proc"),
 ) -> int:
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
@@ -164,7 +177,11 @@ def main(
         identity.instance_type,
         settings.poll_seconds,
     )
-    notice = wait_for_notice(imds, settings.poll_seconds, sleep)
+    check = orphan_check(settings, identity, runner, clock, ec2, proc)
+    notice = wait_for_notice(imds, settings.poll_seconds, sleep, tick=check)
+    if notice is None:
+        log.info("%s: stopped watching; its instance is terminating", identity.node)
+        return 0
     event = handle_notice(notice, identity, slurm, clock)
     # The record first: the instance may be gone within the two minutes, and lifting the requeue
     # delay can take up to RELEASE_ATTEMPTS seconds; the cost of the reclaim must not be lost.
@@ -207,12 +224,47 @@ def _identity(imds: Imds, settings: WatcherSettings, env: Mapping[str, str]) -> 
     )
 
 
+def orphan_check(
+    settings: WatcherSettings,
+    identity: Identity,
+    runner: CommandRunner,
+    clock: Callable[[], float],
+    ec2: Any,
+    proc: Path,
+) -> orphan.OrphanCheck:
+    """The orphan watch for this node: slurmctld asked at most every quarter of the limit (and
+    at least every 30 s), job steps counted in ``proc``, its own instance terminated."""
+
+    def terminate() -> bool:
+        client = ec2
+        if client is None:
+            import boto3
+
+            client = boto3.session.Session().client("ec2", region_name=identity.region or None)
+        return orphan.terminate_self(client, identity.instance_id)
+
+    return orphan.OrphanCheck(
+        watch=orphan.OrphanWatch(settings.orphan_seconds),
+        answers=lambda: orphan.controller_knows(runner, settings.scontrol, identity.node),
+        busy=lambda: orphan.job_steps_here(proc) > 0,
+        terminate=terminate,
+        clock=clock,
+        every_seconds=min(30.0, settings.orphan_seconds / 4),
+    )
+
+
 def wait_for_notice(
-    imds: Imds, poll_seconds: float, sleep: Callable[[float], None]
-) -> dict[str, str]:
-    """Block until IMDS has an instance-action; its JSON (``action``, ``time``)."""
+    imds: Imds,
+    poll_seconds: float,
+    sleep: Callable[[float], None],
+    tick: Callable[[], bool] | None = None,
+) -> dict[str, str] | None:
+    """Block until IMDS has an instance-action; its JSON (``action``, ``time``). ``tick`` runs
+    between polls (the orphan watch); None once it says the instance is being terminated."""
     failing_since: float | None = None
     while True:
+        if tick is not None and tick():
+            return None
         try:
             body = imds.get(ACTION_PATH)
         except ImdsError as err:

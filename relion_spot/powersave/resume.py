@@ -36,6 +36,7 @@ from ..notify.publish import TOPIC_ENV, Notifier
 from . import ec2 as fleet
 from .capacity import CapacityMemory
 from .config import NodeGroup, PowerSaveConfig
+from .held import note_holds
 from .invocation import ec2_client as new_ec2_client
 from .invocation import start
 from .nodes import NodeListError, compress, expand_hostlist
@@ -108,12 +109,21 @@ def main(
             continue
         trouble |= result.trouble
         if result.misconfigured:
-            _hold_for_configuration(slurm, jobs, names, result)
+            _hold_for_configuration(
+                slurm, jobs, names, result, env=env, dynamodb=dynamodb_client, clock=clock
+            )
     return 1 if trouble else 0
 
 
 def _hold_for_configuration(
-    slurm: Slurm, jobs: Mapping[str, list[str]], nodes: Sequence[str], result: PartitionResult
+    slurm: Slurm,
+    jobs: Mapping[str, list[str]],
+    nodes: Sequence[str],
+    result: PartitionResult,
+    *,
+    env: Mapping[str, str],
+    dynamodb: Any,
+    clock: Callable[[], float],
 ) -> None:
     """A launch no retry can cure: hold the jobs that waited for these nodes, with the reason,
     so they do not requeue and relaunch forever."""
@@ -122,6 +132,7 @@ def _hold_for_configuration(
     text = f"fix the account (relion-spot doctor), then scontrol release: {reason}"
     if slurm.hold(waiting, text):
         log.error("job(s) %s held: %s", ",".join(waiting) or "-", text)
+        note_holds(env, slurm, waiting, text, dynamodb=dynamodb, clock=clock)
     else:
         log.error("job(s) %s could NOT be held after: %s", ",".join(waiting), reason)
         result.trouble = True

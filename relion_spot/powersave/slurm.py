@@ -27,6 +27,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..intake.slurm import COMMENT_PREFIX as SUBMISSION_COMMENT_PREFIX
 from .nodes import compress
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,22 @@ class Slurm:
         if result.returncode != 0:
             return None
         return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+    def submissions_of(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """Job id -> the intake submission it carries (its ``relion-spot:<id>`` comment), for
+        those of ``job_ids`` that carry one; None if squeue failed."""
+        if not job_ids:
+            return {}
+        argv = [self.squeue, "--noheader", f"--jobs={','.join(job_ids)}", "--format=%i|%k"]
+        result = self._run(argv)
+        if result.returncode != 0:
+            return None
+        found: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            job_id, sep, comment = line.strip().partition("|")
+            if sep and comment.startswith(SUBMISSION_COMMENT_PREFIX):
+                found[job_id] = comment.removeprefix(SUBMISSION_COMMENT_PREFIX).strip()
+        return found
 
     def requeue(self, job_ids: Sequence[str]) -> bool:
         return self._run([self.scontrol, "requeue", ",".join(job_ids)]).returncode == 0

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..controller_capacity.fallback import ON_DEMAND, SPOT, sleep_arguments
 from ..powersave import logs
 from ..powersave.slurm import CommandRunner, run_command
 
@@ -31,6 +32,9 @@ CLUSTER_ENV = "RELION_SPOT_ECS_CLUSTER"
 SERVICE_ENV = "RELION_SPOT_ECS_SERVICE"
 IDLE_SECONDS_ENV = "RELION_SPOT_CONTROLLER_IDLE_SECONDS"
 QUEUE_URL_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
+CAPACITY_PROVIDER_ENV = "RELION_SPOT_CONTROLLER_CAPACITY_PROVIDER"
+"""The Fargate capacity provider the deployment chose; the service goes back to it when it sleeps
+(relion_spot.controller_capacity: a Spot shortage may have moved it to on-demand)."""
 MIN_IDLE_SECONDS = 10
 MAX_CHECK_SECONDS = 30.0
 
@@ -45,6 +49,8 @@ class IdleSettings:
     ecs_service: str
     idle_seconds: int
     queue_url: str
+    capacity_provider: str = ""
+    """The provider to sleep back onto; empty: leave the service's strategy as it is."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IdleSettings:
@@ -59,7 +65,12 @@ class IdleSettings:
             raise IdleSettingsError(
                 f"{IDLE_SECONDS_ENV} = {raw!r}: expected whole seconds, at least {MIN_IDLE_SECONDS}"
             )
-        return cls(cluster, service, int(raw), env.get(QUEUE_URL_ENV, "").strip())
+        provider = env.get(CAPACITY_PROVIDER_ENV, "").strip()
+        if provider not in ("", SPOT, ON_DEMAND):
+            raise IdleSettingsError(
+                f"{CAPACITY_PROVIDER_ENV} = {provider!r}: expected {SPOT} or {ON_DEMAND}"
+            )
+        return cls(cluster, service, int(raw), env.get(QUEUE_URL_ENV, "").strip(), provider)
 
     @property
     def check_seconds(self) -> float:
@@ -128,7 +139,10 @@ def watch(
             idle_since = now if idle_since is None else idle_since
             if now - idle_since >= settings.idle_seconds:
                 ecs.update_service(
-                    cluster=settings.ecs_cluster, service=settings.ecs_service, desiredCount=0
+                    cluster=settings.ecs_cluster,
+                    service=settings.ecs_service,
+                    desiredCount=0,
+                    **sleep_arguments(settings.capacity_provider),
                 )
                 log.info(
                     "idle for %.0f s: service %s scaled to 0 (state stays on EFS; a submission "

@@ -13,6 +13,7 @@ from constructs import Construct
 
 from .. import __version__, tags
 from ..budget.config import BUDGET_ENV
+from ..constructs.controller_capacity import ControllerCapacityFallback
 from ..constructs.cost_tracker import CostTracker
 from ..constructs.dashboard import ClusterDashboard
 from ..constructs.intake import JobIntake
@@ -28,7 +29,7 @@ from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.config import COSTS_TABLE as COSTS_TABLE_ENV
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
-from ..intake.config import RELION_IMAGE_ENV
+from ..intake.config import RELION_IMAGE_ENV, STAGE_BUCKETS_ENV
 from ..jobs.class3d import DEFAULT_IMAGE
 from ..node import bootstrap
 from ..settings import Settings
@@ -156,6 +157,9 @@ class ClusterStack(Stack):
             image.repository.grant_pull(group.role)
             auth_key.grant_read(group.role)
 
+        # Staging runs on the CPU partition (relion_spot.jobs.stage): only it reads S3.
+        self.cpu_nodes.grant_read_buckets(settings.stage_buckets)
+
         self.cost_tracker = CostTracker(
             self,
             "CostTracker",
@@ -195,6 +199,7 @@ class ClusterStack(Stack):
             image=ecs.ContainerImage.from_docker_image_asset(image),
             state_file_system=storage.file_system,
             state_access_point=state_access_point,
+            data_access_point=storage.data_access_point,
             capacity=settings.controller_capacity,
             log_retention=log_retention,
             idle_seconds=settings.controller_idle_seconds,
@@ -206,6 +211,7 @@ class ClusterStack(Stack):
                 # releases the jobs held for it.
                 BUDGET_ENV: _amount(settings.monthly_budget_usd),
                 COSTS_TABLE_ENV: self.cost_tracker.costs_table_name,
+                STAGE_BUCKETS_ENV: ",".join(settings.stage_buckets),
                 SPEC_ENV: spec_from_settings(settings, gpu_count).to_json(),
                 "AWS_DEFAULT_REGION": self.region,
                 "RELION_SPOT_CLUSTER": cluster_name,
@@ -233,7 +239,14 @@ class ClusterStack(Stack):
             self, "EcsServiceLinkedRole", service="ecs.amazonaws.com", log_retention=log_retention
         )
         self.ecs_service_role.required_by(self.controller.cluster, self.controller.service)
+        if settings.controller_capacity == "spot":
+            self.capacity_fallback: ControllerCapacityFallback | None = ControllerCapacityFallback(
+                self, "CapacityFallback", controller=self.controller, log_retention=log_retention
+            )
+        else:
+            self.capacity_fallback = None
         storage.grant_mount(self.controller.task_role, state_access_point)
+        storage.grant_mount(self.controller.task_role, storage.data_access_point, read_only=True)
         grant_launch(self.controller.task_role, node_groups, vpc=vpc)
         grant_power_saving(
             self.controller.task_role, cluster_name=cluster_name, vpc=vpc, scope=self

@@ -29,7 +29,10 @@ class StorageStack(Stack):
             vpc=network.vpc,
             subnets=network.node_subnets,
             keep_data=settings.keep_data,
+            adopt_file_system_id=settings.adopt_file_system_id,
         )
         CfnOutput(self, "FileSystemId", value=self.storage.file_system.file_system_id)
         CfnOutput(self, "DataAccessPointId", value=self.storage.data_access_point.access_point_id)
-        CfnOutput(self, "DataKeptOnDestroy", value=str(settings.keep_data).lower())
+        kept = settings.keep_data or self.storage.adopted
+        CfnOutput(self, "DataKeptOnDestroy", value=str(kept).lower())
+        CfnOutput(self, "FileSystemAdopted", value=str(self.storage.adopted).lower())

@@ -447,3 +447,34 @@ def test_status_lists_submissions_not_the_permission_checks_kept_beside_them(
     assert [row["job_id"] for row in _status_json(capsys)] == [job]
     stored = record.load(cluster.dynamodb, TABLE)
     assert stored is not None and stored.outcomes == checked
+
+
+def test_status_shows_why_slurm_holds_a_job(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The resume program's hold on a configuration error, as the lab sees it."""
+    from relion_spot.powersave.held import note_holds
+    from relion_spot.powersave.slurm import CommandResult, Slurm
+
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys)
+    sid = row["submission_id"]
+    reason = (
+        "fix the account (relion-spot doctor), then scontrol release: EC2 "
+        "MaxSpotInstanceCountExceeded: Max spot instance count exceeded"
+    )
+
+    def squeue(argv: Any) -> CommandResult:
+        assert list(argv) == ["squeue", "--noheader", f"--jobs={job}", "--format=%i|%k"]
+        return CommandResult(0, f"{job}|relion-spot:{sid}\n")
+
+    env = {"RELION_SPOT_INTAKE_TABLE": TABLE, "AWS_DEFAULT_REGION": REGION}
+    marked = note_holds(
+        env, Slurm(runner=squeue), [job], reason, dynamodb=cluster.dynamodb, clock=lambda: 1.0
+    )
+    assert marked == 1
+    (row,) = _status_json(capsys, job)
+    assert (row["state"], row["held_reason"]) == ("held", reason)
+    assert main(["status", "--stack", STACK]) == 0
+    table = capsys.readouterr().out
+    assert "held: fix the account (relion-spot doctor)" in table

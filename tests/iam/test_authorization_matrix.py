@@ -218,6 +218,7 @@ PRINCIPALS = {
     "ecs-role": "EcsServiceLinkedRole",
     "cli": "Users",
     "fis": "SpotInterruptionDrillRole",
+    "fallback": "CapacityFallbackRole",
 }
 
 
@@ -786,12 +787,29 @@ for _action in ("elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"
             {"elasticfilesystem:AccessPointArn": w.state_access_point},
         )
     )
-deny("controller/deny/ClientMount/data-access-point")(
+# The drainer's preflight reads the nodes' /data: mount it, never write it.
+allow("controller/preflight/ClientMount/data-access-point")(
     lambda w: Request(
         "controller",
         "elasticfilesystem:ClientMount",
         w.file_system,
         {"elasticfilesystem:AccessPointArn": w.data_access_point},
+    )
+)
+deny("controller/deny/ClientWrite/data-access-point")(
+    lambda w: Request(
+        "controller",
+        "elasticfilesystem:ClientWrite",
+        w.file_system,
+        {"elasticfilesystem:AccessPointArn": w.data_access_point},
+    )
+)
+deny("controller/deny/ClientMount/containers-access-point")(
+    lambda w: Request(
+        "controller",
+        "elasticfilesystem:ClientMount",
+        w.file_system,
+        {"elasticfilesystem:AccessPointArn": w.containers_access_point},
     )
 )
 
@@ -881,13 +899,42 @@ for _node in ("gpu-node", "cpu-node"):
         deny(f"{who}/deny/spot-watcher/dynamodb:PutItem")(
             lambda w: Request(who, "dynamodb:PutItem", w.intake_table)
         )
-        deny(f"{who}/deny/TerminateInstances")(
+        # No stage_buckets in the default deployment: no S3 at all (tests/iam/test_stage_buckets
+        # has the granted case).
+        deny(f"{who}/deny/s3:GetObject")(
+            lambda w: Request(who, "s3:GetObject", f"arn:{PARTITION}:s3:::lab-data/bench.tar.gz")
+        )
+        # An orphaned idle node ends itself (relion_spot.node.orphan); IAM cannot say "only
+        # itself", so: this cluster's instances of its own partition.
+        allow(f"{who}/orphan/TerminateInstances/own-partition")(
             lambda w: Request(
                 who,
                 "ec2:TerminateInstances",
                 w.instance,
                 tag_context("ResourceTag", w.own_instance_tags(partition)),
             )
+        )
+        other_partition = "cpu" if partition == "gpu" else "gpu"
+        deny(f"{who}/deny/TerminateInstances/other-partition")(
+            lambda w: Request(
+                who,
+                "ec2:TerminateInstances",
+                w.instance,
+                tag_context("ResourceTag", w.own_instance_tags(other_partition)),
+            )
+        )
+        deny(f"{who}/deny/TerminateInstances/another-clusters-instance")(
+            lambda w: Request(
+                who,
+                "ec2:TerminateInstances",
+                w.other_instance,
+                tag_context(
+                    "ResourceTag", {tags.CLUSTER: w.other_cluster, tags.PARTITION: partition}
+                ),
+            )
+        )
+        deny(f"{who}/deny/TerminateInstances/untagged")(
+            lambda w: Request(who, "ec2:TerminateInstances", w.other_instance)
         )
 
     _node_cases(_node)
@@ -1003,6 +1050,25 @@ deny("cost/deny/TerminateInstances")(
         "ec2:TerminateInstances",
         w.instance,
         tag_context("ResourceTag", {tags.CLUSTER: w.cluster}),
+    )
+)
+
+
+# --- the controller's on-demand fallback (relion_spot.controller_capacity) ----------------------
+
+for _action in ("ecs:DescribeServices", "ecs:UpdateService"):
+    allow(f"fallback/{_action}/own-service")(
+        lambda w, a=_action: Request("fallback", a, w.service, {"ecs:cluster": w.ecs_cluster})
+    )
+deny("fallback/deny/ecs:UpdateService/another-service")(
+    lambda w: Request("fallback", "ecs:UpdateService", w.other_service)
+)
+deny("fallback/deny/ec2:TerminateInstances")(
+    lambda w: Request(
+        "fallback",
+        "ec2:TerminateInstances",
+        w.instance,
+        tag_context("ResourceTag", w.own_instance_tags()),
     )
 )
 

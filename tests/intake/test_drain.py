@@ -21,7 +21,7 @@ from relion_spot.intake.client import (
     submit,
     wait_for_acceptance,
 )
-from relion_spot.intake.config import DATA_ROOT_ENV, QUEUE_URL_ENV, TABLE_ENV
+from relion_spot.intake.config import DATA_ROOT_ENV, QUEUE_URL_ENV, STAGE_BUCKETS_ENV, TABLE_ENV
 from relion_spot.intake.drain import DrainSettings, IntakeConfigError
 from relion_spot.intake.prepare import JobPreparer
 from relion_spot.intake.table import Record
@@ -454,3 +454,61 @@ def test_a_bad_job_mode_is_refused() -> None:
                 "RELION_SPOT_INTAKE_JOB_MODE": "gpu",
             }
         )
+
+
+# Staging from S3: only the buckets the nodes may read (setting stage_buckets).
+
+
+def _stage_message(source: str) -> str:
+    return json.dumps(
+        {
+            "version": 1,
+            "submission_id": SID,
+            "template": "stage",
+            "parameters": {"source": source},
+            "user": "alice",
+            "submitted_at": "2026-11-03T10:15:00Z",
+        }
+    )
+
+
+def test_staging_from_a_granted_bucket_is_submitted(intake: Intake) -> None:
+    prepare = JobPreparer.from_spec(cluster_spec(), stage_buckets=("lab-raw", "lab.archive"))
+    intake.send(_stage_message("s3://lab.archive/relion_benchmark.tar.gz"))
+    assert intake.drainer(prepare=prepare).step() == ["accepted"]
+    assert "--source s3://lab.archive/relion_benchmark.tar.gz" in intake.slurm.script("42")
+
+
+@pytest.mark.parametrize(
+    ("buckets", "allowed"), [(("lab-raw",), "lab-raw"), ((), "none")], ids=["other", "none"]
+)
+def test_staging_from_a_bucket_the_nodes_cannot_read_is_refused_before_any_node(
+    intake: Intake, buckets: tuple[str, ...], allowed: str
+) -> None:
+    prepare = JobPreparer.from_spec(cluster_spec(), stage_buckets=buckets)
+    intake.send(_stage_message("s3://someone-elses/bench.tar.gz"))
+    assert intake.drainer(prepare=prepare).step() == ["rejected"]
+    record = intake.table.get(SID)
+    assert record is not None
+    assert record.message == (
+        "parameter source = 's3://someone-elses/bench.tar.gz' is not valid: bucket "
+        f"'someone-elses' is not one the nodes may read (this cluster's stage_buckets: "
+        f"{allowed}); deploy with -c stage_buckets=<buckets> to grant it"
+    )
+    assert intake.slurm.sbatch_calls() == []
+
+
+def test_staging_over_https_needs_no_bucket(intake: Intake) -> None:
+    prepare = JobPreparer.from_spec(cluster_spec(), stage_buckets=())
+    intake.send(_stage_message("https://example.org/relion_benchmark.tar.gz"))
+    assert intake.drainer(prepare=prepare).step() == ["accepted"]
+
+
+def test_stage_buckets_come_from_the_environment() -> None:
+    base = {QUEUE_URL_ENV: "https://q", TABLE_ENV: "t", SPEC_ENV: cluster_spec().to_json()}
+    assert DrainSettings.from_env(base).stage_buckets is None
+    assert DrainSettings.from_env({**base, STAGE_BUCKETS_ENV: ""}).stage_buckets == ()
+    assert DrainSettings.from_env({**base, STAGE_BUCKETS_ENV: "a-b,c.d"}).stage_buckets == (
+        "a-b",
+        "c.d",
+    )

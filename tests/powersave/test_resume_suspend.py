@@ -249,6 +249,36 @@ def test_a_spot_quota_of_zero_holds_the_jobs_with_the_reason_instead_of_retrying
     assert "job(s) 21 held" in capsys.readouterr().err
 
 
+def test_a_held_jobs_reason_reaches_its_submissions_intake_item(
+    cloud: Cloud, recorder: Recorder, pools: CapacityPools, tmp_path: Path
+) -> None:
+    """Slurm's admin comment is for whoever has a shell; the lab reads the intake table."""
+    import boto3
+
+    from relion_spot.intake.table import IntakeTable, Record, create_table
+
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    create_table(dynamodb, "intake")
+    sid = "5f0c2d1e-1111-4222-8333-444455556666"
+    IntakeTable(dynamodb, "intake").finish(Record(sid, "accepted", job_id="21"))
+    pools.empty = {t: "MaxSpotInstanceCountExceeded" for t in ("g5.xlarge", "g6.xlarge")}
+    resume_file = tmp_path / "resume.json"
+    resume_file.write_text(
+        json.dumps({"jobs": [{"job_id": 21, "nodes_alloc": "gpu-1", "nodes_resume": "gpu-1"}]})
+    )
+    recorder.replies[("squeue", "--noheader", "--jobs=21")] = CommandResult(
+        0, f"21|relion-spot:{sid}\n"
+    )
+    env = cloud.env(SLURM_RESUME_FILE=str(resume_file), RELION_SPOT_INTAKE_TABLE="intake")
+    resume.main(["gpu-1"], environ=env, runner=recorder, ec2_client=cloud.ec2, clock=lambda: 7.0)
+    item = dynamodb.get_item(TableName="intake", Key={"submission_id": {"S": sid}})["Item"]
+    assert item["held_reason"]["S"].startswith(
+        "fix the account (relion-spot doctor), then scontrol release: EC2 "
+        "MaxSpotInstanceCountExceeded"
+    )
+    assert item["held_at"]["N"] == "7"
+
+
 def test_a_capacity_shortage_never_holds_jobs(
     cloud: Cloud, recorder: Recorder, pools: CapacityPools, tmp_path: Path
 ) -> None:
