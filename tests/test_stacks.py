@@ -376,11 +376,11 @@ def test_controller_is_one_spot_fargate_task_with_state_on_efs(
             },
         },
     )
-    state_volume, data_volume = Capture(), Capture()
+    state_volume, data_volume, containers_volume = Capture(), Capture(), Capture()
     template.has_resource_properties(
         "AWS::ECS::TaskDefinition",
         {
-            "Volumes": [state_volume, data_volume],
+            "Volumes": [state_volume, data_volume, containers_volume],
             "ContainerDefinitions": [
                 Match.object_like(
                     {
@@ -392,13 +392,18 @@ def test_controller_is_one_spot_fargate_task_with_state_on_efs(
                                 "ReadOnly": False,
                             },
                             {"ContainerPath": "/data", "SourceVolume": "data", "ReadOnly": True},
+                            {
+                                "ContainerPath": "/containers",
+                                "SourceVolume": "containers",
+                                "ReadOnly": True,
+                            },
                         ],
                     }
                 )
             ],
         },
     )
-    for volume in (state_volume, data_volume):
+    for volume in (state_volume, data_volume, containers_volume):
         efs_config = volume.as_object()["EFSVolumeConfiguration"]
         assert efs_config["TransitEncryption"] == "ENABLED"
         assert efs_config["AuthorizationConfig"]["IAM"] == "ENABLED"
@@ -406,6 +411,9 @@ def test_controller_is_one_spot_fargate_task_with_state_on_efs(
     # The nodes' /data, through the same access point the nodes mount.
     data_ap = data_volume.as_object()["EFSVolumeConfiguration"]["AuthorizationConfig"]
     assert "StorageFileSystemData" in json.dumps(data_ap["AccessPointId"])
+    # The nodes' image cache, where the drainer finds an image already checked.
+    cache_ap = containers_volume.as_object()["EFSVolumeConfiguration"]["AuthorizationConfig"]
+    assert "ContainerCache" in json.dumps(cache_ap["AccessPointId"])
     Template.from_json(alternate_synth.template("lab-b-gpu4")).has_resource_properties(
         "AWS::ECS::Service",
         {

@@ -22,6 +22,9 @@ from ..slurm.spec import SLURMCTLD_PORT
 STATE_DIR = "/var/spool/slurmctld"
 DATA_DIR = "/data"
 """Where the controller sees the nodes' /data (read-only), so the drainer can preflight jobs."""
+CONTAINERS_DIR = "/containers"
+"""Where the controller sees the nodes' image cache (read-only), so the drainer knows an image
+already made and checked and submits no image job for it (relion_spot.intake.images)."""
 TASK_CPU = 256
 TASK_MEMORY_MIB = 1024
 """slurmctld for a few dozen cloud nodes idles at a few percent of a quarter vCPU; the memory
@@ -57,6 +60,7 @@ class SlurmController(Construct):
         state_file_system: efs.IFileSystem,
         state_access_point: efs.IAccessPoint,
         data_access_point: efs.IAccessPoint,
+        containers_access_point: efs.IAccessPoint,
         capacity: ControllerCapacity,
         log_retention: logs.RetentionDays,
         environment: dict[str, str],
@@ -108,6 +112,17 @@ class SlurmController(Construct):
                         ),
                     ),
                 ),
+                ecs.Volume(
+                    name="containers",
+                    efs_volume_configuration=ecs.EfsVolumeConfiguration(
+                        file_system_id=state_file_system.file_system_id,
+                        transit_encryption="ENABLED",
+                        authorization_config=ecs.AuthorizationConfig(
+                            access_point_id=containers_access_point.access_point_id,
+                            iam="ENABLED",
+                        ),
+                    ),
+                ),
             ],
         )
         self.dns_name = dns_name
@@ -134,6 +149,10 @@ class SlurmController(Construct):
             # The drainer's preflight reads STAR and MRC headers of submitted projects; it never
             # writes there (the jobs do, on the nodes).
             ecs.MountPoint(container_path=DATA_DIR, source_volume="data", read_only=True),
+            # The drainer looks for an image's check record; the nodes make and check images.
+            ecs.MountPoint(
+                container_path=CONTAINERS_DIR, source_volume="containers", read_only=True
+            ),
         )
         self.auth_key.grant_read(self.task_definition.task_role)
         self.service = ecs.FargateService(

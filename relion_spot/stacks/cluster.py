@@ -23,13 +23,13 @@ from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
 from ..constructs.notifications import ClusterNotifications
 from ..constructs.service_linked_role import ServiceLinkedRole
-from ..constructs.slurm_controller import STATE_DIR, SlurmController
+from ..constructs.slurm_controller import CONTAINERS_DIR, STATE_DIR, SlurmController
 from ..constructs.spot_interruption_drill import SpotInterruptionDrill
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.config import COSTS_TABLE as COSTS_TABLE_ENV
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
-from ..intake.config import RELION_IMAGE_ENV, STAGE_BUCKETS_ENV
+from ..intake.config import CONTAINER_CACHE_ENV, RELION_IMAGE_ENV, STAGE_BUCKETS_ENV
 from ..jobs.class3d import DEFAULT_IMAGE
 from ..node import bootstrap
 from ..settings import Settings
@@ -200,6 +200,7 @@ class ClusterStack(Stack):
             state_file_system=storage.file_system,
             state_access_point=state_access_point,
             data_access_point=storage.data_access_point,
+            containers_access_point=storage.container_cache_access_point,
             capacity=settings.controller_capacity,
             log_retention=log_retention,
             idle_seconds=settings.controller_idle_seconds,
@@ -229,6 +230,7 @@ class ClusterStack(Stack):
                 "RELION_SPOT_SUBNETS": ",".join(subnets.subnet_ids),
                 "RELION_SPOT_NODE_IDLE_SECONDS": str(settings.node_idle_seconds),
                 RELION_IMAGE_ENV: settings.relion_image or DEFAULT_IMAGE,
+                CONTAINER_CACHE_ENV: CONTAINERS_DIR,
                 # Job records that cannot reach DynamoDB wait on the state volume for the next.
                 JOBCOMP_SPOOL_ENV: f"{STATE_DIR}/relion-spot/jobcomp-spool",
             },
@@ -247,6 +249,9 @@ class ClusterStack(Stack):
             self.capacity_fallback = None
         storage.grant_mount(self.controller.task_role, state_access_point)
         storage.grant_mount(self.controller.task_role, storage.data_access_point, read_only=True)
+        storage.grant_mount(
+            self.controller.task_role, storage.container_cache_access_point, read_only=True
+        )
         grant_launch(self.controller.task_role, node_groups, vpc=vpc)
         grant_power_saving(
             self.controller.task_role, cluster_name=cluster_name, vpc=vpc, scope=self

@@ -804,10 +804,19 @@ deny("controller/deny/ClientWrite/data-access-point")(
         {"elasticfilesystem:AccessPointArn": w.data_access_point},
     )
 )
-deny("controller/deny/ClientMount/containers-access-point")(
+# The drainer looks in the nodes' image cache for an image already checked: read, never write.
+allow("controller/images/ClientMount/containers-access-point")(
     lambda w: Request(
         "controller",
         "elasticfilesystem:ClientMount",
+        w.file_system,
+        {"elasticfilesystem:AccessPointArn": w.containers_access_point},
+    )
+)
+deny("controller/deny/ClientWrite/containers-access-point")(
+    lambda w: Request(
+        "controller",
+        "elasticfilesystem:ClientWrite",
         w.file_system,
         {"elasticfilesystem:AccessPointArn": w.containers_access_point},
     )
