@@ -36,6 +36,7 @@ from relion_spot.intake.table import (
 from relion_spot.jobs.parameters import RANGES, SWITCHES, Class3dParams, JobParameterError
 
 from .cluster import STACK_ENV, ClusterError, ClusterHandle, aws_errors, find_cluster
+from .terminal import cell, printable
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 CANCEL_TIMEOUT_SECONDS = 120.0
@@ -91,10 +92,10 @@ def _runner(
             handle = find_cluster(args.stack, session=session)
             return body(args, Context(handle, session, out, err))
         except UsageError as error:
-            print(f"relion-spot {name}: {error}", file=err)
+            print(f"relion-spot {name}: {printable(error)}", file=err)
             return 2
-        except ClusterError as error:
-            print(f"relion-spot {name}: {error}", file=err)
+        except ClusterError as error:  # may quote a reason or an answer the job's side wrote
+            print(f"relion-spot {name}: {printable(error)}", file=err)
             return 1
 
     return run
@@ -211,8 +212,8 @@ def submit_command(args: argparse.Namespace, context: Context) -> int:
                 f"queued: see relion-spot status --stack {context.handle.stack} "
                 f"{sent.submission_id}"
             ) from None
-    print(f"accepted: Slurm job {job_id}", file=context.err)
-    print(job_id, file=context.out)
+    print(f"accepted: Slurm job {printable(job_id)}", file=context.err)
+    print(printable(job_id), file=context.out)
     return 0
 
 
@@ -338,11 +339,11 @@ def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
         if state == REJECTED and row["message"]:
             state = f"rejected: {row['message'][:60]}"
         table.add_row(
-            str(row["job_id"] or "-"),
-            str(row["submission_id"])[:8],
-            str(row["user"] or ""),
-            state,
-            iteration,
+            cell(row["job_id"] or "-"),
+            cell(str(row["submission_id"])[:8]),
+            cell(row["user"] or ""),
+            cell(state),
+            cell(iteration),
             bar,
             f"{resolution:.2f} Å" if isinstance(resolution, int | float) else "-",
             _duration(row["eta_seconds"]) if row["state"] == "running" else "-",
@@ -379,11 +380,12 @@ def logs_command(args: argparse.Namespace, context: Context) -> int:
     tail = str(item.get("log_tail") or "")
     if not tail:
         print(
-            f"job {args.job_id} has not reported any output yet ({display_state(item)})",
+            f"job {args.job_id} has not reported any output yet ({printable(display_state(item))})",
             file=context.err,
         )
         return 0
-    context.out.write(tail if tail.endswith("\n") else tail + "\n")
+    shown = printable(tail, multiline=True)
+    context.out.write(shown if shown.endswith("\n") else shown + "\n")
     return 0
 
 
