@@ -34,7 +34,11 @@ REQUIRED_OUTPUTS = {
     "cluster_name": "ClusterName",
     "version": "Version",
 }
-OPTIONAL_OUTPUTS = {"ecs_cluster": "EcsClusterName", "controller_service": "ControllerServiceName"}
+OPTIONAL_OUTPUTS = {
+    "ecs_cluster": "EcsClusterName",
+    "controller_service": "ControllerServiceName",
+    "dead_letter_queue_url": "IntakeDeadLetterQueueUrl",
+}
 CREDENTIAL_ERRORS = frozenset(
     {
         "ExpiredToken",
@@ -68,6 +72,7 @@ class ClusterHandle:
     version: str
     ecs_cluster: str = ""
     controller_service: str = ""
+    dead_letter_queue_url: str = ""
 
 
 def _code(err: ClientError) -> str:

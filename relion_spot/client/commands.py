@@ -43,6 +43,8 @@ CANCEL_TIMEOUT_SECONDS = 120.0
 SCAN_LIMIT = 2000
 """Submissions read at most per status (newest shown): the table keeps every submission."""
 SHOWN = 20
+DEAD_LETTERS_SHOWN = 3
+"""Dead letters listed by ``status`` (the oldest); the count is always the whole queue's."""
 _sleep = time.sleep
 
 
@@ -352,6 +354,35 @@ def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
     Console(file=out, width=160).print(table)
 
 
+def dead_letters_report(context: Context, *, shown: int) -> list[str]:
+    """Lines telling what waits in the dead-letter queue; none while it is empty (or the stack
+    predates it). A member without the right to look is told so, and the status still shows."""
+    from relion_spot.intake.dead_letters import look
+
+    url = context.handle.dead_letter_queue_url
+    if not url:
+        return []
+    try:
+        with aws_errors(f"reading the dead-letter queue of {context.handle.stack}"):
+            found = look(context.client("sqs"), url, context.table, shown=shown)
+    except ClusterError as error:
+        return [f"dead-letter queue not read: {printable(error)}"]
+    if found.count == 0:
+        return []
+    lines = [
+        f"dead-letter queue: {found.count} message(s) the intake gave up on"
+        + (f"; the oldest {len(found.oldest)}:" if found.oldest else "")
+    ]
+    for letter in found.oldest:
+        sent = letter.sent_at.isoformat(timespec="seconds") if letter.sent_at else "?"
+        submission = letter.submission_id or "-"
+        lines.append(
+            printable(f"  {letter.message_id}  sent {sent}  submission {submission}: ")
+            + printable(letter.reason)[:300]
+        )
+    return lines
+
+
 def status_command(args: argparse.Namespace, context: Context) -> int:
     if args.selector:
         items = [find_submission(context, args.selector)]
@@ -366,6 +397,9 @@ def status_command(args: argparse.Namespace, context: Context) -> int:
         print(f"no submissions on {context.handle.cluster_name} yet", file=context.out)
     else:
         _table(rows, context.out, f"relion-spot {context.handle.cluster_name}")
+    if not args.selector:
+        for line in dead_letters_report(context, shown=DEAD_LETTERS_SHOWN):
+            print(line, file=context.err if args.json else context.out)
     return 0
 
 
