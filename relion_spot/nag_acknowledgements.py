@@ -210,19 +210,22 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         "table's /index/* ARN.",
     )
 
-    users_policy = _default_policy(stack.users)
+    lab = stack.lab_access
+    for policy in (lab.member_policy, lab.admin_policy):
+        _ack(
+            policy.node.default_child,
+            f"AwsSolutions-IAM5[Resource::arn:{partition}:cloudformation:{stack.region}:"
+            f"{account}:stack/{stack.stack_name}/*]",
+            "DescribeStacks of this cluster's own stack only; a stack ARN ends in an id "
+            "CloudFormation assigns at create.",
+        )
+    log_group = Stack.of(stack).resolve(controller.log_group.log_group_name)["Ref"]
     _ack(
-        users_policy,
-        f"AwsSolutions-IAM5[Resource::<{costs_arn}.Arn>/index/*]",
-        "relion-spot cost reads the job cost table through its own secondary index; CDK "
-        "grants indexes by the table's /index/* ARN.",
-    )
-    _ack(
-        users_policy,
-        f"AwsSolutions-IAM5[Resource::arn:{partition}:cloudformation:{stack.region}:{account}:"
-        f"stack/{stack.stack_name}/*]",
-        "DescribeStacks of this cluster's own stack only; a stack ARN ends in an id "
-        "CloudFormation assigns at create.",
+        lab.admin_policy.node.default_child,
+        f"AwsSolutions-IAM5[Resource::arn:{partition}:logs:{stack.region}:{account}:"
+        f"log-group:<{log_group}>:log-stream:*]",
+        "GetLogEvents on the streams of the controller's own log group; stream names are "
+        "made by ECS per task.",
     )
 
     teardown_policy = _default_policy(stack.teardown.role)
@@ -250,6 +253,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         "ec2:DescribeInstances (FIS finding the drill's target by tag) supports no "
         "resource-level permissions.",
     )
+    users_policy = _default_policy(stack.users)
     _ack(
         users_policy,
         "AwsSolutions-IAM5[Resource::*]",

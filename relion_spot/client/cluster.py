@@ -38,6 +38,7 @@ OPTIONAL_OUTPUTS = {
     "ecs_cluster": "EcsClusterName",
     "controller_service": "ControllerServiceName",
     "monthly_budget_usd": "MonthlyBudgetUsd",
+    "dead_letter_queue_url": "IntakeDeadLetterQueueUrl",
 }
 CREDENTIAL_ERRORS = frozenset(
     {
@@ -74,6 +75,7 @@ class ClusterHandle:
     controller_service: str = ""
     monthly_budget_usd: str = ""
     """The cap as deployed ("250.00"), "none", or empty from a stack older than the cap."""
+    dead_letter_queue_url: str = ""
 
 
 def _code(err: ClientError) -> str:

@@ -36,12 +36,15 @@ from relion_spot.intake.table import (
 from relion_spot.jobs.parameters import RANGES, SWITCHES, Class3dParams, JobParameterError
 
 from .cluster import STACK_ENV, ClusterError, ClusterHandle, aws_errors, find_cluster
+from .terminal import cell, printable
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 CANCEL_TIMEOUT_SECONDS = 120.0
 SCAN_LIMIT = 2000
 """Submissions read at most per status (newest shown): the table keeps every submission."""
 SHOWN = 20
+DEAD_LETTERS_SHOWN = 3
+"""Dead letters listed by ``status`` (the oldest); the count is always the whole queue's."""
 _sleep = time.sleep
 
 
@@ -91,10 +94,10 @@ def _runner(
             handle = find_cluster(args.stack, session=session)
             return body(args, Context(handle, session, out, err))
         except UsageError as error:
-            print(f"relion-spot {name}: {error}", file=err)
+            print(f"relion-spot {name}: {printable(error)}", file=err)
             return 2
-        except ClusterError as error:
-            print(f"relion-spot {name}: {error}", file=err)
+        except ClusterError as error:  # may quote a reason or an answer the job's side wrote
+            print(f"relion-spot {name}: {printable(error)}", file=err)
             return 1
 
     return run
@@ -211,8 +214,8 @@ def submit_command(args: argparse.Namespace, context: Context) -> int:
                 f"queued: see relion-spot status --stack {context.handle.stack} "
                 f"{sent.submission_id}"
             ) from None
-    print(f"accepted: Slurm job {job_id}", file=context.err)
-    print(job_id, file=context.out)
+    print(f"accepted: Slurm job {printable(job_id)}", file=context.err)
+    print(printable(job_id), file=context.out)
     return 0
 
 
@@ -348,17 +351,46 @@ def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
         elif state == "held":
             state = f"held: {row['held_reason'][:90]}"
         table.add_row(
-            str(row["job_id"] or "-"),
-            str(row["submission_id"])[:8],
-            str(row["user"] or ""),
-            state,
-            iteration,
+            cell(row["job_id"] or "-"),
+            cell(str(row["submission_id"])[:8]),
+            cell(row["user"] or ""),
+            cell(state),
+            cell(iteration),
             bar,
             f"{resolution:.2f} Å" if isinstance(resolution, int | float) else "-",
             _duration(row["eta_seconds"]) if row["state"] == "running" else "-",
             f"${row['cost_usd']:,.4f}" if isinstance(row["cost_usd"], int | float) else "-",
         )
     Console(file=out, width=160).print(table)
+
+
+def dead_letters_report(context: Context, *, shown: int) -> list[str]:
+    """Lines telling what waits in the dead-letter queue; none while it is empty (or the stack
+    predates it). A member without the right to look is told so, and the status still shows."""
+    from relion_spot.intake.dead_letters import look
+
+    url = context.handle.dead_letter_queue_url
+    if not url:
+        return []
+    try:
+        with aws_errors(f"reading the dead-letter queue of {context.handle.stack}"):
+            found = look(context.client("sqs"), url, context.table, shown=shown)
+    except ClusterError as error:
+        return [f"dead-letter queue not read: {printable(error)}"]
+    if found.count == 0:
+        return []
+    lines = [
+        f"dead-letter queue: {found.count} message(s) the intake gave up on"
+        + (f"; the oldest {len(found.oldest)}:" if found.oldest else "")
+    ]
+    for letter in found.oldest:
+        sent = letter.sent_at.isoformat(timespec="seconds") if letter.sent_at else "?"
+        submission = letter.submission_id or "-"
+        lines.append(
+            printable(f"  {letter.message_id}  sent {sent}  submission {submission}: ")
+            + printable(letter.reason)[:300]
+        )
+    return lines
 
 
 def status_command(args: argparse.Namespace, context: Context) -> int:
@@ -375,6 +407,9 @@ def status_command(args: argparse.Namespace, context: Context) -> int:
         print(f"no submissions on {context.handle.cluster_name} yet", file=context.out)
     else:
         _table(rows, context.out, f"relion-spot {context.handle.cluster_name}")
+    if not args.selector:
+        for line in dead_letters_report(context, shown=DEAD_LETTERS_SHOWN):
+            print(line, file=context.err if args.json else context.out)
     return 0
 
 
@@ -389,11 +424,12 @@ def logs_command(args: argparse.Namespace, context: Context) -> int:
     tail = str(item.get("log_tail") or "")
     if not tail:
         print(
-            f"job {args.job_id} has not reported any output yet ({display_state(item)})",
+            f"job {args.job_id} has not reported any output yet ({printable(display_state(item))})",
             file=context.err,
         )
         return 0
-    context.out.write(tail if tail.endswith("\n") else tail + "\n")
+    shown = printable(tail, multiline=True)
+    context.out.write(shown if shown.endswith("\n") else shown + "\n")
     return 0
 
 

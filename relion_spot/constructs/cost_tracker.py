@@ -296,10 +296,6 @@ class CostTracker(Construct):
             )
         )
 
-    def grant_report_reader(self, grantee: iam.IGrantable) -> iam.Grant:
-        """``relion-spot cost`` reads the job cost table and its index."""
-        return self.costs_table.grant_read_data(grantee)
-
     @property
     def records_table_name(self) -> str:
         return self.records_table.table_name

@@ -11,6 +11,7 @@ the ones behind it.
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
@@ -60,6 +61,21 @@ class JobIntake(Construct):
             ),
             removal_policy=RemovalPolicy.DESTROY,
         )
+        self.dead_letter_alarm = cloudwatch.Alarm(
+            self,
+            "DeadLettersAlarm",
+            alarm_description=(
+                f"A message on the intake of {cluster_name} failed {max_receives} receives and "
+                "waits in the dead-letter queue: relion-spot status lists it"
+            ),
+            metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(5), statistic=cloudwatch.Stats.MAXIMUM
+            ),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
         self.table = dynamodb.Table(
             self,
             "Submissions",
@@ -79,12 +95,6 @@ class JobIntake(Construct):
         (UpdateItem: the cancel state of a submission)."""
         self.queue.grant_consume_messages(grantee)
         self.table.grant(grantee, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
-
-    def grant_submit(self, grantee: iam.IGrantable) -> None:
-        """A submitting client: send messages (submissions, cancels) and read decisions and
-        progress, never write them."""
-        self.queue.grant_send_messages(grantee)
-        self.table.grant(grantee, "dynamodb:GetItem", "dynamodb:Scan")
 
     def grant_progress(self, grantee: iam.IGrantable) -> None:
         """A job on a node: update its own submission's progress (relion_spot.intake.report).

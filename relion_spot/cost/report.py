@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from relion_spot.client.terminal import cell, printable
 from relion_spot.cost import config
 from relion_spot.cost.store import CostStore
 
@@ -160,7 +161,7 @@ def write(report: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, ou
         writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows(
-            {c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in report
+            {c: ("" if r.get(c) is None else printable(r.get(c))) for c in columns} for r in report
         )
     else:
         from rich.console import Console
@@ -179,8 +180,8 @@ def write(report: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, ou
                 elif column.endswith("_share"):
                     cells.append("" if value is None else f"{value:.1%}")
                 else:
-                    cells.append("" if value is None else str(value))
-            table.add_row(*cells)
+                    cells.append("" if value is None else value)
+            table.add_row(*(cell(c) for c in cells))
         Console(file=out, width=200).print(table)
 
 

@@ -22,7 +22,9 @@ while slurmctld is not up. Then, for a message:
   8. The "accepted" record (written only over the claim or nothing), then delete.
 
 A cancel request (same queue) names an accepted submission and its job id: anything else is
-logged and dropped. The drainer notes "cancel-requested" on the submission's item, runs scancel,
+logged and dropped, and so is a cancel sent by anyone but the submission's sender (SQS's
+SenderId, which the sender cannot choose) or an admin principal (ADMIN_IDS_ENV: the stack's
+admin role). The drainer notes "cancel-requested" on the submission's item, runs scancel,
 and notes "cancelled" (or "cancel-failed" with Slurm's answer); an unknown outcome leaves the
 message for a retry. The submission's decision itself never changes.
 
@@ -49,6 +51,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -68,6 +71,7 @@ from relion_spot.powersave import logs
 from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
 
 from .config import (
+    ADMIN_IDS_ENV,
     CONTAINER_CACHE_ENV,
     DATA_ROOT_ENV,
     JOB_MODE_ENV,
@@ -106,6 +110,7 @@ from .table import (
 
 log = logging.getLogger("relion_spot.intake.drain")
 
+_UNIQUE_ID = re.compile(r"A(RO|ID)A[A-Z0-9]{12,124}")
 CLAIM_MARGIN_SECONDS = 300
 """A claim counts as too old this long before MinJobAge is reached: room for the clocks of two
 controller tasks to differ and for the time between squeue's answer and the decision."""
@@ -159,7 +164,12 @@ def same_principal(sender: str, submitter: str) -> bool:
     (AROA...:session) without the session name, which changes from one login to the next."""
     if not sender or not submitter:
         return False
-    return sender.split(":", 1)[0] == submitter.split(":", 1)[0]
+    return principal_of(sender) == principal_of(submitter)
+
+
+def principal_of(sender: str) -> str:
+    """The IAM unique id in a SenderId: a role's without its session name."""
+    return sender.split(":", 1)[0]
 
 
 def _iso(epoch: float) -> str:
@@ -194,6 +204,8 @@ class Drainer:
     clock: Callable[[], float] = time.time
     images: ImageChecks | None = None
     """The RELION image's check before GPU jobs; None: jobs wait for no image job."""
+    admin_ids: frozenset[str] = frozenset()
+    """IAM unique ids whose cancels count for any submission (the admin role's)."""
 
     def step(self) -> list[str]:
         """One receive (long poll) and whatever it brought; the outcomes, one per message."""
@@ -346,7 +358,8 @@ class Drainer:
             return CANCEL_IGNORED
         if stored.cancel_state in (CANCELLED, CANCEL_FAILED):
             return self._duplicate(delivery, stored)
-        if not same_principal(delivery.sender_id, stored.sender_id):
+        by_admin = bool(delivery.sender_id) and principal_of(delivery.sender_id) in self.admin_ids
+        if not same_principal(delivery.sender_id, stored.sender_id) and not by_admin:
             log.warning(
                 "%s: cancel of job %s dropped: sent by %s, the submission by %s",
                 sid,
@@ -366,8 +379,9 @@ class Drainer:
             log.info("%s: cancel of job %s refused by Slurm: %s", sid, job_id, err)
             self._delete(delivery)
             return CANCEL_FAILED_OUTCOME
-        self.table.mark_cancel(sid, CANCELLED, at=int(self.clock()))
-        log.info("%s: job %s cancelled for %s", sid, job_id, request.user)
+        note = f"cancelled by a lab admin ({delivery.sender_id})" if by_admin else ""
+        self.table.mark_cancel(sid, CANCELLED, at=int(self.clock()), message=note)
+        log.info("%s: job %s cancelled for %s %s", sid, job_id, request.user, note)
         self._delete(delivery)
         return CANCELLED_OUTCOME
 
@@ -484,6 +498,7 @@ class DrainSettings:
     image: str | None = None
     container_cache: Path | None = None
     stage_buckets: tuple[str, ...] | None = None
+    admin_ids: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DrainSettings:
@@ -517,6 +532,13 @@ class DrainSettings:
             commands[name] = tuple(words or [default])
         data_root = env.get(DATA_ROOT_ENV, "").strip()
         buckets = env.get(STAGE_BUCKETS_ENV)
+        admin_ids = frozenset(i.strip() for i in env.get(ADMIN_IDS_ENV, "").split(",") if i.strip())
+        malformed = sorted(i for i in admin_ids if not _UNIQUE_ID.fullmatch(i))
+        if malformed:
+            raise IntakeConfigError(
+                f"{ADMIN_IDS_ENV}: {malformed[0]!r} is not an IAM unique id (AROA... of a role "
+                "or AIDA... of a user, 16 to 128 upper-case letters and digits)"
+            )
         return cls(
             queue_url=queue_url,
             table=table,
@@ -533,6 +555,7 @@ class DrainSettings:
             stage_buckets=(
                 None if buckets is None else tuple(b for b in buckets.split(",") if b.strip())
             ),
+            admin_ids=admin_ids,
         )
 
     def job_environment(self, region: str) -> dict[str, str]:
@@ -564,6 +587,7 @@ class DrainSettings:
             images=ImageChecks(
                 slurm=slurm, image=image, mode=self.mode, cache_dir=self.container_cache
             ),
+            admin_ids=self.admin_ids,
         )
 
 

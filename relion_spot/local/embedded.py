@@ -5,7 +5,8 @@
         cloud.local.run("sbatch", ...)
 
 Started in order: the cluster's Docker network; moto's server on this host's address on that
-network only (the containers' "AWS"; nothing else can reach it, it reaches nothing); in moto the
+network, bound to its bridge (the containers' "AWS"; no other network's container can reach it,
+it reaches nothing); in moto the
 Slurm key secret, the job-record and cost tables, the spot-event table, the job intake's queue
 and table, the controller's ECS service, a subnet and a launch template per partition; the
 controller container (the same
@@ -17,10 +18,10 @@ and the spot watcher. Closing stops and removes all of it; the work directory
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ from ..slurm.local import (
 )
 from ..slurm.spec import LOCAL_CLOUD, spec_from_settings
 from .cloud import MOTO_CREDENTIALS, prepare_cloud
+from .listen import ListenError, project_listener
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -81,27 +83,43 @@ class EmbeddedCloudError(RuntimeError):
 
 
 @contextmanager
-def moto_server(host: str) -> Iterator[str]:
-    """moto's server on ``host`` (a free port); yields its endpoint URL, stops it on exit."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def moto_server(host: str, *, interface: str) -> Iterator[str]:
+    """moto's server on ``host`` (a free port), reachable only through ``interface`` and from
+    this host (relion_spot.local.listen); yields its endpoint URL, stops it on exit."""
+    try:
+        listener = project_listener(host, interface)
+    except ListenError as err:
+        raise EmbeddedCloudError(f"moto's server: {err}") from None
+    port = listener.getsockname()[1]
+    with listener:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "relion_spot.local.moto_serve",
+                "--fd",
+                str(listener.fileno()),
+            ],
+            pass_fds=(listener.fileno(),),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     endpoint = f"http://{host}:{port}"
     try:
 
         def answers() -> bool:
             if server.poll() is not None:
                 raise EmbeddedCloudError(f"moto's server exited ({server.returncode})")
+            # The socket listens before moto does: only an HTTP answer says moto serves.
+            connection = http.client.HTTPConnection(host, port, timeout=2)
             try:
-                with socket.create_connection((host, port), timeout=1):
-                    return True
+                connection.request("GET", "/moto-api/")
+                connection.getresponse().read()
+                return True
             except OSError:
                 return False
+            finally:
+                connection.close()
 
         wait_until(answers, timeout=30, what=f"moto's server at {endpoint}")
         yield endpoint
@@ -200,7 +218,9 @@ class EmbeddedCloud:
         local.remove()
         started = time.monotonic()
         try:
-            with moto_server(local.gateway_address()) as endpoint:
+            with moto_server(
+                local.gateway_address(), interface=local.bridge_interface()
+            ) as endpoint:
                 env = _prepare_moto(endpoint, settings.region or "us-east-1", spec)
                 if controller_idle_seconds is not None:
                     env[idle.IDLE_SECONDS_ENV] = str(controller_idle_seconds)

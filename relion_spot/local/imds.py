@@ -21,6 +21,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .listen import project_listener
+
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -34,10 +36,20 @@ NoticeLookup = Callable[[str], dict[str, str] | None]
 class LocalImds:
     """Serve IMDSv2 for the instances of one moto region. ``start`` binds, ``stop`` closes."""
 
-    def __init__(self, ec2: Any, *, notices: NoticeLookup, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        ec2: Any,
+        *,
+        notices: NoticeLookup,
+        host: str = "127.0.0.1",
+        interface: str | None = None,
+    ) -> None:
+        """``interface``: the cluster network's bridge, to which the service is confined
+        (relion_spot.local.listen) besides ``host``; None listens on ``host`` alone."""
         self.ec2 = ec2
         self.notices = notices
         self.host = host
+        self.interface = interface
         self._tokens: set[str] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -68,7 +80,17 @@ class LocalImds:
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
 
-        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        server = ThreadingHTTPServer((self.host, 0), Handler, bind_and_activate=False)
+        if self.interface is not None:
+            server.socket.close()
+            server.socket = project_listener(self.host, self.interface)
+            host, port = server.socket.getsockname()[:2]
+            server.server_address = (host, port)
+            server.server_name, server.server_port = host, port
+        else:
+            server.server_bind()
+            server.server_activate()
+        self._server = server
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="local-imds", daemon=True

@@ -79,7 +79,12 @@ class Reconciler:
             raise ValueError("controller_service needs an ecs client")
         self.imds: LocalImds | None = None
         if spot_watcher:
-            self.imds = LocalImds(ec2, notices=self.notices.get, host=local.gateway_address())
+            self.imds = LocalImds(
+                ec2,
+                notices=self.notices.get,
+                host=local.gateway_address(),
+                interface=local.bridge_interface(),
+            )
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -7,6 +7,7 @@ stays on a Docker network this module creates; nothing else is addressed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -131,6 +132,15 @@ class LocalSlurm:
         if not gateways:
             raise DockerError(f"network {self.network} has no gateway address")
         return gateways[0]
+
+    def bridge_interface(self) -> str:
+        """The host's interface of the cluster's network: what a service listening on
+        ``gateway_address`` binds to, so that no other Docker network reaches it."""
+        self.create_network()
+        result = docker("network", "inspect", "-f", "{{.Id}} {{json .Options}}", self.network)
+        network_id, options = result.stdout.strip().split(" ", 1)
+        named = (json.loads(options) or {}).get("com.docker.network.bridge.name")
+        return str(named) if named else f"br-{network_id[:12]}"
 
     def start_controller(self, env: dict[str, str] | None = None) -> None:
         """Create and start the controller, or start it again on the same state directory.

@@ -18,6 +18,7 @@ from ..constructs.cost_tracker import CostTracker
 from ..constructs.dashboard import ClusterDashboard
 from ..constructs.intake import JobIntake
 from ..constructs.job_template import Class3dJobTemplate
+from ..constructs.lab_access import LabAccess
 from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
@@ -29,7 +30,7 @@ from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.config import COSTS_TABLE as COSTS_TABLE_ENV
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
-from ..intake.config import CONTAINER_CACHE_ENV, RELION_IMAGE_ENV, STAGE_BUCKETS_ENV
+from ..intake.config import ADMIN_IDS_ENV, CONTAINER_CACHE_ENV, RELION_IMAGE_ENV, STAGE_BUCKETS_ENV
 from ..jobs.class3d import DEFAULT_IMAGE
 from ..node import bootstrap
 from ..settings import Settings
@@ -270,8 +271,24 @@ class ClusterStack(Stack):
             instance_types=tuple(self.gpu_nodes.instance_types),
             metric_namespace=self.cost_tracker.metric_namespace,
         )
-        self.users = self._users_group()
+        self.lab_access = LabAccess(
+            self,
+            "LabAccess",
+            cluster_name=cluster_name,
+            queue=self.intake.queue,
+            dead_letter_queue=self.intake.dead_letter_queue,
+            intake_table=self.intake.table,
+            costs_table=self.cost_tracker.costs_table,
+            ecs_cluster_name=self.controller.cluster_name,
+            controller_service_name=self.controller.service_name,
+            controller_log_group=self.controller.log_group,
+        )
+        self.users = iam.Group(self, "Users")
+        self.lab_access.member_policy.attach_to_group(self.users)
         self.drill.grant_run(self.users, cluster_name=cluster_name)
+        drainer = self.controller.task_definition.default_container
+        assert drainer is not None
+        drainer.add_environment(ADMIN_IDS_ENV, self.lab_access.admin_role_id)
 
         self.teardown = ClusterTeardown(
             self, "Teardown", cluster_name=cluster_name, log_retention=log_retention
@@ -313,40 +330,22 @@ class ClusterStack(Stack):
             "JobRecordsTable": self.cost_tracker.records_table_name,
             "IntakeQueueUrl": self.intake.queue_url,
             "IntakeTable": self.intake.table_name,
+            "IntakeDeadLetterQueueUrl": self.intake.dead_letter_queue.queue_url,
+            "IntakeDeadLetterAlarm": self.intake.dead_letter_alarm.alarm_name,
             "Class3dTemplateParameter": self.class3d_template.parameter.parameter_name,
             "UsersGroup": self.users.group_name,
             "SpotInterruptionTemplateId": self.drill.template_id,
             "NotificationTopicArn": self.notifications.topic_arn,
             "MonthlyBudgetUsd": _amount(settings.monthly_budget_usd) or "none",
+            "AdminsGroup": self.lab_access.admins.group_name,
+            "LabMemberPolicyArn": self.lab_access.member_policy.managed_policy_arn,
+            "LabAdminPolicyArn": self.lab_access.admin_policy.managed_policy_arn,
+            "AdminRoleArn": self.lab_access.admin_role.role_arn,
         }
         if self.dashboard is not None:
             outputs["DashboardUrl"] = self.dashboard.console_url
         for key, value in outputs.items():
             CfnOutput(self, key, value=value)
-
-    def _users_group(self) -> iam.Group:
-        """What the lab's ``relion-spot`` commands need, as a group an administrator adds
-        people to: find the cluster (DescribeStacks), submit and cancel (the intake queue), read
-        decisions, progress and costs (the tables), wake the controller (its service's task
-        count). Nothing that writes a decision, a record or a cost, and no EC2."""
-        group = iam.Group(self, "Users")
-        self.intake.grant_submit(group)
-        self.cost_tracker.grant_report_reader(group)
-        self.controller.grant_scale(group)
-        group.add_to_policy(
-            iam.PolicyStatement(
-                sid="FindTheCluster",
-                actions=["cloudformation:DescribeStacks"],
-                resources=[
-                    self.format_arn(
-                        service="cloudformation",
-                        resource="stack",
-                        resource_name=f"{self.stack_name}/*",
-                    )
-                ],
-            )
-        )
-        return group
 
 
 def _amount(usd: float | None) -> str:

@@ -19,6 +19,7 @@ from relion_spot.intake.slurm import SlurmJobs
 from relion_spot.intake.table import IntakeTable
 from tests.intake.conftest import (
     MIN_JOB_AGE,
+    QUEUE,
     TABLE,
     FakeSlurm,
     cluster_spec,
@@ -66,7 +67,7 @@ class Cluster:
     def table(self) -> IntakeTable:
         return IntakeTable(self.dynamodb, TABLE)
 
-    def drainer(self) -> Drainer:
+    def drainer(self, admin_ids: frozenset[str] = frozenset()) -> Drainer:
         jobs = SlurmJobs(
             sbatch=(str(self.slurm.sbatch),),
             squeue=(str(self.slurm.squeue),),
@@ -81,7 +82,12 @@ class Cluster:
             prepare=JobPreparer.from_spec(cluster_spec()),
             min_job_age=MIN_JOB_AGE,
             wait_seconds=0,
+            admin_ids=admin_ids,
         )
+
+    @property
+    def dead_letter_queue_url(self) -> str:
+        return str(self.sqs.get_queue_url(QueueName=f"{QUEUE}-dead")["QueueUrl"])
 
     def scancel_calls(self) -> list[str]:
         calls = self.slurm.dir / "scancel-calls"
@@ -120,6 +126,7 @@ def cluster(moto_aws: None, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPat
                 "IntakeTable": TABLE,
                 "JobCostsTable": COSTS,
                 "JobRecordsTable": RECORDS,
+                "IntakeDeadLetterQueueUrl": made.dead_letter_queue_url,
             },
         )
         made.add_stack("unrelated", {"Something": "else"})

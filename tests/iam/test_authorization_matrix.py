@@ -65,6 +65,12 @@ class World:
     other_launch_template: str
     queue: str
     other_queue: str
+    dead_letters: str
+    other_dead_letters: str
+    controller_log_group: str
+    other_controller_log_group: str
+    admin_role: str
+    other_admin_role: str
     intake_table: str
     other_intake_table: str
     records_table: str
@@ -133,8 +139,15 @@ def _world(synth: Any) -> World:
     def table(resolver: TemplateResolver, prefix: str) -> str:
         return resolver.get_att(resolver.one("AWS::DynamoDB::Table", prefix), "Arn")
 
-    def queue(resolver: TemplateResolver) -> str:
-        return resolver.get_att(resolver.one("AWS::SQS::Queue", "IntakeQueue"), "Arn")
+    def queue(resolver: TemplateResolver, prefix: str = "IntakeQueue") -> str:
+        return resolver.get_att(resolver.one("AWS::SQS::Queue", prefix), "Arn")
+
+    def log_group(resolver: TemplateResolver) -> str:
+        name = resolver.ref(resolver.one("AWS::Logs::LogGroup", "ControllerLogs"))
+        return f"arn:{PARTITION}:logs:{region}:{ACCOUNT}:log-group:{name}"
+
+    def admin_role(resolver: TemplateResolver) -> str:
+        return resolver.get_att(resolver.one("AWS::IAM::Role", "LabAccessAdminRole"), "Arn")
 
     def drill_template(resolver: TemplateResolver) -> str:
         template = resolver.one("AWS::FIS::ExperimentTemplate", "SpotInterruptionDrill")
@@ -179,6 +192,12 @@ def _world(synth: Any) -> World:
         other_launch_template=launch_template(other, "GpuNodesLaunchTemplate"),
         queue=queue(own),
         other_queue=queue(other),
+        dead_letters=queue(own, "IntakeDeadLetters"),
+        other_dead_letters=queue(other, "IntakeDeadLetters"),
+        controller_log_group=log_group(own),
+        other_controller_log_group=log_group(other),
+        admin_role=admin_role(own),
+        other_admin_role=admin_role(other),
         intake_table=table(own, "IntakeSubmissions"),
         other_intake_table=table(other, "IntakeSubmissions"),
         records_table=table(own, "CostTrackerAttemptRecords"),
@@ -212,6 +231,8 @@ def _world(synth: Any) -> World:
 PRINCIPALS = {
     "controller": "ControllerTaskTaskRole",
     "gpu-node": "GpuNodesRole",
+    "lab-admin": "LabAccessAdminRole",
+    "admins-group": "LabAccessAdmins",
     "cpu-node": "CpuNodesRole",
     "cost": "CostTrackerRole",
     "teardown": "TeardownRole",
@@ -1294,6 +1315,94 @@ allow("cli/selftest/fis:StopExperiment")(
 )
 deny("cli/deny/fis:DeleteExperimentTemplate")(
     lambda w: Request("cli", "fis:DeleteExperimentTemplate", w.drill_template)
+)
+
+
+# --- lab member (the users group, LabMember policy) and lab admin (the admin role, LabAdmin) ---
+# relion_spot.constructs.lab_access; a member's cancel of another's job is refused by the drainer
+# (the SenderId), not by IAM: both send to the same queue.
+
+for _action in ("sqs:GetQueueAttributes", "sqs:ReceiveMessage"):
+    allow(f"cli/status/{_action}/dead-letters")(
+        lambda w, a=_action: Request("cli", a, w.dead_letters)
+    )
+deny("cli/deny/sqs:ReceiveMessage/another-clusters-dead-letters")(
+    lambda w: Request("cli", "sqs:ReceiveMessage", w.other_dead_letters)
+)
+deny("cli/deny/sqs:DeleteMessage/dead-letters")(
+    lambda w: Request("cli", "sqs:DeleteMessage", w.dead_letters)
+)
+deny("cli/deny/logs:FilterLogEvents/controller-logs")(
+    lambda w: Request("cli", "logs:FilterLogEvents", w.controller_log_group)
+)
+deny("cli/deny/sts:AssumeRole/admin-role")(lambda w: Request("cli", "sts:AssumeRole", w.admin_role))
+allow("lab-admin/submit-cancel/sqs:SendMessage")(
+    lambda w: Request("lab-admin", "sqs:SendMessage", w.queue)
+)
+deny("lab-admin/deny/sqs:SendMessage/another-queue")(
+    lambda w: Request("lab-admin", "sqs:SendMessage", w.other_queue)
+)
+for _action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:PurgeQueue"):
+    deny(f"lab-admin/deny/{_action}/intake-queue")(
+        lambda w, a=_action: Request("lab-admin", a, w.queue)
+    )
+for _action in ("dynamodb:GetItem", "dynamodb:Scan"):
+    allow(f"lab-admin/status/{_action}/intake-table")(
+        lambda w, a=_action: Request("lab-admin", a, w.intake_table)
+    )
+for _action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"):
+    deny(f"lab-admin/deny/{_action}/intake-table")(
+        lambda w, a=_action: Request("lab-admin", a, w.intake_table)
+    )
+deny("lab-admin/deny/dynamodb:GetItem/another-clusters-table")(
+    lambda w: Request("lab-admin", "dynamodb:GetItem", w.other_intake_table)
+)
+for _action in ("sqs:ReceiveMessage", "sqs:DeleteMessage"):
+    allow(f"lab-admin/dead-letters/{_action}")(
+        lambda w, a=_action: Request("lab-admin", a, w.dead_letters)
+    )
+deny("lab-admin/deny/sqs:DeleteMessage/another-clusters-dead-letters")(
+    lambda w: Request("lab-admin", "sqs:DeleteMessage", w.other_dead_letters)
+)
+for _action in ("logs:FilterLogEvents", "logs:DescribeLogStreams"):
+    allow(f"lab-admin/logs/{_action}")(
+        lambda w, a=_action: Request("lab-admin", a, w.controller_log_group)
+    )
+allow("lab-admin/logs/logs:GetLogEvents")(
+    lambda w: Request(
+        "lab-admin",
+        "logs:GetLogEvents",
+        f"{w.controller_log_group}:log-stream:slurmctld/slurmctld/0123456789abcdef",
+    )
+)
+deny("lab-admin/deny/logs:FilterLogEvents/another-clusters-logs")(
+    lambda w: Request("lab-admin", "logs:FilterLogEvents", w.other_controller_log_group)
+)
+allow("lab-admin/wake/ecs:UpdateService")(
+    lambda w: Request("lab-admin", "ecs:UpdateService", w.service, {"ecs:cluster": w.ecs_cluster})
+)
+deny("lab-admin/deny/secretsmanager:GetSecretValue/slurm-key")(
+    lambda w: Request("lab-admin", "secretsmanager:GetSecretValue", w.secret)
+)
+deny("lab-admin/deny/ec2:TerminateInstances")(
+    lambda w: Request(
+        "lab-admin",
+        "ec2:TerminateInstances",
+        w.instance,
+        tag_context("ResourceTag", w.own_instance_tags()),
+    )
+)
+allow("admins-group/sts:AssumeRole/admin-role")(
+    lambda w: Request("admins-group", "sts:AssumeRole", w.admin_role)
+)
+deny("admins-group/deny/sts:AssumeRole/another-clusters-admin-role")(
+    lambda w: Request("admins-group", "sts:AssumeRole", w.other_admin_role)
+)
+allow("admins-group/submit-cancel/sqs:SendMessage")(
+    lambda w: Request("admins-group", "sqs:SendMessage", w.queue)
+)
+deny("admins-group/deny/logs:FilterLogEvents/without-the-admin-role")(
+    lambda w: Request("admins-group", "logs:FilterLogEvents", w.controller_log_group)
 )
 
 

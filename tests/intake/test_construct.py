@@ -117,16 +117,49 @@ def test_controller_is_told_where_the_intake_is(default_synth, stack: str) -> No
     assert outputs["IntakeTable"]["Value"] == {"Ref": TABLE_LOGICAL_ID}
 
 
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_a_message_in_the_dead_letter_queue_raises_an_alarm(default_synth, stack: str) -> None:
+    raw = default_synth.template(stack)
+    _, dead = _queues(raw)
+    alarms = _resources(raw, "AWS::CloudWatch::Alarm")
+    (alarm,) = [
+        a
+        for a in alarms.values()
+        if a["Properties"].get("Dimensions")
+        == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dead, "QueueName"]}}]
+    ]
+    props = alarm["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert (props["Statistic"], props["Period"], props["EvaluationPeriods"]) == ("Maximum", 300, 1)
+    assert (props["ComparisonOperator"], props["Threshold"]) == (
+        "GreaterThanOrEqualToThreshold",
+        1,
+    )
+    assert props["TreatMissingData"] == "notBreaching"
+    (alarm_id,) = [k for k, v in alarms.items() if v is alarm]
+    outputs = raw["Outputs"]
+    assert outputs["IntakeDeadLetterAlarm"]["Value"] == {"Ref": alarm_id}
+    assert outputs["IntakeDeadLetterQueueUrl"]["Value"] == {"Ref": dead}
+
+
 def _assert_users_only_send_and_read(policy: dict, queue: str) -> None:
-    """The lab's commands (the stack's users group) submit and cancel by message and read the
-    decisions; they never receive, erase or write one."""
+    """The lab's commands (the LabMember and LabAdmin policies) submit and cancel by message
+    and read the decisions; they never receive, erase or write one."""
     for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
         resources = _as_list(statement["Resource"])
         actions = set(_as_list(statement["Action"]))
         if {"Fn::GetAtt": [queue, "Arn"]} in resources:
             assert actions <= {"sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
         if {"Fn::GetAtt": [TABLE_LOGICAL_ID, "Arn"]} in resources:
-            assert actions == {"dynamodb:GetItem", "dynamodb:Scan"}
+            assert actions <= {
+                "dynamodb:GetItem",
+                "dynamodb:Scan",
+                "dynamodb:BatchGetItem",
+                "dynamodb:Query",
+            }
 
 
 def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) -> None:
@@ -138,6 +171,10 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
     )
     sqs_actions: set[str] = set()
     table_actions: dict[str, set[str]] = {}
+    lab_policies = _resources(raw, "AWS::IAM::ManagedPolicy").values()
+    assert len(lab_policies) == 2
+    for policy in lab_policies:
+        _assert_users_only_send_and_read(policy, main)
     for policy in _resources(raw, "AWS::IAM::Policy").values():
         if "Groups" in policy["Properties"]:
             _assert_users_only_send_and_read(policy, main)

@@ -47,7 +47,7 @@ def moto_on_network(slurm_images: None) -> Iterator[tuple[LocalSlurm, str]]:
     )
     local.remove()
     try:
-        with moto_server(local.gateway_address()) as endpoint:
+        with moto_server(local.gateway_address(), interface=local.bridge_interface()) as endpoint:
             yield local, endpoint
     finally:
         local.remove()
