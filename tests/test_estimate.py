@@ -30,7 +30,8 @@ def test_default_deployment_prices_every_standing_resource(default_synth) -> Non
     controller = _fargate_month("spot", 0.25, 1.0, public_ip=True)
     # The spot interruption drill's stop condition: one alarm over the GPU group's two types.
     drill_alarm = 2 * PRICES["alarm_month"]
-    standing = PRICES["secret_month"] + PRICES["dashboard_month"] + drill_alarm
+    dead_letter_alarm = PRICES["alarm_month"]  # a submission the intake gave up on
+    standing = PRICES["secret_month"] + PRICES["dashboard_month"] + drill_alarm + dead_letter_alarm
     per_cluster_up = controller + standing + PRICES["cloud_map_instance_month"]
     for stack in ("relion-spot-gpu1", "relion-spot-gpu4", "relion-spot-gpu8"):
         assert estimate.total(controller_up=True, stack=stack) == pytest.approx(per_cluster_up)
@@ -58,8 +59,9 @@ def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth)
         + PRICES["secret_month"]
         + PRICES["cloud_map_instance_month"]
         + 2 * PRICES["alarm_month"]  # the drill's stop condition
+        + PRICES["alarm_month"]  # the intake's dead-letter alarm
     ), "dashboard=false: no dashboard"
-    asleep = PRICES["secret_month"] + 2 * PRICES["alarm_month"]
+    asleep = PRICES["secret_month"] + 3 * PRICES["alarm_month"]  # drill (2 metrics) + dead letters
     assert nat_instance.total(controller_up=False, stack="lab-b-gpu4") == pytest.approx(asleep)
     nat_gateway = estimate_templates(read_cloud_assembly(nat_gateway_synth.outdir))
     assert nat_gateway.total(controller_up=False, stack="lab-c-network") == pytest.approx(

@@ -94,7 +94,7 @@ class JobIntake(Construct):
         """The drainer: receive and delete messages; read and conditionally write decisions
         (UpdateItem: the cancel state of a submission)."""
         self.queue.grant_consume_messages(grantee)
-        self.table.grant(grantee, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
+        self.table.grant(grantee, "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem")
 
     def grant_progress(self, grantee: iam.IGrantable) -> None:
         """A job on a node: update its own submission's progress (relion_spot.intake.report).

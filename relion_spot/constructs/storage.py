@@ -157,18 +157,24 @@ class SharedStorage(Construct):
         )
 
     def grant_mount(
-        self, grantee: iam.IGrantable, access_point: efs.IAccessPoint, *, read_only: bool = False
+        self,
+        grantee: iam.IGrantable,
+        *access_points: efs.IAccessPoint,
+        read_only: bool = False,
     ) -> None:
-        """Let ``grantee`` mount (read/write unless ``read_only``, never as root) through one
-        access point."""
+        """Let ``grantee`` mount (read/write unless ``read_only``, never as root) through these
+        access points: one statement, the condition naming each."""
         actions = ["elasticfilesystem:ClientMount"]
         if not read_only:
             actions.append("elasticfilesystem:ClientWrite")
+        arns = [ap.access_point_arn for ap in access_points]
         iam.Grant.add_to_principal(
             grantee=grantee,
             actions=actions,
             resource_arns=[self.file_system.file_system_arn],
             conditions={
-                "ArnEquals": {"elasticfilesystem:AccessPointArn": access_point.access_point_arn}
+                "ArnEquals": {
+                    "elasticfilesystem:AccessPointArn": arns[0] if len(arns) == 1 else arns
+                }
             },
         )

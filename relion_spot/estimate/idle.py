@@ -43,6 +43,7 @@ USAGE_BILLED = {
     "AWS::FIS::ExperimentTemplate",
     "AWS::IAM::Group",
     "AWS::IAM::InstanceProfile",
+    "AWS::IAM::ManagedPolicy",
     "AWS::IAM::Policy",
     "AWS::IAM::Role",
     "AWS::Lambda::EventSourceMapping",

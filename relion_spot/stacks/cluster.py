@@ -153,8 +153,9 @@ class ClusterStack(Stack):
         )
         node_groups = (self.gpu_nodes, self.cpu_nodes)
         for group in node_groups:
-            storage.grant_mount(group.role, storage.data_access_point)
-            storage.grant_mount(group.role, storage.container_cache_access_point)
+            storage.grant_mount(
+                group.role, storage.data_access_point, storage.container_cache_access_point
+            )
             image.repository.grant_pull(group.role)
             auth_key.grant_read(group.role)
 
@@ -249,9 +250,11 @@ class ClusterStack(Stack):
         else:
             self.capacity_fallback = None
         storage.grant_mount(self.controller.task_role, state_access_point)
-        storage.grant_mount(self.controller.task_role, storage.data_access_point, read_only=True)
         storage.grant_mount(
-            self.controller.task_role, storage.container_cache_access_point, read_only=True
+            self.controller.task_role,
+            storage.data_access_point,
+            storage.container_cache_access_point,
+            read_only=True,
         )
         grant_launch(self.controller.task_role, node_groups, vpc=vpc)
         grant_power_saving(

@@ -171,11 +171,16 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
     )
     sqs_actions: set[str] = set()
     table_actions: dict[str, set[str]] = {}
-    lab_policies = _resources(raw, "AWS::IAM::ManagedPolicy").values()
+    managed = _resources(raw, "AWS::IAM::ManagedPolicy")
+    lab_policies = [p for name, p in managed.items() if name.startswith("LabAccess")]
     assert len(lab_policies) == 2
     for policy in lab_policies:
         _assert_users_only_send_and_read(policy, main)
-    for policy in _resources(raw, "AWS::IAM::Policy").values():
+    role_policies = [
+        *_resources(raw, "AWS::IAM::Policy").values(),
+        *(p for name, p in managed.items() if not name.startswith("LabAccess")),
+    ]
+    for policy in role_policies:
         if "Groups" in policy["Properties"]:
             _assert_users_only_send_and_read(policy, main)
             continue
