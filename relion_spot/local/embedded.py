@@ -35,6 +35,7 @@ import boto3
 from ..cost.store import create_tables
 from ..intake import config as intake_config
 from ..intake.table import create_table as create_intake_table
+from ..node import job_reports
 from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm import idle
@@ -54,7 +55,8 @@ RECORDS_TABLE_ENV = "RELION_SPOT_RECORDS_TABLE"
 JOB_USER_UID = 1000
 """The job user of the image (``relion``): owns the shared data directory, as on EFS's /data."""
 SPOT_POLL_SECONDS = "2"
-"""The spot watcher's IMDS poll here: well inside any grace a test or the demo gives."""
+"""The spot watcher's IMDS poll here (and the job-report forwarder's): well inside any grace a
+test or the demo gives."""
 
 
 def moto_client(service: str, *, endpoint: str, region: str) -> Any:
@@ -255,6 +257,7 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,
         POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
+        job_reports.POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
         idle.CLUSTER_ENV: spec.cluster_name,
         idle.SERVICE_ENV: service,
     }

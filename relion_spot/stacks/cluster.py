@@ -106,6 +106,12 @@ class ClusterStack(Stack):
             ),
             removal_policy=RemovalPolicy.DESTROY,
         )
+        self.intake = JobIntake(
+            self,
+            "Intake",
+            cluster_name=cluster_name,
+            removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
+        )
         controller_dns_name = f"{cluster_name}-ctld.{network.namespace.namespace_name}"
         user_data = ec2.UserData.custom(
             bootstrap.render(
@@ -117,6 +123,7 @@ class ClusterStack(Stack):
                 controller=f"{controller_dns_name}:{SLURMCTLD_PORT}",
                 key_secret_arn=auth_key.secret_arn,
                 spot_events_table="",
+                intake_table=self.intake.table_name,
             )
         )
 
@@ -162,12 +169,6 @@ class ClusterStack(Stack):
                 group.launch_template_id,
                 launch_tags={tags.STACK: self.stack_name, tags.PARTITION: group.partition},
             )
-        self.intake = JobIntake(
-            self,
-            "Intake",
-            cluster_name=cluster_name,
-            removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
-        )
 
         state_access_point = storage.slurm_state_access_point(self, cluster_name)
         subnets = vpc.select_subnets(subnet_type=network.node_subnets.subnet_type)
