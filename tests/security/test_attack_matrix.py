@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -261,3 +262,41 @@ def test_the_node_runs_no_report_that_is_a_planted_link(cloud: EmbeddedCloud) ->
     item = json.dumps(table.client.get_item(TableName=table.name, Key={
         KEY: {"S": sid}})["Item"])  # fmt: skip
     assert "RELION_SPOT" not in item
+
+
+HIJACK = """\
+import pathlib
+pathlib.Path("/data/hijack/IMPORTED").write_text("the planted package ran as the job")
+raise SystemExit(0)
+"""
+
+
+def _claim_interpreter() -> str:
+    """The interpreter words the rendered job template starts the project's code with."""
+    from relion_spot.jobs import render
+
+    match = re.search(r"\$\((\S+(?: -\w)*) -m relion_spot\.jobs\.claim", render(1, mode="local"))
+    assert match is not None
+    return match.group(1)
+
+
+def test_a_package_planted_in_the_jobs_directory_is_never_imported(cloud: EmbeddedCloud) -> None:
+    """A stage job can unpack anything into /data: a ``relion_spot/`` package there (and on
+    PYTHONPATH) is not what the template's interpreter imports; the project's own code runs."""
+    planted = _data(cloud) / "hijack" / "relion_spot"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text(HIJACK)
+    os.chown(planted.parent, 1000, 1000)
+    interpreter = _claim_interpreter()
+    assert interpreter == "/opt/relion-spot/venv/bin/python -I"
+    line = f"PYTHONPATH=/data/hijack {interpreter} -m relion_spot.jobs.claim --type Class3D"
+    job_id = _run_to_end(
+        cloud, ["--chdir=/data/hijack", "-o", "/data/hijack/isolated-%j.out", "--wrap", line]
+    )
+    assert not (planted.parent / "IMPORTED").exists()
+    assert job(cloud.local, job_id)["JobState"] == "COMPLETED"
+    assert (planted.parent / f"isolated-{job_id}.out").read_text().strip() == "Class3D/job001"
+    # The plant is a real threat: the same line without -I imports it.
+    exposed = line.replace(" -I", "")
+    _run_to_end(cloud, ["--chdir=/data/hijack", "-o", "/dev/null", "--wrap", exposed])
+    assert (planted.parent / "IMPORTED").exists()
