@@ -36,7 +36,7 @@ from ..cost.store import create_tables
 from ..intake import config as intake_config
 from ..intake.table import create_table as create_intake_table
 from ..node import job_reports
-from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
+from ..node.spot_watcher import EVENTS_FILE_ENV, EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm import idle
 from ..slurm.key import KEY_SECRET_ARN_ENV
@@ -256,6 +256,10 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         KEY_SECRET_ARN_ENV: secret["ARN"],
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,
+        # Where the node bootstrap puts it: on the shared file system, which jobs write too.
+        EVENTS_FILE_ENV: (
+            f"{intake_config.NODE_DATA_DIR}/.relion-spot/spot-events/{spec.cluster_name}.jsonl"
+        ),
         POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
         job_reports.POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
         idle.CLUSTER_ENV: spec.cluster_name,

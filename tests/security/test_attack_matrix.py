@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from relion_spot import tags
 from relion_spot.intake.config import KEY
 from relion_spot.intake.table import ACCEPTED, IntakeTable, Record
-from relion_spot.local.embedded import INTAKE_TABLE, EmbeddedCloud
+from relion_spot.local.embedded import INTAKE_TABLE, SPOT_EVENTS_TABLE, EmbeddedCloud
 from relion_spot.node.imds import IMDS_URL_ENV
 from relion_spot.node.metadata_guard import GUARD_ENV
 from relion_spot.settings import Settings
@@ -82,6 +83,17 @@ def _node_of(cloud: EmbeddedCloud, job_id: int) -> tuple[str, str]:
     return node, cloud.local.node_container(node)
 
 
+def _instance_of(cloud: EmbeddedCloud, node: str) -> dict:
+    """The running instance that plays ``node``."""
+    (instance,) = [
+        i
+        for i in cloud.instances()
+        if i["State"]["Name"] == "running"
+        and {t["Key"]: t["Value"] for t in i.get("Tags") or []}.get(tags.NODE) == node
+    ]
+    return instance
+
+
 def test_a_job_cannot_reach_the_metadata_service_and_root_on_its_node_can(
     cloud: EmbeddedCloud,
 ) -> None:
@@ -96,7 +108,7 @@ def test_a_job_cannot_reach_the_metadata_service_and_root_on_its_node_can(
     assert (_data(cloud) / f"imds-{job_id}.out").read_text().split() == ["refused"]
 
     node, container = _node_of(cloud, job_id)
-    (instance,) = [i for i in cloud.instances() if i["State"]["Name"] == "running"]
+    instance = _instance_of(cloud, node)
     as_root = docker(
         "exec", container, "/usr/bin/python3", "-I", "/data/probe.py",
         imds.url_for(instance["InstanceId"]),
@@ -300,3 +312,50 @@ def test_a_package_planted_in_the_jobs_directory_is_never_imported(cloud: Embedd
     exposed = line.replace(" -I", "")
     _run_to_end(cloud, ["--chdir=/data/hijack", "-o", "/dev/null", "--wrap", exposed])
     assert (planted.parent / "IMPORTED").exists()
+
+
+def test_a_link_planted_at_the_spot_event_log_is_not_followed_by_the_watcher(
+    cloud: EmbeddedCloud,
+) -> None:
+    """A job links the node's spot-event log on /data to a file it cannot write; at the next
+    reclaim the root watcher refuses the link (one log line), leaves the file as it was, and the
+    event still reaches the spot-event table. (Last in the module: the reclaim takes the node.)"""
+    victim = _data(cloud) / "victim.txt"
+    victim.write_text("keep\n")
+    victim.chmod(0o644)
+    events = f"/data/.relion-spot/spot-events/{cloud.cluster}.jsonl"
+    plant = f"mkdir -p {os.path.dirname(events)} && ln -sfn /data/victim.txt {events}; sleep 60"
+    job_id = sbatch(cloud.local, ["-p", "gpu", "--gres=gpu:1", "-o", "/dev/null", "--wrap", plant])
+    wait_until(
+        lambda: (
+            job(cloud.local, job_id).get("JobState") == "RUNNING"
+            and os.path.islink(_data(cloud) / events.removeprefix("/data/"))
+        ),
+        timeout=180,
+        what=lambda: f"job {job_id} to plant its link ({job(cloud.local, job_id)})",
+    )
+    node, container = _node_of(cloud, job_id)
+    instance = _instance_of(cloud, node)
+    cloud.reconciler.reclaim(instance["InstanceId"], grace_seconds=30)
+    logs = ""
+
+    def refused() -> bool:
+        nonlocal logs
+        logs = docker("exec", container, "cat", "/var/log/slurm/relion-spot-spot-watcher.log",
+                      check=False).stdout  # fmt: skip
+        return "event NOT recorded in" in logs
+
+    wait_until(refused, timeout=25, what=lambda: f"the watcher's refusal on {node}\n{logs}")
+    assert f"event NOT recorded in {events}" in logs and "is a link" in logs
+    assert victim.read_text() == "keep\n"
+    table = cloud.client("dynamodb")
+    wait_until(
+        lambda: (
+            "Item"
+            in table.get_item(
+                TableName=SPOT_EVENTS_TABLE, Key={"instance_id": {"S": instance["InstanceId"]}}
+            )
+        ),
+        timeout=25,
+        what="the event in the spot-event table",
+    )
