@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -52,14 +53,17 @@ except OSError as err:
 @pytest.fixture(scope="module")
 def cloud(slurm_images: None) -> Iterator[EmbeddedCloud]:
     work = Path(tempfile.mkdtemp(prefix="relion-spot-attack-"))
-    with EmbeddedCloud.start(
-        prefix=f"relion-spot-test-attack-{os.getpid()}",
-        settings=Settings(gpus=(1,)),
-        gpu_count=1,
-        work_dir=work,
-    ) as cloud:
-        (work / "data" / "probe.py").write_text(PROBE)
-        yield cloud
+    try:
+        with EmbeddedCloud.start(
+            prefix=f"relion-spot-test-attack-{os.getpid()}",
+            settings=Settings(gpus=(1,)),
+            gpu_count=1,
+            work_dir=work,
+        ) as cloud:
+            (work / "data" / "probe.py").write_text(PROBE)
+            yield cloud
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _data(cloud: EmbeddedCloud) -> Path:
