@@ -11,6 +11,8 @@
 #   controller                    slurmctld as host[:port] (the controller's Cloud Map name)
 #   key_secret_arn                Secrets Manager ARN of the auth/slurm key
 #   spot_events_table             DynamoDB table for spot reclaim events ('' for none)
+#   intake_table                  the job intake's table, where the node's job-report forwarder
+#                                 (root, beside slurmd) puts the progress its jobs report
 #   node_tag_key                  the node-name tag key (filled from relion_spot.tags)
 #   partition_tag_key             the partition tag key (filled from relion_spot.tags; the
 #                                 launch template tags every instance with its partition)
@@ -21,7 +23,8 @@
 # What it does, in order: learn the node name from this instance's own tags (IMDSv2, instance
 # metadata tags on; the resume program tags the instance seconds after launch, so it waits);
 # format the local NVMe instance store as /scratch (RAID0 over several); mount EFS with TLS and
-# IAM through the access points; start slurmd from the Slurm image with the GPUs, /scratch and
+# IAM through the access points; shut the metadata service to every non-root user (a firewall
+# rule by uid, before any job can run here); start slurmd from the Slurm image with the GPUs, /scratch and
 # EFS passed in (the image's entrypoint fetches the Slurm key from Secrets Manager and resets the
 # signal mask before exec'ing slurmd -b); start the spot watcher inside that container, where
 # scontrol reaches the controller through slurmd's configless cache; on a GPU node, start the
@@ -39,6 +42,7 @@ readonly SLURM_IMAGE='${slurm_image}'
 readonly CONTROLLER='${controller}'
 readonly KEY_SECRET_ARN='${key_secret_arn}'
 readonly SPOT_EVENTS_TABLE='${spot_events_table}'
+readonly INTAKE_TABLE='${intake_table}'
 readonly NODE_TAG_KEY='${node_tag_key}'
 readonly PARTITION_TAG_KEY='${partition_tag_key}'
 
@@ -88,6 +92,7 @@ command -v mount.efs >/dev/null || missing+=(amazon-efs-utils)
 command -v mdadm >/dev/null || missing+=(mdadm)
 command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
 command -v docker >/dev/null || missing+=(docker)
+command -v iptables >/dev/null || missing+=(iptables-nft)
 if [ "$${#missing[@]}" -gt 0 ]; then
   log "installing $${missing[*]}"
   dnf install -y -q "$${missing[@]}" || die "could not install $${missing[*]}"
@@ -138,7 +143,21 @@ mount_efs() {
 mount_efs "$$DATA_ACCESS_POINT" /data
 mount_efs "$$CONTAINERS_ACCESS_POINT" /containers
 
-# --- 5. slurmd from the Slurm image ------------------------------------------------------------
+# --- 5. The metadata service shut to jobs -------------------------------------------------------
+# Whoever reaches IMDS can take this instance's role credentials. Only root needs it (this script,
+# the spot watcher, the Prolog/Epilog, the job-report forwarder); jobs run as the job user in a
+# container on the host network, so one host rule by uid keeps them out, added before slurmd
+# exists: every non-root TCP connection to IMDS is reset. The container's entrypoint checks it
+# (RELION_SPOT_METADATA_GUARD=verify) and refuses to start slurmd while a job could connect.
+imds_rule=(-p tcp -d 169.254.169.254 --dport 80 -m owner ! --uid-owner 0
+  -j REJECT --reject-with tcp-reset)
+if ! iptables -w 5 -C OUTPUT "$${imds_rule[@]}" 2>/dev/null; then
+  iptables -w 5 -I OUTPUT 1 "$${imds_rule[@]}" ||
+    die "could not shut the metadata service to non-root users"
+fi
+log "the metadata service answers root only"
+
+# --- 6. slurmd from the Slurm image ------------------------------------------------------------
 registry=$${SLURM_IMAGE%%/*}
 case "$$registry" in
   *.dkr.ecr.*)
@@ -186,7 +205,9 @@ docker run -d --name "$$CONTAINER" --network host --ipc host \
   -e RELION_SPOT_NODE_NAME="$$NODE_NAME" \
   -e RELION_SPOT_CONTROLLER="$$CONTROLLER" \
   -e RELION_SPOT_SLURM_KEY_SECRET_ARN="$$KEY_SECRET_ARN" \
+  -e RELION_SPOT_METADATA_GUARD=verify \
   -e RELION_SPOT_SPOT_EVENTS_TABLE="$$SPOT_EVENTS_TABLE" \
+  -e RELION_SPOT_INTAKE_TABLE="$$INTAKE_TABLE" \
   -e RELION_SPOT_SPOT_EVENTS_FILE="/data/.relion-spot/spot-events/$$CLUSTER_NAME.jsonl" \
   "$$SLURM_IMAGE" node >/dev/null || die "docker run $$SLURM_IMAGE failed"
 
@@ -201,12 +222,12 @@ done
 docker exec "$$CONTAINER" pgrep -x slurmd >/dev/null 2>&1 || die "slurmd did not start"
 log "slurmd runs as $$NODE_NAME against $$CONTROLLER"
 
-# --- 6. The spot watcher, next to slurmd -------------------------------------------------------
-docker exec -d "$$CONTAINER" /opt/relion-spot/venv/bin/python -m relion_spot.node.spot_watcher ||
+# --- 7. The spot watcher, next to slurmd -------------------------------------------------------
+docker exec -d "$$CONTAINER" /opt/relion-spot/venv/bin/python -I -m relion_spot.node.spot_watcher ||
   die "the spot watcher would not start"
 log "spot watcher started; node $$NODE_NAME is up"
 
-# --- 7. GPU metrics for the cluster dashboard (CloudWatch agent, Cluster dimension) -----------
+# --- 8. GPU metrics for the cluster dashboard (CloudWatch agent, Cluster dimension) -----------
 readonly AGENT_HOME=/opt/aws/amazon-cloudwatch-agent
 start_gpu_metrics() {
   if [ ! -x "$$AGENT_HOME/bin/amazon-cloudwatch-agent-ctl" ]; then

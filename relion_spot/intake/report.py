@@ -1,10 +1,18 @@
 """A running job's progress, reported into its submission's item in the intake table.
 
-The drainer starts every job with ``RELION_SPOT_SUBMISSION_ID``, ``RELION_SPOT_INTAKE_TABLE`` and
-``RELION_SPOT_INTAKE_REGION`` in its environment (from sbatch's environment). While RELION runs, the
-progress watcher (relion_spot.relion.progress) hands each new progress record to
-``ProgressReporter.publish``, which sets two attributes of that item with one UpdateItem, only
-where the item exists:
+Jobs hold no AWS credentials (the node shuts the metadata service to them:
+relion_spot.node.metadata_guard), so reporting takes two hands:
+
+- the job (``ProgressReporter``, used by relion_spot.relion.progress's watcher): in a job the
+  intake submitted (``RELION_SPOT_SUBMISSION_ID`` in its environment), each progress record is
+  written as a report file, ``<job id>.json``, into the node's report spool (``REPORT_SPOOL``,
+  root's directory, which jobs may add to but not list): the compact progress map and the last
+  lines of the job's output file;
+- the node's forwarder (relion_spot.node.job_reports, root, started beside slurmd): for each
+  job Slurm runs on the node, reads that file (no link followed, owned by the job's user,
+  bounded) and sets two attributes of the submission's item with one UpdateItem
+  (``ReportPublisher``), only where the item exists and names that Slurm job; the submission
+  comes from the job's Slurm comment, never from the file:
 
     progress  M  state ("RUNNING", "FINISHED", or "STOPPED": RELION exited before the last
                  iteration, e.g. a spot reclaim that Slurm will requeue), job_id,
@@ -17,13 +25,13 @@ where the item exists:
 This is what ``relion-spot status``, ``logs`` and ``plot`` read: the user's AWS credentials
 reach it, no file system does. Each newly completed iteration's resolution is also published as
 the metric ``RelionSpot/ResolutionAngstrom`` (dimensions Cluster, JobId) for the cluster's
-dashboard, when the job knows its cluster (``RELION_SPOT_CLUSTER``, the controller's). A
-report that fails is a warning on the job's stderr and nothing more: progress must never take
-the job down.
+dashboard. A report that fails is a warning and nothing more: progress must never take the job
+down.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -32,9 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KEY, REGION_ENV, SUBMISSION_ID_ENV, TABLE_ENV
+from .config import KEY, SUBMISSION_ID_ENV
 
 CLUSTER_ENV = "RELION_SPOT_CLUSTER"
+REPORT_SPOOL = Path("/run/relion-spot/job-reports")
+"""The node's report spool: root's, mode 1733 (the node entrypoint makes it)."""
+SPOOL_ENV = "RELION_SPOT_REPORT_SPOOL"
+"""Another spool directory (tests); the node's is ``REPORT_SPOOL``."""
+MAX_REPORT_BYTES = 65536
+"""A report is a compact progress map and a log tail of at most 8 KiB; anything larger is not
+a report (and would crowd the item towards DynamoDB's 400 KB)."""
 METRIC_NAMESPACE = "RelionSpot"
 RESOLUTION_METRIC = "ResolutionAngstrom"
 
@@ -143,48 +158,134 @@ def log_tail(path: Path, *, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_B
     return kept
 
 
+class ReportError(ValueError):
+    """A report file that is not one; the message says why."""
+
+
+STATES = (RUNNING, FINISHED, STOPPED)
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What a job reports: its compact progress map (``compact``) and its log tail."""
+
+    progress: dict[str, Any]
+    log_tail: str
+
+    def to_json(self) -> str:
+        return json.dumps({"progress": self.progress, "log_tail": self.log_tail})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> JobReport:
+        """Parse and check a report file's bytes; ReportError if they are not a report."""
+        if len(data) > MAX_REPORT_BYTES:
+            raise ReportError(f"{len(data)} bytes, more than {MAX_REPORT_BYTES}")
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise ReportError(f"not JSON ({err})") from None
+        if not isinstance(raw, dict) or set(raw) != {"progress", "log_tail"}:
+            raise ReportError("expected an object with exactly progress and log_tail")
+        progress, tail = raw["progress"], raw["log_tail"]
+        if not isinstance(progress, dict) or not isinstance(tail, str):
+            raise ReportError("progress must be an object and log_tail a string")
+        if progress.get("state") not in STATES:
+            raise ReportError(f"state {progress.get('state')!r} is not one of {STATES}")
+        unknown = set(progress) - {*SUMMARY_FIELDS, "state", "job_id", "history"}
+        if unknown:
+            raise ReportError(f"unknown progress fields {sorted(unknown)}")
+        for name in ("current_iteration", "requested_iterations"):
+            value = progress.get(name)
+            if value is not None and (type(value) is not int or not 0 <= value < 10**6):
+                raise ReportError(f"{name} = {value!r} is not an iteration count")
+        resolution = progress.get("resolution_angstrom")
+        if resolution is not None and (
+            type(resolution) not in (int, float) or not 0 < resolution < 10**4
+        ):
+            raise ReportError(f"resolution_angstrom = {resolution!r} is not a resolution")
+        try:
+            attribute(progress)
+        except TypeError as err:
+            raise ReportError(str(err)) from None
+        return cls(progress, tail)
+
+
 @dataclass
 class ProgressReporter:
-    table: str
+    """The job's side: each progress record becomes the job's report file in the spool."""
+
     submission_id: str
-    region: str | None = None
-    job_id: str = ""
+    job_id: str
     log_path: Path | None = None
-    client: Any = None
-    cluster: str = ""
-    metrics: Any = None
-    """The CloudWatch client (made on first use)."""
+    spool: Path = REPORT_SPOOL
     _warned: str = field(default="", repr=False)
-    _published_iteration: int = field(default=0, repr=False)
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str], *, cwd: Path | None = None
     ) -> ProgressReporter | None:
         """The reporter for a job the intake submitted; None for any other run."""
-        table = env.get(TABLE_ENV, "").strip()
         submission_id = env.get(SUBMISSION_ID_ENV, "").strip()
-        if not table or not submission_id:
-            return None
         job_id = env.get("SLURM_JOB_ID", "").strip()
+        if not submission_id or not job_id.isdigit():
+            return None
         log_path = env.get(JOB_LOG_ENV, "").strip()
         where = Path(log_path) if log_path else None
-        if where is None and job_id:
+        if where is None:
             where = (cwd or Path.cwd()) / JOB_LOG_NAME.format(job_id=job_id)
+        spool = env.get(SPOOL_ENV, "").strip()
         return cls(
-            table=table,
             submission_id=submission_id,
-            region=env.get(REGION_ENV, "").strip() or None,
             job_id=job_id,
             log_path=where,
-            cluster=env.get(CLUSTER_ENV, "").strip(),
+            spool=Path(spool) if spool else REPORT_SPOOL,
         )
+
+    @property
+    def path(self) -> Path:
+        return self.spool / f"{self.job_id}.json"
+
+    def publish(self, record: Mapping[str, Any], *, state: str) -> bool:
+        """Replace the job's report file; False (and a warning) when that failed."""
+        report = JobReport(
+            compact(record, state=state, job_id=self.job_id),
+            log_tail(self.log_path) if self.log_path is not None else "",
+        )
+        partial = self.spool / f".{self.job_id}.{os.getpid()}.partial"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(report.to_json())
+            os.replace(partial, self.path)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            text = f"{type(err).__name__}: {err}"
+            if text != self._warned:
+                self._warned = text
+                print(f"progress: not reported to the node ({self.path}): {text}", file=sys.stderr)
+            return False
+        self._warned = ""
+        return True
+
+
+@dataclass
+class ReportPublisher:
+    """The node's side (root): a job's report into its submission's item, and its resolution
+    as a metric once per new iteration."""
+
+    table: str
+    region: str | None = None
+    cluster: str = ""
+    client: Any = None
+    metrics: Any = None
+    """The CloudWatch client (made on first use)."""
+    _published_iteration: dict[str, int] = field(default_factory=dict, repr=False)
 
     def _client(self, service: str = "dynamodb") -> Any:
         import boto3
         from botocore.config import Config
 
-        # Short: the final report runs as the job ends, and must not hold it up for long.
+        # Short: one slow call must not hold up the reports of the node's other jobs.
         config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
         session = boto3.session.Session(region_name=self.region)
         if service == "cloudwatch":
@@ -195,58 +296,57 @@ class ProgressReporter:
             self.client = session.client("dynamodb", config=config)
         return self.client
 
-    def publish_resolution(self, record: Mapping[str, Any]) -> bool:
-        """The resolution of a newly completed iteration as a metric; False if none was sent."""
-        iteration = int(record.get("current_iteration") or 0)
-        resolution = record.get("resolution_angstrom")
-        if not self.cluster or iteration <= self._published_iteration or resolution is None:
+    def publish_resolution(self, job_id: str, progress: Mapping[str, Any]) -> bool:
+        """The resolution of a newly completed iteration as a metric; False if none was due."""
+        iteration = int(progress.get("current_iteration") or 0)
+        resolution = progress.get("resolution_angstrom")
+        due = iteration > self._published_iteration.get(job_id, 0)
+        if not self.cluster or not due or resolution is None:
             return False
-        try:
-            self._client("cloudwatch").put_metric_data(
-                Namespace=METRIC_NAMESPACE,
-                MetricData=[
-                    {
-                        "MetricName": RESOLUTION_METRIC,
-                        "Dimensions": [
-                            {"Name": "Cluster", "Value": self.cluster},
-                            {"Name": "JobId", "Value": self.job_id or "?"},
-                        ],
-                        "Value": float(resolution),
-                    }
-                ],
-            )
-        except Exception as err:  # never the job's problem
-            print(
-                f"progress: resolution metric not published: {type(err).__name__}", file=sys.stderr
-            )
-            return False
-        self._published_iteration = iteration
+        self._client("cloudwatch").put_metric_data(
+            Namespace=METRIC_NAMESPACE,
+            MetricData=[
+                {
+                    "MetricName": RESOLUTION_METRIC,
+                    "Dimensions": [
+                        {"Name": "Cluster", "Value": self.cluster},
+                        {"Name": "JobId", "Value": job_id},
+                    ],
+                    "Value": float(resolution),
+                }
+            ],
+        )
+        self._published_iteration[job_id] = iteration
         return True
 
-    def publish(self, record: Mapping[str, Any], *, state: str) -> bool:
-        """Set the item's progress and log tail; False (and a warning) when that failed."""
+    def publish(self, submission_id: str, job_id: str, report: JobReport) -> bool:
+        """Set the item's progress and log tail, only where the item exists and names Slurm job
+        ``job_id`` (so a job can never write another submission's item, whatever comment it
+        gives itself); False when the item does not. AWS errors are raised to the caller."""
+        from botocore.exceptions import ClientError
+
+        progress = {**report.progress, "job_id": job_id}
         try:
-            progress = compact(record, state=state, job_id=self.job_id)
-            tail = log_tail(self.log_path) if self.log_path is not None else ""
-            client = self._client()
-            client.update_item(
+            self._client().update_item(
                 TableName=self.table,
-                Key={KEY: {"S": self.submission_id}},
+                Key={KEY: {"S": submission_id}},
                 UpdateExpression="SET #p = :p, #t = :t",
-                ConditionExpression="attribute_exists(#k)",
-                ExpressionAttributeNames={"#p": "progress", "#t": "log_tail", "#k": KEY},
-                ExpressionAttributeValues={":p": attribute(progress), ":t": {"S": tail}},
+                ConditionExpression="attribute_exists(#k) AND #j = :j",
+                ExpressionAttributeNames={
+                    "#p": "progress",
+                    "#t": "log_tail",
+                    "#k": KEY,
+                    "#j": "job_id",
+                },
+                ExpressionAttributeValues={
+                    ":p": attribute(progress),
+                    ":t": {"S": report.log_tail},
+                    ":j": {"S": job_id},
+                },
             )
-        except Exception as err:  # never the job's problem
-            text = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-            if text != self._warned:
-                self._warned = text
-                print(
-                    f"progress: not reported to intake table {self.table} for submission "
-                    f"{self.submission_id}: {text}",
-                    file=sys.stderr,
-                )
-            return False
-        self._warned = ""
-        self.publish_resolution(record)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        self.publish_resolution(job_id, progress)
         return True

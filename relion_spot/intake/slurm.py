@@ -43,9 +43,15 @@ TRANSIENT_MARKERS = (
     "try again",
 )
 """sbatch errors after which the job may or may not exist, or that pass: never a rejection."""
-CONTROLLER_ONLY_ENV_PREFIXES = ("AWS_CONTAINER_",)
-"""The controller task's credential endpoint: meaningless on a node, so not passed to jobs
-(sbatch exports the submitting environment into the job's)."""
+CONTROLLER_ONLY_ENV_PREFIXES = (
+    "AWS_CONTAINER_",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+"""Credentials, never passed to jobs (sbatch exports the submitting environment into the
+job's): the controller task's credential endpoint and any keys in the environment (the embedded
+cloud's). Jobs hold no AWS credentials; what they report goes through the node's forwarder."""
 
 
 class SlurmUnavailable(RuntimeError):

@@ -36,8 +36,9 @@ import boto3
 from ..cost.store import create_tables
 from ..intake import config as intake_config
 from ..intake.table import create_table as create_intake_table
+from ..node import job_reports
 from ..node.orphan import ORPHAN_SECONDS_ENV
-from ..node.spot_watcher import EVENTS_TABLE_ENV, POLL_SECONDS_ENV
+from ..node.spot_watcher import EVENTS_FILE_ENV, EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm import idle
 from ..slurm.key import KEY_SECRET_ARN_ENV
@@ -64,7 +65,8 @@ RECORDS_TABLE_ENV = "RELION_SPOT_RECORDS_TABLE"
 JOB_USER_UID = 1000
 """The job user of the image (``relion``): owns the shared data directory, as on EFS's /data."""
 SPOT_POLL_SECONDS = "2"
-"""The spot watcher's IMDS poll here: well inside any grace a test or the demo gives."""
+"""The spot watcher's IMDS poll here (and the job-report forwarder's): well inside any grace a
+test or the demo gives."""
 
 
 def moto_client(service: str, *, endpoint: str, region: str) -> Any:
@@ -288,7 +290,12 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         KEY_SECRET_ARN_ENV: secret["ARN"],
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,
+        # Where the node bootstrap puts it: on the shared file system, which jobs write too.
+        EVENTS_FILE_ENV: (
+            f"{intake_config.NODE_DATA_DIR}/.relion-spot/spot-events/{spec.cluster_name}.jsonl"
+        ),
         POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
+        job_reports.POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
         idle.CLUSTER_ENV: spec.cluster_name,
         idle.SERVICE_ENV: service,
     }

@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import tags
 from ..node.imds import IMDS_URL_ENV
+from ..node.metadata_guard import GUARD_ENV
 from ..slurm.local import DockerError, LocalSlurm, docker
 from .imds import LocalImds
 
@@ -180,17 +181,24 @@ class Reconciler:
         # A container left from an earlier instance of this node (or an earlier reconciler) is a
         # machine that no longer exists: it goes before the new one boots.
         self.local.remove_node(node)
-        container = self.local.start_node(node, placeholder_gpus=gpus, env=self.node_env)
-        self.machines[node] = Machine(node, instance_id, container, time.monotonic())
+        env, url = dict(self.node_env), ""
         if self.imds is not None:
-            self._start_spot_watcher(node, instance_id, container)
+            # The instance's metadata service, shut to jobs by the node's own firewall before
+            # slurmd starts (as the bootstrap shuts 169.254.169.254 on a GPU instance).
+            self.imds.start()
+            url = self.imds.url_for(instance_id)
+            env |= {IMDS_URL_ENV: url, GUARD_ENV: "install"}
+        container = self.local.start_node(
+            node, placeholder_gpus=gpus, env=env, net_admin=self.imds is not None
+        )
+        self.machines[node] = Machine(node, instance_id, container, time.monotonic())
+        if url:
+            self._start_spot_watcher(node, url, container)
 
-    def _start_spot_watcher(self, node: str, instance_id: str, container: str) -> None:
-        assert self.imds is not None
-        url = self.imds.url_for(instance_id)
+    def _start_spot_watcher(self, node: str, url: str, container: str) -> None:
         docker(
-            "exec", "-d", "-e", f"{IMDS_URL_ENV}={url}", container,
-            "/opt/relion-spot/venv/bin/python", "-m", "relion_spot.node.spot_watcher",
+            "exec", "-d", container,
+            "/opt/relion-spot/venv/bin/python", "-I", "-m", "relion_spot.node.spot_watcher",
         )  # fmt: skip
         log.info("%s: spot watcher started (metadata at %s)", node, url)
 

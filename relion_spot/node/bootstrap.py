@@ -32,6 +32,7 @@ PLACEHOLDERS = (
     "controller",
     "key_secret_arn",
     "spot_events_table",
+    "intake_table",
 )
 """What the stack must give ``render``; ``spot_events_table`` may be empty."""
 OPTIONAL = frozenset({"spot_events_table"})

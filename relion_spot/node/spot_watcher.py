@@ -44,7 +44,7 @@ from .. import tags
 from ..powersave import logs
 from ..powersave.config import SCONTROL_ENV, SQUEUE_ENV
 from ..powersave.slurm import CommandRunner, Slurm, run_command
-from . import orphan
+from . import no_follow, orphan
 from .imds import DEFAULT_IMDS_URL, IMDS_URL_ENV, Imds, ImdsError
 
 NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
@@ -64,6 +64,8 @@ RELEASE_ATTEMPTS = 30
 """Seconds to wait for Slurm to finish a requeue before lifting its delay (well inside 120)."""
 
 log = logging.getLogger("relion_spot.node.spot_watcher")
+PROC = Path("/proc")
+"""Where the orphan watch looks for job steps (slurmstepd processes)."""
 
 
 class SettingsError(ValueError):
@@ -153,7 +155,7 @@ def main(
     clock: Callable[[], float] = time.time,
     dynamodb: Any = None,
     ec2: Any = None,
-    proc: Path = Path("/proc"),
+    proc: Path = PROC,
 ) -> int:
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
@@ -369,15 +371,12 @@ def record(
     """Append the event as a JSON line and, if a table is set, put it there once."""
     line = json.dumps({**asdict(event), "noticed_at_iso": _iso(event.noticed_at)}, sort_keys=True)
     if settings.events_file:
+        # /data is the job user's to write: no link planted on the way is followed.
         try:
-            path = Path(settings.events_file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            with os.fdopen(fd, "a") as out:
-                out.write(line + "\n")
-            log.info("event recorded in %s", path)
+            no_follow.append_line(settings.events_file, line)
+            log.info("event recorded in %s", settings.events_file)
         except OSError as err:
-            log.error("event NOT recorded in %s: %s", settings.events_file, err)
+            log.error("event NOT recorded in %s: %s", settings.events_file, err.strerror or err)
     if settings.events_table:
         _put_event(event, settings.events_table, identity.region, dynamodb)
 

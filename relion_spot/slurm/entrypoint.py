@@ -9,8 +9,9 @@
 Environment (controller): RELION_SPOT_SLURM_SPEC (ClusterSpec JSON), optionally
 RELION_SPOT_CONTROLLER_ADDR (how nodes reach the controller: a DNS name in the cloud; default the
 address this container's hostname resolves to). Environment (node): RELION_SPOT_CONTROLLER
-(host[:port] of slurmctld), RELION_SPOT_NODE_NAME unless NAME is given. Both: the key's source
-(see relion_spot.slurm.key).
+(host[:port] of slurmctld), RELION_SPOT_NODE_NAME unless NAME is given, and
+RELION_SPOT_METADATA_GUARD (install|verify: the metadata service is shut to jobs before slurmd
+starts, see relion_spot.node.metadata_guard). Both: the key's source (see relion_spot.slurm.key).
 
 Bad input ends the container with one line on stderr and exit status 2, before any daemon starts.
 """
@@ -29,6 +30,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..budget.config import BUDGET_ENV
+from ..intake.report import REPORT_SPOOL
+from ..node import job_reports, metadata_guard
+from ..node.imds import IMDS_URL_ENV
 from . import config, key
 from .spec import LOCAL_GPU_DEVICE_PREFIX, SLURMCTLD_PORT, SPEC_ENV, ClusterSpec, SpecError
 
@@ -61,6 +65,8 @@ JOB_USER = "relion"
 INTAKE_QUEUE_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
 INTAKE_SBATCH_ENV = "RELION_SPOT_INTAKE_SBATCH"
 INTAKE_TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
+"""On a node: the table the job-report forwarder writes jobs' progress into (no table, no
+forwarder)."""
 IDLE_SECONDS_ENV = "RELION_SPOT_CONTROLLER_IDLE_SECONDS"
 ROLES = ("controller", "node")
 
@@ -73,7 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         command = _prepare(args, os.environ)
-    except (SetupError, SpecError, config.RenderError, key.SlurmKeyError) as err:
+    except (
+        SetupError,
+        SpecError,
+        config.RenderError,
+        key.SlurmKeyError,
+        metadata_guard.GuardError,
+    ) as err:
         print(f"relion-spot entrypoint: {err}", file=sys.stderr)
         return 2
     if args[:1] == ["controller"] and os.environ.get(INTAKE_QUEUE_ENV, "").strip():
@@ -86,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["controller"] and BUDGET_ENV in os.environ:
         # Present, even empty, on every deployed controller: a cap removed releases its holds.
         _start_beside("relion_spot.budget.release", os.environ, "budget release loop")
+    if args[:1] == ["node"] and os.environ.get(INTAKE_TABLE_ENV, "").strip():
+        node_env = {**os.environ, NODE_NAME_ENV: command[command.index("-N") + 1]}
+        _start_beside("relion_spot.node.job_reports", node_env, "job-report forwarder")
     print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)
     _reset_signals()
     os.execvp(command[0], command)
@@ -105,7 +120,7 @@ def _start_beside(module: str, env: Mapping[str, str], what: str) -> None:
     """A helper process next to the daemon; its log goes to the container's output."""
     import subprocess
 
-    subprocess.Popen([sys.executable, "-m", module], env=dict(env), close_fds=True)
+    subprocess.Popen([sys.executable, "-I", "-m", module], env=dict(env), close_fds=True)
     print(f"relion-spot entrypoint: {what} started", file=sys.stderr, flush=True)
 
 
@@ -170,6 +185,11 @@ def prepare_node(env: Mapping[str, str], node_name: str) -> list[str]:
         _make_placeholder_device(Path(f"{LOCAL_GPU_DEVICE_PREFIX}{index}"))
     _open_fuse_to_jobs()
     _write_env_file(env, NODE_ENV_FILE, 0, 0)
+    job_reports.make_spool(REPORT_SPOOL)
+    guard = env.get(metadata_guard.GUARD_ENV, "").strip()
+    if guard:
+        done = metadata_guard.apply(guard, env.get(IMDS_URL_ENV, "").strip(), job_user=JOB_USER)
+        print(f"relion-spot entrypoint: {done}", file=sys.stderr, flush=True)
     # -b: report this start as the boot time. Node containers share the host's boot time, and
     # slurmctld ignores a resumed node whose boot predates the resume request.
     return [

@@ -179,9 +179,12 @@ class LocalSlurm:
         placeholder_gpus: int = 0,
         image: str | None = None,
         env: dict[str, str] | None = None,
+        net_admin: bool = False,
     ) -> str:
         """Start slurmd for ``node_name`` in a container of its own (``image`` defaults to
-        ``node_image``); it registers with the controller by itself."""
+        ``node_image``); it registers with the controller by itself. ``net_admin``: the
+        container's root may set its firewall (the metadata guard, relion_spot.node.
+        metadata_guard); jobs, which run as the job user, hold no capability either way."""
         container = self.node_container(node_name)
         docker(
             "run", "-d", "--name", container,
@@ -194,6 +197,7 @@ class LocalSlurm:
             *self._data_args(),
             *APPTAINER_ARGS,
             *(IMAGE_BUILD_ARGS if self._partition_of(node_name) == CPU_PARTITION else ()),
+            *(["--cap-add", "NET_ADMIN"] if net_admin else []),
             *self._containers_args(),
             image or self.node_image, "node", node_name,
         )  # fmt: skip

@@ -114,6 +114,12 @@ class ClusterStack(Stack):
             ),
             removal_policy=RemovalPolicy.DESTROY,
         )
+        self.intake = JobIntake(
+            self,
+            "Intake",
+            cluster_name=cluster_name,
+            removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
+        )
         controller_dns_name = f"{cluster_name}-ctld.{network.namespace.namespace_name}"
         user_data = ec2.UserData.custom(
             bootstrap.render(
@@ -125,6 +131,7 @@ class ClusterStack(Stack):
                 controller=f"{controller_dns_name}:{SLURMCTLD_PORT}",
                 key_secret_arn=auth_key.secret_arn,
                 spot_events_table="",
+                intake_table=self.intake.table_name,
             )
         )
 
@@ -174,12 +181,6 @@ class ClusterStack(Stack):
                 group.launch_template_id,
                 launch_tags={tags.STACK: self.stack_name, tags.PARTITION: group.partition},
             )
-        self.intake = JobIntake(
-            self,
-            "Intake",
-            cluster_name=cluster_name,
-            removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
-        )
 
         self.notifications = ClusterNotifications(
             self, "Notifications", cluster_name=cluster_name, email=settings.notify_email

@@ -5,6 +5,8 @@ bad input as one line and a non-zero exit."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from relion_spot.cli import main
 from relion_spot.client import commands
 from relion_spot.client.cluster import ClusterError, aws_errors
 from relion_spot.intake.client import wait_for_acceptance
-from relion_spot.intake.report import ProgressReporter, compact, expand, log_tail
+from relion_spot.intake.report import ProgressReporter, ReportPublisher, compact, expand, log_tail
+from relion_spot.node.job_reports import Forwarder, NodeJob
 from relion_spot.relion.progress import Watcher
 
 from .conftest import CLUSTER, COSTS, REGION, STACK, TABLE, Cluster, job_log
@@ -125,6 +128,21 @@ def test_no_decision_in_time_says_the_controller_may_be_waking(
     assert "no decision within 0.2 s" in err and "waking up" in err
 
 
+def _forwarder(tmp_path: Path, job: str, sid: str) -> Forwarder:
+    """The node's forwarder (root's, in the cloud) for one intake job of this process's user."""
+    return Forwarder(
+        spool=_spool(tmp_path),
+        publisher=ReportPublisher(table=TABLE, region=REGION, cluster=CLUSTER),
+        jobs=lambda: [NodeJob(job_id=job, user_id=os.getuid(), submission_id=sid)],
+    )
+
+
+def _spool(tmp_path: Path) -> Path:
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    return spool
+
+
 def test_progress_reported_by_the_job_shows_in_status_logs_and_plot(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
 ) -> None:
@@ -135,16 +153,17 @@ def test_progress_reported_by_the_job_shows_in_status_logs_and_plot(
 
     env = {
         "RELION_SPOT_SUBMISSION_ID": sid,
-        "RELION_SPOT_INTAKE_TABLE": TABLE,
-        "RELION_SPOT_INTAKE_REGION": REGION,
-        "RELION_SPOT_CLUSTER": CLUSTER,
+        "RELION_SPOT_REPORT_SPOOL": str(_spool(tmp_path)),
         "SLURM_JOB_ID": job,
     }
     job_log(tmp_path, job, 100)
     reporter = ProgressReporter.from_env(env, cwd=tmp_path)
     assert reporter is not None and reporter.log_path == tmp_path / f"class3d-{job}.out"
+    forwarder = _forwarder(tmp_path, job, sid)
     assert reporter.publish(_record(3), state="RUNNING")
+    forwarder.round()
     assert reporter.publish(_record(3), state="RUNNING")  # the same iteration: one data point
+    forwarder.round()
     # The dashboard's resolution graph: one point per new iteration, by cluster and job.
     cloudwatch = boto3.client("cloudwatch", region_name=REGION)
     (metric,) = cloudwatch.list_metrics(Namespace="RelionSpot")["Metrics"]
@@ -153,7 +172,7 @@ def test_progress_reported_by_the_job_shows_in_status_logs_and_plot(
         "Cluster": CLUSTER,
         "JobId": job,
     }
-    assert reporter._published_iteration == 3
+    assert forwarder.publisher._published_iteration == {job: 3}
 
     (row,) = _status_json(capsys, job)
     assert row["state"] == "running"
@@ -184,35 +203,65 @@ def test_progress_reported_by_the_job_shows_in_status_logs_and_plot(
         },
     )
     reporter.publish(_record(5), state="FINISHED")
+    forwarder.round()
     (row,) = _status_json(capsys, sid)
     assert (row["state"], row["cost_usd"], row["current_iteration"]) == ("finished", 0.0125, 5)
 
 
-def test_the_watcher_reports_into_the_table_and_never_fails_the_job(
+def test_a_report_naming_another_submission_is_refused_and_that_item_is_kept(
+    cluster: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job that gives itself another submission's comment: the forwarder's update is
+    conditioned on the item naming the reporting job, so the other item stays as it was."""
+    victim_job = _accepted(cluster, monkeypatch, capsys)
+    (victim,) = _status_json(capsys, victim_job)
+    attacker_job = _accepted(cluster, monkeypatch, capsys)
+    spool = _spool(tmp_path)
+    env = {
+        "RELION_SPOT_SUBMISSION_ID": victim["submission_id"],
+        "RELION_SPOT_REPORT_SPOOL": str(spool),
+        "SLURM_JOB_ID": attacker_job,
+    }
+    reporter = ProgressReporter.from_env(env, cwd=tmp_path)
+    assert reporter is not None and reporter.publish(_record(4), state="FINISHED")
+    forwarder = _forwarder(tmp_path, attacker_job, victim["submission_id"])
+    caplog.set_level(logging.WARNING, logger="relion_spot.node.job_reports")
+    forwarder.round()
+    assert f"job {attacker_job}: refused: submission {victim['submission_id']}" in caplog.text
+    (after,) = _status_json(capsys, victim_job)
+    assert (after["state"], after.get("current_iteration")) == ("queued", None)
+
+
+def test_the_watcher_reports_through_the_node_and_never_fails_the_job(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
 ) -> None:
     job = _accepted(cluster, monkeypatch, capsys)
     (row,) = _status_json(capsys)
     root = tmp_path / "Class3D" / f"job{job}" / "run"
     root.parent.mkdir(parents=True)
+    spool = _spool(tmp_path)
     monkeypatch.setenv("RELION_SPOT_SUBMISSION_ID", row["submission_id"])
-    monkeypatch.setenv("RELION_SPOT_INTAKE_TABLE", TABLE)
-    monkeypatch.setenv("RELION_SPOT_INTAKE_REGION", REGION)
+    monkeypatch.setenv("RELION_SPOT_REPORT_SPOOL", str(spool))
     monkeypatch.setenv("SLURM_JOB_ID", job)
     monkeypatch.chdir(tmp_path)
     job_log(tmp_path, job, 3)
     # RELION exited before writing an iteration (e.g. a reclaim): the job's state is STOPPED.
     Watcher(root=root, requested_iterations=5, interval=0).refresh(final=True)
+    _forwarder(tmp_path, job, row["submission_id"]).round()
     (row,) = _status_json(capsys, job)
     assert (row["state"], row["current_iteration"], row["requested_iterations"]) == (
         "stopped",
         0,
         5,
     )
-    # A submission the table does not hold (or any AWS failure): a warning, nothing raised.
-    monkeypatch.setenv("RELION_SPOT_SUBMISSION_ID", "00000000-0000-4000-8000-000000000000")
+    # The node's spool unusable (or any local failure): a warning, nothing raised.
+    monkeypatch.setenv("RELION_SPOT_REPORT_SPOOL", str(tmp_path / "no-such-spool"))
     Watcher(root=root, requested_iterations=5, interval=0).refresh()
-    assert "progress: not reported to intake table" in capsys.readouterr().err
+    assert "progress: not reported to the node" in capsys.readouterr().err
 
 
 def test_cancel_round_trip(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
@@ -430,7 +479,8 @@ def test_staging_is_a_job_on_the_cpu_partition(
     assert "#SBATCH --partition=cpu" in script
     assert "--gres" not in script
     assert (
-        "exec python -m relion_spot.staging fetch --dest /data/relion_benchmark "
+        "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
+        "--dest /data/relion_benchmark "
         "--source s3://lab-bucket/bench.tar.gz" in script
     )
 

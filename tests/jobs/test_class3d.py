@@ -156,7 +156,8 @@ def test_the_checkpoint_runner_reads_the_rendered_command() -> None:
 
 def test_rendered_script_runs_the_checkpoint_with_the_command() -> None:
     text = render(4)
-    command_text = text.split("exec python -m relion_spot.relion.checkpoint run -- \\\n", 1)[1]
+    launch = "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.relion.checkpoint run -- "
+    command_text = text.split(launch + "\\\n", 1)[1]
     words = shlex.split(command_text.replace("\\\n", " ").replace("$JOB_DIR", "J"))
     assert words == [w.replace("$JOB_DIR", "J") for w in _words(4)]
 

@@ -16,7 +16,8 @@ def test_default_stages_the_benchmark_on_the_cpu_partition() -> None:
     assert "#SBATCH --partition=cpu" in script
     assert "#SBATCH --requeue" in script
     assert script.rstrip().endswith(
-        f"exec python -m relion_spot.staging fetch --dest /data/relion_benchmark --source "
+        "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
+        f"--dest /data/relion_benchmark --source "
         f"{BENCHMARK_URL}"
     )
     assert "$$" not in script and "${" not in script.replace("${SLURM_RESTART_COUNT:-0}", "")

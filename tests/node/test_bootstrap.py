@@ -22,6 +22,7 @@ VALUES = {
     "controller": "slurmctld.lab-1gpu.relion-spot.local:6817",
     "key_secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:lab-1gpu-key-AbCdEf",
     "spot_events_table": "",
+    "intake_table": "lab-1gpu-IntakeTable-ABC123",
 }
 
 
@@ -77,8 +78,8 @@ def test_gpu_nodes_start_the_cloudwatch_agent_with_the_clusters_dimension(script
 def test_the_agent_step_writes_its_config_and_starts_the_agent(
     script: Path, tmp_path: Path, gpus: bool
 ) -> None:
-    """Step 7 run for real by bash, against a stand-in agent that records how it was called."""
-    step = "# --- 7." + script.read_text().split("# --- 7.", 1)[1]
+    """Step 8 run for real by bash, against a stand-in agent that records how it was called."""
+    step = "# --- 8." + script.read_text().split("# --- 8.", 1)[1]
     home = tmp_path / "agent"
     (home / "bin").mkdir(parents=True)
     ctl = home / "bin" / "amazon-cloudwatch-agent-ctl"
@@ -151,3 +152,41 @@ def test_the_node_container_gets_what_apptainer_needs_and_the_embedded_cloud_the
     )
     assert " ".join(APPTAINER_ARGS) in code
     assert "--privileged" not in code and "--cap-add" not in code
+
+
+IMDS_RULE = (
+    "-p tcp -d 169.254.169.254 --dport 80 -m owner ! --uid-owner 0"
+    " -j REJECT --reject-with tcp-reset"
+)
+
+
+@pytest.mark.parametrize(
+    ("present", "insert_fails", "calls", "status"),
+    [
+        (False, False, [f"-w 5 -C OUTPUT {IMDS_RULE}", f"-w 5 -I OUTPUT 1 {IMDS_RULE}"], 0),
+        (True, False, [f"-w 5 -C OUTPUT {IMDS_RULE}"], 0),
+        (False, True, [f"-w 5 -C OUTPUT {IMDS_RULE}", f"-w 5 -I OUTPUT 1 {IMDS_RULE}"], 1),
+    ],
+)
+def test_the_host_shuts_the_metadata_service_to_jobs_before_slurmd_starts(
+    script: Path, tmp_path: Path, present: bool, insert_fails: bool, calls: list, status: int
+) -> None:
+    """Step 5 run for real by bash against a stand-in iptables: the rule is added once (not
+    again when present), a failure stops the bootstrap, and it all happens before the container
+    that runs slurmd is started, which is told to verify the rule before slurmd starts."""
+    text = script.read_text()
+    step = "# --- 5." + text.split("# --- 5.", 1)[1].split("# --- 6.", 1)[0]
+    log = tmp_path / "iptables-calls"
+    prelude = (
+        "set -euo pipefail\n"
+        'log() { echo "$*" >&2; }\ndie() { log "FAILED: $*"; exit 1; }\n'
+        f'iptables() {{ echo "$*" >>"{log}"; case "$3" in'
+        f" -C) return {0 if present else 1};; -I) return {1 if insert_fails else 0};; esac; }}\n"
+    )
+    done = subprocess.run(["bash", "-c", prelude + step], capture_output=True, text=True)
+    assert done.returncode == status, done.stderr
+    assert log.read_text().splitlines() == calls
+    if status:
+        assert "FAILED: could not shut the metadata service" in done.stderr
+    assert text.index("# --- 5.") < text.index("docker run -d")
+    assert "-e RELION_SPOT_METADATA_GUARD=verify" in text

@@ -1,0 +1,234 @@
+"""Forward what this node's jobs report to AWS, as root: jobs themselves hold no credentials.
+
+    python -I -m relion_spot.node.job_reports      (the node entrypoint starts it beside slurmd)
+
+Every few seconds: ask Slurm which intake jobs run on this node (``squeue --json``: job id, user,
+comment ``relion-spot:<submission id>``), read each one's report file from the spool
+(relion_spot.intake.report: ``REPORT_SPOOL/<job id>.json``) and, when it changed, publish it into
+the submission's intake item and its resolution metric (``ReportPublisher``). The spool is
+root's; its files are the jobs'. A file is read only when it is a regular file, not a link (opened
+O_NOFOLLOW relative to the spool), with one link, owned by the job's user and bounded in size;
+anything else is refused with one log line and removed, as are the files of jobs that left.
+
+Environment: RELION_SPOT_NODE_NAME, RELION_SPOT_INTAKE_TABLE (without it there is nothing to
+forward and it exits 0), the region (AWS_REGION / AWS_DEFAULT_REGION), RELION_SPOT_CLUSTER (the
+metric's dimension), RELION_SPOT_REPORT_POLL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..intake.config import TABLE_ENV
+from ..intake.report import (
+    CLUSTER_ENV,
+    MAX_REPORT_BYTES,
+    REPORT_SPOOL,
+    SPOOL_ENV,
+    JobReport,
+    ReportError,
+    ReportPublisher,
+)
+from ..intake.slurm import COMMENT_PREFIX
+
+NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
+POLL_SECONDS_ENV = "RELION_SPOT_REPORT_POLL_SECONDS"
+DEFAULT_POLL_SECONDS = 5.0
+SQUEUE_TIMEOUT_SECONDS = 20
+
+log = logging.getLogger("relion_spot.node.job_reports")
+
+
+@dataclass(frozen=True)
+class NodeJob:
+    """A job Slurm runs on this node that the intake submitted."""
+
+    job_id: str
+    user_id: int
+    submission_id: str
+
+
+def intake_jobs(squeue_json: Mapping[str, Any]) -> list[NodeJob]:
+    """The intake's jobs in ``squeue --json`` output (its comment names the submission)."""
+    found = []
+    for job in squeue_json.get("jobs") or []:
+        comment = str(job.get("comment") or "")
+        if not comment.startswith(COMMENT_PREFIX):
+            continue
+        found.append(
+            NodeJob(
+                job_id=str(job["job_id"]),
+                user_id=int(job["user_id"]),
+                submission_id=comment.removeprefix(COMMENT_PREFIX).strip(),
+            )
+        )
+    return found
+
+
+def squeue_node_jobs(node: str) -> list[NodeJob] | None:
+    """The intake's jobs running on ``node``, from Slurm; None when squeue did not answer."""
+    try:
+        done = subprocess.run(
+            ["squeue", "--json", f"--nodelist={node}", "--states=RUNNING,COMPLETING"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=SQUEUE_TIMEOUT_SECONDS,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("squeue did not answer: %s", err)
+        return None
+    if done.returncode != 0:
+        log.warning("squeue exited %d: %s", done.returncode, done.stderr.strip()[:300])
+        return None
+    return intake_jobs(json.loads(done.stdout))
+
+
+def read_report(spool_fd: int, job: NodeJob) -> bytes:
+    """The job's report file's bytes, read without following a link; ReportError if the entry
+    is anything but a single-link regular file of the job's user within the size bound."""
+    name = f"{job.job_id}.json"
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=spool_fd)
+    except FileNotFoundError:
+        return b""
+    except OSError as err:  # ELOOP: a symbolic link
+        raise ReportError(f"{name}: not opened ({os.strerror(err.errno or 0)})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError(f"{name}: not a regular file")
+        if info.st_nlink != 1:
+            raise ReportError(f"{name}: has {info.st_nlink} links (a hard link to another file)")
+        if info.st_uid != job.user_id:
+            raise ReportError(f"{name}: owned by uid {info.st_uid}, not the job's {job.user_id}")
+        if info.st_size > MAX_REPORT_BYTES:
+            raise ReportError(f"{name}: {info.st_size} bytes, more than {MAX_REPORT_BYTES}")
+        return os.read(fd, MAX_REPORT_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
+class Forwarder:
+    """One node's forwarder: ``round`` once, or ``run`` until stopped."""
+
+    def __init__(
+        self,
+        *,
+        spool: Path,
+        publisher: ReportPublisher,
+        jobs: Callable[[], list[NodeJob] | None],
+    ) -> None:
+        self.spool = spool
+        self.publisher = publisher
+        self.jobs = jobs
+        self._sent: dict[str, bytes] = {}
+        """Job id -> the report bytes last published for it."""
+
+    def round(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        running = self.jobs()
+        if running is None:
+            return
+        spool_fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for job in running:
+                try:
+                    data = read_report(spool_fd, job)
+                    if not data or data == self._sent.get(job.job_id):
+                        continue
+                    report = JobReport.from_json(data)
+                except ReportError as err:
+                    log.warning("job %s: report refused and removed: %s", job.job_id, err)
+                    _remove(spool_fd, f"{job.job_id}.json")
+                    continue
+                try:
+                    stored = self.publisher.publish(job.submission_id, job.job_id, report)
+                except (BotoCoreError, ClientError) as err:
+                    log.warning("job %s: report not forwarded, retrying: %s", job.job_id, err)
+                    continue
+                self._sent[job.job_id] = data
+                if not stored:
+                    log.warning(
+                        "job %s: refused: submission %s is not this job's (its comment names "
+                        "a submission whose item holds another job, or none)",
+                        job.job_id,
+                        job.submission_id,
+                    )
+            self._clear_departed(spool_fd, {job.job_id for job in running})
+        finally:
+            os.close(spool_fd)
+
+    def _clear_departed(self, spool_fd: int, running: set[str]) -> None:
+        for name in os.listdir(spool_fd):
+            job_id = name.removesuffix(".json").lstrip(".").split(".", 1)[0]
+            if job_id not in running:
+                _remove(spool_fd, name)
+                self._sent.pop(job_id, None)
+
+    def run(self, poll_seconds: float) -> None:
+        while True:
+            self.round()
+            time.sleep(poll_seconds)
+
+
+def _remove(spool_fd: int, name: str) -> None:
+    """Unlink a spool entry (unlink never follows a link)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=spool_fd)
+
+
+def make_spool(path: Path) -> None:
+    """The spool: root's, 1733 (jobs add files, none lists or removes another's)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.lstat().st_uid != 0:
+        raise OSError(f"{path} is not root's own directory")
+    path.chmod(0o1733)
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="relion-spot job-reports: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    env = os.environ if environ is None else environ
+    table = env.get(TABLE_ENV, "").strip()
+    node = env.get(NODE_NAME_ENV, "").strip()
+    if not table:
+        log.info("no intake table (%s): nothing to forward", TABLE_ENV)
+        return 0
+    if not node:
+        log.error("%s is empty: cannot tell which jobs are this node's", NODE_NAME_ENV)
+        return 2
+    raw_poll = env.get(POLL_SECONDS_ENV, "").strip() or str(DEFAULT_POLL_SECONDS)
+    try:
+        poll = float(raw_poll)
+    except ValueError:
+        poll = 0
+    if not 0.1 <= poll <= 300:
+        log.error("%s = %r: give seconds from 0.1 to 300", POLL_SECONDS_ENV, raw_poll)
+        return 2
+    spool = Path(env.get(SPOOL_ENV, "").strip() or REPORT_SPOOL)
+    make_spool(spool)
+    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
+    publisher = ReportPublisher(
+        table=table, region=region or None, cluster=env.get(CLUSTER_ENV, "").strip()
+    )
+    log.info("forwarding the reports of %s's jobs from %s to %s", node, spool, table)
+    Forwarder(spool=spool, publisher=publisher, jobs=lambda: squeue_node_jobs(node)).run(poll)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
