@@ -37,7 +37,8 @@ from relion_spot.cost import billing, instances, nodes
 from relion_spot.cost.config import CostConfig
 from relion_spot.cost.lock import PricingLock
 from relion_spot.cost.prices import PriceSource, SpotPriceSource
-from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, price_job
+from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, StorageRates, price_job
+from relion_spot.cost.storage_io import StorageIoReader
 from relion_spot.cost.store import (
     JOB_KEY,
     AttemptStore,
@@ -105,6 +106,12 @@ class CostService:
         self.costs = CostStore(clients.dynamodb, config.costs_table)
         self.prices: PriceSource = SpotPriceSource(clients.ec2)
         self.lock = PricingLock(clients.dynamodb, config.costs_table)
+        self.storage_io = StorageIoReader(
+            clients.cloudwatch, config.metric_namespace, config.cluster
+        )
+        self.storage_rates = StorageRates(
+            config.storage_read_usd_per_gib, config.storage_write_usd_per_gib
+        )
 
     def _parse(self, items: Iterable[dict[str, Any]], outcome: Outcome) -> list[Attempt]:
         parsed = []
@@ -126,7 +133,7 @@ class CostService:
         """Price and store the jobs these attempts belong to (all attempts of each job given)."""
         if not attempts:
             return
-        attempts = self._fill_unresolved(attempts)
+        attempts = self.storage_io.attach(self._fill_unresolved(attempts))
         listed = instances.listed_cluster_instances(self.clients.ec2, self.config.cluster)
         jobs: dict[str, list[Attempt]] = defaultdict(list)
         for attempt in attempts:
@@ -145,7 +152,9 @@ class CostService:
         recorded = {n.instance_id for a in attempts for n in a.nodes if n.instance_id}
         vanished = recorded - listed
         costs: list[JobCost] = [
-            price_job(job_attempts, histories, vanished_instances=vanished)
+            price_job(
+                job_attempts, histories, vanished_instances=vanished, rates=self.storage_rates
+            )
             for job_attempts in jobs.values()
         ]
         outcome.jobs_priced += len(costs)

@@ -52,7 +52,8 @@ def test_two_attempts_priced_from_moto_history_with_reclaimed_share(account, rec
     ]
     assert [n["share"] for n in nodes] == [1.0, 0.5]
     assert item["instance_ids"] == sorted(reclaimed_job["instances"])
-    assert item["user"] == "alice" and item["flags"] == []
+    assert item["user"] == "alice"
+    assert item["flags"] == ["storage-io-unmetered"], "no node metered this job's I/O"
 
 
 def test_record_writer_is_idempotent(account, reclaimed_job):
