@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import RemovalPolicy, Size
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_efs as efs
 from aws_cdk import aws_iam as iam
@@ -17,6 +17,13 @@ FILE_SYSTEM_LOGICAL_ID = "DataFileSystem"
 """Pinned: a changed logical ID would make CloudFormation replace the file system (and, when
 the data is not retained, delete it)."""
 
+THROUGHPUT_MODES = {
+    "bursting": efs.ThroughputMode.BURSTING,
+    "elastic": efs.ThroughputMode.ELASTIC,
+    "provisioned": efs.ThroughputMode.PROVISIONED,
+}
+"""The settings' names for EFS throughput modes (relion_spot.estimate.storage compares them)."""
+
 
 class SharedStorage(Construct):
     """EFS, encrypted at rest, reachable only over TLS with IAM, from holders of one client SG."""
@@ -29,6 +36,8 @@ class SharedStorage(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         keep_data: bool,
+        throughput: str = "elastic",
+        provisioned_mibps: int = 0,
     ) -> None:
         super().__init__(scope, construct_id)
         self.client_security_group = ec2.SecurityGroup(
@@ -57,7 +66,10 @@ class SharedStorage(Construct):
             security_group=mount_target_sg,
             encrypted=True,
             performance_mode=efs.PerformanceMode.GENERAL_PURPOSE,
-            throughput_mode=efs.ThroughputMode.ELASTIC,
+            throughput_mode=THROUGHPUT_MODES[throughput],
+            provisioned_throughput_per_second=(
+                Size.mebibytes(provisioned_mibps) if throughput == "provisioned" else None
+            ),
             lifecycle_policy=efs.LifecyclePolicy.AFTER_30_DAYS,
             out_of_infrequent_access_policy=efs.OutOfInfrequentAccessPolicy.AFTER_1_ACCESS,
             enable_automatic_backups=False,

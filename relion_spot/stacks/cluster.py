@@ -24,6 +24,8 @@ from ..constructs.slurm_controller import STATE_DIR, SlurmController
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
+from ..estimate.idle import load_prices
+from ..estimate.storage import storage_io_rates
 from ..node import bootstrap
 from ..settings import Settings
 from ..slurm.spec import SLURMCTLD_PORT, SLURMD_PORT, SPEC_ENV, spec_from_settings
@@ -156,6 +158,7 @@ class ClusterStack(Stack):
             cluster_name=cluster_name,
             log_retention=log_retention,
             removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
+            storage_usd_per_gib=storage_io_rates(settings.efs_throughput, load_prices()),
         )
         for group in node_groups:
             self.cost_tracker.watch_launch_template(

@@ -29,6 +29,8 @@ class StorageStack(Stack):
             vpc=network.vpc,
             subnets=network.node_subnets,
             keep_data=settings.keep_data,
+            throughput=settings.efs_throughput,
+            provisioned_mibps=settings.efs_provisioned_mibps,
         )
         CfnOutput(self, "FileSystemId", value=self.storage.file_system.file_system_id)
         CfnOutput(self, "DataAccessPointId", value=self.storage.data_access_point.access_point_id)
