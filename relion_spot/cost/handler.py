@@ -52,6 +52,8 @@ from relion_spot.cost.store import (
 
 log = logging.getLogger(__name__)
 
+METER_WAIT = 6 * 3600
+"""How long after an attempt's end its node's meter reading is still looked for."""
 JOB_COST_LOG = "job-cost"
 JOB_COST_LOG_FORMAT = (
     JOB_COST_LOG + " job=%s user=%s estimate_usd=%.6f reclaimed_usd=%.6f attempts=%d reclaims=%d"
@@ -133,7 +135,7 @@ class CostService:
         """Price and store the jobs these attempts belong to (all attempts of each job given)."""
         if not attempts:
             return
-        attempts = self.storage_io.attach(self._fill_unresolved(attempts))
+        attempts = self._attach_storage_io(self._fill_unresolved(attempts), now=now)
         listed = instances.listed_cluster_instances(self.clients.ec2, self.config.cluster)
         jobs: dict[str, list[Attempt]] = defaultdict(list)
         for attempt in attempts:
@@ -175,6 +177,23 @@ class CostService:
         outcome.metrics_published += billing.publish_estimate_changes(
             self.clients.cloudwatch, self.config.metric_namespace, self.config.cluster, changes
         )
+
+    def _attach_storage_io(self, attempts: list[Attempt], *, now: float) -> list[Attempt]:
+        """Meter readings: those already stored with the job's cost are reused; CloudWatch is
+        asked only for attempts that ended within ``METER_WAIT`` (GetMetricData bills per
+        metric read, and an Epilog publishes within seconds of the end or never)."""
+        stored = self.costs.storage_readings(job_key(a.cluster, a.job_id) for a in attempts)
+        known = [
+            dataclasses.replace(a, storage_io=stored[(a.job_id, a.key)])
+            if (a.job_id, a.key) in stored
+            else a
+            for a in attempts
+        ]
+        recent = [a for a in known if a.storage_io is None and a.end >= now - METER_WAIT]
+        if not recent:
+            return known
+        found = {(a.job_id, a.key): a for a in self.storage_io.attach(recent)}
+        return [found.get((a.job_id, a.key), a) for a in known]
 
     def _fill_unresolved(self, attempts: list[Attempt]) -> list[Attempt]:
         """Nodes the writer could not map get a second chance against today's instances."""

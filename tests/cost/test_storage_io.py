@@ -193,3 +193,40 @@ def test_cost_command_shows_each_component_in_every_format(
     assert float(row["reclaimed_storage_io_usd"]) == pytest.approx(1.47, abs=1e-9)
     table = run()
     assert "$4.6200" in table and "94.00" in table
+
+
+def test_a_reading_is_read_from_cloudwatch_once_then_kept_with_the_cost(
+    account, reclaimed_job, tmp_path
+) -> None:
+    """GetMetricData bills per metric read: the hourly re-pricing over the week's window takes
+    readings from the stored cost, and asks CloudWatch only for attempts that ended within the
+    last six hours."""
+    from relion_spot.cost.handler import METER_WAIT
+
+    account.environ[config.STORAGE_READ_RATE] = str(READ_RATE)
+    for env in reclaimed_job["attempts"]:
+        meter(
+            account, tmp_path, "41", at=int(env["START"]),
+            before=mountstats((0, 0)), after=mountstats((GIB, 0)),
+        )  # fmt: skip
+        write_attempt(account, env)
+    first = account.service()
+    handle({"action": "schedule"}, first, now=reclaimed_job["now"])
+    assert first.storage_io.requests == 1
+    later = account.service()
+    handle({"action": "schedule"}, later, now=reclaimed_job["now"] + METER_WAIT + 3600)
+    assert later.storage_io.requests == 0, "nothing recent: CloudWatch is not asked"
+    item = cost_item(account, "41")
+    assert [a["storage_read_bytes"] for a in item["attempts"]] == [GIB, GIB]
+    assert item["cost_breakdown"]["storage_io"]["usd"] == pytest.approx(2 * READ_RATE)
+
+
+def test_an_attempt_unmetered_past_the_wait_is_not_looked_for(account, reclaimed_job) -> None:
+    from relion_spot.cost.handler import METER_WAIT
+
+    for env in reclaimed_job["attempts"]:
+        write_attempt(account, env)
+    service = account.service()
+    handle({"action": "schedule"}, service, now=reclaimed_job["now"] + METER_WAIT + 3600)
+    assert service.storage_io.requests == 0
+    assert cost_item(account, "41")["flags"] == ["storage-io-unmetered"]
