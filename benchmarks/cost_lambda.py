@@ -9,7 +9,10 @@ wall time and peak RSS. A second invocation over the same window shows the idemp
 
     python benchmarks/cost_lambda.py [--attempts 100000] [--instances 10000]
 
-Targets: <= 60 s and <= 512 MB peak for the first invocation.
+Targets for the first invocation: <= 15 s of the function's own CPU time (its process's user +
+system time: pricing, serialization, boto3; moto's CPU is measured apart, since a real AWS API
+spends none of the function's) and <= 512 MB peak. Wall time is printed too: with moto on the
+same cores it is mostly moto's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-TARGET_SECONDS = 60.0
+TARGET_OWN_CPU_SECONDS = 15.0
 TARGET_MB = 512.0
 CLUSTER = "bench"
 RECORDS = "bench-attempts"
@@ -241,13 +244,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--invoke", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # This checkout's package, in the parent and in the invocation's child alike (an installed
+    # relion_spot elsewhere would otherwise be what gets timed).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     if args.invoke is not None:
         invoke(args.invoke)
         return 0
     if args.attempts < 1 or args.instances < 1:
         parser.error("--attempts and --instances must be positive")
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     port = free_port()
     server = start_moto(port)
     env = aws_environment(port)
@@ -263,16 +268,17 @@ def main() -> int:
     for label, run in (("first invocation", first), ("re-run, same window", again)):
         outcome = run["outcome"]
         print(
-            f"{label}: {run['seconds']:.1f} s wall (function CPU {run['cpu_seconds']:.1f} s, "
-            f"moto server CPU {run['moto_cpu_seconds']:.1f} s), "
+            f"{label}: own CPU {run['cpu_seconds']:.1f} s, moto server CPU "
+            f"{run['moto_cpu_seconds']:.1f} s, {run['seconds']:.1f} s wall, "
             f"peak RSS {run['peak_rss_mb']:.0f} MB, "
             f"jobs priced {outcome['jobs_priced']}, written {outcome['jobs_written']}, "
             f"metric data {outcome['metrics_published']}, "
             f"spot price requests {outcome['spot_price_requests']}"
         )
-    ok = first["seconds"] <= TARGET_SECONDS and first["peak_rss_mb"] <= TARGET_MB
+    ok = first["cpu_seconds"] <= TARGET_OWN_CPU_SECONDS and first["peak_rss_mb"] <= TARGET_MB
     print(
-        f"targets (<= {TARGET_SECONDS:.0f} s, <= {TARGET_MB:.0f} MB): {'met' if ok else 'NOT met'}"
+        f"targets (own CPU <= {TARGET_OWN_CPU_SECONDS:.0f} s, <= {TARGET_MB:.0f} MB): "
+        f"{'met' if ok else 'NOT met'}"
     )
     return 0 if ok else 1
 

@@ -16,6 +16,9 @@ from typing import Any, Literal, cast
 from . import catalog
 
 EgressMode = Literal["public", "nat-instance", "nat-gateway"]
+EfsThroughput = Literal["elastic", "bursting", "provisioned"]
+EFS_THROUGHPUTS: tuple[EfsThroughput, ...] = ("elastic", "bursting", "provisioned")
+MAX_PROVISIONED_MIBPS = 1024
 ControllerCapacity = Literal["spot", "on-demand"]
 
 EGRESS_MODES: tuple[EgressMode, ...] = ("public", "nat-instance", "nat-gateway")
@@ -86,8 +89,6 @@ class Settings:
     """How long the controller may have no jobs, nodes or submissions before it stops itself
     (its state stays on EFS; the next submission wakes it)."""
     log_retention_days: int = 30
-    dashboard: bool = True
-    """A CloudWatch dashboard per cluster: $3/month unless among the account's first three."""
     relion_image: str = ""
     """The GPU jobs' RELION image; empty: the project's RELION 5 CUDA 12 recipe, built in the
     cluster by the image job (relion_spot.jobs.class3d.DEFAULT_IMAGE)."""
@@ -102,6 +103,15 @@ class Settings:
     adopt_file_system_id: str | None = None
     """An EFS file system an earlier deployment kept on ``cdk destroy`` (keep_data): this
     deployment mounts it instead of creating a new, empty one."""
+    dashboard: bool = False
+    """A CloudWatch dashboard per cluster: $3/month unless among the account's first three, so
+    off by default: a sleeping cluster then bills nothing."""
+    efs_throughput: EfsThroughput = "elastic"
+    """EFS throughput mode. ``relion-spot estimate`` prints what each costs for the benchmark:
+    Elastic bills every GiB moved and is the fastest; Bursting bills none but writes at most
+    100 MiB/s while its credits last; Provisioned bills its MiB/s every month, asleep or not."""
+    efs_provisioned_mibps: int = 0
+    """MiB/s to provision (with efs_throughput=provisioned only)."""
 
     def cluster_name(self, gpu_count: int) -> str:
         return f"{self.name}-gpu{gpu_count}"
@@ -248,6 +258,10 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
         "an EFS file system id, fs- and 8 or 17 lowercase hex digits (the FileSystemId output "
         "of the deployment that kept it, e.g. fs-0123456789abcdef0)",
     ),
+    "efs_throughput": lambda v: _choice("efs_throughput", v, EFS_THROUGHPUTS),
+    "efs_provisioned_mibps": lambda v: _bounded(
+        "efs_provisioned_mibps", v, 1, MAX_PROVISIONED_MIBPS
+    ),
 }
 
 SETTING_NAMES: tuple[str, ...] = (
@@ -326,6 +340,7 @@ def from_context(context: Mapping[str, object]) -> Settings:
     if "azs" in values:
         values["azs"] = _validate_azs(values["azs"], region)
 
+    _check_throughput(values, context)
     gpus = cast(tuple[int, ...], values.get("gpus", Settings.gpus))
     gpu_types = dict(catalog.DEFAULT_GPU_TYPES)
     for count, raw in gpu_type_overrides.items():
@@ -339,6 +354,24 @@ def from_context(context: Mapping[str, object]) -> Settings:
             "cdk destroy (the stack does not own it); leave keep_data out",
         )
     return Settings(**values)
+
+
+def _check_throughput(values: dict[str, Any], context: Mapping[str, object]) -> None:
+    """A provisioned rate goes with provisioned throughput, and only with it."""
+    mode = values.get("efs_throughput", Settings.efs_throughput)
+    rate = values.get("efs_provisioned_mibps")
+    if mode == "provisioned" and rate is None:
+        raise SettingsError(
+            "efs_provisioned_mibps",
+            None,
+            f"efs_throughput=provisioned needs a rate: 1 to {MAX_PROVISIONED_MIBPS} MiB/s",
+        )
+    if mode != "provisioned" and rate is not None:
+        raise SettingsError(
+            "efs_provisioned_mibps",
+            context["efs_provisioned_mibps"],
+            "only with efs_throughput=provisioned",
+        )
 
 
 def _validate_azs(azs: tuple[str, ...], region: str) -> tuple[str, ...]:

@@ -95,8 +95,15 @@ def synth_factory(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def default_synth(synth_factory) -> Synth:
-    """The widest default deployment: 1-, 4- and 8-GPU clusters side by side."""
-    return synth_factory(gpus="1,4,8")
+    """The widest default deployment: 1-, 4- and 8-GPU clusters side by side, with the optional
+    dashboards on so their tests see them."""
+    return synth_factory(gpus="1,4,8", dashboard="true")
+
+
+@pytest.fixture(scope="session")
+def plain_default_synth(synth_factory) -> Synth:
+    """Exactly what `cdk deploy` makes with no settings at all."""
+    return synth_factory()
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +116,7 @@ def alternate_synth(synth_factory) -> Synth:
         controller_capacity="on-demand",
         dashboard="false",
         stage_buckets="lab-b-raw,lab-b.archive",
+        efs_throughput="bursting",
         name="lab-b",
     )
 

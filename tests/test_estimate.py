@@ -45,6 +45,24 @@ def test_default_deployment_prices_every_standing_resource(default_synth) -> Non
     assert estimate.total(controller_up=True, stack="relion-spot-storage") == 0
 
 
+def test_a_default_cluster_asleep_bills_only_what_the_slurm_key_store_costs(
+    plain_default_synth,
+) -> None:
+    """No settings: no dashboard, the controller scaled to zero. Per cluster, nothing stands
+    but the Slurm key's secret (moving to a free store in its own change); the deployment
+    adds only the network's private DNS zone, $0.50."""
+    estimate = estimate_templates(read_cloud_assembly(plain_default_synth.outdir))
+    asleep = [i for i in estimate.items if i.usd_month_controller_asleep > 0]
+    per_cluster = [i for i in asleep if i.stack == "relion-spot-gpu1"]
+    assert [i.what for i in per_cluster] == ["Secrets Manager secret"]
+    rest = [i for i in asleep if i.what != "Secrets Manager secret"]
+    assert [(i.stack, i.what) for i in rest] == [
+        ("relion-spot-network", "Route 53 private hosted zone (Cloud Map)")
+    ]
+    assert sum(i.usd_month_controller_asleep for i in rest) == pytest.approx(0.50)
+    assert not [i for i in estimate.items if "dashboard" in i.what]
+
+
 def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth) -> None:
     nat_instance = estimate_templates(read_cloud_assembly(alternate_synth.outdir))
     expected = (
@@ -78,13 +96,13 @@ def test_an_unknown_resource_type_is_refused_not_counted_free() -> None:
 
 def test_report_prints_per_cluster_figures(default_synth) -> None:
     out = io.StringIO()
-    assert cli.run(Namespace(cdk_out=default_synth.outdir, context=[]), out=out) == 0
+    assert cli.run(Namespace(cdk_out=default_synth.outdir, context=[], only="idle"), out=out) == 0
     text = out.getvalue()
     assert "cluster relion-spot-gpu1: $" in text
     assert "scaled to zero" in text
 
 
 def test_report_refuses_a_directory_that_is_not_a_synth(tmp_path, capsys) -> None:
-    assert cli.run(Namespace(cdk_out=tmp_path, context=[])) == 2
+    assert cli.run(Namespace(cdk_out=tmp_path, context=[], only="idle")) == 2
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "manifest.json" in err

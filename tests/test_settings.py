@@ -162,6 +162,9 @@ BAD = [
     ("stage_buckets", "192.168.1.10", "S3 bucket names"),
     ("stage_buckets", "lab-data,lab-data", "each bucket once"),
     ("stage_buckets", "lab-data,,lab-raw", "S3 bucket names"),
+    ("efs_throughput", "fast", "one of elastic, bursting, provisioned"),
+    ("efs_provisioned_mibps", "0", "from 1 to 1024"),
+    ("efs_provisioned_mibps", "50", "only with efs_throughput=provisioned"),
 ]
 
 
@@ -188,6 +191,15 @@ def test_bad_value_names_setting_value_and_what_is_accepted(
     assert f"'{key}'" in message
     assert repr(value) in message
     assert accepted in message
+
+
+def test_efs_throughput_modes_and_the_provisioned_rate() -> None:
+    assert Settings().efs_throughput == "elastic"
+    assert from_context({"efs_throughput": "bursting"}).efs_throughput == "bursting"
+    chosen = from_context({"efs_throughput": "provisioned", "efs_provisioned_mibps": "64"})
+    assert (chosen.efs_throughput, chosen.efs_provisioned_mibps) == ("provisioned", 64)
+    with pytest.raises(SettingsError, match="efs_throughput=provisioned needs a rate"):
+        from_context({"efs_throughput": "provisioned"})
 
 
 def test_misspelt_setting_suggests_the_right_one() -> None:

@@ -680,6 +680,37 @@ def test_controller_may_put_only_its_own_service_to_sleep(default_synth) -> None
     assert "service/relion-spot-gpu4/relion-spot-gpu4-controller" in arn
 
 
+@pytest.mark.parametrize(
+    ("synth", "storage", "cluster", "mode", "rates"),
+    [
+        ("default_synth", "relion-spot-storage", "relion-spot-gpu1", "elastic", ("0.03", "0.06")),
+        ("alternate_synth", "lab-b-storage", "lab-b-gpu4", "bursting", ("0.0", "0.0")),
+    ],
+)
+def test_efs_throughput_mode_and_the_rates_the_cost_function_prices_io_at(
+    request, synth: str, storage: str, cluster: str, mode: str, rates: tuple[str, str]
+) -> None:
+    """Elastic bills each GiB read and written (the dated price table's rates reach the cost
+    function); Bursting bills none, so the same meter readings price at zero."""
+    from relion_spot.cost import config
+
+    synthesized = request.getfixturevalue(synth)
+    Template.from_json(synthesized.template(storage)).has_resource_properties(
+        "AWS::EFS::FileSystem", {"ThroughputMode": mode}
+    )
+    Template.from_json(synthesized.template(cluster)).has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "relion_spot.cost.handler.main",
+            "Environment": {
+                "Variables": Match.object_like(
+                    {config.STORAGE_READ_RATE: rates[0], config.STORAGE_WRITE_RATE: rates[1]}
+                )
+            },
+        },
+    )
+
+
 def test_the_dashboard_can_be_left_out(alternate_synth) -> None:
     template = Template.from_json(alternate_synth.template("lab-b-gpu4"))
     template.resource_count_is("AWS::CloudWatch::Dashboard", 0)

@@ -48,6 +48,7 @@ class CostTracker(Construct):
         reconcile_days: int = 3,
         metric_namespace: str = config.DEFAULT_NAMESPACE,
         memory_size: int = 1024,
+        storage_usd_per_gib: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         super().__init__(scope, construct_id)
         pricing_schedule = pricing_schedule or Duration.hours(1)
@@ -119,6 +120,8 @@ class CostTracker(Construct):
                 config.RECONCILE_DAYS: str(reconcile_days),
                 config.METRIC_NAMESPACE: metric_namespace,
                 config.LAUNCH_TEMPLATES: "[]",
+                config.STORAGE_READ_RATE: repr(storage_usd_per_gib[0]),
+                config.STORAGE_WRITE_RATE: repr(storage_usd_per_gib[1]),
             },
         )
         self._grant_function(stack)
@@ -228,6 +231,13 @@ class CostTracker(Construct):
             iam.PolicyStatement(
                 sid="ReadBilledCost",
                 actions=["ce:GetCostAndUsage"],
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                # The bytes each job's nodes metered (relion_spot.cost.storage_io);
+                # GetMetricData has no resource-level permission or condition key.
+                sid="ReadJobStorageIo",
+                actions=["cloudwatch:GetMetricData"],
                 resources=["*"],
             ),
             iam.PolicyStatement(

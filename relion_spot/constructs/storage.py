@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import RemovalPolicy, Size
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_efs as efs
 from aws_cdk import aws_iam as iam
@@ -17,6 +17,13 @@ FILE_SYSTEM_LOGICAL_ID = "DataFileSystem"
 """Pinned: a changed logical ID would make CloudFormation replace the file system (and, when
 the data is not retained, delete it)."""
 
+THROUGHPUT_MODES = {
+    "bursting": efs.ThroughputMode.BURSTING,
+    "elastic": efs.ThroughputMode.ELASTIC,
+    "provisioned": efs.ThroughputMode.PROVISIONED,
+}
+"""The settings' names for EFS throughput modes (relion_spot.estimate.storage compares them)."""
+
 
 class SharedStorage(Construct):
     """EFS, encrypted at rest, reachable only over TLS with IAM, from holders of one client SG."""
@@ -30,6 +37,8 @@ class SharedStorage(Construct):
         subnets: ec2.SubnetSelection,
         keep_data: bool,
         adopt_file_system_id: str | None = None,
+        throughput: str = "elastic",
+        provisioned_mibps: int = 0,
     ) -> None:
         super().__init__(scope, construct_id)
         self.client_security_group = ec2.SecurityGroup(
@@ -52,7 +61,14 @@ class SharedStorage(Construct):
         self.adopted = adopt_file_system_id is not None
         self.file_system: efs.IFileSystem
         if adopt_file_system_id is None:
-            self.file_system = self._new_file_system(vpc, subnets, mount_target_sg, keep_data)
+            self.file_system = self._new_file_system(
+                vpc,
+                subnets,
+                mount_target_sg,
+                keep_data,
+                throughput=throughput,
+                provisioned_mibps=provisioned_mibps,
+            )
         else:
             self.file_system = self._adopted_file_system(
                 adopt_file_system_id, vpc, subnets, mount_target_sg
@@ -68,6 +84,9 @@ class SharedStorage(Construct):
         subnets: ec2.SubnetSelection,
         mount_target_sg: ec2.ISecurityGroup,
         keep_data: bool,
+        *,
+        throughput: str,
+        provisioned_mibps: int,
     ) -> efs.FileSystem:
         removal = RemovalPolicy.RETAIN if keep_data else RemovalPolicy.DESTROY
         file_system = efs.FileSystem(
@@ -78,7 +97,10 @@ class SharedStorage(Construct):
             security_group=mount_target_sg,
             encrypted=True,
             performance_mode=efs.PerformanceMode.GENERAL_PURPOSE,
-            throughput_mode=efs.ThroughputMode.ELASTIC,
+            throughput_mode=THROUGHPUT_MODES[throughput],
+            provisioned_throughput_per_second=(
+                Size.mebibytes(provisioned_mibps) if throughput == "provisioned" else None
+            ),
             lifecycle_policy=efs.LifecyclePolicy.AFTER_30_DAYS,
             out_of_infrequent_access_policy=efs.OutOfInfrequentAccessPolicy.AFTER_1_ACCESS,
             enable_automatic_backups=False,

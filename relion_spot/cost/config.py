@@ -10,6 +10,7 @@ record writer through ``RELION_SPOT_COST_CONFIG`` or the default file below.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ WINDOW_HOURS = "RELION_SPOT_PRICING_WINDOW_HOURS"
 LOOKBACK_HOURS = "RELION_SPOT_JOB_LOOKBACK_HOURS"
 RECONCILE_DAYS = "RELION_SPOT_RECONCILE_DAYS"
 METRIC_NAMESPACE = "RELION_SPOT_METRIC_NAMESPACE"
+STORAGE_READ_RATE = "RELION_SPOT_STORAGE_READ_USD_PER_GIB"
+STORAGE_WRITE_RATE = "RELION_SPOT_STORAGE_WRITE_USD_PER_GIB"
+"""What the shared file system bills per GiB read and written in its throughput mode (zero
+outside Elastic); the cluster stack fills them from the dated price table."""
 
 DEFAULT_NAMESPACE = "RelionSpot"
 
@@ -72,6 +77,19 @@ def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _rate(environ: Mapping[str, str], name: str) -> float:
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name}={raw!r}: expected dollars per GiB, zero or more")
+    return value
+
+
 def _required(environ: Mapping[str, str], name: str, what: str) -> str:
     value = environ.get(name, "").strip()
     if not value:
@@ -113,6 +131,8 @@ class CostConfig:
     lookback_hours: float = 168.0
     reconcile_days: int = 3
     metric_namespace: str = DEFAULT_NAMESPACE
+    storage_read_usd_per_gib: float = 0.0
+    storage_write_usd_per_gib: float = 0.0
 
     @property
     def launch_template_tags(self) -> dict[str, dict[str, str]]:
@@ -132,4 +152,6 @@ class CostConfig:
             lookback_hours=_positive(environ, LOOKBACK_HOURS, 168.0),
             reconcile_days=int(_positive(environ, RECONCILE_DAYS, 3)),
             metric_namespace=environ.get(METRIC_NAMESPACE, "") or DEFAULT_NAMESPACE,
+            storage_read_usd_per_gib=_rate(environ, STORAGE_READ_RATE),
+            storage_write_usd_per_gib=_rate(environ, STORAGE_WRITE_RATE),
         )

@@ -37,7 +37,8 @@ from relion_spot.cost import billing, instances, nodes
 from relion_spot.cost.config import CostConfig
 from relion_spot.cost.lock import PricingLock
 from relion_spot.cost.prices import PriceSource, SpotPriceSource
-from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, price_job
+from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, StorageRates, price_job
+from relion_spot.cost.storage_io import StorageIoReader
 from relion_spot.cost.store import (
     JOB_KEY,
     AttemptStore,
@@ -51,6 +52,8 @@ from relion_spot.cost.store import (
 
 log = logging.getLogger(__name__)
 
+METER_WAIT = 6 * 3600
+"""How long after an attempt's end its node's meter reading is still looked for."""
 JOB_COST_LOG = "job-cost"
 JOB_COST_LOG_FORMAT = (
     JOB_COST_LOG + " job=%s user=%s estimate_usd=%.6f reclaimed_usd=%.6f attempts=%d reclaims=%d"
@@ -105,6 +108,12 @@ class CostService:
         self.costs = CostStore(clients.dynamodb, config.costs_table)
         self.prices: PriceSource = SpotPriceSource(clients.ec2)
         self.lock = PricingLock(clients.dynamodb, config.costs_table)
+        self.storage_io = StorageIoReader(
+            clients.cloudwatch, config.metric_namespace, config.cluster
+        )
+        self.storage_rates = StorageRates(
+            config.storage_read_usd_per_gib, config.storage_write_usd_per_gib
+        )
 
     def _parse(self, items: Iterable[dict[str, Any]], outcome: Outcome) -> list[Attempt]:
         parsed = []
@@ -126,7 +135,7 @@ class CostService:
         """Price and store the jobs these attempts belong to (all attempts of each job given)."""
         if not attempts:
             return
-        attempts = self._fill_unresolved(attempts)
+        attempts = self._attach_storage_io(self._fill_unresolved(attempts), now=now)
         listed = instances.listed_cluster_instances(self.clients.ec2, self.config.cluster)
         jobs: dict[str, list[Attempt]] = defaultdict(list)
         for attempt in attempts:
@@ -145,7 +154,9 @@ class CostService:
         recorded = {n.instance_id for a in attempts for n in a.nodes if n.instance_id}
         vanished = recorded - listed
         costs: list[JobCost] = [
-            price_job(job_attempts, histories, vanished_instances=vanished)
+            price_job(
+                job_attempts, histories, vanished_instances=vanished, rates=self.storage_rates
+            )
             for job_attempts in jobs.values()
         ]
         outcome.jobs_priced += len(costs)
@@ -166,6 +177,23 @@ class CostService:
         outcome.metrics_published += billing.publish_estimate_changes(
             self.clients.cloudwatch, self.config.metric_namespace, self.config.cluster, changes
         )
+
+    def _attach_storage_io(self, attempts: list[Attempt], *, now: float) -> list[Attempt]:
+        """Meter readings: those already stored with the job's cost are reused; CloudWatch is
+        asked only for attempts that ended within ``METER_WAIT`` (GetMetricData bills per
+        metric read, and an Epilog publishes within seconds of the end or never)."""
+        stored = self.costs.storage_readings(job_key(a.cluster, a.job_id) for a in attempts)
+        known = [
+            dataclasses.replace(a, storage_io=stored[(a.job_id, a.key)])
+            if (a.job_id, a.key) in stored
+            else a
+            for a in attempts
+        ]
+        recent = [a for a in known if a.storage_io is None and a.end >= now - METER_WAIT]
+        if not recent:
+            return known
+        found = {(a.job_id, a.key): a for a in self.storage_io.attach(recent)}
+        return [found.get((a.job_id, a.key), a) for a in known]
 
     def _fill_unresolved(self, attempts: list[Attempt]) -> list[Attempt]:
         """Nodes the writer could not map get a second chance against today's instances."""

@@ -15,8 +15,15 @@ Choices (also the documented contract of the figures a user sees):
   the node's EBS volumes. A GPU node running one job at a time (the node groups' setup) has the
   job hold all of it. An instance type not in the catalog counts as held whole.
 - EBS is prorated per second over a 730-hour month (AWS's convention).
+- Storage I/O: the bytes an attempt read from and wrote to the shared file system, as its node
+  metered them (relion_spot.node.storage_io), times the file system's per-GiB rates (Elastic
+  throughput bills them; Bursting and Provisioned do not). An attempt with no meter reading is
+  flagged ``storage-io-unmetered`` and its I/O counts as nothing, never as a guess.
+- Data transfer: none. Nodes reach EFS through the mount target of their own zone and S3 in the
+  same region, both free of transfer charges; nothing leaves the region.
 - An attempt that ended NODE_FAIL, PREEMPTED or REQUEUED was lost to a reclaim: its cost is part
-  of the job's cost and is also reported on its own as the reclaimed cost and share.
+  of the job's cost and is also reported on its own as the reclaimed cost and share, per
+  component (compute, EBS, storage I/O).
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ EBS_USD_PER_GB_MONTH: dict[str, float] = {
     "standard": 0.05,
 }
 """us-east-1 storage prices (IOPS/throughput extras of gp3/io* are not charged per job)."""
+GIB = 2**30
+"""AWS bills storage and transfer in binary gigabytes."""
+COMPONENTS = ("compute", "ebs", "storage_io")
+"""The parts of a job's cost, in the order they are reported."""
 DIGITS = 10
 """Stored dollar figures are rounded here so a re-run reproduces them bit for bit."""
 
@@ -51,6 +62,27 @@ DIGITS = 10
 class Volume:
     size_gb: int
     volume_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class StorageIo:
+    """Bytes an attempt moved on the shared file system, as its node's NFS client counted."""
+
+    read_bytes: int
+    write_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRates:
+    """What the shared file system bills per GiB moved (zero outside Elastic throughput)."""
+
+    read_usd_per_gib: float = 0.0
+    write_usd_per_gib: float = 0.0
+
+    def dollars(self, io: StorageIo) -> float:
+        return (
+            io.read_bytes * self.read_usd_per_gib + io.write_bytes * self.write_usd_per_gib
+        ) / GIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +114,8 @@ class Attempt:
     nodes: tuple[NodeUse, ...] = ()
     reason: str = ""
     exit_code: str = ""
+    storage_io: StorageIo | None = None
+    """None until the node's meter reading is attached (and when it never arrives)."""
 
     @property
     def key(self) -> str:
@@ -154,10 +188,16 @@ class AttemptCost:
     ebs_usd: float
     nodes: tuple[NodeCost, ...]
     flags: tuple[str, ...]
+    storage_io_usd: float = 0.0
+    storage_read_bytes: int | None = None
+    storage_write_bytes: int | None = None
 
     @property
     def total_usd(self) -> float:
-        return self.compute_usd + self.ebs_usd
+        return self.compute_usd + self.ebs_usd + self.storage_io_usd
+
+    def component_usd(self, component: str) -> float:
+        return float(getattr(self, f"{component}_usd"))
 
 
 @dataclass(frozen=True)
@@ -185,6 +225,32 @@ class JobCost:
         total = self.total_usd
         return round(self.reclaimed_usd / total, DIGITS) if total > 0 else 0.0
 
+    def breakdown(self) -> dict[str, dict[str, float]]:
+        """Each component's dollars, the part of them lost to reclaims, and that share."""
+        parts: dict[str, dict[str, float]] = {}
+        for component in COMPONENTS:
+            usd = round(sum(a.component_usd(component) for a in self.attempts), DIGITS)
+            lost = round(
+                sum(a.component_usd(component) for a in self.attempts if a.reclaimed), DIGITS
+            )
+            parts[component] = {
+                "usd": usd,
+                "reclaimed_usd": lost,
+                "reclaimed_share": round(lost / usd, DIGITS) if usd > 0 else 0.0,
+            }
+        return parts
+
+    @property
+    def storage_bytes(self) -> tuple[int, int] | None:
+        """(read, written) over the metered attempts; None when no attempt was metered."""
+        metered = [a for a in self.attempts if a.storage_read_bytes is not None]
+        if not metered:
+            return None
+        return (
+            sum(a.storage_read_bytes or 0 for a in metered),
+            sum(a.storage_write_bytes or 0 for a in metered),
+        )
+
     @property
     def month(self) -> str:
         return datetime.fromtimestamp(self.first_start, UTC).strftime("%Y-%m")
@@ -211,6 +277,7 @@ class JobCost:
             "reclaimed_share": self.reclaimed_share,
             "flags": list(self.flags),
             "instance_ids": list(self.instance_ids),
+            "cost_breakdown": self.breakdown(),
             "attempts": [
                 {
                     "attempt": a.key,
@@ -220,6 +287,9 @@ class JobCost:
                     "reclaimed": a.reclaimed,
                     "compute_usd": round(a.compute_usd, DIGITS),
                     "ebs_usd": round(a.ebs_usd, DIGITS),
+                    "storage_io_usd": round(a.storage_io_usd, DIGITS),
+                    "storage_read_bytes": a.storage_read_bytes,
+                    "storage_write_bytes": a.storage_write_bytes,
                     "flags": list(a.flags),
                     "nodes": [
                         {
@@ -253,7 +323,9 @@ def node_share(attempt: Attempt, instance_type: str | None) -> float:
 
 
 def price_attempt(
-    attempt: Attempt, histories: Mapping[tuple[str, str], PriceHistory]
+    attempt: Attempt,
+    histories: Mapping[tuple[str, str], PriceHistory],
+    rates: StorageRates = StorageRates(),
 ) -> AttemptCost:
     nodes: list[NodeCost] = []
     flags: list[str] = []
@@ -287,6 +359,9 @@ def price_attempt(
         )
     if not attempt.nodes and attempt.seconds > 0:
         flags.append("no-nodes-recorded")
+    io = attempt.storage_io
+    if io is None and attempt.seconds > 0:
+        flags.append("storage-io-unmetered")
     return AttemptCost(
         key=attempt.key,
         state=attempt.state,
@@ -297,6 +372,9 @@ def price_attempt(
         ebs_usd=sum(n.ebs_usd for n in nodes),
         nodes=tuple(nodes),
         flags=tuple(flags),
+        storage_io_usd=rates.dollars(io) if io is not None else 0.0,
+        storage_read_bytes=io.read_bytes if io is not None else None,
+        storage_write_bytes=io.write_bytes if io is not None else None,
     )
 
 
@@ -305,13 +383,14 @@ def price_job(
     histories: Mapping[tuple[str, str], PriceHistory],
     *,
     vanished_instances: frozenset[str] | set[str] = frozenset(),
+    rates: StorageRates = StorageRates(),
 ) -> JobCost:
     """Sum a job's attempts. ``vanished_instances`` were gone when pricing ran: their nodes are
     priced from the record (type, AZ, volumes as written at the attempt's end) and flagged."""
     if not attempts:
         raise ValueError("a job needs at least one attempt to be priced")
     ordered = sorted({a.key: a for a in attempts}.values(), key=lambda a: a.start)
-    priced = tuple(price_attempt(a, histories) for a in ordered)
+    priced = tuple(price_attempt(a, histories, rates) for a in ordered)
     flags = {flag for a in priced for flag in a.flags}
     flags.update(
         f"priced-from-record:{n.instance_id}"

@@ -21,8 +21,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from relion_spot.client.terminal import cell, printable
 from relion_spot.cost import config
+from relion_spot.cost.pricing import COMPONENTS, GIB
 from relion_spot.cost.store import CostStore
 
+COMPONENT_COLUMNS = tuple(f"{c}_usd" for c in COMPONENTS)
+RECLAIMED_COMPONENT_COLUMNS = tuple(f"reclaimed_{c}_usd" for c in COMPONENTS)
 GROUPINGS = ("job", "user", "month")
 FORMATS = ("table", "csv", "json")
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -34,18 +37,26 @@ JOB_COLUMNS = (
     "month",
     "attempts",
     "instance_types",
+    *COMPONENT_COLUMNS,
+    "storage_read_gib",
+    "storage_write_gib",
     "estimate_usd",
     "reclaimed_usd",
     "reclaimed_share",
+    *RECLAIMED_COMPONENT_COLUMNS,
     "billed_usd",
     "flags",
 )
+"""Components: compute (instance time x spot price), EBS, and storage I/O (bytes the job's
+nodes moved on the shared file system x its per-GiB rates); each also as its reclaimed part."""
 GROUP_COLUMNS = (
     "jobs",
     "attempts",
+    *COMPONENT_COLUMNS,
     "estimate_usd",
     "reclaimed_usd",
     "reclaimed_share",
+    *RECLAIMED_COMPONENT_COLUMNS,
     "billed_usd",
 )
 
@@ -89,12 +100,33 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _gib(attempts: list[dict[str, Any]], field: str) -> float | None:
+    metered = [a[field] for a in attempts if a.get(field) is not None]
+    return round(sum(metered) / GIB, 3) if metered else None
+
+
+def _components(item: dict[str, Any]) -> dict[str, Any]:
+    """Per-component dollars and their reclaimed parts; None for a job priced before the
+    breakdown existed."""
+    breakdown = item.get("cost_breakdown") or {}
+    values: dict[str, Any] = {}
+    for component in COMPONENTS:
+        part = breakdown.get(component) or {}
+        values[f"{component}_usd"] = part.get("usd")
+        values[f"reclaimed_{component}_usd"] = part.get("reclaimed_usd")
+    return values
+
+
 def _job_row(item: dict[str, Any]) -> dict[str, Any]:
     attempts = item.get("attempts") or []
     types = sorted(
         {n.get("instance_type") for a in attempts for n in a.get("nodes", [])} - {None, ""}
     )
     return {
+        **_components(item),
+        "storage_read_gib": _gib(attempts, "storage_read_bytes"),
+        "storage_write_gib": _gib(attempts, "storage_write_bytes"),
+        "cost_breakdown": item.get("cost_breakdown"),
         "job_id": str(item.get("job_id", "")),
         "user": item.get("user", ""),
         "job_name": item.get("job_name", ""),
@@ -128,8 +160,11 @@ def rows(items: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]]:
                 "estimate_usd": 0.0,
                 "reclaimed_usd": 0.0,
                 "billed_usd": None,
+                **dict.fromkeys(COMPONENT_COLUMNS + RECLAIMED_COMPONENT_COLUMNS, 0.0),
             },
         )
+        for column in COMPONENT_COLUMNS + RECLAIMED_COMPONENT_COLUMNS:
+            group[column] += job[column] or 0.0
         group["jobs"] += 1
         group["attempts"] += job["attempts"]
         group["estimate_usd"] += job["estimate_usd"] or 0.0
@@ -141,7 +176,8 @@ def rows(items: Iterable[dict[str, Any]], by: str) -> list[dict[str, Any]]:
         group = groups[key]
         estimate = group["estimate_usd"]
         group["estimate_usd"] = round(estimate, 10)
-        group["reclaimed_usd"] = round(group["reclaimed_usd"], 10)
+        for column in ("reclaimed_usd", *COMPONENT_COLUMNS, *RECLAIMED_COMPONENT_COLUMNS):
+            group[column] = round(group[column], 10)
         group["reclaimed_share"] = round(group["reclaimed_usd"] / estimate, 10) if estimate else 0.0
         if group["billed_usd"] is not None:
             group["billed_usd"] = round(group["billed_usd"], 10)
@@ -155,7 +191,11 @@ def _money(value: Any) -> str:
 
 def write(report: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, out: TextIO) -> None:
     if fmt == "json":
-        json.dump(list(report), out, indent=2)
+        json.dump(
+            [{c: r.get(c) for c in (*columns, "cost_breakdown") if c in r} for r in report],
+            out,
+            indent=2,
+        )
         out.write("\n")
     elif fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
@@ -169,7 +209,7 @@ def write(report: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, ou
 
         table = Table(title="relion-spot job cost")
         for column in columns:
-            numeric = column.endswith(("_usd", "_share")) or column in ("jobs", "attempts")
+            numeric = column.endswith(("_usd", "_share", "_gib")) or column in ("jobs", "attempts")
             table.add_column(column.replace("_", " "), justify="right" if numeric else "left")
         for row in report:
             cells = []
@@ -177,6 +217,8 @@ def write(report: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, ou
                 value = row.get(column)
                 if column.endswith("_usd"):
                     cells.append(_money(value))
+                elif column.endswith("_gib"):
+                    cells.append("" if value is None else f"{value:,.2f}")
                 elif column.endswith("_share"):
                     cells.append("" if value is None else f"{value:.1%}")
                 else:

@@ -32,7 +32,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, Volume
+from relion_spot.cost.pricing import Attempt, JobCost, NodeUse, StorageIo, Volume
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +433,18 @@ class CostStore:
             item[JOB_KEY]: decode_cost(item)
             for item in self._batch_get(keys, ["fingerprint", "detail", *BILLED_FIELDS])
         }
+
+    def storage_readings(self, keys: Iterable[str]) -> dict[tuple[str, str], StorageIo]:
+        """(job id, attempt) -> the storage I/O already priced into these jobs' stored costs."""
+        readings: dict[tuple[str, str], StorageIo] = {}
+        for item in self._batch_get(keys, ["detail"]):
+            _, job_id = split_job_key(item[JOB_KEY])
+            for attempt in decode_cost(item).get("attempts") or []:
+                read = attempt.get("storage_read_bytes")
+                written = attempt.get("storage_write_bytes")
+                if isinstance(read, int) and isinstance(written, int):
+                    readings[(job_id, attempt["attempt"])] = StorageIo(read, written)
+        return readings
 
     def write_estimates(
         self, costs: Sequence[JobCost], *, priced_at: float

@@ -82,6 +82,8 @@ class DemoResult:
     cost_usd: float | None = None
     reclaimed_usd: float | None = None
     reclaimed_share: float | None = None
+    cost_breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per component (compute, ebs, storage_io): dollars, reclaimed dollars, reclaimed share."""
     plot: str = ""
     wall_seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
@@ -410,6 +412,7 @@ def _price(cloud: Any, job_id: str, final_state: str, result: DemoResult) -> Non
     result.cost_usd = float(item["estimate_usd"])
     result.reclaimed_usd = float(item["reclaimed_usd"])
     result.reclaimed_share = float(item["reclaimed_share"])
+    result.cost_breakdown = item.get("cost_breakdown") or {}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""``relion-spot estimate``: the idle bill of a deployment, per stack and per cluster."""
+"""``relion-spot estimate``: the idle bill of a deployment, per stack and per cluster, and the
+storage-design model of the canonical refinement."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from .idle import Estimate, UnpricedResource, estimate_templates, read_cloud_assembly
+from . import storage
+from .idle import Estimate, UnpricedResource, estimate_templates, load_prices, read_cloud_assembly
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +30,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="read this synthesized cloud assembly instead of running cdk synth",
     )
     add_context_argument(parser, "CDK context, as for cdk synth (e.g. -c gpus=1,4)")
+    parser.add_argument(
+        "--only",
+        choices=("idle", "storage"),
+        help="print only the idle bill (needs a synth) or only the storage-design model",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -105,8 +112,82 @@ def summary_lines(estimate: Estimate) -> list[str]:
     return lines
 
 
+def report_storage(prices: dict[str, Any], out: TextIO, *, provisioned_mibps: int = 100) -> None:
+    """The storage designs for the benchmark on 1 and 4 GPUs, the one chosen, data at rest,
+    and what one reclaim at iteration 20 of 25 adds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, width=160)
+    dated = f"{prices['region']} prices of {prices['as_of']}; modelled, not measured"
+    for gpus, job in storage.BENCHMARK.items():
+        costs = [storage.price_design(job, d, prices) for d in storage.designs(provisioned_mibps)]
+        chosen = storage.choose(costs)
+        table = Table(
+            title=f"Canonical refinement on {gpus}x A10G ({job.instance_type}, "
+            f"{job.gpu_minutes:g} GPU-min, {job.dataset_gib:g} GiB particles, "
+            f"{job.output_gib:.1f} GiB output), USD ({dated})"
+        )
+        for column in (
+            "storage design",
+            "copy min",
+            "write min",
+            "wall min",
+            "compute",
+            "EFS/S3 reads",
+            "EFS writes",
+            "all-in",
+            "standing /month",
+            "runs/day on credits",
+        ):
+            table.add_column(column, justify="left" if column == "storage design" else "right")
+        for cost in costs:
+            per_day = cost.refinements_per_day_in_credits
+            table.add_row(
+                cost.design.label + ("  <- chosen" if cost is chosen else ""),
+                f"{cost.copy_minutes:.1f}",
+                f"{cost.write_minutes:.1f}",
+                f"{cost.wall_minutes:.1f}",
+                f"{cost.compute_usd:.2f}",
+                f"{cost.read_usd:.2f}",
+                f"{cost.write_usd:.2f}",
+                f"{cost.all_in_usd:.2f}",
+                f"{cost.standing_usd_month:.2f}",
+                "" if per_day is None else f"{per_day:.1f}",
+            )
+        console.print(table)
+        current = next(
+            c for c in costs if (c.design.dataset, c.design.throughput) == storage.CURRENT
+        )
+        for label, cost in (("chosen", chosen), ("deployed (efs_throughput=elastic)", current)):
+            resume = storage.reclaim_premium(job, cost, reclaim_after=20, resumes=True)
+            restart = storage.reclaim_premium(job, cost, reclaim_after=20, resumes=False)
+            console.print(
+                f"{gpus} GPU, {label}: one reclaim at iteration 20 of 25 adds "
+                f"${resume:.2f} (resume from iteration 20) vs ${restart:.2f} (restart from zero)"
+            )
+    rest = Table(
+        title=f"The {storage.BENCHMARK[1].dataset_gib:g} GiB particle set at rest ({dated})"
+    )
+    for column in ("store", "USD/month", "USD per full read"):
+        rest.add_column(column, justify="left" if column == "store" else "right")
+    for row in storage.at_rest(storage.BENCHMARK[1], prices):
+        rest.add_row(row.store, f"{row.usd_month:.2f}", f"{row.usd_per_read:.4f}")
+    console.print(rest)
+    job = storage.BENCHMARK[1]
+    for dataset, throughput in (("efs", "elastic"), ("efs", "bursting"), ("s3", "elastic")):
+        console.print(
+            f"staging the set once, dataset on {dataset} with EFS {throughput}: "
+            f"${storage.staging_usd(job, dataset, throughput, prices):.2f}"
+        )
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
+    if args.only != "idle":
+        report_storage(load_prices(), out)
+        if args.only == "storage":
+            return 0
     try:
         if args.cdk_out:
             if not (args.cdk_out / "manifest.json").is_file():

@@ -30,6 +30,8 @@ from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.config import COSTS_TABLE as COSTS_TABLE_ENV
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
+from ..estimate.idle import load_prices
+from ..estimate.storage import storage_io_rates
 from ..intake.config import ADMIN_IDS_ENV, CONTAINER_CACHE_ENV, RELION_IMAGE_ENV, STAGE_BUCKETS_ENV
 from ..jobs.class3d import DEFAULT_IMAGE
 from ..node import bootstrap
@@ -175,6 +177,7 @@ class ClusterStack(Stack):
             cluster_name=cluster_name,
             log_retention=log_retention,
             removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
+            storage_usd_per_gib=storage_io_rates(settings.efs_throughput, load_prices()),
         )
         for group in node_groups:
             self.cost_tracker.watch_launch_template(

@@ -30,6 +30,8 @@ class StorageStack(Stack):
             subnets=network.node_subnets,
             keep_data=settings.keep_data,
             adopt_file_system_id=settings.adopt_file_system_id,
+            throughput=settings.efs_throughput,
+            provisioned_mibps=settings.efs_provisioned_mibps,
         )
         CfnOutput(self, "FileSystemId", value=self.storage.file_system.file_system_id)
         CfnOutput(self, "DataAccessPointId", value=self.storage.data_access_point.access_point_id)

@@ -189,6 +189,7 @@ def test_function_iam_is_least_privilege(template: Template):
         "StringEquals": {"cloudwatch:namespace": "RelionSpot"}
     }
     assert by_sid["ReadBilledCost"]["Action"] == "ce:GetCostAndUsage"
+    assert by_sid["ReadJobStorageIo"]["Action"] == "cloudwatch:GetMetricData"
     launches = [
         s
         for s in granted

@@ -52,7 +52,8 @@ def test_two_attempts_priced_from_moto_history_with_reclaimed_share(account, rec
     ]
     assert [n["share"] for n in nodes] == [1.0, 0.5]
     assert item["instance_ids"] == sorted(reclaimed_job["instances"])
-    assert item["user"] == "alice" and item["flags"] == []
+    assert item["user"] == "alice"
+    assert item["flags"] == ["storage-io-unmetered"], "no node metered this job's I/O"
 
 
 def test_record_writer_is_idempotent(account, reclaimed_job):
@@ -150,7 +151,7 @@ def test_vanished_instance_priced_from_record_and_flagged(account, reclaimed_job
     item = cost_item(account, "41")
     lost, kept = reclaimed_job["expected"]
     assert item["estimate_usd"] == pytest.approx(lost + kept, abs=1e-9)
-    assert item["flags"] == [f"priced-from-record:{gone}"]
+    assert item["flags"] == [f"priced-from-record:{gone}", "storage-io-unmetered"]
 
 
 def test_malformed_events_are_logged_and_skipped(account, reclaimed_job, caplog):
@@ -289,12 +290,12 @@ def test_node_unmapped_at_write_time_is_resolved_when_pricing(account):
         account.service(),
         now=started + 4000,
     )
-    assert cost_item(account, "77")["flags"] == ["unresolved-node:gpu-7"]
+    assert cost_item(account, "77")["flags"] == ["storage-io-unmetered", "unresolved-node:gpu-7"]
 
     account.ec2.create_tags(Resources=[late], Tags=[{"Key": tags.NODE, "Value": "gpu-7"}])
     outcome = handle({"action": "schedule"}, account.service(), now=started + 4000)
     assert outcome["jobs_written"] == 1
     item = cost_item(account, "77")
-    assert item["flags"] == []
+    assert item["flags"] == ["storage-io-unmetered"]
     assert item["attempts"][0]["nodes"][0]["instance_id"] == late
     assert item["estimate_usd"] > 0

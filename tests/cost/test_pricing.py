@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from relion_spot.cost.pricing import (
     Attempt,
     NodeUse,
     PriceHistory,
+    StorageIo,
+    StorageRates,
     Volume,
     price_attempt,
     price_job,
@@ -70,7 +74,7 @@ def test_attempt_share_and_ebs():
     assert cost.nodes[0].share == 0.25
     assert cost.compute_usd == pytest.approx(1.0)
     assert cost.ebs_usd == pytest.approx(20 * 2 / 730 / 4)
-    assert not cost.reclaimed and cost.flags == ()
+    assert not cost.reclaimed and cost.flags == ("storage-io-unmetered",)
 
 
 def test_job_sums_attempts_and_reports_reclaimed_share():
@@ -103,6 +107,7 @@ def test_missing_price_and_unresolved_node_are_flagged_not_dropped():
     assert job.flags == (
         "no-spot-price:g6.xlarge@us-east-1c",
         "priced-from-record:i-c",
+        "storage-io-unmetered",
         "unresolved-node:gpu-9",
     )
     # the volume is still charged: 50 GB gp3 = 4 $/month for 1 h, whole node (4 per node of 4)
@@ -112,3 +117,28 @@ def test_missing_price_and_unresolved_node_are_flagged_not_dropped():
 def test_a_job_needs_an_attempt():
     with pytest.raises(ValueError, match="at least one attempt"):
         price_job([], HISTORIES)
+
+
+def test_storage_io_is_priced_per_gib_and_kept_apart_per_component() -> None:
+    """An attempt that read 10 GiB and wrote 4 GiB at $0.03 and $0.06 per GiB:
+    10 x 0.03 + 4 x 0.06 = 0.30 + 0.24 = $0.54, on top of compute and EBS."""
+    rates = StorageRates(0.03, 0.06)
+    lost = replace(
+        attempt(0, 3600, "NODE_FAIL", (G5_B,), cpus=4),
+        storage_io=StorageIo(10 * 2**30, 4 * 2**30),
+    )
+    kept = replace(
+        attempt(4000, 7600, "COMPLETED", (G5_B,), cpus=4), storage_io=StorageIo(2**30, 0)
+    )
+    job = price_job([lost, kept], HISTORIES, rates=rates)
+    first, second = job.attempts
+    assert first.storage_io_usd == pytest.approx(0.54)
+    assert second.storage_io_usd == pytest.approx(0.03)
+    assert first.total_usd == pytest.approx(first.compute_usd + first.ebs_usd + 0.54)
+    parts = job.breakdown()
+    assert parts["storage_io"]["usd"] == pytest.approx(0.57)
+    assert parts["storage_io"]["reclaimed_usd"] == pytest.approx(0.54)
+    assert parts["storage_io"]["reclaimed_share"] == pytest.approx(0.54 / 0.57)
+    assert sum(p["usd"] for p in parts.values()) == pytest.approx(job.total_usd)
+    assert "storage-io-unmetered" not in job.flags
+    assert price_job([lost, kept], HISTORIES).breakdown()["storage_io"]["usd"] == 0.0

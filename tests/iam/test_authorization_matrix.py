@@ -997,6 +997,7 @@ for _action in (
     "ec2:DescribeLaunchTemplateVersions",
     "ec2:DescribeSpotPriceHistory",
     "ce:GetCostAndUsage",
+    "cloudwatch:GetMetricData",
 ):
     allow(f"cost/{_action}")(lambda w, a=_action: Request("cost", a, "*"))
 for _action in ("dynamodb:BatchGetItem", "dynamodb:Query"):
