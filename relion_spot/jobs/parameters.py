@@ -65,7 +65,6 @@ RANGES: dict[str, _Range] = {
 SWITCHES: tuple[str, ...] = (
     "firstiter_cc",
     "ctf",
-    "ctf_corrected_ref",
     "flatten_solvent",
     "zero_mask",
     "norm",
@@ -121,7 +120,6 @@ class Class3dParams:
     """None: sized to the node (see relion_spot.jobs.class3d.threads_and_pool)."""
     firstiter_cc: bool = True
     ctf: bool = True
-    ctf_corrected_ref: bool = True
     flatten_solvent: bool = True
     zero_mask: bool = True
     norm: bool = True
@@ -188,9 +186,9 @@ class Class3dParams:
         if switches["firstiter_cc"]:
             args.append("--firstiter_cc")
         args += ["--ini_high", _number(self.ini_high)]
-        for name in ("ctf", "ctf_corrected_ref"):
-            if switches[name]:
-                args.append(f"--{name}")
+        if switches["ctf"]:
+            # RELION 5 takes the reference as CTF-corrected; its --ctf_corrected_ref is gone.
+            args.append("--ctf")
         args += [
             *("--iter", str(self.iter)),
             *("--tau2_fudge", _number(self.tau2_fudge)),

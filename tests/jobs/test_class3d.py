@@ -23,7 +23,7 @@ IMAGE_SCRIPT_PATH = Path(__file__).resolve().parents[2] / "assets" / "slurm" / "
 
 BENCHMARK = (
     "--i Particles/shiny_2sets.star --ref emd_2660.map:mrc --firstiter_cc --ini_high 60 "
-    "--ctf --ctf_corrected_ref --iter 25 --tau2_fudge 4 --particle_diameter 360 --K 6 "
+    "--ctf --iter 25 --tau2_fudge 4 --particle_diameter 360 --K 6 "
     "--flatten_solvent --zero_mask --oversampling 1 --healpix_order 2 --offset_range 5 "
     "--offset_step 2 --sym C1 --norm --scale --random_seed 0"
 )
