@@ -6,6 +6,7 @@ shown, not obeyed."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import pytest
 from relion_spot.cli import main
 from relion_spot.client.terminal import printable
 from relion_spot.intake.message import new_submission
-from relion_spot.intake.report import ProgressReporter
+from relion_spot.intake.report import ProgressReporter, ReportPublisher
+from relion_spot.node.job_reports import Forwarder, NodeJob
 
 from .conftest import CLUSTER, REGION, STACK, TABLE, Cluster
 from .test_commands import _accepted, _record, _status_json, _submit
@@ -61,22 +63,28 @@ def test_a_log_tail_keeps_its_lines_and_tabs_and_shows_a_rewritten_line_as_lines
 def test_an_ansi_laden_log_tail_is_printed_plain(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
 ) -> None:
-    """The job's own output file, published by the job's real reporter, read by ``logs``."""
+    """The job's own output file, reported by the job's real reporter through the node's root
+    forwarder, read by ``logs``."""
     job = _accepted(cluster, monkeypatch, capsys)
     (row,) = _status_json(capsys, job)
     (tmp_path / f"class3d-{job}.out").write_text(
         f"iteration 3 of 5\n{CLEAR_SCREEN}{TITLE}Your AWS session expired: run "
         f"{HYPERLINK}\n{ERASE_LINE_ABOVE}{C1_CSI}progress 10%\rprogress 100%\n"
     )
+    spool = tmp_path / "spool"
+    spool.mkdir()
     env = {
         "RELION_SPOT_SUBMISSION_ID": row["submission_id"],
-        "RELION_SPOT_INTAKE_TABLE": TABLE,
-        "RELION_SPOT_INTAKE_REGION": REGION,
-        "RELION_SPOT_CLUSTER": CLUSTER,
+        "RELION_SPOT_REPORT_SPOOL": str(spool),
         "SLURM_JOB_ID": job,
     }
     reporter = ProgressReporter.from_env(env, cwd=tmp_path)
     assert reporter is not None and reporter.publish(_record(3), state="RUNNING")
+    Forwarder(
+        spool=spool,
+        publisher=ReportPublisher(table=TABLE, region=REGION, cluster=CLUSTER),
+        jobs=lambda: [NodeJob(job_id=job, user_id=os.getuid(), submission_id=row["submission_id"])],
+    ).round()
     stored = cluster.dynamodb.get_item(
         TableName=TABLE, Key={"submission_id": {"S": row["submission_id"]}}
     )["Item"]
