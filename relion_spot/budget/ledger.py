@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..cost.report import month_bounds
+from ..cost.months import month_bounds
 from ..cost.store import CostStore
 
 

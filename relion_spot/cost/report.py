@@ -14,13 +14,13 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relion_spot.client.terminal import cell, printable
 from relion_spot.cost import config
+from relion_spot.cost.months import month_bounds
 from relion_spot.cost.pricing import COMPONENTS, GIB
 from relion_spot.cost.store import CostStore
 
@@ -65,13 +65,6 @@ def month_argument(value: str) -> str:
     if not _MONTH.match(value):
         raise argparse.ArgumentTypeError(f"month {value!r}: expected YYYY-MM, e.g. 2026-11")
     return value
-
-
-def month_bounds(month: str) -> tuple[int, int]:
-    year, number = (int(p) for p in month.split("-"))
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=UTC)
-    return int(start.timestamp()), int(end.timestamp()) - 1
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
