@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import tags
+from ..slurm.spec import CPU_PARTITION, GPU_PARTITION
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP_DOCKER = REPO_ROOT / "scripts" / "setup-docker.sh"
 DEFAULT_WORK_DIR = REPO_ROOT / ".local" / "demo"
@@ -79,6 +82,9 @@ class DemoResult:
     """The newest complete iteration once the reclaimed attempt had left its node: where the job
     must resume (RELION may finish one more iteration between the decision and the kill)."""
     nodes_launched: int = 0
+    """GPU-partition nodes: the ones the job ran on (two with one reclaim)."""
+    cpu_nodes_launched: int = 0
+    """CPU-partition nodes: the image check's, when the image was not checked before."""
     cost_usd: float | None = None
     reclaimed_usd: float | None = None
     reclaimed_share: float | None = None
@@ -286,7 +292,12 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
             time.sleep(2)
         result.state = state
         phase("run")
-        result.nodes_launched = len(cloud.instances())
+        partitions = [
+            {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(tags.PARTITION)
+            for i in cloud.instances()
+        ]
+        result.nodes_launched = partitions.count(GPU_PARTITION)
+        result.cpu_nodes_launched = partitions.count(CPU_PARTITION)
 
         report("pricing", {})
         _price(cloud, job_id, state, result)
