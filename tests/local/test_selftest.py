@@ -53,7 +53,8 @@ def test_selftest_on_the_embedded_cloud_passes_every_verdict(tmp_path: Path) -> 
         "first iteration", "interruption", "run", "cost record", "scale to zero",
     ]  # fmt: skip
     assert all(p["seconds"] >= 0 for p in result["phases"])
-    assert sum(p["usd"] for p in result["phases"]) == pytest.approx(result["total_usd"])
+    # Each figure is rounded to 6 decimals in the JSON.
+    assert sum(p["usd"] for p in result["phases"]) == pytest.approx(result["total_usd"], abs=1e-5)
     assert result["total_usd"] > 0
     assert len(result["cleanup"]) == 1 and result["cleanup"][0].startswith("interruption ")
     print(f"\nselftest: {[(p['name'], p['seconds']) for p in result['phases']]}")
