@@ -118,8 +118,14 @@ def test_failed_launch_requeues_the_job_and_frees_the_node_name(cluster: LocalSl
     assert (fields["InstanceId"], fields["InstanceType"]) == ("i-0123456789abcdef0", "g5.xlarge")
 
     assert slurm.fail_launch(["gpu-1"], "EC2 InsufficientInstanceCapacity (g5.xlarge): none")
+    # COMPLETING while the node's epilog runs (it meters the job's I/O), then back in the queue.
+    wait_until(
+        lambda: job(cluster, job_id)["JobState"] == "PENDING",
+        timeout=60,
+        what=lambda: f"job {job_id} requeued: {job(cluster, job_id)}",
+    )
     record = job(cluster, job_id)
-    assert record["JobState"] == "PENDING" and record["Restarts"] == "1", record
+    assert record["Restarts"] == "1", record
     assert "Reason=EC2 InsufficientInstanceCapacity" in cluster.run(
         "scontrol", "show", "node", "gpu-1"
     )
@@ -159,8 +165,14 @@ def test_watcher_commands_from_the_node_requeue_its_job_and_power_it_down(
     assert slurm.power_down_asap("gpu-3", "spot reclaim")
     assert time.monotonic() - started < 20, "well within the two-minute notice"
 
+    # COMPLETING while the node's epilog runs (it meters the job's I/O), then back in the queue.
+    wait_until(
+        lambda: job(cluster, job_id)["JobState"] == "PENDING",
+        timeout=60,
+        what=lambda: f"job {job_id} requeued: {job(cluster, job_id)}",
+    )
     record = job(cluster, job_id)
-    assert record["JobState"] == "PENDING" and record["Restarts"] == "1", record
+    assert record["Restarts"] == "1", record
     gone = wait_state(cluster, "gpu-3", "POWERED_DOWN", timeout=60)
     assert gone["NodeAddr"] == "gpu-3", "Slurm forgets the reclaimed instance's address"
     cluster.run("scancel", str(job_id))
