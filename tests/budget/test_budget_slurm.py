@@ -13,7 +13,6 @@ under test, exactly as slurmctld would have called it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -41,18 +40,14 @@ from relion_spot.powersave.config import LOG_FILE_ENV, STATE_DIR_ENV, PowerSaveC
 from relion_spot.powersave.slurm import Slurm
 from relion_spot.settings import Settings
 from relion_spot.slurm.local import (
-    SLURM_IMAGE,
-    DockerError,
     LocalSlurm,
-    docker,
-    docker_available,
     sbatch,
     scontrol_fields,
     wait_until,
-    write_key,
 )
 from relion_spot.slurm.spec import LOCAL_CLOUD, ClusterSpec, spec_from_settings
 from tests.powersave.test_slurm_semantics import in_container
+from tests.slurm.conftest import controller_only, slurm_images  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.docker
 
@@ -62,36 +57,15 @@ passes a $3.50 cap and fits under $10."""
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
-    why_not = docker_available()
-    if why_not is None and docker("image", "inspect", SLURM_IMAGE, check=False).returncode:
-        why_not = f"no {SLURM_IMAGE} image (scripts/setup-docker.sh builds it)"
-    if why_not:
-        pytest.skip(why_not)
-    work = tmp_path_factory.mktemp("budget")
+def cluster(
+    slurm_images: None,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LocalSlurm]:
     spec = spec_from_settings(
         Settings(gpus=(1,)), 1, suspend_timeout=2, resume_timeout=120, **LOCAL_CLOUD
     )
-    local = LocalSlurm(
-        prefix=f"relion-spot-test-{os.getpid()}-budget",
-        spec=spec,
-        key_file=write_key(work / "slurm.key"),
-        state_dir=work / "state",
-    )
-    local.remove()
-    try:
-        local.start_controller()
-        wait_until(lambda: "UP" in _ping(local), timeout=90, what=lambda: local.logs())
+    with controller_only(tmp_path_factory.mktemp("budget"), "budget", spec) as local:
         yield local
-    finally:
-        local.remove()
-
-
-def _ping(local: LocalSlurm) -> str:
-    try:
-        return local.run("scontrol", "ping")
-    except DockerError:  # a controller still starting answers with an error
-        return ""
 
 
 def _job(local: LocalSlurm, job_id: int) -> dict[str, str]:

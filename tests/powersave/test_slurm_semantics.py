@@ -9,7 +9,6 @@ nothing, which leaves a resumed node POWERING_UP exactly as a failed launch woul
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,16 +18,13 @@ import pytest
 from relion_spot.powersave.slurm import CommandResult, Slurm
 from relion_spot.settings import Settings
 from relion_spot.slurm.local import (
-    SLURM_IMAGE,
     LocalSlurm,
-    docker,
-    docker_available,
     sbatch,
     scontrol_fields,
     wait_until,
-    write_key,
 )
 from relion_spot.slurm.spec import LOCAL_CLOUD, spec_from_settings
+from tests.slurm.conftest import controller_only, slurm_images  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.docker
 
@@ -48,15 +44,10 @@ def in_container(container: str, user: str) -> Callable[[Sequence[str]], Command
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
-    # scripts/test.sh builds the image first (scripts/setup-docker.sh); only Slurm itself and
-    # the entrypoint matter here, so any build of it will do.
-    why_not = docker_available()
-    if why_not is None and docker("image", "inspect", SLURM_IMAGE, check=False).returncode:
-        why_not = f"no {SLURM_IMAGE} image (scripts/setup-docker.sh builds it)"
-    if why_not:
-        pytest.skip(why_not)
-    work = tmp_path_factory.mktemp("semantics")
+def cluster(
+    slurm_images: None,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LocalSlurm]:
     spec = spec_from_settings(
         Settings(gpus=(1,)),
         1,
@@ -65,26 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
         slurmd_timeout=30,
         **LOCAL_CLOUD,
     )
-    local = LocalSlurm(
-        prefix=f"relion-spot-test-{os.getpid()}-semantics",
-        spec=spec,
-        key_file=write_key(work / "slurm.key"),
-        state_dir=work / "state",
-    )
-    local.remove()
-    try:
-        local.start_controller()
-        wait_until(lambda: _answers(local), timeout=90, what=lambda: local.logs())
+    with controller_only(tmp_path_factory.mktemp("semantics"), "semantics", spec) as local:
         yield local
-    finally:
-        local.remove()
-
-
-def _answers(local: LocalSlurm) -> bool:
-    try:
-        return "UP" in local.run("scontrol", "ping")
-    except Exception:
-        return False
 
 
 def node(local: LocalSlurm, name: str) -> dict[str, str]:

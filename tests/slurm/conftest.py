@@ -7,14 +7,15 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from relion_spot.local.embedded import moto_server
+from relion_spot.local.embedded import moto_server, wait_for_controller
 from relion_spot.settings import Settings
-from relion_spot.slurm.local import LocalSlurm, docker_available
-from relion_spot.slurm.spec import LOCAL_CLOUD, spec_from_settings
+from relion_spot.slurm.local import LocalSlurm, docker_available, write_key
+from relion_spot.slurm.spec import LOCAL_CLOUD, ClusterSpec, spec_from_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP_DOCKER = REPO_ROOT / "scripts" / "setup-docker.sh"
@@ -52,3 +53,22 @@ def moto_on_network(slurm_images: None) -> Iterator[tuple[LocalSlurm, str]]:
     finally:
         local.remove()
         shutil.rmtree(local.state_dir, ignore_errors=True)
+
+
+@contextmanager
+def controller_only(work: Path, name: str, spec: ClusterSpec) -> Iterator[LocalSlurm]:
+    """A real slurmctld of ``spec`` in its own container and network, answering; removed after.
+    (Requires the images: use it from a fixture that depends on ``slurm_images``.)"""
+    local = LocalSlurm(
+        prefix=f"relion-spot-test-{os.getpid()}-{name}",
+        spec=spec,
+        key_file=write_key(work / "slurm.key"),
+        state_dir=work / "state",
+    )
+    local.remove()
+    try:
+        local.start_controller()
+        wait_for_controller(local)
+        yield local
+    finally:
+        local.remove()
