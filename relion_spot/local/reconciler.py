@@ -203,11 +203,10 @@ class Reconciler:
         log.info("%s: spot watcher started (metadata at %s)", node, url)
 
     def _gpus(self, node: str) -> int:
-        prefix = node.rsplit("-", 1)[0]
-        for part in self.local.spec.partitions:
-            if part.node_prefix == prefix:
-                return part.gpus
-        raise ValueError(f"node {node!r} belongs to no partition of {self.cluster}")
+        partition = self.local.spec.partition_of(node)
+        if partition is None:
+            raise ValueError(f"node {node!r} belongs to no partition of {self.cluster}")
+        return partition.gpus
 
     def _loop(self) -> None:
         while not self._stop.is_set():

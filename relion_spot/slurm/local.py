@@ -196,7 +196,7 @@ class LocalSlurm:
             *self._key_args(env),
             *self._data_args(),
             *APPTAINER_ARGS,
-            *(IMAGE_BUILD_ARGS if self._partition_of(node_name) == CPU_PARTITION else ()),
+            *(IMAGE_BUILD_ARGS if self._builds_images(node_name) else ()),
             *(["--cap-add", "NET_ADMIN"] if net_admin else []),
             *self._containers_args(),
             image or self.node_image, "node", node_name,
@@ -204,9 +204,9 @@ class LocalSlurm:
         self.nodes[node_name] = container
         return container
 
-    def _partition_of(self, node_name: str) -> str | None:
-        prefix = node_name.rsplit("-", 1)[0]
-        return next((p.name for p in self.spec.partitions if p.node_prefix == prefix), None)
+    def _builds_images(self, node_name: str) -> bool:
+        partition = self.spec.partition_of(node_name)
+        return partition is not None and partition.name == CPU_PARTITION
 
     def _containers_args(self, *, read_only: bool = False) -> list[str]:
         """The image cache: nodes make and use images; the controller only looks (the intake

@@ -132,6 +132,11 @@ class ClusterSpec:
     def default_partition(self) -> PartitionSpec:
         return next(p for p in self.partitions if p.default)
 
+    def partition_of(self, node_name: str) -> PartitionSpec | None:
+        """The partition whose nodes are named ``<node_prefix>-<n>``, if any."""
+        prefix = node_name.rsplit("-", 1)[0]
+        return next((p for p in self.partitions if p.node_prefix == prefix), None)
+
     @property
     def uses_gpus(self) -> bool:
         return any(p.gpus for p in self.partitions)
