@@ -45,17 +45,25 @@ def test_default_deployment_prices_every_standing_resource(default_synth) -> Non
     assert estimate.total(controller_up=True, stack="relion-spot-storage") == 0
 
 
-def test_a_default_cluster_asleep_bills_only_what_the_slurm_key_store_costs(
+def test_a_default_cluster_asleep_bills_only_its_key_store_and_two_alarms(
     plain_default_synth,
 ) -> None:
-    """No settings: no dashboard, the controller scaled to zero. Per cluster, nothing stands
-    but the Slurm key's secret (moving to a free store in its own change); the deployment
-    adds only the network's private DNS zone, $0.50."""
+    """No settings: no dashboard, the controller scaled to zero. Per cluster, what stands is the
+    Slurm key's secret ($0.40), the dead-letter queue's alarm ($0.10) and the interruption
+    drill's stop-condition alarm over two metrics ($0.20), priced without the free tier; the
+    deployment adds only the network's private DNS zone, $0.50."""
     estimate = estimate_templates(read_cloud_assembly(plain_default_synth.outdir))
     asleep = [i for i in estimate.items if i.usd_month_controller_asleep > 0]
     per_cluster = [i for i in asleep if i.stack == "relion-spot-gpu1"]
-    assert [i.what for i in per_cluster] == ["Secrets Manager secret"]
-    rest = [i for i in asleep if i.what != "Secrets Manager secret"]
+    assert sorted(i.what for i in per_cluster) == [
+        "CloudWatch alarm",
+        "CloudWatch alarm over 2 metrics",
+        "Secrets Manager secret",
+    ]
+    assert sum(i.usd_month_controller_asleep for i in per_cluster) == pytest.approx(
+        PRICES["secret_month"] + 3 * PRICES["alarm_month"]
+    )
+    rest = [i for i in asleep if i.stack != "relion-spot-gpu1"]
     assert [(i.stack, i.what) for i in rest] == [
         ("relion-spot-network", "Route 53 private hosted zone (Cloud Map)")
     ]
