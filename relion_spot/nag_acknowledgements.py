@@ -178,12 +178,14 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             ),
         )
 
-    for bucket in stack.cpu_nodes.read_buckets:
+    reader = stack.stage_reader
+    for bucket in reader.buckets if reader is not None else ():
+        assert reader is not None
         _ack(
-            _default_policy(stack.cpu_nodes.role),
+            _default_policy(reader.role),
             f"AwsSolutions-IAM5[Resource::arn:{partition}:s3:::{bucket}/*]",
-            f"The staging job reads (GetObject only) the objects of {bucket}, a bucket the lab "
-            "named in the stage_buckets setting; the keys it stages are chosen per job.",
+            f"Staging jobs read (GetObject only) the objects of {bucket}, a bucket the lab "
+            "named in the stage_buckets setting; the keys they stage are chosen per job.",
         )
 
     cost = stack.cost_tracker

@@ -735,7 +735,7 @@ def test_the_benchmark_job_template_is_published_per_cluster(default_synth) -> N
     assert "Class3dTemplateParameter" in outputs
 
 
-def test_stage_buckets_are_read_only_for_the_cpu_nodes_and_told_to_the_drainer(
+def test_stage_buckets_are_read_through_a_role_only_the_cpu_nodes_assume(
     default_synth, alternate_synth
 ) -> None:
     def s3_statements(template: dict, role_prefix: str) -> list[dict]:
@@ -745,20 +745,33 @@ def test_stage_buckets_are_read_only_for_the_cpu_nodes_and_told_to_the_drainer(
             if role_prefix not in roles:
                 continue
             for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
-                if any(a.startswith("s3:") for a in _as_list(statement["Action"])):
+                if any(a.startswith(("s3:", "sts:")) for a in _as_list(statement["Action"])):
                     found.append(statement)
         return found
 
     lab_b = alternate_synth.template("lab-b-gpu4")
-    by_sid = {s["Sid"]: s for s in s3_statements(lab_b, "CpuNodesRole")}
+    by_sid = {s["Sid"]: s for s in s3_statements(lab_b, "StageReaderRole")}
     assert set(by_sid) == {"StageReadObjects", "StageListBuckets"}
     assert by_sid["StageReadObjects"]["Action"] == "s3:GetObject"
     assert by_sid["StageListBuckets"]["Action"] == "s3:ListBucket"
     objects = json.dumps(by_sid["StageReadObjects"]["Resource"])
     assert ":s3:::lab-b-raw/*" in objects and ":s3:::lab-b.archive/*" in objects
+    (reader_id,) = [k for k in _resources(lab_b, "AWS::IAM::Role") if k.startswith("StageReader")]
+    reader = _resources(lab_b, "AWS::IAM::Role")[reader_id]["Properties"]
+    (trust,) = reader["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"]["AWS"]["Fn::GetAtt"][0].startswith("CpuNodesRole")
+    assert reader["MaxSessionDuration"] == 3600
+    (assume,) = s3_statements(lab_b, "CpuNodesRole")
+    assert assume["Action"] == "sts:AssumeRole"
+    assert assume["Resource"] == {"Fn::GetAtt": [reader_id, "Arn"]}
     assert s3_statements(lab_b, "GpuNodesRole") == []
     for name in CLUSTERS:
         assert s3_statements(default_synth.template(name), "NodesRole") == []
+        assert not [
+            k
+            for k in _resources(default_synth.template(name), "AWS::IAM::Role")
+            if k.startswith("StageReader")
+        ]
 
     def drainer_env(template: dict) -> dict[str, str]:
         (task,) = _resources(template, "AWS::ECS::TaskDefinition").values()

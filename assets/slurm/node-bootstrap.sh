@@ -13,6 +13,8 @@
 #   spot_events_table             DynamoDB table for spot reclaim events ('' for none)
 #   intake_table                  the job intake's table, where the node's job-report forwarder
 #                                 (root, beside slurmd) puts the progress its jobs report
+#   stage_read_role               ARN of the role whose session the node's root broker hands a
+#                                 staging job to read s3:// ('' when no stage_buckets are set)
 #   node_tag_key                  the node-name tag key (filled from relion_spot.tags)
 #   partition_tag_key             the partition tag key (filled from relion_spot.tags; the
 #                                 launch template tags every instance with its partition)
@@ -43,6 +45,7 @@ readonly CONTROLLER='${controller}'
 readonly KEY_SECRET_ARN='${key_secret_arn}'
 readonly SPOT_EVENTS_TABLE='${spot_events_table}'
 readonly INTAKE_TABLE='${intake_table}'
+readonly STAGE_READ_ROLE='${stage_read_role}'
 readonly NODE_TAG_KEY='${node_tag_key}'
 readonly PARTITION_TAG_KEY='${partition_tag_key}'
 
@@ -190,14 +193,19 @@ docker rm -f "$$CONTAINER" >/dev/null 2>&1 || true
 #   --security-opt systempaths=unconfined   /proc unmasked, so the build's namespace may mount
 #                                           its own /proc; GPU nodes never build.
 # No added capability and no --privileged: the job user holds none, and root needs none.
-build_args=()
+# Staging jobs run on CPU nodes alone: there the root broker beside slurmd hands each one the
+# stage reader's session (relion_spot.node.stage_credentials), when the cluster has stage_buckets.
+cpu_args=()
 if [ "$$PARTITION" = cpu ]; then
-  build_args=(--security-opt systempaths=unconfined)
+  cpu_args=(--security-opt systempaths=unconfined)
+  if [ -n "$$STAGE_READ_ROLE" ]; then
+    cpu_args+=(-e "RELION_SPOT_STAGE_READ_ROLE=$$STAGE_READ_ROLE")
+  fi
 fi
 docker run -d --name "$$CONTAINER" --network host --ipc host \
   --ulimit memlock=-1 --ulimit stack=67108864 \
   --device /dev/fuse --security-opt seccomp=unconfined \
-  "$${build_args[@]}" "$${gpu_args[@]}" \
+  "$${cpu_args[@]}" "$${gpu_args[@]}" \
   -v /scratch:/scratch -v /data:/data -v /containers:/containers -v "$$LOG_DIR:/var/log/slurm" \
   -e AWS_DEFAULT_REGION="$$REGION" \
   -e RELION_SPOT_CLUSTER="$$CLUSTER_NAME" \

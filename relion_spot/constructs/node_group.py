@@ -49,7 +49,6 @@ class NodeGroup(Construct):
         self.partition = partition
         self.instance_types = instance_types
         self.max_nodes = max_nodes
-        self.read_buckets: tuple[str, ...] = ()
         specs = [catalog.INSTANCE_TYPES[t] for t in instance_types]
         self.gpus_per_node = specs[0].gpus
         ami_parameter = GPU_AMI_PARAMETER if self.gpus_per_node else CPU_AMI_PARAMETER
@@ -169,29 +168,6 @@ class NodeGroup(Construct):
                         "cloudwatch:namespace": [GPU_METRICS_NAMESPACE, JOB_METRICS_NAMESPACE]
                     }
                 },
-            )
-        )
-
-    def grant_read_buckets(self, buckets: Sequence[str]) -> None:
-        """Read-only S3 for the staging job (relion_spot.staging): objects of these buckets
-        (GetObject, which also authorizes HeadObject), and ListBucket on the buckets themselves
-        so a missing key says 404 rather than 403. Nothing else in S3."""
-        if not buckets:
-            return
-        self.read_buckets = tuple(buckets)
-        partition = Stack.of(self).partition
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                sid="StageReadObjects",
-                actions=["s3:GetObject"],
-                resources=[f"arn:{partition}:s3:::{b}/*" for b in buckets],
-            )
-        )
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                sid="StageListBuckets",
-                actions=["s3:ListBucket"],
-                resources=[f"arn:{partition}:s3:::{b}" for b in buckets],
             )
         )
 

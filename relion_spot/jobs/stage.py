@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from string import Template
 from typing import Any
 
+from relion_spot.node.stage_credentials import SOCKET as STAGE_CREDENTIALS_SOCKET
 from relion_spot.slurm.spec import CPU_PARTITION
 from relion_spot.staging import BENCHMARK_URL
 
@@ -88,6 +89,8 @@ def render_stage(params: StageParams) -> str:
         words += ["--sha256", params.sha256]
     if params.expect_files is not None:
         words += ["--expect-files", str(params.expect_files)]
+    if params.source.startswith("s3://"):
+        words += ["--s3-credentials", str(STAGE_CREDENTIALS_SOCKET)]
     return Template(TEMPLATE_PATH.read_text()).substitute(
         partition=CPU_PARTITION, arguments=shlex.join(words)
     )

@@ -19,6 +19,7 @@ and the spot watcher. Closing stops and removes all of it; the work directory
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -36,7 +37,7 @@ import boto3
 from ..cost.store import create_tables
 from ..intake import config as intake_config
 from ..intake.table import create_table as create_intake_table
-from ..node import job_reports
+from ..node import job_reports, stage_credentials
 from ..node.orphan import ORPHAN_SECONDS_ENV
 from ..node.spot_watcher import EVENTS_FILE_ENV, EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
@@ -224,6 +225,7 @@ class EmbeddedCloud:
                 local.gateway_address(), interface=local.bridge_interface()
             ) as endpoint:
                 env = _prepare_moto(endpoint, settings.region or "us-east-1", spec)
+                cpu_node_env = _stage_reader(endpoint, env, spec, settings.stage_buckets)
                 if controller_idle_seconds is not None:
                     env[idle.IDLE_SECONDS_ENV] = str(controller_idle_seconds)
                 if node_orphan_seconds is not None:
@@ -235,6 +237,7 @@ class EmbeddedCloud:
                     local,
                     moto_client("ec2", endpoint=endpoint, region=region),
                     node_env=env,
+                    cpu_node_env=cpu_node_env,
                     spot_watcher=True,
                     controller_service=(env[idle.CLUSTER_ENV], env[idle.SERVICE_ENV]),
                     ecs=moto_client("ecs", endpoint=endpoint, region=region),
@@ -249,6 +252,25 @@ class EmbeddedCloud:
                     yield cls(local, endpoint, region, env, reconciler)
         finally:
             local.remove()
+
+
+def _stage_reader(
+    endpoint: str, env: dict[str, str], spec: Any, buckets: tuple[str, ...]
+) -> dict[str, str]:
+    """With stage_buckets, as the cluster stack: the drainer learns the buckets (``env``, which
+    the controller gets) and the CPU nodes the stage reader's role, which moto creates; the
+    CPU nodes' environment is returned."""
+    if not buckets:
+        return {}
+    env[intake_config.STAGE_BUCKETS_ENV] = ",".join(buckets)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
+    }
+    role = moto_client("iam", endpoint=endpoint, region=env["AWS_REGION"]).create_role(
+        RoleName=f"{spec.cluster_name}-stage-reader", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    return {stage_credentials.ROLE_ENV: role}
 
 
 def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:

@@ -44,7 +44,8 @@ class Machine:
 class Reconciler:
     """Plays the hypervisor for one cluster. ``poll`` once, or ``start``/``stop`` a thread.
 
-    ``node_env``: the node containers' environment (the key's source, AWS endpoint and region).
+    ``node_env``: the node containers' environment (the key's source, AWS endpoint and region);
+    ``cpu_node_env``: what CPU nodes get besides (the stage reader's role, as the bootstrap).
     ``spot_watcher``: run the spot watcher in each node container, with the metadata service
     started (on this host's address on the cluster network) for as long as the reconciler runs.
     ``controller_service``: (ECS cluster, service) whose desired count (read through ``ecs``) the
@@ -58,6 +59,7 @@ class Reconciler:
         ec2: Any,
         *,
         node_env: dict[str, str] | None = None,
+        cpu_node_env: dict[str, str] | None = None,
         poll_seconds: float = POLL_SECONDS,
         spot_watcher: bool = False,
         controller_service: tuple[str, str] | None = None,
@@ -66,6 +68,7 @@ class Reconciler:
         self.local = local
         self.ec2 = ec2
         self.node_env = dict(node_env or {})
+        self.cpu_node_env = dict(cpu_node_env or {})
         self.poll_seconds = poll_seconds
         self.machines: dict[str, Machine] = {}
         """Node name -> the container started for it, while its instance runs."""
@@ -182,6 +185,8 @@ class Reconciler:
         # machine that no longer exists: it goes before the new one boots.
         self.local.remove_node(node)
         env, url = dict(self.node_env), ""
+        if not gpus:
+            env |= self.cpu_node_env
         if self.imds is not None:
             # The instance's metadata service, shut to jobs by the node's own firewall before
             # slurmd starts (as the bootstrap shuts 169.254.169.254 on a GPU instance).

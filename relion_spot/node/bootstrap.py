@@ -33,9 +33,11 @@ PLACEHOLDERS = (
     "key_secret_arn",
     "spot_events_table",
     "intake_table",
+    "stage_read_role",
 )
-"""What the stack must give ``render``; ``spot_events_table`` may be empty."""
-OPTIONAL = frozenset({"spot_events_table"})
+"""What the stack must give ``render``; ``spot_events_table`` and ``stage_read_role`` may be
+empty."""
+OPTIONAL = frozenset({"spot_events_table", "stage_read_role"})
 FILLED_HERE = ("node_tag_key", "partition_tag_key", "cloudwatch_agent_config")
 """Placeholders ``render`` fills itself."""
 

@@ -11,7 +11,8 @@ RELION_SPOT_CONTROLLER_ADDR (how nodes reach the controller: a DNS name in the c
 address this container's hostname resolves to). Environment (node): RELION_SPOT_CONTROLLER
 (host[:port] of slurmctld), RELION_SPOT_NODE_NAME unless NAME is given, and
 RELION_SPOT_METADATA_GUARD (install|verify: the metadata service is shut to jobs before slurmd
-starts, see relion_spot.node.metadata_guard). Both: the key's source (see relion_spot.slurm.key).
+starts, see relion_spot.node.metadata_guard), RELION_SPOT_STAGE_READ_ROLE (staging jobs' S3 reads
+through relion_spot.node.stage_credentials). Both: the key's source (see relion_spot.slurm.key).
 
 Bad input ends the container with one line on stderr and exit status 2, before any daemon starts.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from ..budget.config import BUDGET_ENV
 from ..intake.report import REPORT_SPOOL
-from ..node import job_reports, metadata_guard
+from ..node import job_reports, metadata_guard, stage_credentials
 from ..node.imds import IMDS_URL_ENV
 from . import config, key
 from .spec import LOCAL_GPU_DEVICE_PREFIX, SLURMCTLD_PORT, SPEC_ENV, ClusterSpec, SpecError
@@ -101,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["node"] and os.environ.get(INTAKE_TABLE_ENV, "").strip():
         node_env = {**os.environ, NODE_NAME_ENV: command[command.index("-N") + 1]}
         _start_beside("relion_spot.node.job_reports", node_env, "job-report forwarder")
+    if args[:1] == ["node"] and os.environ.get(stage_credentials.ROLE_ENV, "").strip():
+        # Staging from s3:// on a cluster with stage_buckets: jobs get the role's session here.
+        node_env = {**os.environ, NODE_NAME_ENV: command[command.index("-N") + 1]}
+        _start_beside("relion_spot.node.stage_credentials", node_env, "S3 credential broker")
     print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)
     _reset_signals()
     os.execvp(command[0], command)

@@ -26,6 +26,7 @@ from ..constructs.notifications import ClusterNotifications
 from ..constructs.service_linked_role import ServiceLinkedRole
 from ..constructs.slurm_controller import CONTAINERS_DIR, STATE_DIR, SlurmController
 from ..constructs.spot_interruption_drill import SpotInterruptionDrill
+from ..constructs.stage_reader import StageReader
 from ..constructs.storage import SharedStorage
 from ..constructs.teardown import ClusterTeardown
 from ..cost.config import COSTS_TABLE as COSTS_TABLE_ENV
@@ -123,6 +124,14 @@ class ClusterStack(Stack):
             removal_policy=RemovalPolicy.RETAIN if settings.keep_data else RemovalPolicy.DESTROY,
         )
         controller_dns_name = f"{cluster_name}-ctld.{network.namespace.namespace_name}"
+        # Staging from s3:// (relion_spot.jobs.stage) reads through this role, never the node's.
+        self.stage_reader = (
+            StageReader(
+                self, "StageReader", cluster_name=cluster_name, buckets=settings.stage_buckets
+            )
+            if settings.stage_buckets
+            else None
+        )
         user_data = ec2.UserData.custom(
             bootstrap.render(
                 cluster_name=cluster_name,
@@ -134,6 +143,7 @@ class ClusterStack(Stack):
                 key_secret_arn=auth_key.secret_arn,
                 spot_events_table="",
                 intake_table=self.intake.table_name,
+                stage_read_role=self.stage_reader.role_arn if self.stage_reader else "",
             )
         )
 
@@ -168,8 +178,9 @@ class ClusterStack(Stack):
             image.repository.grant_pull(group.role)
             auth_key.grant_read(group.role)
 
-        # Staging runs on the CPU partition (relion_spot.jobs.stage): only it reads S3.
-        self.cpu_nodes.grant_read_buckets(settings.stage_buckets)
+        # Staging runs on the CPU partition: only its nodes' broker may assume the reader.
+        if self.stage_reader:
+            self.stage_reader.allow_node(self.cpu_nodes.role)
 
         self.cost_tracker = CostTracker(
             self,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import BENCHMARK_PARTICLES_STAR, BENCHMARK_REFERENCE_MAP, BENCHMARK_URL
+from .credentials import s3_client_from_broker
 from .errors import BadInput, StagingError
 from .report import Reporter, human_bytes, log, make_reporter
 from .transfer import Source, download, parse_source, sha256_of
@@ -55,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--reference-map", default=BENCHMARK_REFERENCE_MAP)
     fetch.add_argument("--retries", type=int, default=5, help="retries of a broken transfer")
     fetch.add_argument("--retry-wait", type=float, default=2.0, help="first retry wait (s)")
+    fetch.add_argument(
+        "--s3-credentials",
+        metavar="SOCKET",
+        help="read s3:// with credentials from the node's broker at this Unix socket "
+        "(relion_spot.node.stage_credentials; a job holds no instance credentials)",
+    )
     fetch.add_argument(
         "--keep-archive", action="store_true", help="keep the tarball after a verified unpack"
     )
@@ -131,6 +138,8 @@ def _stage(
     s3_client: Any,
 ) -> int:
     archive = dest / DOWNLOADS / source.filename
+    if s3_client is None and source.kind == "s3" and args.s3_credentials:
+        s3_client = s3_client_from_broker(Path(args.s3_credentials))
     size = download(
         source,
         archive,

@@ -2,7 +2,8 @@
 //
 // stdin:  {"principals": {"<name>": {"arn": "...", "policies": [{"name": ..., "policy": {...}}]}},
 //          "requests": [{"id": ..., "principal": "<name>", "action": "svc:Action",
-//                        "resource": "arn:...", "context": {"key": "value" | ["v", ...]}}]}
+//                        "resource": "arn:...", "context": {"key": "value" | ["v", ...]},
+//                        "resourcePolicy": {...} (optional: a bucket policy, a role's trust)}]}
 // stdout: {"<id>": {"decision": "Allowed" | "ImplicitlyDenied" | "ExplicitlyDenied" | "Error",
 //                   "resourceType": ..., "sent": [...], "dropped": [...],
 //                   "ignoredContextKeys": [...], "errors": ...}}
@@ -49,6 +50,7 @@ async function simulateOnce(principal, request, context) {
         contextVariables: context
       },
       identityPolicies: principal.policies,
+      ...(request.resourcePolicy ? { resourcePolicy: request.resourcePolicy } : {}),
       serviceControlPolicies: [],
       resourceControlPolicies: []
     },

@@ -25,6 +25,9 @@ class Request:
     action: str
     resource: str
     context: Mapping[str, str | list[str]] = field(default_factory=dict)
+    resource_policy: Mapping[str, Any] | None = None
+    """The resource's own policy where AWS evaluates one too (a role's trust policy for
+    sts:AssumeRole)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def simulate(
                 "action": r.action,
                 "resource": r.resource,
                 "context": dict(r.context),
+                **({"resourcePolicy": dict(r.resource_policy)} if r.resource_policy else {}),
             }
             for request_id, r in requests.items()
         ],

@@ -1,9 +1,13 @@
-"""The staging job's S3 reads, authorized against the synthesized node role policies.
+"""The staging job's S3 reads, authorized against the synthesized policies.
 
-``stage_buckets`` names the buckets the nodes may read (alternate synth: lab-b-raw and
-lab-b.archive). The staging job (relion_spot.staging.transfer) calls HeadObject and a ranged
-GetObject, both authorized as ``s3:GetObject`` on the object; ListBucket on the bucket makes a
-missing key a 404. Only the CPU partition stages; nothing may write.
+``stage_buckets`` names the buckets staging may read (alternate synth: lab-b-raw and
+lab-b.archive). A job holds no instance credentials: the CPU node's root broker
+(relion_spot.node.stage_credentials) assumes the stage-reader role and hands the job that
+session. So the chain is judged link by link: the CPU node role may assume the reader (its
+identity policy and the reader's trust policy, both evaluated), the GPU node role may not; the
+reader calls HeadObject and a ranged GetObject (both authorized as ``s3:GetObject`` on the
+object) and ListBucket on the bucket, so a missing key says 404; nothing may write, and the node
+roles themselves read no bucket.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from .resolver import PARTITION, TemplateResolver
+from .resolver import ACCOUNT, PARTITION, RolePolicies, TemplateResolver
 from .simulator import Decision, Request, simulate
 
 STACK = "lab-b-gpu4"
 GRANTED = ("lab-b-raw", "lab-b.archive")
+READER = "stage-reader"
 
 
 def _object(bucket: str) -> str:
@@ -27,50 +32,103 @@ def _bucket(bucket: str) -> str:
     return f"arn:{PARTITION}:s3:::{bucket}"
 
 
+def _reads(principal: str, allowed: bool) -> dict[str, tuple[bool, Request]]:
+    verdict = "" if allowed else "deny/"
+    return {
+        **{
+            f"{principal}/{verdict}s3:GetObject/{b}": (
+                allowed,
+                Request(principal, "s3:GetObject", _object(b)),
+            )
+            for b in GRANTED
+        },
+        **{
+            f"{principal}/{verdict}s3:ListBucket/{b}": (
+                allowed,
+                Request(principal, "s3:ListBucket", _bucket(b)),
+            )
+            for b in GRANTED
+        },
+    }
+
+
 CASES: dict[str, tuple[bool, Request]] = {
-    **{
-        f"cpu-node/s3:GetObject/{b}": (True, Request("cpu-node", "s3:GetObject", _object(b)))
-        for b in GRANTED
-    },
-    **{
-        f"cpu-node/s3:ListBucket/{b}": (True, Request("cpu-node", "s3:ListBucket", _bucket(b)))
-        for b in GRANTED
-    },
-    "cpu-node/deny/s3:GetObject/another-bucket": (
+    **_reads(READER, True),
+    f"{READER}/deny/s3:GetObject/another-bucket": (
         False,
-        Request("cpu-node", "s3:GetObject", _object("someone-elses")),
+        Request(READER, "s3:GetObject", _object("someone-elses")),
     ),
-    "cpu-node/deny/s3:ListBucket/another-bucket": (
+    f"{READER}/deny/s3:ListBucket/another-bucket": (
         False,
-        Request("cpu-node", "s3:ListBucket", _bucket("someone-elses")),
+        Request(READER, "s3:ListBucket", _bucket("someone-elses")),
     ),
-    "cpu-node/deny/s3:PutObject/granted-bucket": (
+    f"{READER}/deny/s3:PutObject/granted-bucket": (
         False,
-        Request("cpu-node", "s3:PutObject", _object("lab-b-raw")),
+        Request(READER, "s3:PutObject", _object("lab-b-raw")),
     ),
-    "cpu-node/deny/s3:DeleteObject/granted-bucket": (
+    f"{READER}/deny/s3:DeleteObject/granted-bucket": (
         False,
-        Request("cpu-node", "s3:DeleteObject", _object("lab-b-raw")),
+        Request(READER, "s3:DeleteObject", _object("lab-b-raw")),
     ),
-    "gpu-node/deny/s3:GetObject/granted-bucket": (
-        False,
-        Request("gpu-node", "s3:GetObject", _object("lab-b-raw")),
-    ),
+    **_reads("cpu-node", False),
+    **_reads("gpu-node", False),
 }
+ASSUMERS = {"cpu-node": True, "gpu-node": False, READER: False, "any-assumer": False}
+"""``any-assumer``: a role of the same account whose own policy allows sts:AssumeRole on every
+role; the reader's trust, naming the CPU node role alone, must still refuse it."""
 
 
 @pytest.fixture(scope="module")
-def decisions(alternate_synth: Any) -> dict[str, Decision]:
+def roles(alternate_synth: Any) -> dict[str, Any]:
     templates = {n: alternate_synth.template(n) for n in alternate_synth.template_names()}
     region = alternate_synth.stacks[STACK].region
-    roles = TemplateResolver(templates, STACK, region).role_policies()
+    resolver = TemplateResolver(templates, STACK, region)
+    found = resolver.role_policies()
 
     def role(prefix: str) -> Any:
-        (found,) = [r for logical_id, r in roles.items() if logical_id.startswith(prefix)]
-        return found
+        (match,) = [r for logical_id, r in found.items() if logical_id.startswith(prefix)]
+        return match
 
-    principals = {"cpu-node": role("CpuNodesRole"), "gpu-node": role("GpuNodesRole")}
-    return simulate(principals, {case_id: request for case_id, (_, request) in CASES.items()})
+    (reader_id,) = resolver.logical_ids("AWS::IAM::Role", "StageReader")
+    trust = resolver.resolve(
+        resolver.resources[reader_id]["Properties"]["AssumeRolePolicyDocument"]
+    )
+    return {
+        "principals": {
+            "cpu-node": role("CpuNodesRole"),
+            "gpu-node": role("GpuNodesRole"),
+            READER: role("StageReader"),
+            "any-assumer": RolePolicies(
+                logical_id="AnyAssumer",
+                arn=f"arn:{PARTITION}:iam::{ACCOUNT}:role/any-assumer",
+                policies=[
+                    {
+                        "name": "assume-anything",
+                        "policy": {
+                            "Version": "2012-10-17",
+                            "Statement": [
+                                {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}
+                            ],
+                        },
+                    }
+                ],
+                managed_policy_arns=[],
+            ),
+        },
+        "trust": trust,
+    }
+
+
+@pytest.fixture(scope="module")
+def decisions(roles: dict[str, Any]) -> dict[str, Decision]:
+    principals = roles["principals"]
+    reader_arn = principals[READER].arn
+    requests = {case_id: request for case_id, (_, request) in CASES.items()}
+    for name in ASSUMERS:
+        requests[f"{name}/sts:AssumeRole/reader"] = Request(
+            name, "sts:AssumeRole", reader_arn, resource_policy=roles["trust"]
+        )
+    return simulate(principals, requests)
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
@@ -80,3 +138,12 @@ def test_stage_bucket_reads(case_id: str, decisions: dict[str, Decision]) -> Non
     assert decision.decision != "Error", decision.errors
     assert decision.ignored == []
     assert decision.allowed == allowed, f"{case_id}: got {decision.decision}"
+
+
+@pytest.mark.parametrize("name", sorted(ASSUMERS))
+def test_only_the_cpu_node_role_assumes_the_stage_reader(
+    name: str, decisions: dict[str, Decision]
+) -> None:
+    decision = decisions[f"{name}/sts:AssumeRole/reader"]
+    assert decision.decision != "Error", decision.errors
+    assert decision.allowed == ASSUMERS[name], f"{name}: got {decision.decision}"

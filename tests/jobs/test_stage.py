@@ -39,6 +39,16 @@ def test_checks_and_optional_values_reach_the_command() -> None:
     assert f"--sha256 {'a' * 64} --expect-files 12" in render_stage(params)
 
 
+def test_an_s3_source_reads_with_the_nodes_broker_and_an_http_one_does_not() -> None:
+    """The job holds no instance credentials: s3:// goes through the root broker's socket."""
+    from_s3 = render_stage(stage_from_mapping({"source": "s3://lab-data/bench.tar.gz"}))
+    assert from_s3.rstrip().endswith(
+        "--source s3://lab-data/bench.tar.gz "
+        "--s3-credentials /run/relion-spot/stage-credentials.sock"
+    )
+    assert "--s3-credentials" not in render_stage(StageParams()).rstrip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

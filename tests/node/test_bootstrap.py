@@ -23,6 +23,7 @@ VALUES = {
     "key_secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:lab-1gpu-key-AbCdEf",
     "spot_events_table": "",
     "intake_table": "lab-1gpu-IntakeTable-ABC123",
+    "stage_read_role": "arn:aws:iam::123456789012:role/lab-1gpu-StageReaderRole-AbC",
 }
 
 

@@ -21,14 +21,20 @@ from pathlib import Path
 import pytest
 
 from relion_spot import tags
-from relion_spot.intake.config import KEY
+from relion_spot.intake.client import submit, wait_for_acceptance
+from relion_spot.intake.config import KEY, QUEUE_URL_ENV
 from relion_spot.intake.table import ACCEPTED, IntakeTable, Record
 from relion_spot.local.embedded import INTAKE_TABLE, SPOT_EVENTS_TABLE, EmbeddedCloud
 from relion_spot.node.imds import IMDS_URL_ENV
 from relion_spot.node.metadata_guard import GUARD_ENV
+from relion_spot.node.stage_credentials import SOCKET as BROKER_SOCKET
 from relion_spot.settings import Settings
 from relion_spot.slurm.local import docker, wait_until
+from relion_spot.staging.cli import MARKER as STAGED_MARKER
 from tests.slurm.test_containers import job, sbatch
+
+STAGE_BUCKET = "lab-data"
+STAGE_KEY = "relion_benchmark.tar.gz"
 
 PROBE = """\
 import http.client, sys, urllib.parse
@@ -56,7 +62,7 @@ def cloud(slurm_images: None) -> Iterator[EmbeddedCloud]:
     try:
         with EmbeddedCloud.start(
             prefix=f"relion-spot-test-attack-{os.getpid()}",
-            settings=Settings(gpus=(1,)),
+            settings=Settings(gpus=(1,), stage_buckets=(STAGE_BUCKET,)),
             gpu_count=1,
             work_dir=work,
         ) as cloud:
@@ -316,6 +322,60 @@ def test_a_package_planted_in_the_jobs_directory_is_never_imported(cloud: Embedd
     exposed = line.replace(" -I", "")
     _run_to_end(cloud, ["--chdir=/data/hijack", "-o", "/dev/null", "--wrap", exposed])
     assert (planted.parent / "IMPORTED").exists()
+
+
+def test_a_staging_job_reads_s3_only_through_the_nodes_broker(
+    cloud: EmbeddedCloud, benchmark_tar: bytes
+) -> None:
+    """A stage submission from s3:// runs on a CPU node as the job user, which holds no
+    credentials: the node's root broker hands it the stage reader's session and it stages. The
+    same fetch from a job that is not the intake's is refused by the broker, by name, and stages
+    nothing."""
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket=STAGE_BUCKET)
+    s3.put_object(Bucket=STAGE_BUCKET, Key=STAGE_KEY, Body=benchmark_tar)
+    source = f"s3://{STAGE_BUCKET}/{STAGE_KEY}"
+    table = IntakeTable(cloud.client("dynamodb"), INTAKE_TABLE)
+    submission = submit(
+        cloud.client("sqs"),
+        table,
+        cloud.env[QUEUE_URL_ENV],
+        parameters={"source": source, "dest": "/data/staged"},
+        user="lab",
+        template="stage",
+    )
+    job_id = int(wait_for_acceptance(table, submission.submission_id, timeout=120))
+    wait_until(
+        lambda: job(cloud.local, job_id).get("JobState") in ("COMPLETED", "FAILED"),
+        timeout=300,
+        what=lambda: (
+            f"stage job {job_id} to end ({job(cloud.local, job_id)})\n{cloud.local.logs(tail=60)}"
+        ),
+    )
+    output = (_data(cloud) / f"stage-{job_id}.out").read_text()
+    assert job(cloud.local, job_id)["JobState"] == "COMPLETED", output
+    assert "staged and verified in /data/staged" in output
+    assert (_data(cloud) / "staged" / STAGED_MARKER).is_file()
+    node, container = _node_of(cloud, job_id)
+    assert node.startswith("cpu-")
+    assert f"job {job_id} (uid 1000): S3 read credentials until" in cloud.local.logs(container)
+
+    line = (
+        "/opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
+        f"--source {source} --dest /data/not-staged --s3-credentials {BROKER_SOCKET}"
+    )
+    outsider = sbatch(
+        cloud.local, ["-p", "cpu", "-w", node, "-o", "/data/outsider-%j.out", "--wrap", line]
+    )
+    wait_until(
+        lambda: job(cloud.local, outsider).get("JobState") in ("COMPLETED", "FAILED"),
+        timeout=120,
+        what=lambda: f"job {outsider} to end ({job(cloud.local, outsider)})",
+    )
+    assert job(cloud.local, outsider)["JobState"] == "FAILED"
+    said = (_data(cloud) / f"outsider-{outsider}.out").read_text()
+    assert f"refused: job {outsider} is not an intake job running on {node}" in said, said
+    assert not (_data(cloud) / "not-staged" / STAGED_MARKER).exists()
 
 
 def test_a_link_planted_at_the_spot_event_log_is_not_followed_by_the_watcher(
