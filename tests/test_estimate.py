@@ -28,10 +28,7 @@ def _fargate_month(market: str, vcpu: float, gb: float, public_ip: bool) -> floa
 def test_default_deployment_prices_every_standing_resource(default_synth) -> None:
     estimate = estimate_templates(read_cloud_assembly(default_synth.outdir))
     controller = _fargate_month("spot", 0.25, 1.0, public_ip=True)
-    # The spot interruption drill's stop condition: one alarm over the GPU group's two types.
-    drill_alarm = 2 * PRICES["alarm_month"]
-    dead_letter_alarm = PRICES["alarm_month"]  # a submission the intake gave up on
-    standing = PRICES["secret_month"] + PRICES["dashboard_month"] + drill_alarm + dead_letter_alarm
+    standing = PRICES["secret_month"] + PRICES["dashboard_month"]
     per_cluster_up = controller + standing + PRICES["cloud_map_instance_month"]
     for stack in ("relion-spot-gpu1", "relion-spot-gpu4", "relion-spot-gpu8"):
         assert estimate.total(controller_up=True, stack=stack) == pytest.approx(per_cluster_up)
@@ -45,23 +42,17 @@ def test_default_deployment_prices_every_standing_resource(default_synth) -> Non
     assert estimate.total(controller_up=True, stack="relion-spot-storage") == 0
 
 
-def test_a_default_cluster_asleep_bills_only_its_key_store_and_two_alarms(
-    plain_default_synth,
-) -> None:
-    """No settings: no dashboard, the controller scaled to zero. Per cluster, what stands is the
-    Slurm key's secret ($0.40), the dead-letter queue's alarm ($0.10) and the interruption
-    drill's stop-condition alarm over two metrics ($0.20), priced without the free tier; the
-    deployment adds only the network's private DNS zone, $0.50."""
+def test_a_default_cluster_asleep_bills_only_its_key_store(plain_default_synth) -> None:
+    """No settings: no dashboard, the controller scaled to zero, no alarm standing (the drainer
+    tells the topic of a dead-lettered message; the drill checks before it starts). Per cluster,
+    nothing stands but the Slurm key's secret ($0.40); the deployment adds only the network's
+    private DNS zone, $0.50."""
     estimate = estimate_templates(read_cloud_assembly(plain_default_synth.outdir))
     asleep = [i for i in estimate.items if i.usd_month_controller_asleep > 0]
     per_cluster = [i for i in asleep if i.stack == "relion-spot-gpu1"]
-    assert sorted(i.what for i in per_cluster) == [
-        "CloudWatch alarm",
-        "CloudWatch alarm over 2 metrics",
-        "Secrets Manager secret",
-    ]
+    assert [i.what for i in per_cluster] == ["Secrets Manager secret"]
     assert sum(i.usd_month_controller_asleep for i in per_cluster) == pytest.approx(
-        PRICES["secret_month"] + 3 * PRICES["alarm_month"]
+        PRICES["secret_month"]
     )
     rest = [i for i in asleep if i.stack != "relion-spot-gpu1"]
     assert [(i.stack, i.what) for i in rest] == [
@@ -81,13 +72,9 @@ def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth)
     assert nat_instance.total(controller_up=False, stack="lab-b-network") == pytest.approx(expected)
     on_demand_private = _fargate_month("on-demand", 0.25, 1.0, public_ip=False)
     assert nat_instance.total(controller_up=True, stack="lab-b-gpu4") == pytest.approx(
-        on_demand_private
-        + PRICES["secret_month"]
-        + PRICES["cloud_map_instance_month"]
-        + 2 * PRICES["alarm_month"]  # the drill's stop condition
-        + PRICES["alarm_month"]  # the intake's dead-letter alarm
+        on_demand_private + PRICES["secret_month"] + PRICES["cloud_map_instance_month"]
     ), "dashboard=false: no dashboard"
-    asleep = PRICES["secret_month"] + 3 * PRICES["alarm_month"]  # drill (2 metrics) + dead letters
+    asleep = PRICES["secret_month"]
     assert nat_instance.total(controller_up=False, stack="lab-b-gpu4") == pytest.approx(asleep)
     nat_gateway = estimate_templates(read_cloud_assembly(nat_gateway_synth.outdir))
     assert nat_gateway.total(controller_up=False, stack="lab-c-network") == pytest.approx(

@@ -11,7 +11,6 @@ the ones behind it.
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
@@ -60,21 +59,6 @@ class JobIntake(Construct):
                 queue=self.dead_letter_queue, max_receive_count=max_receives
             ),
             removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.dead_letter_alarm = cloudwatch.Alarm(
-            self,
-            "DeadLettersAlarm",
-            alarm_description=(
-                f"A message on the intake of {cluster_name} failed {max_receives} receives and "
-                "waits in the dead-letter queue: relion-spot status lists it"
-            ),
-            metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
-                period=Duration.minutes(5), statistic=cloudwatch.Stats.MAXIMUM
-            ),
-            threshold=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
         self.table = dynamodb.Table(
             self,

@@ -3,33 +3,29 @@ notice to one running spot instance of this cluster's GPU partition, for ``relio
 selftest --interrupt``.
 
 Scoped three ways: FIS picks its target by the cluster's and partition's tags, the role FIS
-assumes may interrupt only instances carrying this cluster's tag, and a CloudWatch alarm stops
-the experiment when the cluster runs more GPU nodes than the selftest's job and its replacement
-(anything else running on the cluster is work a drill must not touch).
+assumes may interrupt only instances carrying this cluster's tag, and the selftest starts the
+experiment only while no GPU node but its own job's runs (anything else running on the cluster
+is work a drill must not touch; relion_spot.selftest.cloud checks just before the start).
 """
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
-from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import Stack
 from aws_cdk import aws_fis as fis
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from .. import tags
-from ..cost import nodes
 from ..doctor.checks import G_VT_SPOT_QUOTA
 
 ACTION_ID = "aws:ec2:send-spot-instance-interruptions"
 TARGET_TYPE = "aws:ec2:spot-instance"
 NOTICE = "PT2M"
 """How long before the interruption the notice comes: EC2's own two minutes (the minimum)."""
-DRILL_NODES = 2
-"""The selftest's node and, for a moment, its replacement: more running means other work."""
 
 
 class SpotInterruptionDrill(Construct):
-    """The experiment template (``template_id``), its role and its stop condition."""
+    """The experiment template (``template_id``) and its role."""
 
     def __init__(
         self,
@@ -38,8 +34,6 @@ class SpotInterruptionDrill(Construct):
         *,
         cluster_name: str,
         partition: str,
-        instance_types: tuple[str, ...],
-        metric_namespace: str,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -67,36 +61,6 @@ class SpotInterruptionDrill(Construct):
                 resources=["*"],  # a Describe action authorizes no resource
             )
         )
-        running = {
-            f"n{index}": cw.Metric(
-                namespace=metric_namespace,
-                metric_name=nodes.NODES_RUNNING_METRIC,
-                dimensions_map=dict(
-                    zip(nodes.DIMENSIONS, (cluster_name, instance_type, "spot"), strict=True)
-                ),
-                statistic="Maximum",
-                period=Duration.minutes(5),
-            )
-            for index, instance_type in enumerate(instance_types)
-        }
-        self.stop_alarm = cw.Alarm(
-            self,
-            "TooManyNodes",
-            alarm_description=(
-                f"Stops a spot interruption drill on {cluster_name}: more than {DRILL_NODES} "
-                f"{partition} nodes run, so the cluster carries work besides the selftest"
-            ),
-            metric=cw.MathExpression(
-                expression=f"SUM([{','.join(running)}])",
-                using_metrics=running,
-                period=Duration.minutes(5),
-                label="GPU nodes running",
-            ),
-            threshold=DRILL_NODES,
-            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
-        )
         self.template = fis.CfnExperimentTemplate(
             self,
             "Template",
@@ -122,10 +86,11 @@ class SpotInterruptionDrill(Construct):
                     targets={"SpotInstances": "Node"},
                 )
             },
+            # One notice to one instance ends by itself; what must not be touched is checked
+            # before the start (the selftest refuses while other GPU nodes run). A standing
+            # alarm would bill every month the cluster sleeps.
             stop_conditions=[
-                fis.CfnExperimentTemplate.ExperimentTemplateStopConditionProperty(
-                    source="aws:cloudwatch:alarm", value=self.stop_alarm.alarm_arn
-                )
+                fis.CfnExperimentTemplate.ExperimentTemplateStopConditionProperty(source="none")
             ],
             tags={tags.CLUSTER: cluster_name, "Name": f"{cluster_name}-spot-interruption"},
         )

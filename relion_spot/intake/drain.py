@@ -67,6 +67,7 @@ from relion_spot.jobs.class3d import DEFAULT_IMAGE, LOCAL_IMAGE, MODES, Mode
 from relion_spot.jobs.image import ImageSourceError
 from relion_spot.jobs.parameters import Class3dParams
 from relion_spot.jobs.stage import StageParams
+from relion_spot.notify.publish import Notification, Notifier
 from relion_spot.powersave import logs
 from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
 
@@ -206,6 +207,8 @@ class Drainer:
     """The RELION image's check before GPU jobs; None: jobs wait for no image job."""
     admin_ids: frozenset[str] = frozenset()
     """IAM unique ids whose cancels count for any submission (the admin role's)."""
+    notifier: Notifier | None = None
+    """The cluster's notification topic: told of each message given up on."""
 
     def step(self) -> list[str]:
         """One receive (long poll) and whatever it brought; the outcomes, one per message."""
@@ -256,6 +259,12 @@ class Drainer:
         sid = submission_id_in(delivery.body)
         if sid is None:
             log.error("message %s goes to the dead-letter queue unrecorded", delivery.message_id)
+            self._tell_dead_lettered(
+                f"message {delivery.message_id}",
+                f"A message on the intake queue (no submission id in it) failed "
+                f"{delivery.receive_count} times (last: {_one_line(err)}) and is in the "
+                "dead-letter queue; relion-spot status lists it.",
+            )
             return
         stored = self.table.get(sid)
         if stored is not None and stored.final:
@@ -276,6 +285,17 @@ class Drainer:
         )
         self.table.finish(record)
         log.error("%s: recorded as rejected after %d receives", sid, delivery.receive_count)
+        self._tell_dead_lettered(
+            f"submission {sid}",
+            f"Submission {sid} (sender {delivery.sender_id or 'unknown'}): {record.message}. "
+            "relion-spot status lists the dead-letter queue.",
+        )
+
+    def _tell_dead_lettered(self, what: str, message: str) -> None:
+        if self.notifier is not None:
+            self.notifier.publish(
+                Notification("submission-dead-lettered", f"{what} given up", message)
+            )
 
     def handle(self, message: Mapping[str, Any]) -> str:
         delivery = _Delivery.of(message)
@@ -562,7 +582,9 @@ class DrainSettings:
         """What every submitted job is told, so its progress reaches the submission's item."""
         return {TABLE_ENV: self.table, REGION_ENV: region}
 
-    def drainer(self, *, sqs: Any, dynamodb: Any, wait_seconds: int) -> Drainer:
+    def drainer(
+        self, *, sqs: Any, dynamodb: Any, wait_seconds: int, notifier: Notifier | None = None
+    ) -> Drainer:
         slurm = SlurmJobs(
             sbatch=self.sbatch,
             squeue=self.squeue,
@@ -588,6 +610,7 @@ class DrainSettings:
                 slurm=slurm, image=image, mode=self.mode, cache_dir=self.container_cache
             ),
             admin_ids=self.admin_ids,
+            notifier=notifier,
         )
 
 
@@ -642,6 +665,9 @@ def main(argv: list[str] | None = None) -> int:
         sqs=session.client("sqs"),
         dynamodb=session.client("dynamodb"),
         wait_seconds=args.wait_seconds,
+        notifier=Notifier.from_env(
+            os.environ, cluster=settings.spec.cluster_name, region=str(session.region_name or "")
+        ),
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

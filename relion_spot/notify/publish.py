@@ -1,7 +1,9 @@
 """Publishing an event to the cluster's notification topic.
 
 The events are published where they are already known: the job record writer (a job done, failed,
-or reclaimed and requeued to resume), and the resume program (the budget reached). A cluster
+or reclaimed and requeued to resume), the resume program (the budget reached), and the intake's
+drainer (a message it gave up on, on its last receive before the dead-letter queue: no alarm stands
+and bills for that while the cluster sleeps). A cluster
 deployed without ``notify_email`` has no topic: ``Notifier.from_env`` returns None and nothing is
 published. A failed publish is logged and never stops what the publisher was doing: a job record
 or a launch decision matters more than its e-mail.
@@ -19,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 log = logging.getLogger(__name__)
 
 TOPIC_ENV = "RELION_SPOT_NOTIFY_TOPIC_ARN"
-EVENTS = ("job-done", "job-failed", "job-reclaimed", "budget-reached")
+EVENTS = ("job-done", "job-failed", "job-reclaimed", "budget-reached", "submission-dead-lettered")
 """What a notification can be about; the ``event`` message attribute carries one, so a lab can
 filter its subscriptions (SNS filter policies) by event."""
 MAX_SUBJECT_CHARS = 100

@@ -25,6 +25,7 @@ from ..doctor.checks import G_VT_SPOT_QUOTA
 from ..intake.client import SubmissionPending, SubmissionRejected, submit, wait_for_acceptance
 from ..intake.message import new_cancel
 from ..intake.table import IntakeTable
+from ..slurm.spec import GPU_PARTITION
 from ..teardown.sweep import LIVE_STATES
 from . import record
 from .flow import Instance, JobView, SelftestError
@@ -170,6 +171,18 @@ class AwsBackend:
         template = self.outputs.get(TEMPLATE_OUTPUT, "")
         if not template:
             raise SelftestError(f"stack {self.handle.stack} has no output {TEMPLATE_OUTPUT}")
+        # FIS picks any running GPU spot node of this cluster: only the selftest's may run.
+        others = sorted(
+            i["InstanceId"]
+            for i in self._instances([{"Name": f"tag:{tags.PARTITION}", "Values": [GPU_PARTITION]}])
+            if i["InstanceId"] != instance_id
+        )
+        if others:
+            raise SelftestError(
+                f"not interrupting: {len(others)} other GPU node(s) of {self.cluster} run "
+                f"({', '.join(others)}), and the drill could pick one and stop its work; run "
+                "selftest --interrupt while only the selftest's job runs"
+            )
         started = self.client("fis").start_experiment(
             clientToken=str(uuid.uuid4()),
             experimentTemplateId=template,

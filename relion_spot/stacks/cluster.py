@@ -286,8 +286,6 @@ class ClusterStack(Stack):
             "SpotInterruptionDrill",
             cluster_name=cluster_name,
             partition=self.gpu_nodes.partition,
-            instance_types=tuple(self.gpu_nodes.instance_types),
-            metric_namespace=self.cost_tracker.metric_namespace,
         )
         self.lab_access = LabAccess(
             self,
@@ -349,7 +347,6 @@ class ClusterStack(Stack):
             "IntakeQueueUrl": self.intake.queue_url,
             "IntakeTable": self.intake.table_name,
             "IntakeDeadLetterQueueUrl": self.intake.dead_letter_queue.queue_url,
-            "IntakeDeadLetterAlarm": self.intake.dead_letter_alarm.alarm_name,
             "Class3dTemplateParameter": self.class3d_template.parameter.parameter_name,
             "UsersGroup": self.users.group_name,
             "SpotInterruptionTemplateId": self.drill.template_id,

@@ -8,11 +8,13 @@ import json
 import logging
 from typing import Any
 
+import boto3
 import pytest
 
 from relion_spot.intake.client import SubmissionRejected, wait_for_acceptance
 from relion_spot.intake.config import MAX_RECEIVES
 from relion_spot.intake.table import MAX_PARAMETERS_CHARS
+from relion_spot.notify.publish import Notifier
 
 from .conftest import Intake
 from .test_drain import HeldMessages
@@ -93,10 +95,16 @@ def test_a_message_that_fails_every_receive_ends_rejected_not_pending(
     def broken_prepare(params: Any) -> Any:
         raise RuntimeError("a bug the tests put here")
 
+    sns = boto3.client("sns", region_name=intake.sqs.meta.region_name)
+    topic = sns.create_topic(Name="lab-notifications")["TopicArn"]
+    inbox = intake.sqs.create_queue(QueueName="lab-inbox")["QueueUrl"]
+    inbox_arn = intake.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn["Attributes"]["QueueArn"])
+    notifier = Notifier(sns, topic, "lab-gpu1")
     intake.send(_body('{"K": 2}'))
     for receive in range(1, MAX_RECEIVES + 1):
         held = HeldMessages(intake.sqs)
-        drainer = intake.drainer(sqs=held, prepare=broken_prepare)
+        drainer = intake.drainer(sqs=held, prepare=broken_prepare, notifier=notifier)
         with pytest.raises(RuntimeError):
             drainer.step()
         record = intake.table.get(SID)
@@ -113,3 +121,10 @@ def test_a_message_that_fails_every_receive_ends_rejected_not_pending(
     )
     with pytest.raises(SubmissionRejected):
         wait_for_acceptance(intake.table, SID, timeout=1)
+    # The lab is told once, as the message leaves for the dead-letter queue (no alarm stands).
+    told = intake.sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10).get("Messages", [])
+    assert len(told) == 1, told
+    body = json.loads(told[0]["Body"])
+    assert body["MessageAttributes"]["event"]["Value"] == "submission-dead-lettered"
+    assert body["Subject"] == f"[lab-gpu1] submission {SID} given up"
+    assert "RuntimeError: a bug the tests put here" in body["Message"]

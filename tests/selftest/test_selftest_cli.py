@@ -21,7 +21,7 @@ from relion_spot.intake.table import create_table
 from relion_spot.selftest import record
 from relion_spot.selftest.cloud import AwsBackend, stack_outputs
 from relion_spot.selftest.cost_model import GPU_ROOT_VOLUME_GIB, selftest_cost
-from relion_spot.selftest.flow import SelftestOptions, run
+from relion_spot.selftest.flow import SelftestError, SelftestOptions, run
 from relion_spot.selftest.permissions import check_powersave
 
 from .test_permissions import DENIED_MESSAGE, _expect_dry_runs, account
@@ -290,3 +290,43 @@ def test_the_interruption_is_the_stacks_fis_template_and_is_stopped_after(
         backend.end_interrupt(handle)
     assert handle == "EXP123"
     stub.assert_no_pending_responses()
+
+
+def test_no_interruption_starts_while_another_gpu_node_of_the_cluster_runs(
+    deployed: dict[str, Any],
+) -> None:
+    """FIS picks any running GPU spot node of the cluster: with another one up (someone's work),
+    the selftest refuses before StartExperiment, naming it."""
+    ec2 = deployed["ec2"]
+
+    def node(name: str) -> str:
+        tagged = [
+            {"Key": tags.CLUSTER, "Value": "lab-gpu1"},
+            {"Key": tags.PARTITION, "Value": "gpu"},
+            {"Key": tags.NODE, "Value": name},
+        ]
+        return ec2.run_instances(
+            ImageId="ami-0123456789abcdef0",
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="g5.xlarge",
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tagged}],
+        )["Instances"][0]["InstanceId"]
+
+    own, other = node("gpu-1"), node("gpu-2")
+    fis = boto3.client("fis", region_name=REGION)
+    session = boto3.session.Session(region_name=REGION)
+
+    class Session:
+        region_name = REGION
+
+        def client(self, name: str) -> Any:
+            return fis if name == "fis" else session.client(name)
+
+    backend = AwsBackend(
+        find_cluster(STACK, session=session), Session(), stack_outputs(session, STACK)
+    )
+    with Stubber(fis) as stub, pytest.raises(SelftestError) as refused:
+        backend.interrupt(own)
+    stub.assert_no_pending_responses()
+    assert f"not interrupting: 1 other GPU node(s) of lab-gpu1 run ({other})" in str(refused.value)
