@@ -735,6 +735,19 @@ def test_the_benchmark_job_template_is_published_per_cluster(default_synth) -> N
     assert "Class3dTemplateParameter" in outputs
 
 
+def test_a_stage_reader_no_node_role_was_allowed_to_assume_fails_synth() -> None:
+    """Its placeholder trust would be the whole account: synth refuses rather than deploy it."""
+    from aws_cdk import App
+    from aws_cdk import Stack as CdkStack
+
+    from relion_spot.constructs.stage_reader import StageReader
+
+    app = App()
+    StageReader(CdkStack(app, "Lone"), "Reader", cluster_name="lab", buckets=["lab-raw"])
+    with pytest.raises(RuntimeError, match="allow_node was never called"):
+        app.synth()
+
+
 def test_stage_buckets_are_read_through_a_role_only_the_cpu_nodes_assume(
     default_synth, alternate_synth
 ) -> None:

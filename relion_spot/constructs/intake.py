@@ -85,6 +85,11 @@ class JobIntake(Construct):
         UpdateItem only, on this table only; the update is conditioned on the item existing."""
         self.table.grant(grantee, "dynamodb:UpdateItem")
 
+    def grant_read_decisions(self, grantee: iam.IGrantable) -> None:
+        """The CPU node's credential broker (relion_spot.node.stage_credentials): read one
+        submission's decision (GetItem), to know what the drainer accepted a job to stage."""
+        self.table.grant(grantee, "dynamodb:GetItem")
+
     def drainer_environment(self) -> dict[str, str]:
         """What ``python -m relion_spot.intake.drain`` reads besides the cluster spec."""
         return {

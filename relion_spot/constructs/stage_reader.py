@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+import jsii
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
-from constructs import Construct
+from constructs import Construct, IValidation
 
 SESSION_HOURS = 1
 """A role chained from the node's instance session lasts an hour at most."""
@@ -32,8 +33,9 @@ class StageReader(Construct):
         self.buckets = tuple(buckets)
         self._reader: iam.IRole | None = None
         # The node role that may assume this one is made after the user data that names this
-        # role: allow_node replaces this placeholder trust (the account's root, which alone
-        # lets no one in) with that role as the only principal.
+        # role: allow_node replaces this placeholder trust with that role as the only principal,
+        # and synth fails if it was never called (the account's root would let any principal
+        # of the account whose own policy allows sts:AssumeRole in).
         self.role = iam.Role(
             self,
             "Role",
@@ -56,6 +58,7 @@ class StageReader(Construct):
                 resources=[f"arn:{partition}:s3:::{b}" for b in self.buckets],
             )
         )
+        self.node.add_validation(_NodeRoleGiven(self))
 
     def allow_node(self, node_role: iam.IRole) -> None:
         """Let ``node_role`` (the CPU nodes', whose root broker serves staging jobs) assume this
@@ -82,3 +85,14 @@ class StageReader(Construct):
     @property
     def role_arn(self) -> str:
         return self.role.role_arn
+
+
+@jsii.implements(IValidation)
+class _NodeRoleGiven:
+    def __init__(self, reader: StageReader) -> None:
+        self.reader = reader
+
+    def validate(self) -> list[str]:
+        if self.reader._reader is None:
+            return ["StageReader: allow_node was never called, so its trust is the whole account"]
+        return []

@@ -83,6 +83,7 @@ def squeue_node_jobs(node: str) -> list[NodeJob] | None:
             ["squeue", "--json", f"--nodelist={node}", "--states=RUNNING,COMPLETING"],
             capture_output=True,
             text=True,
+            errors="replace",
             check=False,
             timeout=SQUEUE_TIMEOUT_SECONDS,
         )
@@ -92,7 +93,11 @@ def squeue_node_jobs(node: str) -> list[NodeJob] | None:
     if done.returncode != 0:
         log.warning("squeue exited %d: %s", done.returncode, done.stderr.strip()[:300])
         return None
-    return intake_jobs(json.loads(done.stdout))
+    try:
+        return intake_jobs(json.loads(done.stdout))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        log.warning("squeue answered what is not its job list: %s", err)
+        return None
 
 
 def read_report(spool_fd: int, job: NodeJob) -> bytes:

@@ -4,17 +4,26 @@
 
 Jobs hold no instance credentials (relion_spot.node.metadata_guard shuts the metadata service to
 every user but root), yet a staging job from ``s3://`` must read the lab's bucket. This broker
-listens on a Unix socket (``SOCKET``). The kernel names the connecting process (SO_PEERCRED: pid
-and uid); slurmd must know the process as one of a job's (``scontrol pidinfo``) that Slurm runs
-on this node for the intake, as that same uid. It then gets the
-credentials of the cluster's stage-read role (``sts:AssumeRole``, one session per job named
-``<node>-job-<id>`` so CloudTrail says which job read what): GetObject and ListBucket on the
-``stage_buckets`` and nothing else, an hour at most, asked again as they near their end. A
-process of a user with no job here, or naming another user's job, is refused with one line and
-one log record; root is never asked for anything by a job.
+listens on a Unix socket (``SOCKET``) and answers a process only when all of this holds:
+
+1. the kernel names it (SO_PEERCRED: pid and uid) and slurmd knows the pid as a process of a job
+   (``scontrol pidinfo``) that runs on this node as that same uid;
+2. Slurm lists that job here with the intake's comment (``relion-spot:<submission id>``);
+3. the intake table, which only the drainer writes, holds that submission as an *accepted*
+   *stage* submission *with this job id* (a comment is the job owner's to write; the table is
+   not), from an ``s3://bucket/key`` source.
+
+It then assumes the cluster's stage-reader role for that job (``sts:AssumeRole``, the session
+named ``<node>-job-<id>`` for CloudTrail) with a session policy that narrows it to GetObject on
+that one object and ListBucket on its bucket, for an hour at most, and hands it over; the
+client asks again as it nears its end. Anything else is refused with one line to the asker and
+one log record; a refusal that time may cure (Slurm silent, the decision not yet written) says
+so, and the client asks again. Connections are served by a few threads, so a job that holds
+one open stalls no one; a fault in one answer is logged and answered, and the broker goes on.
 
 Environment: RELION_SPOT_STAGE_READ_ROLE (the role's ARN; without it the node was deployed
-without stage_buckets and the broker is not started), RELION_SPOT_NODE_NAME, the region.
+without stage_buckets and the broker is not started), RELION_SPOT_INTAKE_TABLE,
+RELION_SPOT_NODE_NAME, the region.
 """
 
 from __future__ import annotations
@@ -26,17 +35,22 @@ import logging
 import os
 import re
 import socket
+import stat
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..intake.table import ACCEPTED, SUBMITTING, IntakeTable, Record
 from .job_reports import NODE_NAME_ENV, NodeJob, squeue_node_jobs
 
 ROLE_ENV = "RELION_SPOT_STAGE_READ_ROLE"
+TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
 SOCKET = Path("/run/relion-spot/stage-credentials.sock")
 SESSION_SECONDS = 3600
 """The longest a role chained from the node's own session may last."""
@@ -45,21 +59,36 @@ REUSE_MARGIN = dt.timedelta(minutes=20)
 15 minutes before the end, and must then get a fresher one."""
 CONNECTION_TIMEOUT_S = 30.0
 SCONTROL_TIMEOUT_S = 20
+WORKERS = 4
 _PIDINFO = re.compile(r"^Slurm JobId=(\d+) ", re.MULTILINE)
 """``scontrol pidinfo``'s answer: ``Slurm JobId=42 ends at ...``."""
-MAX_REPLY_BYTES = 16 * 1024
+_S3_SOURCE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
 
 log = logging.getLogger("relion_spot.node.stage_credentials")
 
 
 class Refused(Exception):
-    """The asking process may not have credentials; the message says why."""
+    """The asking process may not have credentials; the message says why. ``retry``: time may
+    cure it (ask again)."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 @dataclass(frozen=True)
 class Peer:
     pid: int
     uid: int
+
+
+@dataclass(frozen=True)
+class Approved:
+    """What the intake approved this job to read."""
+
+    job_id: str
+    bucket: str
+    key: str
 
 
 def peer_of(connection: socket.socket) -> Peer:
@@ -76,15 +105,18 @@ def job_id_of(pid: int) -> str:
         done = subprocess.run(
             ["scontrol", "pidinfo", str(pid)],
             capture_output=True,
-            text=True,
             check=False,
             timeout=SCONTROL_TIMEOUT_S,
         )
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise Refused(f"pid {pid}: slurmd did not say which job it belongs to ({err})") from None
-    found = _PIDINFO.search(done.stdout)
+        raise Refused(
+            f"pid {pid}: slurmd did not say which job it belongs to ({err})", retry=True
+        ) from None
+    out = done.stdout.decode("utf-8", "replace")
+    found = _PIDINFO.search(out)
     if done.returncode != 0 or found is None:
-        said = " ".join((done.stderr or done.stdout).split())[:200] or f"exit {done.returncode}"
+        said = done.stderr.decode("utf-8", "replace") or out
+        said = " ".join(said.split())[:200] or f"exit {done.returncode}"
         raise Refused(f"pid {pid}: not a process of a Slurm job on this node ({said})")
     return found.group(1)
 
@@ -92,7 +124,7 @@ def job_id_of(pid: int) -> str:
 def check_job(peer: Peer, job_id: str, jobs: list[NodeJob] | None, node: str) -> NodeJob:
     """The intake job ``job_id`` of the peer's user on this node, or Refused."""
     if jobs is None:
-        raise Refused("Slurm did not answer which jobs run here; ask again")
+        raise Refused("Slurm did not answer which jobs run here", retry=True)
     for job in jobs:
         if job.job_id == job_id:
             if job.user_id != peer.uid:
@@ -101,8 +133,54 @@ def check_job(peer: Peer, job_id: str, jobs: list[NodeJob] | None, node: str) ->
     raise Refused(f"job {job_id} is not an intake job running on {node}")
 
 
+def approved_source(job: NodeJob, record: Record | None) -> Approved:
+    """The object the intake accepted ``job`` to stage, from the submission's record."""
+    sid = job.submission_id
+    if record is None:
+        raise Refused(f"job {job.job_id}: no submission {sid!r} in the intake table")
+    if record.state == SUBMITTING:
+        raise Refused(f"job {job.job_id}: submission {sid} is still being decided", retry=True)
+    if record.state != ACCEPTED or record.job_id != job.job_id:
+        raise Refused(
+            f"job {job.job_id}: submission {sid} is {record.state} for job "
+            f"{record.job_id or 'none'}, not this job"
+        )
+    if record.template != "stage":
+        raise Refused(f"job {job.job_id}: submission {sid} is a {record.template} job, not stage")
+    try:
+        source = json.loads(record.parameters or "{}").get("source", "")
+    except (ValueError, AttributeError):
+        source = ""
+    match = _S3_SOURCE.match(source) if isinstance(source, str) else None
+    if match is None:
+        raise Refused(f"job {job.job_id}: submission {sid} stages from no s3:// object")
+    return Approved(job.job_id, match.group(1), match.group(2))
+
+
+def session_policy(approved: Approved, partition: str) -> str:
+    """What the session may do, inside what the role may: read that one object."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:GetObject",
+                    "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}",
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": f"arn:{partition}:s3:::{approved.bucket}",
+                },
+            ],
+        }
+    )
+
+
 class Broker:
-    """Assumes the stage-read role for a job and keeps the session while it is fresh enough."""
+    """Assumes the stage-reader role for an approved job and keeps the session while it is
+    fresh enough."""
 
     def __init__(
         self,
@@ -112,50 +190,63 @@ class Broker:
         region: str,
         sts: Any,
         jobs: Callable[[], list[NodeJob] | None],
+        submission: Callable[[str], Record | None],
         job_of: Callable[[int], str] = job_id_of,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.role_arn = role_arn
+        self.partition = role_arn.split(":")[1] if role_arn.count(":") >= 5 else "aws"
         self.node = node
         self.region = region
         self.sts = sts
         self.jobs = jobs
+        self.submission = submission
         self.job_of = job_of
         self.now = now
-        self._sessions: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._sessions: dict[Approved, dict[str, Any]] = {}
 
     def answer(self, peer: Peer) -> dict[str, Any]:
         """The reply for ``peer``: credentials in the credential_process shape, or an error."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        job_id = "?"
         try:
             job_id = self.job_of(peer.pid)
             jobs = self.jobs()
-            self._forget_all_but(jobs)
             job = check_job(peer, job_id, jobs, self.node)
-            reply = self._session(job)
+            approved = approved_source(job, self.submission(job.submission_id))
+            reply = self._session(approved, jobs)
         except Refused as err:
             log.warning("refused pid %d (uid %d): %s", peer.pid, peer.uid, err)
-            return {"Error": f"refused: {err}"}
+            return {"Error": f"refused: {err}", "Retry": err.retry}
         except (BotoCoreError, ClientError) as err:
-            log.error("job %s: AssumeRole %s failed: %s", job_id, self.role_arn, err)
-            return {"Error": f"the stage-read role could not be assumed: {err}"}
+            log.error("job %s: AWS refused or did not answer: %s", job_id, err)
+            return {"Error": f"AWS did not give this job its session: {err}", "Retry": True}
         log.info(
-            "job %s (uid %d): S3 read credentials until %s",
-            job.job_id,
+            "job %s (uid %d): S3 read of s3://%s/%s until %s",
+            job_id,
             peer.uid,
+            approved.bucket,
+            approved.key,
             reply["Expiration"],
         )
         return reply
 
-    def _session(self, job: NodeJob) -> dict[str, Any]:
-        kept = self._sessions.get(job.job_id)
-        if kept and dt.datetime.fromisoformat(kept["Expiration"]) - self.now() > REUSE_MARGIN:
-            return kept
+    def _session(self, approved: Approved, jobs: list[NodeJob] | None) -> dict[str, Any]:
+        with self._lock:
+            if jobs is not None:  # sessions of jobs that left this node are dropped
+                here = {j.job_id for j in jobs}
+                for gone in [a for a in self._sessions if a.job_id not in here]:
+                    del self._sessions[gone]
+            kept = self._sessions.get(approved)
+            if kept and dt.datetime.fromisoformat(kept["Expiration"]) - self.now() > REUSE_MARGIN:
+                return kept
         granted = self.sts.assume_role(
             RoleArn=self.role_arn,
-            RoleSessionName=f"{self.node}-job-{job.job_id}"[:64],
+            RoleSessionName=f"{self.node}-job-{approved.job_id}"[:64],
             DurationSeconds=SESSION_SECONDS,
+            Policy=session_policy(approved, self.partition),
         )["Credentials"]
         expiration = granted["Expiration"]
         if isinstance(expiration, dt.datetime):
@@ -168,38 +259,51 @@ class Broker:
             "Expiration": str(expiration),
             "Region": self.region,
         }
-        self._sessions[job.job_id] = reply
+        with self._lock:
+            self._sessions[approved] = reply
         return reply
-
-    def _forget_all_but(self, jobs: list[NodeJob] | None) -> None:
-        """Drop the sessions of jobs no longer on this node."""
-        if jobs is None:
-            return
-        here = {j.job_id for j in jobs}
-        for job_id in [j for j in self._sessions if j not in here]:
-            del self._sessions[job_id]
 
 
 def listen(path: Path) -> socket.socket:
-    """The broker's socket: anyone on the node may connect; the answer depends on who it is."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o755)
+    """The broker's socket: anyone on the node may connect; the answer depends on who it is.
+    Its directory must be root's alone (not a link, not writable by others)."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    info = os.lstat(path.parent)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise OSError(f"{path.parent} is not a directory of this user's alone")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     os.chmod(path, 0o666)
-    server.listen(16)
+    server.listen(64)
     return server
 
 
-def serve_one(server: socket.socket, broker: Broker) -> None:
-    connection, _ = server.accept()
+def reply_to(connection: socket.socket, broker: Broker) -> None:
+    """Answer one connection; whatever goes wrong is logged and answered, never fatal."""
     with connection:
         connection.settimeout(CONNECTION_TIMEOUT_S)
-        reply = broker.answer(peer_of(connection))
+        try:
+            reply = broker.answer(peer_of(connection))
+        except Exception:  # a bug: logged in full, answered, and the broker goes on serving
+            log.exception("answering a connection failed")
+            reply = {"Error": "the broker failed on this request (see its log)", "Retry": True}
         with contextlib.suppress(OSError):  # the asker went away: nothing to tell it
             connection.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def serve(server: socket.socket, broker: Broker, *, stop: threading.Event) -> None:
+    """Accept until ``stop``; each connection is answered by one of ``WORKERS`` threads."""
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="stage-credentials") as pool:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                if stop.is_set():
+                    return
+                raise
+            pool.submit(reply_to, connection, broker)
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
@@ -208,26 +312,36 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         level=logging.INFO, format="relion-spot stage credentials: %(message)s", stream=sys.stderr
     )
     role, node = env.get(ROLE_ENV, "").strip(), env.get(NODE_NAME_ENV, "").strip()
+    table = env.get(TABLE_ENV, "").strip()
     region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()
     missing = [
-        n for n, v in ((ROLE_ENV, role), (NODE_NAME_ENV, node), ("AWS_REGION", region)) if not v
+        n
+        for n, v in (
+            (ROLE_ENV, role),
+            (NODE_NAME_ENV, node),
+            (TABLE_ENV, table),
+            ("AWS_REGION", region),
+        )
+        if not v
     ]
     if missing:
         print(f"relion-spot stage credentials: {', '.join(missing)} not set", file=sys.stderr)
         return 2
     import boto3
 
+    intake = IntakeTable(boto3.client("dynamodb", region_name=region), table)
     broker = Broker(
         role_arn=role,
         node=node,
         region=region,
         sts=boto3.client("sts", region_name=region),
         jobs=lambda: squeue_node_jobs(node),
+        submission=intake.get,
     )
     server = listen(SOCKET)
     log.info("serving %s for %s on %s", SOCKET, role, node)
-    while True:
-        serve_one(server, broker)
+    serve(server, broker, stop=threading.Event())
+    return 0
 
 
 if __name__ == "__main__":

@@ -181,6 +181,8 @@ class ClusterStack(Stack):
         # Staging runs on the CPU partition: only its nodes' broker may assume the reader.
         if self.stage_reader:
             self.stage_reader.allow_node(self.cpu_nodes.role)
+            # Its broker hands a job the reader only for what the drainer accepted it to stage.
+            self.intake.grant_read_decisions(self.cpu_nodes.role)
 
         self.cost_tracker = CostTracker(
             self,

@@ -3,13 +3,16 @@
 A staging job runs as the job user, which the node keeps away from the instance's credentials;
 the broker, root beside slurmd, hands this job the stage-read role's session over a Unix socket
 instead. These credentials are the client's only source: when the broker refuses or is absent
-the transfer fails with the broker's reason rather than looking anywhere else.
+the transfer fails with the broker's reason rather than looking anywhere else. The socket's
+server must be root (the kernel says who it is), so nothing a job planted can answer instead.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +21,22 @@ from .errors import StagingError
 
 TIMEOUT_S = 60.0
 MAX_REPLY_BYTES = 64 * 1024
+RETRY_PATIENCE_S = 120.0
+"""How long a refusal that time may cure is asked again (a job can start a moment before the
+drainer has written its acceptance)."""
 
 
-def ask_broker(path: Path) -> dict[str, Any]:
-    """The broker's answer for this process: credentials in the credential_process shape."""
+def _ask_once(path: Path, server_uid: int) -> dict[str, Any]:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(TIMEOUT_S)
             connection.connect(str(path))
+            raw = connection.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+            _pid, uid, _gid = struct.unpack("3i", raw)
+            if uid != server_uid:
+                raise StagingError(f"{path} is served by uid {uid}, not the node's broker")
             received = b""
             while chunk := connection.recv(4096):
                 received += chunk
@@ -44,8 +55,29 @@ def ask_broker(path: Path) -> dict[str, Any]:
         raise StagingError(f"{path}: the credential broker answered no JSON") from None
     if not isinstance(reply, dict):
         raise StagingError(f"{path}: the credential broker answered no JSON object")
-    if "Error" in reply:
-        raise StagingError(f"the node's S3 credential broker: {reply['Error']}")
+    return reply
+
+
+def ask_broker(
+    path: Path,
+    *,
+    server_uid: int = 0,
+    patience_s: float = RETRY_PATIENCE_S,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """The broker's answer for this process: credentials in the credential_process shape. A
+    refusal that time may cure (the intake's decision not yet written) is asked again, for up
+    to ``patience_s``; any other refusal ends the transfer with the broker's reason."""
+    deadline, wait = clock() + patience_s, 1.0
+    while True:
+        reply = _ask_once(path, server_uid)
+        if "Error" not in reply:
+            break
+        if not reply.get("Retry") or clock() + wait > deadline:
+            raise StagingError(f"the node's S3 credential broker: {reply['Error']}")
+        sleep(wait)
+        wait = min(wait * 2, 15.0)
     missing = [
         k
         for k in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")

@@ -3,7 +3,8 @@
 // stdin:  {"principals": {"<name>": {"arn": "...", "policies": [{"name": ..., "policy": {...}}]}},
 //          "requests": [{"id": ..., "principal": "<name>", "action": "svc:Action",
 //                        "resource": "arn:...", "context": {"key": "value" | ["v", ...]},
-//                        "resourcePolicy": {...} (optional: a bucket policy, a role's trust)}]}
+//                        "resourcePolicy": {...} (optional: a bucket policy, a role's trust),
+//                        "sessionPolicy": {...} (optional: what AssumeRole narrowed the session to)}]}
 // stdout: {"<id>": {"decision": "Allowed" | "ImplicitlyDenied" | "ExplicitlyDenied" | "Error",
 //                   "resourceType": ..., "sent": [...], "dropped": [...],
 //                   "ignoredContextKeys": [...], "errors": ...}}
@@ -51,6 +52,7 @@ async function simulateOnce(principal, request, context) {
       },
       identityPolicies: principal.policies,
       ...(request.resourcePolicy ? { resourcePolicy: request.resourcePolicy } : {}),
+      ...(request.sessionPolicy ? { sessionPolicy: request.sessionPolicy } : {}),
       serviceControlPolicies: [],
       resourceControlPolicies: []
     },

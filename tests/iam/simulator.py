@@ -28,6 +28,8 @@ class Request:
     resource_policy: Mapping[str, Any] | None = None
     """The resource's own policy where AWS evaluates one too (a role's trust policy for
     sts:AssumeRole)."""
+    session_policy: Mapping[str, Any] | None = None
+    """The policy a role session was narrowed to when it was assumed."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ def simulate(
                 "resource": r.resource,
                 "context": dict(r.context),
                 **({"resourcePolicy": dict(r.resource_policy)} if r.resource_policy else {}),
+                **({"sessionPolicy": dict(r.session_policy)} if r.session_policy else {}),
             }
             for request_id, r in requests.items()
         ],

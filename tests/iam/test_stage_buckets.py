@@ -12,9 +12,13 @@ roles themselves read no bucket.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
+
+from relion_spot.node.stage_credentials import Approved, session_policy
 
 from .resolver import ACCOUNT, PARTITION, RolePolicies, TemplateResolver
 from .simulator import Decision, Request, simulate
@@ -73,6 +77,30 @@ CASES: dict[str, tuple[bool, Request]] = {
     **_reads("cpu-node", False),
     **_reads("gpu-node", False),
 }
+APPROVED = Approved("42", "lab-b-raw", "benchmarks/relion_benchmark.tar.gz")
+SESSION = json.loads(session_policy(APPROVED, PARTITION))
+SESSION_CASES: dict[str, tuple[bool, Request]] = {
+    "session/s3:GetObject/approved-object": (
+        True,
+        Request(READER, "s3:GetObject", f"{_bucket(APPROVED.bucket)}/{APPROVED.key}"),
+    ),
+    "session/s3:ListBucket/approved-bucket": (
+        True,
+        Request(READER, "s3:ListBucket", _bucket(APPROVED.bucket)),
+    ),
+    "session/deny/s3:GetObject/another-object-same-bucket": (
+        False,
+        Request(READER, "s3:GetObject", f"{_bucket(APPROVED.bucket)}/someone-elses.tar.gz"),
+    ),
+    "session/deny/s3:GetObject/another-granted-bucket": (
+        False,
+        Request(READER, "s3:GetObject", _object("lab-b.archive")),
+    ),
+}
+"""The broker's session (relion_spot.node.stage_credentials.session_policy) inside the role:
+the one object the intake accepted the job to stage."""
+DECISIONS = {"cpu-node": True, "gpu-node": False}
+"""Only the CPU node's broker reads a submission's decision (GetItem on the intake table)."""
 ASSUMERS = {"cpu-node": True, "gpu-node": False, READER: False, "any-assumer": False}
 """``any-assumer``: a role of the same account whose own policy allows sts:AssumeRole on every
 role; the reader's trust, naming the CPU node role alone, must still refuse it."""
@@ -93,7 +121,9 @@ def roles(alternate_synth: Any) -> dict[str, Any]:
     trust = resolver.resolve(
         resolver.resources[reader_id]["Properties"]["AssumeRolePolicyDocument"]
     )
+    (table_id,) = resolver.logical_ids("AWS::DynamoDB::Table", "IntakeSubmissions")
     return {
+        "intake_table": resolver.get_att(table_id, "Arn"),
         "principals": {
             "cpu-node": role("CpuNodesRole"),
             "gpu-node": role("GpuNodesRole"),
@@ -128,6 +158,12 @@ def decisions(roles: dict[str, Any]) -> dict[str, Decision]:
         requests[f"{name}/sts:AssumeRole/reader"] = Request(
             name, "sts:AssumeRole", reader_arn, resource_policy=roles["trust"]
         )
+    for case_id, (_, request) in SESSION_CASES.items():
+        requests[case_id] = replace(request, session_policy=SESSION)
+    for name in DECISIONS:
+        requests[f"{name}/dynamodb:GetItem/intake"] = Request(
+            name, "dynamodb:GetItem", roles["intake_table"]
+        )
     return simulate(principals, requests)
 
 
@@ -147,3 +183,22 @@ def test_only_the_cpu_node_role_assumes_the_stage_reader(
     decision = decisions[f"{name}/sts:AssumeRole/reader"]
     assert decision.decision != "Error", decision.errors
     assert decision.allowed == ASSUMERS[name], f"{name}: got {decision.decision}"
+
+
+@pytest.mark.parametrize("case_id", sorted(SESSION_CASES))
+def test_the_brokers_session_reads_only_the_approved_object(
+    case_id: str, decisions: dict[str, Decision]
+) -> None:
+    allowed, _ = SESSION_CASES[case_id]
+    decision = decisions[case_id]
+    assert decision.decision != "Error", decision.errors
+    assert decision.allowed == allowed, f"{case_id}: got {decision.decision}"
+
+
+@pytest.mark.parametrize("name", sorted(DECISIONS))
+def test_only_the_cpu_nodes_broker_reads_a_submissions_decision(
+    name: str, decisions: dict[str, Decision]
+) -> None:
+    decision = decisions[f"{name}/dynamodb:GetItem/intake"]
+    assert decision.decision != "Error", decision.errors
+    assert decision.allowed == DECISIONS[name], f"{name}: got {decision.decision}"

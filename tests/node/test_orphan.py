@@ -15,6 +15,7 @@ import pytest
 
 from relion_spot.node import orphan, spot_watcher
 from relion_spot.powersave.slurm import CommandResult
+from relion_spot.slurm.local import wait_until
 from tests.fakes import FakeClock
 
 from ..powersave.conftest import Recorder
@@ -42,6 +43,12 @@ def step_daemon(tmp_path: Path) -> Iterator[subprocess.Popen]:
     program = tmp_path / orphan.STEP_DAEMON
     shutil.copy(shutil.which("sleep") or "/bin/sleep", program)
     process = subprocess.Popen([str(program), "600"])
+    comm = Path("/proc") / str(process.pid) / "comm"
+    wait_until(
+        lambda: process.poll() is None and comm.read_text().strip() == orphan.STEP_DAEMON,
+        timeout=10,
+        what=lambda: f"pid {process.pid} named {orphan.STEP_DAEMON} (exit {process.poll()})",
+    )
     yield process
     process.kill()
     process.wait()

@@ -1,18 +1,21 @@
 """The node's S3 credential broker and the staging job's client of it, over a real Unix socket.
 
 The peer is this test process, named by the kernel (SO_PEERCRED); which job slurmd says the pid
-belongs to is the test's to set (the real ``scontrol pidinfo`` answers in the container tests,
-tests/security); STS and S3 are moto's. Each refusal
-reaches the staging job as one line naming why, and the staging run then fails without looking
-for credentials anywhere else.
+belongs to, what squeue lists and what the intake table holds are the test's to set (the real
+``scontrol pidinfo`` and squeue answer in the container tests, tests/security); STS and S3 are
+moto's, STS behind a spy that keeps the session policy each session was asked with (moto does
+not enforce one). Each refusal reaches the staging job as one line naming why, and the staging
+run then fails without looking for credentials anywhere else.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from relion_spot.node.job_reports import NodeJob
+from relion_spot.intake.table import ACCEPTED, REJECTED, SUBMITTING, Record
+from relion_spot.node.job_reports import NodeJob, squeue_node_jobs
 from relion_spot.node.stage_credentials import (
     REUSE_MARGIN,
     Broker,
     Refused,
     listen,
-    serve_one,
+    serve,
 )
 from relion_spot.staging.cli import MARKER
 from relion_spot.staging.cli import main as staging_main
@@ -40,29 +44,57 @@ __all__ = ["benchmark_tar"]
 ROLE = "arn:aws:iam::123456789012:role/lab-StageReaderRole-abc"
 NODE = "cpu-1"
 JOB = "42"
+SID = "sid-1"
+SOURCE = "s3://lab-data/relion_benchmark.tar.gz"
+
+
+def _accepted(**change: Any) -> Record:
+    values: dict[str, Any] = {
+        "submission_id": SID,
+        "state": ACCEPTED,
+        "job_id": JOB,
+        "template": "stage",
+        "parameters": json.dumps({"source": SOURCE, "dest": "/data/bench"}),
+    }
+    values.update(change)
+    return Record(**values)
+
+
+class SpySts:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.policies: list[dict[str, Any]] = []
+
+    def assume_role(self, **kwargs: Any) -> Any:
+        self.policies.append(json.loads(kwargs["Policy"]))
+        return self.client.assume_role(**kwargs)
 
 
 class Node:
-    """A broker serving on a socket in a thread; ``jobs`` (what squeue lists here) and
-    ``pid_job`` (what slurmd says of the asking pid) are the test's to set."""
+    """A broker serving on a socket in threads; what it is told is the test's to set."""
 
     def __init__(self, tmp: Path) -> None:
-        self.pid_job: str | Refused = JOB
         self.socket = tmp / "run" / "stage-credentials.sock"
-        self.jobs: list[NodeJob] | None = [NodeJob(JOB, os.getuid(), "sid-1")]
+        self.jobs: list[NodeJob] | None = [NodeJob(JOB, os.getuid(), SID)]
+        self.pid_job: str | Refused = JOB
+        self.record: Record | None = _accepted()
         self.clock = dt.datetime.now(dt.UTC)
+        self.sts = SpySts(boto3.client("sts", region_name="us-east-1"))
         self.broker = Broker(
             role_arn=ROLE,
             node=NODE,
             region="us-east-1",
-            sts=boto3.client("sts", region_name="us-east-1"),
+            sts=self.sts,
             jobs=lambda: self.jobs,
+            submission=self._submission,
             job_of=self._job_of,
             now=lambda: self.clock,
         )
         self.server = listen(self.socket)
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(
+            target=serve, args=(self.server, self.broker), kwargs={"stop": self.stop_event}
+        )
         self.thread.start()
 
     def _job_of(self, pid: int) -> str:
@@ -71,18 +103,14 @@ class Node:
             raise self.pid_job
         return self.pid_job
 
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                serve_one(self.server, self.broker)
-            except OSError:
-                return
+    def _submission(self, sid: str) -> Record | None:
+        return self.record if self.record and self.record.submission_id == sid else None
 
     def stop(self) -> None:
-        self._stop = True
-        self.server.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept (close alone does not)
+        self.stop_event.set()
+        self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone does not)
         self.server.close()
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -96,14 +124,24 @@ def node(tmp_path: Path) -> Iterator[Node]:
     assert not served.thread.is_alive()
 
 
-def test_a_job_of_its_own_user_gets_the_reader_session_and_again_until_it_nears_its_end(
+def test_an_approved_stage_job_gets_a_session_narrowed_to_its_object_until_it_nears_its_end(
     node: Node,
 ) -> None:
     first = ask_broker(node.socket)
     assert first["Version"] == 1 and first["Region"] == "us-east-1"
     assert first["AccessKeyId"] and first["SecretAccessKey"] and first["SessionToken"]
+    (policy,) = node.sts.policies
+    assert policy["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": "arn:aws:s3:::lab-data/relion_benchmark.tar.gz",
+        },
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::lab-data"},
+    ]
     expires = dt.datetime.fromisoformat(first["Expiration"])
     assert ask_broker(node.socket)["AccessKeyId"] == first["AccessKeyId"]
+    assert len(node.sts.policies) == 1, "a fresh session is handed out again, not re-assumed"
 
     node.clock = expires - REUSE_MARGIN + dt.timedelta(seconds=1)
     assert ask_broker(node.socket)["AccessKeyId"] != first["AccessKeyId"]
@@ -113,28 +151,105 @@ def test_a_job_of_its_own_user_gets_the_reader_session_and_again_until_it_nears_
     ("change", "reason"),
     [
         ({"pid_job": Refused("pid 9: not a process of a Slurm job")}, "not a process of a"),
-        ({"jobs": [NodeJob(JOB, os.getuid() + 1, "sid-1")]}, f"job {JOB} is not uid"),
-        ({"jobs": [NodeJob("7", os.getuid(), "sid-2")]}, f"job {JOB} is not an intake job"),
-        ({"jobs": None}, "Slurm did not answer which jobs run here"),
+        ({"jobs": [NodeJob(JOB, os.getuid() + 1, SID)]}, f"job {JOB} is not uid"),
+        ({"jobs": [NodeJob("7", os.getuid(), SID)]}, f"job {JOB} is not an intake job"),
+        ({"record": None}, f"job {JOB}: no submission '{SID}' in the intake table"),
+        ({"record": _accepted(job_id="41")}, f"submission {SID} is accepted for job 41"),
+        ({"record": _accepted(state=REJECTED)}, f"submission {SID} is rejected for job"),
+        ({"record": _accepted(template="class3d")}, "is a class3d job, not stage"),
+        (
+            {"record": _accepted(parameters='{"source": "https://x.org/a.tar.gz"}')},
+            "stages from no s3:// object",
+        ),
     ],
-    ids=["no-job", "another-users-job", "job-not-here", "slurm-silent"],
+    ids=[
+        "not-a-job",
+        "another-users-job",
+        "job-not-here",
+        "forged-comment",
+        "another-jobs-submission",
+        "rejected",
+        "not-stage",
+        "http-source",
+    ],
 )
-def test_a_process_that_cannot_show_its_own_job_here_is_refused_by_name(
+def test_a_process_the_intake_did_not_approve_is_refused_by_name(
     node: Node, change: dict[str, Any], reason: str
 ) -> None:
-    if "pid_job" in change:
-        node.pid_job = change["pid_job"]
-    if "jobs" in change:
-        node.jobs = change["jobs"]
+    for name, value in change.items():
+        setattr(node, name, value)
     with pytest.raises(StagingError, match="the node's S3 credential broker: refused: ") as err:
-        ask_broker(node.socket)
+        ask_broker(node.socket, patience_s=0)
     assert reason in str(err.value)
     assert "\n" not in str(err.value)
+    assert node.sts.policies == [], "nothing was assumed"
+
+
+def test_a_job_that_starts_before_its_acceptance_is_written_asks_again(node: Node) -> None:
+    node.record = _accepted(state=SUBMITTING, job_id=None)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            node.record = _accepted()
+
+    assert ask_broker(node.socket, sleep=sleep)["AccessKeyId"]
+    assert waits == [1.0, 2.0]
+    node.record = _accepted(state=SUBMITTING, job_id=None)
+    with pytest.raises(StagingError, match="is still being decided"):
+        ask_broker(node.socket, patience_s=0)
+
+
+def test_a_connection_held_open_stalls_no_one_and_a_fault_is_answered(node: Node) -> None:
+    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        for held in idle:
+            held.connect(str(node.socket))
+        started = time.monotonic()
+        assert ask_broker(node.socket)["AccessKeyId"]
+        assert time.monotonic() - started < 5
+    finally:
+        for held in idle:
+            held.close()
+
+    def broken(sid: str) -> Record | None:
+        raise RuntimeError("a bug the test put here")
+
+    node.broker.submission = broken
+    with pytest.raises(StagingError, match="the broker failed on this request"):
+        ask_broker(node.socket, patience_s=0)
+    node.broker.submission = node._submission
+    assert ask_broker(node.socket)["AccessKeyId"], "the broker goes on serving"
+
+
+def test_a_socket_served_by_anyone_but_the_broker_is_not_believed(node: Node) -> None:
+    with pytest.raises(StagingError, match=r"is served by uid \d+, not the node's broker"):
+        ask_broker(node.socket, server_uid=os.getuid() + 1)
 
 
 def test_a_node_without_a_broker_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(StagingError, match=r"no S3 credential broker at .*stage_buckets="):
         ask_broker(tmp_path / "absent.sock")
+
+
+def test_an_unreadable_squeue_answer_is_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes that are not UTF-8 (a job's name is its owner's to choose), an entry without its
+    fields, text that is not JSON: the node's daemons read what they can and go on."""
+    squeue = tmp_path / "squeue"
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+
+    def answers(body: bytes) -> list[NodeJob] | None:
+        squeue.write_bytes(b"#!/bin/sh\ncat <<'EOF'\n" + body + b"\nEOF\n")
+        squeue.chmod(0o755)
+        return squeue_node_jobs(NODE)
+
+    intake_job = b'{"job_id": 5, "user_id": 1000, "comment": "relion-spot:s", "name": "\xff"}'
+    assert answers(b'{"jobs": [' + intake_job + b"]}") == [NodeJob("5", 1000, "s")]
+    assert answers(b'{"jobs": [{"comment": "relion-spot:s"}]}') is None
+    assert answers(b"slurm_load_jobs error: Unable to contact slurm controller") is None
 
 
 def test_a_staging_job_reads_s3_only_with_the_brokers_session(
@@ -157,14 +272,10 @@ def test_a_staging_job_reads_s3_only_with_the_brokers_session(
     assert granted.access_key == ask_broker(node.socket)["AccessKeyId"]
 
     dest = tmp_path / "bench"
-    argv = ["fetch", "--source", "s3://lab-data/relion_benchmark.tar.gz", "--dest", str(dest)]
+    argv = ["fetch", "--source", SOURCE, "--dest", str(dest)]
     assert staging_main([*argv, "--s3-credentials", str(node.socket)]) == 0
     assert (dest / MARKER).is_file()
 
     node.jobs = []
-    assert (
-        staging_main(
-            [*argv, "--dest", str(tmp_path / "again"), "--s3-credentials", str(node.socket)]
-        )
-        == 1
-    )
+    again = ["fetch", "--source", SOURCE, "--dest", str(tmp_path / "again")]
+    assert staging_main([*again, "--s3-credentials", str(node.socket)]) == 1

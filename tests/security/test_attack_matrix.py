@@ -329,8 +329,8 @@ def test_a_staging_job_reads_s3_only_through_the_nodes_broker(
 ) -> None:
     """A stage submission from s3:// runs on a CPU node as the job user, which holds no
     credentials: the node's root broker hands it the stage reader's session and it stages. The
-    same fetch from a job that is not the intake's is refused by the broker, by name, and stages
-    nothing."""
+    same fetch from a job that is not the intake's, or that wrote the intake's comment on itself,
+    is refused by the broker, by name, and stages nothing."""
     s3 = cloud.client("s3")
     s3.create_bucket(Bucket=STAGE_BUCKET)
     s3.put_object(Bucket=STAGE_BUCKET, Key=STAGE_KEY, Body=benchmark_tar)
@@ -358,24 +358,32 @@ def test_a_staging_job_reads_s3_only_through_the_nodes_broker(
     assert (_data(cloud) / "staged" / STAGED_MARKER).is_file()
     node, container = _node_of(cloud, job_id)
     assert node.startswith("cpu-")
-    assert f"job {job_id} (uid 1000): S3 read credentials until" in cloud.local.logs(container)
+    assert f"job {job_id} (uid 1000): S3 read of {source} until" in cloud.local.logs(container)
 
+    # A job of the same user, not the intake's: without the intake's comment, and with one it
+    # wrote itself naming the accepted submission (a comment is its owner's to set).
     line = (
         "/opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
         f"--source {source} --dest /data/not-staged --s3-credentials {BROKER_SOCKET}"
     )
-    outsider = sbatch(
-        cloud.local, ["-p", "cpu", "-w", node, "-o", "/data/outsider-%j.out", "--wrap", line]
-    )
-    wait_until(
-        lambda: job(cloud.local, outsider).get("JobState") in ("COMPLETED", "FAILED"),
-        timeout=120,
-        what=lambda: f"job {outsider} to end ({job(cloud.local, outsider)})",
-    )
-    assert job(cloud.local, outsider)["JobState"] == "FAILED"
-    said = (_data(cloud) / f"outsider-{outsider}.out").read_text()
-    assert f"refused: job {outsider} is not an intake job running on {node}" in said, said
-    assert not (_data(cloud) / "not-staged" / STAGED_MARKER).exists()
+    forged = f"--comment=relion-spot:{submission.submission_id}"
+    for extra, reason in (
+        ([], "is not an intake job running on"),
+        ([forged], f"submission {submission.submission_id} is accepted for job {job_id}"),
+    ):
+        outsider = sbatch(
+            cloud.local,
+            ["-p", "cpu", "-w", node, *extra, "-o", "/data/outsider-%j.out", "--wrap", line],
+        )
+        wait_until(
+            lambda o=outsider: job(cloud.local, o).get("JobState") in ("COMPLETED", "FAILED"),
+            timeout=120,
+            what=lambda o=outsider: f"job {o} to end ({job(cloud.local, o)})",
+        )
+        assert job(cloud.local, outsider)["JobState"] == "FAILED"
+        said = (_data(cloud) / f"outsider-{outsider}.out").read_text()
+        assert f"refused: job {outsider}" in said and reason in said, said
+        assert not (_data(cloud) / "not-staged" / STAGED_MARKER).exists()
 
 
 def test_a_link_planted_at_the_spot_event_log_is_not_followed_by_the_watcher(
