@@ -321,6 +321,21 @@ def status_row(item: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, A
         "resolution_angstrom": progress.get("resolution_angstrom"),
         "eta_seconds": progress.get("eta_seconds"),
         "resumes": progress.get("resumes"),
+        "classes": [
+            dict(
+                zip(
+                    (
+                        "share",
+                        "resolution_angstrom",
+                        "accuracy_rotation_deg",
+                        "accuracy_translation_angstrom",
+                    ),
+                    row,
+                    strict=False,
+                )
+            )
+            for row in progress.get("classes") or []
+        ],
         "cost_usd": usd,
         "message": item.get("cancel_message") or item.get("message") or "",
         "held_reason": item.get("held_reason") or "",

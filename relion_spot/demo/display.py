@@ -102,6 +102,7 @@ class Display:
             table.add_row(name, value)
         self.console.print(table)
         self.console.print(f"convergence plot: {result.plot or '-'}", soft_wrap=True)
+        self.console.print(f"classes: {result.classes_plot or '-'}", soft_wrap=True)
 
 
 def _figure(value: float | None, form: str) -> str:

@@ -91,6 +91,8 @@ class DemoResult:
     cost_breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per component (compute, ebs, storage_io): dollars, reclaimed dollars, reclaimed share."""
     plot: str = ""
+    classes_plot: str = ""
+    """The classes' central slices with their share, resolution and accuracy (PNG)."""
     wall_seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds per phase: setup, data, cloud, submit -> running, run, pricing."""
@@ -184,7 +186,7 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     from ..local.embedded import INTAKE_TABLE, EmbeddedCloud
     from ..relion import score
     from ..relion.checkpoint import read_history
-    from ..relion.progress import plot_path, progress_path
+    from ..relion.progress import classes_path, plot_path, progress_path
     from ..relion.synthetic import load_manifest
     from ..settings import Settings
     from ..slurm.local import scontrol_fields, wait_until
@@ -314,6 +316,8 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     result.launcher = str(history.get("launcher", ""))
     if plot_path(run_root).is_file():
         result.plot = str(plot_path(run_root))
+    if classes_path(run_root).is_file():
+        result.classes_plot = str(classes_path(run_root))
     scores = score.score_run(run_root, project / manifest["files"]["truth"])
     if scores:
         result.accuracy = round(scores[-1].accuracy, 3)

@@ -19,7 +19,9 @@ relion_spot.node.metadata_guard), so reporting takes two hands:
                  current_iteration, requested_iterations, resolution_angstrom, eta_seconds,
                  seconds_per_iteration, resumes, resumed_from, updated, and ``history``: one
                  list per iteration, [iteration, resolution Å, changed-class fraction,
-                 [class distribution ...]], enough to redraw the convergence plot
+                 [class distribution ...]], enough to redraw the convergence plot, and
+                 ``classes``: per class of the newest iteration [share, resolution Å,
+                 angular accuracy °, offset accuracy Å]
     log_tail  S  the last lines of the job's output file (at most LOG_TAIL_BYTES)
 
 This is what ``relion-spot status``, ``logs`` and ``plot`` read: the user's AWS credentials
@@ -64,6 +66,8 @@ LOG_TAIL_BYTES = 8192
 RUNNING = "RUNNING"
 FINISHED = "FINISHED"
 STOPPED = "STOPPED"
+MAX_CLASSES = 100
+"""More classes than any classification asks for (RELION's K is a handful)."""
 SUMMARY_FIELDS = (
     "current_iteration",
     "requested_iterations",
@@ -111,6 +115,22 @@ def compact(record: Mapping[str, Any], *, state: str, job_id: str = "") -> dict[
             [_rounded(share, 4) for share in row.get("class_distribution") or []],
         ]
         for row in record.get("iterations") or []
+    ]
+    newest = (record.get("iterations") or [{}])[-1]
+    shares = newest.get("class_distribution") or []
+    summary["classes"] = [
+        [
+            _rounded(share, 4),
+            *(
+                _rounded(figures[k] if k < len(figures) else None, 2)
+                for figures in (
+                    newest.get("class_resolution_angstrom") or [],
+                    newest.get("class_accuracy_rotation_deg") or [],
+                    newest.get("class_accuracy_translation_angstrom") or [],
+                )
+            ),
+        ]
+        for k, share in enumerate(shares)
     ]
     return summary
 
@@ -191,9 +211,23 @@ class JobReport:
             raise ReportError("progress must be an object and log_tail a string")
         if progress.get("state") not in STATES:
             raise ReportError(f"state {progress.get('state')!r} is not one of {STATES}")
-        unknown = set(progress) - {*SUMMARY_FIELDS, "state", "job_id", "history"}
+        unknown = set(progress) - {*SUMMARY_FIELDS, "state", "job_id", "history", "classes"}
         if unknown:
             raise ReportError(f"unknown progress fields {sorted(unknown)}")
+        classes = progress.get("classes", [])
+        if (
+            not isinstance(classes, list)
+            or len(classes) > MAX_CLASSES
+            or not all(
+                isinstance(row, list)
+                and len(row) == 4
+                and all(v is None or type(v) in (int, float) for v in row)
+                for row in classes
+            )
+        ):
+            raise ReportError(
+                f"classes must be at most {MAX_CLASSES} lists of four numbers (or nulls)"
+            )
         for name in ("current_iteration", "requested_iterations"):
             value = progress.get(name)
             if value is not None and (type(value) is not int or not 0 <= value < 10**6):

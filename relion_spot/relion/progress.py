@@ -23,7 +23,7 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +47,10 @@ class IterationProgress:
     seconds: float | None
     """Wall seconds since the previous iteration's files; includes downtime after a reclaim."""
     after_resume: bool
+    class_resolution_angstrom: list[float | None] = field(default_factory=list)
+    """Each class's estimated resolution (model_classes rlnEstimatedResolution)."""
+    class_accuracy_rotation_deg: list[float | None] = field(default_factory=list)
+    class_accuracy_translation_angstrom: list[float | None] = field(default_factory=list)
 
 
 def progress_path(root: Path) -> Path:
@@ -55,6 +59,10 @@ def progress_path(root: Path) -> Path:
 
 def plot_path(root: Path) -> Path:
     return root.parent / f"{root.name}_convergence.png"
+
+
+def classes_path(root: Path) -> Path:
+    return root.parent / f"{root.name}_classes.png"
 
 
 def _figure(value: object) -> float | None:
@@ -90,7 +98,16 @@ def read_iteration(root: Path, iteration: int) -> tuple[IterationProgress, int] 
             starfile.read(f"{stem}_optimiser.star", always_dict=True), "optimiser_general"
         )
         general = _general(model, "model_general")
-        distribution = [round(float(v), 6) for v in model["model_classes"]["rlnClassDistribution"]]
+        classes = model["model_classes"]
+        distribution = [round(float(v), 6) for v in classes["rlnClassDistribution"]]
+        per_class = {
+            name: [_figure(v) for v in classes[name]] if name in classes else []
+            for name in (
+                "rlnEstimatedResolution",
+                "rlnAccuracyRotations",
+                "rlnAccuracyTranslationsAngst",
+            )
+        }
     except Exception:  # a file being written or cut short: this iteration is not readable yet
         return None
     progress = IterationProgress(
@@ -101,6 +118,9 @@ def read_iteration(root: Path, iteration: int) -> tuple[IterationProgress, int] 
         changed_class_fraction=_figure(optimiser.get("rlnChangesOptimalClasses")),
         seconds=None,
         after_resume=False,
+        class_resolution_angstrom=per_class["rlnEstimatedResolution"],
+        class_accuracy_rotation_deg=per_class["rlnAccuracyRotations"],
+        class_accuracy_translation_angstrom=per_class["rlnAccuracyTranslationsAngst"],
     )
     return progress, int(optimiser.get("rlnNumberOfIterations", 0))
 
@@ -265,13 +285,95 @@ def plot(root: Path, record: dict, path: Path | None = None) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class ClassPanels:
+    """The class picture: where it was written and, per class, the pixel boxes of its three
+    slices in it (left, bottom, right, top from the image's bottom-left), for a reader to check."""
+
+    path: Path
+    iteration: int
+    boxes: list[list[tuple[int, int, int, int]]]
+
+
+def _fraction(value: float | None, digits: int, unit: str) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def plot_classes(root: Path, record: dict, path: Path | None = None) -> ClassPanels | None:
+    """Each class map of the newest iteration as its three central slices (XY, XZ, YZ), one row
+    per class, titled with its share of the particles, its estimated resolution and its angular
+    and offset accuracy: what a scientist picks classes by. Only the slices are read from each
+    map (memory-mapped), so a large box costs three planes, not the volume. None while the
+    newest iteration has no readable maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mrcfile
+
+    rows = record["iterations"]
+    if not rows:
+        return None
+    row = rows[-1]
+    stem = iteration_root(root, row["iteration"])
+    slices = []
+    for k in range(1, len(row["class_distribution"]) + 1):
+        try:
+            with mrcfile.mmap(f"{stem}_class{k:03d}.mrc", mode="r", permissive=True) as mrc:
+                volume = mrc.data
+                if volume is None or volume.ndim != 3:
+                    return None
+                z, y, x = (n // 2 for n in volume.shape)
+                slices.append((volume[z].copy(), volume[:, y, :].copy(), volume[:, :, x].copy()))
+        except (OSError, ValueError):  # being written, cut short, or not yet there
+            return None
+    figure, axes = plt.subplots(
+        len(slices), 3, figsize=(6.6, 2.3 * len(slices) + 0.5), squeeze=False
+    )
+    figure.suptitle(f"{record['run']}: classes at iteration {row['iteration']}")
+    resolutions = row.get("class_resolution_angstrom") or []
+    rotations = row.get("class_accuracy_rotation_deg") or []
+    offsets = row.get("class_accuracy_translation_angstrom") or []
+    for k, planes in enumerate(slices):
+        share = row["class_distribution"][k]
+        title = (
+            f"class {k + 1}: {share:.1%} of particles, "
+            f"{_fraction(resolutions[k] if k < len(resolutions) else None, 1, ' Å')}, "
+            f"accuracy {_fraction(rotations[k] if k < len(rotations) else None, 1, '°')} / "
+            f"{_fraction(offsets[k] if k < len(offsets) else None, 1, ' Å')}"
+        )
+        for axis, plane, name in zip(axes[k], planes, ("XY", "XZ", "YZ"), strict=True):
+            axis.imshow(plane, cmap="gray", origin="lower")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.text(0.03, 0.96, name, transform=axis.transAxes, color="gold",
+                      fontsize="x-small", va="top")  # fmt: skip
+        axes[k][1].set_title(title, fontsize="small")
+    figure.tight_layout()
+    figure.canvas.draw()
+    boxes = [
+        [
+            (round(b.x0), round(b.y0), round(b.x1), round(b.y1))
+            for b in (axis.get_window_extent() for axis in axes_row)
+        ]
+        for axes_row in axes
+    ]
+    path = path or classes_path(root)
+    temporary = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(temporary, dpi=figure.dpi)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return ClassPanels(path, int(row["iteration"]), boxes)
+
+
 def update(
     root: Path, requested_iterations: int | None = None, *, cache: IterationCache | None = None
 ) -> dict:
-    """Collect, write the JSON record and redraw the plot; returns the record."""
+    """Collect, write the JSON record and redraw the pictures; returns the record."""
     record = collect(root, requested_iterations, cache=cache)
     write_record(root, record)
     plot(root, record)
+    plot_classes(root, record)
     return record
 
 

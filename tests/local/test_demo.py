@@ -49,6 +49,7 @@ def test_the_demo_classifies_survives_a_reclaim_and_prices_it(
     assert 0 < result["reclaimed_share"] < 1, result
     assert Path(result["plot"]).is_file()
     assert result["plot"].endswith(".png")
+    assert Path(result["classes_plot"]).is_file(), "the classes' central slices, drawn in the job"
     print(f"\ndemo: {result['wall_seconds']:.0f} s, phases {result['phases']}")
 
 

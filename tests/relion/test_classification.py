@@ -11,6 +11,7 @@ from pathlib import Path
 import mrcfile
 import pytest
 
+from relion_spot.intake.report import compact
 from relion_spot.relion.checkpoint import (
     check_iteration,
     find_resume_point,
@@ -18,7 +19,13 @@ from relion_spot.relion.checkpoint import (
     iteration_files,
     snapshot_dir,
 )
-from relion_spot.relion.progress import collect, plot_path, progress_path
+from relion_spot.relion.progress import (
+    classes_path,
+    collect,
+    plot_classes,
+    plot_path,
+    progress_path,
+)
 from relion_spot.relion.score import score_run
 from relion_spot.relion.synthetic import SyntheticResult
 
@@ -195,6 +202,43 @@ def test_progress_record_and_plot(resumed: RunRecord) -> None:
     assert record["eta_seconds"] == 0.0
     with plot_path(resumed.root).open("rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    for row in record["iterations"]:
+        for name in ("class_resolution_angstrom", "class_accuracy_rotation_deg"):
+            assert len(row[name]) == SPEC.classes, (name, row)
+        assert all(2 * SPEC.angpix <= r <= 999 for r in row["class_resolution_angstrom"] if r)
+    newest = record["iterations"][-1]
+    assert all(r is not None for r in newest["class_resolution_angstrom"])
+    assert all(a is not None and a >= 0 for a in newest["class_accuracy_rotation_deg"])
+    stored = compact(record, state="FINISHED")["classes"]
+    assert len(stored) == SPEC.classes
+    assert [c[0] for c in stored] == [round(x, 4) for x in newest["class_distribution"]]
+    assert classes_path(resumed.root).is_file(), "the watcher drew the classes"
+
+
+def test_the_class_picture_has_one_row_of_three_slices_per_class_with_content(
+    uninterrupted: RunRecord, tmp_path: Path
+) -> None:
+    """A screenshot-like check: each of the K x 3 panels in the PNG holds an image, not a
+    blank, and the slices differ between classes."""
+    import matplotlib.image
+
+    record = collect(uninterrupted.root)
+    panels = plot_classes(uninterrupted.root, record, path=tmp_path / "classes.png")
+    assert panels is not None and panels.iteration == ITERATIONS
+    assert len(panels.boxes) == SPEC.classes and all(len(row) == 3 for row in panels.boxes)
+    image = matplotlib.image.imread(panels.path)
+    height = image.shape[0]
+    crops = []
+    for row in panels.boxes:
+        for left, bottom, right, top in row:
+            crop = image[height - top + 2 : height - bottom - 2, left + 2 : right - 2, :3]
+            assert crop.size and float(crop.std()) > 0.02, "a panel without content"
+            crops.append(crop)
+    first_xy, second_xy = crops[0], crops[3]
+    shape = tuple(min(a, b) for a, b in zip(first_xy.shape, second_xy.shape, strict=True))
+    assert (
+        abs(first_xy[: shape[0], : shape[1]] - second_xy[: shape[0], : shape[1]]).mean() > 0.01
+    ), "two classes drew the same slice"
 
 
 def test_class_maps_have_the_data_sets_geometry(uninterrupted: RunRecord) -> None:
