@@ -130,4 +130,5 @@ class JobPreparer:
             f"preflight ok: {p.count} particles, box {p.box} at {p.angpix:g} A/px, "
             f"K={report.classes}, {report.iterations} iterations; GPU ~"
             f"{report.gpu_gib_needed:.1f} GiB, scratch {report.scratch_gb_needed:.1f} GB"
+            + "".join(f"; {note}" for note in report.notes).replace(str(here), params.project_dir)
         )

@@ -69,6 +69,8 @@ SWITCHES: tuple[str, ...] = (
     "zero_mask",
     "norm",
     "scale",
+    "skip_align",
+    "blush",
 )
 """Boolean parameters: each is its relion_refine flag, given when true."""
 
@@ -90,7 +92,7 @@ MANAGED_FLAGS: frozenset[str] = frozenset(
     }
     | {f"--{name}" for name in RANGES}
     | {f"--{name}" for name in SWITCHES}
-    | {"--sym"}
+    | {"--sym", "--solvent_mask"}
 )
 """Flags the template or a named parameter sets; giving one again as an extra flag is refused."""
 
@@ -124,6 +126,14 @@ class Class3dParams:
     zero_mask: bool = True
     norm: bool = True
     scale: bool = True
+    skip_align: bool = False
+    """Classify without aligning (RELION's --skip_align), e.g. on a refined consensus."""
+    blush: bool = False
+    """Reconstruct with Blush regularisation (RELION 5's --blush; needs its model in the image)."""
+    solvent_mask: str | None = None
+    """--solvent_mask, relative to the project directory (a soft mask on the reference's box
+    and pixel size, values 0 to 1; preflight checks all of it). None: RELION's spherical mask
+    of particle_diameter."""
     project_dir: str = "/data/relion_benchmark"
     """Where the job runs (--i and --ref are relative to it); on the EFS /data mount."""
     output_dir: str = "Class3D"
@@ -157,8 +167,11 @@ class Class3dParams:
                 raise JobParameterError(
                     f"parameter {name} = {getattr(self, name)!r} is not valid: an absolute path"
                 )
-        for name in ("particles", "reference"):
-            _check_relative(name, getattr(self, name))
+        if self.solvent_mask is not None:
+            check_path("solvent_mask", self.solvent_mask)
+        for name in ("particles", "reference", "solvent_mask"):
+            if getattr(self, name) is not None:
+                _check_relative(name, getattr(self, name))
         if not JOB_TYPE.fullmatch(self.output_dir):
             raise JobParameterError(
                 f"parameter output_dir = {self.output_dir!r} is not valid: one directory name "
@@ -198,6 +211,8 @@ class Class3dParams:
         for name in ("flatten_solvent", "zero_mask"):
             if switches[name]:
                 args.append(f"--{name}")
+        if self.solvent_mask is not None:
+            args += ["--solvent_mask", self.solvent_mask]
         args += [
             *("--oversampling", str(self.oversampling)),
             *("--healpix_order", str(self.healpix_order)),
@@ -205,7 +220,7 @@ class Class3dParams:
             *("--offset_step", _number(self.offset_step)),
             *("--sym", self.sym),
         ]
-        for name in ("norm", "scale"):
+        for name in ("norm", "scale", "skip_align", "blush"):
             if switches[name]:
                 args.append(f"--{name}")
         args += ["--random_seed", str(self.random_seed)]

@@ -187,6 +187,48 @@ def read_reference(path: Path) -> tuple[int, float]:
     return dims[0], angpix
 
 
+MASK_TOLERANCE = 1e-3
+"""How far outside 0..1 a soft mask's values may stray (float rounding in masking tools)."""
+
+
+def check_mask(path: Path, box: int, angpix: float) -> str:
+    """A solvent mask RELION can use: a readable cubic MRC on the particles' box and pixel size,
+    values from 0 to 1, not empty. Returns a one-line description for the report."""
+    import numpy as np
+
+    if not path.is_file():
+        raise PreflightError(f"solvent mask {path} does not exist")
+    try:
+        with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+            data = mrc.data
+            mask_angpix = float(mrc.voxel_size.x)
+            if data is None or data.ndim != 3:
+                raise PreflightError(f"solvent mask {path} is not a 3D map")
+            shape = tuple(int(n) for n in data.shape)
+            low, high = float(np.min(data)), float(np.max(data))
+            inside = float(np.count_nonzero(data > 0.5)) / data.size
+    except PreflightError:
+        raise
+    except Exception as error:
+        raise PreflightError(f"solvent mask {path} is not a readable MRC: {error}") from error
+    if len(set(shape)) != 1:
+        size = "x".join(str(n) for n in reversed(shape))  # x, y, z as the MRC header has them
+        raise PreflightError(f"solvent mask {path} is {size}, not a cube")
+    if shape[0] != box:
+        raise PreflightError(f"solvent mask {path} has box {shape[0]}; the particles have {box}")
+    if abs(mask_angpix - angpix) > _PIXEL_TOLERANCE * angpix:
+        raise PreflightError(
+            f"solvent mask {path} has {mask_angpix:g} Å/px; the particles have {angpix:g} Å/px"
+        )
+    if low < -MASK_TOLERANCE or high > 1 + MASK_TOLERANCE:
+        raise PreflightError(
+            f"solvent mask {path} has values from {low:g} to {high:g}; a mask's are 0 to 1"
+        )
+    if high <= 0:
+        raise PreflightError(f"solvent mask {path} is empty (no value above 0)")
+    return f"solvent mask {path.name}: {inside:.1%} of the box inside (value > 0.5)"
+
+
 def gpu_bytes_per_class(current_size: int, pad: float = 2) -> float:
     """GPU memory one class needs at a given image size (pixels) and padding factor."""
     padded = 2 * (round(pad * current_size / 2) + 1) + 1
@@ -259,6 +301,13 @@ def check(
             f"reference map {reference} has {ref_angpix:g} Å/px; the particles have "
             f"{particles.angpix:g} Å/px"
         )
+    notes: list[str] = []
+    if "--solvent_mask" in options:
+        mask = Path(str(options["--solvent_mask"]))
+        notes.append(
+            check_mask(mask if mask.is_absolute() else project / mask, particles.box,
+                       particles.angpix)
+        )  # fmt: skip
     diameter = _number(options, "--particle_diameter", None)
     box_angstrom = particles.box * particles.angpix
     if not 0 < diameter <= box_angstrom:
@@ -273,10 +322,12 @@ def check(
     if "--scratch_dir" in options:
         smallest = min(types, key=lambda t: t.nvme_gb)
         if scratch_needed > smallest.nvme_gb:
-            raise PreflightError(
+            # RELION copies what fits and reads the rest from the shared file system.
+            notes.append(
                 f"the particle stacks ({particles.stack_bytes / _GB:.1f} GB) plus RELION's "
-                f"--keep_free_scratch {keep_free:g} GB do not fit the {smallest.nvme_gb} GB NVMe "
-                f"of {smallest.name}"
+                f"--keep_free_scratch {keep_free:g} GB exceed the {smallest.nvme_gb} GB NVMe of "
+                f"{smallest.name}: RELION copies what fits to scratch and reads the rest from "
+                "/data, slower and (with EFS Elastic) billed per GiB read"
             )
 
     pad = _number(options, "--pad", 2)
@@ -316,6 +367,7 @@ def check(
         gpu_gib_needed=needed_gib,
         scratch_gb_needed=scratch_needed,
         group=[t.name for t in types],
+        notes=notes,
     )
 
 
@@ -362,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         f"K={report.classes}, {report.iterations} iterations; GPU ~{report.gpu_gib_needed:.1f} "
         f"GiB, scratch {report.scratch_gb_needed:.1f} GB on {','.join(report.group)}"
     )
+    for note in report.notes:
+        print(f"preflight note: {note}")
     return 0
 
 

@@ -256,7 +256,7 @@ BAD = [
     ({"extra_flags": "--o elsewhere"}, "--o may not be given here: the job template sets it"),
     ({"extra_flags": "--gpu"}, "--gpu may not be given here"),
     ({"extra_flags": "--continue x_optimiser.star"}, "--continue may not be given here"),
-    ({"extra_flags": ["--solvent_mask", "a;b"]}, "cannot carry safely"),
+    ({"extra_flags": ["--solvent_mask2", "a;b"]}, "cannot carry safely"),
 ]
 
 
@@ -275,3 +275,54 @@ def test_text_values_are_coerced_and_extra_flags_kept() -> None:
     words = _words(1, params=params)
     assert "--ctf" not in words and words[words.index("--maxsig") + 1] == "500"
     assert words[words.index("--tau2_fudge") + 1] == "2.5"
+
+
+def test_a_mask_skip_align_and_blush_are_named_parameters_relion_5_knows() -> None:
+    """RELION 5's own flags (the list is read from its source, scripts/relion-refine-flags.py):
+    each named parameter renders its flag; given again as an extra flag it is refused by name."""
+    params = from_mapping({"solvent_mask": "Masks/soft.mrc", "skip_align": "true", "blush": True})
+    args = params.refine_args()
+    assert args[args.index("--solvent_mask") + 1] == "Masks/soft.mrc"
+    assert "--skip_align" in args and "--blush" in args
+    assert parse_refine_args(args)["--blush"] is None
+    assert "--skip_align" not in Class3dParams().refine_args()
+    for flag in ("--blush", "--skip_align"):
+        with pytest.raises(JobParameterError, match=f"{flag} may not be given here: use the"):
+            from_mapping({"extra_flags": [flag]})
+    for bad in ("../mask.mrc", "/data/mask.mrc", "-mask.mrc"):
+        with pytest.raises(JobParameterError, match=f"parameter solvent_mask = '{bad}'"):
+            from_mapping({"solvent_mask": bad})
+
+
+def test_the_flag_list_is_relion_5s_parser_calls() -> None:
+    import importlib.util
+    import json
+    from importlib import resources
+
+    spec = importlib.util.spec_from_file_location(
+        "refine_flags", Path(__file__).parents[2] / "scripts" / "relion-refine-flags.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    source = """
+        do_gpu = parser.checkOption("--gpu", "Use gpus");
+        gpu_ids = parser.getOption("--gpu", "Device ids", "default");
+        do_blush = parser.checkOption("--blush", "Blush");
+        fn_mask = parser.getOption("--solvent_mask", "Mask", "None");
+        if (checkParameter(argc, argv, "--pipeline_control"))
+            name = getParameter(argc, argv, "--pipeline_control");
+        if (checkParameter(argc, argv, "--version")) print();
+    """
+    assert script.flags_of([source]) == {
+        "--blush": "switch",
+        "--gpu": "optional-value",
+        "--pipeline_control": "value",
+        "--solvent_mask": "value",
+        "--version": "switch",
+    }
+    shipped = json.loads(
+        resources.files("relion_spot.relion").joinpath("relion_refine_flags.json").read_text()
+    )
+    assert shipped["relion_version"] == "5.0.1"
+    assert {"--blush", "--skip_align", "--solvent_mask", "--continue"} <= set(shipped["flags"])

@@ -168,12 +168,59 @@ def test_gpu_group_too_small_names_one_that_fits(
     assert "a node group of g6e.xlarge" in done.stderr
 
 
-def test_stack_larger_than_nvme_is_refused(
+def test_stacks_larger_than_the_nvme_pass_with_a_note_as_relion_copes(
     project: Path, preflight: Callable[..., Outcome]
 ) -> None:
+    """RELION copies what fits to scratch and reads the rest from the shared file system."""
     done = preflight(project, _command(keep_free_scratch="500"), "g5.xlarge")
+    assert done.returncode == 0, done.stderr
+    assert "exceed the 250 GB NVMe of g5.xlarge: RELION copies what fits" in done.stdout
+
+
+def _mask(project: Path, values: np.ndarray, angpix: float = ANGPIX) -> None:
+    with mrcfile.new(project / "mask.mrc", overwrite=True) as mrc:
+        mrc.set_data(values.astype(np.float32))
+        mrc.voxel_size = angpix
+
+
+def _soft_sphere() -> np.ndarray:
+    z, y, x = np.indices((BOX, BOX, BOX)) - BOX / 2
+    radius = np.sqrt(x * x + y * y + z * z)
+    return np.clip((12 - radius) / 4, 0, 1)
+
+
+def test_a_solvent_mask_on_the_particles_grid_passes_with_its_coverage(
+    project: Path, preflight: Callable[..., Outcome]
+) -> None:
+    _mask(project, _soft_sphere())
+    done = preflight(project, _command(solvent_mask="mask.mrc"))
+    assert done.returncode == 0, done.stderr
+    assert "preflight note: solvent mask mask.mrc: " in done.stdout
+    assert "of the box inside (value > 0.5)" in done.stdout
+
+
+MASK_CASES: dict[str, tuple[Callable[[Path], None] | None, str]] = {
+    "missing": (None, "solvent mask {p}/mask.mrc does not exist"),
+    "other box": (lambda p: _mask(p, np.ones((16, 16, 16)) * 0.5), "has box 16; the particles"),
+    "not a cube": (lambda p: _mask(p, np.ones((BOX, BOX, 16)) * 0.5), f"is 16x{BOX}x{BOX}"),
+    "other pixel": (lambda p: _mask(p, _soft_sphere(), 3.0), "has 3 Å/px; the particles have 2"),
+    "beyond 0..1": (lambda p: _mask(p, _soft_sphere() * 5), "values from 0 to 5; a mask's are"),
+    "empty": (lambda p: _mask(p, np.zeros((BOX, BOX, BOX))), "is empty (no value above 0)"),
+    "not an MRC": (lambda p: (p / "mask.mrc").write_text("mask"), "is not a readable MRC"),
+}
+
+
+@pytest.mark.parametrize("case", list(MASK_CASES))
+def test_a_solvent_mask_relion_cannot_use_is_one_clear_message(
+    project: Path, case: str, preflight: Callable[..., Outcome]
+) -> None:
+    damage, message = MASK_CASES[case]
+    if damage is not None:
+        damage(project)
+    done = preflight(project, _command(solvent_mask="mask.mrc"))
     assert done.returncode == 2
-    assert "do not fit the 250 GB NVMe of g5.xlarge" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message.format(p=project) in done.stderr
 
 
 def test_unknown_instance_type_is_refused(project: Path, preflight: Callable[..., Outcome]) -> None:
