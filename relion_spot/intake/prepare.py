@@ -76,6 +76,12 @@ class JobPreparer:
                 script=render_stage(params),
                 note=f"staging {params.source} into {params.dest} on the CPU partition",
             )
+        if "--blush" in params.extra_flags and self.image is None:
+            raise JobRejected(
+                "parameter extra_flags: --blush needs RELION's Blush environment (PyTorch and "
+                "its model weights), which the project's RELION image does not carry; deploy "
+                "with -c relion_image=<an image that has it> to use Blush"
+            )
         try:
             shape = NodeShape.for_types(self.instance_types)
             script = render(shape, params, mode=self.mode, image=self.image)

@@ -70,7 +70,6 @@ SWITCHES: tuple[str, ...] = (
     "norm",
     "scale",
     "skip_align",
-    "blush",
 )
 """Boolean parameters: each is its relion_refine flag, given when true."""
 
@@ -128,8 +127,6 @@ class Class3dParams:
     scale: bool = True
     skip_align: bool = False
     """Classify without aligning (RELION's --skip_align), e.g. on a refined consensus."""
-    blush: bool = False
-    """Reconstruct with Blush regularisation (RELION 5's --blush; needs its model in the image)."""
     solvent_mask: str | None = None
     """--solvent_mask, relative to the project directory (a soft mask on the reference's box
     and pixel size, values 0 to 1; preflight checks all of it). None: RELION's spherical mask
@@ -220,7 +217,7 @@ class Class3dParams:
             *("--offset_step", _number(self.offset_step)),
             *("--sym", self.sym),
         ]
-        for name in ("norm", "scale", "skip_align", "blush"):
+        for name in ("norm", "scale", "skip_align"):
             if switches[name]:
                 args.append(f"--{name}")
         args += ["--random_seed", str(self.random_seed)]

@@ -512,3 +512,16 @@ def test_stage_buckets_come_from_the_environment() -> None:
         "a-b",
         "c.d",
     )
+
+
+def test_blush_on_the_projects_own_image_is_refused_before_any_node() -> None:
+    """The project's RELION image carries no PyTorch or Blush weights: RELION would fail on a
+    paid GPU node, so the intake says so at once; a lab's own image is trusted to have them."""
+    from relion_spot.intake.prepare import JobRejected
+    from relion_spot.jobs import from_mapping
+
+    params = from_mapping({"extra_flags": ["--blush"]})
+    with pytest.raises(JobRejected, match="--blush needs RELION's Blush environment"):
+        JobPreparer.from_spec(cluster_spec())(params)
+    own = JobPreparer.from_spec(cluster_spec(), image="docker://lab/relion-blush:5.0.1")
+    assert "--blush" in own(params).script
