@@ -9,6 +9,8 @@ import pytest
 
 from relion_spot.estimate import cli
 from relion_spot.estimate.idle import (
+    FREE_CUSTOM_RESOURCES,
+    ITEMIZED_CUSTOM_RESOURCES,
     UnpricedResource,
     estimate_templates,
     load_prices,
@@ -59,6 +61,9 @@ def test_a_default_cluster_asleep_bills_nothing(plain_default_synth) -> None:
     assert sum(i.usd_month_controller_asleep for i in rest) == pytest.approx(0.50)
     assert estimate.total(controller_up=False) == pytest.approx(0.50), "the whole deployment"
     assert not [i for i in estimate.items if "dashboard" in i.what]
+    (key,) = [i for i in estimate.items if i.stack == "relion-spot-gpu1" and "key" in i.what]
+    assert key.what == "Slurm key (SSM SecureString, Standard tier)"
+    assert (key.usd_month_controller_up, key.usd_month_controller_asleep) == (0.0, 0.0)
 
 
 def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth) -> None:
@@ -81,10 +86,18 @@ def test_nat_modes_carry_their_standing_cost(alternate_synth, nat_gateway_synth)
     )
 
 
-def test_an_unknown_resource_type_is_refused_not_counted_free() -> None:
-    template = {"Resources": {"Db": {"Type": "AWS::RDS::DBInstance", "Properties": {}}}}
-    with pytest.raises(UnpricedResource, match="AWS::RDS::DBInstance"):
+@pytest.mark.parametrize("kind", ["AWS::RDS::DBInstance", "Custom::Anything"])
+def test_an_unknown_resource_type_is_refused_not_counted_free(kind: str) -> None:
+    """A custom resource too: its function may make something that bills every month."""
+    template = {"Resources": {"Db": {"Type": kind, "Properties": {}}}}
+    with pytest.raises(UnpricedResource, match=kind):
         estimate_templates({"s": template})
+
+
+def test_every_free_custom_resource_says_why() -> None:
+    for kind, reason in FREE_CUSTOM_RESOURCES.items():
+        assert kind.startswith("Custom::") and len(reason) > 20, kind
+    assert set(ITEMIZED_CUSTOM_RESOURCES) <= set(FREE_CUSTOM_RESOURCES)
 
 
 def test_report_prints_per_cluster_figures(default_synth) -> None:
