@@ -106,13 +106,6 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
     account = _as_nag_renders(stack, stack.account, "AccountId")
     account_arn = f"arn:{partition}:ec2:{stack.region}:{account}"
     _ack(
-        controller.auth_key.node.default_child,
-        "AwsSolutions-SMG4",
-        "The Slurm auth key is shared by slurmctld and every slurmd of one cluster; rotating it "
-        "needs all of them restarted at once, which a redeploy does. It never leaves the "
-        "cluster's own task and nodes.",
-    )
-    _ack(
         controller.cluster.node.default_child,
         "AwsSolutions-ECS4",
         "Container Insights bills per metric for a single quarter-vCPU task; slurmctld logs to "
@@ -122,7 +115,7 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
         controller.task_definition.node.default_child,
         "AwsSolutions-ECS2",
         "The environment holds only non-secret wiring (cluster name, launch template ids, "
-        "subnets); the one secret, the Slurm key, is read from Secrets Manager at start.",
+        "subnets); the one secret, the Slurm key, is read from Parameter Store at start.",
     )
 
     task_policy = _default_policy(controller.task_role)

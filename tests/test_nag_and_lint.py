@@ -38,7 +38,6 @@ def test_every_acknowledgement_is_still_needed(monkeypatch, tmp_path) -> None:
         synth_app({"egress": "nat-instance", "name": "nag-probe"}, tmp_path)
     message = str(caught.value)
     for rule in (
-        "AwsSolutions-SMG4",
         "AwsSolutions-ECS4",
         "AwsSolutions-ECS2",
         "AwsSolutions-IAM5",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from aws_cdk.assertions import Capture, Match, Template
@@ -200,7 +201,7 @@ def test_stateful_resources_have_explicit_removal_policies(default_synth, altern
                     "AWS::EFS::FileSystem",
                     "AWS::DynamoDB::Table",
                     "AWS::Logs::LogGroup",
-                    "AWS::SecretsManager::Secret",
+                    "Custom::SlurmKey",
                 ):
                     assert "DeletionPolicy" in resource, f"{name}/{logical_id}"
 
@@ -508,7 +509,7 @@ def test_cost_tables_follow_the_keep_data_setting(default_synth, alternate_synth
 
 def test_controller_gets_its_spec_key_and_address(default_synth) -> None:
     from relion_spot.slurm.entrypoint import CONTROLLER_ADDR_ENV
-    from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
+    from relion_spot.slurm.key import KEY_PARAMETER_ARN_ENV
     from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec
 
     template = default_synth.template("relion-spot-gpu4")
@@ -520,7 +521,78 @@ def test_controller_gets_its_spec_key_and_address(default_synth) -> None:
     assert spec.cluster_name == "relion-spot-gpu4"
     assert spec.default_partition.gpus == 4
     assert env[CONTROLLER_ADDR_ENV] == "relion-spot-gpu4-ctld.relion-spot.internal"
-    assert "SlurmKey" in env[KEY_SECRET_ARN_ENV]["Ref"]
+    assert _text(env[KEY_PARAMETER_ARN_ENV]).endswith(
+        ":parameter/relion-spot/relion-spot-gpu4/slurm-key"
+    )
+
+
+def _text(value) -> str:
+    """A string or a Fn::Join of strings and references, references shown as ``<Name>``;
+    any other intrinsic as its JSON."""
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return f"<{value['Ref']}>"
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(_text(p) for p in parts)
+    return json.dumps(value)
+
+
+KEY_READERS = ("GpuNodesRole", "CpuNodesRole", "ControllerTaskTaskRole")
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_the_slurm_key_is_a_free_secure_string_only_its_cluster_reads(
+    default_synth, stack: str
+) -> None:
+    """Made and deleted by its own custom resource, never in the template; its function may
+    put and delete that one parameter, and the nodes and the controller may read it, no other.
+    No KMS grant: the AWS managed key aws/ssm lets the account's principals use it through
+    Parameter Store."""
+    template = default_synth.template(stack)
+    assert not _resources(template, "AWS::SecretsManager::Secret"), "no $0.40/month secret"
+    ((key_id, key),) = _resources(template, "Custom::SlurmKey").items()
+    name = f"/relion-spot/{stack}/slurm-key"
+    assert set(key["Properties"]) == {"ServiceToken", "ParameterName"}, "no key in the template"
+    assert key["Properties"]["ParameterName"] == name
+    assert (key["DeletionPolicy"], key["UpdateReplacePolicy"]) == ("Delete", "Delete")
+    function = template["Resources"][key["Properties"]["ServiceToken"]["Fn::GetAtt"][0]]
+    assert function["Properties"]["Handler"] == "relion_spot.slurm_key.handler.on_event"
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+
+    grants: dict[str, list[tuple[list[str], list[str]]]] = {}
+    for policy in _resources(template, "AWS::IAM::Policy").values():
+        for role in policy["Properties"].get("Roles", []):
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                grants.setdefault(role["Ref"], []).append(
+                    (
+                        sorted(_as_list(statement["Action"])),
+                        [_text(r) for r in _as_list(statement["Resource"])],
+                    )
+                )
+    key_grants = {
+        role: [g for g in role_grants if any(a.startswith(("ssm:", "kms:")) for a in g[0])]
+        for role, role_grants in grants.items()
+    }
+    ((actions, (arn,)),) = key_grants[role_id]
+    assert actions == ["ssm:DeleteParameter", "ssm:PutParameter"]
+    assert re.fullmatch(rf"arn:[^:]+:ssm:[^:]+:<AWS::AccountId>:parameter{name}", arn), arn
+    readers = {r for r in key_grants if r.startswith(KEY_READERS)}
+    assert len(readers) == len(KEY_READERS)
+    for reader in readers:
+        assert key_grants[reader] == [(["ssm:GetParameter"], [arn])], reader
+    others = {r: g for r, g in key_grants.items() if g and r != role_id and r not in readers}
+    assert others == {}, "nothing else reads or writes a parameter or uses a KMS key"
+    assert not any(
+        a.startswith("secretsmanager:")
+        for role_grants in grants.values()
+        for g in role_grants
+        for a in g[0]
+    )
+    ((_, service),) = _resources(template, "AWS::ECS::Service").items()
+    assert key_id in service["DependsOn"], "slurmctld starts after its key exists"
+    assert "slurm-key" not in json.dumps(template.get("Outputs", {}))
 
 
 def _dashboard_body(template: dict) -> tuple[str, dict]:

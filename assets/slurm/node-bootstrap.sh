@@ -9,7 +9,7 @@
 #   containers_access_point_id    EFS access point for /containers, the SIF cache (fsap-...)
 #   slurm_image                   the Slurm image URI (the controller's image: one Slurm version)
 #   controller                    slurmctld as host[:port] (the controller's Cloud Map name)
-#   key_secret_arn                Secrets Manager ARN of the auth/slurm key
+#   key_parameter_arn             ARN of the auth/slurm key's SSM SecureString parameter
 #   spot_events_table             DynamoDB table for spot reclaim events ('' for none)
 #   intake_table                  the job intake's table, where the node's job-report forwarder
 #                                 (root, beside slurmd) puts the progress its jobs report
@@ -27,7 +27,7 @@
 # format the local NVMe instance store as /scratch (RAID0 over several); mount EFS with TLS and
 # IAM through the access points; shut the metadata service to every non-root user (a firewall
 # rule by uid, before any job can run here); start slurmd from the Slurm image with the GPUs, /scratch and
-# EFS passed in (the image's entrypoint fetches the Slurm key from Secrets Manager and resets the
+# EFS passed in (the image's entrypoint fetches the Slurm key from Parameter Store and resets the
 # signal mask before exec'ing slurmd -b); start the spot watcher inside that container, where
 # scontrol reaches the controller through slurmd's configless cache; on a GPU node, start the
 # CloudWatch agent's GPU metrics for the cluster dashboard (best effort: a node without them
@@ -42,7 +42,7 @@ readonly DATA_ACCESS_POINT='${data_access_point_id}'
 readonly CONTAINERS_ACCESS_POINT='${containers_access_point_id}'
 readonly SLURM_IMAGE='${slurm_image}'
 readonly CONTROLLER='${controller}'
-readonly KEY_SECRET_ARN='${key_secret_arn}'
+readonly KEY_PARAMETER_ARN='${key_parameter_arn}'
 readonly SPOT_EVENTS_TABLE='${spot_events_table}'
 readonly INTAKE_TABLE='${intake_table}'
 readonly STAGE_READ_ROLE='${stage_read_role}'
@@ -212,7 +212,7 @@ docker run -d --name "$$CONTAINER" --network host --ipc host \
   -e RELION_SPOT_JOB_TAGS=1 \
   -e RELION_SPOT_NODE_NAME="$$NODE_NAME" \
   -e RELION_SPOT_CONTROLLER="$$CONTROLLER" \
-  -e RELION_SPOT_SLURM_KEY_SECRET_ARN="$$KEY_SECRET_ARN" \
+  -e RELION_SPOT_SLURM_KEY_PARAMETER_ARN="$$KEY_PARAMETER_ARN" \
   -e RELION_SPOT_METADATA_GUARD=verify \
   -e RELION_SPOT_SPOT_EVENTS_TABLE="$$SPOT_EVENTS_TABLE" \
   -e RELION_SPOT_INTAKE_TABLE="$$INTAKE_TABLE" \

@@ -8,7 +8,6 @@ from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_efs as efs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
@@ -16,8 +15,9 @@ from ..controller_capacity.fallback import ON_DEMAND, SPOT
 from ..settings import ControllerCapacity
 from ..slurm import idle
 from ..slurm.entrypoint import CONTROLLER_ADDR_ENV
-from ..slurm.key import KEY_SECRET_ARN_ENV
+from ..slurm.key import KEY_PARAMETER_ARN_ENV
 from ..slurm.spec import SLURMCTLD_PORT
+from .slurm_key import SlurmKey
 
 STATE_DIR = "/var/spool/slurmctld"
 DATA_DIR = "/data"
@@ -49,7 +49,7 @@ class SlurmController(Construct):
         construct_id: str,
         *,
         cluster_name: str,
-        auth_key: secretsmanager.ISecret,
+        auth_key: SlurmKey,
         dns_name: str,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
@@ -104,7 +104,7 @@ class SlurmController(Construct):
             command=["controller"],
             environment={
                 **environment,
-                KEY_SECRET_ARN_ENV: self.auth_key.secret_arn,
+                KEY_PARAMETER_ARN_ENV: self.auth_key.parameter_arn,
                 CONTROLLER_ADDR_ENV: self.dns_name,
                 idle.CLUSTER_ENV: self.cluster_name,
                 idle.SERVICE_ENV: self.service_name,
@@ -150,6 +150,8 @@ class SlurmController(Construct):
             ),
             circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
         )
+        # slurmctld reads the key at start: never before the key exists, and it stops first.
+        self.auth_key.required_by(self.service)
         # Only its own service, and only its task count (to sleep); waking is the submitter's.
         self.grant_scale(self.task_definition.task_role)
 

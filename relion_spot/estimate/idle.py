@@ -1,8 +1,9 @@
 """Price the standing resources of synthesized templates: everything that bills with no job.
 
 Every resource type is either priced here or listed as billing only with use (requests, bytes,
-GB stored); a type in neither list is an error, so a new resource forces a pricing decision
-instead of silently counting as free. Data at rest (EFS, DynamoDB storage, logs) is excluded.
+GB stored), custom resources included; a type in neither list is an error, so a new resource
+forces a pricing decision instead of silently counting as free. Data at rest (EFS, DynamoDB
+storage, logs) is excluded.
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ USAGE_BILLED = {
     "AWS::SNS::Topic",
 }
 """Types that cost nothing while idle: free, or billed only per request, byte or GB stored."""
+
+FREE_CUSTOM_RESOURCES = {
+    "Custom::SlurmKey": (
+        "the cluster's Slurm key: an SSM Parameter Store SecureString, Standard tier, encrypted "
+        "with the AWS managed key aws/ssm (neither bills a month); its function runs only when "
+        "the stack is deployed or deleted"
+    ),
+    "Custom::ClusterTeardown": "its function runs only when the stack is deleted",
+    "Custom::ServiceLinkedRole": (
+        "its function runs only when the stack is deployed; the role it makes is free"
+    ),
+    "Custom::VpcRestrictDefaultSG": (
+        "CDK's; its function runs only when the stack is deployed and empties a free group"
+    ),
+}
+"""Custom resources by type, each with why it stands free: each is a function (billed per run,
+as ``AWS::Lambda::Function``) that runs only on a deploy or delete."""
+ITEMIZED_CUSTOM_RESOURCES = {"Custom::SlurmKey": "Slurm key (SSM SecureString, Standard tier)"}
+"""Free custom resources shown in the estimate anyway, at $0.00: what a reader looks for there."""
 
 
 @dataclass
@@ -132,9 +152,6 @@ def _price(
     elif kind == "AWS::EC2::EIP":
         month = _per_month(prices, prices["public_ipv4_hour"])
         yield LineItem(stack, logical_id, "Elastic IP", month, month)
-    elif kind == "AWS::SecretsManager::Secret":
-        month = prices["secret_month"]
-        yield LineItem(stack, logical_id, "Secrets Manager secret", month, month)
     elif kind == "AWS::ServiceDiscovery::PrivateDnsNamespace":
         month = prices["private_hosted_zone_month"]
         yield LineItem(stack, logical_id, "Route 53 private hosted zone (Cloud Map)", month, month)
@@ -174,7 +191,9 @@ def _price(
         month = prices["alarm_month"] * watched
         what = "CloudWatch alarm" + (f" over {watched} metrics" if watched > 1 else "")
         yield LineItem(stack, logical_id, what, month, month)
-    elif kind not in USAGE_BILLED and not kind.startswith("Custom::"):
+    elif kind in ITEMIZED_CUSTOM_RESOURCES:
+        yield LineItem(stack, logical_id, ITEMIZED_CUSTOM_RESOURCES[kind], 0.0, 0.0)
+    elif kind not in USAGE_BILLED and kind not in FREE_CUSTOM_RESOURCES:
         raise UnpricedResource(
             f"{stack}/{logical_id}: resource type {kind} has no idle price; add it to "
             "relion_spot/estimate/idle.py"

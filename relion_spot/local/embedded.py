@@ -7,7 +7,7 @@
 Started in order: the cluster's Docker network; moto's server on this host's address on that
 network, bound to its bridge (the containers' "AWS"; no other network's container can reach it,
 it reaches nothing); in moto the
-Slurm key secret, the job-record and cost tables, the spot-event table, the job intake's queue
+Slurm key parameter, the job-record and cost tables, the spot-event table, the job intake's queue
 and table, the controller's ECS service, a subnet and a launch template per partition; the
 controller container (the same
 image and entrypoint as on Fargate, with the intake's drainer beside slurmctld); the reconciler
@@ -42,7 +42,7 @@ from ..node.orphan import ORPHAN_SECONDS_ENV
 from ..node.spot_watcher import EVENTS_FILE_ENV, EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
 from ..slurm import idle
-from ..slurm.key import KEY_SECRET_ARN_ENV
+from ..slurm.key import KEY_PARAMETER_ARN_ENV
 from ..slurm.local import (
     CONTAINER_CACHE,
     CONTAINERS_MOUNT,
@@ -52,6 +52,7 @@ from ..slurm.local import (
     wait_until,
 )
 from ..slurm.spec import LOCAL_CLOUD, spec_from_settings
+from ..slurm_key.parameter import ensure, parameter_name
 from .cloud import MOTO_CREDENTIALS, prepare_cloud
 from .listen import ListenError, project_listener
 from .reconciler import Reconciler
@@ -279,9 +280,11 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
     def client(service: str) -> Any:
         return moto_client(service, endpoint=endpoint, region=region)
 
-    secret = client("secretsmanager").create_secret(
-        Name=f"{spec.cluster_name}-slurm-key", SecretString=os.urandom(32).hex()
-    )
+    # As the stack's custom resource makes it (relion_spot.slurm_key): a SecureString.
+    key_name = parameter_name(spec.cluster_name)
+    ssm = client("ssm")
+    ensure(ssm, key_name)
+    key_arn = ssm.get_parameter(Name=key_name)["Parameter"]["ARN"]
     dynamodb = client("dynamodb")
     create_tables(dynamodb, records_table=RECORDS_TABLE, costs_table=COSTS_TABLE)
     dynamodb.create_table(
@@ -309,7 +312,7 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         intake_config.DATA_ROOT_ENV: intake_config.NODE_DATA_DIR,
         intake_config.JOB_MODE_ENV: "local",
         intake_config.CONTAINER_CACHE_ENV: CONTAINERS_MOUNT,
-        KEY_SECRET_ARN_ENV: secret["ARN"],
+        KEY_PARAMETER_ARN_ENV: key_arn,
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,
         # Where the node bootstrap puts it: on the shared file system, which jobs write too.

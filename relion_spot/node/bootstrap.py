@@ -30,7 +30,7 @@ PLACEHOLDERS = (
     "containers_access_point_id",
     "slurm_image",
     "controller",
-    "key_secret_arn",
+    "key_parameter_arn",
     "spot_events_table",
     "intake_table",
     "stage_read_role",

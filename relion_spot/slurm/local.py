@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .entrypoint import CONTROLLER_ADDR_ENV, CONTROLLER_ENV, PLACEHOLDER_GPUS_ENV
-from .key import KEY_FILE_ENV, KEY_SECRET_ARN_ENV
+from .key import KEY_FILE_ENV, KEY_PARAMETER_ARN_ENV
 from .spec import CPU_PARTITION, SPEC_ENV, ClusterSpec
 
 SLURM_IMAGE = os.environ.get("RELION_SPOT_SLURM_IMAGE", "relion-spot/slurm:dev")
@@ -95,7 +95,7 @@ class LocalSlurm:
     prefix: str
     spec: ClusterSpec
     key_file: Path | None
-    """The auth/slurm key to mount; None where containers fetch it from Secrets Manager."""
+    """The auth/slurm key to mount; None where containers fetch it from Parameter Store."""
     state_dir: Path
     image: str = SLURM_IMAGE
     node_image: str = SLURM_IMAGE
@@ -145,8 +145,8 @@ class LocalSlurm:
     def start_controller(self, env: dict[str, str] | None = None) -> None:
         """Create and start the controller, or start it again on the same state directory.
 
-        ``env``: more environment for the controller (e.g. AWS_ENDPOINT_URL and the key's secret
-        ARN instead of the key file); it may replace the address nodes are given."""
+        ``env``: more environment for the controller (e.g. AWS_ENDPOINT_URL and the key's
+        parameter ARN instead of the key file); it may replace the address nodes are given."""
         if docker("container", "inspect", self.controller, check=False).returncode == 0:
             docker("start", self.controller)
             return
@@ -222,13 +222,13 @@ class LocalSlurm:
         return ["-v", f"{self.data_dir.resolve()}:{DATA_MOUNT}"]
 
     def _key_args(self, env: dict[str, str] | None) -> list[str]:
-        """The key as a mounted file, unless ``env`` names a secret instead; then ``env``."""
+        """The key as a mounted file, unless ``env`` names a parameter instead; then ``env``."""
         args = []
-        if not env or KEY_SECRET_ARN_ENV not in env:
+        if not env or KEY_PARAMETER_ARN_ENV not in env:
             if self.key_file is None or not self.key_file.is_file():
                 raise ValueError(
                     f"no Slurm key for {self.prefix}: key_file = {self.key_file} is not a file, "
-                    f"and env has no {KEY_SECRET_ARN_ENV}"
+                    f"and env has no {KEY_PARAMETER_ARN_ENV}"
                 )
             args += ["-e", f"{KEY_FILE_ENV}={KEY_MOUNT}"]
             args += ["-v", f"{self.key_file.resolve()}:{KEY_MOUNT}:ro"]

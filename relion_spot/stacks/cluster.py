@@ -8,7 +8,6 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from .. import __version__, tags
@@ -25,6 +24,7 @@ from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
 from ..constructs.notifications import ClusterNotifications
 from ..constructs.service_linked_role import ServiceLinkedRole
 from ..constructs.slurm_controller import CONTAINERS_DIR, STATE_DIR, SlurmController
+from ..constructs.slurm_key import SlurmKey
 from ..constructs.spot_interruption_drill import SpotInterruptionDrill
 from ..constructs.stage_reader import StageReader
 from ..constructs.storage import SharedStorage
@@ -108,14 +108,10 @@ class ClusterStack(Stack):
             platform=ecr_assets.Platform.LINUX_AMD64,
             exclude=IMAGE_BUILD_EXCLUDES,
         )
-        auth_key = secretsmanager.Secret(
-            self,
-            "SlurmKey",
-            description=f"Slurm auth/slurm key of cluster {cluster_name}",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                password_length=64, exclude_punctuation=True
-            ),
-            removal_policy=RemovalPolicy.DESTROY,
+        # A free SecureString, not a Secrets Manager secret ($0.40/month): asleep, the cluster
+        # bills nothing.
+        self.slurm_key = auth_key = SlurmKey(
+            self, "SlurmKey", cluster_name=cluster_name, log_retention=log_retention
         )
         self.intake = JobIntake(
             self,
@@ -140,7 +136,7 @@ class ClusterStack(Stack):
                 containers_access_point_id=storage.container_cache_access_point.access_point_id,
                 slurm_image=image.image_uri,
                 controller=f"{controller_dns_name}:{SLURMCTLD_PORT}",
-                key_secret_arn=auth_key.secret_arn,
+                key_parameter_arn=auth_key.parameter_arn,
                 spot_events_table="",
                 intake_table=self.intake.table_name,
                 stage_read_role=self.stage_reader.role_arn if self.stage_reader else "",

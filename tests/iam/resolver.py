@@ -162,8 +162,6 @@ class TemplateResolver:
             return ids[kind] + _hex(f"{self.stack_name}/{name}")
         if kind == "AWS::SQS::Queue":
             return f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{generated}"
-        if kind == "AWS::SecretsManager::Secret":
-            return self._arn("secretsmanager", f"secret:{generated}-AbCdEf")
         if kind == "AWS::FIS::ExperimentTemplate":
             return "EXT" + _hex(f"{self.stack_name}/{name}", 14).upper()
         if kind == "AWS::SNS::Topic":

@@ -18,6 +18,9 @@ Where a call is made (read the module to see its parameters):
 - drainer, idle watch, record writer: relion_spot.intake.drain/table, relion_spot.slurm.idle,
   relion_spot.cost.jobcomp; cost Lambda: relion_spot.cost.
 - node bootstrap: assets/slurm/node-bootstrap.sh (ECR, the Slurm key, EFS with IAM).
+- the Slurm key's custom resource: relion_spot.slurm_key (put and delete its parameter); every
+  container reads the key with relion_spot.slurm.key (GetParameter, decrypted; the AWS managed
+  key aws/ssm needs no identity-policy grant, so none is simulated).
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ class World:
     ecs_cluster: str
     service: str
     other_service: str
-    secret: str
+    slurm_key: str
+    other_slurm_key: str
     file_system: str
     data_access_point: str
     containers_access_point: str
@@ -155,6 +159,10 @@ def _world(synth: Any) -> World:
             template, "Id"
         )
 
+    def key_parameter(cluster_stack: Any) -> str:
+        name = cluster_stack.slurm_key.parameter_name
+        return f"arn:{PARTITION}:ssm:{region}:{ACCOUNT}:parameter{name}"
+
     def service(resolver: TemplateResolver, cluster: str) -> str:
         return f"arn:{PARTITION}:ecs:{region}:{ACCOUNT}:service/{cluster}/{cluster}-controller"
 
@@ -205,7 +213,8 @@ def _world(synth: Any) -> World:
         ecs_cluster=f"arn:{PARTITION}:ecs:{region}:{ACCOUNT}:cluster/{stack.cluster_name}",
         service=service(own, stack.cluster_name),
         other_service=service(other, other_stack.cluster_name),
-        secret=own.ref(own.one("AWS::SecretsManager::Secret", "SlurmKey")),
+        slurm_key=key_parameter(stack),
+        other_slurm_key=key_parameter(other_stack),
         file_system=storage.get_att(storage.one("AWS::EFS::FileSystem", "DataFileSystem"), "Arn"),
         data_access_point=storage.get_att(
             storage.one("AWS::EFS::AccessPoint", "StorageFileSystemData"), "Arn"
@@ -240,6 +249,7 @@ PRINCIPALS = {
     "cli": "Users",
     "fis": "SpotInterruptionDrillRole",
     "fallback": "CapacityFallbackRole",
+    "slurm-key": "SlurmKeyRole",
 }
 
 
@@ -796,8 +806,14 @@ deny("controller/deny/ecs:UpdateService/another-service")(
     lambda w: Request("controller", "ecs:UpdateService", w.other_service)
 )
 allow("controller/ec2:DescribeVolumes")(lambda w: Request("controller", "ec2:DescribeVolumes", "*"))
-allow("controller/secretsmanager:GetSecretValue")(
-    lambda w: Request("controller", "secretsmanager:GetSecretValue", w.secret)
+allow("controller/slurm-key/ssm:GetParameter")(
+    lambda w: Request("controller", "ssm:GetParameter", w.slurm_key)
+)
+deny("controller/deny/ssm:GetParameter/another-clusters-slurm-key")(
+    lambda w: Request("controller", "ssm:GetParameter", w.other_slurm_key)
+)
+deny("controller/deny/ssm:PutParameter/slurm-key")(
+    lambda w: Request("controller", "ssm:PutParameter", w.slurm_key)
 )
 for _action in ("elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"):
     allow(f"controller/{_action}/state")(
@@ -855,9 +871,14 @@ for _node in ("gpu-node", "cpu-node"):
         )
         for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"):
             allow(f"{who}/{action}")(lambda w, a=action: Request(who, a, w.image_repository))
-        allow(f"{who}/secretsmanager:GetSecretValue")(
-            lambda w: Request(who, "secretsmanager:GetSecretValue", w.secret)
+        allow(f"{who}/slurm-key/ssm:GetParameter")(
+            lambda w: Request(who, "ssm:GetParameter", w.slurm_key)
         )
+        deny(f"{who}/deny/ssm:GetParameter/another-clusters-slurm-key")(
+            lambda w: Request(who, "ssm:GetParameter", w.other_slurm_key)
+        )
+        for action in ("ssm:PutParameter", "ssm:DeleteParameter"):
+            deny(f"{who}/deny/{action}/slurm-key")(lambda w, a=action: Request(who, a, w.slurm_key))
         for ap in ("data", "containers"):
             for action in ("elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"):
                 allow(f"{who}/{action}/{ap}")(
@@ -1126,6 +1147,23 @@ deny("ecs-role/deny/CreateServiceLinkedRole/another-service")(
 )
 
 
+# --- the Slurm key's custom resource (relion_spot.slurm_key) ---------------------------------
+
+for _action in ("ssm:PutParameter", "ssm:DeleteParameter"):
+    allow(f"slurm-key/{_action}/own-key")(lambda w, a=_action: Request("slurm-key", a, w.slurm_key))
+    deny(f"slurm-key/deny/{_action}/another-clusters-key")(
+        lambda w, a=_action: Request("slurm-key", a, w.other_slurm_key)
+    )
+    deny(f"slurm-key/deny/{_action}/another-parameter")(
+        lambda w, a=_action: Request(
+            "slurm-key", a, w.slurm_key.rsplit(":", 1)[0] + ":parameter/relion-spot/other"
+        )
+    )
+deny("slurm-key/deny/ssm:GetParameter/own-key")(
+    lambda w: Request("slurm-key", "ssm:GetParameter", w.slurm_key)
+)
+
+
 # --- the lab's relion-spot commands (relion_spot.client), as a member of the users group -----
 
 
@@ -1172,6 +1210,9 @@ for _action in ("ecs:DescribeServices", "ecs:UpdateService"):
     )
 deny("cli/deny/ecs:UpdateService/another-service")(
     lambda w: Request("cli", "ecs:UpdateService", w.other_service)
+)
+deny("cli/deny/ssm:GetParameter/slurm-key")(
+    lambda w: Request("cli", "ssm:GetParameter", w.slurm_key)
 )
 deny("cli/deny/ec2:TerminateInstances")(
     lambda w: Request(
@@ -1382,8 +1423,8 @@ deny("lab-admin/deny/logs:FilterLogEvents/another-clusters-logs")(
 allow("lab-admin/wake/ecs:UpdateService")(
     lambda w: Request("lab-admin", "ecs:UpdateService", w.service, {"ecs:cluster": w.ecs_cluster})
 )
-deny("lab-admin/deny/secretsmanager:GetSecretValue/slurm-key")(
-    lambda w: Request("lab-admin", "secretsmanager:GetSecretValue", w.secret)
+deny("lab-admin/deny/ssm:GetParameter/slurm-key")(
+    lambda w: Request("lab-admin", "ssm:GetParameter", w.slurm_key)
 )
 deny("lab-admin/deny/ec2:TerminateInstances")(
     lambda w: Request(

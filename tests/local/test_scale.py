@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Any
 
@@ -17,9 +16,9 @@ import pytest
 from relion_spot import tags
 from relion_spot.local.cloud import prepare_cloud
 from relion_spot.local.reconciler import Reconciler
-from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
+from relion_spot.slurm.key import KEY_PARAMETER_ARN_ENV
 from relion_spot.slurm.local import LocalSlurm, docker, scontrol_fields, wait_until
-from tests.slurm.test_containers import job, sbatch, wait_for_controller
+from tests.slurm.test_containers import job, key_parameter, sbatch, wait_for_controller
 
 pytestmark = pytest.mark.docker
 
@@ -52,9 +51,8 @@ def test_a_job_launches_a_spot_node_and_idling_terminates_it(
     spec = dataclasses.replace(network_local.spec, suspend_time=SUSPEND_SECONDS)
     local = dataclasses.replace(network_local, spec=spec, nodes={})
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
-    secrets = boto3.client("secretsmanager", region_name=REGION, endpoint_url=endpoint)
-    arn = secrets.create_secret(Name="slurm-key", SecretString=os.urandom(32).hex())["ARN"]
-    env = {**prepare_cloud(ec2, spec), KEY_SECRET_ARN_ENV: arn}
+    arn = key_parameter(endpoint, spec.cluster_name, REGION)
+    env = {**prepare_cloud(ec2, spec), KEY_PARAMETER_ARN_ENV: arn}
 
     local.start_controller(env=env)
     wait_for_controller(local)

@@ -20,7 +20,9 @@ VALUES = {
     "containers_access_point_id": "fsap-0fedcba9876543210",
     "slurm_image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/cdk-hnb659fds:abc123",
     "controller": "slurmctld.lab-1gpu.relion-spot.local:6817",
-    "key_secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:lab-1gpu-key-AbCdEf",
+    "key_parameter_arn": (
+        "arn:aws:ssm:us-east-1:123456789012:parameter/relion-spot/lab-1gpu/slurm-key"
+    ),
     "spot_events_table": "",
     "intake_table": "lab-1gpu-IntakeTable-ABC123",
     "stage_read_role": "arn:aws:iam::123456789012:role/lab-1gpu-StageReaderRole-AbC",
@@ -52,6 +54,15 @@ def test_rendered_script_carries_the_values_and_no_placeholder(script: Path) -> 
     assert "docker run -d --name" in text and "node >/dev/null" in text
     assert "tls,iam,accesspoint=" in text
     assert "-m relion_spot.node.spot_watcher" in text
+
+
+def test_slurmd_is_told_where_the_key_parameter_is(script: Path) -> None:
+    """The container reads the key from the variable relion_spot.slurm.key reads."""
+    from relion_spot.slurm.key import KEY_PARAMETER_ARN_ENV
+
+    arn = VALUES["key_parameter_arn"]
+    assert f"readonly KEY_PARAMETER_ARN='{arn}'" in script.read_text()
+    assert f'-e {KEY_PARAMETER_ARN_ENV}="$KEY_PARAMETER_ARN"' in script.read_text()
 
 
 def test_gpu_nodes_start_the_cloudwatch_agent_with_the_clusters_dimension(script: Path) -> None:

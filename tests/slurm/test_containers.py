@@ -23,7 +23,7 @@ from relion_spot.jobs.class3d import IMAGE_SCRIPT, LOCAL_IMAGE
 from relion_spot.local.embedded import wait_for_controller
 from relion_spot.settings import Settings
 from relion_spot.slurm.entrypoint import CONTROLLER_ADDR_ENV
-from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
+from relion_spot.slurm.key import KEY_PARAMETER_ARN_ENV
 from relion_spot.slurm.local import (
     CONTAINER_CACHE,
     LOCAL_NODE_IMAGE,
@@ -36,6 +36,7 @@ from relion_spot.slurm.local import (
     write_key,
 )
 from relion_spot.slurm.spec import LOCAL_CLOUD, spec_from_settings
+from relion_spot.slurm_key.parameter import ensure, parameter_name
 
 pytestmark = pytest.mark.docker
 
@@ -75,6 +76,14 @@ def cluster(slurm_images: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield local
     finally:
         local.remove()
+
+
+def key_parameter(endpoint: str, cluster_name: str, region: str = "us-east-1") -> str:
+    """The cluster's Slurm key made in moto as its stack's custom resource makes it; its ARN."""
+    ssm = boto3.client("ssm", region_name=region, endpoint_url=endpoint)
+    name = parameter_name(cluster_name)
+    ensure(ssm, name)
+    return str(ssm.get_parameter(Name=name)["Parameter"]["ARN"])
 
 
 def node_state(local: LocalSlurm, node: str) -> str:
@@ -280,20 +289,17 @@ def test_cloud_config_is_accepted_by_slurmctld(
         local.remove()
 
 
-def test_key_comes_from_secrets_manager(moto_on_network: tuple[LocalSlurm, str]) -> None:
-    """Controller and node each fetch the key with boto3 at start (moto standing in for AWS);
-    a job only runs if both got the same key."""
+def test_key_comes_from_parameter_store(moto_on_network: tuple[LocalSlurm, str]) -> None:
+    """Controller and node each fetch the key (a SecureString) with boto3 at start (moto
+    standing in for AWS); a job only runs if both got the same key."""
     local, endpoint = moto_on_network
-    secrets = boto3.client("secretsmanager", region_name="us-east-1", endpoint_url=endpoint)
-    arn = secrets.create_secret(Name="relion-spot/slurm-key", SecretString=os.urandom(32).hex())[
-        "ARN"
-    ]
+    arn = key_parameter(endpoint, local.spec.cluster_name)
     aws = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        KEY_SECRET_ARN_ENV: arn,
+        KEY_PARAMETER_ARN_ENV: arn,
     }
     local.start_controller(env=aws)
     wait_for_controller(local)
@@ -306,7 +312,7 @@ def test_key_comes_from_secrets_manager(moto_on_network: tuple[LocalSlurm, str])
     job_id = sbatch(local, ["-o", "/dev/null", "--wrap", "true"])
     wait_job_state(local, job_id, "COMPLETED")
     probe = docker("exec", local.controller, "ls", "/run/secrets", check=False)
-    assert probe.returncode != 0, "a key file is mounted: the secret was not what was used"
+    assert probe.returncode != 0, "a key file is mounted: the parameter was not what was used"
 
 
 def test_controller_commands_work_before_its_dns_name_resolves(

@@ -3,8 +3,6 @@ writes to DynamoDB (moto's server standing in for AWS)."""
 
 from __future__ import annotations
 
-import os
-
 import boto3
 
 from relion_spot.cost.store import (
@@ -14,10 +12,16 @@ from relion_spot.cost.store import (
     deserialize,
     is_bucket_key,
 )
-from relion_spot.slurm.key import KEY_SECRET_ARN_ENV
+from relion_spot.slurm.key import KEY_PARAMETER_ARN_ENV
 from relion_spot.slurm.local import LocalSlurm, wait_until
 
-from .test_containers import node_state, sbatch, wait_for_controller, wait_job_state
+from .test_containers import (
+    key_parameter,
+    node_state,
+    sbatch,
+    wait_for_controller,
+    wait_job_state,
+)
 
 RECORDS = "job-records"
 
@@ -27,15 +31,14 @@ def test_each_finished_job_is_recorded_once(moto_on_network: tuple[LocalSlurm, s
     region = "us-east-1"
     dynamodb = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint)
     create_tables(dynamodb, records_table=RECORDS, costs_table="job-costs")
-    secrets = boto3.client("secretsmanager", region_name=region, endpoint_url=endpoint)
-    arn = secrets.create_secret(Name="slurm-key", SecretString=os.urandom(32).hex())["ARN"]
+    arn = key_parameter(endpoint, local.spec.cluster_name, region)
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        KEY_SECRET_ARN_ENV: arn,
+        KEY_PARAMETER_ARN_ENV: arn,
         "RELION_SPOT_CLUSTER": local.spec.cluster_name,
         "RELION_SPOT_RECORDS_TABLE": RECORDS,
     }
