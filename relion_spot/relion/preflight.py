@@ -98,6 +98,8 @@ class Particles:
     angpix: float
     stacks: dict[Path, int]
     """Stack file → its size in bytes."""
+    notes: list[str] = field(default_factory=list)
+    """What RELION copes with but the lab should know (e.g. mixed pixel sizes)."""
 
     @property
     def stack_bytes(self) -> int:
@@ -107,10 +109,9 @@ class Particles:
 def _pixel_size(blocks: dict, particles: pd.DataFrame, star: Path) -> float:
     optics = blocks.get("optics")
     if isinstance(optics, pd.DataFrame) and "rlnImagePixelSize" in optics.columns:
-        sizes = optics["rlnImagePixelSize"].astype(float).unique()
-        if len(sizes) > 1:
-            raise PreflightError(f"{star}: optics groups have different pixel sizes {sizes}")
-        return float(sizes[0])
+        # RELION (3.1 and later) refines optics groups of different pixel sizes together, on
+        # the first group's grid: that is the size the reference and mask must have.
+        return float(optics["rlnImagePixelSize"].astype(float).iloc[0])
     if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles.columns):
         detector = particles["rlnDetectorPixelSize"].astype(float)
         magnification = particles["rlnMagnification"].astype(float)
@@ -140,6 +141,15 @@ def read_particles(star: Path, project: Path) -> Particles:
     if table.empty:
         raise PreflightError(f"particles STAR {star} lists no particles")
     angpix = _pixel_size(blocks, table, star)
+    notes = []
+    optics = blocks.get("optics")
+    if isinstance(optics, pd.DataFrame) and "rlnImagePixelSize" in optics.columns:
+        sizes = sorted({round(float(v), 4) for v in optics["rlnImagePixelSize"]})
+        if len(sizes) > 1:
+            notes.append(
+                f"optics groups with pixel sizes {', '.join(f'{v:g}' for v in sizes)} Å: "
+                f"RELION refines them together on the first group's {angpix:g} Å/px"
+            )
 
     highest: dict[str, int] = {}
     for name in table["rlnImageName"].astype(str):
@@ -168,7 +178,9 @@ def read_particles(star: Path, project: Path) -> Particles:
         box = nx
         stacks[path] = path.stat().st_size
     assert box is not None
-    return Particles(star=star, count=len(table), box=box, angpix=angpix, stacks=stacks)
+    return Particles(
+        star=star, count=len(table), box=box, angpix=angpix, stacks=stacks, notes=notes
+    )
 
 
 def read_reference(path: Path) -> tuple[int, float]:
@@ -301,7 +313,7 @@ def check(
             f"reference map {reference} has {ref_angpix:g} Å/px; the particles have "
             f"{particles.angpix:g} Å/px"
         )
-    notes: list[str] = []
+    notes: list[str] = list(particles.notes)
     if "--solvent_mask" in options:
         mask = Path(str(options["--solvent_mask"]))
         notes.append(

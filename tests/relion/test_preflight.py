@@ -234,3 +234,18 @@ def test_gpu_estimate_matches_the_benchmark_figures() -> None:
     assert gpu_bytes_per_class(360) / 1e9 == pytest.approx(3.79, abs=0.01)
     near_10 = expected_current_size(360, 1.34, 9.65)
     assert gpu_bytes_per_class(near_10) / 1e9 == pytest.approx(0.145, abs=0.01)
+
+
+def test_optics_groups_of_different_pixel_sizes_pass_with_a_note_on_the_first_groups_grid(
+    project: Path, preflight: Callable[..., Outcome]
+) -> None:
+    """RELION refines them together; the reference must be on the first group's grid."""
+    optics = pd.concat([_optics(), _optics(2.1).assign(rlnOpticsGroup=[2])], ignore_index=True)
+    particles = pd.DataFrame(
+        {"rlnImageName": [f"{i:06d}@stack.mrcs" for i in range(1, 13)],
+         "rlnOpticsGroup": [1] * 6 + [2] * 6}
+    )  # fmt: skip
+    starfile.write({"optics": optics, "particles": particles}, project / "p.star", overwrite=True)
+    done = preflight(project, _command())
+    assert done.returncode == 0, done.stderr
+    assert "optics groups with pixel sizes 2, 2.1 Å: RELION refines them together" in done.stdout
