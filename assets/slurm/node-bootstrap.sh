@@ -195,8 +195,12 @@ docker rm -f "$$CONTAINER" >/dev/null 2>&1 || true
 # No added capability and no --privileged: the job user holds none, and root needs none.
 # Staging jobs run on CPU nodes alone: there the root broker beside slurmd hands each one the
 # stage reader's session (relion_spot.node.stage_credentials), when the cluster has stage_buckets.
+# The SIF cache is read-only on GPU nodes: only the CPU partition's image job writes it, and a job
+# RELION runs on a GPU node (on a lab member's inputs) can never replace an image others run.
 cpu_args=()
+containers_volume=/containers:/containers:ro
 if [ "$$PARTITION" = cpu ]; then
+  containers_volume=/containers:/containers
   cpu_args=(--security-opt systempaths=unconfined)
   if [ -n "$$STAGE_READ_ROLE" ]; then
     cpu_args+=(-e "RELION_SPOT_STAGE_READ_ROLE=$$STAGE_READ_ROLE")
@@ -206,7 +210,7 @@ docker run -d --name "$$CONTAINER" --network host --ipc host \
   --ulimit memlock=-1 --ulimit stack=67108864 \
   --device /dev/fuse --security-opt seccomp=unconfined \
   "$${cpu_args[@]}" "$${gpu_args[@]}" \
-  -v /scratch:/scratch -v /data:/data -v /containers:/containers -v "$$LOG_DIR:/var/log/slurm" \
+  -v /scratch:/scratch -v /data:/data -v "$$containers_volume" -v "$$LOG_DIR:/var/log/slurm" \
   -e AWS_DEFAULT_REGION="$$REGION" \
   -e RELION_SPOT_CLUSTER="$$CLUSTER_NAME" \
   -e RELION_SPOT_JOB_TAGS=1 \

@@ -91,6 +91,9 @@ if [ "$mode" = name ]; then
 fi
 
 sif="$cache/$name"
+if [ ! -s "$sif" ] && [ ! -w "$cache" ]; then
+  fail "no image $sif, and this node's cache is read-only: GPU nodes never build; the image job on the CPU partition makes it"
+fi
 if [ ! -s "$sif" ]; then
   exec 9>"$sif.lock"
   flock 9

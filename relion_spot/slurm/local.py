@@ -198,7 +198,8 @@ class LocalSlurm:
             *APPTAINER_ARGS,
             *(IMAGE_BUILD_ARGS if self._builds_images(node_name) else ()),
             *(["--cap-add", "NET_ADMIN"] if net_admin else []),
-            *self._containers_args(),
+            # As the bootstrap: only a CPU node (its image job) writes the image cache.
+            *self._containers_args(read_only=not self._builds_images(node_name)),
             image or self.node_image, "node", node_name,
         )  # fmt: skip
         self.nodes[node_name] = container
@@ -209,8 +210,8 @@ class LocalSlurm:
         return partition is not None and partition.name == CPU_PARTITION
 
     def _containers_args(self, *, read_only: bool = False) -> list[str]:
-        """The image cache: nodes make and use images; the controller only looks (the intake
-        finds an image already checked)."""
+        """The image cache: CPU nodes make images, GPU nodes use them; the controller only looks
+        (the intake finds an image already checked)."""
         if self.containers_dir is None:
             return []
         suffix = ":ro" if read_only else ""

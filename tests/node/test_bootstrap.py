@@ -202,3 +202,36 @@ def test_the_host_shuts_the_metadata_service_to_jobs_before_slurmd_starts(
         assert "FAILED: could not shut the metadata service" in done.stderr
     assert text.index("# --- 5.") < text.index("docker run -d")
     assert "-e RELION_SPOT_METADATA_GUARD=verify" in text
+
+
+@pytest.mark.parametrize(
+    ("partition", "role", "volume", "extra"),
+    [
+        ("gpu", "arn:r", "/containers:/containers:ro", ""),
+        ("cpu", "", "/containers:/containers", "--security-opt systempaths=unconfined"),
+        (
+            "cpu",
+            "arn:r",
+            "/containers:/containers",
+            "--security-opt systempaths=unconfined -e RELION_SPOT_STAGE_READ_ROLE=arn:r",
+        ),
+    ],
+)
+def test_what_each_partitions_node_container_gets(
+    script: Path, partition: str, role: str, volume: str, extra: str
+) -> None:
+    """Run by bash as the bootstrap runs it: a GPU node sees the image cache read-only (only the
+    CPU partition's image job writes it) and gets no stage reader; a CPU node may build images
+    and, with stage_buckets, serves its staging jobs the reader's session. (The embedded cloud's
+    node containers follow the same rule: tests/security/test_attack_matrix.py.)"""
+    text = script.read_text()
+    block = text[text.index("cpu_args=()") : text.index("docker run -d --name")]
+    done = subprocess.run(
+        ["bash", "-c", block + 'echo "$containers_volume|${cpu_args[*]}"'],
+        env={"PARTITION": partition, "STAGE_READ_ROLE": role, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == f"{volume}|{extra}"
+    assert '-v "$containers_volume"' in text

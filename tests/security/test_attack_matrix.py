@@ -29,7 +29,7 @@ from relion_spot.node.imds import IMDS_URL_ENV
 from relion_spot.node.metadata_guard import GUARD_ENV
 from relion_spot.node.stage_credentials import SOCKET as BROKER_SOCKET
 from relion_spot.settings import Settings
-from relion_spot.slurm.local import docker, wait_until
+from relion_spot.slurm.local import CONTAINERS_MOUNT, docker, wait_until
 from relion_spot.staging.cli import MARKER as STAGED_MARKER
 from tests.slurm.test_containers import job, sbatch
 
@@ -384,6 +384,27 @@ def test_a_staging_job_reads_s3_only_through_the_nodes_broker(
         said = (_data(cloud) / f"outsider-{outsider}.out").read_text()
         assert f"refused: job {outsider}" in said and reason in said, said
         assert not (_data(cloud) / "not-staged" / STAGED_MARKER).exists()
+
+
+def test_a_job_on_a_gpu_node_cannot_replace_an_image_others_run(cloud: EmbeddedCloud) -> None:
+    """The SIF cache is the CPU partition's image job's to write: on a GPU node a job (RELION
+    on a lab member's inputs) finds it read-only, and the image stays as it was."""
+    cache = cloud.local.containers_dir
+    assert cache is not None
+    planted = cache / "relion-planted-check.sif"
+    planted.write_bytes(b"an image")
+    planted.chmod(0o666)
+    line = (
+        f"echo trojan > {CONTAINERS_MOUNT}/{planted.name} || echo refused-write; "
+        f"touch {CONTAINERS_MOUNT}/new.sif || echo refused-create"
+    )
+    job_id = _run_to_end(cloud, ["-o", "/data/cache-write-%j.out", "--wrap", line])
+    said = (_data(cloud) / f"cache-write-{job_id}.out").read_text()
+    assert "refused-write" in said and "refused-create" in said, said
+    assert "Read-only file system" in said, said
+    assert planted.read_bytes() == b"an image"
+    assert not (cache / "new.sif").exists()
+    planted.unlink()
 
 
 def test_a_link_planted_at_the_spot_event_log_is_not_followed_by_the_watcher(
