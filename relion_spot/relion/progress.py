@@ -299,12 +299,17 @@ def _fraction(value: float | None, digits: int, unit: str) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
 
-def plot_classes(root: Path, record: dict, path: Path | None = None) -> ClassPanels | None:
-    """Each class map of the newest iteration as its three central slices (XY, XZ, YZ), one row
-    per class, titled with its share of the particles, its estimated resolution and its angular
-    and offset accuracy: what a scientist picks classes by. Only the slices are read from each
-    map (memory-mapped), so a large box costs three planes, not the volume. None while the
-    newest iteration has no readable maps."""
+def plot_classes(
+    root: Path, record: dict, path: Path | None = None, *, all_views: bool = False
+) -> ClassPanels | None:
+    """Each class map of the newest iteration as its central slices, one row per class, titled
+    with its share of the particles, its estimated resolution and its angular and offset
+    accuracy: what a scientist picks classes by. None while a map is not readable yet.
+
+    The maps live on the shared file system, where reads bill (EFS Elastic) and RELION's job
+    shares the node. While the run goes (``all_views`` false) only the central XY plane is read,
+    one contiguous plane of each map; the XZ and YZ slices touch every page of the volume, so
+    they are drawn once, when the run ends (the watcher's final refresh)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,11 +329,18 @@ def plot_classes(root: Path, record: dict, path: Path | None = None) -> ClassPan
                 if volume is None or volume.ndim != 3:
                     return None
                 z, y, x = (n // 2 for n in volume.shape)
-                slices.append((volume[z].copy(), volume[:, y, :].copy(), volume[:, :, x].copy()))
+                central = [volume[z].copy()]
+                if all_views:
+                    central += [volume[:, y, :].copy(), volume[:, :, x].copy()]
+                slices.append(central)
         except (OSError, ValueError):  # being written, cut short, or not yet there
             return None
+    views = ("XY", "XZ", "YZ") if all_views else ("XY",)
     figure, axes = plt.subplots(
-        len(slices), 3, figsize=(6.6, 2.3 * len(slices) + 0.5), squeeze=False
+        len(slices),
+        len(views),
+        figsize=(6.6 if all_views else 3.6, 2.3 * len(slices) + 0.5),
+        squeeze=False,
     )
     figure.suptitle(f"{record['run']}: classes at iteration {row['iteration']}")
     resolutions = row.get("class_resolution_angstrom") or []
@@ -342,13 +354,13 @@ def plot_classes(root: Path, record: dict, path: Path | None = None) -> ClassPan
             f"accuracy {_fraction(rotations[k] if k < len(rotations) else None, 1, '°')} / "
             f"{_fraction(offsets[k] if k < len(offsets) else None, 1, ' Å')}"
         )
-        for axis, plane, name in zip(axes[k], planes, ("XY", "XZ", "YZ"), strict=True):
+        for axis, plane, name in zip(axes[k], planes, views, strict=True):
             axis.imshow(plane, cmap="gray", origin="lower")
             axis.set_xticks([])
             axis.set_yticks([])
             axis.text(0.03, 0.96, name, transform=axis.transAxes, color="gold",
                       fontsize="x-small", va="top")  # fmt: skip
-        axes[k][1].set_title(title, fontsize="small")
+        axes[k][len(views) // 2].set_title(title, fontsize="small")
     figure.tight_layout()
     figure.canvas.draw()
     boxes = [
@@ -367,13 +379,18 @@ def plot_classes(root: Path, record: dict, path: Path | None = None) -> ClassPan
 
 
 def update(
-    root: Path, requested_iterations: int | None = None, *, cache: IterationCache | None = None
+    root: Path,
+    requested_iterations: int | None = None,
+    *,
+    cache: IterationCache | None = None,
+    final: bool = False,
 ) -> dict:
-    """Collect, write the JSON record and redraw the pictures; returns the record."""
+    """Collect, write the JSON record and redraw the pictures; returns the record. ``final``:
+    the run has ended, so the classes get all three views (see plot_classes)."""
     record = collect(root, requested_iterations, cache=cache)
     write_record(root, record)
     plot(root, record)
-    plot_classes(root, record)
+    plot_classes(root, record, all_views=final)
     return record
 
 
@@ -430,7 +447,7 @@ class Watcher:
 
     def refresh(self, *, final: bool = False) -> dict:
         self._changed()
-        record = update(self.root, self.requested, cache=self._cache)
+        record = update(self.root, self.requested, cache=self._cache, final=final)
         self._report(record, final=final)
         return record
 
@@ -479,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run_root.parent.is_dir():
         print(f"progress: {args.run_root.parent} does not exist", file=sys.stderr)
         return 2
-    record = update(args.run_root, args.iter)
+    record = update(args.run_root, args.iter, final=True)  # asked for once: every view
     if not record["iterations"]:
         print(f"progress: no readable iteration of {args.run_root} yet", file=sys.stderr)
         return 1

@@ -223,7 +223,10 @@ def test_the_class_picture_has_one_row_of_three_slices_per_class_with_content(
     import matplotlib.image
 
     record = collect(uninterrupted.root)
-    panels = plot_classes(uninterrupted.root, record, path=tmp_path / "classes.png")
+    running = plot_classes(uninterrupted.root, record, path=tmp_path / "running.png")
+    assert running is not None, "while the run goes: the XY plane alone, one per class"
+    assert len(running.boxes) == SPEC.classes and all(len(row) == 1 for row in running.boxes)
+    panels = plot_classes(uninterrupted.root, record, path=tmp_path / "classes.png", all_views=True)
     assert panels is not None and panels.iteration == ITERATIONS
     assert len(panels.boxes) == SPEC.classes and all(len(row) == 3 for row in panels.boxes)
     image = matplotlib.image.imread(panels.path)
