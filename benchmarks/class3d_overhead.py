@@ -52,7 +52,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from relion_spot.demo.runner import DemoError, DemoSettings, make_dataset
 from relion_spot.jobs import Class3dParams, NodeShape, render
 from relion_spot.jobs.class3d import (
     CONTAINER_CACHE,
@@ -63,6 +62,11 @@ from relion_spot.jobs.class3d import (
     command_words,
 )
 from relion_spot.jobs.job_dir import Owner, find
+from relion_spot.local.job_container import (
+    JobContainerError,
+    job_container,
+    make_synthetic,
+)
 from relion_spot.relion.checkpoint import (
     CheckpointError,
     check_iteration,
@@ -71,15 +75,13 @@ from relion_spot.relion.checkpoint import (
     read_history,
 )
 from relion_spot.relion.score import score_run
-from relion_spot.relion.synthetic import load_manifest
-from relion_spot.slurm.local import APPTAINER_ARGS, LOCAL_NODE_IMAGE, docker_available
-from relion_spot.slurm.local import CONTAINER_CACHE as HOST_CACHE
+from relion_spot.relion.synthetic import SyntheticSpec, load_manifest
+from relion_spot.slurm.local import docker_available
 
 PARTICLES_PER_CLASS = 100
 THREADS = 2
 POOL = 10
 CLUSTER = "bench"
-JOB_USER = "relion"
 ORCHESTRATION_TARGET = 1.05
 ACCURACY_TOLERANCE = 0.05
 RUN_TIMEOUT_S = 1800
@@ -202,19 +204,14 @@ class Bench:
             "SLURM_RESTART_COUNT": str(restart),
             **env,
         }
-        as_job_user = (
-            f"chmod 0666 /dev/fuse && cd /data/{shlex.quote(self.project.name)} || exit; "
-            f'runuser -u {JOB_USER} -- "$@"; code=$?; '
-            f'echo "{CPU_MARK}$({CONTAINER_CPU_NS})" >&2; exit $code'
+        return job_container(
+            data_dir=self.project.parent,
+            name=name,
+            workdir=f"/data/{self.project.name}",
+            env=variables,
+            after=f'echo "{CPU_MARK}$({CONTAINER_CPU_NS})" >&2;',
+            docker_options=("--cidfile", str(self.logs / f"{name}.cid")),
         )
-        return [
-            "docker", "run", "--rm", "--name", name, "--cidfile", str(self.logs / f"{name}.cid"),
-            *APPTAINER_ARGS,
-            "-v", f"{self.project.parent.resolve()}:/data",
-            "-v", f"{HOST_CACHE.resolve()}:{CONTAINER_CACHE}",
-            *(arg for key, value in variables.items() for arg in ("-e", f"{key}={value}")),
-            "--entrypoint", "bash", LOCAL_NODE_IMAGE, "-c", as_job_user, "node",
-        ]  # fmt: skip
 
     def _probe(self) -> tuple[str, dict[str, str]]:
         """The SIF the jobs run (made first if need be, as every job would) and the environment
@@ -522,11 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with console.status("generating the synthetic data set in a node container"):
             started = time.perf_counter()
             try:
-                project = make_dataset(
-                    DemoSettings(particles_per_class=PARTICLES_PER_CLASS, reclaim_after=0),
-                    work / "data",
+                project = make_synthetic(
+                    SyntheticSpec(particles_per_class=PARTICLES_PER_CLASS), work / "data", "bench"
                 )
-            except DemoError as err:
+            except JobContainerError as err:
                 print(f"class3d_overhead: {err}", file=sys.stderr)
                 return 2
             generated = time.perf_counter() - started

@@ -8,7 +8,6 @@ cd "$repo"
 export CDK_DISABLE_CLI_TELEMETRY=true JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
 
 bash scripts/setup.sh
-bash scripts/setup-relion.sh
 bash scripts/setup-docker.sh
 bash scripts/lint.sh
 exec .venv/bin/pytest "$@"

@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -124,40 +121,14 @@ def make_dataset(settings: DemoSettings, data_dir: Path) -> Path:
     """The synthetic set, made in a node container as the job user with RELION run as the jobs
     run it (``apptainer exec`` of the SIF in /containers, made here first if need be); its
     directory."""
-    from ..jobs.class3d import CONTAINER_CACHE, IMAGE_SCRIPT, LOCAL_IMAGE
-    from ..relion.tools import RELION_EXEC_ENV
-    from ..slurm.local import APPTAINER_ARGS, LOCAL_NODE_IMAGE, docker
-    from ..slurm.local import CONTAINER_CACHE as HOST_CACHE
+    from ..local.job_container import JobContainerError, make_synthetic
+    from ..relion.synthetic import SyntheticSpec
 
-    project = data_dir / PROJECT
-    if project.exists():
-        shutil.rmtree(project)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(data_dir, 1000, 1000)
-    generate = shlex.join(
-        [
-            "/opt/relion-spot/venv/bin/python", "-m", "relion_spot.relion.synthetic",
-            "--out", f"/data/{PROJECT}", "--classes", "2",
-            "--particles-per-class", str(settings.particles_per_class),
-            "--snr", "1.0", "--seed", "0",
-        ]
-    )  # fmt: skip
-    as_job_user = (
-        f'set -e; SIF=$({IMAGE_SCRIPT} "$IMAGE" {CONTAINER_CACHE}); '
-        f'export {RELION_EXEC_ENV}="apptainer exec --bind /data $SIF"; exec {generate}'
-    )
-    done = docker(
-        "run", "--rm", "-v", f"{data_dir.resolve()}:/data",
-        "-v", f"{HOST_CACHE.resolve()}:{CONTAINER_CACHE}", *APPTAINER_ARGS,
-        "-e", f"IMAGE={LOCAL_IMAGE}", "--entrypoint", "bash", LOCAL_NODE_IMAGE,
-        # As the node entrypoint does: /dev/fuse open to the job user, then the job user.
-        "-c", 'chmod 0666 /dev/fuse && exec runuser -u relion -- bash -c "$0"', as_job_user,
-        check=False, timeout=900,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise DemoError(f"generating the particles failed:\n{(done.stderr or done.stdout)[-800:]}")
-    return project
+    spec = SyntheticSpec(classes=2, particles_per_class=settings.particles_per_class, seed=0)
+    try:
+        return make_synthetic(spec, data_dir, PROJECT)
+    except JobContainerError as error:
+        raise DemoError(str(error)) from error
 
 
 def job_parameters(settings: DemoSettings, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -373,6 +373,22 @@ def load_manifest(out: Path) -> dict:
     return json.loads((out / MANIFEST).read_text())
 
 
+def load_result(out: Path) -> SyntheticResult:
+    """A data set generated elsewhere (e.g. in a node container), described from its manifest."""
+    manifest = load_manifest(out)
+    files = manifest["files"]
+    return SyntheticResult(
+        out=out,
+        particles_star=out / files["particles"],
+        reference=out / files["reference"],
+        truth=out / files["truth"],
+        volumes=[out / name for name in files["volumes"]],
+        noise_sigma=float(manifest["noise_sigma"]),
+        signal_variance=float(manifest["signal_variance"]),
+        seconds=float(manifest["seconds"]),
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     defaults = SyntheticSpec()
     parser = argparse.ArgumentParser(

@@ -54,7 +54,8 @@ def require(program: str) -> str:
     found = shutil.which(program)
     if found is None:
         raise RelionToolError(
-            f"{program} is not on PATH: install RELION (on Debian: scripts/setup-relion.sh)"
+            f"{program} is not on PATH: install RELION 5, or set {RELION_EXEC_ENV} to the words "
+            "that run it from an image (e.g. 'apptainer exec --bind /data relion.sif')"
         )
     return found
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import starfile
 
-from relion_spot.relion.synthetic import SyntheticResult, SyntheticSpec, generate
+from relion_spot.local.job_container import make_synthetic
+from relion_spot.relion.synthetic import SyntheticResult, SyntheticSpec, load_result
 
 from .conftest import SPEC
 
@@ -67,8 +68,10 @@ def test_noise_gives_the_requested_snr(dataset: SyntheticResult) -> None:
 def test_same_seed_same_data_other_seed_other_data(
     dataset: SyntheticResult, tmp_path: Path
 ) -> None:
-    again = generate(SPEC, tmp_path / "again")
-    other = generate(SyntheticSpec(**{**SPEC.__dict__, "seed": SPEC.seed + 1}), tmp_path / "o")
+    again = load_result(make_synthetic(SPEC, tmp_path, "again"))
+    other = load_result(
+        make_synthetic(SyntheticSpec(**{**SPEC.__dict__, "seed": SPEC.seed + 1}), tmp_path, "o")
+    )
     original = mrcfile.read(dataset.out / "particles.mrcs")
     assert np.array_equal(mrcfile.read(again.out / "particles.mrcs"), original)
     assert np.array_equal(mrcfile.read(again.reference), mrcfile.read(dataset.reference))
