@@ -28,6 +28,7 @@ iterations, after its exit marker), and the final accuracy of every run against 
 resumed run should land within 0.05 of the uninterrupted ones), iteration by iteration too.
 
     .venv/bin/python benchmarks/class3d_overhead.py [--iterations N] [--kill-after k] [--repeats R]
+        [--particles-per-class P]
 
 Needs Docker with the node image and the RELION image in the container cache
 (scripts/setup-docker.sh). --workdir keeps the data set, runs and logs.
@@ -500,6 +501,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=int, default=4, help="k: reclaim after iteration k")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of A, B, C")
     parser.add_argument(
+        "--particles-per-class", type=int, default=PARTICLES_PER_CLASS,
+        help="size of the synthetic set (20 or more; K=2)",
+    )  # fmt: skip
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="keep the data set, runs and logs here"
     )
     args = parser.parse_args(argv)
@@ -507,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--kill-after must be at least 1 and below --iterations")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.particles_per_class < 20:
+        parser.error("--particles-per-class must be at least 20")
     unavailable = docker_available()
     if unavailable is not None:
         print(f"class3d_overhead: needs Docker: {unavailable}", file=sys.stderr)
@@ -520,7 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.perf_counter()
             try:
                 project = make_synthetic(
-                    SyntheticSpec(particles_per_class=PARTICLES_PER_CLASS), work / "data", "bench"
+                    SyntheticSpec(particles_per_class=args.particles_per_class),
+                    work / "data",
+                    "bench",
                 )
             except JobContainerError as err:
                 print(f"class3d_overhead: {err}", file=sys.stderr)
