@@ -1,6 +1,8 @@
 """``relion-spot submit | status | logs | cancel | plot``: a deployed cluster, from the lab's desk.
 
-    relion-spot submit class3d --stack relion-spot-gpu1 --K 4 --iter 30   prints the job id
+    relion-spot submit class3d --stack relion-spot-gpu1 --project-dir /data/p --particles p.star \
+        --reference r.mrc --particle-diameter 200 --K 4 --iter 30        prints the job id
+    relion-spot submit class3d --stack relion-spot-gpu1 --preset benchmark   EMPIAR-10028
     relion-spot status --stack relion-spot-gpu1 [JOB_ID | SUBMISSION_ID] [--json]
     relion-spot logs   --stack relion-spot-gpu1 JOB_ID
     relion-spot cancel --stack relion-spot-gpu1 JOB_ID
@@ -33,7 +35,15 @@ from relion_spot.intake.table import (
     REJECTED,
     IntakeTable,
 )
-from relion_spot.jobs.parameters import RANGES, SWITCHES, Class3dParams, JobParameterError
+from relion_spot.jobs.parameters import (
+    PRESET,
+    PRESETS,
+    RANGES,
+    REQUIRED,
+    SWITCHES,
+    Class3dParams,
+    JobParameterError,
+)
 
 from .cluster import STACK_ENV, ClusterError, ClusterHandle, aws_errors, find_cluster
 from .terminal import cell, printable
@@ -112,7 +122,13 @@ def _option(name: str) -> str:
 
 def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "job parameters (default: the EMPIAR-10028 benchmark; see relion_spot.jobs.parameters)"
+        "job parameters (the data's four are required unless --preset benchmark; see "
+        "relion_spot.jobs.parameters)"
+    )
+    group.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="start from the EMPIAR-10028 benchmark's parameters and data (relion_benchmark)",
     )
     defaults = Class3dParams()
     for spec in fields(Class3dParams):
@@ -134,6 +150,8 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
             help_text = f"{RANGES[name].describe()} (default {shown})"
         else:
             help_text = f"default {default}"
+        if name in REQUIRED:
+            help_text = f"required (the benchmark preset: {default})"
         group.add_argument(_option(name), dest=name, metavar="VALUE", help=help_text)
 
 
@@ -151,16 +169,20 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(str(error)) from None
         return staged
 
-    given = {
+    given: dict[str, Any] = {
         spec.name: getattr(args, spec.name)
         for spec in fields(Class3dParams)
         if getattr(args, spec.name, None) is not None
     }
+    if args.preset is not None:
+        given[PRESET] = args.preset
     try:
         params = from_mapping(given)
     except JobParameterError as error:
         raise UsageError(str(error)) from None
-    typed = {name: getattr(params, name) for name in given}
+    typed: dict[str, Any] = {name: getattr(params, name) for name in given if name != PRESET}
+    if args.preset is not None:
+        typed[PRESET] = args.preset
     if "extra_flags" in typed:
         typed["extra_flags"] = list(typed["extra_flags"])
     return typed

@@ -4,7 +4,7 @@
       "version": 1,
       "submission_id": "7d9f4c1e-0a53-4c55-9b7e-2f7c2b1f6a10",   a UUID the client makes up
       "template": "class3d",                                     the job template to fill in
-      "parameters": {"K": 4, "iter": 25},                        relion_spot.jobs.parameters
+      "parameters": {"preset": "benchmark", "K": 4},             relion_spot.jobs.parameters
       "user": "alice",                                           who asked (as the client says)
       "submitted_at": "2026-11-03T10:15:00Z"                     ISO 8601 with a time zone
     }

@@ -1,4 +1,9 @@
-"""The Class3D job's parameters: the canonical benchmark by default, each change range-checked.
+"""The Class3D job's parameters, each range-checked; the canonical benchmark only by name.
+
+A submission names its own data (project, particles, reference, particle diameter) or asks for
+the EMPIAR-10028 benchmark's with ``preset=benchmark``: the dataclass's defaults are that
+benchmark, and a lab that forgot ``--particles`` must be told so, not have the benchmark's
+particles classified into the benchmark's project on its bill.
 
 Every relion_refine flag a user may change is a named parameter with the values it accepts; a
 bad value is refused with one message naming the parameter, the value and what is accepted. Flags
@@ -329,6 +334,13 @@ def check_extra_flags(extra: Sequence[str]) -> None:
 
 _ALIASES = {"i": "particles", "ref": "reference"}
 
+PRESET = "preset"
+"""The one mapping key that is not a parameter: which named set of defaults the job starts from."""
+PRESETS: tuple[str, ...] = ("benchmark",)
+"""``benchmark``: EMPIAR-10028 as the published benchmark ran it (the dataclass's defaults)."""
+REQUIRED: tuple[str, ...] = ("project_dir", "particles", "reference", "particle_diameter")
+"""What only the lab knows about its data; without a preset, each must be given."""
+
 
 def _coerce(name: str, value: object) -> Any:
     """Text from a command line or context → the parameter's type (numbers, switches, lists)."""
@@ -357,18 +369,39 @@ def _coerce(name: str, value: object) -> Any:
 
 
 def from_mapping(values: Mapping[str, object]) -> Class3dParams:
-    """Parameters from names (e.g. a submit command's key=value pairs); unknown names refused."""
+    """Parameters from names (e.g. a submit command's key=value pairs); unknown names refused,
+    and the lab's own data named unless ``preset=benchmark`` asks for the benchmark's."""
     given: dict[str, Any] = {}
+    preset: object = None
     for key, value in values.items():
         name = _ALIASES.get(key.removeprefix("--"), key.removeprefix("--"))
+        if name == PRESET:
+            preset = value
+            continue
         if name not in PARAMETER_NAMES:
-            close = difflib.get_close_matches(name, PARAMETER_NAMES, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, (*PARAMETER_NAMES, PRESET), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}? " if close else ""
             shown = repr(key) if len(key) <= 60 else f"{key[:57]!r}..."
             raise JobParameterError(
-                f"no job parameter {shown}; {hint}parameters are: " + ", ".join(PARAMETER_NAMES)
+                f"no job parameter {shown}; {hint}parameters are: "
+                + ", ".join((*PARAMETER_NAMES, PRESET))
             )
         given[name] = _coerce(name, value)
+    if preset is not None and preset not in PRESETS:
+        shown = repr(preset) if len(repr(preset)) <= 60 else f"{repr(preset)[:57]}..."
+        raise JobParameterError(
+            f"parameter preset = {shown} is not valid: one of {', '.join(PRESETS)} (or none, "
+            "naming the data: " + ", ".join(REQUIRED) + ")"
+        )
     if "extra_flags" in given and isinstance(given["extra_flags"], list):
         given["extra_flags"] = tuple(str(w) for w in given["extra_flags"])
-    return Class3dParams(**given)
+    params = Class3dParams(**given)  # a bad value is named first, then what is missing
+    missing = [name for name in REQUIRED if name not in given]
+    if preset is None and missing:
+        raise JobParameterError(
+            "the job's own data must be named: "
+            + ", ".join(f"{name} (--{name.replace('_', '-')})" for name in missing)
+            + " missing; or give preset=benchmark (--preset benchmark) for the EMPIAR-10028 "
+            "benchmark's"
+        )
+    return params

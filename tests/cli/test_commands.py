@@ -63,7 +63,9 @@ def _submit(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, *extra: str) -> i
         return wait_for_acceptance(table, sid, timeout, **kwargs)
 
     monkeypatch.setattr(commands.intake_client, "wait_for_acceptance", waiting)
-    return main(["submit", "class3d", "--stack", STACK, "--user", "alice", *extra])
+    return main(
+        ["submit", "class3d", "--stack", STACK, "--user", "alice", "--preset", "benchmark", *extra]
+    )
 
 
 def _accepted(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> str:
@@ -86,7 +88,9 @@ def test_submit_goes_through_the_queue_and_prints_the_job_id(
     assert "accepted: Slurm job 42" in captured.err
     (item,) = cluster.dynamodb.scan(TableName=TABLE)["Items"]
     sid = item["submission_id"]["S"]
-    assert json.loads(item["parameters"]["S"]) == {"K": 4, "iter": 30, "ctf": False}
+    assert json.loads(item["parameters"]["S"]) == {
+        "preset": "benchmark", "K": 4, "iter": 30, "ctf": False,
+    }  # fmt: skip
     # The job learns its submission and where to report from sbatch's environment.
     (env,) = cluster.slurm.sbatch_environments()
     assert {
@@ -98,10 +102,20 @@ def test_submit_goes_through_the_queue_and_prints_the_job_id(
     assert "--K 4" in script and "--iter 30" in script and "--ctf " not in script
 
 
+def test_submit_without_the_data_or_the_preset_names_what_is_missing_and_sends_nothing(
+    cluster: Cluster, capsys: Any
+) -> None:
+    assert main(["submit", "class3d", "--stack", STACK, "--K", "4", "--no-wait"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("relion-spot submit: the job's own data must be named: project_dir")
+    assert "--particles" in err and "--preset benchmark" in err and "Traceback" not in err
+    assert "Messages" not in cluster.sqs.receive_message(QueueUrl=cluster.queue_url)
+
+
 def test_submit_no_wait_prints_the_submission_and_leaves_one_message(
     cluster: Cluster, capsys: Any
 ) -> None:
-    assert main(["submit", "class3d", "--stack", STACK, "--no-wait"]) == 0
+    assert main(["submit", "class3d", "--stack", STACK, "--preset", "benchmark", "--no-wait"]) == 0
     sid = capsys.readouterr().out.strip()
     messages = cluster.sqs.receive_message(QueueUrl=cluster.queue_url, MaxNumberOfMessages=10)
     (message,) = messages["Messages"]
@@ -122,7 +136,8 @@ def test_a_rejection_prints_the_drainers_reason(
 def test_no_decision_in_time_says_the_controller_may_be_waking(
     cluster: Cluster, capsys: Any
 ) -> None:
-    argv = ["submit", "class3d", "--stack", STACK, "--timeout", "0.2", "--poll", "0.05"]
+    argv = ["submit", "class3d", "--stack", STACK, "--preset", "benchmark", "--timeout", "0.2"]
+    argv += ["--poll", "0.05"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no decision within 0.2 s" in err and "waking up" in err

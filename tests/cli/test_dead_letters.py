@@ -56,11 +56,11 @@ def _redrive(cluster: Cluster) -> None:
 
 
 def test_status_lists_what_the_intake_gave_up_on(cluster: Cluster, capsys: Any) -> None:
-    crashing = new_submission({"K": 2}, user="alice")
+    crashing = new_submission({"preset": "benchmark", "K": 2}, user="alice")
     crashing_id = _send(cluster, crashing.to_json())
     _crash_every_receive(cluster)
     _redrive(cluster)
-    held = new_submission({"K": 3}, user="bob")
+    held = new_submission({"preset": "benchmark", "K": 3}, user="bob")
     held_id = _send(cluster, held.to_json())
     time.sleep(0.01)  # SentTimestamp counts milliseconds: two sends, two times
     nameless_id = _send(cluster, '{"nothing": "to go by"}')

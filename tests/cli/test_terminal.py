@@ -125,7 +125,7 @@ def test_a_hostile_user_name_from_a_raw_message_is_printed_plain(
 ) -> None:
     """A message sent straight to the queue (no CLI check): the drainer records the rejection
     with the name as sent, and ``status`` shows it without its escapes or its markup."""
-    body = json.loads(new_submission({}, user="x").to_json())
+    body = json.loads(new_submission({"preset": "benchmark"}, user="x").to_json())
     sid = body["submission_id"]
     body["user"] = f"[link=https://evil.example]{HYPERLINK}mallory[/link]{CLEAR_SCREEN}"
     body["parameters"] = {"K": f"{ERASE_LINE_ABOVE}6\x1b[8m"}

@@ -46,7 +46,7 @@ def test_a_drainer_killed_after_sbatch_leaves_a_retry_that_submits_nothing_new(
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_server, region_name="us-east-1")
     queue_url = make_queue_and_table(sqs, dynamodb, visibility=VISIBILITY_SECONDS)
     table = IntakeTable(dynamodb, TABLE)
-    sent = submit(sqs, table, queue_url, parameters={"K": 6}, user="alice")
+    sent = submit(sqs, table, queue_url, parameters={"preset": "benchmark", "K": 6}, user="alice")
 
     env = {
         **os.environ,

@@ -42,7 +42,7 @@ def _message(**parameters: Any) -> str:
             "version": 1,
             "submission_id": SID,
             "template": "class3d",
-            "parameters": parameters or {"K": 4},
+            "parameters": parameters or {"preset": "benchmark", "K": 4},
             "user": "alice",
             "submitted_at": "2026-11-03T10:15:00Z",
         }
@@ -96,7 +96,11 @@ def _crash_once(target: Any, name: str) -> list[int]:
 
 def test_a_submission_round_trips_to_a_slurm_job(intake: Intake) -> None:
     sent = submit(
-        intake.sqs, intake.table, intake.queue_url, parameters={"K": 4, "iter": 30}, user="alice"
+        intake.sqs,
+        intake.table,
+        intake.queue_url,
+        parameters={"preset": "benchmark", "K": 4, "iter": 30},
+        user="alice",
     )
     assert intake.drainer().step() == ["accepted"]
     assert wait_for_acceptance(intake.table, sent.submission_id, timeout=1) == "42"
@@ -116,7 +120,7 @@ def test_a_submission_round_trips_to_a_slurm_job(intake: Intake) -> None:
     assert record is not None
     assert (record.state, record.job_id, record.user) == ("accepted", "42", "alice")
     assert record.sender_id, "SQS says who sent it"
-    assert json.loads(record.parameters) == {"K": 4, "iter": 30}
+    assert json.loads(record.parameters) == {"preset": "benchmark", "K": 4, "iter": 30}
     assert record.message.startswith("preflight skipped")
     assert record.claimed_at is not None and record.decided_at is not None
     assert record.received_at is not None
@@ -179,13 +183,15 @@ def test_a_duplicated_message_is_submitted_once(intake: Intake) -> None:
 
 
 def test_a_client_retrying_with_the_same_id_sends_nothing_once_decided(intake: Intake) -> None:
-    first = submit(intake.sqs, intake.table, intake.queue_url, parameters={}, user="alice")
+    first = submit(
+        intake.sqs, intake.table, intake.queue_url, parameters={"preset": "benchmark"}, user="alice"
+    )
     intake.drainer().step()
     again = submit(
         intake.sqs,
         intake.table,
         intake.queue_url,
-        parameters={},
+        parameters={"preset": "benchmark"},
         user="alice",
         submission_id=first.submission_id,
     )
@@ -520,7 +526,7 @@ def test_blush_on_the_projects_own_image_is_refused_before_any_node() -> None:
     from relion_spot.intake.prepare import JobRejected
     from relion_spot.jobs import from_mapping
 
-    params = from_mapping({"extra_flags": ["--blush"]})
+    params = from_mapping({"preset": "benchmark", "extra_flags": ["--blush"]})
     with pytest.raises(JobRejected, match="--blush needs RELION's Blush environment"):
         JobPreparer.from_spec(cluster_spec())(params)
     own = JobPreparer.from_spec(cluster_spec(), image="docker://lab/relion-blush:5.0.1")

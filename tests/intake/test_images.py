@@ -25,7 +25,7 @@ def _message(sid: str = SID) -> str:
             "version": 1,
             "submission_id": sid,
             "template": "class3d",
-            "parameters": {"K": 4},
+            "parameters": {"preset": "benchmark", "K": 4},
             "user": "alice",
             "submitted_at": "2026-11-03T10:15:00Z",
         }

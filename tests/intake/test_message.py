@@ -19,7 +19,7 @@ def _body(**changes: object) -> str:
         "version": 1,
         "submission_id": SID,
         "template": "class3d",
-        "parameters": {"K": 4},
+        "parameters": {"preset": "benchmark", "K": 4},
         "user": "alice",
         "submitted_at": "2026-11-03T10:15:00Z",
     }
@@ -32,14 +32,36 @@ def _body(**changes: object) -> str:
 
 
 def test_a_submission_round_trips_through_its_json() -> None:
-    sent = new_submission({"K": 4, "iter": "30", "extra_flags": ["--pad", "1"]}, user="alice")
+    own_data = {"project_dir": "/data/lab", "particles": "Extract/job007/particles.star",
+                "reference": "InitialModel/job009/run_it100_class001.mrc",
+                "particle_diameter": 200}  # fmt: skip
+    sent = new_submission(
+        {**own_data, "K": 4, "iter": "30", "extra_flags": ["--pad", "1"]}, user="alice"
+    )
     assert uuid.UUID(sent.submission_id).version == 4
     received = parse(sent.to_json())
     assert received == sent
     assert received.params.K == 4
     assert received.params.iter == 30
     assert received.params.extra_flags == ("--pad", "1")
+    assert received.params.particles == "Extract/job007/particles.star"
     assert json.loads(sent.to_json())["version"] == 1
+
+
+def test_a_submission_that_names_no_data_is_refused_not_run_on_the_benchmarks() -> None:
+    with pytest.raises(InvalidSubmission) as refused:
+        new_submission({"K": 4, "particles": "p.star"}, user="alice")
+    assert str(refused.value) == (
+        "the job's own data must be named: project_dir (--project-dir), reference "
+        "(--reference), particle_diameter (--particle-diameter) missing; or give "
+        "preset=benchmark (--preset benchmark) for the EMPIAR-10028 benchmark's"
+    )
+    with pytest.raises(InvalidSubmission, match=r"parameter preset = 'bench' is not valid: one"):
+        new_submission({"preset": "bench"}, user="alice")
+    benchmark = new_submission({"preset": "benchmark"}, user="alice").params
+    assert (benchmark.particles, benchmark.project_dir) == (
+        "Particles/shiny_2sets.star", "/data/relion_benchmark",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

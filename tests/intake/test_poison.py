@@ -51,13 +51,25 @@ def _rejected(intake: Intake, caplog: pytest.LogCaptureFixture) -> str:
         ('{"K": 1e400}', "parameter K = inf is not valid"),
         ('{"tau2_fudge": -1e400}', "parameter tau2_fudge = -inf is not valid"),
         ("[" * 100_000 + "]" * 100_000, "the message is not JSON (maximum recursion"),
-        ('{"project_dir": "/etc"}', "parameter project_dir = '/etc' is not valid"),
-        ('{"project_dir": "/data/p/../../etc"}', "parameter project_dir = '/data/p/../../etc'"),
-        ('{"project_dir": "/data/.relion-spot"}', "parameter project_dir = '/data/.relion-spot'"),
+        (
+            '{"preset": "benchmark", "project_dir": "/etc"}',
+            "parameter project_dir = '/etc' is not valid",
+        ),
+        (
+            '{"preset": "benchmark", "project_dir": "/data/p/../../etc"}',
+            "parameter project_dir = '/data/p/../../etc'",
+        ),
+        (
+            '{"preset": "benchmark", "project_dir": "/data/.relion-spot"}',
+            "parameter project_dir = '/data/.relion-spot'",
+        ),
         ('{"particles": "../../other/particles.star"}', "parameter particles = '../../other"),
         ('{"reference": "/root/ref.mrc"}', "parameter reference = '/root/ref.mrc' is not valid"),
         ('{"particles": "--o"}', "parameter particles = '--o' is not valid: a path, not a flag"),
-        ('{"scratch_dir": "/data/scratch"}', "parameter scratch_dir = '/data/scratch'"),
+        (
+            '{"preset": "benchmark", "scratch_dir": "/data/scratch"}',
+            "parameter scratch_dir = '/data/scratch'",
+        ),
         ('{"particles": "p\\u00e9.star"}', "parameter particles = 'p\u00e9.star' is not valid"),
         ('{"particles": "' + "a" * 300 + '"}', "parameter particles = 'aaaa"),
         ('{"output_dir": "../Class3D"}', "parameter output_dir = '../Class3D' is not valid"),
@@ -101,7 +113,7 @@ def test_a_message_that_fails_every_receive_ends_rejected_not_pending(
     inbox_arn = intake.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn["Attributes"]["QueueArn"])
     notifier = Notifier(sns, topic, "lab-gpu1")
-    intake.send(_body('{"K": 2}'))
+    intake.send(_body('{"preset": "benchmark", "K": 2}'))
     for receive in range(1, MAX_RECEIVES + 1):
         held = HeldMessages(intake.sqs)
         drainer = intake.drainer(sqs=held, prepare=broken_prepare, notifier=notifier)

@@ -269,7 +269,14 @@ def test_bad_parameter_is_refused_with_one_clear_message(given: dict, message: s
 
 def test_text_values_are_coerced_and_extra_flags_kept() -> None:
     params = from_mapping(
-        {"K": "4", "iter": "10", "tau2_fudge": "2.5", "ctf": "false", "extra_flags": "--maxsig 500"}
+        {
+            "preset": "benchmark",
+            "K": "4",
+            "iter": "10",
+            "tau2_fudge": "2.5",
+            "ctf": "false",
+            "extra_flags": "--maxsig 500",
+        }
     )
     assert (params.K, params.iter, params.tau2_fudge, params.ctf) == (4, 10, 2.5, False)
     words = _words(1, params=params)
@@ -280,12 +287,17 @@ def test_text_values_are_coerced_and_extra_flags_kept() -> None:
 def test_a_mask_and_skip_align_are_named_parameters_and_blush_a_flag_relion_5_knows() -> None:
     """RELION 5's own flags (the list is read from its source, scripts/relion-refine-flags.py):
     each named parameter renders its flag; given again as an extra flag it is refused by name."""
-    params = from_mapping({"solvent_mask": "Masks/soft.mrc", "skip_align": "true"})
+    params = from_mapping(
+        {"preset": "benchmark", "solvent_mask": "Masks/soft.mrc", "skip_align": "true"}
+    )
     args = params.refine_args()
     assert args[args.index("--solvent_mask") + 1] == "Masks/soft.mrc"
     assert "--skip_align" in args
     assert "--skip_align" not in Class3dParams().refine_args()
-    assert from_mapping({"extra_flags": ["--blush"]}).refine_args()[-1] == "--blush"
+    assert (
+        from_mapping({"preset": "benchmark", "extra_flags": ["--blush"]}).refine_args()[-1]
+        == "--blush"
+    )
     for given in (["--solvent_mask", "m.mrc"], ["--skip_align"]):
         with pytest.raises(JobParameterError, match=f"{given[0]} may not be given here: use the"):
             from_mapping({"extra_flags": given})
