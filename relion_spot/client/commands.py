@@ -168,6 +168,19 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         except JobParameterError as error:
             raise UsageError(str(error)) from None
         return staged
+    if args.template == "select":
+        from relion_spot.jobs.select import SELECT_FIELDS, select_from_mapping
+
+        chosen = {n: getattr(args, n) for n in SELECT_FIELDS if getattr(args, n) is not None}
+        try:
+            selection = select_from_mapping(chosen)
+        except JobParameterError as error:
+            raise UsageError(str(error)) from None
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name in SELECT_FIELDS
+            if (value := getattr(selection, name)) is not None
+        }
 
     given: dict[str, Any] = {
         spec.name: getattr(args, spec.name)
@@ -571,6 +584,17 @@ def register(subparsers: Any) -> None:
     stage.add_argument("--sha256", help="expected sha256 of the tarball")
     stage.add_argument("--expect-files", type=int, help="files the archive must hold")
     stage.set_defaults(func=_runner("submit", submit_command))
+    select = templates.add_parser(
+        "select",
+        help="keep the particles of chosen classes of a Class3D run (RELION's Select job), "
+        "as a job on the CPU partition",
+    )
+    _submission_options(select)
+    select.add_argument("--project-dir", dest="project_dir", required=True, help="/data/<project>")
+    select.add_argument("--run", required=True, help="the Class3D job, e.g. Class3D/job005")
+    select.add_argument("--classes", required=True, help="class numbers to keep, e.g. 1,3")
+    select.add_argument("--iteration", type=int, help="default: the run's newest complete one")
+    select.set_defaults(func=_runner("submit", submit_command))
 
     status = subparsers.add_parser("status", help="submissions, progress and cost so far")
     _common(status)

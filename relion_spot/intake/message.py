@@ -31,12 +31,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError, from_mapping
+from relion_spot.jobs.select import SelectParams, select_from_mapping
 from relion_spot.jobs.stage import StageParams, stage_from_mapping
 
 from .config import KEY
 
 SCHEMA_VERSION = 1
-TEMPLATES: tuple[str, ...] = ("class3d", "stage")
+TEMPLATES: tuple[str, ...] = ("class3d", "stage", "select")
 FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
 ACTION = "action"
 SUBMIT = "submit"
@@ -116,7 +117,9 @@ class Submission:
     submitted_at: str
     template: str = "class3d"
     version: int = SCHEMA_VERSION
-    params: Class3dParams | StageParams = field(init=False, repr=False, compare=False)
+    params: Class3dParams | StageParams | SelectParams = field(
+        init=False, repr=False, compare=False
+    )
     """The validated job parameters (set by ``__post_init__``)."""
 
     def __post_init__(self) -> None:
@@ -154,9 +157,11 @@ class Submission:
                 sid,
             )
         try:
-            params: Class3dParams | StageParams
+            params: Class3dParams | StageParams | SelectParams
             if self.template == "stage":
                 params = stage_from_mapping(self.parameters)
+            elif self.template == "select":
+                params = select_from_mapping(self.parameters)
             else:
                 params = from_mapping(self.parameters)
                 params.check_confined()

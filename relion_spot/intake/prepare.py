@@ -15,8 +15,9 @@ from pathlib import Path, PurePosixPath
 
 from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
+from relion_spot.jobs.select import SelectParams, render_select
 from relion_spot.jobs.stage import StageParams, render_stage
-from relion_spot.relion import preflight
+from relion_spot.relion import preflight, select
 from relion_spot.slurm.spec import GPU_PARTITION, ClusterSpec
 
 from .config import NODE_DATA_DIR
@@ -69,7 +70,9 @@ class JobPreparer:
             stage_buckets=stage_buckets,
         )
 
-    def __call__(self, params: Class3dParams | StageParams) -> PreparedJob:
+    def __call__(self, params: Class3dParams | StageParams | SelectParams) -> PreparedJob:
+        if isinstance(params, SelectParams):
+            return PreparedJob(script=render_select(params), note=self._check_selection(params))
         if isinstance(params, StageParams):
             self._check_stage_source(params.source)
             return PreparedJob(
@@ -103,6 +106,41 @@ class JobPreparer:
             f"parameter source = {source!r} is not valid: bucket {bucket!r} is not one the nodes "
             f"may read (this cluster's stage_buckets: {allowed}); deploy with "
             f"-c stage_buckets=<buckets> to grant it"
+        )
+
+    def _project_here(self, project_dir: str) -> Path | str:
+        """The project as the controller sees it, or why preflight cannot look."""
+        if self.data_root is None:
+            return f"preflight skipped: the controller is not told where it sees {NODE_DATA_DIR}"
+        if not self.data_root.is_dir():
+            return (
+                f"preflight skipped: {self.data_root} (the nodes' {NODE_DATA_DIR}) is not "
+                f"mounted on the controller"
+            )
+        try:
+            inside = PurePosixPath(project_dir).relative_to(NODE_DATA_DIR)
+        except ValueError:
+            return (
+                f"preflight skipped: project_dir {project_dir} is outside {NODE_DATA_DIR}, "
+                "the only data the controller sees"
+            )
+        return self.data_root / inside
+
+    def _check_selection(self, params: SelectParams) -> str:
+        """The run exists here with a complete iteration and the classes are among its K:
+        refused now, not on a CPU node launched for nothing."""
+        here = self._project_here(params.project_dir)
+        if isinstance(here, str):
+            return here
+        try:
+            chosen = select.plan(here, params.run, params.classes, params.iteration)
+        except select.SelectError as err:
+            raise JobRejected(
+                f"preflight: {str(err).replace(str(here), params.project_dir)}"
+            ) from None
+        return (
+            f"preflight ok: classes {','.join(map(str, chosen.chosen))} of {params.run} "
+            f"(K={chosen.classes}) at iteration {chosen.iteration}, on the CPU partition"
         )
 
     def _preflight(self, params: Class3dParams, words: Sequence[str]) -> str:

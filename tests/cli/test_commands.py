@@ -102,6 +102,29 @@ def test_submit_goes_through_the_queue_and_prints_the_job_id(
     assert "--K 4" in script and "--iter 30" in script and "--ctf " not in script
 
 
+def test_submit_select_runs_the_selection_program_on_the_cpu_partition(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> str:
+        kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
+        return wait_for_acceptance(table, sid, timeout, **kwargs)
+
+    monkeypatch.setattr(commands.intake_client, "wait_for_acceptance", waiting)
+    argv = ["submit", "select", "--stack", STACK, "--project-dir", "/data/lab"]
+    assert main([*argv, "--run", "Class3D/job005", "--classes", "1,3"]) == 0
+    assert capsys.readouterr().out.strip() == "42"
+    (item,) = cluster.dynamodb.scan(TableName=TABLE)["Items"]
+    assert item["template"]["S"] == "select"
+    assert json.loads(item["parameters"]["S"]) == {
+        "project_dir": "/data/lab", "run": "Class3D/job005", "classes": [1, 3],
+    }  # fmt: skip
+    script = cluster.slurm.script("42")
+    assert "#SBATCH --partition=cpu" in script
+    assert "relion_spot.relion.select --run Class3D/job005 --classes 1,3 --out" in script
+    assert main([*argv, "--run", "Class3D/job005", "--classes", "1,x"]) == 2
+    assert "parameter classes = '1,x' is not valid" in capsys.readouterr().err
+
+
 def test_submit_without_the_data_or_the_preset_names_what_is_missing_and_sends_nothing(
     cluster: Cluster, capsys: Any
 ) -> None:
