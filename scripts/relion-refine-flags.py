@@ -11,6 +11,10 @@ source rather than ``--help`` also finds the options RELION parses without listi
 (``--continue``, ``--pipeline_control``, ``--dont_combine_weights_via_disc``, ...). The job
 parameters refuse any other flag: RELION itself only warns about an unknown one, so a typo would
 silently run a different job.
+
+``continue_flags`` are the ones ``MlOptimiser::parseContinue`` reads: on ``--continue`` RELION takes
+every other setting from the run's _optimiser.star, so only these may change when a job continues
+another run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ _SWITCH = re.compile(r'checkOption\(\s*"(--[A-Za-z0-9_]+)"')
 _VALUE = re.compile(r'(?:getOption\(|getParameter\(\s*argc\s*,\s*argv\s*,)\s*"(--[A-Za-z0-9_]+)"')
 _CHECKED = re.compile(r'checkParameter\(\s*argc\s*,\s*argv\s*,\s*"(--[A-Za-z0-9_]+)"')
 _VERSION = re.compile(r"relion-(\d+\.\d+(?:\.\d+)?)")
+_CONTINUE = re.compile(r"void MlOptimiser::parseContinue\(.*?\n}\n", re.DOTALL)
 
 
 def flags_of(texts: list[str]) -> dict[str, str]:
@@ -63,9 +68,16 @@ def main(argv: list[str]) -> int:
         + ", ".join(SOURCES)
         + " of the RELION source",
         "flags": flags_of(texts),
+        "continue_flags": sorted(flags_of(_CONTINUE.findall("\n".join(texts)))),
     }
     OUTPUT.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{OUTPUT.name}: {len(record['flags'])} flags of RELION {record['relion_version']}")
+    if not record["continue_flags"]:
+        print(f"{tarball}: no MlOptimiser::parseContinue in {SOURCES[0]}", file=sys.stderr)
+        return 1
+    print(
+        f"{OUTPUT.name}: {len(record['flags'])} flags ({len(record['continue_flags'])} read on "
+        f"--continue) of RELION {record['relion_version']}"
+    )
     return 0
 
 

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,6 +36,7 @@ from relion_spot.intake.table import (
     IntakeTable,
 )
 from relion_spot.jobs.parameters import (
+    PARAMETER_NAMES,
     PRESET,
     PRESETS,
     RANGES,
@@ -131,8 +132,7 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
         help="start from the EMPIAR-10028 benchmark's parameters and data (relion_benchmark)",
     )
     defaults = Class3dParams()
-    for spec in fields(Class3dParams):
-        name = spec.name
+    for name in PARAMETER_NAMES:
         default = getattr(defaults, name)
         if name in SWITCHES:
             group.add_argument(
@@ -145,6 +145,12 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
             continue
         if name == "extra_flags":
             help_text = "further relion_refine flags, quoted as one word, e.g. '--maxsig 500'"
+        elif name == "continue_from":
+            help_text = (
+                "continue a Class3D job of the project into a new one: Class3D/job005[:N] "
+                "(default its newest complete iteration); with --iter, and only the options "
+                "RELION reads again on --continue"
+            )
         elif name in RANGES:
             shown = "sized to the node" if default is None else default
             help_text = f"{RANGES[name].describe()} (default {shown})"
@@ -183,9 +189,9 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     given: dict[str, Any] = {
-        spec.name: getattr(args, spec.name)
-        for spec in fields(Class3dParams)
-        if getattr(args, spec.name, None) is not None
+        name: getattr(args, name)
+        for name in PARAMETER_NAMES
+        if getattr(args, name, None) is not None
     }
     if args.preset is not None:
         given[PRESET] = args.preset

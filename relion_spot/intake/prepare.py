@@ -10,7 +10,7 @@ data, the job is accepted without preflight and the record says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
@@ -85,13 +85,50 @@ class JobPreparer:
                 "its model weights), which the project's RELION image does not carry; deploy "
                 "with -c relion_image=<an image that has it> to use Blush"
             )
+        note = None
+        if params.continue_from is not None:
+            params, note = self._continuation(params)
         try:
             shape = NodeShape.for_types(self.instance_types)
             script = render(shape, params, mode=self.mode, image=self.image)
             words = command_words(shape, params, mode=self.mode)
         except JobParameterError as err:
             raise JobRejected(str(err)) from None
-        return PreparedJob(script=script, note=self._preflight(params, words), needs_image=True)
+        if note is None:
+            note = self._preflight(params, words)
+        return PreparedJob(script=script, note=note, needs_image=True)
+
+    def _continuation(self, params: Class3dParams) -> tuple[Class3dParams, str]:
+        """The run to continue, checked here (complete at the iteration, stopping beyond it),
+        with the iteration named when only the job was: what the job will --continue from."""
+        run, iteration = params.continued_run()
+        here = self._project_here(params.project_dir)
+        if isinstance(here, str):
+            if iteration is None:
+                raise JobRejected(
+                    f"parameter continue_from = {params.continue_from!r}: name the iteration "
+                    f"({run}:N); the controller cannot look for the newest ({here})"
+                )
+            return params, here
+        try:
+            _, found, classes = select.complete_iteration(here, run, iteration)
+        except select.SelectError as err:
+            raise JobRejected(
+                f"preflight: {str(err).replace(str(here), params.project_dir)}"
+            ) from None
+        if params.iter <= found:
+            raise JobRejected(
+                f"parameter iter = {params.iter} is not valid: {run} is at iteration {found}; "
+                "give the iteration to stop at, beyond it"
+            )
+        try:
+            named = replace(params, continue_from=f"{run}:{found}")
+        except JobParameterError as err:
+            raise JobRejected(str(err)) from None
+        return named, (
+            f"preflight ok: continuing {run} (K={classes}) from iteration {found} to "
+            f"{params.iter}; particles, reference and K are the run's own"
+        )
 
     def _check_stage_source(self, source: str) -> None:
         """An s3:// source must be a bucket the nodes may read: refused here, one line, rather

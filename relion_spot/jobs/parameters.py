@@ -145,6 +145,14 @@ class Class3dParams:
     """The node's local NVMe (the node bootstrap mounts the instance store there)."""
     extra_flags: tuple[str, ...] = ()
     """Further relion_refine flags (and values), checked against the flags RELION knows."""
+    continue_from: str | None = None
+    """A Class3D job of the project to continue, and the iteration to continue from
+    (``Class3D/job005:20``; given as ``Class3D/job005``, the controller names that run's newest
+    complete iteration). RELION keeps the run's particles, reference, K and symmetry; ``iter`` and
+    the options RELION reads again on --continue (CONTINUE_PARAMETERS) may change. The job writes
+    to its own new directory, so the run it continues stays as it was."""
+    changed: tuple[str, ...] = ()
+    """On a continuation, the named parameters to pass again (RELION keeps every other one)."""
 
     def __post_init__(self) -> None:
         for name, allowed in RANGES.items():
@@ -185,6 +193,14 @@ class Class3dParams:
                 f"offset_range ({self.offset_range:g})"
             )
         check_extra_flags(self.extra_flags)
+        if self.continue_from is not None:
+            _check_continuation(self)
+
+    def continued_run(self) -> tuple[str, int | None]:
+        """The job directory this job continues, and the iteration (None: not yet named)."""
+        assert self.continue_from is not None
+        run, _, iteration = self.continue_from.partition(":")
+        return run, int(iteration) if iteration else None
 
     def check_confined(self) -> None:
         """What a submission to the cluster may name: a project under the shared /data (never
@@ -196,6 +212,8 @@ class Class3dParams:
 
     def refine_args(self) -> list[str]:
         """The job's own relion_refine flags (no output, GPU, thread or scratch flags)."""
+        if self.continue_from is not None:
+            return self._continue_args()
         args = ["--i", self.particles, "--ref", self.reference]
         switches = {name: getattr(self, name) for name in SWITCHES}
         if switches["firstiter_cc"]:
@@ -228,8 +246,71 @@ class Class3dParams:
         args += ["--random_seed", str(self.random_seed)]
         return [*args, *self.extra_flags]
 
+    def _continue_args(self) -> list[str]:
+        run, iteration = self.continued_run()
+        if iteration is None:
+            raise JobParameterError(
+                f"parameter continue_from = {self.continue_from!r} names no iteration: give "
+                f"{run}:N (the controller fills in the newest complete one when it sees the run)"
+            )
+        args = [
+            "--continue",
+            f"{run}/run_it{iteration:03d}_optimiser.star",
+            "--iter",
+            str(self.iter),
+        ]
+        for name in self.changed:
+            value = getattr(self, name)
+            if name in SWITCHES:
+                args.append(f"--{name}")
+            elif name == "solvent_mask":
+                args += ["--solvent_mask", str(value)]
+            else:
+                args += [f"--{name}", _number(value)]
+        return [*args, *self.extra_flags]
 
-PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Class3dParams))
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(Class3dParams) if f.name != "changed"
+)
+CONTINUE_PARAMETERS: tuple[str, ...] = (
+    "tau2_fudge", "particle_diameter", "ini_high", "healpix_order", "oversampling",
+    "offset_range", "offset_step", "solvent_mask", "skip_align",
+)  # fmt: skip
+"""Named parameters whose relion_refine option RELION reads again on --continue (its
+parseContinue); a test holds them to the list read from RELION's source. (Switches that RELION
+would only turn on, never off, are left out but skip_align.)"""
+CONTINUE_FIXED_ALLOWED: tuple[str, ...] = (
+    "continue_from", "iter", "project_dir", "output_dir", "scratch_dir", "pool", "j", "extra_flags",
+)  # fmt: skip
+"""What else a continuation may name: where it runs and how, not what RELION computes."""
+_CONTINUE_FROM = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}/job\d{3,6}(:\d{1,3})?$")
+RUN_ROOT = "run"
+"""The run root's name in a Class3D job directory (the template's --o JOB_DIR/run)."""
+
+
+def _check_continuation(params: Class3dParams) -> None:
+    value = params.continue_from
+    if not isinstance(value, str) or not _CONTINUE_FROM.fullmatch(value):
+        raise JobParameterError(
+            f"parameter continue_from = {str(value)[:60]!r} is not valid: a Class3D job of the "
+            "project and optionally its iteration, e.g. Class3D/job005 or Class3D/job005:20"
+        )
+    _, iteration = params.continued_run()
+    if iteration is not None and not 1 <= iteration < params.iter:
+        raise JobParameterError(
+            f"parameter iter = {params.iter} is not valid when continuing from iteration "
+            f"{iteration}: the iteration to stop at, beyond {iteration}"
+        )
+    from relion_spot.relion.preflight import continue_flags
+
+    rereads = continue_flags()
+    for word in params.extra_flags:
+        if word.startswith("--") and word not in rereads:
+            raise JobParameterError(
+                f"parameter extra_flags: {word} cannot change when continuing: RELION keeps the "
+                "run's own (it reads again only the options of its parseContinue)"
+            )
 
 
 def check_path(name: str, value: object) -> None:
@@ -395,6 +476,8 @@ def from_mapping(values: Mapping[str, object]) -> Class3dParams:
         )
     if "extra_flags" in given and isinstance(given["extra_flags"], list):
         given["extra_flags"] = tuple(str(w) for w in given["extra_flags"])
+    if given.get("continue_from") is not None:
+        return _continuation(given, preset)
     params = Class3dParams(**given)  # a bad value is named first, then what is missing
     missing = [name for name in REQUIRED if name not in given]
     if preset is None and missing:
@@ -405,3 +488,33 @@ def from_mapping(values: Mapping[str, object]) -> Class3dParams:
             "benchmark's"
         )
     return params
+
+
+def _continuation(given: dict[str, Any], preset: object) -> Class3dParams:
+    """A job continuing another run: only what RELION reads again may be named."""
+    if preset is not None:
+        raise JobParameterError(
+            "parameters preset and continue_from exclude each other: a continuation takes its "
+            "data and settings from the run it continues"
+        )
+    for name in given:
+        if name not in CONTINUE_PARAMETERS and name not in CONTINUE_FIXED_ALLOWED:
+            raise JobParameterError(
+                f"parameter {name} cannot change when continuing {given['continue_from']}: "
+                "RELION keeps the run's own; what may change: iter, "
+                + ", ".join(CONTINUE_PARAMETERS)
+            )
+    missing = [name for name in ("project_dir", "iter") if name not in given]
+    if missing:
+        raise JobParameterError(
+            "a continuation must name "
+            + " and ".join(f"{name} (--{name.replace('_', '-')})" for name in missing)
+            + ": the project, and the iteration to stop at"
+        )
+    changed = tuple(name for name in CONTINUE_PARAMETERS if name in given)
+    if given.get("skip_align") is False:
+        raise JobParameterError(
+            "parameter skip_align = false cannot be given when continuing: RELION only turns "
+            "it on again on --continue"
+        )
+    return Class3dParams(**given, changed=changed)

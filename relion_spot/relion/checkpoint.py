@@ -348,6 +348,30 @@ def _int_option(args: Sequence[str], flag: str, default: int | None) -> int:
         raise CheckpointError(f"{flag} {value!r} is not a whole number") from None
 
 
+_OPTIMISER = re.compile(r"^(?P<root>.+)_it(?P<iteration>\d{3,})_optimiser\.star$")
+
+
+def _continued_classes(optimiser: Path, out: Path) -> int:
+    """K of the run a fresh command continues into a new root (another job's run: RELION takes
+    K from it, so the command carries no --K), read from that iteration's _model.star."""
+    import starfile
+
+    match = _OPTIMISER.match(str(optimiser))
+    if match is None:
+        raise CheckpointError(f"--continue {optimiser}: not a run's _itNNN_optimiser.star")
+    if Path(match["root"]) == out:
+        raise CheckpointError(
+            "give the fresh command; --continue of the run's own iterations is worked out from it"
+        )
+    model = Path(f"{match['root']}_it{match['iteration']}_model.star")
+    try:
+        return int(starfile.read(model, always_dict=True)["model_general"]["rlnNrClasses"])
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(
+            f"--continue {optimiser}: no class count in {model} ({error})"
+        ) from None
+
+
 @dataclass(frozen=True)
 class RefineCommand:
     """A fresh relion_refine command line, split into what resuming needs."""
@@ -365,17 +389,20 @@ class RefineCommand:
         argv = list(argv)
         index = _program_index(argv)
         args = argv[index + 1 :]
-        if "--continue" in args:
-            raise CheckpointError("give the fresh command; --continue is worked out from the run")
         out = _option(args, "--o")
         if out is None:
             raise CheckpointError("the command has no --o (output root)")
+        continued = _option(args, "--continue")
+        if continued is None:
+            classes = _int_option(args, "--K", 1)
+        else:
+            classes = _continued_classes(Path(continued), Path(out))
         return cls(
             launcher=argv[:index],
             program=argv[index],
             args=args,
             root=Path(out),
-            classes=_int_option(args, "--K", 1),
+            classes=classes,
             iterations=_int_option(args, "--iter", 25),
         )
 

@@ -79,6 +79,7 @@ def class3d_process(job_dir: str, args: Sequence[str], *, iterations: int) -> Pr
             ("--i", PARTICLES_LABEL),
             ("--ref", MAP_LABEL),
             ("--solvent_mask", MASK_LABEL),
+            ("--continue", CLASS3D_OPTIMISER_LABEL),
         )
         if (path := value(flag)) is not None
     ]

@@ -40,10 +40,20 @@ class PreflightError(ValueError):
 
 
 @cache
+def _flags_record() -> dict:
+    text = resources.files("relion_spot.relion").joinpath("relion_refine_flags.json").read_text()
+    return dict(json.loads(text))
+
+
 def refine_flags() -> dict[str, str]:
     """Every relion_refine(_mpi) option → "value", "switch" or "optional-value"."""
-    text = resources.files("relion_spot.relion").joinpath("relion_refine_flags.json").read_text()
-    return dict(json.loads(text)["flags"])
+    return dict(_flags_record()["flags"])
+
+
+def continue_flags() -> frozenset[str]:
+    """The options relion_refine reads again on --continue; it keeps every other one from the
+    run's _optimiser.star."""
+    return frozenset(_flags_record()["continue_flags"])
 
 
 def parse_refine_args(args: Sequence[str]) -> dict[str, str | None]:

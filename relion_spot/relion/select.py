@@ -63,8 +63,12 @@ def _run_classes(root: Path, iteration: int) -> int:
         raise SelectError(f"{model}: no class count in model_general ({error})") from None
 
 
-def plan(project: Path, run: str, chosen: Sequence[int], iteration: int | None = None) -> Selection:
-    """What would be selected, checked against the run as it is on disk (read only)."""
+def complete_iteration(
+    project: Path, run: str, iteration: int | None = None
+) -> tuple[Path, int, int]:
+    """The run's root, the iteration to use (the named one, which must be complete, or the newest
+    complete one) and its K — read only, as the controller checks a selection or a
+    continuation before any node."""
     root = project / run / RUN_NAME
     written = [i for i in written_iterations(root) if i >= 1]
     if not written:
@@ -83,19 +87,25 @@ def plan(project: Path, run: str, chosen: Sequence[int], iteration: int | None =
         except (CheckpointError, SelectError) as problem:
             problems.append(str(problem))
             continue
-        bad = [c for c in chosen if not 1 <= c <= classes]
-        if not chosen or bad:
-            raise SelectError(
-                f"classes {','.join(map(str, chosen)) or '(none)'} are not valid: class numbers "
-                f"of run {run!r}, from 1 to its K={classes}"
-            )
-        return Selection(root, candidate, classes, tuple(sorted(set(chosen))), {})
+        return root, candidate, classes
     if iteration is not None:
         raise SelectError(
             f"iteration {iteration} of run {run!r} is not complete: {problems[0]} (its newest "
             f"written iteration is {written[0]})"
         )
     raise SelectError(f"run {run!r} has no complete iteration ({'; '.join(problems[:2])})")
+
+
+def plan(project: Path, run: str, chosen: Sequence[int], iteration: int | None = None) -> Selection:
+    """What would be selected, checked against the run as it is on disk (read only)."""
+    root, found, classes = complete_iteration(project, run, iteration)
+    bad = [c for c in chosen if not 1 <= c <= classes]
+    if not chosen or bad:
+        raise SelectError(
+            f"classes {','.join(map(str, chosen)) or '(none)'} are not valid: class numbers "
+            f"of run {run!r}, from 1 to its K={classes}"
+        )
+    return Selection(root, found, classes, tuple(sorted(set(chosen))), {})
 
 
 def select(
