@@ -269,37 +269,60 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
     return deserialize(item)
 
 
-def submissions(context: Context, *, limit: int = SCAN_LIMIT) -> list[dict[str, Any]]:
-    """Every submission (up to ``limit`` read), newest first."""
-    client = context.client("dynamodb")
+def _scan(context: Context, limit: int, **filters: Any) -> list[dict[str, Any]]:
+    """Submissions read by boto3's scan paginator (up to ``limit``), newest first; the table
+    also holds the permission checks (selftest.record), which are left out."""
+    pages = (
+        context.client("dynamodb")
+        .get_paginator("scan")
+        .paginate(TableName=context.handle.intake_table, **filters)
+    )
     items: list[dict[str, Any]] = []
-    request: dict[str, Any] = {"TableName": context.handle.intake_table}
     with aws_errors(f"reading intake table {context.handle.intake_table}"):
-        while len(items) < limit:
-            response = client.scan(**request)
-            # Only submissions: the table also holds the permission checks (selftest.record).
+        for page in pages:
             items += [
                 _plain(i)
-                for i in response.get("Items", [])
+                for i in page.get("Items", [])
                 if canonical_id(i.get("submission_id", {}).get("S"))
             ]
-            if "LastEvaluatedKey" not in response:
+            if len(items) >= limit:
                 break
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
     items.sort(key=lambda i: (str(i.get("submitted_at", "")), int(i.get("decided_at") or 0)))
     return items[::-1][:limit]
 
 
+def submissions(context: Context, *, limit: int = SCAN_LIMIT) -> list[dict[str, Any]]:
+    """Every submission (up to ``limit`` read), newest first."""
+    return _scan(context, limit)
+
+
 def find_submission(context: Context, selector: str) -> dict[str, Any]:
-    """The submission a job id or a submission id names; UsageError when there is none."""
+    """The submission a job id or a submission id names; UsageError when there is none. A
+    submission id is the table's key (one GetItem); a job id is matched by the scan's filter,
+    the newest submission first (ids restart when a controller's state is reset)."""
     wanted = selector.strip()
     if canonical_id(wanted) is None and not wanted.isdigit():
         raise UsageError(f"{selector!r} is neither a Slurm job id nor a submission id (a UUID)")
-    key = "submission_id" if canonical_id(wanted) else "job_id"
-    for item in submissions(context):
-        if str(item.get(key, "")) == wanted:
-            return item
-    what = "submission" if key == "submission_id" else "job"
+    submission_id = canonical_id(wanted)
+    if submission_id:
+        table = context.handle.intake_table
+        with aws_errors(f"reading intake table {table}"):
+            found = context.client("dynamodb").get_item(
+                TableName=table, Key={"submission_id": {"S": submission_id}}, ConsistentRead=True
+            )
+        if "Item" in found:
+            return _plain(found["Item"])
+        what = "submission"
+    else:
+        matches = _scan(
+            context,
+            SCAN_LIMIT,
+            FilterExpression="job_id = :job",
+            ExpressionAttributeValues={":job": {"S": wanted}},
+        )
+        if matches:
+            return matches[0]
+        what = "job"
     raise UsageError(
         f"no {what} {wanted} among the submissions of {context.handle.cluster_name} "
         f"(stack {context.handle.stack})"

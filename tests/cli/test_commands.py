@@ -523,6 +523,34 @@ def test_staging_is_a_job_on_the_cpu_partition(
     )
 
 
+def test_a_submission_is_looked_up_by_its_key_and_a_job_by_the_scans_filter(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """``status <submission id>`` is one GetItem (the table's key), not a read of every item;
+    ``status <job id>`` filters the scan on the server and picks the newest match."""
+    job = _accepted(cluster, monkeypatch, capsys)
+    (item,) = cluster.dynamodb.scan(TableName=TABLE)["Items"]
+    sid = item["submission_id"]["S"]
+    calls: list[str] = []
+    real = commands.Context.client
+
+    def counting(self: Any, name: str) -> Any:
+        client = real(self, name)
+        client.meta.events.register(
+            "before-call.dynamodb", lambda model, **_: calls.append(model.name)
+        )
+        return client
+
+    monkeypatch.setattr(commands.Context, "client", counting)
+    (row,) = _status_json(capsys, sid)
+    assert row["job_id"] == job and calls[0] == "GetItem" and "Scan" not in calls
+    calls.clear()
+    (row,) = _status_json(capsys, job)
+    assert row["submission_id"] == sid and "GetItem" not in calls and calls[0] == "Scan"
+    assert main(["status", "--stack", STACK, "9999"]) == 2
+    assert "no job 9999 among the submissions" in capsys.readouterr().err
+
+
 def test_status_lists_submissions_not_the_permission_checks_kept_beside_them(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
