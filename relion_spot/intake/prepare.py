@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from relion_spot.estimate.idle import load_prices
+from relion_spot.estimate.job import JobShape, predict
 from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
 from relion_spot.jobs.select import SelectParams, render_select
@@ -72,7 +74,8 @@ class JobPreparer:
 
     def __call__(self, params: Class3dParams | StageParams | SelectParams) -> PreparedJob:
         if isinstance(params, SelectParams):
-            return PreparedJob(script=render_select(params), note=self._check_selection(params))
+            pinned, checked = self._check_selection(params)
+            return PreparedJob(script=render_select(pinned), note=checked)
         if isinstance(params, StageParams):
             self._check_stage_source(params.source)
             return PreparedJob(
@@ -85,7 +88,7 @@ class JobPreparer:
                 "its model weights), which the project's RELION image does not carry; deploy "
                 "with -c relion_image=<an image that has it> to use Blush"
             )
-        note = None
+        note: str | None = None
         if params.continue_from is not None:
             params, note = self._continuation(params)
         try:
@@ -112,6 +115,7 @@ class JobPreparer:
             return params, here
         try:
             _, found, classes = select.complete_iteration(here, run, iteration)
+            skip_align = select.run_setting(here, run, found, "rlnDoSkipAlign")
         except select.SelectError as err:
             raise JobRejected(
                 f"preflight: {str(err).replace(str(here), params.project_dir)}"
@@ -121,14 +125,44 @@ class JobPreparer:
                 f"parameter iter = {params.iter} is not valid: {run} is at iteration {found}; "
                 "give the iteration to stop at, beyond it"
             )
+        checked = self._continued_inputs(params, here, run, found)
+        changes: dict[str, object] = {"continue_from": f"{run}:{found}"}
+        if skip_align and "skip_align" not in params.changed:
+            # RELION turns it off on --continue unless it is given again.
+            changes |= {"skip_align": True, "changed": (*params.changed, "skip_align")}
         try:
-            named = replace(params, continue_from=f"{run}:{found}")
+            named = replace(params, **changes)  # type: ignore[arg-type]
         except JobParameterError as err:
             raise JobRejected(str(err)) from None
         return named, (
             f"preflight ok: continuing {run} (K={classes}) from iteration {found} to "
             f"{params.iter}; particles, reference and K are the run's own"
+            + "".join(f"; {line}" for line in checked)
         )
+
+    def _continued_inputs(
+        self, params: Class3dParams, here: Path, run: str, iteration: int
+    ) -> list[str]:
+        """What a continuation changes that RELION reads from files or sizes by the box: a new
+        solvent mask on the run's grid, a mask diameter inside its box."""
+        class_map = here / run / f"{select.RUN_NAME}_it{iteration:03d}_class001.mrc"
+        try:
+            box, angpix = preflight.read_reference(class_map)
+            lines = []
+            if "particle_diameter" in params.changed and not (
+                0 < params.particle_diameter <= box * angpix
+            ):
+                raise preflight.PreflightError(
+                    f"--particle_diameter {params.particle_diameter:g} Å does not fit the run's "
+                    f"box ({box} px x {angpix:g} Å = {box * angpix:g} Å)"
+                )
+            if "solvent_mask" in params.changed and params.solvent_mask is not None:
+                lines.append(preflight.check_mask(here / params.solvent_mask, box, angpix))
+        except preflight.PreflightError as err:
+            raise JobRejected(
+                f"preflight: {str(err).replace(str(here), params.project_dir)}"
+            ) from None
+        return lines
 
     def _check_stage_source(self, source: str) -> None:
         """An s3:// source must be a bucket the nodes may read: refused here, one line, rather
@@ -163,19 +197,21 @@ class JobPreparer:
             )
         return self.data_root / inside
 
-    def _check_selection(self, params: SelectParams) -> str:
+    def _check_selection(self, params: SelectParams) -> tuple[SelectParams, str]:
         """The run exists here with a complete iteration and the classes are among its K:
-        refused now, not on a CPU node launched for nothing."""
+        refused now, not on a CPU node launched for nothing. The job is pinned to the iteration
+        checked (a run still going would otherwise give a newer one, whose class numbers may
+        mean other classes, and a requeue yet another)."""
         here = self._project_here(params.project_dir)
         if isinstance(here, str):
-            return here
+            return params, here
         try:
             chosen = select.plan(here, params.run, params.classes, params.iteration)
         except select.SelectError as err:
             raise JobRejected(
                 f"preflight: {str(err).replace(str(here), params.project_dir)}"
             ) from None
-        return (
+        return replace(params, iteration=chosen.iteration), (
             f"preflight ok: classes {','.join(map(str, chosen.chosen))} of {params.run} "
             f"(K={chosen.classes}) at iteration {chosen.iteration}, on the CPU partition"
         )
@@ -212,4 +248,15 @@ class JobPreparer:
             f"K={report.classes}, {report.iterations} iterations; GPU ~"
             f"{report.gpu_gib_needed:.1f} GiB, scratch {report.scratch_gb_needed:.1f} GB"
             + "".join(f"; {note}" for note in report.notes).replace(str(here), params.project_dir)
+            + "; predicted (relion_spot.estimate.job, a model): "
+            + "; ".join(self._predictions(params, report))
         )
+
+    def _predictions(self, params: Class3dParams, report: preflight.Report) -> list[str]:
+        shape = JobShape(
+            particles=report.particles.count, box=report.particles.box, classes=report.classes,
+            iterations=report.iterations, healpix_order=params.healpix_order,
+            offset_range=params.offset_range, offset_step=params.offset_step,
+        )  # fmt: skip
+        prices = load_prices()
+        return [predict(shape, kind, prices).line() for kind in self.instance_types]

@@ -160,6 +160,8 @@ class Class3dParams:
             if value is None and name in ("pool", "j"):
                 continue
             _check_number(name, value, allowed)
+            if allowed.whole and isinstance(value, float):  # 30.0 from JSON: RELION wants 30
+                object.__setattr__(self, name, int(value))
         for name in SWITCHES:
             if not isinstance(getattr(self, name), bool):
                 raise JobParameterError(
@@ -262,7 +264,7 @@ class Class3dParams:
         for name in self.changed:
             value = getattr(self, name)
             if name in SWITCHES:
-                args.append(f"--{name}")
+                args += [f"--{name}"] if value else []
             elif name == "solvent_mask":
                 args += ["--solvent_mask", str(value)]
             else:
@@ -274,12 +276,13 @@ PARAMETER_NAMES: tuple[str, ...] = tuple(
     f.name for f in fields(Class3dParams) if f.name != "changed"
 )
 CONTINUE_PARAMETERS: tuple[str, ...] = (
-    "tau2_fudge", "particle_diameter", "ini_high", "healpix_order", "oversampling",
-    "offset_range", "offset_step", "solvent_mask", "skip_align",
+    "tau2_fudge", "particle_diameter", "healpix_order", "oversampling", "offset_range",
+    "offset_step", "solvent_mask", "skip_align",
 )  # fmt: skip
-"""Named parameters whose relion_refine option RELION reads again on --continue (its
-parseContinue); a test holds them to the list read from RELION's source. (Switches that RELION
-would only turn on, never off, are left out but skip_align.)"""
+"""Named parameters whose relion_refine option RELION 5 reads again on --continue (its
+parseContinue); a test holds them to the list read from RELION's source. --ini_high is read
+there only while setting up a multi-body refinement, so it is not among them; skip_align is off
+after a --continue unless given again, so the controller passes it when the run had it."""
 CONTINUE_FIXED_ALLOWED: tuple[str, ...] = (
     "continue_from", "iter", "project_dir", "output_dir", "scratch_dir", "pool", "j", "extra_flags",
 )  # fmt: skip
@@ -411,7 +414,14 @@ def check_extra_flags(extra: Sequence[str]) -> None:
                     f"parameter extra_flags: {flag} {word!r} has characters a job script cannot "
                     "carry safely (spaces or shell characters)"
                 )
+        if flag in FILE_FLAGS and parsed[flag] is not None:
+            _check_relative(f"extra_flags {flag}", str(parsed[flag]))
 
+
+FILE_FLAGS: frozenset[str] = frozenset(
+    {"--solvent_mask2", "--tau", "--lowpass_mask", "--multibody_masks", "--fn_body_masks"}
+)
+"""Extra flags whose value is a file RELION reads: inside the project, as the named paths are."""
 
 _ALIASES = {"i": "particles", "ref": "reference"}
 
@@ -511,10 +521,6 @@ def _continuation(given: dict[str, Any], preset: object) -> Class3dParams:
             + " and ".join(f"{name} (--{name.replace('_', '-')})" for name in missing)
             + ": the project, and the iteration to stop at"
         )
+    given = {name: value for name, value in given.items() if value is not None}
     changed = tuple(name for name in CONTINUE_PARAMETERS if name in given)
-    if given.get("skip_align") is False:
-        raise JobParameterError(
-            "parameter skip_align = false cannot be given when continuing: RELION only turns "
-            "it on again on --continue"
-        )
     return Class3dParams(**given, changed=changed)

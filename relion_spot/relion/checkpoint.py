@@ -52,13 +52,17 @@ UNSTORED_VALUE_FLAGS = (
 )
 """Flags with a value that RELION does not keep in _optimiser.star: repeat them on --continue."""
 UNSTORED_SWITCHES = (
+    "--skip_align",
+    "--skip_rotate",
+    "--bimodal_psi",
     "--dont_combine_weights_via_disc",
     "--reuse_scratch",
     "--preread_images",
     "--no_parallel_disc_io",
     "--cpu",
 )
-"""Flags without a value that RELION does not keep either."""
+"""Flags without a value that RELION does not keep either (RELION 5's parseContinue turns
+--skip_align, --skip_rotate and --bimodal_psi off unless they are given again)."""
 GPU_FLAG = "--gpu"
 """Takes an optional device list ("--gpu" or "--gpu 0:1"), so it is parsed on its own."""
 
@@ -152,6 +156,21 @@ def _check_map(path: Path, box: int) -> None:
 
 
 def check_iteration(root: Path, iteration: int, classes: int) -> None:
+    """Raise CheckpointError unless every file of the iteration is complete and consistent; a
+    file whose figures do not read (a label missing, text where a number belongs) is incomplete
+    too, never an exception of another kind (the drainer checks runs a member names)."""
+    try:
+        _check_iteration(root, iteration, classes)
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(
+            f"{Path(iteration_root(root, iteration)).name}: a figure does not read "
+            f"({type(error).__name__}: {error})"
+        ) from None
+
+
+def _check_iteration(root: Path, iteration: int, classes: int) -> None:
     """Raise CheckpointError naming the first file of the iteration that is missing or broken."""
     files = iteration_files(root, iteration, classes)
     for path in files.values():

@@ -63,6 +63,18 @@ def _run_classes(root: Path, iteration: int) -> int:
         raise SelectError(f"{model}: no class count in model_general ({error})") from None
 
 
+def run_setting(project: Path, run: str, iteration: int, label: str) -> bool:
+    """A switch of the run as its _optimiser.star records it (e.g. rlnDoSkipAlign)."""
+    import starfile
+
+    path = project / run / f"{RUN_NAME}_it{iteration:03d}_optimiser.star"
+    try:
+        general = starfile.read(path, always_dict=True)["optimiser_general"]
+        return bool(int(general.get(label, 0)))
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise SelectError(f"{path}: {label} does not read ({error})") from None
+
+
 def complete_iteration(
     project: Path, run: str, iteration: int | None = None
 ) -> tuple[Path, int, int]:
@@ -128,8 +140,16 @@ def select(
         )
     blocks = {}
     if "optics" in data:
+        # As RELION's removeUnusedOpticsGroups: the groups still used, renumbered 1..n in both
+        # tables (RELION indexes optics groups by their number).
+        used = sorted(int(g) for g in kept["rlnOpticsGroup"].unique())
+        renumber = {old: new for new, old in enumerate(used, start=1)}
         optics = data["optics"]
-        blocks["optics"] = optics[optics["rlnOpticsGroup"].isin(kept["rlnOpticsGroup"].unique())]
+        optics = optics[optics["rlnOpticsGroup"].isin(used)].copy()
+        optics["rlnOpticsGroup"] = optics["rlnOpticsGroup"].map(renumber)
+        kept = kept.copy()
+        kept["rlnOpticsGroup"] = kept["rlnOpticsGroup"].map(renumber)
+        blocks["optics"] = optics
     blocks["particles"] = kept
     target = project / out / OUTPUT
     target.parent.mkdir(parents=True, exist_ok=True)

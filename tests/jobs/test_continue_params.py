@@ -50,7 +50,8 @@ def test_the_continuation_passes_the_run_its_stop_and_only_what_changed() -> Non
         ({k: v for k, v in GIVEN.items() if k != "iter"}, "a continuation must name iter (--iter)"),
         ({**GIVEN, "extra_flags": "--tau2_fudge_scheme x --K 3"}, "--K may not be given here"),
         ({**GIVEN, "extra_flags": "--adaptive_fraction 0.9"}, "--adaptive_fraction cannot change"),
-        ({**GIVEN, "skip_align": False}, "skip_align = false cannot be given when continuing"),
+        ({**GIVEN, "ini_high": 40}, "parameter ini_high cannot change when continuing"),
+        ({**GIVEN, "extra_flags": ["--tau", "/etc/passwd"]}, "extra_flags --tau = '/etc/passwd'"),
     ],
 )
 def test_a_continuation_relion_would_not_honour_is_one_clear_message(
@@ -59,6 +60,14 @@ def test_a_continuation_relion_would_not_honour_is_one_clear_message(
     with pytest.raises(JobParameterError) as refused:
         from_mapping(values)
     assert message in str(refused.value)
+
+
+def test_an_explicit_no_skip_align_is_kept_as_a_change_and_a_null_mask_is_no_change() -> None:
+    params = from_mapping({**GIVEN, "skip_align": False, "solvent_mask": None, "iter": 30.0})
+    assert params.changed == ("skip_align",) and params.iter == 30
+    assert params.refine_args() == [
+        "--continue", "Class3D/job005/run_it020_optimiser.star", "--iter", "30",
+    ]  # fmt: skip
 
 
 def test_an_unnamed_iteration_is_refused_at_render_time_not_guessed() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +119,7 @@ def test_finished_run_exits_at_once_without_recomputing(
         ("missing-sampling", "{newest}_sampling.star is missing"),
         ("cut-model-at-line", "{newest}_model.star lacks the model_"),
         ("cut-data-at-line", "particles, the model counts 200"),
+        ("text-in-a-figure", "{newest}: a figure does not read (ValueError"),
     ],
 )
 def test_incomplete_newest_iteration_falls_back_to_previous(
@@ -138,6 +140,11 @@ def test_incomplete_newest_iteration_falls_back_to_previous(
     elif damage == "cut-model-at-line":  # stopped at a line boundary: parses, blocks missing
         lines = files["model"].read_text().splitlines(keepends=True)
         files["model"].write_text("".join(lines[: len(lines) // 3]))
+    elif damage == "text-in-a-figure":  # a hand-edited or foreign file: never a crash
+        text = files["optimiser"].read_text()
+        files["optimiser"].write_text(
+            re.sub(r"(_rlnCurrentIteration\s+)\S+", r"\1abc", text, count=1)
+        )
     else:  # stopped at a line boundary inside the particle table: parses, rows missing
         lines = files["data"].read_text().splitlines(keepends=True)
         files["data"].write_text("".join(lines[: len(lines) - SPEC.particles // 5]))

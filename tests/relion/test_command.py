@@ -33,6 +33,12 @@ def test_single_gpu_continuation_repeats_only_unstored_flags() -> None:
     assert command.fresh() == BENCHMARK
 
 
+def test_a_resume_gives_skip_align_again_as_relion_5_turns_it_off_on_continue() -> None:
+    command = RefineCommand.parse([*BENCHMARK, "--skip_align", "--skip_rotate"])
+    continued = command.continuation(7)
+    assert continued[-2:] == ["--skip_align", "--skip_rotate"]
+
+
 def test_mpi_launcher_and_gpu_list_are_kept() -> None:
     argv = [
         "mpirun", "-n", "5", "--mca", "plm", "^slurm", "--bind-to", "none",

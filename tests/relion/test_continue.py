@@ -135,4 +135,8 @@ def test_a_continuation_the_run_cannot_give_is_refused_before_any_node(
         prepare(from_mapping({**given, "continue_from": f"{source}:40", "iter": 45}))
     with pytest.raises(JobRejected, match=r"^preflight: run 'Class3D/job099' has no iteration"):
         prepare(from_mapping({**given, "continue_from": "Class3D/job099"}))
+    with pytest.raises(JobRejected, match=r"^preflight: solvent mask /data/\w+/Masks/no.mrc does"):
+        prepare(from_mapping({**given, "continue_from": source, "solvent_mask": "Masks/no.mrc"}))
+    with pytest.raises(JobRejected, match=r"--particle_diameter 500 Å does not fit the run's box"):
+        prepare(from_mapping({**given, "continue_from": source, "particle_diameter": 500}))
     assert time.monotonic() - started < 10
