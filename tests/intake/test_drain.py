@@ -379,6 +379,9 @@ def test_preflight_passes_on_good_data_and_is_noted(intake: Intake, tmp_path: Pa
     record = intake.table.get(SID)
     assert record is not None
     assert record.message.startswith("preflight ok: 12 particles, box 32 at 2 A/px, K=2")
+    # The time and cost the model predicts, per GPU type of the group, before anything runs.
+    predicted = record.message.split("; predicted (relion_spot.estimate.job, a model): ")[1]
+    assert predicted.startswith("g5.xlarge (1x A10G): ~") and " spot to $" in predicted
 
 
 def test_preflight_refusal_is_a_rejection_in_the_nodes_paths(
