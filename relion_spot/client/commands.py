@@ -32,6 +32,7 @@ from relion_spot.intake.table import (
     CANCEL_FAILED,
     CANCEL_REQUESTED,
     CANCELLED,
+    ESTIMATED,
     REJECTED,
     IntakeTable,
 )
@@ -233,6 +234,7 @@ def submit_command(args: argparse.Namespace, context: Context) -> int:
                 parameters=parameters,
                 user=user,
                 template=args.template,
+                dry_run=getattr(args, "dry_run", False),
             )
         except ValueError as error:  # InvalidSubmission: the same check the drainer makes
             raise UsageError(str(error)) from None
@@ -241,23 +243,40 @@ def submit_command(args: argparse.Namespace, context: Context) -> int:
     if args.no_wait:
         print(sent.submission_id, file=context.out)
         return 0
-    print(f"waiting up to {args.timeout:g} s for the controller to accept it ...", file=context.err)
+    print(f"waiting up to {args.timeout:g} s for the controller to decide ...", file=context.err)
     with aws_errors("reading the intake table"):
         try:
-            job_id = intake_client.wait_for_acceptance(
+            decided = intake_client.wait_for_decision(
                 table, sent.submission_id, args.timeout, poll_seconds=args.poll
             )
-        except intake_client.SubmissionRejected as rejected:
-            raise ClusterError(f"rejected: {rejected.reason}") from None
         except intake_client.SubmissionPending as pending:
             raise ClusterError(
                 f"{pending}; the controller may still be waking up; the submission stays "
                 f"queued: see relion-spot status --stack {context.handle.stack} "
                 f"{sent.submission_id}"
             ) from None
-    print(f"accepted: Slurm job {printable(job_id)}", file=context.err)
-    print(printable(job_id), file=context.out)
+    if decided.state == ESTIMATED:
+        print(_dry_run_report(decided.message or ""), file=context.out)
+        return 0
+    if decided.state != ACCEPTED or not decided.job_id:
+        raise ClusterError(f"rejected: {decided.message or '(no reason recorded)'}")
+    print(f"accepted: Slurm job {printable(decided.job_id)}", file=context.err)
+    print(printable(decided.job_id), file=context.out)
     return 0
+
+
+def _dry_run_report(note: str) -> str:
+    """The controller's dry-run note, one finding per line (the drainer joins them with ';')."""
+    lines = []
+    for part in printable(note).removeprefix("dry run: ").split("; "):
+        if part.startswith("predicted (") and ": " in part:
+            head, first = part.split(": ", 1)
+            lines += [f"{head}:", f"  {first}"]
+        elif " spot to $" in part:  # a further GPU type's prediction
+            lines.append(f"  {part}")
+        else:
+            lines.append(part)
+    return "\n".join(["dry run: nothing was submitted", *lines])
 
 
 # --- reading the table --------------------------------------------------------------------
@@ -602,6 +621,12 @@ def register(subparsers: Any) -> None:
     templates = submit.add_subparsers(dest="template", required=True, metavar="TEMPLATE")
     class3d = templates.add_parser("class3d", help="RELION 3D classification (Class3D)")
     _submission_options(class3d)
+    class3d.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="have the controller check the job against the data and print its GPU memory, "
+        "predicted hours and dollars per GPU type; submit nothing",
+    )
     _add_parameter_options(class3d)
     class3d.set_defaults(func=_runner("submit", submit_command))
     stage = templates.add_parser(

@@ -103,6 +103,7 @@ from .table import (
     CANCEL_FAILED,
     CANCEL_REQUESTED,
     CANCELLED,
+    ESTIMATED,
     REJECTED,
     SUBMITTING,
     IntakeTable,
@@ -123,6 +124,7 @@ ERROR_PAUSE_SECONDS = 10.0
 ACCEPTED_OUTCOME = "accepted"
 RECOVERED = "recovered"
 REJECTED_OUTCOME = "rejected"
+ESTIMATED_OUTCOME = "estimated"
 UNCERTAIN = "uncertain"
 DUPLICATE = "duplicate"
 DISCARDED = "discarded"
@@ -336,6 +338,9 @@ class Drainer:
             prepared = self.prepare(submission.params)
         except JobRejected as err:
             return self._decide(delivery, replace(base, state=REJECTED, message=str(err)))
+        if submission.dry_run:
+            estimated = replace(base, state=ESTIMATED, message=f"dry run: {prepared.note}")
+            return self._decide(delivery, estimated, ESTIMATED_OUTCOME)
         if stored is None:
             claim = replace(base, state=SUBMITTING, claimed_at=int(self.clock()))
             stored, _ = self.table.claim(claim)
@@ -470,6 +475,8 @@ class Drainer:
                 record.user,
                 record.message,
             )
+        elif record.state == ESTIMATED:
+            log.info("%s: %s for %s", sid, record.message, record.user)
         else:
             log.info("%s: rejected: %s", sid, record.message)
         self._delete(delivery)

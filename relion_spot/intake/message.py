@@ -39,6 +39,8 @@ from .config import KEY
 SCHEMA_VERSION = 1
 TEMPLATES: tuple[str, ...] = ("class3d", "stage", "select")
 FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
+OPTIONAL_FIELDS: tuple[str, ...] = ("dry_run",)
+"""``dry_run: true``: check and estimate the job, record that, and submit nothing."""
 ACTION = "action"
 SUBMIT = "submit"
 CANCEL = "cancel"
@@ -117,6 +119,7 @@ class Submission:
     submitted_at: str
     template: str = "class3d"
     version: int = SCHEMA_VERSION
+    dry_run: bool = False
     params: Class3dParams | StageParams | SelectParams = field(
         init=False, repr=False, compare=False
     )
@@ -148,6 +151,10 @@ class Submission:
                 sid,
             )
         _check_time(self.submitted_at, sid)
+        if not isinstance(self.dry_run, bool):
+            raise InvalidSubmission(
+                f"dry_run = {_shown(self.dry_run)} is not valid: true or false", sid
+            )
         if not isinstance(self.parameters, Mapping) or not all(
             isinstance(k, str) for k in self.parameters
         ):
@@ -172,17 +179,17 @@ class Submission:
         object.__setattr__(self, "params", params)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": self.version,
-                KEY: self.submission_id,
-                "template": self.template,
-                "parameters": self.parameters,
-                "user": self.user,
-                "submitted_at": self.submitted_at,
-            },
-            sort_keys=True,
-        )
+        fields: dict[str, Any] = {
+            "version": self.version,
+            KEY: self.submission_id,
+            "template": self.template,
+            "parameters": self.parameters,
+            "user": self.user,
+            "submitted_at": self.submitted_at,
+        }
+        if self.dry_run:
+            fields["dry_run"] = True
+        return json.dumps(fields, sort_keys=True)
 
 
 def _check_time(value: object, sid: str) -> None:
@@ -206,6 +213,7 @@ def new_submission(
     template: str = "class3d",
     submission_id: str | None = None,
     submitted_at: str | None = None,
+    dry_run: bool = False,
 ) -> Submission:
     """A validated submission with a fresh id (unless one is given, e.g. by a retrying client)."""
     return Submission(
@@ -214,6 +222,7 @@ def new_submission(
         user=user,
         submitted_at=submitted_at or utc_now_text(),
         template=template,
+        dry_run=dry_run,
     )
 
 
@@ -228,7 +237,7 @@ def parse(body: str) -> Submission:
     sid = canonical_id(data.get(KEY))
     if sid is None:
         raise InvalidSubmission(f"{KEY} = {_shown(data.get(KEY))} is not valid: {ID_ACCEPTED}")
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(data) - set(FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise InvalidSubmission(
             f"field {unknown[0]!r} is not known; the fields are: {', '.join(FIELDS)}", sid
@@ -245,6 +254,7 @@ def parse(body: str) -> Submission:
         submitted_at=data["submitted_at"],
         template=data["template"],
         version=data["version"],
+        dry_run=data.get("dry_run", False),
     )
 
 

@@ -4,6 +4,7 @@
     state          S  "submitting": the drainer is about to run sbatch (a claim, see below)
                       "accepted":   Slurm has the job; job_id says which
                       "rejected":   it will never run; message says why
+                      "estimated":  a dry run: checked and estimated, nothing submitted
     job_id         S  Slurm's job id (accepted only)
     message        S  why it was rejected, or what the drainer noted on accepting (e.g. the
                       preflight result, or that the job was found already submitted)
@@ -44,7 +45,9 @@ from .config import KEY
 SUBMITTING = "submitting"
 ACCEPTED = "accepted"
 REJECTED = "rejected"
-FINAL_STATES = (ACCEPTED, REJECTED)
+ESTIMATED = "estimated"
+"""A dry run: checked and estimated, nothing submitted (the message says what was found)."""
+FINAL_STATES = (ACCEPTED, REJECTED, ESTIMATED)
 CANCEL_REQUESTED = "cancel-requested"
 CANCELLED = "cancelled"
 CANCEL_FAILED = "cancel-failed"

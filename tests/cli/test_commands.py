@@ -18,7 +18,7 @@ from relion_spot import __version__
 from relion_spot.cli import main
 from relion_spot.client import commands
 from relion_spot.client.cluster import ClusterError, aws_errors
-from relion_spot.intake.client import wait_for_acceptance
+from relion_spot.intake.client import wait_for_decision
 from relion_spot.intake.report import ProgressReporter, ReportPublisher, compact, expand, log_tail
 from relion_spot.node.job_reports import Forwarder, NodeJob
 from relion_spot.relion.progress import Watcher
@@ -58,11 +58,11 @@ def _record(current: int, total: int = 5) -> dict[str, Any]:
 def _submit(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:
     """``relion-spot submit class3d``, with one drain step run while it waits."""
 
-    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> str:
+    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> Any:
         kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
-        return wait_for_acceptance(table, sid, timeout, **kwargs)
+        return wait_for_decision(table, sid, timeout, **kwargs)
 
-    monkeypatch.setattr(commands.intake_client, "wait_for_acceptance", waiting)
+    monkeypatch.setattr(commands.intake_client, "wait_for_decision", waiting)
     return main(
         ["submit", "class3d", "--stack", STACK, "--user", "alice", "--preset", "benchmark", *extra]
     )
@@ -105,11 +105,11 @@ def test_submit_goes_through_the_queue_and_prints_the_job_id(
 def test_submit_select_runs_the_selection_program_on_the_cpu_partition(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> str:
+    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> Any:
         kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
-        return wait_for_acceptance(table, sid, timeout, **kwargs)
+        return wait_for_decision(table, sid, timeout, **kwargs)
 
-    monkeypatch.setattr(commands.intake_client, "wait_for_acceptance", waiting)
+    monkeypatch.setattr(commands.intake_client, "wait_for_decision", waiting)
     argv = ["submit", "select", "--stack", STACK, "--project-dir", "/data/lab"]
     assert main([*argv, "--run", "Class3D/job005", "--classes", "1,3"]) == 0
     assert capsys.readouterr().out.strip() == "42"
@@ -123,6 +123,20 @@ def test_submit_select_runs_the_selection_program_on_the_cpu_partition(
     assert "relion_spot.relion.select --run Class3D/job005 --classes 1,3 --out" in script
     assert main([*argv, "--run", "Class3D/job005", "--classes", "1,x"]) == 2
     assert "parameter classes = '1,x' is not valid" in capsys.readouterr().err
+
+
+def test_submit_dry_run_prints_the_controllers_findings_and_submits_nothing(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    assert _submit(cluster, monkeypatch, "--K", "4", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dry run: nothing was submitted\n")
+    assert "preflight skipped" in out  # this controller is not told where it sees /data
+    (item,) = cluster.dynamodb.scan(TableName=TABLE)["Items"]
+    assert item["state"]["S"] == "estimated" and "job_id" not in item
+    assert cluster.slurm.sbatch_environments() == []
+    status = _status_json(capsys)
+    assert [row["state"] for row in status] == ["estimated"]
 
 
 def test_submit_without_the_data_or_the_preset_names_what_is_missing_and_sends_nothing(
@@ -505,11 +519,11 @@ def test_the_stored_progress_redraws_the_record_and_the_log_tail_is_bounded(
 def test_staging_is_a_job_on_the_cpu_partition(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> str:
+    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> Any:
         kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
-        return wait_for_acceptance(table, sid, timeout, **kwargs)
+        return wait_for_decision(table, sid, timeout, **kwargs)
 
-    monkeypatch.setattr(commands.intake_client, "wait_for_acceptance", waiting)
+    monkeypatch.setattr(commands.intake_client, "wait_for_decision", waiting)
     argv = ["submit", "stage", "--stack", STACK, "--source", "s3://lab-bucket/bench.tar.gz"]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == "42"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +383,27 @@ def test_preflight_passes_on_good_data_and_is_noted(intake: Intake, tmp_path: Pa
     # The time and cost the model predicts, per GPU type of the group, before anything runs.
     predicted = record.message.split("; predicted (relion_spot.estimate.job, a model): ")[1]
     assert predicted.startswith("g5.xlarge (1x A10G): ~") and " spot to $" in predicted
+
+
+def test_a_dry_run_is_checked_and_estimated_and_submits_nothing(
+    intake: Intake, tmp_path: Path
+) -> None:
+    _tiny_project(tmp_path / "efs" / "tiny")
+    prepare = JobPreparer.from_spec(cluster_spec(), data_root=tmp_path / "efs")
+    body = {**json.loads(_message(**TINY)), "dry_run": True}
+    intake.send(json.dumps(body))
+    assert intake.drainer(prepare=prepare).step() == ["estimated"]
+    record = intake.table.get(SID)
+    assert record is not None and record.state == "estimated" and record.final
+    assert record.job_id is None and intake.slurm.sbatch_calls() == []
+    assert record.message.startswith("dry run: preflight ok: 12 particles, box 32 at 2 A/px")
+    assert "; predicted (relion_spot.estimate.job, a model): g5.xlarge (1x A10G): ~" in (
+        record.message
+    )
+    assert intake.queued() == 0
+    # A bad dry run is a rejection like any other.
+    intake.send(json.dumps({**body, "submission_id": str(uuid.uuid4()), "dry_run": "yes"}))
+    assert intake.drainer(prepare=prepare).step() == ["rejected"]
 
 
 def test_preflight_refusal_is_a_rejection_in_the_nodes_paths(

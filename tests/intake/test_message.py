@@ -48,6 +48,16 @@ def test_a_submission_round_trips_through_its_json() -> None:
     assert json.loads(sent.to_json())["version"] == 1
 
 
+def test_a_dry_run_travels_as_an_optional_field_and_must_be_a_boolean() -> None:
+    plain = new_submission({"preset": "benchmark"}, user="alice")
+    assert "dry_run" not in json.loads(plain.to_json())
+    dry = new_submission({"preset": "benchmark"}, user="alice", dry_run=True)
+    assert parse(dry.to_json()).dry_run is True
+    body = {**json.loads(dry.to_json()), "dry_run": 1}
+    with pytest.raises(InvalidSubmission, match=r"^dry_run = 1 is not valid: true or false"):
+        parse(json.dumps(body))
+
+
 def test_a_submission_that_names_no_data_is_refused_not_run_on_the_benchmarks() -> None:
     with pytest.raises(InvalidSubmission) as refused:
         new_submission({"K": 4, "particles": "p.star"}, user="alice")
