@@ -14,7 +14,12 @@ import starfile
 from relion_spot.intake.prepare import JobPreparer, JobRejected
 from relion_spot.jobs.parameters import from_mapping
 from relion_spot.relion import pipeline
-from relion_spot.relion.checkpoint import check_iteration, history_path, written_iterations
+from relion_spot.relion.checkpoint import (
+    CheckpointError,
+    check_iteration,
+    history_path,
+    written_iterations,
+)
 from relion_spot.relion.score import score_run
 from relion_spot.relion.synthetic import SyntheticResult
 
@@ -91,9 +96,12 @@ def test_the_new_job_writes_only_its_own_iterations_and_resumes_after_a_reclaim(
     continued: Continued,
 ) -> None:
     assert continued.root.parent != continued.source.parent
-    assert written_iterations(continued.root) == list(range(ITERATIONS + MORE, ITERATIONS, -1)), (
-        "the new job holds the iterations after the one it continued from, and no other"
-    )
+    # RELION writes the state it continues from into the new root first (without its
+    # _sampling.star: never a resume point), then the iterations after it.
+    written = written_iterations(continued.root)
+    assert written == list(range(ITERATIONS + MORE, ITERATIONS - 1, -1)), written
+    with pytest.raises(CheckpointError, match=r"_sampling\.star is missing"):
+        check_iteration(continued.root, ITERATIONS, SPEC.classes)
     for iteration in range(ITERATIONS + 1, ITERATIONS + MORE + 1):
         check_iteration(continued.root, iteration, SPEC.classes)
     history = json.loads(history_path(continued.root).read_text())
