@@ -31,6 +31,12 @@ class JobRejected(ValueError):
     """The job cannot run as asked; the message is for the user, verbatim."""
 
 
+def _refused(error: Exception, here: Path, project_dir: str) -> JobRejected:
+    """A preflight refusal, naming paths as the nodes see them (project_dir), not the
+    controller's mount of them."""
+    return JobRejected(f"preflight: {str(error).replace(str(here), project_dir)}")
+
+
 @dataclass(frozen=True)
 class PreparedJob:
     script: str
@@ -117,9 +123,7 @@ class JobPreparer:
             _, found, classes = select.complete_iteration(here, run, iteration)
             skip_align = select.run_setting(here, run, found, "rlnDoSkipAlign")
         except select.SelectError as err:
-            raise JobRejected(
-                f"preflight: {str(err).replace(str(here), params.project_dir)}"
-            ) from None
+            raise _refused(err, here, params.project_dir) from None
         if params.iter <= found:
             raise JobRejected(
                 f"parameter iter = {params.iter} is not valid: {run} is at iteration {found}; "
@@ -159,9 +163,7 @@ class JobPreparer:
             if "solvent_mask" in params.changed and params.solvent_mask is not None:
                 lines.append(preflight.check_mask(here / params.solvent_mask, box, angpix))
         except preflight.PreflightError as err:
-            raise JobRejected(
-                f"preflight: {str(err).replace(str(here), params.project_dir)}"
-            ) from None
+            raise _refused(err, here, params.project_dir) from None
         return lines
 
     def _check_stage_source(self, source: str) -> None:
@@ -208,40 +210,23 @@ class JobPreparer:
         try:
             chosen = select.plan(here, params.run, params.classes, params.iteration)
         except select.SelectError as err:
-            raise JobRejected(
-                f"preflight: {str(err).replace(str(here), params.project_dir)}"
-            ) from None
+            raise _refused(err, here, params.project_dir) from None
         return replace(params, iteration=chosen.iteration), (
             f"preflight ok: classes {','.join(map(str, chosen.chosen))} of {params.run} "
             f"(K={chosen.classes}) at iteration {chosen.iteration}, on the CPU partition"
         )
 
     def _preflight(self, params: Class3dParams, words: Sequence[str]) -> str:
-        project = PurePosixPath(params.project_dir)
-        if self.data_root is None:
-            return f"preflight skipped: the controller is not told where it sees {NODE_DATA_DIR}"
-        if not self.data_root.is_dir():
-            return (
-                f"preflight skipped: {self.data_root} (the nodes' {NODE_DATA_DIR}) is not "
-                f"mounted on the controller"
-            )
-        try:
-            inside = project.relative_to(NODE_DATA_DIR)
-        except ValueError:
-            return (
-                f"preflight skipped: project_dir {params.project_dir} is outside {NODE_DATA_DIR}, "
-                "the only data the controller sees"
-            )
-        here = self.data_root / inside
+        here = self._project_here(params.project_dir)
+        if isinstance(here, str):
+            return here
         start = next(i for i, w in enumerate(words) if PurePosixPath(w).name in PROGRAMS)
         try:
             report = preflight.check(
                 list(words[start + 1 :]), project=here, instance_types=self.instance_types
             )
         except preflight.PreflightError as err:
-            raise JobRejected(
-                f"preflight: {str(err).replace(str(here), params.project_dir)}"
-            ) from None
+            raise _refused(err, here, params.project_dir) from None
         p = report.particles
         return (
             f"preflight ok: {p.count} particles, box {p.box} at {p.angpix:g} A/px, "

@@ -288,8 +288,6 @@ CONTINUE_FIXED_ALLOWED: tuple[str, ...] = (
 )  # fmt: skip
 """What else a continuation may name: where it runs and how, not what RELION computes."""
 _CONTINUE_FROM = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}/job\d{3,6}(:\d{1,3})?$")
-RUN_ROOT = "run"
-"""The run root's name in a Class3D job directory (the template's --o JOB_DIR/run)."""
 
 
 def _check_continuation(params: Class3dParams) -> None:

@@ -104,18 +104,3 @@ def make_synthetic(
             f"generating the particles failed:\n{(done.stderr or done.stdout)[-800:]}"
         )
     return target
-
-
-def run_in_job_container(
-    words: Sequence[str],
-    *,
-    data_dir: Path,
-    workdir: str = "/data",
-    env: Mapping[str, str] | None = None,
-    timeout: float = 900,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``words`` as the job user in a node container to its end (output captured)."""
-    return subprocess.run(
-        [*job_container(data_dir=data_dir, workdir=workdir, env=env), *words],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip

@@ -373,8 +373,6 @@ _OPTIMISER = re.compile(r"^(?P<root>.+)_it(?P<iteration>\d{3,})_optimiser\.star$
 def _continued_classes(optimiser: Path, out: Path) -> int:
     """K of the run a fresh command continues into a new root (another job's run: RELION takes
     K from it, so the command carries no --K), read from that iteration's _model.star."""
-    import starfile
-
     match = _OPTIMISER.match(str(optimiser))
     if match is None:
         raise CheckpointError(f"--continue {optimiser}: not a run's _itNNN_optimiser.star")
@@ -382,13 +380,18 @@ def _continued_classes(optimiser: Path, out: Path) -> int:
         raise CheckpointError(
             "give the fresh command; --continue of the run's own iterations is worked out from it"
         )
-    model = Path(f"{match['root']}_it{match['iteration']}_model.star")
+    return run_classes(Path(match["root"]), int(match["iteration"]))
+
+
+def run_classes(root: Path, iteration: int) -> int:
+    """K of a run as its _model.star for that iteration records it."""
+    import starfile
+
+    model = Path(f"{iteration_root(root, iteration)}_model.star")
     try:
         return int(starfile.read(model, always_dict=True)["model_general"]["rlnNrClasses"])
     except (OSError, KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(
-            f"--continue {optimiser}: no class count in {model} ({error})"
-        ) from None
+        raise CheckpointError(f"no class count in {model} ({error})") from None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CheckpointError, check_iteration, written_iterations
+from .checkpoint import CheckpointError, check_iteration, run_classes, written_iterations
 from .pipeline import PipelineError
 
 RUN_NAME = "run"
@@ -50,17 +50,6 @@ class Selection:
     @property
     def particles(self) -> int:
         return sum(self.counts.values())
-
-
-def _run_classes(root: Path, iteration: int) -> int:
-    import starfile
-
-    model = Path(f"{root}_it{iteration:03d}_model.star")
-    try:
-        general = starfile.read(model, always_dict=True)["model_general"]
-        return int(general["rlnNrClasses"])
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        raise SelectError(f"{model}: no class count in model_general ({error})") from None
 
 
 def run_setting(project: Path, run: str, iteration: int, label: str) -> bool:
@@ -94,7 +83,7 @@ def complete_iteration(
         try:
             if candidate not in written:
                 raise CheckpointError(f"iteration {candidate} was not written")
-            classes = _run_classes(root, candidate)
+            classes = run_classes(root, candidate)
             check_iteration(root, candidate, classes)
         except (CheckpointError, SelectError) as problem:
             problems.append(str(problem))

@@ -55,14 +55,20 @@ def _record(current: int, total: int = 5) -> dict[str, Any]:
     }
 
 
-def _submit(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:
-    """``relion-spot submit class3d``, with one drain step run while it waits."""
+def _drain_while_waiting(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's wait for a decision runs one drain step each time it would sleep."""
 
     def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> Any:
         kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
         return wait_for_decision(table, sid, timeout, **kwargs)
 
     monkeypatch.setattr(commands.intake_client, "wait_for_decision", waiting)
+
+
+def _submit(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:
+    """``relion-spot submit class3d``, with one drain step run while it waits."""
+
+    _drain_while_waiting(cluster, monkeypatch)
     return main(
         ["submit", "class3d", "--stack", STACK, "--user", "alice", "--preset", "benchmark", *extra]
     )
@@ -105,11 +111,7 @@ def test_submit_goes_through_the_queue_and_prints_the_job_id(
 def test_submit_select_runs_the_selection_program_on_the_cpu_partition(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> Any:
-        kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
-        return wait_for_decision(table, sid, timeout, **kwargs)
-
-    monkeypatch.setattr(commands.intake_client, "wait_for_decision", waiting)
+    _drain_while_waiting(cluster, monkeypatch)
     argv = ["submit", "select", "--stack", STACK, "--project-dir", "/data/lab"]
     assert main([*argv, "--run", "Class3D/job005", "--classes", "1,3"]) == 0
     assert capsys.readouterr().out.strip() == "42"
@@ -519,11 +521,7 @@ def test_the_stored_progress_redraws_the_record_and_the_log_tail_is_bounded(
 def test_staging_is_a_job_on_the_cpu_partition(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    def waiting(table: Any, sid: str, timeout: float, **kwargs: Any) -> Any:
-        kwargs["sleep"] = lambda _seconds: cluster.drainer().step()
-        return wait_for_decision(table, sid, timeout, **kwargs)
-
-    monkeypatch.setattr(commands.intake_client, "wait_for_decision", waiting)
+    _drain_while_waiting(cluster, monkeypatch)
     argv = ["submit", "stage", "--stack", STACK, "--source", "s3://lab-bucket/bench.tar.gz"]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == "42"
