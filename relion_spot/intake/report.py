@@ -15,13 +15,16 @@ relion_spot.node.metadata_guard), so reporting takes two hands:
   comes from the job's Slurm comment, never from the file:
 
     progress  M  state ("RUNNING", "FINISHED", or "STOPPED": RELION exited before the last
-                 iteration, e.g. a spot reclaim that Slurm will requeue), job_id,
+                 iteration, e.g. a spot reclaim that Slurm will requeue; "FAILED": a CPU job's
+                 program failed), job_id,
                  current_iteration, requested_iterations, resolution_angstrom, eta_seconds,
                  seconds_per_iteration, resumes, resumed_from, updated, and ``history``: one
                  list per iteration, [iteration, resolution Å, changed-class fraction,
                  [class distribution ...]], enough to redraw the convergence plot, and
                  ``classes``: per class of the newest iteration [share, resolution Å,
-                 angular accuracy °, offset accuracy Å]
+                 angular accuracy °, offset accuracy Å], and ``truth_accuracy``: on a
+                 ground-truthed set (relion_spot.relion.synthetic), the fraction of particles
+                 in their true class at the newest iteration (None elsewhere)
     log_tail  S  the last lines of the job's output file (at most LOG_TAIL_BYTES)
 
 This is what ``relion-spot status``, ``logs`` and ``plot`` read: the user's AWS credentials
@@ -66,6 +69,7 @@ LOG_TAIL_BYTES = 8192
 RUNNING = "RUNNING"
 FINISHED = "FINISHED"
 STOPPED = "STOPPED"
+FAILED = "FAILED"
 MAX_CLASSES = 100
 """More classes than any classification asks for (RELION's K is a handful)."""
 SUMMARY_FIELDS = (
@@ -77,6 +81,7 @@ SUMMARY_FIELDS = (
     "resumes",
     "resumed_from",
     "updated",
+    "truth_accuracy",
 )
 
 
@@ -182,7 +187,7 @@ class ReportError(ValueError):
     """A report file that is not one; the message says why."""
 
 
-STATES = (RUNNING, FINISHED, STOPPED)
+STATES = (RUNNING, FINISHED, STOPPED, FAILED)
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,9 @@ class JobReport:
             type(resolution) not in (int, float) or not 0 < resolution < 10**4
         ):
             raise ReportError(f"resolution_angstrom = {resolution!r} is not a resolution")
+        accuracy = progress.get("truth_accuracy")
+        if accuracy is not None and (type(accuracy) not in (int, float) or not 0 <= accuracy <= 1):
+            raise ReportError(f"truth_accuracy = {accuracy!r} is not a fraction")
         try:
             attribute(progress)
         except TypeError as err:
@@ -384,3 +392,25 @@ class ReportPublisher:
             raise
         self.publish_resolution(job_id, progress)
         return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A CPU job's end state, reported as its last word (the job templates call this after
+    their program): ``python -I -m relion_spot.intake.report --state FINISHED``. Outside a job
+    the intake submitted, nothing to report."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m relion_spot.intake.report",
+        description="Report a job's end state into its submission's intake item.",
+    )
+    parser.add_argument("--state", required=True, choices=(FINISHED, FAILED))
+    args = parser.parse_args(argv)
+    reporter = ProgressReporter.from_env(os.environ)
+    if reporter is None:
+        return 0
+    return 0 if reporter.publish({}, state=args.state) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,11 @@ root's; its files are the jobs'. A file is read only when it is a regular file, 
 O_NOFOLLOW relative to the spool), with one link, owned by the job's user and bounded in size;
 anything else is refused with one log line and removed, as are the files of jobs that left.
 
+    python -I -m relion_spot.node.job_reports --job ID     (the Epilog, as the job ends)
+
+forwards that one job's report at once: a job's last word (its final progress, a CPU job's
+FINISHED or FAILED) is written just before it exits, and the poll could miss it.
+
 Environment: RELION_SPOT_NODE_NAME, RELION_SPOT_INTAKE_TABLE (without it there is nothing to
 forward and it exits 0), the region (AWS_REGION / AWS_DEFAULT_REGION), RELION_SPOT_CLUSTER (the
 metric's dimension), RELION_SPOT_REPORT_POLL_SECONDS.
@@ -78,9 +83,18 @@ def intake_jobs(squeue_json: Mapping[str, Any]) -> list[NodeJob]:
 
 def squeue_node_jobs(node: str) -> list[NodeJob] | None:
     """The intake's jobs running on ``node``, from Slurm; None when squeue did not answer."""
+    return _squeue([f"--nodelist={node}", "--states=RUNNING,COMPLETING"])
+
+
+def squeue_job(job_id: str) -> list[NodeJob] | None:
+    """The intake job ``job_id`` while Slurm still runs or completes it (as its Epilog runs)."""
+    return _squeue([f"--jobs={job_id}", "--states=RUNNING,COMPLETING"])
+
+
+def _squeue(selection: list[str]) -> list[NodeJob] | None:
     try:
         done = subprocess.run(
-            ["squeue", "--json", f"--nodelist={node}", "--states=RUNNING,COMPLETING"],
+            ["squeue", "--json", *selection],
             capture_output=True,
             text=True,
             errors="replace",
@@ -142,39 +156,53 @@ class Forwarder:
         """Job id -> the report bytes last published for it."""
 
     def round(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         running = self.jobs()
         if running is None:
             return
         spool_fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            for job in running:
-                try:
-                    data = read_report(spool_fd, job)
-                    if not data or data == self._sent.get(job.job_id):
-                        continue
-                    report = JobReport.from_json(data)
-                except ReportError as err:
-                    log.warning("job %s: report refused and removed: %s", job.job_id, err)
-                    _remove(spool_fd, f"{job.job_id}.json")
-                    continue
-                try:
-                    stored = self.publisher.publish(job.submission_id, job.job_id, report)
-                except (BotoCoreError, ClientError) as err:
-                    log.warning("job %s: report not forwarded, retrying: %s", job.job_id, err)
-                    continue
-                self._sent[job.job_id] = data
-                if not stored:
-                    log.warning(
-                        "job %s: refused: submission %s is not this job's (its comment names "
-                        "a submission whose item holds another job, or none)",
-                        job.job_id,
-                        job.submission_id,
-                    )
+            self._forward(spool_fd, running)
             self._clear_departed(spool_fd, {job.job_id for job in running})
         finally:
             os.close(spool_fd)
+
+    def flush(self) -> None:
+        """One round over ``jobs`` that leaves every other job's file alone (the Epilog's)."""
+        running = self.jobs()
+        if not running:
+            return
+        spool_fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            self._forward(spool_fd, running)
+        finally:
+            os.close(spool_fd)
+
+    def _forward(self, spool_fd: int, running: list[NodeJob]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for job in running:
+            try:
+                data = read_report(spool_fd, job)
+                if not data or data == self._sent.get(job.job_id):
+                    continue
+                report = JobReport.from_json(data)
+            except ReportError as err:
+                log.warning("job %s: report refused and removed: %s", job.job_id, err)
+                _remove(spool_fd, f"{job.job_id}.json")
+                continue
+            try:
+                stored = self.publisher.publish(job.submission_id, job.job_id, report)
+            except (BotoCoreError, ClientError) as err:
+                log.warning("job %s: report not forwarded, retrying: %s", job.job_id, err)
+                continue
+            self._sent[job.job_id] = data
+            if not stored:
+                log.warning(
+                    "job %s: refused: submission %s is not this job's (its comment names "
+                    "a submission whose item holds another job, or none)",
+                    job.job_id,
+                    job.submission_id,
+                )
 
     def _clear_departed(self, spool_fd: int, running: set[str]) -> None:
         for name in os.listdir(spool_fd):
@@ -203,15 +231,29 @@ def make_spool(path: Path) -> None:
     path.chmod(0o1733)
 
 
-def main(environ: Mapping[str, str] | None = None) -> int:
+def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="relion-spot job-reports: %(message)s")
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     env = os.environ if environ is None else environ
+    args = sys.argv[1:] if argv is None else argv
     table = env.get(TABLE_ENV, "").strip()
     node = env.get(NODE_NAME_ENV, "").strip()
     if not table:
         log.info("no intake table (%s): nothing to forward", TABLE_ENV)
+        return 0
+    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
+    publisher = ReportPublisher(
+        table=table, region=region or None, cluster=env.get(CLUSTER_ENV, "").strip()
+    )
+    spool = Path(env.get(SPOOL_ENV, "").strip() or REPORT_SPOOL)
+    if args:
+        if len(args) != 2 or args[0] != "--job" or not args[1].isdigit():
+            log.error("usage: python -m relion_spot.node.job_reports [--job JOB_ID]")
+            return 2
+        if spool.is_dir():
+            job_id = args[1]
+            Forwarder(spool=spool, publisher=publisher, jobs=lambda: squeue_job(job_id)).flush()
         return 0
     if not node:
         log.error("%s is empty: cannot tell which jobs are this node's", NODE_NAME_ENV)
@@ -224,12 +266,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     if not 0.1 <= poll <= 300:
         log.error("%s = %r: give seconds from 0.1 to 300", POLL_SECONDS_ENV, raw_poll)
         return 2
-    spool = Path(env.get(SPOOL_ENV, "").strip() or REPORT_SPOOL)
     make_spool(spool)
-    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
-    publisher = ReportPublisher(
-        table=table, region=region or None, cluster=env.get(CLUSTER_ENV, "").strip()
-    )
     log.info("forwarding the reports of %s's jobs from %s to %s", node, spool, table)
     Forwarder(spool=spool, publisher=publisher, jobs=lambda: squeue_node_jobs(node)).run(poll)
     return 0

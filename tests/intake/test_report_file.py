@@ -24,6 +24,12 @@ def _report(**progress: Any) -> bytes:
     return json.dumps({"progress": {**GOOD_PROGRESS, **progress}, "log_tail": "it 3"}).encode()
 
 
+def test_a_cpu_jobs_end_and_a_scored_run_are_reports() -> None:
+    assert JobReport.from_json(_report(state="FAILED")).progress["state"] == "FAILED"
+    scored = JobReport.from_json(_report(state="FINISHED", truth_accuracy=0.955))
+    assert scored.progress["truth_accuracy"] == 0.955
+
+
 def test_a_report_with_per_class_figures_is_read() -> None:
     report = JobReport.from_json(_report())
     assert report.progress["classes"][0] == [0.5, 14.2, 2.5, 1.0]
@@ -43,6 +49,8 @@ def test_a_report_with_per_class_figures_is_read() -> None:
         (_report(classes=[[0.5, "x", 2, 3]]), "classes must be at most"),
         (_report(classes=[[0.1, 1, 1, 1]] * (MAX_CLASSES + 1)), "classes must be at most"),
         (b" " * (MAX_REPORT_BYTES + 1), "more than"),
+        (_report(truth_accuracy=1.5), "truth_accuracy = 1.5 is not a fraction"),
+        (_report(truth_accuracy="high"), "truth_accuracy = 'high' is not a fraction"),
     ],
     ids=[
         "not-utf8",
@@ -56,6 +64,8 @@ def test_a_report_with_per_class_figures_is_read() -> None:
         "class-row-text",
         "too-many-classes",
         "too-big",
+        "accuracy-above-one",
+        "accuracy-text",
     ],
 )
 def test_a_report_that_is_not_one_is_refused_by_name(data: bytes, message: str) -> None:
