@@ -188,6 +188,15 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
             for name in SELECT_FIELDS
             if (value := getattr(selection, name)) is not None
         }
+    if args.template == "synthetic":
+        from relion_spot.jobs.synthetic import SYNTHETIC_FIELDS, synthetic_from_mapping
+
+        asked = {n: getattr(args, n) for n in SYNTHETIC_FIELDS if getattr(args, n) is not None}
+        try:
+            made = synthetic_from_mapping(asked)
+        except JobParameterError as error:
+            raise UsageError(str(error)) from None
+        return {name: getattr(made, name) for name in SYNTHETIC_FIELDS}
 
     given: dict[str, Any] = {
         name: getattr(args, name)
@@ -404,6 +413,7 @@ def status_row(item: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, A
         "resolution_angstrom": progress.get("resolution_angstrom"),
         "eta_seconds": progress.get("eta_seconds"),
         "resumes": progress.get("resumes"),
+        "truth_accuracy": progress.get("truth_accuracy"),
         "classes": [
             dict(
                 zip(
@@ -649,6 +659,19 @@ def register(subparsers: Any) -> None:
     select.add_argument("--classes", required=True, help="class numbers to keep, e.g. 1,3")
     select.add_argument("--iteration", type=int, help="default: the run's newest complete one")
     select.set_defaults(func=_runner("submit", submit_command))
+    synthetic = templates.add_parser(
+        "synthetic",
+        help="make a ground-truthed synthetic particle set in a new project, with the "
+        "cluster's RELION image on the CPU partition (try the cluster without data)",
+    )
+    _submission_options(synthetic)
+    synthetic.add_argument(
+        "--project-dir", dest="project_dir", required=True, help="a new /data/<project>"
+    )
+    synthetic.add_argument("--classes", help="K true classes (default 2)")
+    synthetic.add_argument("--particles-per-class", dest="particles_per_class", help="default 100")
+    synthetic.add_argument("--seed", help="default 0")
+    synthetic.set_defaults(func=_runner("submit", submit_command))
 
     status = subparsers.add_parser("status", help="submissions, progress and cost so far")
     _common(status)

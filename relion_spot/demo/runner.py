@@ -132,21 +132,17 @@ def make_dataset(settings: DemoSettings, data_dir: Path) -> Path:
 
 
 def job_parameters(settings: DemoSettings, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The benchmark's flags scaled to the small box (as the RELION tests use them)."""
+    """The benchmark's flags scaled to the set's small box (relion_spot.jobs.synthetic)."""
+    from ..jobs.synthetic import SyntheticParams, class3d_parameters
+
     spec = manifest["spec"]
-    return {
-        "particles": manifest["files"]["particles"],
-        "reference": manifest["files"]["reference"],
-        "K": int(spec["classes"]),
-        "iter": settings.iterations,
-        "ini_high": round(2.5 * 2 * float(spec["angpix"])),
-        "particle_diameter": float(manifest["particle_diameter_angstrom"]),
-        "offset_range": 2,
-        "offset_step": 1,
-        "j": 2,
-        "pool": 10,
-        "project_dir": f"/data/{PROJECT}",
-    }
+    made = SyntheticParams(
+        project_dir=f"/data/{PROJECT}",
+        classes=int(spec["classes"]),
+        particles_per_class=int(spec["particles_per_class"]),
+        seed=int(spec["seed"]),
+    )
+    return class3d_parameters(made, settings.iterations)
 
 
 def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:

@@ -65,9 +65,6 @@ from typing import Any, cast
 
 from relion_spot.jobs.class3d import DEFAULT_IMAGE, LOCAL_IMAGE, MODES, Mode
 from relion_spot.jobs.image import ImageSourceError
-from relion_spot.jobs.parameters import Class3dParams
-from relion_spot.jobs.select import SelectParams
-from relion_spot.jobs.stage import StageParams
 from relion_spot.notify.publish import Notification, Notifier
 from relion_spot.powersave import logs
 from relion_spot.slurm.spec import SPEC_ENV, ClusterSpec, SpecError
@@ -92,6 +89,7 @@ from .images import ImageChecks
 from .message import (
     CancelRequest,
     InvalidSubmission,
+    JobParams,
     Submission,
     parse_request,
     submission_id_in,
@@ -201,7 +199,7 @@ class Drainer:
     table: IntakeTable
     queue_url: str
     slurm: SlurmJobs
-    prepare: Callable[[Class3dParams | StageParams | SelectParams], PreparedJob]
+    prepare: Callable[[JobParams], PreparedJob]
     min_job_age: int
     """slurmctld's MinJobAge: how long squeue still lists a finished job."""
     wait_seconds: int = RECEIVE_WAIT_SECONDS

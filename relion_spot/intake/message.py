@@ -33,11 +33,14 @@ from typing import Any
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError, from_mapping
 from relion_spot.jobs.select import SelectParams, select_from_mapping
 from relion_spot.jobs.stage import StageParams, stage_from_mapping
+from relion_spot.jobs.synthetic import SyntheticParams, synthetic_from_mapping
 
 from .config import KEY
 
 SCHEMA_VERSION = 1
-TEMPLATES: tuple[str, ...] = ("class3d", "stage", "select")
+TEMPLATES: tuple[str, ...] = ("class3d", "stage", "select", "synthetic")
+JobParams = Class3dParams | StageParams | SelectParams | SyntheticParams
+"""The validated parameters of any template."""
 FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
 OPTIONAL_FIELDS: tuple[str, ...] = ("dry_run",)
 """``dry_run: true``: check and estimate the job, record that, and submit nothing."""
@@ -120,9 +123,7 @@ class Submission:
     template: str = "class3d"
     version: int = SCHEMA_VERSION
     dry_run: bool = False
-    params: Class3dParams | StageParams | SelectParams = field(
-        init=False, repr=False, compare=False
-    )
+    params: JobParams = field(init=False, repr=False, compare=False)
     """The validated job parameters (set by ``__post_init__``)."""
 
     def __post_init__(self) -> None:
@@ -164,11 +165,13 @@ class Submission:
                 sid,
             )
         try:
-            params: Class3dParams | StageParams | SelectParams
+            params: JobParams
             if self.template == "stage":
                 params = stage_from_mapping(self.parameters)
             elif self.template == "select":
                 params = select_from_mapping(self.parameters)
+            elif self.template == "synthetic":
+                params = synthetic_from_mapping(self.parameters)
             else:
                 params = from_mapping(self.parameters)
                 params.check_confined()

@@ -19,7 +19,8 @@ from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
 from relion_spot.jobs.select import SelectParams, render_select
 from relion_spot.jobs.stage import StageParams, render_stage
-from relion_spot.relion import preflight, select
+from relion_spot.jobs.synthetic import SyntheticParams, render_synthetic
+from relion_spot.relion import preflight, select, synthetic
 from relion_spot.slurm.spec import GPU_PARTITION, ClusterSpec
 
 from .config import NODE_DATA_DIR
@@ -78,7 +79,15 @@ class JobPreparer:
             stage_buckets=stage_buckets,
         )
 
-    def __call__(self, params: Class3dParams | StageParams | SelectParams) -> PreparedJob:
+    def __call__(
+        self, params: Class3dParams | StageParams | SelectParams | SyntheticParams
+    ) -> PreparedJob:
+        if isinstance(params, SyntheticParams):
+            return PreparedJob(
+                script=render_synthetic(params, mode=self.mode, image=self.image),
+                note=self._check_synthetic(params),
+                needs_image=True,
+            )
         if isinstance(params, SelectParams):
             pinned, checked = self._check_selection(params)
             return PreparedJob(script=render_select(pinned), note=checked)
@@ -165,6 +174,27 @@ class JobPreparer:
         except preflight.PreflightError as err:
             raise _refused(err, here, params.project_dir) from None
         return lines
+
+    def _check_synthetic(self, params: SyntheticParams) -> str:
+        """A synthetic set goes into a new or empty project, or one that holds the same set
+        (then the job has nothing to do): a lab's project is never overwritten."""
+        spec = params.spec
+        made = (
+            f"{spec.classes} classes x {spec.particles_per_class} particles (box {spec.box}, "
+            f"{spec.angpix:g} Å/px, seed {spec.seed}) into {params.project_dir} on the CPU "
+            "partition"
+        )
+        here = self._project_here(params.project_dir)
+        if isinstance(here, str):
+            return f"{made}; {here}"
+        if synthetic.made_with(here, spec):
+            return f"{made}: it is there already, the job finds it and ends"
+        if here.is_file() or (here.is_dir() and any(here.iterdir())):
+            raise JobRejected(
+                f"parameter project_dir = {params.project_dir!r} is not valid: it already holds "
+                "other files; a synthetic set is made only in a new or empty project"
+            )
+        return made
 
     def _check_stage_source(self, source: str) -> None:
         """An s3:// source must be a bucket the nodes may read: refused here, one line, rather

@@ -226,6 +226,17 @@ def mark_held(client: Any, table: str, submission_id: str, reason: str, *, at: i
     return True
 
 
+def submission_item(client: Any, table: str, submission_id: str) -> dict[str, Any]:
+    """A submission's whole item (progress, log tail, decision) as plain values; {} when the
+    table holds none."""
+    from relion_spot.cost.store import deserialize
+
+    item = client.get_item(
+        TableName=table, Key={KEY: {"S": submission_id}}, ConsistentRead=True
+    ).get("Item")
+    return deserialize(item) if item else {}
+
+
 def create_table(client: Any, name: str) -> None:
     """The table as the construct defines it (for the embedded cloud and tests)."""
     client.create_table(

@@ -158,6 +158,13 @@ IMAGE={image}
 SIF=$({script} "$IMAGE" {cache})"""
 
 
+def image_setup(source: str) -> str:
+    """The script lines that set $SIF: the image ``source`` as a SIF in the node's cache."""
+    return _IMAGE_SETUP.format(
+        image=shlex.quote(source), script=IMAGE_SCRIPT, cache=CONTAINER_CACHE
+    )
+
+
 def render(
     target: Settings | int | NodeShape,
     params: Class3dParams | None = None,
@@ -187,9 +194,6 @@ def render(
         shape = NodeShape.for_gpu_count(target)
     words = command_words(shape, params, mode=mode)
     source = image or (DEFAULT_IMAGE if mode == "cloud" else LOCAL_IMAGE)
-    image_setup = _IMAGE_SETUP.format(
-        image=shlex.quote(source), script=IMAGE_SCRIPT, cache=CONTAINER_CACHE
-    )
     template = Template(TEMPLATE_PATH.read_text())
     return template.substitute(
         gpus=shape.gpus,
@@ -198,6 +202,6 @@ def render(
         partition=GPU_PARTITION,
         project_dir=shlex.quote(params.project_dir),
         output_dir=params.output_dir,
-        image_setup=image_setup,
+        image_setup=image_setup(source),
         command=_format_command(words),
     )

@@ -27,6 +27,20 @@ MAX_CLASSES = 50
 """The largest K a Class3D job accepts (relion_spot.jobs.parameters)."""
 
 
+def check_project_dir(value: object) -> None:
+    """A project directory under /data, absolute, without . or .. or empty parts, and not one
+    of the cluster's own names."""
+    check_path("project_dir", value)
+    assert isinstance(value, str)
+    parts = value.split("/")
+    if not value.startswith(DATA_ROOT + "/") or any(p in ("", ".", "..") for p in parts[1:]):
+        raise JobParameterError(
+            f"parameter project_dir = {value!r} is not valid: a directory under {DATA_ROOT} "
+            "(absolute, no . or .. or empty parts)"
+        )
+    check_not_reserved("project_dir", value)
+
+
 @dataclass(frozen=True)
 class SelectParams:
     project_dir: str
@@ -39,16 +53,7 @@ class SelectParams:
     """The run's iteration to read; None: its newest complete one."""
 
     def __post_init__(self) -> None:
-        check_path("project_dir", self.project_dir)
-        parts = self.project_dir.split("/")
-        if not self.project_dir.startswith(DATA_ROOT + "/") or any(
-            p in ("", ".", "..") for p in parts[1:]
-        ):
-            raise JobParameterError(
-                f"parameter project_dir = {self.project_dir!r} is not valid: a directory under "
-                f"{DATA_ROOT} (absolute, no . or .. or empty parts)"
-            )
-        check_not_reserved("project_dir", self.project_dir)
+        check_project_dir(self.project_dir)
         if not isinstance(self.run, str) or not RUN_DIR.fullmatch(self.run):
             raise JobParameterError(
                 f"parameter run = {str(self.run)[:60]!r} is not valid: a job directory of the "

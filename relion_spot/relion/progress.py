@@ -386,12 +386,33 @@ def update(
     final: bool = False,
 ) -> dict:
     """Collect, write the JSON record and redraw the pictures; returns the record. ``final``:
-    the run has ended, so the classes get all three views (see plot_classes)."""
+    the run has ended, so the classes get all three views (see plot_classes) and, on a
+    ground-truthed set, the newest iteration is scored against the truth (truth_accuracy)."""
     record = collect(root, requested_iterations, cache=cache)
+    if final and record["current_iteration"]:
+        record["truth_accuracy"] = truth_accuracy(root, record["current_iteration"])
     write_record(root, record)
     plot(root, record)
     plot_classes(root, record, all_views=final)
     return record
+
+
+def truth_accuracy(root: Path, iteration: int) -> float | None:
+    """On a ground-truthed set (the project holds a synthetic set's manifest:
+    relion_spot.relion.synthetic), the fraction of the run's particles in their true class at
+    ``iteration``, label swaps forgiven; None on a lab's own data or when it cannot be scored."""
+    from relion_spot.relion import score, synthetic
+
+    parents = root.resolve().parents  # <project>/<job type>/jobNNN/<root name>
+    if len(parents) < 3 or not (parents[2] / synthetic.MANIFEST).is_file():
+        return None
+    project = parents[2]
+    try:
+        truth = score.read_truth(project / str(synthetic.load_manifest(project)["files"]["truth"]))
+        scored = score.score_data_star(Path(f"{iteration_root(root, iteration)}_data.star"), truth)
+    except (score.ScoreError, OSError, ValueError, KeyError, TypeError):
+        return None  # a manifest or truth that is not the generator's: nothing to score against
+    return round(scored.accuracy, 4)
 
 
 REPORT_EVERY_SECONDS = 60.0

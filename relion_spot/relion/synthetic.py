@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import mrcfile
@@ -368,6 +369,53 @@ def generate(spec: SyntheticSpec, out: Path, *, overwrite: bool = False) -> Synt
     return result
 
 
+PARTIAL_PREFIX = ".synthetic-partial-"
+"""A job's own work area inside the project, named by its Slurm job id: what a requeued attempt
+of the same job may throw away."""
+
+
+def made_with(out: Path, spec: SyntheticSpec) -> bool:
+    """Whether ``out`` holds a complete set generated from ``spec`` (its manifest says so)."""
+    try:
+        return load_manifest(out).get("spec") == asdict(spec)
+    except (OSError, ValueError):
+        return False
+
+
+def generate_for_job(spec: SyntheticSpec, out: Path, job_id: str) -> SyntheticResult | None:
+    """``generate`` as a requeueable cluster job: None when ``out`` already holds this set (a
+    requeue of a finished attempt, or the set made before); otherwise made in the job's own work
+    area inside ``out`` and moved up, the manifest last, so a set is complete once it has one.
+    Anything else already in ``out`` is the lab's and refused (FileExistsError)."""
+    if made_with(out, spec):
+        return None
+    partial = out / f"{PARTIAL_PREFIX}{job_id}"
+    others = [e.name for e in out.iterdir() if e.name != partial.name] if out.is_dir() else []
+    if others and not partial.is_dir():
+        raise FileExistsError(
+            f"{out} already holds {', '.join(sorted(others)[:3])}: a synthetic set is made only "
+            "in a new or empty project (or one holding the same set)"
+        )
+    if partial.exists():
+        shutil.rmtree(partial)  # this job's own attempt, cut short
+    result = generate(spec, partial)
+    moved = sorted(partial.iterdir(), key=lambda entry: entry.name == MANIFEST)
+    for entry in moved:
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    partial.rmdir()
+    return replace(
+        result,
+        out=out,
+        particles_star=out / PARTICLES_STAR,
+        reference=out / REFERENCE_MAP,
+        truth=out / TRUTH_STAR,
+        volumes=[out / p.relative_to(partial) for p in result.volumes],
+    )
+
+
 def load_manifest(out: Path) -> dict:
     """The manifest a generation wrote: the spec and the figures a classification needs."""
     return json.loads((out / MANIFEST).read_text())
@@ -414,6 +462,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument(
+        "--job-id",
+        help="as a cluster job (requeueable): done when --out holds this set, refused when it "
+        "holds anything else",
+    )
     return parser
 
 
@@ -433,7 +486,14 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     try:
-        result = generate(spec, args.out, overwrite=args.overwrite)
+        if args.job_id:
+            made = generate_for_job(spec, args.out, args.job_id)
+            if made is None:
+                print(f"synthetic: {args.out} already holds this set (its manifest says so)")
+                return 0
+            result = made
+        else:
+            result = generate(spec, args.out, overwrite=args.overwrite)
     except (ValueError, FileExistsError, RelionToolError) as error:
         print(f"synthetic: {error}", file=sys.stderr)
         return 2

@@ -1,13 +1,7 @@
 """The selftest's AWS calls on a deployed cluster stack, with the caller's credentials: the
 stack's outputs, the controller's recorded permission checks, the G/VT spot quota, the
 cluster's instances by tag, the intake queue and table (submit, progress, cancel), the cost
-table, and the stack's AWS FIS experiment template (start, watch, stop).
-
-What is not built: a tiny ground-truthed data set on the deployed cluster's /data (the embedded
-cloud makes one with relion_project on the host; the intake has no template that generates one
-on a node), so ``--gpu`` on a deployed stack stops at the data phase, before anything is
-submitted or launched.
-"""
+table, and the stack's AWS FIS experiment template (start, watch, stop)."""
 
 from __future__ import annotations
 
@@ -24,7 +18,7 @@ from ..cost.store import decode_cost, deserialize, job_key
 from ..doctor.checks import G_VT_SPOT_QUOTA
 from ..intake.client import SubmissionPending, SubmissionRejected, submit, wait_for_acceptance
 from ..intake.message import new_cancel
-from ..intake.table import IntakeTable
+from ..intake.table import IntakeTable, submission_item
 from ..slurm.spec import GPU_PARTITION
 from ..teardown.sweep import LIVE_STATES
 from . import record
@@ -42,6 +36,9 @@ class AwsBackend:
     """``flow.Backend`` over a deployed cluster stack."""
 
     gpu_expected = True
+    data_seconds = 3 * 3600.0
+    """A new cluster's first GPU-image build (four CUDA architectures, on a CPU node) comes
+    before the data set's job."""
     interrupt_notice_seconds = 120.0
     scale_to_zero_seconds = 3600.0
     cost_record_seconds = 1800.0
@@ -96,14 +93,7 @@ class AwsBackend:
         pages = self.client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
-    def prepare_job(self, iterations: int) -> dict[str, Any]:
-        raise SelftestError(
-            "not built yet: a tiny ground-truthed data set on the deployed cluster's /data "
-            "(nothing was submitted or launched); run the GPU image and reclaim checks with "
-            "relion-spot demo locally and a job of your own on the cluster"
-        )
-
-    def submit(self, parameters: dict[str, Any]) -> tuple[str, str]:
+    def submit(self, parameters: dict[str, Any], template: str) -> tuple[str, str]:
         table = IntakeTable(self.client("dynamodb"), self.handle.intake_table)
         submission = submit(
             self.client("sqs"),
@@ -111,6 +101,7 @@ class AwsBackend:
             self.handle.queue_url,
             parameters=parameters,
             user=f"selftest:{getpass.getuser()}",
+            template=template,
         )
         if self.handle.ecs_cluster and self.handle.controller_service:
             from ..intake.wake import wake_controller
@@ -124,22 +115,11 @@ class AwsBackend:
             raise SelftestError(f"the submission was not accepted: {err}") from None
         return submission.submission_id, job_id
 
-    def _item(self, submission_id: str) -> dict[str, Any]:
-        from ..intake.config import KEY
-
-        item = (
-            self.client("dynamodb")
-            .get_item(
-                TableName=self.handle.intake_table,
-                Key={KEY: {"S": submission_id}},
-                ConsistentRead=True,
-            )
-            .get("Item")
-        )
-        return deserialize(item) if item else {}
+    def submission(self, submission_id: str) -> dict[str, Any]:
+        return submission_item(self.client("dynamodb"), self.handle.intake_table, submission_id)
 
     def job(self, submission_id: str, job_id: str) -> JobView:
-        item = self._item(submission_id)
+        item = self.submission(submission_id)
         progress = item.get("progress") or {}
         done = int(progress.get("current_iteration") or 0)
         requested = int(progress.get("requested_iterations") or 0)
@@ -162,10 +142,7 @@ class AwsBackend:
         )
 
     def job_output(self, submission_id: str, job_id: str) -> str:
-        return str(self._item(submission_id).get("log_tail", ""))
-
-    def accuracy(self, submission_id: str, job_id: str) -> float | None:
-        return None  # the truth lives on /data, which these credentials do not reach
+        return str(self.submission(submission_id).get("log_tail", ""))
 
     def interrupt(self, instance_id: str) -> str:
         template = self.outputs.get(TEMPLATE_OUTPUT, "")

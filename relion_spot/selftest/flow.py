@@ -1,6 +1,8 @@
 """The selftest's sequence, the same on a deployed stack and on the embedded cloud: permissions,
-preconditions, a tiny ground-truthed Class3D through the normal intake, an interruption once an
-iteration is complete, completion, the cost record and the return to zero nodes.
+preconditions, a tiny ground-truthed data set made on the cluster (the synthetic job, on the CPU
+partition, with the cluster's RELION image), a Class3D of it through the normal intake, an
+interruption once an iteration is complete, completion with the job's own score against the
+truth, the cost record and the return to zero nodes.
 
 Everything it does to the cluster goes through a ``Backend`` (``cloud.AwsBackend`` or
 ``local.EmbeddedBackend``); every phase is timed and priced at the on-demand ceiling of the
@@ -13,16 +15,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..catalog import INSTANCE_TYPES
+from ..jobs.synthetic import SyntheticParams, class3d_parameters
 from .permissions import ALLOWED
 from .record import StoredChecks
 from .verdicts import Observations, Verdict, judge, parse_job_output
 
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 POLL_SECONDS = 2.0
+DATA_SET = SyntheticParams(
+    project_dir="/data/relion-spot-selftest", classes=2, particles_per_class=100, seed=0
+)
+"""The selftest's ground-truthed set: made once per file system (a later selftest finds it and
+its job ends at once), classified by every selftest into a new Class3D job of that project."""
 
 
 class SelftestError(RuntimeError):
@@ -60,6 +68,8 @@ class Backend(Protocol):
     def image(self) -> str: ...
 
     gpu_expected: bool
+    data_seconds: float
+    """How long the data set's job may take, image job included (a new cluster builds it)."""
     interrupt_notice_seconds: float
     scale_to_zero_seconds: float
     cost_record_seconds: float
@@ -69,11 +79,10 @@ class Backend(Protocol):
     def gpu_vcpus_needed(self) -> int: ...
     def spot_quota_vcpus(self) -> float | None: ...
     def live_instances(self) -> list[Instance]: ...
-    def prepare_job(self, iterations: int) -> dict[str, Any]: ...
-    def submit(self, parameters: dict[str, Any]) -> tuple[str, str]: ...
+    def submit(self, parameters: dict[str, Any], template: str) -> tuple[str, str]: ...
+    def submission(self, submission_id: str) -> dict[str, Any]: ...
     def job(self, submission_id: str, job_id: str) -> JobView: ...
     def job_output(self, submission_id: str, job_id: str) -> str: ...
-    def accuracy(self, submission_id: str, job_id: str) -> float | None: ...
     def interrupt(self, instance_id: str) -> str: ...
     def end_interrupt(self, handle: str) -> None: ...
     def cancel(self, submission_id: str, job_id: str) -> None: ...
@@ -210,14 +219,17 @@ def run(backend: Backend, options: SelftestOptions, report: Report) -> SelftestR
     seen = result.seen
     try:
         with clock.phase("data") as phase:
-            parameters = backend.prepare_job(options.iterations)
-            phase.note = f"{parameters.get('particles', '')} into {parameters.get('project_dir')}"
+            phase.note = _make_data(backend, clock)
+            parameters = class3d_parameters(DATA_SET, options.iterations)
         with clock.phase("submit") as phase:
-            submission_id, job_id = backend.submit(parameters)
+            submission_id, job_id = backend.submit(parameters, "class3d")
             phase.note = f"Slurm job {job_id} (submission {submission_id})"
         with clock.phase("launch") as phase:
+            gpu_types = set(backend.gpu_types())
             first = clock.wait(
-                lambda: clock.live, timeout=600, what="the job's spot instance to launch"
+                lambda: [i for i in clock.live if i.instance_type in gpu_types],
+                timeout=600,
+                what="the job's spot instance to launch",
             )
             seen.instances_launched = [i.instance_id for i in first]
             phase.note = ", ".join(f"{i.instance_id} ({i.instance_type})" for i in first)
@@ -254,7 +266,9 @@ def run(backend: Backend, options: SelftestOptions, report: Report) -> SelftestR
             seen.iterations_requested = view.iterations_requested
             seen.resumed_from = list(view.resumed_from)
             seen.runtime = parse_job_output(backend.job_output(submission_id, job_id))
-            seen.accuracy = backend.accuracy(submission_id, job_id)
+            progress = backend.submission(submission_id).get("progress") or {}
+            scored = progress.get("truth_accuracy")
+            seen.accuracy = float(scored) if isinstance(scored, int | float) else None
             phase.note = f"{view.state}, {view.iterations_done} iterations"
         with clock.phase("cost record") as phase:
             priced = clock.wait(
@@ -281,6 +295,39 @@ def run(backend: Backend, options: SelftestOptions, report: Report) -> SelftestR
         result.cleanup = _clean_up(backend, handles, submission_id, job_id, seen)
     result.verdicts = judge(seen)
     return result
+
+
+def _make_data(backend: Backend, clock: _Clock) -> str:
+    """The synthetic set's job through the intake, waited for; what it made, or SelftestError
+    (its job cancelled if it had not ended)."""
+    parameters = asdict(DATA_SET)
+    submission_id, job_id = backend.submit(parameters, "synthetic")
+
+    def ended() -> str | None:
+        item = backend.submission(submission_id)
+        if item.get("cancel_state") == "cancelled":
+            raise SelftestError(
+                f"the synthetic set's job {job_id} was cancelled: {item.get('cancel_message', '')}"
+            )
+        state = str((item.get("progress") or {}).get("state", ""))
+        return state if state in ("FINISHED", "FAILED") else None
+
+    try:
+        state = clock.wait(
+            ended,
+            timeout=backend.data_seconds,
+            what=f"job {job_id} to make the synthetic set (after the RELION image's job)",
+        )
+    except SelftestError:
+        backend.cancel(submission_id, job_id)
+        raise
+    if state == "FAILED":
+        tail = str(backend.submission(submission_id).get("log_tail", "")).strip().splitlines()[-3:]
+        raise SelftestError(f"the synthetic set's job {job_id} failed: {' / '.join(tail)}")
+    return (
+        f"{DATA_SET.spec.particles} particles, K={DATA_SET.classes}, in "
+        f"{DATA_SET.project_dir} (CPU job {job_id})"
+    )
 
 
 def _checks_note(checks: StoredChecks | None) -> str:

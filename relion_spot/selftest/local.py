@@ -1,7 +1,8 @@
 """The selftest on the embedded cloud (``--stack local``): the same flow as on a deployed stack,
-over the demo's pieces with short settings: its ground-truthed particles (relion_project in a
-node container), the embedded cloud (moto, the controller container, the reconciler), the job
-through the intake queue, and the cost function's own code for the record.
+over the demo's pieces with short settings: the embedded cloud (moto, the controller
+container, the reconciler), the ground-truthed set made by the synthetic job on the CPU
+partition and the Class3D job, both through the intake queue, their reports through the nodes'
+forwarder into the intake table, and the cost function's own code for the record.
 
 Where the cloud differs, and how:
 - The interruption: AWS FIS's StartExperiment is not in moto. ``interrupt`` is the one seam:
@@ -40,7 +41,6 @@ NOTICE_SECONDS = 20.0
 instance then goes after this many seconds instead of EC2's 120 (short settings)."""
 SUSPEND_SECONDS = 30
 """SuspendTime here (the deployed minimum is 60): how long an idle node waits to go."""
-PARTICLES_PER_CLASS = 100
 
 
 @dataclass
@@ -51,6 +51,7 @@ class EmbeddedBackend:
     data_dir: Path
     work_dir: Path
     gpu_expected = False
+    data_seconds = 900.0
     interrupt_notice_seconds = NOTICE_SECONDS
     scale_to_zero_seconds = float(SUSPEND_SECONDS + 180)
     cost_record_seconds = 90.0
@@ -100,25 +101,14 @@ class EmbeddedBackend:
             if i["State"]["Name"] in ("pending", "running")
         ]
 
-    def prepare_job(self, iterations: int) -> dict[str, Any]:
-        from ..demo.runner import DemoError, DemoSettings, job_parameters, make_dataset
-        from ..relion.synthetic import load_manifest
+    @property
+    def project(self) -> Path:
+        """The selftest's project as this machine sees the nodes' /data."""
+        from .flow import DATA_SET
 
-        settings = DemoSettings(
-            iterations=iterations,
-            reclaim_after=0,
-            particles_per_class=PARTICLES_PER_CLASS,
-            work_dir=self.work_dir,
-        )
-        try:
-            project = make_dataset(settings, self.data_dir)
-        except DemoError as err:
-            raise SelftestError(str(err)) from None
-        self.project = project
-        self.manifest = load_manifest(project)
-        return job_parameters(settings, self.manifest)
+        return self.data_dir / DATA_SET.project_dir.removeprefix("/data/")
 
-    def submit(self, parameters: dict[str, Any]) -> tuple[str, str]:
+    def submit(self, parameters: dict[str, Any], template: str) -> tuple[str, str]:
         from ..intake.client import (
             SubmissionPending,
             SubmissionRejected,
@@ -135,12 +125,19 @@ class EmbeddedBackend:
             self.cloud.env["RELION_SPOT_INTAKE_QUEUE_URL"],
             parameters=parameters,
             user="selftest",
+            template=template,
         )
         try:
             job_id = wait_for_acceptance(table, submission.submission_id, timeout=120)
         except (SubmissionRejected, SubmissionPending) as err:
             raise SelftestError(f"the submission was not accepted: {err}") from None
         return submission.submission_id, job_id
+
+    def submission(self, submission_id: str) -> dict[str, Any]:
+        from ..intake.table import submission_item
+        from ..local.embedded import INTAKE_TABLE
+
+        return submission_item(self.cloud.client("dynamodb"), INTAKE_TABLE, submission_id)
 
     def _fields(self, job_id: str) -> dict[str, str]:
         from ..slurm.local import DockerError, scontrol_fields
@@ -184,15 +181,6 @@ class EmbeddedBackend:
             return (self.project / f"class3d-{job_id}.out").read_text(errors="replace")
         except OSError:
             return ""
-
-    def accuracy(self, submission_id: str, job_id: str) -> float | None:
-        from ..relion import score
-
-        run_root = self._run_root(submission_id, job_id)
-        if run_root is None:
-            return None
-        scores = score.score_run(run_root, self.project / self.manifest["files"]["truth"])
-        return round(scores[-1].accuracy, 3) if scores else None
 
     def interrupt(self, instance_id: str) -> str:
         """Where the deployed stack starts its FIS experiment: the notice FIS would send."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,75 @@ def test_submit_select_runs_the_selection_program_on_the_cpu_partition(
     assert "relion_spot.relion.select --run Class3D/job005 --classes 1,3 --out" in script
     assert main([*argv, "--run", "Class3D/job005", "--classes", "1,x"]) == 2
     assert "parameter classes = '1,x' is not valid" in capsys.readouterr().err
+
+
+def test_submit_synthetic_makes_a_set_with_the_clusters_image_on_the_cpu_partition(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    _drain_while_waiting(cluster, monkeypatch)
+    argv = ["submit", "synthetic", "--stack", STACK, "--project-dir", "/data/try"]
+    assert main([*argv, "--classes", "3", "--particles-per-class", "50"]) == 0
+    assert capsys.readouterr().out.strip() == "42"
+    (item,) = cluster.dynamodb.scan(TableName=TABLE)["Items"]
+    assert item["template"]["S"] == "synthetic"
+    assert json.loads(item["parameters"]["S"]) == {
+        "project_dir": "/data/try", "classes": 3, "particles_per_class": 50, "seed": 0,
+    }  # fmt: skip
+    script = cluster.slurm.script("42")
+    assert "#SBATCH --partition=cpu" in script and "--gres" not in script
+    assert "relion-image.sh" in script  # the cluster's RELION image, as its GPU jobs run it
+    assert "relion_spot.relion.synthetic --out /data/try" in script
+    assert "--classes 3 --particles-per-class 50 --seed 0" in script
+    for bad, message in [
+        (["--classes", "0"], "parameter classes=0: must be between 1 and 50"),
+        (["--particles-per-class", "x"], "parameter particles_per_class = 'x' is not valid"),
+        (["--particles-per-class", "20000"], "at most 20000 particles"),
+    ]:
+        assert main([*argv, *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize(("word", "shown"), [("FINISHED", "finished"), ("FAILED", "failed")])
+def test_a_cpu_jobs_last_word_reaches_status_through_the_epilogs_flush(
+    cluster: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    tmp_path: Path,
+    word: str,
+    shown: str,
+) -> None:
+    """A CPU job (synthetic, select, stage) reports its end state as its last word; the Epilog
+    forwards that one job's report at once and leaves every other job's file to the poll."""
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys, job)
+    spool = _spool(tmp_path)
+    (spool / "555.json").write_text("another job's report")
+    log = tmp_path / f"synthetic-{job}.out"
+    log.write_text("synthetic: attempt 0\nmade 200 particles\n")
+    env = {
+        **os.environ,
+        "RELION_SPOT_SUBMISSION_ID": row["submission_id"],
+        "RELION_SPOT_REPORT_SPOOL": str(spool),
+        "RELION_SPOT_JOB_LOG": str(log),
+        "SLURM_JOB_ID": job,
+    }
+    said = subprocess.run(
+        [sys.executable, "-I", "-m", "relion_spot.intake.report", "--state", word],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert said.returncode == 0, said.stderr
+    _forwarder(tmp_path, job, row["submission_id"]).flush()
+    assert (spool / "555.json").read_text() == "another job's report"
+    (after,) = _status_json(capsys, job)
+    assert after["state"] == shown
+    assert main(["logs", "--stack", STACK, job]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "made 200 particles"
+    bad = subprocess.run(
+        [sys.executable, "-I", "-m", "relion_spot.intake.report", "--state", "DONE"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice: 'DONE'" in bad.stderr
 
 
 def test_submit_dry_run_prints_the_controllers_findings_and_submits_nothing(
@@ -256,10 +327,12 @@ def test_progress_reported_by_the_job_shows_in_status_logs_and_plot(
             "detail": {"S": json.dumps({"estimate_usd": 0.0125})},
         },
     )
-    reporter.publish(_record(5), state="FINISHED")
+    assert row["truth_accuracy"] is None  # a lab's own data: no truth to score against
+    reporter.publish({**_record(5), "truth_accuracy": 0.955}, state="FINISHED")
     forwarder.round()
     (row,) = _status_json(capsys, sid)
     assert (row["state"], row["cost_usd"], row["current_iteration"]) == ("finished", 0.0125, 5)
+    assert row["truth_accuracy"] == 0.955
 
 
 def test_a_report_naming_another_submission_is_refused_and_that_item_is_kept(

@@ -190,7 +190,15 @@ def test_checkpoint_rewritten_during_a_reclaim_is_restored_from_its_snapshot(
 
 def test_progress_record_and_plot(resumed: RunRecord) -> None:
     record = json.loads(progress_path(resumed.root).read_text())
-    assert record == {**collect(resumed.root), "updated": record["updated"]}
+    # The job's last word on a ground-truthed set: its own score against the truth.
+    scored = score_run(resumed.root, resumed.root.parents[2] / "truth.star")[-1]
+    assert scored.iteration == ITERATIONS
+    assert record["truth_accuracy"] == round(scored.accuracy, 4) >= 0.9
+    assert record == {
+        **collect(resumed.root),
+        "updated": record["updated"],
+        "truth_accuracy": record["truth_accuracy"],
+    }
     assert record["finished"] and record["current_iteration"] == ITERATIONS
     first_kill, second_kill = resumed.kills
     assert record["resumed_from"] == [first_kill, second_kill - 1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +97,63 @@ def test_cli_refuses_bad_values_and_busy_folders(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"{tmp_path} is not empty" in done.stderr
     assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+def _synthetic_job(data: Path, job: str, project: str = "made") -> subprocess.CompletedProcess[str]:
+    """The rendered local-mode synthetic template, run as the job user in a node container with
+    Slurm's job variables (as slurmd runs it on a CPU node)."""
+    from relion_spot.jobs.synthetic import SyntheticParams, render_synthetic
+    from relion_spot.local.job_container import job_container
+
+    made = SyntheticParams(project_dir=f"/data/{project}", classes=2, particles_per_class=10)
+    (data / "synthetic.sbatch").write_text(render_synthetic(made, mode="local"))
+    argv = job_container(data_dir=data, env={"SLURM_JOB_ID": job, "SLURM_RESTART_COUNT": "0"})
+    return subprocess.run(
+        [*argv, "bash", "/data/synthetic.sbatch"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_the_synthetic_job_makes_a_set_a_requeue_keeps_and_a_lab_project_refuses(
+    tmp_path: Path, slurm_images: None
+) -> None:
+    from relion_spot.relion.synthetic import PARTIAL_PREFIX, made_with
+
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 1000, 1000)
+    # A requeued attempt finds its own cut-short work area and starts it again.
+    leftover = data / "made" / f"{PARTIAL_PREFIX}7"
+    leftover.mkdir(parents=True)
+    (leftover / "particles.mrcs").write_bytes(b"cut short")
+    shutil.chown(leftover.parent, 1000, 1000)
+    shutil.chown(leftover, 1000, 1000)
+    first = _synthetic_job(data, "7")
+    assert first.returncode == 0, first.stdout + first.stderr
+    spec = SyntheticSpec(classes=2, particles_per_class=10)
+    project = data / "made"
+    assert made_with(project, spec)
+    assert sorted(p.name for p in project.iterdir()) == [
+        "particles.mrcs", "particles.star", "reference.mrc", "synthetic.json", "synthetic.log",
+        "truth.star", "volumes",
+    ]  # fmt: skip
+    made = load_result(project)
+    assert len(starfile.read(made.particles_star, always_dict=True)["particles"]) == 20
+    stamp = (project / "particles.mrcs").stat().st_mtime_ns
+
+    again = _synthetic_job(data, "7")  # a requeue of the finished job
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already holds this set" in again.stdout
+    assert (project / "particles.mrcs").stat().st_mtime_ns == stamp
+
+    lab = data / "lab"
+    lab.mkdir()
+    (lab / "particles.star").write_text("the lab's own")
+    shutil.chown(lab, 1000, 1000)
+    refused = _synthetic_job(data, "8", project="lab")
+    assert refused.returncode == 2
+    assert "already holds particles.star: a synthetic set is made only in a new or empty" in (
+        refused.stderr
+    )
+    assert [p.name for p in lab.iterdir()] == ["particles.star"]
+    assert (lab / "particles.star").read_text() == "the lab's own"

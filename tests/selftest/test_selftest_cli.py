@@ -20,7 +20,11 @@ from relion_spot.client.cluster import find_cluster
 from relion_spot.intake.table import create_table
 from relion_spot.selftest import record
 from relion_spot.selftest.cloud import AwsBackend, stack_outputs
-from relion_spot.selftest.cost_model import GPU_ROOT_VOLUME_GIB, selftest_cost
+from relion_spot.selftest.cost_model import (
+    CPU_ROOT_VOLUME_GIB,
+    GPU_ROOT_VOLUME_GIB,
+    selftest_cost,
+)
 from relion_spot.selftest.flow import SelftestError, SelftestOptions, run
 from relion_spot.selftest.permissions import check_powersave
 
@@ -186,9 +190,10 @@ def test_a_busy_cluster_is_refused_so_the_drill_reaches_only_its_own_node(
 
 
 def test_the_cost_model_uses_the_templates_root_volume() -> None:
+    from relion_spot.stacks.cluster import CPU_ROOT_VOLUME_GIB as STACK_CPU_ROOT
     from relion_spot.stacks.cluster import GPU_ROOT_VOLUME_GIB as STACK_ROOT
 
-    assert GPU_ROOT_VOLUME_GIB == STACK_ROOT
+    assert GPU_ROOT_VOLUME_GIB == STACK_ROOT and CPU_ROOT_VOLUME_GIB == STACK_CPU_ROOT
 
 
 @pytest.mark.parametrize(
@@ -237,9 +242,21 @@ def test_the_json_line_carries_the_checks(deployed: dict[str, Any]) -> None:
     assert result["refused"] == "" and result["verdicts"] == {}
 
 
-def test_on_a_deployed_stack_gpu_stops_at_the_data_phase_before_any_launch(
-    deployed: dict[str, Any],
+def test_on_a_deployed_stack_the_data_set_is_a_synthetic_job_sent_through_the_intake(
+    deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The first thing --gpu sends is the synthetic set's job, as ``relion-spot submit
+    synthetic`` would; with no controller to accept it here, the selftest stops there and
+    reports it, nothing launched. (The whole flow runs on the embedded cloud:
+    tests/local/test_selftest.py.)"""
+    from dataclasses import asdict
+
+    from relion_spot.intake.message import parse
+    from relion_spot.selftest import cloud
+    from relion_spot.selftest.flow import DATA_SET
+
+    monkeypatch.setattr(cloud, "ACCEPT_SECONDS", 0.5)
+    queue = boto3.client("sqs", region_name=REGION).create_queue(QueueName="q")["QueueUrl"]
     outcomes = check_powersave(deployed["ec2"], deployed["config"])
     record.store(deployed["dynamodb"], INTAKE, record.CONTROLLER, outcomes)
     quotas = boto3.client("service-quotas", region_name=REGION)
@@ -248,8 +265,11 @@ def test_on_a_deployed_stack_gpu_stops_at_the_data_phase_before_any_launch(
     with stub:
         result = run(_backend(deployed, quotas), SelftestOptions(gpu=True), lambda *_: None)
     assert [p.name for p in result.phases] == ["permissions", "preconditions", "data"]
-    assert result.seen.notes[0].startswith("not built yet: a tiny ground-truthed data set")
-    assert result.cleanup == []  # nothing was submitted, nothing interrupted
+    assert result.seen.notes[0].startswith("the submission was not accepted")
+    (message,) = boto3.client("sqs", region_name=REGION).receive_message(QueueUrl=queue)["Messages"]
+    sent = parse(message["Body"])
+    assert sent.template == "synthetic" and sent.user.startswith("selftest:")
+    assert sent.params == DATA_SET and sent.parameters == asdict(DATA_SET)
     assert {v.capability for v in result.verdicts if v.result == "FAILED"} >= {"launch", "RELION"}
     assert deployed["ec2"].describe_fleets()["Fleets"] == []
 
