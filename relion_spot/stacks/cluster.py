@@ -277,7 +277,8 @@ class ClusterStack(Stack):
         self.intake.grant_drain(self.controller.task_role)
         self.cost_tracker.grant_spend_reader(self.controller.task_role)  # the budget cap
         self.notifications.grant_publish(self.controller.task_role)
-        self.intake.grant_progress(self.gpu_nodes.role)  # jobs report progress to the table
+        for nodes in (self.gpu_nodes, self.cpu_nodes):  # jobs' reports, through the forwarder
+            self.intake.grant_progress(nodes.role)
 
         self.drill = SpotInterruptionDrill(
             self,

@@ -990,12 +990,13 @@ for _node in ("gpu-node", "cpu-node"):
 
     _node_cases(_node)
 
-allow("gpu-node/progress/dynamodb:UpdateItem")(
-    lambda w: Request("gpu-node", "dynamodb:UpdateItem", w.intake_table)
-)
-deny("gpu-node/deny/progress/another-clusters-table")(
-    lambda w: Request("gpu-node", "dynamodb:UpdateItem", w.other_intake_table)
-)
+for _node in ("gpu-node", "cpu-node"):  # a GPU job's progress, a CPU job's last word
+    allow(f"{_node}/progress/dynamodb:UpdateItem")(
+        lambda w, n=_node: Request(n, "dynamodb:UpdateItem", w.intake_table)
+    )
+    deny(f"{_node}/deny/progress/another-clusters-table")(
+        lambda w, n=_node: Request(n, "dynamodb:UpdateItem", w.other_intake_table)
+    )
 for _namespace in ("CWAgent", "RelionSpot"):
     allow(f"gpu-node/cloudwatch:PutMetricData/{_namespace}")(
         lambda w, n=_namespace: Request(
