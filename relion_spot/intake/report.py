@@ -395,21 +395,32 @@ class ReportPublisher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """A CPU job's end state, reported as its last word (the job templates call this after
-    their program): ``python -I -m relion_spot.intake.report --state FINISHED``. Outside a job
-    the intake submitted, nothing to report."""
+    """A CPU job's end state as its last word: ``--run PROGRAM ...`` runs the job's program and
+    reports FINISHED when it exits 0, FAILED otherwise, exiting with the program's status (the
+    CPU job templates run their program so); ``--state S`` reports S. Outside a job the intake
+    submitted there is nothing to report, and the program's status is all."""
     import argparse
+    import subprocess
 
     parser = argparse.ArgumentParser(
         prog="python -m relion_spot.intake.report",
         description="Report a job's end state into its submission's intake item.",
     )
-    parser.add_argument("--state", required=True, choices=(FINISHED, FAILED))
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--state", choices=(FINISHED, FAILED))
+    what.add_argument("--run", nargs=argparse.REMAINDER, metavar="PROGRAM")
     args = parser.parse_args(argv)
+    status = 0
+    state = args.state
+    if args.run is not None:
+        if not args.run:
+            parser.error("--run needs the program to run")
+        status = subprocess.run(args.run, check=False).returncode
+        state = FINISHED if status == 0 else FAILED
     reporter = ProgressReporter.from_env(os.environ)
-    if reporter is None:
-        return 0
-    return 0 if reporter.publish({}, state=args.state) else 1
+    if reporter is not None and not reporter.publish({}, state=state) and args.run is None:
+        return 1
+    return status if status >= 0 else 128 - status
 
 
 if __name__ == "__main__":

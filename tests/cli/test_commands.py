@@ -156,13 +156,13 @@ def test_submit_synthetic_makes_a_set_with_the_clusters_image_on_the_cpu_partiti
         assert len(err) == 1 and message in err[0], err
 
 
-@pytest.mark.parametrize(("word", "shown"), [("FINISHED", "finished"), ("FAILED", "failed")])
+@pytest.mark.parametrize(("status", "shown"), [(0, "finished"), (3, "failed")])
 def test_a_cpu_jobs_last_word_reaches_status_through_the_epilogs_flush(
     cluster: Cluster,
     monkeypatch: pytest.MonkeyPatch,
     capsys: Any,
     tmp_path: Path,
-    word: str,
+    status: int,
     shown: str,
 ) -> None:
     """A CPU job (synthetic, select, stage) reports its end state as its last word; the Epilog
@@ -172,7 +172,7 @@ def test_a_cpu_jobs_last_word_reaches_status_through_the_epilogs_flush(
     spool = _spool(tmp_path)
     (spool / "555.json").write_text("another job's report")
     log = tmp_path / f"synthetic-{job}.out"
-    log.write_text("synthetic: attempt 0\nmade 200 particles\n")
+    log.write_text("synthetic: attempt 0\n")
     env = {
         **os.environ,
         "RELION_SPOT_SUBMISSION_ID": row["submission_id"],
@@ -180,11 +180,12 @@ def test_a_cpu_jobs_last_word_reaches_status_through_the_epilogs_flush(
         "RELION_SPOT_JOB_LOG": str(log),
         "SLURM_JOB_ID": job,
     }
+    program = ["sh", "-c", f"echo made 200 particles >> {log}; exit {status}"]
     said = subprocess.run(
-        [sys.executable, "-I", "-m", "relion_spot.intake.report", "--state", word],
+        [sys.executable, "-I", "-m", "relion_spot.intake.report", "--run", *program],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
-    assert said.returncode == 0, said.stderr
+    assert said.returncode == status, said.stderr
     _forwarder(tmp_path, job, row["submission_id"]).flush()
     assert (spool / "555.json").read_text() == "another job's report"
     (after,) = _status_json(capsys, job)

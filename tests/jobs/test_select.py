@@ -18,8 +18,9 @@ def test_the_script_claims_a_select_job_on_the_cpu_partition_and_runs_the_progra
     assert "#SBATCH --partition=cpu" in script and "#SBATCH --requeue" in script
     assert "--gres" not in script and "#SBATCH --chdir=/data/lab" in script
     assert "relion_spot.jobs.claim --type Select)" in script
+    assert "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.intake.report --run" in script
     assert script.rstrip().endswith(
-        "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.relion.select "
+        "/opt/relion-spot/venv/bin/python -I -m relion_spot.relion.select "
         '--run Class3D/job005 --classes 1,3 --iteration 20 --out "$JOB_DIR"'
     )
     assert "$$" not in script and "${" not in script.replace("${SLURM_RESTART_COUNT:-0}", "")

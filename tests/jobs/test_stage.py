@@ -16,10 +16,11 @@ def test_default_stages_the_benchmark_on_the_cpu_partition() -> None:
     assert "#SBATCH --partition=cpu" in script
     assert "#SBATCH --requeue" in script
     assert script.rstrip().endswith(
-        "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
+        "/opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
         f"--dest /data/relion_benchmark --source "
         f"{BENCHMARK_URL}"
     )
+    assert "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.intake.report --run" in script
     assert "$$" not in script and "${" not in script.replace("${SLURM_RESTART_COUNT:-0}", "")
     assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
     checked = subprocess.run(
