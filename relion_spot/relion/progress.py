@@ -384,16 +384,19 @@ def update(
     *,
     cache: IterationCache | None = None,
     final: bool = False,
+    pictures: bool = True,
 ) -> dict:
-    """Collect, write the JSON record and redraw the pictures; returns the record. ``final``:
-    the run has ended, so the classes get all three views (see plot_classes) and, on a
-    ground-truthed set, the newest iteration is scored against the truth (truth_accuracy)."""
+    """Collect, write the JSON record and (with ``pictures``) redraw the pictures; returns the
+    record. ``final``: the run has ended, so the classes get all three views (see plot_classes)
+    and, on a ground-truthed set, the newest iteration is scored against the truth
+    (truth_accuracy)."""
     record = collect(root, requested_iterations, cache=cache)
     if final and record["current_iteration"]:
         record["truth_accuracy"] = truth_accuracy(root, record["current_iteration"])
     write_record(root, record)
-    plot(root, record)
-    plot_classes(root, record, all_views=final)
+    if pictures or final:
+        plot(root, record)
+        plot_classes(root, record, all_views=final)
     return record
 
 
@@ -417,6 +420,10 @@ def truth_accuracy(root: Path, iteration: int) -> float | None:
 
 REPORT_EVERY_SECONDS = 60.0
 """Between new iterations, the intake table's copy (and its log tail) is refreshed this often."""
+PICTURES_EVERY_SECONDS = 120.0
+"""While the run goes, its pictures are redrawn at most this often (always at its end): drawing
+them costs about 0.6 CPU seconds, which the job's RELION shares the node with. A benchmark
+iteration takes minutes, so each gets its pictures; short test iterations skip some."""
 
 
 def job_state(record: dict, *, final: bool) -> str:
@@ -453,6 +460,7 @@ class Watcher:
         self._cache: IterationCache = {}
         self._record: dict | None = None
         self._reported_at = 0.0
+        self._drawn_at: float | None = None
 
     def _changed(self) -> bool:
         seen = tuple(written_iterations(self.root))
@@ -479,8 +487,12 @@ class Watcher:
                 if self._record is not None and due:
                     self._report(self._record, final=False)  # a fresher log tail
                 continue
+            now = time.monotonic()
+            pictures = self._drawn_at is None or now - self._drawn_at >= PICTURES_EVERY_SECONDS
             try:
-                record = update(self.root, self.requested, cache=self._cache)
+                record = update(self.root, self.requested, cache=self._cache, pictures=pictures)
+                if pictures and record["iterations"]:
+                    self._drawn_at = now
             except Exception as error:  # progress must never take the job down with it
                 print(f"progress: could not update {self.root}: {error}", file=sys.stderr)
                 continue

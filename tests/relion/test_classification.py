@@ -25,6 +25,7 @@ from relion_spot.relion.progress import (
     plot_classes,
     plot_path,
     progress_path,
+    update,
 )
 from relion_spot.relion.score import score_run
 from relion_spot.relion.synthetic import SyntheticResult
@@ -151,6 +152,21 @@ def test_incomplete_newest_iteration_falls_back_to_previous(
     point = find_resume_point(root, SPEC.classes, ITERATIONS)
     assert (point.action, point.iteration) == ("continue", ITERATIONS - 1)
     assert reason.format(newest=f"run_it{ITERATIONS:03d}") in point.passed_over[ITERATIONS]
+
+
+def test_pictures_wait_between_iterations_but_never_at_the_end(
+    uninterrupted: RunRecord, copy_run: Callable[[RunRecord], Path]
+) -> None:
+    """The watcher redraws the pictures at most every PICTURES_EVERY_SECONDS while the run goes
+    (pictures=False between): the record is written each time, the PNGs only when due or final."""
+    root = copy_run(uninterrupted)
+    for picture in (plot_path(root), classes_path(root)):
+        picture.unlink(missing_ok=True)
+    record = update(root, pictures=False)
+    assert progress_path(root).is_file() and record["current_iteration"] == ITERATIONS
+    assert not plot_path(root).exists() and not classes_path(root).exists()
+    update(root, pictures=False, final=True)
+    assert plot_path(root).is_file() and classes_path(root).is_file()
 
 
 def test_iteration_numbers_are_read_from_the_files(
