@@ -17,6 +17,10 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from ..intake import config
+from ..selftest.record import KEY_PREFIX
+
+NODE_CHECKS_KEY_PREFIX = f"{KEY_PREFIX}node:"
+"""The intake-table key of a node's recorded permission checks (then the instance id)."""
 
 TABLE_LOGICAL_ID = "IntakeSubmissions"
 """Pinned: a changed logical ID would make CloudFormation replace the table (and, when the data
@@ -84,6 +88,21 @@ class JobIntake(Construct):
         """A job on a node: update its own submission's progress (relion_spot.intake.report).
         UpdateItem only, on this table only; the update is conditioned on the item existing."""
         self.table.grant(grantee, "dynamodb:UpdateItem")
+
+    def grant_node_checks(self, grantee: iam.IGrantable) -> None:
+        """A node's permission check at start (relion_spot.selftest.node_check): PutItem of the
+        items keyed ``selftest:permissions:node:...`` and of no other key (a submission's item
+        is a UUID), on this table only."""
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["dynamodb:PutItem"],
+            resource_arns=[self.table.table_arn],
+            # ForAllValues holds for a request without the key: Null makes the key required.
+            conditions={
+                "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{NODE_CHECKS_KEY_PREFIX}*"]},
+                "Null": {"dynamodb:LeadingKeys": "false"},
+            },
+        )
 
     def grant_read_decisions(self, grantee: iam.IGrantable) -> None:
         """The CPU node's credential broker (relion_spot.node.stage_credentials): read one

@@ -23,6 +23,7 @@ from ..slurm.spec import GPU_PARTITION
 from ..teardown.sweep import LIVE_STATES
 from . import record
 from .flow import Instance, JobView, SelftestError
+from .node_check import NODE_CHECKER
 from .record import StoredChecks
 
 TEMPLATE_OUTPUT = "SpotInterruptionTemplateId"
@@ -56,6 +57,10 @@ class AwsBackend:
 
     def permission_checks(self) -> StoredChecks | None:
         return record.load(self.client("dynamodb"), self.handle.intake_table)
+
+    def node_checks(self, instance_id: str) -> StoredChecks | None:
+        checker = NODE_CHECKER.format(instance_id=instance_id)
+        return record.load(self.client("dynamodb"), self.handle.intake_table, checker)
 
     def gpu_types(self) -> tuple[str, ...]:
         return tuple(t for t in self.outputs.get(GPU_TYPES_OUTPUT, "").split(",") if t)

@@ -28,6 +28,8 @@ class Display:
         write = self.out.write
         if result.checks is not None:
             write(checks_text(result.checks))
+        if result.node_checks is not None:
+            write(checks_text(result.node_checks))
         if result.refused:
             write(f"refused: {result.refused}\n")
         if result.verdicts:
@@ -63,6 +65,9 @@ def as_json(result: SelftestResult) -> str:
     return json.dumps(
         {
             "checks": [o.to_json() for o in result.checks.outcomes] if result.checks else None,
+            "node_checks": (
+                [o.to_json() for o in result.node_checks.outcomes] if result.node_checks else None
+            ),
             "phases": [asdict(p) for p in result.phases],
             "verdicts": {
                 v.capability: {"result": v.result, "detail": v.detail} for v in result.verdicts

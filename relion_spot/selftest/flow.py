@@ -75,6 +75,7 @@ class Backend(Protocol):
     cost_record_seconds: float
 
     def permission_checks(self) -> StoredChecks | None: ...
+    def node_checks(self, instance_id: str) -> StoredChecks | None: ...
     def gpu_types(self) -> tuple[str, ...]: ...
     def gpu_vcpus_needed(self) -> int: ...
     def spot_quota_vcpus(self) -> float | None: ...
@@ -109,6 +110,8 @@ class Phase:
 @dataclass
 class SelftestResult:
     checks: StoredChecks | None = None
+    node_checks: StoredChecks | None = None
+    """What the job's first node recorded at its start (relion_spot.selftest.node_check)."""
     phases: list[Phase] = field(default_factory=list)
     seen: Observations = field(default_factory=Observations)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -240,7 +243,14 @@ def run(backend: Backend, options: SelftestOptions, report: Report) -> SelftestR
                 what=f"job {job_id} to run on the node",
             )
             seen.job_running = True
-            phase.note = f"running on {view.instance_id or 'the node'}"
+            result.node_checks = _node_checks(backend, clock, view.instance_id)
+            seen.node_checks = (
+                [] if result.node_checks is None else list(result.node_checks.outcomes)
+            )
+            phase.note = (
+                f"running on {view.instance_id or 'the node'}; node permission checks: "
+                + _checks_note(result.node_checks).replace("the controller", "the node")
+            )
         with clock.phase("first iteration") as phase:
             view = clock.wait(
                 lambda: _iterated(backend.job(submission_id, job_id)),
@@ -328,6 +338,24 @@ def _make_data(backend: Backend, clock: _Clock) -> str:
         f"{DATA_SET.spec.particles} particles, K={DATA_SET.classes}, in "
         f"{DATA_SET.project_dir} (CPU job {job_id})"
     )
+
+
+NODE_CHECK_SECONDS = 60.0
+"""The node records its check beside slurmd's start; a job that already runs there waits for
+it this long at most."""
+
+
+def _node_checks(backend: Backend, clock: _Clock, instance_id: str) -> StoredChecks | None:
+    if not instance_id:
+        return None
+    try:
+        return clock.wait(
+            lambda: backend.node_checks(instance_id),
+            timeout=NODE_CHECK_SECONDS,
+            what=f"node {instance_id}'s permission check",
+        )
+    except SelftestError:
+        return None
 
 
 def _checks_note(checks: StoredChecks | None) -> str:

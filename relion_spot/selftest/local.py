@@ -79,6 +79,14 @@ class EmbeddedBackend:
         record.store(dynamodb, INTAKE_TABLE, record.CONTROLLER, outcomes)
         return record.load(dynamodb, INTAKE_TABLE)
 
+    def node_checks(self, instance_id: str) -> StoredChecks | None:
+        """What the node container recorded at its start, against moto (as a node does)."""
+        from ..local.embedded import INTAKE_TABLE
+        from .node_check import NODE_CHECKER
+
+        checker = NODE_CHECKER.format(instance_id=instance_id)
+        return record.load(self.cloud.client("dynamodb"), INTAKE_TABLE, checker)
+
     def gpu_types(self) -> tuple[str, ...]:
         groups = self._config().groups
         return tuple(t for g in groups.values() if g.gpus_per_node for t in g.instance_types)

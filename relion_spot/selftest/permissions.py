@@ -205,6 +205,53 @@ def check_powersave(
     return outcomes
 
 
+def check_node(ec2: Any, instance_id: str, *, decode: Decoder | None = None) -> list[CheckOutcome]:
+    """Dry-run every EC2 call a node makes with the node role, on the node's own instance: the
+    Prolog's job tags, the Epilog's read-back and removal of them, and an orphaned node ending
+    itself (relion_spot.node.job_tags, relion_spot.node.orphan)."""
+    job_tags = [{"Key": key, "Value": "selftest"} for key in tags.JOB_TAG_KEYS]
+    own = f"this node ({instance_id})"
+    return [
+        _outcome(
+            "prolog",
+            "ec2:CreateTags",
+            f"job tags on {own}",
+            _ask(lambda: ec2.create_tags(DryRun=True, Resources=[instance_id], Tags=job_tags),
+                 decode),
+        ),
+        _outcome(
+            "epilog",
+            "ec2:DescribeTags",
+            f"the job tag of {own}",
+            _ask(
+                lambda: ec2.describe_tags(
+                    DryRun=True, Filters=[{"Name": "resource-id", "Values": [instance_id]}]
+                ),
+                decode,
+            ),
+        ),
+        _outcome(
+            "epilog",
+            "ec2:DeleteTags",
+            f"job tags on {own}",
+            _ask(
+                lambda: ec2.delete_tags(
+                    DryRun=True,
+                    Resources=[instance_id],
+                    Tags=[{"Key": key} for key in tags.JOB_TAG_KEYS],
+                ),
+                decode,
+            ),
+        ),
+        _outcome(
+            "orphan",
+            "ec2:TerminateInstances",
+            own,
+            _ask(lambda: ec2.terminate_instances(DryRun=True, InstanceIds=[instance_id]), decode),
+        ),
+    ]  # fmt: skip
+
+
 def _fleet_outcome(
     ec2: Any, config: PowerSaveConfig, group: NodeGroup, decode: Decoder | None
 ) -> CheckOutcome:

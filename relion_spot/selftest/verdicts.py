@@ -11,6 +11,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .permissions import ALLOWED, CheckOutcome
+
 CAPABILITIES = (
     "launch",
     "bootstrap",
@@ -68,6 +70,8 @@ class Observations:
     interrupt_requested: bool = False
     instances_launched: list[str] = field(default_factory=list)
     job_running: bool = False
+    node_checks: list[CheckOutcome] | None = None
+    """The job's node's recorded dry runs (None: not looked at; []: none recorded)."""
     job_state: str = ""
     iterations_done: int = 0
     iterations_requested: int = 0
@@ -112,9 +116,29 @@ def _launch(seen: Observations) -> Verdict:
 
 
 def _bootstrap(seen: Observations) -> Verdict:
-    if seen.job_running:
-        return Verdict("bootstrap", PASSED, "the node joined Slurm and ran the job")
-    return Verdict("bootstrap", FAILED, "the job never started on a node")
+    if not seen.job_running:
+        return Verdict("bootstrap", FAILED, "the job never started on a node")
+    if seen.node_checks is not None:
+        if not seen.node_checks:
+            return Verdict(
+                "bootstrap", FAILED, "the node ran the job but recorded no permission check"
+            )
+        refused = [o for o in seen.node_checks if o.outcome != ALLOWED]
+        if refused:
+            return Verdict(
+                "bootstrap",
+                FAILED,
+                "the node role may not: "
+                + "; ".join(f"{o.action} ({o.program}): {o.code} {o.reason}" for o in refused),
+            )
+    if seen.node_checks:
+        return Verdict(
+            "bootstrap",
+            PASSED,
+            f"the node joined Slurm, ran the job, and may make its {len(seen.node_checks)} EC2 "
+            "calls",
+        )
+    return Verdict("bootstrap", PASSED, "the node joined Slurm and ran the job")
 
 
 def _gpu(seen: Observations) -> Verdict:

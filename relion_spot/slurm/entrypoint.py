@@ -66,6 +66,8 @@ JOB_USER = "relion"
 INTAKE_QUEUE_ENV = "RELION_SPOT_INTAKE_QUEUE_URL"
 INTAKE_SBATCH_ENV = "RELION_SPOT_INTAKE_SBATCH"
 INTAKE_TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
+JOB_TAGS_ENV = "RELION_SPOT_JOB_TAGS"
+"""Set to 1 by the node bootstrap on an EC2 node (the Prolog and Epilog tag the instance)."""
 """On a node: the table the job-report forwarder writes jobs' progress into (no table, no
 forwarder)."""
 IDLE_SECONDS_ENV = "RELION_SPOT_CONTROLLER_IDLE_SECONDS"
@@ -102,6 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["node"] and os.environ.get(INTAKE_TABLE_ENV, "").strip():
         node_env = {**os.environ, NODE_NAME_ENV: command[command.index("-N") + 1]}
         _start_beside("relion_spot.node.job_reports", node_env, "job-report forwarder")
+    if (
+        args[:1] == ["node"]
+        and os.environ.get(INTAKE_TABLE_ENV, "").strip()
+        and (os.environ.get(JOB_TAGS_ENV) == "1" or os.environ.get(IMDS_URL_ENV, "").strip())
+    ):
+        # On an EC2 node (or the embedded cloud's): which of the node role's calls AWS would
+        # refuse, recorded for relion-spot selftest.
+        _start_beside("relion_spot.selftest.node_check", os.environ, "node permission check")
     if args[:1] == ["node"] and os.environ.get(stage_credentials.ROLE_ENV, "").strip():
         # Staging from s3:// on a cluster with stage_buckets: jobs get the role's session here.
         node_env = {**os.environ, NODE_NAME_ENV: command[command.index("-N") + 1]}

@@ -277,8 +277,9 @@ class ClusterStack(Stack):
         self.intake.grant_drain(self.controller.task_role)
         self.cost_tracker.grant_spend_reader(self.controller.task_role)  # the budget cap
         self.notifications.grant_publish(self.controller.task_role)
-        for nodes in (self.gpu_nodes, self.cpu_nodes):  # jobs' reports, through the forwarder
-            self.intake.grant_progress(nodes.role)
+        for nodes in (self.gpu_nodes, self.cpu_nodes):
+            self.intake.grant_progress(nodes.role)  # jobs' reports, through the forwarder
+            self.intake.grant_node_checks(nodes.role)  # the node's permission check at start
 
         self.drill = SpotInterruptionDrill(
             self,

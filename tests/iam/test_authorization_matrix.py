@@ -990,6 +990,32 @@ for _node in ("gpu-node", "cpu-node"):
 
     _node_cases(_node)
 
+for _node in ("gpu-node", "cpu-node"):  # the node's permission check at start, recorded
+    allow(f"{_node}/node-check/dynamodb:PutItem")(
+        lambda w, n=_node: Request(
+            n,
+            "dynamodb:PutItem",
+            w.intake_table,
+            {"dynamodb:LeadingKeys": ["selftest:permissions:node:i-0123456789abcdef0"]},
+        )
+    )
+    for _key, _what in (
+        ("3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b", "a-submission"),
+        ("selftest:permissions:controller", "the-controllers-check"),
+    ):
+        deny(f"{_node}/deny/dynamodb:PutItem/{_what}")(
+            lambda w, n=_node, k=_key: Request(
+                n, "dynamodb:PutItem", w.intake_table, {"dynamodb:LeadingKeys": [k]}
+            )
+        )
+    deny(f"{_node}/deny/node-check/another-clusters-table")(
+        lambda w, n=_node: Request(
+            n,
+            "dynamodb:PutItem",
+            w.other_intake_table,
+            {"dynamodb:LeadingKeys": ["selftest:permissions:node:i-0123456789abcdef0"]},
+        )
+    )
 for _node in ("gpu-node", "cpu-node"):  # a GPU job's progress, a CPU job's last word
     allow(f"{_node}/progress/dynamodb:UpdateItem")(
         lambda w, n=_node: Request(n, "dynamodb:UpdateItem", w.intake_table)

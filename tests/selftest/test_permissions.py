@@ -267,3 +267,43 @@ def test_the_check_at_start_refuses_bad_settings(account: dict[str, Any]) -> Non
     assert check.main(env, session=boto3.session.Session(region_name=REGION)) == 2
     env = {k: v for k, v in account["env"].items() if k != "RELION_SPOT_INTAKE_TABLE"}
     assert check.main(env, session=boto3.session.Session(region_name=REGION)) == 2
+
+
+def test_the_node_dry_runs_its_own_calls_on_its_own_instance(account: dict[str, Any]) -> None:
+    """What a node makes with the node role: the Prolog's job tags, the Epilog's read-back and
+    removal, an orphan ending itself; all on its own instance, nothing changed."""
+    from relion_spot.selftest.permissions import check_node
+
+    ec2 = account["ec2"]
+    instance = ec2.run_instances(ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1)[
+        "Instances"
+    ][0]["InstanceId"]
+    outcomes = check_node(ec2, instance)
+    assert [(o.program, o.action, o.outcome) for o in outcomes] == [
+        ("prolog", "ec2:CreateTags", ALLOWED),
+        ("epilog", "ec2:DescribeTags", ALLOWED),
+        ("epilog", "ec2:DeleteTags", ALLOWED),
+        ("orphan", "ec2:TerminateInstances", ALLOWED),
+    ]
+    assert all(instance in o.target for o in outcomes)
+    (state,) = [
+        i["State"]["Name"]
+        for r in ec2.describe_instances(InstanceIds=[instance])["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert state == "running"
+    assert ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [instance]}])["Tags"] == []
+
+
+def test_a_node_role_without_the_job_tags_is_reported_denied(account: dict[str, Any]) -> None:
+    from relion_spot.selftest.permissions import check_node
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    stub = Stubber(ec2)
+    stub.add_client_error("create_tags", "UnauthorizedOperation", "You are not authorized.")
+    for call in ("describe_tags", "delete_tags", "terminate_instances"):
+        stub.add_client_error(call, "DryRunOperation", "Request would have succeeded.")
+    with stub:
+        outcomes = check_node(ec2, "i-0123456789abcdef0")
+    assert [o.outcome for o in outcomes] == [DENIED, ALLOWED, ALLOWED, ALLOWED]
+    assert outcomes[0].reason == "You are not authorized."

@@ -89,6 +89,25 @@ def test_each_broken_promise_fails_its_own_verdict() -> None:
         assert capability in failed, (capability, failed)
 
 
+def test_the_nodes_own_permission_check_decides_the_bootstrap_verdict() -> None:
+    from relion_spot.selftest.permissions import CheckOutcome
+
+    def outcome(result: str) -> CheckOutcome:
+        code = "" if result == "allowed" else "UnauthorizedOperation"
+        return CheckOutcome("prolog", "ec2:CreateTags", "this node", result, code, "no policy")
+
+    by_name = {v.capability: v for v in judge(_seen(node_checks=[outcome("allowed")] * 4))}
+    assert by_name["bootstrap"].result == PASSED
+    assert by_name["bootstrap"].detail.endswith("may make its 4 EC2 calls")
+    denied = {v.capability: v for v in judge(_seen(node_checks=[outcome("denied")]))}
+    assert denied["bootstrap"].result == FAILED
+    assert "the node role may not: ec2:CreateTags (prolog): UnauthorizedOperation" in (
+        denied["bootstrap"].detail
+    )
+    silent = {v.capability: v for v in judge(_seen(node_checks=[]))}
+    assert silent["bootstrap"].detail == "the node ran the job but recorded no permission check"
+
+
 def test_without_gpu_or_interrupt_those_are_not_tested_not_passed() -> None:
     local = _seen(
         gpu_expected=False,
