@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cost import report as cost_report
     from .doctor import cli as doctor_cli
     from .estimate import cli as estimate_cli
+    from .local import cli as local_cli
     from .selftest import cli as selftest_cli
 
     parser = argparse.ArgumentParser(
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_commands.register(subparsers)
     selftest_cli.register(subparsers)
     budget_cli.register(subparsers)
+    local_cli.register(subparsers)
     return parser
 
 

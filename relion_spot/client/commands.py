@@ -81,9 +81,18 @@ class Context:
         return IntakeTable(self.client("dynamodb"), self.handle.intake_table)
 
 
-def _session(region: str | None) -> Any:
+def _session(stack: str | None, region: str | None) -> Any:
+    """The caller's AWS session; for ``--stack local``, one on the standing embedded cloud
+    (``relion-spot local up``), whose stack answers as a deployed one does."""
     import boto3
 
+    from relion_spot.local import standing
+
+    if stack == standing.STACK:
+        try:
+            return standing.session()
+        except standing.StandingError as error:
+            raise ClusterError(str(error)) from None
     return boto3.session.Session(region_name=region or None)
 
 
@@ -102,7 +111,7 @@ def _runner(
     def run(args: argparse.Namespace) -> int:
         out, err = sys.stdout, sys.stderr
         try:
-            session = _session(args.region)
+            session = _session(args.stack, args.region)
             handle = find_cluster(args.stack, session=session)
             return body(args, Context(handle, session, out, err))
         except UsageError as error:

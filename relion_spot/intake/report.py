@@ -396,9 +396,11 @@ class ReportPublisher:
 
 def main(argv: list[str] | None = None) -> int:
     """A CPU job's end state as its last word: ``--run PROGRAM ...`` runs the job's program and
-    reports FINISHED when it exits 0, FAILED otherwise, exiting with the program's status (the
-    CPU job templates run their program so); ``--state S`` reports S. Outside a job the intake
-    submitted there is nothing to report, and the program's status is all."""
+    reports FINISHED when it exits 0, FAILED when it exits with an error, exiting with the
+    program's status (the CPU job templates run their program so); a program ended by a signal
+    was stopped (Slurm cancelling or requeueing the job), which is no end state, so nothing is
+    reported. ``--state S`` reports S. Outside a job the intake submitted there is nothing to
+    report, and the program's status is all."""
     import argparse
     import subprocess
 
@@ -416,11 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.run:
             parser.error("--run needs the program to run")
         status = subprocess.run(args.run, check=False).returncode
+        if status < 0:
+            return 128 - status
         state = FINISHED if status == 0 else FAILED
     reporter = ProgressReporter.from_env(os.environ)
     if reporter is not None and not reporter.publish({}, state=state) and args.run is None:
         return 1
-    return status if status >= 0 else 128 - status
+    return status
 
 
 if __name__ == "__main__":

@@ -188,12 +188,14 @@ class EmbeddedCloud:
         settings: Settings,
         gpu_count: int,
         work_dir: Path,
+        data_dir: Path | None = None,
         suspend_time: int | None = None,
         node_image: str = LOCAL_NODE_IMAGE,
         controller_idle_seconds: int | None = None,
         node_orphan_seconds: int | None = None,
     ) -> Iterator[EmbeddedCloud]:
-        """Start it all (see the module docstring); ``work_dir`` gets ``state/`` and ``data/``.
+        """Start it all (see the module docstring); ``work_dir`` gets ``state/`` and, unless
+        ``data_dir`` names the directory the cluster's /data is, ``data/``.
 
         ``suspend_time``: SuspendTime for this cloud only (tests and the demo do not wait the
         deployed minimum). ``controller_idle_seconds``: let the controller put itself to sleep
@@ -204,7 +206,7 @@ class EmbeddedCloud:
         spec = spec_from_settings(settings, gpu_count, **LOCAL_CLOUD)
         if suspend_time is not None:
             spec = replace(spec, suspend_time=suspend_time)
-        state_dir, data_dir = work_dir / "state", work_dir / "data"
+        state_dir, data_dir = work_dir / "state", data_dir or work_dir / "data"
         shutil.rmtree(state_dir, ignore_errors=True)
         data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:

@@ -192,6 +192,14 @@ def test_a_cpu_jobs_last_word_reaches_status_through_the_epilogs_flush(
     assert after["state"] == shown
     assert main(["logs", "--stack", STACK, job]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "made 200 particles"
+    # A program Slurm stopped (a signal: cancel, requeue) has no end state: nothing reported.
+    (spool / f"{job}.json").unlink()
+    stopped = subprocess.run(
+        [sys.executable, "-I", "-m", "relion_spot.intake.report", "--run", "sh", "-c", "kill $$"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert stopped.returncode == 128 + 15
+    assert not (spool / f"{job}.json").exists()
     bad = subprocess.run(
         [sys.executable, "-I", "-m", "relion_spot.intake.report", "--state", "DONE"],
         env=env, capture_output=True, text=True, check=False,
