@@ -21,9 +21,10 @@ DOWN_SECONDS = 180.0
 
 
 def up(work_dir: Path, data: Path | None, gpus: int, out: TextIO) -> int:
-    found = standing.Standing.read(work_dir)
-    if found is not None and found.alive():
-        print(f"already up (process {found.pid}): use --stack {standing.STACK}", file=out)
+    running = standing.holder(work_dir)
+    if running is not None:
+        state = "up" if standing.Standing.read(work_dir) else "starting"
+        print(f"already {state} (process {running}): use --stack {standing.STACK}", file=out)
         return 0
     if data is not None and not data.is_dir():
         raise standing.StandingError(f"--data {data}: no such directory")
@@ -61,27 +62,30 @@ def up(work_dir: Path, data: Path | None, gpus: int, out: TextIO) -> int:
 
 
 def down(work_dir: Path, out: TextIO) -> int:
-    found = standing.Standing.read(work_dir)
-    if found is None or not found.alive():
+    pid = standing.holder(work_dir)
+    if pid is None:
+        # Whatever a process that died left behind goes too.
+        standing.remove_leftovers(work_dir)
         (work_dir / standing.STATE_FILE).unlink(missing_ok=True)
         print("not running", file=out)
         return 0
-    os.kill(found.pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + DOWN_SECONDS
-    while found.alive():
+    while standing.holder(work_dir) is not None:
         if time.monotonic() > deadline:
             raise standing.StandingError(
-                f"process {found.pid} did not stop within {DOWN_SECONDS:.0f} s "
+                f"process {pid} did not stop within {DOWN_SECONDS:.0f} s "
                 f"(log: {work_dir / standing.LOG_FILE})"
             )
         time.sleep(1)
-    print(f"embedded cloud {found.cluster} stopped; /data ({found.data_dir}) is kept", file=out)
+    standing.remove_leftovers(work_dir)
+    print("embedded cloud stopped; /data is kept", file=out)
     return 0
 
 
 def status(work_dir: Path, out: TextIO) -> int:
     found = standing.Standing.read(work_dir)
-    if found is None or not found.alive():
+    if found is None or not found.alive(work_dir):
         print("not running (relion-spot local up starts it)", file=out)
         return 3
     from .. import tags

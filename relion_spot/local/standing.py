@@ -10,13 +10,16 @@ the deployed cluster's code path unchanged; only their AWS endpoint is moto's (b
 ceiling (moto's spot market quotes a placeholder). The lab's data directory is the cluster's
 /data (``--data``; default ``<work dir>/data``).
 
-The state file ``<work dir>/standing.json`` says where it runs (endpoint, region, process,
-data); it exists while the cloud is up.
+The process holds an exclusive lock on ``<work dir>/standing.lock`` (its pid inside) from its
+start to its end: that lock, not a pid that may be reused, says whether it runs, and a second
+one for the same work directory refuses to start. The state file ``<work dir>/standing.json``
+says where it runs (endpoint, region, process, data); it exists while the cloud is up.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
@@ -44,6 +47,7 @@ def work_dir_default() -> Path:
 
 
 STATE_FILE = "standing.json"
+LOCK_FILE = "standing.lock"
 LOG_FILE = "standing.log"
 PREFIX = "relion-spot-local"
 COST_EVERY_SECONDS = 60.0
@@ -80,21 +84,49 @@ class Standing:
         except (ValueError, TypeError) as err:
             raise StandingError(f"{work_dir / STATE_FILE} is not a state file: {err}") from None
 
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    def alive(self, work_dir: Path) -> bool:
+        return holder(work_dir) == self.pid
+
+
+def holder(work_dir: Path) -> int | None:
+    """The pid of the process that holds the work directory's lock; None when none does."""
+    try:
+        fd = os.open(work_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 32).decode("ascii", errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)  # also releases a lock taken here
+    return None
+
+
+def prefix_for(work_dir: Path) -> str:
+    """The containers' name prefix: named by the work directory, so two standing clouds on one
+    machine never share containers."""
+    digest = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{PREFIX}-{digest}"
+
+
+def remove_leftovers(work_dir: Path) -> None:
+    """The containers and network of a standing cloud whose process is gone (killed, crashed)."""
+    from ..slurm.local import LABEL, docker
+
+    prefix = prefix_for(work_dir)
+    listed = docker("ps", "-aq", "--filter", f"label={LABEL}={prefix}", check=False)
+    if listed.stdout.split():
+        docker("rm", "-f", *listed.stdout.split(), check=False)
+    docker("network", "rm", f"{prefix}-net", check=False)
 
 
 def running(work_dir: Path | None = None) -> Standing:
     """The standing cloud, or StandingError saying how to start it."""
     work_dir = work_dir or work_dir_default()
     found = Standing.read(work_dir)
-    if found is None or not found.alive():
+    if found is None or not found.alive(work_dir):
         raise StandingError("the embedded cloud is not running: start it with relion-spot local up")
     return found
 
@@ -190,15 +222,22 @@ def serve(work_dir: Path, data_dir: Path | None, gpus: int) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(work_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.error("another process runs the embedded cloud of %s", work_dir)
+        return 1
+    os.ftruncate(lock, 0)
+    os.write(lock, f"{os.getpid()}\n".encode())
     try:
         ensure_images()
     except DemoError as err:
         log.error("%s", err)
         return 1
-    # Named by its work directory: two standing clouds on one machine never share containers.
-    digest = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:8]
     with EmbeddedCloud.start(
-        prefix=f"{PREFIX}-{digest}",
+        prefix=prefix_for(work_dir),
         settings=Settings(gpus=(gpus,)),
         gpu_count=gpus,
         work_dir=work_dir,

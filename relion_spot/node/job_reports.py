@@ -253,7 +253,9 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
             return 2
         if spool.is_dir():
             job_id = args[1]
-            Forwarder(spool=spool, publisher=publisher, jobs=lambda: squeue_job(job_id)).flush()
+            # The resolution metric stays the polling forwarder's: no second point per iteration.
+            final = ReportPublisher(table=table, region=region or None)
+            Forwarder(spool=spool, publisher=final, jobs=lambda: squeue_job(job_id)).flush()
         return 0
     if not node:
         log.error("%s is empty: cannot tell which jobs are this node's", NODE_NAME_ENV)

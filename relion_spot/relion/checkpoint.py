@@ -623,7 +623,7 @@ def run(command: RefineCommand, *, cwd: Path, progress_interval: float = 5.0) ->
         file=sys.stderr,
     )
     if decided.argv is None:
-        Watcher(root=root, requested_iterations=command.iterations, interval=0).refresh()
+        Watcher(root=root, requested_iterations=command.iterations, interval=0).refresh(final=True)
         return 0
     env = relion_env()
     version = ask_version(command, cwd, env)

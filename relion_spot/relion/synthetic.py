@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -374,12 +375,67 @@ PARTIAL_PREFIX = ".synthetic-partial-"
 of the same job may throw away."""
 
 
+MAX_MANIFEST_BYTES = 65536
+"""A manifest is a page of JSON; anything larger (or not a regular file) is not one."""
+
+
+def read_manifest(out: Path) -> dict | None:
+    """The manifest in ``out`` read defensively, for a reader that may be root on a directory
+    jobs write (the controller's preflight): a regular file only (no link followed, never a
+    FIFO or a device), bounded; None when there is none or it is not one."""
+    try:
+        fd = os.open(out / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+            return None
+        data = os.read(fd, MAX_MANIFEST_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+CLAIM = ".synthetic-claim"
+"""Made atomically by the first attempt, holding its job id: two jobs never make a set in one
+project at once, and a requeued attempt knows the project's files are its own."""
+GENERATED_NAMES = (PARTICLES_STAR, PARTICLES_STACK, REFERENCE_MAP, TRUTH_STAR, MANIFEST, LOG,
+                   "volumes")  # fmt: skip
+"""What a generation moves up into the project."""
+
+
+def _claimed_by(out: Path) -> str | None:
+    try:
+        fd = os.open(out / CLAIM, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 64).decode("ascii", errors="replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _claim(out: Path, job_id: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(out / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{out} is being made by job {_claimed_by(out)}: one synthetic set per project"
+        ) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(job_id + "\n")
+
+
 def made_with(out: Path, spec: SyntheticSpec) -> bool:
     """Whether ``out`` holds a complete set generated from ``spec`` (its manifest says so)."""
-    try:
-        return load_manifest(out).get("spec") == asdict(spec)
-    except (OSError, ValueError):
-        return False
+    manifest = read_manifest(out)
+    return manifest is not None and manifest.get("spec") == asdict(spec)
 
 
 def generate_for_job(spec: SyntheticSpec, out: Path, job_id: str) -> SyntheticResult | None:
@@ -390,12 +446,17 @@ def generate_for_job(spec: SyntheticSpec, out: Path, job_id: str) -> SyntheticRe
     if made_with(out, spec):
         return None
     partial = out / f"{PARTIAL_PREFIX}{job_id}"
-    others = [e.name for e in out.iterdir() if e.name != partial.name] if out.is_dir() else []
-    if others and not partial.is_dir():
+    ours = _claimed_by(out) == job_id  # a requeue: the first attempt claimed the project
+    found = {e.name for e in out.iterdir()} - {CLAIM, partial.name} if out.is_dir() else set()
+    # A requeued attempt may replace what the first one moved up, and nothing else.
+    foreign = found - set(GENERATED_NAMES) if ours else found
+    if foreign:
         raise FileExistsError(
-            f"{out} already holds {', '.join(sorted(others)[:3])}: a synthetic set is made only "
+            f"{out} already holds {', '.join(sorted(foreign)[:3])}: a synthetic set is made only "
             "in a new or empty project (or one holding the same set)"
         )
+    if not ours:
+        _claim(out, job_id)
     if partial.exists():
         shutil.rmtree(partial)  # this job's own attempt, cut short
     result = generate(spec, partial)
@@ -406,6 +467,7 @@ def generate_for_job(spec: SyntheticSpec, out: Path, job_id: str) -> SyntheticRe
             shutil.rmtree(target)
         os.replace(entry, target)
     partial.rmdir()
+    (out / CLAIM).unlink()
     return replace(
         result,
         out=out,

@@ -611,7 +611,7 @@ def test_staging_is_a_job_on_the_cpu_partition(
     assert "#SBATCH --partition=cpu" in script
     assert "--gres" not in script
     assert (
-        "exec /opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
+        "/opt/relion-spot/venv/bin/python -I -m relion_spot.staging fetch "
         "--dest /data/relion_benchmark "
         "--source s3://lab-bucket/bench.tar.gz" in script
     )

@@ -190,7 +190,10 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
     assert not any(a.startswith("sqs:Send") or a == "sqs:PurgeQueue" for a in sqs_actions)
     controller = table_actions.pop(task_role.as_string())
     assert controller == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
-    # The GPU nodes' jobs report their progress into their submission's item, and only that.
-    (node_role,) = table_actions
-    assert node_role.startswith("GpuNodesRole")
-    assert table_actions[node_role] == {"dynamodb:UpdateItem"}
+    # The nodes forward their jobs' reports into the submission's item (UpdateItem) and record
+    # their own permission checks (PutItem, only under those keys: tests/iam); the CPU node's
+    # credential broker reads decisions.
+    by_group = {role[: len("GpuNodesRole")]: actions for role, actions in table_actions.items()}
+    assert len(by_group) == len(table_actions) == 2
+    assert by_group["GpuNodesRole"] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}
+    assert by_group["CpuNodesRole"] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}

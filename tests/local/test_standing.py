@@ -75,3 +75,11 @@ def test_a_standing_cloud_over_a_labs_folder_runs_its_jobs_until_down(
     )  # fmt: skip
     assert left.stdout.strip() == ""
     assert (lab / "keep.txt").read_text() == "the lab's own"
+    # A state file left by a process that died, naming a pid now someone else's: not running.
+    state = tmp_path / "standing" / "standing.json"
+    state.write_text(json.dumps({
+        "endpoint": "http://127.0.0.1:1", "region": "us-east-1", "pid": os.getpid(),
+        "data_dir": str(lab), "cluster": "x", "started_at": 0.0,
+    }))  # fmt: skip
+    assert _cli(env, "local", "status").returncode == 3
+    assert _cli(env, "status", "--stack", "local").returncode == 1

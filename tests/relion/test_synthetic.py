@@ -126,8 +126,10 @@ def test_the_synthetic_job_makes_a_set_a_requeue_keeps_and_a_lab_project_refuses
     leftover = data / "made" / f"{PARTIAL_PREFIX}7"
     leftover.mkdir(parents=True)
     (leftover / "particles.mrcs").write_bytes(b"cut short")
-    shutil.chown(leftover.parent, 1000, 1000)
-    shutil.chown(leftover, 1000, 1000)
+    (leftover.parent / ".synthetic-claim").write_text("7\n")  # the first attempt's claim
+    (leftover.parent / "particles.star").write_text("moved up by the first attempt")
+    for path in (leftover.parent, leftover, *leftover.parent.iterdir()):
+        shutil.chown(path, 1000, 1000)
     first = _synthetic_job(data, "7")
     assert first.returncode == 0, first.stdout + first.stderr
     spec = SyntheticSpec(classes=2, particles_per_class=10)
@@ -157,3 +159,43 @@ def test_the_synthetic_job_makes_a_set_a_requeue_keeps_and_a_lab_project_refuses
     )
     assert [p.name for p in lab.iterdir()] == ["particles.star"]
     assert (lab / "particles.star").read_text() == "the lab's own"
+
+    busy = data / "busy"
+    busy.mkdir()
+    (busy / ".synthetic-claim").write_text("5\n")  # another job makes a set there now
+    shutil.chown(busy, 1000, 1000)
+    refused = _synthetic_job(data, "9", project="busy")
+    assert refused.returncode == 2
+    assert "busy is being made by job 5: one synthetic set per project" in refused.stderr
+    assert [p.name for p in busy.iterdir()] == [".synthetic-claim"]
+
+
+def test_a_synthetic_job_whose_image_fails_reports_failed_as_its_last_word(
+    tmp_path: Path, slurm_images: None
+) -> None:
+    """The step before the program (the image as a SIF) failing is the job's end too: the
+    template's trap reports FAILED into the node's spool, as the program's wrapper would."""
+    from relion_spot.jobs.synthetic import SyntheticParams, render_synthetic
+    from relion_spot.local.job_container import job_container
+
+    data = tmp_path / "data"
+    (data / "spool").mkdir(parents=True)
+    os.chown(data, 1000, 1000)
+    os.chown(data / "spool", 1000, 1000)
+    made = SyntheticParams(project_dir="/data/made", classes=2, particles_per_class=10)
+    script = render_synthetic(made, mode="local", image="docker-archive:/containers/absent.tar")
+    (data / "synthetic.sbatch").write_text(script)
+    env = {
+        "SLURM_JOB_ID": "9",
+        "SLURM_RESTART_COUNT": "0",
+        "RELION_SPOT_SUBMISSION_ID": "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b",
+        "RELION_SPOT_REPORT_SPOOL": "/data/spool",
+    }
+    done = subprocess.run(
+        [*job_container(data_dir=data, env=env), "bash", "/data/synthetic.sbatch"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    report = json.loads((data / "spool" / "9.json").read_text())
+    assert report["progress"]["state"] == "FAILED"
+    assert not (data / "made").exists()

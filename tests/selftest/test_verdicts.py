@@ -79,6 +79,7 @@ def test_each_broken_promise_fails_its_own_verdict() -> None:
         "GPU": {"runtime": parse_job_output(GPU_OUTPUT.replace("--nv ", "").replace("--gpu", ""))},
         "image": {"runtime": parse_job_output(GPU_OUTPUT.replace(".sif", ".img"))},
         "RELION": {"accuracy": 0.6},
+        "RELION ": {"accuracy": None},  # the job did not score its own ground-truthed set
         "reclaim": {"interrupted_instance_gone": False},
         "resume": {"resumed_from": [1]},
         "cost record": {"cost_usd": None},
@@ -86,7 +87,7 @@ def test_each_broken_promise_fails_its_own_verdict() -> None:
     }
     for capability, changes in cases.items():
         failed = [v.capability for v in judge(_seen(**changes)) if v.result == FAILED]
-        assert capability in failed, (capability, failed)
+        assert capability.strip() in failed, (capability, failed)
 
 
 def test_the_nodes_own_permission_check_decides_the_bootstrap_verdict() -> None:
