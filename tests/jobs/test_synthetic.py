@@ -107,3 +107,26 @@ def test_the_controller_refuses_a_project_holding_other_files_and_finds_a_made_s
         "parameter project_dir = '/data/try' is not valid: it already holds other files; a "
         "synthetic set is made only in a new or empty project"
     )
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link-to-dev-zero", "huge"])
+def test_a_planted_manifest_neither_hangs_nor_crashes_the_controller(
+    tmp_path: Path, planted: str
+) -> None:
+    """The controller reads the manifest of a directory jobs write, as root: a FIFO (a read
+    would block forever), a link to /dev/zero (a read would never end) or an oversized file is
+    not a manifest, and the project is refused as one holding other files."""
+    import os
+
+    project = tmp_path / "try"
+    project.mkdir()
+    manifest = project / MANIFEST
+    if planted == "fifo":
+        os.mkfifo(manifest)
+    elif planted == "link-to-dev-zero":
+        manifest.symlink_to("/dev/zero")
+    else:
+        manifest.write_text(json.dumps({"spec": asdict(GIVEN.spec), "pad": "x" * 100_000}))
+    preparer = JobPreparer(instance_types=("g5.xlarge",), data_root=tmp_path)
+    with pytest.raises(JobRejected, match="it already holds other files"):
+        preparer(GIVEN)
