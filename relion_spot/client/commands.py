@@ -595,9 +595,41 @@ def plot_command(args: argparse.Namespace, context: Context) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"-o {args.output}: directory {output.parent} does not exist")
-    plot(output.with_suffix(""), record, path=output)
+    if getattr(args, "classes", False):
+        _plot_classes(args.job_id, progress, output)
+    else:
+        plot(output.with_suffix(""), record, path=output)
     print(str(output), file=context.out)
     return 0
+
+
+def _plot_classes(job_id: str, progress: dict[str, Any], output: Path) -> None:
+    """The class picture redrawn from the slices the job reported (relion_spot.relion.progress
+    thumbnails), titled with the per-class figures of the same report."""
+    from relion_spot.relion.progress import MAX_THUMBNAIL_CLASSES, decode_thumbnails, draw_classes
+
+    reported = progress.get("class_slices")
+    if not isinstance(reported, dict):
+        raise ClusterError(
+            f"job {job_id} has reported no class slices yet (they come with the first drawing, "
+            f"and only for runs of at most {MAX_THUMBNAIL_CLASSES} classes)"
+        )
+    rows = progress.get("classes") or []
+    row = {
+        "iteration": reported["iteration"],
+        "class_distribution": [r[0] or 0.0 for r in rows],
+        "class_resolution_angstrom": [r[1] for r in rows],
+        "class_accuracy_rotation_deg": [r[2] for r in rows],
+        "class_accuracy_translation_angstrom": [r[3] for r in rows],
+    }
+    slices = decode_thumbnails(reported)
+    if len(slices) != len(rows):
+        raise ClusterError(f"job {job_id}'s class slices and class figures do not match")
+    current = progress.get("current_iteration")
+    title = f"job {job_id}: classes at iteration {reported['iteration']}"
+    if current and current != reported["iteration"]:
+        title += f" (figures of iteration {current})"
+    draw_classes(slices, row, title=title, path=output)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Context], int]] = {
@@ -702,8 +734,16 @@ def register(subparsers: Any) -> None:
     cancel.add_argument("--poll", type=_positive, default=2.0, help=argparse.SUPPRESS)
     cancel.set_defaults(func=_runner("cancel", cancel_command))
 
-    plot = subparsers.add_parser("plot", help="a job's convergence plot (PNG)")
+    plot = subparsers.add_parser(
+        "plot", help="a job's convergence plot, or with --classes its classes' slices (PNG)"
+    )
     _common(plot)
     plot.add_argument("job_id")
     plot.add_argument("-o", "--output", required=True, help="the PNG to write")
+    plot.add_argument(
+        "--classes",
+        action="store_true",
+        help="each class's central slices (XY while the run goes, XY/XZ/YZ once it ends), "
+        "titled with its share, resolution and accuracy, as the job drew them",
+    )
     plot.set_defaults(func=_runner("plot", plot_command))

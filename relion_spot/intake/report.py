@@ -52,9 +52,10 @@ REPORT_SPOOL = Path("/run/relion-spot/job-reports")
 """The node's report spool: root's, mode 1733 (the node entrypoint makes it)."""
 SPOOL_ENV = "RELION_SPOT_REPORT_SPOOL"
 """Another spool directory (tests); the node's is ``REPORT_SPOOL``."""
-MAX_REPORT_BYTES = 65536
-"""A report is a compact progress map and a log tail of at most 8 KiB; anything larger is not
-a report (and would crowd the item towards DynamoDB's 400 KB)."""
+MAX_REPORT_BYTES = 131072
+"""A report is a compact progress map (with at most ~50 KB of class slices) and a log tail of at
+most 8 KiB; anything larger is not a report (and would crowd the item towards DynamoDB's
+400 KB)."""
 METRIC_NAMESPACE = "RelionSpot"
 RESOLUTION_METRIC = "ResolutionAngstrom"
 
@@ -123,6 +124,8 @@ def compact(record: Mapping[str, Any], *, state: str, job_id: str = "") -> dict[
     ]
     newest = (record.get("iterations") or [{}])[-1]
     shares = newest.get("class_distribution") or []
+    if isinstance(record.get("class_slices"), Mapping):
+        summary["class_slices"] = dict(record["class_slices"])
     summary["classes"] = [
         [
             _rounded(share, 4),
@@ -216,7 +219,14 @@ class JobReport:
             raise ReportError("progress must be an object and log_tail a string")
         if progress.get("state") not in STATES:
             raise ReportError(f"state {progress.get('state')!r} is not one of {STATES}")
-        unknown = set(progress) - {*SUMMARY_FIELDS, "state", "job_id", "history", "classes"}
+        unknown = set(progress) - {
+            *SUMMARY_FIELDS,
+            "state",
+            "job_id",
+            "history",
+            "classes",
+            "class_slices",
+        }
         if unknown:
             raise ReportError(f"unknown progress fields {sorted(unknown)}")
         classes = progress.get("classes", [])
@@ -233,6 +243,8 @@ class JobReport:
             raise ReportError(
                 f"classes must be at most {MAX_CLASSES} lists of four numbers (or nulls)"
             )
+        if "class_slices" in progress:
+            _check_class_slices(progress["class_slices"])
         for name in ("current_iteration", "requested_iterations"):
             value = progress.get(name)
             if value is not None and (type(value) is not int or not 0 <= value < 10**6):
@@ -250,6 +262,39 @@ class JobReport:
         except TypeError as err:
             raise ReportError(str(err)) from None
         return cls(progress, tail)
+
+
+def _check_class_slices(value: Any) -> None:
+    """The class pictures' slices as relion_spot.relion.progress.thumbnails makes them."""
+    import base64
+    import binascii
+
+    from relion_spot.relion.progress import MAX_THUMBNAIL_CLASSES, THUMBNAIL_PIXELS, VIEWS
+
+    shape = (
+        f"class_slices must be at most {MAX_THUMBNAIL_CLASSES} classes of 1 or 3 views of "
+        f"{THUMBNAIL_PIXELS}x{THUMBNAIL_PIXELS} pixels"
+    )
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"iteration", "views", "pixels", "slices"}
+        or type(value["iteration"]) is not int
+        or value["pixels"] != THUMBNAIL_PIXELS
+        or value["views"] not in (list(VIEWS[:1]), list(VIEWS))
+        or not isinstance(value["slices"], list)
+        or not 0 < len(value["slices"]) <= MAX_THUMBNAIL_CLASSES
+    ):
+        raise ReportError(shape)
+    for row in value["slices"]:
+        if not isinstance(row, list) or len(row) != len(value["views"]):
+            raise ReportError(shape)
+        for text in row:
+            try:
+                pixels = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+            except (binascii.Error, ValueError):
+                pixels = b""
+            if len(pixels) != THUMBNAIL_PIXELS**2:
+                raise ReportError(shape)
 
 
 @dataclass

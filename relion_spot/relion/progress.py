@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 from relion_spot.relion.checkpoint import iteration_root, read_history, written_iterations
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from relion_spot.intake.report import ProgressReporter
 
 _UNSET = 9.0e6
@@ -293,6 +295,59 @@ class ClassPanels:
     path: Path
     iteration: int
     boxes: list[list[tuple[int, int, int, int]]]
+    slices: list[list[np.ndarray]] = field(default_factory=list, repr=False)
+    """Per class, its central slices as drawn (XY, or XY/XZ/YZ)."""
+
+
+VIEWS = ("XY", "XZ", "YZ")
+THUMBNAIL_PIXELS = 32
+"""A class slice as the job reports it (relion_spot.intake.report: ``class_slices``), for
+``relion-spot plot --classes`` to redraw the picture where the maps are out of reach."""
+MAX_THUMBNAIL_CLASSES = 12
+"""Reports carry the slices of at most this many classes (a report stays well under DynamoDB's
+item limit)."""
+
+
+def thumbnails(panels: ClassPanels) -> dict | None:
+    """The drawn slices, each resampled to THUMBNAIL_PIXELS square and scaled to 0..255 over its
+    own range, as base64 text: a few KB per class."""
+    import base64
+
+    import numpy as np
+
+    if not panels.slices or len(panels.slices) > MAX_THUMBNAIL_CLASSES:
+        return None
+    encoded = []
+    for planes in panels.slices:
+        row = []
+        for plane in planes:
+            data = np.asarray(plane, dtype=np.float64)
+            ys = np.linspace(0, data.shape[0] - 1, THUMBNAIL_PIXELS).round().astype(int)
+            xs = np.linspace(0, data.shape[1] - 1, THUMBNAIL_PIXELS).round().astype(int)
+            small = data[np.ix_(ys, xs)]
+            low, high = float(small.min()), float(small.max())
+            scaled = (small - low) / (high - low) if high > low else np.zeros_like(small)
+            row.append(base64.b64encode((scaled * 255).round().astype(np.uint8).tobytes()).decode())
+        encoded.append(row)
+    return {
+        "iteration": panels.iteration,
+        "views": list(VIEWS[: len(panels.slices[0])]),
+        "pixels": THUMBNAIL_PIXELS,
+        "slices": encoded,
+    }
+
+
+def decode_thumbnails(class_slices: dict) -> list[list[np.ndarray]]:
+    """``thumbnails``' text back as pixel planes (what ``draw_classes`` draws)."""
+    import base64
+
+    import numpy as np
+
+    size = int(class_slices["pixels"])
+    return [
+        [np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(size, size) for text in row]
+        for row in class_slices["slices"]
+    ]
 
 
 def _fraction(value: float | None, digits: int, unit: str) -> str:
@@ -310,10 +365,6 @@ def plot_classes(
     shares the node. While the run goes (``all_views`` false) only the central XY plane is read,
     one contiguous plane of each map; the XZ and YZ slices touch every page of the volume, so
     they are drawn once, when the run ends (the watcher's final refresh)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mrcfile
 
     rows = record["iterations"]
@@ -335,14 +386,33 @@ def plot_classes(
                 slices.append(central)
         except (OSError, ValueError):  # being written, cut short, or not yet there
             return None
-    views = ("XY", "XZ", "YZ") if all_views else ("XY",)
+    return draw_classes(
+        slices,
+        row,
+        title=f"{record['run']}: classes at iteration {row['iteration']}",
+        path=path or classes_path(root),
+    )
+
+
+def draw_classes(
+    slices: list[list[np.ndarray]], row: dict, *, title: str, path: Path
+) -> ClassPanels:
+    """The class picture of ``slices`` (per class: XY, or XY/XZ/YZ), each row titled from the
+    iteration's ``row`` (class_distribution, class_resolution_angstrom, accuracies)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = VIEWS[: len(slices[0])]
+    all_views = len(views) > 1
     figure, axes = plt.subplots(
         len(slices),
         len(views),
         figsize=(6.6 if all_views else 3.6, 2.3 * len(slices) + 0.5),
         squeeze=False,
     )
-    figure.suptitle(f"{record['run']}: classes at iteration {row['iteration']}")
+    figure.suptitle(title)
     resolutions = row.get("class_resolution_angstrom") or []
     rotations = row.get("class_accuracy_rotation_deg") or []
     offsets = row.get("class_accuracy_translation_angstrom") or []
@@ -370,12 +440,11 @@ def plot_classes(
         ]
         for axes_row in axes
     ]
-    path = path or classes_path(root)
     temporary = path.with_name(path.stem + ".tmp.png")
     figure.savefig(temporary, dpi=figure.dpi)
     plt.close(figure)
     os.replace(temporary, path)
-    return ClassPanels(path, int(row["iteration"]), boxes)
+    return ClassPanels(path, int(row["iteration"]), boxes, slices)
 
 
 def update(
@@ -396,7 +465,11 @@ def update(
     write_record(root, record)
     if pictures or final:
         plot(root, record)
-        plot_classes(root, record, all_views=final)
+        panels = plot_classes(root, record, all_views=final)
+        drawn = thumbnails(panels) if panels is not None else None
+        if drawn is not None:
+            record["class_slices"] = drawn
+            write_record(root, record)
     return record
 
 
@@ -477,6 +550,7 @@ class Watcher:
         self._reported_at = 0.0
         self._drawn_at: float | None = None
         self._pictures_pending = False
+        self._class_slices: dict | None = None
 
     def _pictures_due(self, now: float) -> bool:
         return self._drawn_at is None or now - self._drawn_at >= PICTURES_EVERY_SECONDS
@@ -488,6 +562,11 @@ class Watcher:
         return changed
 
     def _report(self, record: dict, *, final: bool) -> None:
+        # The newest class slices drawn go with every report until the next drawing.
+        if "class_slices" in record:
+            self._class_slices = record["class_slices"]
+        elif self._class_slices is not None:
+            record = {**record, "class_slices": self._class_slices}
         self._record = record
         if self.reporter is not None:
             self.reporter.publish(record, state=job_state(record, final=final))
@@ -506,8 +585,9 @@ class Watcher:
                 if self._pictures_pending and self._pictures_due(now):
                     # An iteration skipped the drawing and no new one came: draw it now.
                     try:
-                        update(self.root, self.requested, cache=self._cache, pictures=True)
+                        drawn = update(self.root, self.requested, cache=self._cache, pictures=True)
                         self._drawn_at, self._pictures_pending = now, False
+                        self._report(drawn, final=False)
                     except Exception as error:  # progress never takes the job down
                         print(f"progress: could not draw {self.root}: {error}", file=sys.stderr)
                 due = now - self._reported_at >= REPORT_EVERY_SECONDS

@@ -688,3 +688,53 @@ def test_status_shows_why_slurm_holds_a_job(
     assert main(["status", "--stack", STACK]) == 0
     table = capsys.readouterr().out
     assert "held: fix the account (relion-spot doctor)" in table
+
+
+def test_plot_classes_redraws_the_slices_the_job_reported(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    """The maps stay on the cluster; the job reports each class's central slices, small, and
+    ``plot --classes`` draws the class picture from them on the laptop."""
+    import numpy as np
+
+    from relion_spot.relion.progress import ClassPanels, decode_thumbnails, thumbnails
+
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys, job)
+    out = tmp_path / "classes.png"
+    argv = ["plot", "--stack", STACK, job, "--classes", "-o", str(out)]
+    env = {
+        "RELION_SPOT_SUBMISSION_ID": row["submission_id"],
+        "RELION_SPOT_REPORT_SPOOL": str(_spool(tmp_path)),
+        "SLURM_JOB_ID": job,
+    }
+    reporter = ProgressReporter.from_env(env, cwd=tmp_path)
+    assert reporter is not None
+    forwarder = _forwarder(tmp_path, job, row["submission_id"])
+    assert reporter.publish(_record(3), state="RUNNING")
+    forwarder.round()
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "has reported no class slices yet" in capsys.readouterr().err
+
+    rng = np.random.default_rng(0)
+    planes = [[rng.normal(size=(40, 40)) for _ in range(3)] for _ in range(2)]
+    made = thumbnails(ClassPanels(tmp_path / "x.png", 3, [], planes))
+    assert made is not None and made["views"] == ["XY", "XZ", "YZ"]
+    # Each thumbnail is its slice, resampled and scaled to 0..255 over its own range.
+    first = decode_thumbnails(made)[0][0].astype(float)
+    expected = planes[0][0][np.ix_(*[np.linspace(0, 39, 32).round().astype(int)] * 2)]
+    expected = (expected - expected.min()) / (expected.max() - expected.min()) * 255
+    assert np.abs(first - expected).max() <= 0.5
+    record = {**_record(3), "class_slices": made}
+    record["iterations"][-1]["class_resolution_angstrom"] = [14.2, 18.0]
+    assert reporter.publish(record, state="RUNNING")
+    forwarder.round()
+    assert main(argv) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(out)
+    # Two classes of three views: 2.3 in a row plus the title, 6.6 in wide, at 100 dpi.
+    assert picture.shape[:2] == (510, 660)
+    assert picture[..., :3].std() > 0.05  # slices drawn, not a blank page

@@ -3,6 +3,7 @@ field by field, and anything else is refused with one line naming what is wrong.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -20,8 +21,17 @@ GOOD_PROGRESS: dict[str, Any] = {
 }
 
 
+SLICE = base64.b64encode(bytes(32 * 32)).decode()
+
+
 def _report(**progress: Any) -> bytes:
     return json.dumps({"progress": {**GOOD_PROGRESS, **progress}, "log_tail": "it 3"}).encode()
+
+
+def test_a_report_with_the_class_slices_is_read() -> None:
+    sliced = {"iteration": 3, "views": ["XY", "XZ", "YZ"], "pixels": 32,
+              "slices": [[SLICE] * 3] * 12}  # fmt: skip
+    assert JobReport.from_json(_report(class_slices=sliced)).progress["class_slices"] == sliced
 
 
 def test_a_cpu_jobs_end_and_a_scored_run_are_reports() -> None:
@@ -51,6 +61,46 @@ def test_a_report_with_per_class_figures_is_read() -> None:
         (b" " * (MAX_REPORT_BYTES + 1), "more than"),
         (_report(truth_accuracy=1.5), "truth_accuracy = 1.5 is not a fraction"),
         (_report(truth_accuracy="high"), "truth_accuracy = 'high' is not a fraction"),
+        (
+            _report(
+                class_slices={"iteration": 3, "views": ["XY"], "pixels": 32, "slices": [["AAAA"]]}
+            ),
+            "class_slices must be",
+        ),
+        (
+            _report(
+                class_slices={
+                    "iteration": 3,
+                    "views": ["XY"],
+                    "pixels": 32,
+                    "slices": [[SLICE]] * 13,
+                }
+            ),
+            "class_slices must be",
+        ),
+        (
+            _report(
+                class_slices={
+                    "iteration": 3,
+                    "views": ["XY", "XZ"],
+                    "pixels": 32,
+                    "slices": [[SLICE, SLICE]],
+                }
+            ),
+            "class_slices must be",
+        ),
+        (
+            _report(
+                class_slices={
+                    "iteration": 3,
+                    "views": ["XY"],
+                    "pixels": 32,
+                    "slices": [[SLICE]],
+                    "extra": 1,
+                }
+            ),
+            "class_slices must be",
+        ),
     ],
     ids=[
         "not-utf8",
@@ -66,6 +116,10 @@ def test_a_report_with_per_class_figures_is_read() -> None:
         "too-big",
         "accuracy-above-one",
         "accuracy-text",
+        "slice-short",
+        "too-many-classes-sliced",
+        "two-views",
+        "slices-extra-field",
     ],
 )
 def test_a_report_that_is_not_one_is_refused_by_name(data: bytes, message: str) -> None:

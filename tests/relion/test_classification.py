@@ -22,6 +22,7 @@ from relion_spot.relion.checkpoint import (
 from relion_spot.relion.progress import (
     classes_path,
     collect,
+    decode_thumbnails,
     plot_classes,
     plot_path,
     progress_path,
@@ -165,8 +166,15 @@ def test_pictures_wait_between_iterations_but_never_at_the_end(
     record = update(root, pictures=False)
     assert progress_path(root).is_file() and record["current_iteration"] == ITERATIONS
     assert not plot_path(root).exists() and not classes_path(root).exists()
-    update(root, pictures=False, final=True)
+    final = update(root, pictures=False, final=True)
     assert plot_path(root).is_file() and classes_path(root).is_file()
+    # What the job reports of its picture: each class's three slices, small, as drawn.
+    sliced = final["class_slices"]
+    assert (sliced["iteration"], sliced["views"]) == (ITERATIONS, ["XY", "XZ", "YZ"])
+    planes = decode_thumbnails(sliced)
+    assert len(planes) == SPEC.classes and all(len(row) == 3 for row in planes)
+    assert all(plane.shape == (32, 32) and plane.std() > 10 for row in planes for plane in row)
+    assert json.loads(progress_path(root).read_text())["class_slices"] == sliced
 
 
 def test_iteration_numbers_are_read_from_the_files(
@@ -214,6 +222,7 @@ def test_progress_record_and_plot(resumed: RunRecord) -> None:
         **collect(resumed.root),
         "updated": record["updated"],
         "truth_accuracy": record["truth_accuracy"],
+        "class_slices": record["class_slices"],  # the final picture's slices (test below)
     }
     assert record["finished"] and record["current_iteration"] == ITERATIONS
     first_kill, second_kill = resumed.kills
