@@ -18,6 +18,7 @@ and the spot watcher. Closing stops and removes all of it; the work directory
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
@@ -147,6 +148,13 @@ def wait_for_controller(local: LocalSlurm, timeout: float = 90) -> None:
             return False
 
     wait_until(answers, timeout=timeout, what=lambda: f"slurmctld to answer:\n{local.logs()}")
+
+
+def named_by(prefix: str, work_dir: Path) -> str:
+    """``prefix`` and a digest of ``work_dir``: embedded clouds started from different work
+    directories (two clones, a demo beside the test suite) never share containers."""
+    digest = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{prefix}-{digest}"
 
 
 @dataclass

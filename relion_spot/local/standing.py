@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -107,8 +106,9 @@ def holder(work_dir: Path) -> int | None:
 def prefix_for(work_dir: Path) -> str:
     """The containers' name prefix: named by the work directory, so two standing clouds on one
     machine never share containers."""
-    digest = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:8]
-    return f"{PREFIX}-{digest}"
+    from .embedded import named_by
+
+    return named_by(PREFIX, work_dir)
 
 
 def remove_leftovers(work_dir: Path) -> None:

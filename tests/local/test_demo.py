@@ -72,7 +72,7 @@ def test_bad_settings_are_one_line_and_launch_nothing(args: list[str], message: 
 def _kept_promises() -> dict:
     return {
         "state": "COMPLETED",
-        "iterations": 12,
+        "iterations": DemoSettings().iterations,
         "reclaims": 1,
         "reclaimed_at_iteration": 5,
         "resumed_from": [5],
@@ -88,7 +88,7 @@ def _kept_promises() -> dict:
     [
         ({}, None),
         ({"state": "FAILED"}, "the job ended FAILED"),
-        ({"iterations": 9}, "9 of 12 iterations written"),
+        ({"iterations": 7}, "7 of 8 iterations written"),
         ({"reclaims": 0}, "0 spot reclaims happened"),
         ({"resumed_from": []}, "resumed after iterations none, expected [5]"),
         ({"resumed_from": [4]}, "resumed after iterations [4], expected [5]"),
