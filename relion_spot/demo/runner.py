@@ -353,35 +353,18 @@ def outcome_failures(settings: DemoSettings, result: DemoResult) -> list[str]:
 def _price(cloud: Any, job_id: str, final_state: str, result: DemoResult) -> None:
     """The cost function's own code, run as its Lambda would, against moto's records; priced at
     the on-demand ceiling (moto's spot market quotes a placeholder $0.00001/hour)."""
-    from ..cost.config import CostConfig
-    from ..cost.handler import Clients, CostService, handle
-    from ..cost.prices import OnDemandCeiling
+    from ..cost.handler import handle
     from ..cost.store import decode_cost, deserialize, job_key
-    from ..local.embedded import COSTS_TABLE, RECORDS_TABLE
+    from ..local.embedded import COSTS_TABLE
     from ..slurm.local import wait_until
 
     dynamodb = cloud.client("dynamodb")
-    config = CostConfig.from_env(
-        {
-            "RELION_SPOT_CLUSTER": cloud.cluster,
-            "RELION_SPOT_RECORDS_TABLE": RECORDS_TABLE,
-            "RELION_SPOT_COSTS_TABLE": COSTS_TABLE,
-        }
-    )
-    clients = Clients(
-        ec2=cloud.client("ec2"),
-        dynamodb=dynamodb,
-        cloudwatch=cloud.client("cloudwatch"),
-        ce=cloud.client("ce"),
-    )
     key = job_key(cloud.cluster, job_id)
 
     def priced() -> dict[str, Any] | None:
-        service = CostService(config, clients)
-        service.prices = OnDemandCeiling()
         handle(
             {"action": "price-jobs", "jobs": [{"cluster": cloud.cluster, "job_id": job_id}]},
-            service,
+            cloud.cost_service(),
         )
         item = dynamodb.get_item(TableName=COSTS_TABLE, Key={"job": {"S": key}}).get("Item")
         if not item:

@@ -187,6 +187,30 @@ class EmbeddedCloud:
     def cluster(self) -> str:
         return self.local.spec.cluster_name
 
+    def cost_service(self) -> Any:
+        """The cost function's own service over this cloud's records and costs tables, priced at
+        the on-demand ceiling (moto's spot market quotes a placeholder $0.00001/hour)."""
+        from ..cost.config import CostConfig
+        from ..cost.handler import Clients, CostService
+        from ..cost.prices import OnDemandCeiling
+
+        config = CostConfig.from_env(
+            {
+                "RELION_SPOT_CLUSTER": self.cluster,
+                "RELION_SPOT_RECORDS_TABLE": RECORDS_TABLE,
+                "RELION_SPOT_COSTS_TABLE": COSTS_TABLE,
+            }
+        )
+        clients = Clients(
+            ec2=self.client("ec2"),
+            dynamodb=self.client("dynamodb"),
+            cloudwatch=self.client("cloudwatch"),
+            ce=self.client("ce"),
+        )
+        service = CostService(config, clients)
+        service.prices = OnDemandCeiling()
+        return service
+
     @classmethod
     @contextmanager
     def start(

@@ -174,29 +174,11 @@ def _create_stack(cloud: Any) -> None:
 
 def _price_loop(cloud: Any, stop: threading.Event) -> None:
     """The cost function's schedule, as its hourly rule runs it, every minute."""
-    from ..cost.config import CostConfig
-    from ..cost.handler import Clients, CostService, handle
-    from ..cost.prices import OnDemandCeiling
-    from ..local.embedded import COSTS_TABLE, RECORDS_TABLE
+    from ..cost.handler import handle
 
-    config = CostConfig.from_env(
-        {
-            "RELION_SPOT_CLUSTER": cloud.cluster,
-            "RELION_SPOT_RECORDS_TABLE": RECORDS_TABLE,
-            "RELION_SPOT_COSTS_TABLE": COSTS_TABLE,
-        }
-    )
-    clients = Clients(
-        ec2=cloud.client("ec2"),
-        dynamodb=cloud.client("dynamodb"),
-        cloudwatch=cloud.client("cloudwatch"),
-        ce=cloud.client("ce"),
-    )
     while not stop.wait(COST_EVERY_SECONDS):
-        service = CostService(config, clients)
-        service.prices = OnDemandCeiling()
         try:
-            handle({"action": "schedule"}, service)
+            handle({"action": "schedule"}, cloud.cost_service())
         except Exception as err:  # the next minute tries again; the cloud stays up
             log.warning("pricing failed: %s", err)
 

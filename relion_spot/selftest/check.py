@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..intake.config import TABLE_ENV
 from ..powersave.config import ConfigError, PowerSaveConfig
 from ..powersave.ec2 import AWS_ERRORS, aws_error_text
 from . import record
-from .permissions import ALLOWED, all_allowed, check_powersave, sts_decoder
+from .permissions import ALLOWED, CheckOutcome, all_allowed, check_powersave, sts_decoder
 
 log = logging.getLogger("relion_spot.selftest.check")
 
@@ -44,16 +44,28 @@ def main(environ: Mapping[str, str] | None = None, *, session: Any = None) -> in
     outcomes = check_powersave(
         session.client("ec2"), config, decode=sts_decoder(session.client("sts"))
     )
+    return log_and_record(session, table, record.CONTROLLER, outcomes, log)
+
+
+def log_and_record(
+    session: Any,
+    table: str,
+    checker: str,
+    outcomes: Sequence[CheckOutcome],
+    logger: logging.Logger,
+) -> int:
+    """Each outcome as a log line, then all of them recorded where ``relion-spot selftest``
+    reads them; the exit status: 0 when every call would be allowed, else 1."""
     for outcome in outcomes:
         line = f"{outcome.action} ({outcome.program}; {outcome.target}): {outcome.outcome}"
         if outcome.outcome == ALLOWED:
-            log.info("%s", line)
+            logger.info("%s", line)
         else:
-            log.error("%s: %s %s", line, outcome.code, outcome.reason)
+            logger.error("%s: %s %s", line, outcome.code, outcome.reason)
     try:
-        record.store(session.client("dynamodb"), table, record.CONTROLLER, outcomes)
+        record.store(session.client("dynamodb"), table, checker, outcomes)
     except AWS_ERRORS as err:
-        log.error("could not record the outcomes in %s: %s", table, aws_error_text(err))
+        logger.error("could not record the outcomes in %s: %s", table, aws_error_text(err))
         return 1
     return 0 if all_allowed(outcomes) else 1
 

@@ -19,9 +19,8 @@ from typing import Any
 
 from ..intake.config import TABLE_ENV
 from ..node.imds import DEFAULT_IMDS_URL, IMDS_URL_ENV, Imds, ImdsError
-from ..powersave.ec2 import AWS_ERRORS, aws_error_text
-from . import record
-from .permissions import ALLOWED, all_allowed, check_node, sts_decoder
+from .check import log_and_record
+from .permissions import check_node, sts_decoder
 
 log = logging.getLogger("relion_spot.selftest.node_check")
 NODE_CHECKER = "node:{instance_id}"
@@ -51,19 +50,8 @@ def main(environ: Mapping[str, str] | None = None, *, session: Any = None) -> in
     outcomes = check_node(
         session.client("ec2"), instance_id, decode=sts_decoder(session.client("sts"))
     )
-    for outcome in outcomes:
-        line = f"{outcome.action} ({outcome.program}; {outcome.target}): {outcome.outcome}"
-        if outcome.outcome == ALLOWED:
-            log.info("%s", line)
-        else:
-            log.error("%s: %s %s", line, outcome.code, outcome.reason)
     checker = NODE_CHECKER.format(instance_id=instance_id)
-    try:
-        record.store(session.client("dynamodb"), table, checker, outcomes)
-    except AWS_ERRORS as err:
-        log.error("could not record the outcomes in %s: %s", table, aws_error_text(err))
-        return 1
-    return 0 if all_allowed(outcomes) else 1
+    return log_and_record(session, table, checker, outcomes, log)
 
 
 if __name__ == "__main__":
