@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -83,6 +84,8 @@ SUMMARY_FIELDS = (
     "resumed_from",
     "updated",
     "truth_accuracy",
+    "bfactor",
+    "truth_resolution_angstrom",
 )
 
 
@@ -254,6 +257,13 @@ class JobReport:
             type(resolution) not in (int, float) or not 0 < resolution < 10**4
         ):
             raise ReportError(f"resolution_angstrom = {resolution!r} is not a resolution")
+        for name in ("bfactor", "truth_resolution_angstrom"):
+            figure = progress.get(name)
+            if figure is not None and (
+                type(figure) not in (int, float) or not math.isfinite(figure)
+                or not -(10**4) < figure < 10**4
+            ):  # fmt: skip
+                raise ReportError(f"{name} = {figure!r} is not a figure")
         accuracy = progress.get("truth_accuracy")
         if accuracy is not None and (type(accuracy) not in (int, float) or not 0 <= accuracy <= 1):
             raise ReportError(f"truth_accuracy = {accuracy!r} is not a fraction")

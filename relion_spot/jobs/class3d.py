@@ -134,13 +134,13 @@ def command_words(shape: NodeShape, params: Class3dParams, *, mode: Mode = "clou
     return [*launcher, program, *args]
 
 
-def _shell_word(word: str) -> str:
+def shell_word(word: str) -> str:
     if word.startswith((JOB_DIR, SIF)):
         return f'"{word}"'
     return shlex.quote(word)
 
 
-def _format_command(words: Sequence[str]) -> str:
+def format_command(words: Sequence[str]) -> str:
     """Shell text, one flag (with its value) per continuation line."""
     lines: list[list[str]] = [[]]
     for word in words:
@@ -148,7 +148,7 @@ def _format_command(words: Sequence[str]) -> str:
             word in ("mpirun", "relion_refine", "relion_refine_mpi") and lines[-1]
         ):
             lines.append([])
-        lines[-1].append(_shell_word(word))
+        lines[-1].append(shell_word(word))
     return " \\\n".join("  " + " ".join(line) for line in lines)
 
 
@@ -203,5 +203,5 @@ def render(
         project_dir=shlex.quote(params.project_dir),
         output_dir=params.output_dir,
         image_setup=image_setup(source),
-        command=_format_command(words),
+        command=format_command(words),
     )

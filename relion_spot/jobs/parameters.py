@@ -220,14 +220,14 @@ class Class3dParams:
         switches = {name: getattr(self, name) for name in SWITCHES}
         if switches["firstiter_cc"]:
             args.append("--firstiter_cc")
-        args += ["--ini_high", _number(self.ini_high)]
+        args += ["--ini_high", number_word(self.ini_high)]
         if switches["ctf"]:
             # RELION 5 takes the reference as CTF-corrected; its --ctf_corrected_ref is gone.
             args.append("--ctf")
         args += [
             *("--iter", str(self.iter)),
-            *("--tau2_fudge", _number(self.tau2_fudge)),
-            *("--particle_diameter", _number(self.particle_diameter)),
+            *("--tau2_fudge", number_word(self.tau2_fudge)),
+            *("--particle_diameter", number_word(self.particle_diameter)),
             *("--K", str(self.K)),
         ]
         for name in ("flatten_solvent", "zero_mask"):
@@ -238,8 +238,8 @@ class Class3dParams:
         args += [
             *("--oversampling", str(self.oversampling)),
             *("--healpix_order", str(self.healpix_order)),
-            *("--offset_range", _number(self.offset_range)),
-            *("--offset_step", _number(self.offset_step)),
+            *("--offset_range", number_word(self.offset_range)),
+            *("--offset_step", number_word(self.offset_step)),
             *("--sym", self.sym),
         ]
         for name in ("norm", "scale", "skip_align"):
@@ -268,7 +268,7 @@ class Class3dParams:
             elif name == "solvent_mask":
                 args += ["--solvent_mask", str(value)]
             else:
-                args += [f"--{name}", _number(value)]
+                args += [f"--{name}", number_word(value)]
         return [*args, *self.extra_flags]
 
 
@@ -369,7 +369,7 @@ def _check_relative(name: str, value: str) -> None:
         )
 
 
-def _number(value: float) -> str:
+def number_word(value: float) -> str:
     return f"{value:g}"
 
 

@@ -1,4 +1,4 @@
-"""Where a RELION classification can resume from after its node was taken away.
+"""Where a RELION classification or 3D auto-refine can resume from after its node was taken away.
 
 RELION writes each iteration as several files (data, model, optimiser and sampling STARs plus one
 map per class), from several ranks, none atomically. A reclaim can land in the middle, so an
@@ -14,6 +14,12 @@ Continuing into the same --o rewrites the checkpoint iteration's data, optimiser
 files while RELION initialises. A reclaim at that moment would truncate the only checkpoint, so
 before continuing the checkpoint's files are copied into a snapshot folder beside the run; a
 later start that finds the checkpoint iteration damaged restores it from the snapshot first.
+
+A 3D auto-refine (``--auto_refine --split_random_halves``) writes each iteration's model and
+maps per half (``_half1_model.star``, ``_half2_class001.mrc``): both halves count. It stops when
+RELION decides it has converged, so it has no requested iteration count: it has finished when
+its final files (``run_model.star``, ``run_class001.mrc``, the two unfiltered half maps) are
+complete, and a continuation names no ``--iter``.
 
 pandas, starfile and mrcfile are imported when an iteration is first checked, not before: a fresh
 start (nothing to check) launches RELION without waiting half a second for them.
@@ -77,20 +83,73 @@ def iteration_root(root: Path, iteration: int) -> str:
     return f"{root}_it{iteration:03d}"
 
 
-def iteration_files(root: Path, iteration: int, classes: int) -> dict[str, Path]:
-    """Every file RELION writes for one classification iteration, by kind."""
+HALVES = ("half1", "half2")
+"""An auto-refine's two independent halves: each iteration writes a model and maps per half."""
+
+
+def iteration_files(
+    root: Path, iteration: int, classes: int, *, halves: bool = False
+) -> dict[str, Path]:
+    """Every file RELION writes for one iteration, by kind (``halves``: of an auto-refine)."""
     stem = iteration_root(root, iteration)
     files = {kind: Path(f"{stem}_{kind}.star") for kind in STAR_KINDS}
-    for k in range(1, classes + 1):
-        files[f"class{k:03d}"] = Path(f"{stem}_class{k:03d}.mrc")
+    if not halves:
+        for k in range(1, classes + 1):
+            files[f"class{k:03d}"] = Path(f"{stem}_class{k:03d}.mrc")
+        return files
+    del files["model"]
+    for half in HALVES:
+        files[f"{half}_model"] = Path(f"{stem}_{half}_model.star")
+        for k in range(1, classes + 1):
+            files[f"{half}_class{k:03d}"] = Path(f"{stem}_{half}_class{k:03d}.mrc")
     return files
+
+
+def final_files(root: Path) -> dict[str, Path]:
+    """What an auto-refine writes once it has converged: the final model, particles and map
+    from both halves, and each half's unfiltered map (what PostProcess reads)."""
+    files = {kind: Path(f"{root}_{kind}.star") for kind in ("data", "model", "optimiser")}
+    files["class001"] = Path(f"{root}_class001.mrc")
+    for half in HALVES:
+        files[f"{half}_unfil"] = Path(f"{root}_{half}_class001_unfil.mrc")
+    return files
+
+
+def check_final(root: Path) -> None:
+    """Raise CheckpointError unless an auto-refine's final files are all there and whole."""
+    files = final_files(root)
+    for path in files.values():
+        if not path.is_file():
+            raise CheckpointError(f"{path.name} is missing")
+    try:
+        model_path = files["model"]
+        general = _single(_read_star(model_path), "model_general", model_path)
+        box = int(general.get("rlnOriginalImageSize", 0))
+        data_path = files["data"]
+        _table(_read_star(data_path), "particles", data_path)
+        _single(_read_star(files["optimiser"]), "optimiser_general", files["optimiser"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{root.name}: a final figure does not read ({error})") from None
+    for kind in ("class001", "half1_unfil", "half2_unfil"):
+        _check_map(files[kind], box)
+
+
+def has_finished(root: Path) -> bool:
+    """An auto-refine at root has converged and written its final files."""
+    try:
+        check_final(root)
+    except CheckpointError:
+        return False
+    return True
 
 
 def written_iterations(root: Path) -> list[int]:
     """Iterations with at least one file written, newest first."""
     pattern = re.compile(
-        re.escape(root.name) + r"_it(\d{3,})_(data|model|optimiser|sampling)\.star$"
-        "|" + re.escape(root.name) + r"_it(\d{3,})_class\d{3,}\.mrc$"
+        re.escape(root.name) + r"_it(\d{3,})_(data|model|optimiser|sampling|half[12]_model)\.star$"
+        "|" + re.escape(root.name) + r"_it(\d{3,})_(?:half[12]_)?class\d{3,}\.mrc$"
     )
     found = set()
     if root.parent.is_dir():
@@ -155,12 +214,12 @@ def _check_map(path: Path, box: int) -> None:
         raise CheckpointError(f"{path.name} is {nx}x{ny}x{nz}, the model's box is {box}")
 
 
-def check_iteration(root: Path, iteration: int, classes: int) -> None:
+def check_iteration(root: Path, iteration: int, classes: int, *, halves: bool = False) -> None:
     """Raise CheckpointError unless every file of the iteration is complete and consistent; a
     file whose figures do not read (a label missing, text where a number belongs) is incomplete
     too, never an exception of another kind (the drainer checks runs a member names)."""
     try:
-        _check_iteration(root, iteration, classes)
+        _check_iteration(root, iteration, classes, halves=halves)
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -170,9 +229,9 @@ def check_iteration(root: Path, iteration: int, classes: int) -> None:
         ) from None
 
 
-def _check_iteration(root: Path, iteration: int, classes: int) -> None:
+def _check_iteration(root: Path, iteration: int, classes: int, *, halves: bool) -> None:
     """Raise CheckpointError naming the first file of the iteration that is missing or broken."""
-    files = iteration_files(root, iteration, classes)
+    files = iteration_files(root, iteration, classes, halves=halves)
     for path in files.values():
         if not path.is_file():
             raise CheckpointError(f"{path.name} is missing")
@@ -183,16 +242,50 @@ def _check_iteration(root: Path, iteration: int, classes: int) -> None:
         raise CheckpointError(
             f"{optimiser_path.name} says iteration {optimiser.get('rlnCurrentIteration')}"
         )
-    for label, kind in (
-        ("rlnModelStarFile", "model"),
+    models = ("half1_model", "half2_model") if halves else ("model",)
+    labelled = (
+        *zip(("rlnModelStarFile", "rlnModelStarFile2"), models, strict=False),
         ("rlnExperimentalDataStarFile", "data"),
         ("rlnOrientSamplingStarFile", "sampling"),
-    ):
+    )
+    for label, kind in labelled:
         named = Path(str(optimiser.get(label, ""))).name
         if named != files[kind].name:
             raise CheckpointError(f"{optimiser_path.name} names {named!r} as its {kind} file")
 
-    model_path = files["model"]
+    data_path = files["data"]
+    data = _read_star(data_path)
+    particles = _table(data, "particles", data_path)
+    if "rlnClassNumber" not in particles.columns:
+        raise CheckpointError(f"{data_path.name} has no rlnClassNumber column")
+    optics = _table(data, "optics", data_path)
+    for kind in models:
+        subset = particles
+        if halves:
+            if "rlnRandomSubset" not in particles.columns:
+                raise CheckpointError(f"{data_path.name} has no rlnRandomSubset column")
+            subset = particles[particles["rlnRandomSubset"].astype(int) == int(kind[4])]
+        _check_model(files[kind], data_path, optics, len(subset), classes)
+
+    sampling_path = files["sampling"]
+    sampling = _read_star(sampling_path)
+    _single(sampling, "sampling_general", sampling_path)
+    _table(sampling, "sampling_directions", sampling_path)
+    box = int(
+        _single(_read_star(files[models[0]]), "model_general", files[models[0]]).get(
+            "rlnOriginalImageSize", 0
+        )
+    )
+    maps = [k for k in files if k.startswith(("class", "half1_class", "half2_class"))]
+    for kind in maps:
+        _check_map(files[kind], box)
+
+
+def _check_model(
+    model_path: Path, data_path: Path, optics: pd.DataFrame, particles: int, classes: int
+) -> None:
+    """One model STAR against the iteration's data STAR: classes, noise blocks, and the
+    particles it counts (an auto-refine's half model counts its half's)."""
     model = _read_star(model_path)
     general = _single(model, "model_general", model_path)
     if int(general.get("rlnNrClasses", -1)) != classes:
@@ -202,9 +295,6 @@ def _check_iteration(root: Path, iteration: int, classes: int) -> None:
     if len(_table(model, "model_classes", model_path)) != classes:
         raise CheckpointError(f"{model_path.name}: model_classes does not list {classes} classes")
     groups = _table(model, "model_groups", model_path)
-    data_path = files["data"]
-    data = _read_star(data_path)
-    optics = _table(data, "optics", data_path)
     expected_blocks = [f"model_class_{k}" for k in range(1, classes + 1)]
     if any(name.startswith("model_optics_group_") for name in model):
         # RELION 4 and 5 keep the noise spectra per optics group.
@@ -216,24 +306,11 @@ def _check_iteration(root: Path, iteration: int, classes: int) -> None:
     for name in expected_blocks:
         _table(model, name, model_path)
     particles_in_groups = int(groups["rlnGroupNrParticles"].sum())
-
-    particles = _table(data, "particles", data_path)
-    if len(particles) != particles_in_groups:
+    if particles != particles_in_groups:
         raise CheckpointError(
-            f"{data_path.name} has {len(particles)} particles, the model counts "
+            f"{data_path.name} has {particles} particles for {model_path.name}, which counts "
             f"{particles_in_groups}"
         )
-    if "rlnClassNumber" not in particles.columns:
-        raise CheckpointError(f"{data_path.name} has no rlnClassNumber column")
-
-    sampling_path = files["sampling"]
-    sampling = _read_star(sampling_path)
-    _single(sampling, "sampling_general", sampling_path)
-    _table(sampling, "sampling_directions", sampling_path)
-
-    box = int(general.get("rlnOriginalImageSize", 0))
-    for k in range(1, classes + 1):
-        _check_map(files[f"class{k:03d}"], box)
 
 
 @dataclass
@@ -263,13 +340,13 @@ def _snapshot_iteration(root: Path) -> int | None:
         return None
 
 
-def take_snapshot(root: Path, iteration: int, classes: int) -> None:
+def take_snapshot(root: Path, iteration: int, classes: int, *, halves: bool = False) -> None:
     """Copy the checkpoint's files aside before RELION rewrites them; marker written last."""
     target = snapshot_dir(root)
     staging = root.parent / f"{root.name}_checkpoint.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for path in iteration_files(root, iteration, classes).values():
+    for path in iteration_files(root, iteration, classes, halves=halves).values():
         shutil.copy2(path, staging / path.name)
     (staging / "ITERATION").write_text(f"{iteration}\n")
     old = root.parent / f"{root.name}_checkpoint.old"
@@ -280,13 +357,13 @@ def take_snapshot(root: Path, iteration: int, classes: int) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _restore_snapshot(root: Path, classes: int) -> int | None:
+def _restore_snapshot(root: Path, classes: int, *, halves: bool = False) -> int | None:
     """Put a damaged checkpoint iteration back from its snapshot; its iteration or None."""
     iteration = _snapshot_iteration(root)
     if iteration is None:
         return None
     saved = snapshot_dir(root)
-    for path in iteration_files(root, iteration, classes).values():
+    for path in iteration_files(root, iteration, classes, halves=halves).values():
         copy = saved / path.name
         if not copy.is_file():
             return None
@@ -296,22 +373,26 @@ def _restore_snapshot(root: Path, classes: int) -> int | None:
     return iteration
 
 
-def newest_complete_iteration(root: Path, classes: int) -> int | None:
+def newest_complete_iteration(root: Path, classes: int, *, halves: bool = False) -> int | None:
     """The newest iteration whose files are all complete, read only (no snapshot restored): what
     an observer sees while no attempt runs, e.g. right after a reclaim took the job off its node."""
     for iteration in written_iterations(root):
         if iteration < 1:
             continue
         try:
-            check_iteration(root, iteration, classes)
+            check_iteration(root, iteration, classes, halves=halves)
         except CheckpointError:
             continue
         return iteration
     return None
 
 
-def find_resume_point(root: Path, classes: int, requested_iterations: int) -> ResumePoint:
-    """The newest complete iteration of the run at root (RELION's --o), or a fresh start."""
+def find_resume_point(
+    root: Path, classes: int, requested_iterations: int, *, halves: bool = False
+) -> ResumePoint:
+    """The newest complete iteration of the run at root (RELION's --o), or a fresh start.
+    ``halves``: an auto-refine, finished when its final files are whole (requested_iterations
+    is then 0: RELION decides when it has converged)."""
     passed_over: dict[int, str] = {}
     restored = False
     candidates = written_iterations(root)
@@ -322,18 +403,24 @@ def find_resume_point(root: Path, classes: int, requested_iterations: int) -> Re
         if iteration < 1:
             continue
         try:
-            check_iteration(root, iteration, classes)
+            check_iteration(root, iteration, classes, halves=halves)
         except CheckpointError as problem:
-            if iteration != snapshot or _restore_snapshot(root, classes) != iteration:
+            if (
+                iteration != snapshot
+                or _restore_snapshot(root, classes, halves=halves) != iteration
+            ):
                 passed_over[iteration] = str(problem)
                 continue
             try:
-                check_iteration(root, iteration, classes)
+                check_iteration(root, iteration, classes, halves=halves)
             except CheckpointError as still:
                 passed_over[iteration] = f"{problem}; its snapshot too: {still}"
                 continue
             restored = True
-        action = "finished" if iteration >= requested_iterations else "continue"
+        if halves:
+            action = "finished" if has_finished(root) else "continue"
+        else:
+            action = "finished" if iteration >= requested_iterations else "continue"
         return ResumePoint(action, iteration, requested_iterations, passed_over, restored)
     return ResumePoint("fresh", None, requested_iterations, passed_over)
 
@@ -405,6 +492,8 @@ class RefineCommand:
     root: Path
     classes: int
     iterations: int
+    """--iter; 0 for an auto-refine, which runs until RELION finds it converged."""
+    auto_refine: bool = False
 
     @classmethod
     def parse(cls, argv: Sequence[str]) -> RefineCommand:
@@ -419,13 +508,17 @@ class RefineCommand:
             classes = _int_option(args, "--K", 1)
         else:
             classes = _continued_classes(Path(continued), Path(out))
+        auto_refine = "--auto_refine" in args
+        if auto_refine and (continued is not None or "--iter" in args):
+            raise CheckpointError("an auto-refine's fresh command has no --continue and no --iter")
         return cls(
             launcher=argv[:index],
             program=argv[index],
             args=args,
             root=Path(out),
             classes=classes,
-            iterations=_int_option(args, "--iter", 25),
+            iterations=0 if auto_refine else _int_option(args, "--iter", 25),
+            auto_refine=auto_refine,
         )
 
     def unstored_flags(self) -> list[str]:
@@ -449,6 +542,7 @@ class RefineCommand:
 
     def continuation(self, iteration: int) -> list[str]:
         optimiser = f"{iteration_root(self.root, iteration)}_optimiser.star"
+        until = [] if self.auto_refine else ["--iter", str(self.iterations)]
         return [
             *self.launcher,
             self.program,
@@ -456,8 +550,7 @@ class RefineCommand:
             optimiser,
             "--o",
             str(self.root),
-            "--iter",
-            str(self.iterations),
+            *until,
             *self.unstored_flags(),
         ]
 
@@ -511,7 +604,9 @@ class Plan:
 
 
 def plan(command: RefineCommand) -> Plan:
-    point = find_resume_point(command.root, command.classes, command.iterations)
+    point = find_resume_point(
+        command.root, command.classes, command.iterations, halves=command.auto_refine
+    )
     if point.action == "finished":
         return Plan(point, None)
     if point.action == "continue":
@@ -526,13 +621,15 @@ def start(command: RefineCommand, *, cwd: Path | None = None) -> tuple[Plan, dic
     local = RefineCommand(
         launcher=command.launcher, program=command.program, args=command.args,
         root=command.root if command.root.is_absolute() else base / command.root,
-        classes=command.classes, iterations=command.iterations,
+        classes=command.classes, iterations=command.iterations, auto_refine=command.auto_refine,
     )  # fmt: skip
     decided = plan(local)
     if decided.point.action == "continue":
         assert decided.point.iteration is not None
         if _snapshot_iteration(local.root) != decided.point.iteration:
-            take_snapshot(local.root, decided.point.iteration, local.classes)
+            take_snapshot(
+                local.root, decided.point.iteration, local.classes, halves=local.auto_refine
+            )
     history = record_start(local.root, decided.point)
     argv = None
     if decided.point.action == "continue":
@@ -549,14 +646,13 @@ def describe(point: ResumePoint) -> str:
         lines.append(f"iteration {iteration} is incomplete: {problem}")
     if point.restored_from_snapshot:
         lines.append(f"iteration {point.iteration} was restored from its snapshot")
-    if point.action == "finished":
-        lines.append(
-            f"finished: iteration {point.iteration} of {point.requested_iterations} is complete"
-        )
+    of = f" of {point.requested_iterations}" if point.requested_iterations else ""
+    if point.action == "finished" and not point.requested_iterations:
+        lines.append(f"finished: converged, iteration {point.iteration} is the last")
+    elif point.action == "finished":
+        lines.append(f"finished: iteration {point.iteration}{of} is complete")
     elif point.action == "continue":
-        lines.append(
-            f"continuing after iteration {point.iteration} of {point.requested_iterations}"
-        )
+        lines.append(f"continuing after iteration {point.iteration}{of}")
     else:
         lines.append("no complete iteration: starting fresh")
     return "\n".join(lines)
@@ -678,7 +774,12 @@ def follow_relion_conventions(command: RefineCommand, argv: Sequence[str], *, cw
     number = job_number(absolute.name)
     if job_dir.is_absolute() or number is None:
         return
-    process = pipeline.class3d_process(str(job_dir), command.args, iterations=command.iterations)
+    if command.auto_refine:
+        process = pipeline.refine3d_process(str(job_dir), command.args)
+    else:
+        process = pipeline.class3d_process(
+            str(job_dir), command.args, iterations=command.iterations
+        )
     holder = f"relion-spot job {os.environ.get('SLURM_JOB_ID', '?')} on {os.uname().nodename}"
     try:
         if pipeline.register(cwd, process, job_number=number, holder=holder):

@@ -66,6 +66,26 @@ class Process:
     outputs: tuple[Node, ...]
 
 
+REFINE3D_TYPE = "relion.refine3d"
+REFINE3D_MAP_LABEL = "DensityMap.mrc.relion.refine3d"
+REFINE3D_HALF_MAP_LABEL = "DensityMap.mrc.relion.halfmap.refine3d"
+REFINE3D_OPTIMISER_LABEL = "OptimiserData.star.relion.refine3d"
+
+
+def refine3d_process(job_dir: str, args: Sequence[str]) -> Process:
+    """A 3D auto-refine as RELION's GUI enters it: its particles and reference in; its final
+    particles, map, half map and optimiser out (what a PostProcess or the next job picks)."""
+    inputs = class3d_process(job_dir, args, iterations=0).inputs
+    root = f"{job_dir.rstrip('/')}/run"
+    outputs = (
+        Node(f"{root}_data.star", CLASS3D_DATA_LABEL),
+        Node(f"{root}_class001.mrc", REFINE3D_MAP_LABEL),
+        Node(f"{root}_half1_class001_unfil.mrc", REFINE3D_HALF_MAP_LABEL),
+        Node(f"{root}_optimiser.star", REFINE3D_OPTIMISER_LABEL),
+    )
+    return Process(f"{job_dir.rstrip('/')}/", REFINE3D_TYPE, inputs, outputs)
+
+
 def class3d_process(job_dir: str, args: Sequence[str], *, iterations: int) -> Process:
     """The Class3D job as RELION's GUI would have entered it, from relion_refine's arguments."""
     words = list(args)

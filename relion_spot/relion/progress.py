@@ -28,7 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relion_spot.relion.checkpoint import iteration_root, read_history, written_iterations
+from relion_spot.relion.checkpoint import (
+    has_finished,
+    iteration_root,
+    read_history,
+    written_iterations,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,13 +94,23 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
+def model_star(stem: str) -> str:
+    """An iteration's model STAR: a classification's own, or an auto-refine's first half's
+    (both halves carry the same resolution and accuracy figures)."""
+    plain = f"{stem}_model.star"
+    if os.path.exists(plain):
+        return plain
+    half = f"{stem}_half1_model.star"
+    return half if os.path.exists(half) else plain
+
+
 def read_iteration(root: Path, iteration: int) -> tuple[IterationProgress, int] | None:
     """One iteration's figures and its requested total, or None while its files are unreadable."""
     import starfile
 
     stem = iteration_root(root, iteration)
     try:
-        model = starfile.read(f"{stem}_model.star", always_dict=True)
+        model = starfile.read(model_star(stem), always_dict=True)
         optimiser = _general(
             starfile.read(f"{stem}_optimiser.star", always_dict=True), "optimiser_general"
         )
@@ -136,7 +151,7 @@ IterationCache = dict[int, tuple[Stamp, IterationProgress, int]]
 def _stamp(root: Path, iteration: int) -> Stamp | None:
     stem = iteration_root(root, iteration)
     try:
-        model = os.stat(f"{stem}_model.star")
+        model = os.stat(model_star(stem))
         optimiser = os.stat(f"{stem}_optimiser.star")
     except FileNotFoundError:
         return None
@@ -164,7 +179,7 @@ def _read_cached(
 
 def _finished_at(root: Path, iteration: int) -> float | None:
     if iteration == 0:
-        return _mtime(Path(f"{iteration_root(root, 0)}_model.star"))
+        return _mtime(Path(model_star(iteration_root(root, 0))))
     return _mtime(Path(f"{iteration_root(root, iteration)}_sampling.star"))
 
 
@@ -197,19 +212,41 @@ def collect(
     per_iteration = statistics.median(steady[-3:]) if steady else None
     remaining = max(requested - current, 0)
     eta = round(per_iteration * remaining, 1) if per_iteration is not None else None
+    if remaining == 0 and rows:
+        eta = 0.0
+    finished = bool(rows) and current >= requested > 0
+    resolution = rows[-1].resolution_angstrom if rows else None
+    if Path(f"{iteration_root(root, 0)}_half1_model.star").exists():
+        # An auto-refine: RELION decides when it has converged, so there is no count to reach
+        # and no time left to predict; its final resolution is the final model's.
+        finished = has_finished(root)
+        requested, eta = 0, 0.0 if finished else None
+        if finished:
+            resolution = final_resolution(root)
     return {
         "run": root.name,
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "requested_iterations": requested,
         "current_iteration": current,
-        "finished": bool(rows) and current >= requested > 0,
-        "resolution_angstrom": rows[-1].resolution_angstrom if rows else None,
+        "finished": finished,
+        "resolution_angstrom": resolution,
         "seconds_per_iteration": per_iteration,
-        "eta_seconds": 0.0 if remaining == 0 and rows else eta,
+        "eta_seconds": eta,
         "resumes": history.get("resumes", 0),
         "resumed_from": resumed_from,
         "iterations": [asdict(r) for r in rows],
     }
+
+
+def final_resolution(root: Path) -> float | None:
+    """The gold-standard resolution of a converged auto-refine (its final model, unmasked)."""
+    import starfile
+
+    try:
+        general = _general(starfile.read(f"{root}_model.star", always_dict=True), "model_general")
+    except (OSError, ValueError, KeyError):
+        return None
+    return _figure(general.get("rlnCurrentResolution"))
 
 
 def write_record(root: Path, record: dict) -> Path:

@@ -61,9 +61,14 @@ def require(program: str) -> str:
 
 
 def run_tool(
-    args: Sequence[str | float | os.PathLike[str]], *, cwd: Path, log: Path | None = None
+    args: Sequence[str | float | os.PathLike[str]],
+    *,
+    cwd: Path,
+    log: Path | None = None,
+    tolerated: Sequence[str] = (),
 ) -> str:
-    """Run one RELION program to completion in cwd; returns its stdout, raises with its tail."""
+    """Run one RELION program to completion in cwd; returns its stdout, raises with its tail.
+    ``tolerated``: stderr lines holding any of these texts do not count as errors."""
     argv = [str(a) for a in args]
     argv = [*launcher(), require(argv[0]), *argv[1:]]
     done = subprocess.run(
@@ -73,7 +78,8 @@ def run_tool(
         with log.open("a") as handle:
             handle.write(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}\n")
     # RELION 3.1 prints errors to stderr but sometimes still exits 0; trust both signals.
-    failed = done.returncode != 0 or "ERROR" in done.stderr
+    errors = [line for line in done.stderr.splitlines() if not any(t in line for t in tolerated)]
+    failed = done.returncode != 0 or any("ERROR" in line for line in errors)
     if failed:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise RelionToolError(

@@ -79,18 +79,25 @@ class Attempt:
         return self.log.read_text(errors="replace")
 
 
-def start_job(project: Path, job: str, restart: int, log: Path) -> Attempt:
-    """The job template for ``job`` (attempt ``restart``) in a fresh node container."""
+def start_job(
+    project: Path,
+    job: str,
+    restart: int,
+    log: Path,
+    *,
+    script: str = "class3d.sbatch",
+    env: dict[str, str] | None = None,
+) -> Attempt:
+    """The job template ``script`` (in the project) for ``job`` (attempt ``restart``) in a fresh
+    node container; ``env``: more of the job's variables (e.g. its submission id)."""
     name = f"relion-spot-relion-test-{os.getpid()}-{job}-{restart}"
     argv = job_container(
         data_dir=project.parent, name=name, workdir=f"/data/{project.name}",
         env={"SLURM_JOB_ID": job, "SLURM_CLUSTER_NAME": CLUSTER,
-             "SLURM_RESTART_COUNT": str(restart)},
+             "SLURM_RESTART_COUNT": str(restart), **(env or {})},
     )  # fmt: skip
     with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [*argv, "bash", "class3d.sbatch"], stdout=handle, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen([*argv, "bash", script], stdout=handle, stderr=subprocess.STDOUT)
     return Attempt(process, name, log)
 
 
@@ -133,8 +140,16 @@ def kill_when_complete(attempt: Attempt, root: Path, iteration: int) -> int:
     raise AssertionError(f"iteration {iteration} not complete after {RUN_TIMEOUT_S} s")
 
 
-def run_to_end(project: Path, job: str, restart: int, log: Path) -> str:
-    attempt = start_job(project, job, restart, log)
+def run_to_end(
+    project: Path,
+    job: str,
+    restart: int,
+    log: Path,
+    *,
+    script: str = "class3d.sbatch",
+    env: dict[str, str] | None = None,
+) -> str:
+    attempt = start_job(project, job, restart, log, script=script, env=env)
     try:
         code = attempt.process.wait(timeout=RUN_TIMEOUT_S)
     finally:

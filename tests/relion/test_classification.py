@@ -120,7 +120,7 @@ def test_finished_run_exits_at_once_without_recomputing(
         ("truncate-data", "{newest}_data.star"),
         ("missing-sampling", "{newest}_sampling.star is missing"),
         ("cut-model-at-line", "{newest}_model.star lacks the model_"),
-        ("cut-data-at-line", "particles, the model counts 200"),
+        ("cut-data-at-line", "{newest}_model.star, which counts 200"),
         ("text-in-a-figure", "{newest}: a figure does not read (ValueError"),
     ],
 )

@@ -1,0 +1,156 @@
+"""A campaign's later steps: assets/slurm/refine3d.sbatch and postprocess.sbatch filled in.
+
+A campaign is Class3D (relion_spot.jobs.class3d, as any Class3D), then a 3D auto-refine of the
+class it picks (``best`` by relion_spot.relion.campaign's rule, or the lab's number), then a
+PostProcess of the refined map. Each later step names the step before it by that step's
+submission id; the intake submits each after the one before it (Slurm's afterok).
+
+The refinement's launch line is the Class3D's (apptainer exec from the node's SIF cache; ``--nv``
+and ``--gpu`` on a GPU node only) with ``mpirun -n max(3, GPUs + 1) relion_refine_mpi
+--auto_refine --split_random_halves``: an auto-refine refines two half sets on two followers,
+which share the GPUs when there are fewer than two. Each follower gets vCPUs ÷ followers
+threads. Its flags are the Class3D's where RELION's auto-refine takes them (diameter, initial
+low-pass, sampling, offsets, symmetry, CTF, solvent flattening), and RELION's auto-refine
+defaults otherwise: local searches from healpix order ``local_healpix_order`` (4, 3.7°) and the
+halves joined below 40 Å.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from relion_spot.slurm.spec import CPU_PARTITION, GPU_PARTITION
+
+from .class3d import (
+    CONTAINER_BINDS,
+    DEFAULT_IMAGE,
+    JOB_DIR,
+    LOCAL_IMAGE,
+    MODES,
+    MPI_OPTIONS,
+    SIF,
+    Mode,
+    NodeShape,
+    format_command,
+    image_setup,
+)
+from .parameters import Class3dParams, JobParameterError, number_word
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "slurm"
+REFINE_TEMPLATE = ASSETS / "refine3d.sbatch"
+POSTPROCESS_TEMPLATE = ASSETS / "postprocess.sbatch"
+LOW_RESOL_JOIN_HALVES_ANGSTROM = 40
+"""RELION's default: below this resolution the two halves are averaged, so both start alike."""
+MAX_CLASS = 50
+
+
+def check_refine_class(value: object) -> str:
+    """``best`` or a class number 1..50, as text (what the job script passes on)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CLASS:
+        return str(value)
+    if isinstance(value, str) and (
+        value == "best" or (value.isdigit() and 1 <= int(value) <= MAX_CLASS)
+    ):
+        return str(int(value)) if value.isdigit() else value
+    raise JobParameterError(
+        f"parameter refine_class = {str(value)[:40]!r} is not valid: 'best' or a class number "
+        f"from 1 to {MAX_CLASS}"
+    )
+
+
+@dataclass(frozen=True)
+class RefineStep:
+    """What the auto-refine step needs beyond the Class3D it follows."""
+
+    class3d: Class3dParams
+    class3d_submission: str
+    refine_class: str = "best"
+    local_healpix_order: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "refine_class", check_refine_class(self.refine_class))
+        order = self.local_healpix_order
+        if (
+            isinstance(order, bool)
+            or not isinstance(order, int)
+            or not self.class3d.healpix_order <= order <= 8
+        ):
+            raise JobParameterError(
+                f"parameter local_healpix_order = {str(order)[:20]!r} is not valid: a whole "
+                f"number from the Class3D's healpix_order ({self.class3d.healpix_order}) to 8"
+            )
+
+
+def followers(shape: NodeShape) -> int:
+    """The half-set followers of an auto-refine: one per GPU, and never fewer than two."""
+    return max(2, shape.gpus)
+
+
+def refine_words(shape: NodeShape, step: RefineStep, *, mode: Mode = "cloud") -> list[str]:
+    """The fresh auto-refine command, word by word ($JOB_DIR and $SIF left to the shell)."""
+    if mode not in MODES:
+        raise JobParameterError(f"mode {mode!r} is not valid: one of {', '.join(MODES)}")
+    p = step.class3d
+    ranks = followers(shape) + 1
+    threads = p.j if p.j is not None else max(1, shape.vcpus // followers(shape))
+    pool = p.pool if p.pool is not None else max(30, 5 * threads)
+    gpu_passthrough = ["--nv"] if mode == "cloud" else []
+    words = [
+        "apptainer", "exec", *gpu_passthrough, "--bind", CONTAINER_BINDS, SIF,
+        "mpirun", "-n", str(ranks), *MPI_OPTIONS, "relion_refine_mpi",
+        "--o", f"{JOB_DIR}/run", "--auto_refine", "--split_random_halves",
+        "--i", f"{JOB_DIR}/particles.star", "--ref", f"{JOB_DIR}/reference.mrc",
+        "--ini_high", number_word(p.ini_high),
+    ]  # fmt: skip
+    if p.ctf:
+        words.append("--ctf")
+    words += ["--particle_diameter", number_word(p.particle_diameter)]
+    words += [f"--{name}" for name in ("flatten_solvent", "zero_mask") if getattr(p, name)]
+    words += [
+        "--oversampling", str(p.oversampling), "--healpix_order", str(p.healpix_order),
+        "--auto_local_healpix_order", str(step.local_healpix_order),
+        "--offset_range", number_word(p.offset_range), "--offset_step", number_word(p.offset_step),
+        "--sym", p.sym, "--low_resol_join_halves", str(LOW_RESOL_JOIN_HALVES_ANGSTROM),
+    ]  # fmt: skip
+    words += [f"--{name}" for name in ("norm", "scale") if getattr(p, name)]
+    words += ["--random_seed", str(p.random_seed), "--pool", str(pool), "--j", str(threads)]
+    if mode == "cloud":
+        words.append("--gpu")
+    words += ["--scratch_dir", p.scratch_dir, "--pipeline_control", f"{JOB_DIR}/"]
+    words.append("--dont_combine_weights_via_disc")
+    return words
+
+
+def render_refine(
+    shape: NodeShape, step: RefineStep, *, mode: Mode = "cloud", image: str | None = None
+) -> str:
+    source = image or (DEFAULT_IMAGE if mode == "cloud" else LOCAL_IMAGE)
+    return Template(REFINE_TEMPLATE.read_text()).substitute(
+        gpus=shape.gpus,
+        mode=mode,
+        job_name=f"refine3d-gpu{shape.gpus}",
+        partition=GPU_PARTITION,
+        project_dir=shlex.quote(step.class3d.project_dir),
+        class3d_submission=shlex.quote(step.class3d_submission),
+        refine_class=shlex.quote(step.refine_class),
+        image_setup=image_setup(source),
+        command=format_command(refine_words(shape, step, mode=mode)),
+    )
+
+
+def render_postprocess(
+    project_dir: str, refine_submission: str, *, mode: Mode = "cloud", image: str | None = None
+) -> str:
+    if mode not in MODES:
+        raise JobParameterError(f"mode {mode!r} is not valid: one of {', '.join(MODES)}")
+    source = image or (DEFAULT_IMAGE if mode == "cloud" else LOCAL_IMAGE)
+    return Template(POSTPROCESS_TEMPLATE.read_text()).substitute(
+        mode=mode,
+        partition=CPU_PARTITION,
+        project_dir=shlex.quote(project_dir),
+        refine_submission=shlex.quote(refine_submission),
+        image_setup=image_setup(source),
+    )
