@@ -207,6 +207,9 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(str(error)) from None
         return {name: getattr(made, name) for name in SYNTHETIC_FIELDS}
 
+    own: dict[str, Any] = {}
+    if args.template == "campaign":
+        own = _campaign_options(args)
     given: dict[str, Any] = {
         name: getattr(args, name)
         for name in PARAMETER_NAMES
@@ -223,7 +226,28 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         typed[PRESET] = args.preset
     if "extra_flags" in typed:
         typed["extra_flags"] = list(typed["extra_flags"])
-    return typed
+    return {**typed, **own}
+
+
+def _campaign_options(args: argparse.Namespace) -> dict[str, Any]:
+    """A campaign's own two options, checked as the drainer checks them."""
+    from relion_spot.jobs.campaign import check_refine_class, refuse_continuation
+
+    own: dict[str, Any] = {}
+    try:
+        refuse_continuation(args.continue_from)
+        own["refine_class"] = check_refine_class(args.refine_class)
+    except JobParameterError as error:
+        raise UsageError(str(error)) from None
+    order = args.local_healpix_order
+    if order is not None:
+        if not order.isdigit() or not 1 <= int(order) <= 8:
+            raise UsageError(
+                f"parameter local_healpix_order = {order[:20]!r} is not valid: a whole number "
+                "from the Class3D's healpix_order to 8"
+            )
+        own["local_healpix_order"] = int(order)
+    return own
 
 
 def _wake(context: Context) -> None:
@@ -279,6 +303,9 @@ def submit_command(args: argparse.Namespace, context: Context) -> int:
     if decided.state != ACCEPTED or not decided.job_id:
         raise ClusterError(f"rejected: {decided.message or '(no reason recorded)'}")
     print(f"accepted: Slurm job {printable(decided.job_id)}", file=context.err)
+    if args.template == "campaign" and "; then " in (decided.message or ""):
+        steps = (decided.message or "").rsplit("; then ", 1)[1]
+        print(f"  then {printable(steps)}", file=context.err)
     print(printable(decided.job_id), file=context.out)
     return 0
 
@@ -680,6 +707,27 @@ def register(subparsers: Any) -> None:
     )
     _add_parameter_options(class3d)
     class3d.set_defaults(func=_runner("submit", submit_command))
+    campaign = templates.add_parser(
+        "campaign",
+        help="Class3D, then a 3D auto-refine of the best (or a chosen) class, then its "
+        "PostProcess: one submission, three Slurm jobs each after the one before",
+    )
+    _submission_options(campaign)
+    campaign.add_argument(
+        "--refine-class",
+        dest="refine_class",
+        default="best",
+        help="the class to refine: a number, or 'best' (default): among classes with at least "
+        "1/(2K) of the particles, the finest estimated resolution",
+    )
+    campaign.add_argument(
+        "--local-healpix-order",
+        dest="local_healpix_order",
+        metavar="N",
+        help="the auto-refine's --auto_local_healpix_order (default 4, 3.7 degrees)",
+    )
+    _add_parameter_options(campaign)
+    campaign.set_defaults(func=_runner("submit", submit_command))
     stage = templates.add_parser(
         "stage", help="fetch the benchmark dataset into /data, as a job on the CPU partition"
     )

@@ -18,7 +18,10 @@ while slurmctld is not up. Then, for a message:
   7. sbatch, tagged with the id; a Class3D job after the job that makes and checks its RELION
      image on the CPU partition (relion_spot.intake.images), unless that image is already
      checked. An outright refusal by Slurm is a "rejected" record; an unknown outcome (timeout,
-     controller unreachable) leaves the message for a retry.
+     controller unreachable) leaves the message for a retry. A campaign's later steps
+     (relion_spot.jobs.campaign) follow, each after the one before it and under its own
+     submission id (derived from the campaign's), found again in Slurm by that id after an
+     interrupted drain, and each recorded as accepted under that id.
   8. The "accepted" record (written only over the claim or nothing), then delete.
 
 A cancel request (same queue) names an accepted submission and its job id: anything else is
@@ -63,6 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from relion_spot.jobs.campaign import CampaignParams
 from relion_spot.jobs.class3d import DEFAULT_IMAGE, LOCAL_IMAGE, MODES, Mode
 from relion_spot.jobs.image import ImageSourceError
 from relion_spot.notify.publish import Notification, Notifier
@@ -94,7 +98,7 @@ from .message import (
     parse_request,
     submission_id_in,
 )
-from .prepare import JobPreparer, JobRejected, PreparedJob
+from .prepare import JobPreparer, JobRejected, LaterStep, PreparedJob
 from .slurm import SlurmJobs, SlurmRefused, SlurmUnavailable, comment_for
 from .table import (
     ACCEPTED,
@@ -317,7 +321,8 @@ class Drainer:
             return self._later(sid, f"Slurm does not answer ({err})")
         checked_at = self.clock()
         base = self._base(submission, delivery, stored)
-        if job_id is not None:
+        campaign = isinstance(submission.params, CampaignParams)
+        if job_id is not None and not campaign:
             found = replace(
                 base,
                 state=ACCEPTED,
@@ -327,7 +332,8 @@ class Drainer:
             )
             return self._decide(delivery, found, RECOVERED)
         if (
-            stored is not None
+            job_id is None
+            and stored is not None
             and stored.claimed_at is not None
             and checked_at - stored.claimed_at >= self.min_job_age - CLAIM_MARGIN_SECONDS
         ):
@@ -335,6 +341,15 @@ class Drainer:
         try:
             prepared = self.prepare(submission.params)
         except JobRejected as err:
+            if job_id is not None:  # a campaign's first step is in Slurm already: it stands
+                found = replace(
+                    base,
+                    state=ACCEPTED,
+                    job_id=job_id,
+                    message=f"found in Slurm as job {job_id}; its later steps were not "
+                    f"submitted: {err}",
+                )
+                return self._decide(delivery, found, RECOVERED)
             return self._decide(delivery, replace(base, state=REJECTED, message=str(err)))
         if submission.dry_run:
             estimated = replace(base, state=ESTIMATED, message=f"dry run: {prepared.note}")
@@ -345,6 +360,12 @@ class Drainer:
             if stored.final:
                 return self._duplicate(delivery, stored)
         base = replace(base, claimed_at=stored.claimed_at)
+        if job_id is not None:
+            note = (
+                f"found in Slurm as job {job_id}, submitted by an earlier drain that was "
+                f"interrupted before recording it; {prepared.note}"
+            )
+            return self._accept(delivery, base, prepared, job_id, note, RECOVERED)
         after, note = None, prepared.note
         if prepared.needs_image and self.images is not None:
             try:
@@ -365,8 +386,62 @@ class Drainer:
             return self._decide(delivery, refused)
         except SlurmUnavailable as err:
             return self._later(sid, f"sbatch's outcome is unknown ({err})")
+        return self._accept(delivery, base, prepared, job_id, note, ACCEPTED_OUTCOME)
+
+    def _accept(
+        self,
+        delivery: _Delivery,
+        base: Record,
+        prepared: PreparedJob,
+        job_id: str,
+        note: str,
+        outcome: str,
+    ) -> str:
+        """The accepted record, after a campaign's later steps are in Slurm too."""
+        if prepared.later:
+            try:
+                note = f"{note}; {self._submit_later(prepared.later, base, job_id)}"
+            except SlurmUnavailable as err:
+                return self._later(
+                    base.submission_id, f"a campaign step's sbatch outcome is unknown ({err})"
+                )
         accepted = replace(base, state=ACCEPTED, job_id=job_id, message=note)
-        return self._decide(delivery, accepted, ACCEPTED_OUTCOME)
+        return self._decide(delivery, accepted, outcome)
+
+    def _submit_later(self, steps: tuple[LaterStep, ...], base: Record, first_job: str) -> str:
+        """Each later step of a campaign in Slurm after the one before it (afterok, killed if
+        that one fails), found again by its own submission id after an interrupted drain, and
+        recorded under that id (so its progress, cost and cancel work as any job's). A step
+        Slurm refuses is recorded rejected, and the steps after it are not submitted.
+        Raises SlurmUnavailable when an outcome is unknown: the message comes back."""
+        after, notes = first_job, []
+        campaign = base.submission_id
+        for step in steps:
+            record = replace(
+                base,
+                submission_id=step.submission_id,
+                template=step.step,
+                parameters=parameters_text({"campaign": campaign, "step": step.step}),
+            )
+            job_id = self.slurm.find(step.submission_id)
+            if job_id is None:
+                try:
+                    job_id = self.slurm.submit(step.script, step.submission_id, after=after)
+                except SlurmRefused as err:
+                    message = f"Slurm refused step {step.step} of campaign {campaign}: {err}"
+                    refused = replace(record, state=REJECTED, message=message)
+                    self.table.finish(replace(refused, decided_at=int(self.clock())))
+                    notes.append(f"{step.step} refused by Slurm ({err}), none after it")
+                    break
+            message = (
+                f"step {step.step} of campaign {campaign}: starts once Slurm job {after} "
+                "has succeeded, cancelled by Slurm if it fails"
+            )
+            accepted = replace(record, state=ACCEPTED, job_id=job_id, message=message)
+            self.table.finish(replace(accepted, decided_at=int(self.clock())))
+            notes.append(f"{step.step} as Slurm job {job_id} ({step.submission_id})")
+            after = job_id
+        return "then " + ", ".join(notes)
 
     def _cancel(self, delivery: _Delivery, request: CancelRequest) -> str:
         sid, job_id = request.submission_id, request.job_id

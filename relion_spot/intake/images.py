@@ -80,10 +80,19 @@ class ImageChecks:
         )
 
     def failures(self) -> dict[str, str]:
-        """Submission id -> why Slurm cancelled its job: its image job failed."""
+        """Submission id -> why Slurm cancelled its job: its image job failed, or (a campaign's
+        later step) the step it waited for did not succeed."""
         reasons: dict[str, str] = {}
-        for sid, (job_id, dependency) in self.slurm.dependency_failures().items():
+        failed = self.slurm.dependency_failures()
+        steps = set(self.slurm.submitted().values()) if failed else set()
+        for sid, (job_id, dependency) in failed.items():
             found = _DEPENDENCY_JOB.search(dependency)
+            if found and found.group(1) in steps:
+                reasons[sid] = (
+                    f"Slurm cancelled job {job_id}: the campaign step it waited for (Slurm job "
+                    f"{found.group(1)}) did not succeed"
+                )
+                continue
             check = f"Slurm job {found.group(1)}" if found else "the image job"
             log_name = f"relion-image-{found.group(1)}.out" if found else "relion-image-*.out"
             reasons[sid] = (

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from relion_spot.estimate.idle import load_prices
 from relion_spot.estimate.job import JobShape, predict
+from relion_spot.jobs.campaign import CampaignParams, render_postprocess, render_refine
 from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
 from relion_spot.jobs.select import SelectParams, render_select
@@ -39,12 +40,23 @@ def _refused(error: Exception, here: Path, project_dir: str) -> JobRejected:
 
 
 @dataclass(frozen=True)
+class LaterStep:
+    """A campaign's step after its first: submitted after the step before it (afterok)."""
+
+    step: str
+    submission_id: str
+    script: str
+
+
+@dataclass(frozen=True)
 class PreparedJob:
     script: str
     note: str
     """What preflight found (or why it did not run), kept in the accepted record."""
     needs_image: bool = False
     """The job runs RELION from the cluster's image: it waits for that image's check."""
+    later: tuple[LaterStep, ...] = ()
+    """A campaign's further steps, in order, each after the one before."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,11 @@ class JobPreparer:
         )
 
     def __call__(
-        self, params: Class3dParams | StageParams | SelectParams | SyntheticParams
+        self,
+        params: Class3dParams | StageParams | SelectParams | SyntheticParams | CampaignParams,
     ) -> PreparedJob:
+        if isinstance(params, CampaignParams):
+            return self._campaign(params)
         if isinstance(params, SyntheticParams):
             return PreparedJob(
                 script=render_synthetic(params, mode=self.mode, image=self.image),
@@ -115,6 +130,37 @@ class JobPreparer:
         if note is None:
             note = self._preflight(params, words)
         return PreparedJob(script=script, note=note, needs_image=True)
+
+    def _campaign(self, params: CampaignParams) -> PreparedJob:
+        """The Class3D, preflighted as any; then the refinement on the GPU partition and the
+        PostProcess on the CPU partition, each naming the step before it by its submission id."""
+        first = self(params.class3d)
+        refine_id, post_id = params.step_id("refine3d"), params.step_id("postprocess")
+        try:
+            shape = NodeShape.for_types(self.instance_types)
+            later = (
+                LaterStep(
+                    "refine3d",
+                    refine_id,
+                    render_refine(shape, params.refine_step, mode=self.mode, image=self.image),
+                ),
+                LaterStep(
+                    "postprocess",
+                    post_id,
+                    render_postprocess(
+                        params.class3d.project_dir, refine_id, mode=self.mode, image=self.image
+                    ),
+                ),
+            )
+        except JobParameterError as err:
+            raise JobRejected(str(err)) from None
+        rule = "the best class" if params.refine_class == "best" else f"class {params.refine_class}"
+        return replace(
+            first,
+            note=f"{first.note}; then a 3D auto-refine of {rule} (submission {refine_id}) and "
+            f"its PostProcess (submission {post_id})",
+            later=later,
+        )
 
     def _continuation(self, params: Class3dParams) -> tuple[Class3dParams, str]:
         """The run to continue, checked here (complete at the iteration, stopping beyond it),

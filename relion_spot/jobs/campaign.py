@@ -18,9 +18,12 @@ halves joined below 40 Å.
 from __future__ import annotations
 
 import shlex
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from relion_spot.slurm.spec import CPU_PARTITION, GPU_PARTITION
 
@@ -37,7 +40,7 @@ from .class3d import (
     format_command,
     image_setup,
 )
-from .parameters import Class3dParams, JobParameterError, number_word
+from .parameters import Class3dParams, JobParameterError, from_mapping, number_word
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "slurm"
 REFINE_TEMPLATE = ASSETS / "refine3d.sbatch"
@@ -154,3 +157,67 @@ def render_postprocess(
         refine_submission=shlex.quote(refine_submission),
         image_setup=image_setup(source),
     )
+
+
+STEPS = ("class3d", "refine3d", "postprocess")
+CAMPAIGN_FIELDS = ("refine_class", "local_healpix_order")
+"""A campaign's own parameters; every other name is the Class3D's (relion_spot.jobs.parameters)."""
+
+
+def step_submission_id(campaign_id: str, step: str) -> str:
+    """A later step's submission id: derived from the campaign's (a name-based UUID), so a
+    drain that is interrupted and runs again finds the same step's job in Slurm by its comment,
+    and the step's record is where any client looks for it. The Class3D step is the campaign's
+    own id."""
+    if step == STEPS[0]:
+        return campaign_id
+    return str(uuid.uuid5(uuid.UUID(campaign_id), step))
+
+
+@dataclass(frozen=True)
+class CampaignParams:
+    """Class3D → 3D auto-refine of the picked class → PostProcess, as one submission."""
+
+    submission_id: str
+    class3d: Class3dParams
+    refine_class: str = "best"
+    local_healpix_order: int = 4
+
+    def __post_init__(self) -> None:
+        refuse_continuation(self.class3d.continue_from)
+        step = self.refine_step
+        object.__setattr__(self, "refine_class", step.refine_class)
+
+    @property
+    def refine_step(self) -> RefineStep:
+        return RefineStep(
+            class3d=self.class3d,
+            class3d_submission=self.submission_id,
+            refine_class=self.refine_class,
+            local_healpix_order=self.local_healpix_order,
+        )
+
+    def step_id(self, step: str) -> str:
+        return step_submission_id(self.submission_id, step)
+
+
+def refuse_continuation(value: object) -> None:
+    if value is not None:
+        raise JobParameterError(
+            f"parameter continue_from = {str(value)[:60]!r} is not valid in a campaign, which "
+            "classifies particles from the start; continue a Class3D with submit class3d "
+            "--continue-from"
+        )
+
+
+def campaign_from_mapping(values: Mapping[str, Any], submission_id: str) -> CampaignParams:
+    """A campaign's parameters from a submission's: its own two, the rest the Class3D's (checked
+    as any Class3D submission's, confined to /data)."""
+    refuse_continuation(values.get("continue_from"))
+    own = {name: values[name] for name in CAMPAIGN_FIELDS if name in values}
+    order = own.get("local_healpix_order", 4)
+    if isinstance(order, str) and order.isdigit():
+        own["local_healpix_order"] = int(order)
+    class3d = from_mapping({k: v for k, v in values.items() if k not in CAMPAIGN_FIELDS})
+    class3d.check_confined()
+    return CampaignParams(submission_id=submission_id, class3d=class3d, **own)

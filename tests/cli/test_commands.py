@@ -156,6 +156,33 @@ def test_submit_synthetic_makes_a_set_with_the_clusters_image_on_the_cpu_partiti
         assert len(err) == 1 and message in err[0], err
 
 
+def test_submit_campaign_is_one_submission_and_three_jobs_each_after_the_one_before(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    _drain_while_waiting(cluster, monkeypatch)
+    argv = ["submit", "campaign", "--stack", STACK, "--preset", "benchmark", "--K", "3"]
+    assert main([*argv, "--refine-class", "2", "--local-healpix-order", "3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "42"
+    assert "then refine3d as Slurm job 43" in captured.err
+    assert "postprocess as Slurm job 44" in captured.err
+    items = {i["template"]["S"]: i for i in cluster.dynamodb.scan(TableName=TABLE)["Items"]}
+    assert sorted(items) == ["campaign", "postprocess", "refine3d"]
+    assert json.loads(items["campaign"]["parameters"]["S"]) == {
+        "preset": "benchmark", "K": 3, "refine_class": "2", "local_healpix_order": 3,
+    }  # fmt: skip
+    assert "--auto_local_healpix_order 3" in cluster.slurm.script("43")
+    assert "--class 2" in cluster.slurm.script("43")
+    for bad, message in [
+        (["--refine-class", "worst"], "parameter refine_class = 'worst' is not valid"),
+        (["--local-healpix-order", "x"], "parameter local_healpix_order = 'x' is not valid"),
+        (["--continue-from", "Class3D/job005"], "is not valid in a campaign"),
+    ]:
+        assert main([*argv, *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 @pytest.mark.parametrize(("status", "shown"), [(0, "finished"), (3, "failed")])
 def test_a_cpu_jobs_last_word_reaches_status_through_the_epilogs_flush(
     cluster: Cluster,
