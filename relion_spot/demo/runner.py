@@ -351,8 +351,17 @@ def outcome_failures(settings: DemoSettings, result: DemoResult) -> list[str]:
 
 
 def _price(cloud: Any, job_id: str, final_state: str, result: DemoResult) -> None:
-    """The cost function's own code, run as its Lambda would, against moto's records; priced at
-    the on-demand ceiling (moto's spot market quotes a placeholder $0.00001/hour)."""
+    item = price_job(cloud, job_id, final_state)
+    result.cost_usd = float(item["estimate_usd"])
+    result.reclaimed_usd = float(item["reclaimed_usd"])
+    result.reclaimed_share = float(item["reclaimed_share"])
+    result.cost_breakdown = item.get("cost_breakdown") or {}
+
+
+def price_job(cloud: Any, job_id: str, final_state: str) -> dict[str, Any]:
+    """The job's cost record by the cost function's own code, run as its Lambda would, against
+    moto's records; priced at the on-demand ceiling (moto's spot market quotes a placeholder
+    $0.00001/hour)."""
     from ..cost.handler import handle
     from ..cost.store import decode_cost, deserialize, job_key
     from ..local.embedded import COSTS_TABLE
@@ -376,10 +385,7 @@ def _price(cloud: Any, job_id: str, final_state: str, result: DemoResult) -> Non
 
     item = wait_until(priced, timeout=60, interval=2, what=f"job {job_id}'s cost")
     assert isinstance(item, dict)
-    result.cost_usd = float(item["estimate_usd"])
-    result.reclaimed_usd = float(item["reclaimed_usd"])
-    result.reclaimed_share = float(item["reclaimed_share"])
-    result.cost_breakdown = item.get("cost_breakdown") or {}
+    return item
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -397,12 +403,22 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="run RELION Class3D on the embedded local cloud, with a spot reclaim and resume",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    parser.add_argument("--iterations", type=int, default=defaults.iterations)
+    parser.add_argument(
+        "--campaign",
+        action="store_true",
+        help="a whole campaign instead: Class3D, the auto-refine of the class it picks "
+        "(reclaimed once), PostProcess against the true volume",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        help=f"Class3D iterations (default {defaults.iterations}; a campaign's 6)",
+    )
     parser.add_argument(
         "--reclaim-after",
         type=int,
-        default=defaults.reclaim_after,
-        help="reclaim the node after this many iterations (0: never)",
+        help=f"reclaim the node after this many iterations (0: never; default "
+        f"{defaults.reclaim_after}, a campaign's refinement 2)",
     )
     parser.add_argument("--particles-per-class", type=int, default=defaults.particles_per_class)
     parser.add_argument("--work-dir", type=Path, default=defaults.work_dir)
@@ -416,9 +432,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from .display import Display
 
+    if args.campaign:
+        return _campaign_main(args)
+    defaults = DemoSettings()
     settings = DemoSettings(
-        iterations=args.iterations,
-        reclaim_after=args.reclaim_after,
+        iterations=args.iterations if args.iterations is not None else defaults.iterations,
+        reclaim_after=(
+            args.reclaim_after if args.reclaim_after is not None else defaults.reclaim_after
+        ),
         particles_per_class=args.particles_per_class,
         work_dir=args.work_dir,
     )
@@ -436,6 +457,35 @@ def main(args: argparse.Namespace) -> int:
         print(f"relion-spot demo: {err}", file=sys.stderr)
         return 1
     display.summary(result)
+    for failure in result.failures:
+        print(f"relion-spot demo: FAILED: {failure}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(asdict(result), sort_keys=True))
+    return 1 if result.failures else 0
+
+
+def _campaign_main(args: argparse.Namespace) -> int:
+    from .campaign import campaign_settings, run_campaign, summary
+
+    settings = campaign_settings(args)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        settings.check()
+    except DemoError as err:
+        print(f"relion-spot demo: {err}", file=sys.stderr)
+        return 2
+    out = sys.stderr if args.json else sys.stdout
+
+    def report(event: str, details: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k} {v}" for k, v in details.items())
+        print(f"campaign: {event}{': ' + shown if shown else ''}", file=out, flush=True)
+
+    try:
+        result = run_campaign(settings, report)
+    except DemoError as err:
+        print(f"relion-spot demo: {err}", file=sys.stderr)
+        return 1
+    print(summary(result), file=out)
     for failure in result.failures:
         print(f"relion-spot demo: FAILED: {failure}", file=sys.stderr)
     if args.json:

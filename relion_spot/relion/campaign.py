@@ -17,9 +17,10 @@ picked, however fine its resolution looks (a few particles give a noisy, over-fi
 
 The mask (MASK_RULE): the refined map thresholded at 10 % of its maximum, extended by 4 Å and
 given a soft edge of 8 Å (at least one and three pixels). PostProcess then sharpens with the
-B-factor it fits from 10 Å on (RELION's default; a map coarser than that is left unsharpened,
-as RELION does) and reports the gold-standard resolution at FSC 0.143 with the mask's effect
-corrected by phase randomisation.
+B-factor it fits from 10 Å on (RELION's default). A map coarser than 10 Å has no Guinier range
+to fit (RELION would still report a fitted figure from an empty range), so it is made again
+unsharpened (B-factor 0), as a lab would do by hand. PostProcess reports the gold-standard
+resolution at FSC 0.143 with the mask's effect corrected by phase randomisation.
 
 Where the project is a synthetic set (its manifest and truth), the sharpened map is compared
 with the true volume of the class most of the refined particles came from: the resolution at
@@ -230,8 +231,6 @@ def truth_volume(project: Path, particles_star: Path) -> Path | None:
 def postprocess(project: Path, refine_submission: str, out: str) -> dict[str, Any]:
     """Mask, sharpen and measure the refinement's map into ``<out>``; the figures, also kept as
     ``<out>/campaign_result.json``."""
-    import starfile
-
     refine_dir = job_dir_of(project, refine_submission)
     root = refine_dir / RUN
     try:
@@ -254,23 +253,25 @@ def postprocess(project: Path, refine_submission: str, out: str) -> dict[str, An
          "--width_soft_edge", soft, "--angpix", angpix],
         cwd=project, log=log,
     )  # fmt: skip
+    postprocess_words: list[str | float] = [
+        "relion_postprocess", "--i", f"{relative_root}_half1_class001_unfil.mrc",
+        "--mask", mask, "--o", f"{out}/{POSTPROCESS_ROOT}", "--angpix", angpix,
+    ]  # fmt: skip
+    star = target / f"{POSTPROCESS_ROOT}.star"
     run_tool(
-        ["relion_postprocess", "--i", f"{relative_root}_half1_class001_unfil.mrc",
-         "--mask", mask, "--o", f"{out}/{POSTPROCESS_ROOT}", "--angpix", angpix,
-         "--auto_bfac", "--autob_lowres", AUTOB_LOWRES_ANGSTROM],
+        [*postprocess_words, "--auto_bfac", "--autob_lowres", AUTOB_LOWRES_ANGSTROM],
         cwd=project, log=log, tolerated=TOLERATED,
     )  # fmt: skip
-    star = target / f"{POSTPROCESS_ROOT}.star"
-    try:
-        general = starfile.read(star, always_dict=True)["general"]
-        resolution = float(general["rlnFinalResolution"])
-        bfactor = float(general.get("rlnBfactorUsedForSharpening", 0.0))
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise CampaignError(f"{star.relative_to(project)} does not read ({err})") from None
+    resolution, bfactor = _final_figures(star, project)
+    sharpened = resolution < AUTOB_LOWRES_ANGSTROM
+    if not sharpened:
+        run_tool([*postprocess_words, "--adhoc_bfac", 0], cwd=project, log=log, tolerated=TOLERATED)
+        resolution, bfactor = _final_figures(star, project)
     result: dict[str, Any] = {
         "refine_run": str(relative_root),
         "resolution_angstrom": round(resolution, 2),
         "bfactor": round(bfactor, 1),
+        "sharpened": sharpened,
         "mask": {"rule": MASK_RULE, "threshold": round(threshold, 6), "extend_px": extend,
                  "soft_edge_px": soft},
         "truth_resolution_angstrom": None,
@@ -286,6 +287,19 @@ def postprocess(project: Path, refine_submission: str, out: str) -> dict[str, An
     os.replace(partial, target / RESULT_FILE)
     (target / "RELION_JOB_EXIT_SUCCESS").touch()
     return result
+
+
+def _final_figures(star: Path, project: Path) -> tuple[float, float]:
+    """PostProcess's final resolution and the B-factor it sharpened with."""
+    import starfile
+
+    try:
+        general = starfile.read(star, always_dict=True)["general"]
+        return float(general["rlnFinalResolution"]), float(
+            general.get("rlnBfactorUsedForSharpening", 0.0)
+        )
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise CampaignError(f"{star.relative_to(project)} does not read ({err})") from None
 
 
 def _report(state: str, figures: dict[str, Any]) -> None:
