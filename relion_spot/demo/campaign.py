@@ -87,6 +87,9 @@ class CampaignResult:
     truth_resolution_angstrom: float | None = None
     """The sharpened map against the true volume (FSC 0.5)."""
     bfactor: float | None = None
+    reported: dict[str, Any] = field(default_factory=dict)
+    """What the PostProcess step's record in the intake table says (state, resolution, truth
+    resolution): the job's last word through its node's forwarder, as ``status`` shows it."""
     cost_usd: float | None = None
     wall_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -209,6 +212,7 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
                 step.reclaimed_usd = round(float(priced["reclaimed_usd"]), 6)
         costs = [s.cost_usd for s in result.steps if s.cost_usd is not None]
         result.cost_usd = round(sum(costs), 6) if costs else None
+        result.reported = _reported(cloud, result.steps[2].submission_id)
 
     class3d_dir = find(project, Owner(cluster="", slurm_job_id="", submission_id=sid))
     if class3d_dir is not None:
@@ -233,6 +237,25 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
     result.wall_seconds = round(time.monotonic() - started, 1)
     result.failures = campaign_failures(settings, result)
     return result
+
+
+def _reported(cloud: Any, submission_id: str) -> dict[str, Any]:
+    """The step's progress as its record holds it, once the node's forwarder has flushed its
+    last word (the Epilog's flush runs as the job ends)."""
+    from ..intake.table import submission_item
+    from ..local.embedded import INTAKE_TABLE
+    from ..slurm.local import wait_until
+
+    dynamodb = cloud.client("dynamodb")
+
+    def final() -> dict[str, Any] | None:
+        progress = submission_item(dynamodb, INTAKE_TABLE, submission_id).get("progress") or {}
+        return progress if progress.get("state") in ("FINISHED", "FAILED") else None
+
+    progress = wait_until(final, timeout=60, interval=1, what="the PostProcess's last word")
+    assert isinstance(progress, dict)
+    names = ("state", "resolution_angstrom", "truth_resolution_angstrom", "bfactor")
+    return {name: progress.get(name) for name in names}
 
 
 def campaign_failures(settings: CampaignSettings, result: CampaignResult) -> list[str]:
@@ -260,6 +283,11 @@ def campaign_failures(settings: CampaignSettings, result: CampaignResult) -> lis
         )
     if result.resolution_angstrom is None:
         failures.append("PostProcess reported no gold-standard resolution")
+    told = result.reported
+    if told.get("state") != "FINISHED" or told.get("resolution_angstrom") != (
+        result.resolution_angstrom
+    ):
+        failures.append(f"the PostProcess's record says {told}, not what it wrote")
     if not result.cost_usd or result.cost_usd <= 0:
         failures.append(f"the campaign was not priced (cost {result.cost_usd})")
     return failures

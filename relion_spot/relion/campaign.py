@@ -285,8 +285,27 @@ def postprocess(project: Path, refine_submission: str, out: str) -> dict[str, An
     partial = target / f".{RESULT_FILE}.partial"
     partial.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(partial, target / RESULT_FILE)
+    _register(project, out, f"{relative_root}_half1_class001_unfil.mrc", mask)
     (target / "RELION_JOB_EXIT_SUCCESS").touch()
     return result
+
+
+def _register(project: Path, out: str, half_map: str, mask: str) -> None:
+    """The PostProcess in the project's pipeline, as RELION's GUI enters one; a pipeline that
+    cannot be written is a warning (the maps and figures are what matter)."""
+    from relion_spot.jobs.job_dir import job_number
+
+    from . import pipeline
+
+    number = job_number(Path(out).name)
+    if number is None:
+        return
+    holder = f"relion-spot job {os.environ.get('SLURM_JOB_ID', '?')} on {os.uname().nodename}"
+    process = pipeline.postprocess_process(out, half_map, mask)
+    try:
+        pipeline.register(project, process, job_number=number, holder=holder)
+    except (pipeline.PipelineError, OSError) as err:
+        print(f"campaign: warning: {out} not added to the pipeline: {err}", file=sys.stderr)
 
 
 def _final_figures(star: Path, project: Path) -> tuple[float, float]:

@@ -86,6 +86,25 @@ def refine3d_process(job_dir: str, args: Sequence[str]) -> Process:
     return Process(f"{job_dir.rstrip('/')}/", REFINE3D_TYPE, inputs, outputs)
 
 
+POSTPROCESS_TYPE = "relion.postprocess"
+POSTPROCESS_MAP_LABEL = "DensityMap.mrc.relion.postprocess"
+POSTPROCESS_MASKED_LABEL = "DensityMap.mrc.relion.postprocess.masked"
+POSTPROCESS_STAR_LABEL = "ProcessData.star.relion.postprocess"
+
+
+def postprocess_process(job_dir: str, half_map: str, mask: str) -> Process:
+    """A PostProcess as RELION's GUI enters it: a refinement's half map and a mask in; the
+    sharpened map, its masked copy and the FSC's STAR out."""
+    name = f"{job_dir.rstrip('/')}/"
+    outputs = (
+        Node(f"{name}postprocess.mrc", POSTPROCESS_MAP_LABEL),
+        Node(f"{name}postprocess_masked.mrc", POSTPROCESS_MASKED_LABEL),
+        Node(f"{name}postprocess.star", POSTPROCESS_STAR_LABEL),
+    )
+    inputs = (Node(half_map, REFINE3D_HALF_MAP_LABEL), Node(mask, MASK_LABEL))
+    return Process(name, POSTPROCESS_TYPE, inputs, outputs)
+
+
 def class3d_process(job_dir: str, args: Sequence[str], *, iterations: int) -> Process:
     """The Class3D job as RELION's GUI would have entered it, from relion_refine's arguments."""
     words = list(args)

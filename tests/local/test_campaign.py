@@ -39,6 +39,12 @@ def test_a_whole_campaign_refines_the_picked_class_through_a_reclaim_and_prices_
     nyquist = 8.0
     assert nyquist <= result["resolution_angstrom"] < 30, result
     assert nyquist <= result["truth_resolution_angstrom"] <= MAX_TRUTH_RESOLUTION_ANGSTROM
+    assert result["reported"] == {
+        "state": "FINISHED",
+        "resolution_angstrom": result["resolution_angstrom"],
+        "truth_resolution_angstrom": result["truth_resolution_angstrom"],
+        "bfactor": result["bfactor"],
+    }, "the job's last word reached its record through the node's forwarder"
     assert result["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in steps.values()), abs=1e-6)
     print(
         f"\ncampaign: {result['wall_seconds']:.0f} s, {result['resolution_angstrom']} Å "

@@ -179,6 +179,10 @@ def test_the_refinement_is_in_the_project_pipeline_as_relion_enters_it(campaign:
     assert f"{job}/ " in text or f"{job}/\t" in text or f"{job}/\n" in text
     assert pipeline.REFINE3D_TYPE in text
     assert f"{job}/run_half1_class001_unfil.mrc" in text
+    (post,) = (campaign.project / "PostProcess").iterdir()
+    assert pipeline.POSTPROCESS_TYPE in text
+    assert f"PostProcess/{post.name}/postprocess.mrc" in text
+    assert f"PostProcess/{post.name}/mask.mrc" in text
 
 
 def test_the_postprocess_measures_the_map_against_the_gold_standard_and_the_truth(
