@@ -441,6 +441,7 @@ def status_row(item: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, A
     return {
         "submission_id": item.get("submission_id"),
         "job_id": item.get("job_id"),
+        "template": item.get("template") or "",
         "user": item.get("user"),
         "state": display_state(item),
         "submitted_at": item.get("submitted_at"),
@@ -450,6 +451,8 @@ def status_row(item: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, A
         "eta_seconds": progress.get("eta_seconds"),
         "resumes": progress.get("resumes"),
         "truth_accuracy": progress.get("truth_accuracy"),
+        "bfactor": progress.get("bfactor"),
+        "truth_resolution_angstrom": progress.get("truth_resolution_angstrom"),
         "classes": [
             dict(
                 zip(
@@ -472,13 +475,58 @@ def status_row(item: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, A
     }
 
 
+CAMPAIGN_TEMPLATE = "campaign"
+
+
+def campaign_summary(context: Context, row: dict[str, Any]) -> dict[str, Any]:
+    """A campaign as a whole: each step's job and state, the step it is at, what all its steps
+    cost so far, and the PostProcess's resolutions once it has run."""
+    from relion_spot.jobs.campaign import STEPS, step_submission_id
+
+    sid = str(row["submission_id"])
+    items = [find_submission(context, sid)]
+    for step in STEPS[1:]:
+        try:
+            items.append(find_submission(context, step_submission_id(sid, step)))
+        except UsageError:  # not recorded yet (the drain is between two steps) or refused
+            items.append({"submission_id": step_submission_id(sid, step), "state": "pending"})
+    priced = costs(context, [str(i.get("job_id") or "") for i in items])
+    steps = [
+        status_row(i, priced.get(str(i.get("job_id") or ""))) | {"step": step}
+        for step, i in zip(STEPS, items, strict=True)
+    ]
+    ended = {"finished", "failed", "cancelled", "rejected", "stopped"}
+    current = next((s for s in steps if s["state"] not in ended), None)
+    failed = next((s for s in steps if s["state"] in ended - {"finished"}), None)
+    if failed is not None:
+        state = f"{failed['step']} {failed['state']}"
+    elif current is None:
+        state = "finished"
+    else:
+        state = f"{current['step']} {current['state']}"
+    spent = [s["cost_usd"] for s in steps if isinstance(s["cost_usd"], int | float)]
+    last = steps[-1]
+    return {
+        "state": state,
+        "cost_usd": round(sum(spent), 6) if spent else None,
+        "resolution_angstrom": last["resolution_angstrom"] if last["state"] == "finished" else None,
+        "truth_resolution_angstrom": last["truth_resolution_angstrom"],
+        "bfactor": last["bfactor"],
+        "steps": [
+            {k: s[k] for k in ("step", "submission_id", "job_id", "state", "cost_usd")}
+            for s in steps
+        ],
+    }
+
+
 def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
     from rich.console import Console
     from rich.progress_bar import ProgressBar
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("job", "submission", "user", "state", "iteration", "", "resolution", "ETA"):
+    columns = ("job", "submission", "what", "user", "state", "iteration", "", "resolution", "ETA")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("job", "resolution") else "left")
     table.add_column("cost", justify="right")
     for row in rows:
@@ -490,6 +538,11 @@ def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
             bar = ProgressBar(total=total, completed=current or 0, width=20)
         resolution = row["resolution_angstrom"]
         state = row["state"]
+        cost = row["cost_usd"]
+        campaign = row.get("campaign")
+        if campaign:
+            state, cost = f"campaign: {campaign['state']}", campaign["cost_usd"]
+            resolution = campaign["resolution_angstrom"]
         if state == REJECTED and row["message"]:
             state = f"rejected: {row['message'][:60]}"
         elif state == "held":
@@ -497,13 +550,14 @@ def _table(rows: Sequence[dict[str, Any]], out: TextIO, title: str) -> None:
         table.add_row(
             cell(row["job_id"] or "-"),
             cell(str(row["submission_id"])[:8]),
+            cell(row.get("template") or ""),
             cell(row["user"] or ""),
             cell(state),
             cell(iteration),
             bar,
             f"{resolution:.2f} Å" if isinstance(resolution, int | float) else "-",
             _duration(row["eta_seconds"]) if row["state"] == "running" else "-",
-            f"${row['cost_usd']:,.4f}" if isinstance(row["cost_usd"], int | float) else "-",
+            f"${cost:,.4f}" if isinstance(cost, int | float) else "-",
         )
     Console(file=out, width=160).print(table)
 
@@ -544,6 +598,9 @@ def status_command(args: argparse.Namespace, context: Context) -> int:
         items = submissions(context)[: args.limit]
     priced = costs(context, [str(i.get("job_id") or "") for i in items])
     rows = [status_row(i, priced.get(str(i.get("job_id") or ""))) for i in items]
+    for row in rows:
+        if row["template"] == CAMPAIGN_TEMPLATE and row["state"] not in (REJECTED, ESTIMATED):
+            row["campaign"] = campaign_summary(context, row)
     if args.json:
         json.dump(rows, context.out, indent=2, default=str)
         context.out.write("\n")

@@ -21,7 +21,14 @@ from relion_spot.cli import main
 from relion_spot.client import commands
 from relion_spot.client.cluster import ClusterError, aws_errors
 from relion_spot.intake.client import wait_for_decision
-from relion_spot.intake.report import ProgressReporter, ReportPublisher, compact, expand, log_tail
+from relion_spot.intake.report import (
+    JobReport,
+    ProgressReporter,
+    ReportPublisher,
+    compact,
+    expand,
+    log_tail,
+)
 from relion_spot.node.job_reports import Forwarder, NodeJob
 from relion_spot.relion.progress import Watcher
 
@@ -173,6 +180,23 @@ def test_submit_campaign_is_one_submission_and_three_jobs_each_after_the_one_bef
     }  # fmt: skip
     assert "--auto_local_healpix_order 3" in cluster.slurm.script("43")
     assert "--class 2" in cluster.slurm.script("43")
+    (campaign,) = [r for r in _status_json(capsys) if r["template"] == "campaign"]
+    assert campaign["campaign"]["state"] == "class3d queued"
+    assert [s["job_id"] for s in campaign["campaign"]["steps"]] == ["42", "43", "44"]
+    sid = campaign["submission_id"]
+    steps = {s["step"]: s["submission_id"] for s in campaign["campaign"]["steps"]}
+    publisher = ReportPublisher(table=TABLE, region=REGION)
+    publisher.publish(sid, "42", JobReport(compact({}, state="FINISHED", job_id="42"), ""))
+    publisher.publish(steps["refine3d"], "43", JobReport(compact({}, state="RUNNING"), ""))
+    (row,) = _status_json(capsys, sid)
+    assert row["campaign"]["state"] == "refine3d running"
+    publisher.publish(steps["refine3d"], "43", JobReport(compact({}, state="FINISHED"), ""))
+    figures = {"resolution_angstrom": 14.55, "truth_resolution_angstrom": 16.0, "bfactor": 0.0}
+    publisher.publish(steps["postprocess"], "44", JobReport(compact(figures, state="FINISHED"), ""))
+    (row,) = _status_json(capsys, sid)
+    assert {k: row["campaign"][k] for k in ("state", *figures)} == {"state": "finished", **figures}
+    assert main(["status", "--stack", STACK]) == 0
+    assert "campaign: finished" in capsys.readouterr().out
     for bad, message in [
         (["--refine-class", "worst"], "parameter refine_class = 'worst' is not valid"),
         (["--local-healpix-order", "x"], "parameter local_healpix_order = 'x' is not valid"),
