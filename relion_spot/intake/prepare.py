@@ -148,7 +148,11 @@ class JobPreparer:
                     "postprocess",
                     post_id,
                     render_postprocess(
-                        params.class3d.project_dir, refine_id, mode=self.mode, image=self.image
+                        params.class3d.project_dir,
+                        refine_id,
+                        campaign_id=params.submission_id,
+                        mode=self.mode,
+                        image=self.image,
                     ),
                 ),
             )

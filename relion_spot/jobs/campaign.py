@@ -48,6 +48,10 @@ POSTPROCESS_TEMPLATE = ASSETS / "postprocess.sbatch"
 LOW_RESOL_JOIN_HALVES_ANGSTROM = 40
 """RELION's default: below this resolution the two halves are averaged, so both start alike."""
 MAX_CLASS = 50
+LAST_STEP_JOB_PREFIX = "postprocess-"
+"""The PostProcess step's job name is this and the campaign id's first 8 characters: the job
+record writer (relion_spot.cost.jobcomp) sees only Slurm's view of a job, and tells the lab the
+campaign is done when that job completes."""
 
 
 def check_refine_class(value: object) -> str:
@@ -145,13 +149,19 @@ def render_refine(
 
 
 def render_postprocess(
-    project_dir: str, refine_submission: str, *, mode: Mode = "cloud", image: str | None = None
+    project_dir: str,
+    refine_submission: str,
+    *,
+    campaign_id: str,
+    mode: Mode = "cloud",
+    image: str | None = None,
 ) -> str:
     if mode not in MODES:
         raise JobParameterError(f"mode {mode!r} is not valid: one of {', '.join(MODES)}")
     source = image or (DEFAULT_IMAGE if mode == "cloud" else LOCAL_IMAGE)
     return Template(POSTPROCESS_TEMPLATE.read_text()).substitute(
         mode=mode,
+        job_name=f"{LAST_STEP_JOB_PREFIX}{campaign_id[:8]}",
         partition=CPU_PARTITION,
         project_dir=shlex.quote(project_dir),
         refine_submission=shlex.quote(refine_submission),

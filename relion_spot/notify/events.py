@@ -1,8 +1,9 @@
 """Which ended job attempts the lab hears about, and what it is told.
 
 The job record writer knows each attempt's end state; a cancel is the lab's own doing and is not
-mailed. A reclaimed attempt (its node lost: the spot watcher's requeue, NODE_FAIL, PREEMPTED) is
-requeued by Slurm, and the job template resumes it from its last complete iteration.
+mailed. A campaign's PostProcess completing is the campaign done (its job name says which). A
+reclaimed attempt (its node lost: the spot watcher's requeue, NODE_FAIL, PREEMPTED) is requeued
+by Slurm, and the job template resumes it from its last complete iteration.
 """
 
 from __future__ import annotations
@@ -23,9 +24,21 @@ def _when(epoch: int) -> str:
 
 
 def job_notification(attempt: Attempt) -> Notification | None:
+    from ..jobs.campaign import LAST_STEP_JOB_PREFIX
+
     job = f"job {attempt.job_id} ({attempt.job_name or 'unnamed'}, {attempt.user or '?'})"
     ran = f"ran from {_when(attempt.start)} to {_when(attempt.end)} on {attempt.partition}"
     follow = f"relion-spot status {attempt.job_id}; relion-spot cost --by job"
+    if attempt.state in DONE_STATES and attempt.job_name.startswith(LAST_STEP_JOB_PREFIX):
+        campaign = attempt.job_name.removeprefix(LAST_STEP_JOB_PREFIX)
+        return Notification(
+            "campaign-done",
+            f"campaign {campaign} done",
+            f"The campaign's last step, its PostProcess ({job}), finished: {ran}. The sharpened "
+            "map, its mask and the FSC are in the project's PostProcess job directory; "
+            "relion-spot status shows the campaign's resolution and what all its steps cost.\n"
+            f"{follow}",
+        )
     if attempt.state in DONE_STATES:
         return Notification("job-done", f"{job} done", f"{job} finished: {ran}.\n{follow}")
     if attempt.state in FAILED_STATES:

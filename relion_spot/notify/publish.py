@@ -21,7 +21,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 log = logging.getLogger(__name__)
 
 TOPIC_ENV = "RELION_SPOT_NOTIFY_TOPIC_ARN"
-EVENTS = ("job-done", "job-failed", "job-reclaimed", "budget-reached", "submission-dead-lettered")
+EVENTS = (
+    "job-done",
+    "job-failed",
+    "job-reclaimed",
+    "campaign-done",
+    "budget-reached",
+    "submission-dead-lettered",
+)
 """What a notification can be about; the ``event`` message attribute carries one, so a lab can
 filter its subscriptions (SNS filter policies) by event."""
 MAX_SUBJECT_CHARS = 100

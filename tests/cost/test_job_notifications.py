@@ -71,6 +71,21 @@ def test_an_ended_attempt_is_told_once(
     assert _delivered(inbox) == []
 
 
+def test_a_campaigns_postprocess_completing_is_told_as_the_campaign_done(
+    account: Account, inbox: dict[str, Any]
+) -> None:
+    account.launch(node="cpu-1")
+    env = slurm_env(
+        "23", nodes="cpu-1", start=1_790_000_000, end=1_790_000_060, state="COMPLETED", procs=2
+    )
+    env |= {"JOBNAME": "postprocess-3c9a1f2e", "PARTITION": "cpu"}
+    assert _write(account, inbox, env) == "written"
+    (message,) = _delivered(inbox)
+    assert message["MessageAttributes"]["event"]["Value"] == "campaign-done"
+    assert message["Subject"] == f"[{CLUSTER}] campaign 3c9a1f2e done"
+    assert "relion-spot status 23" in message["Message"]
+
+
 def test_a_cancel_is_not_mailed(account: Account, inbox: dict[str, Any]) -> None:
     account.launch(node="gpu-1")
     env = slurm_env(

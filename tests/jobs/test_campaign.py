@@ -49,7 +49,12 @@ def test_the_refinement_script_matches_golden_and_is_clean_shell(gpus: int, mode
 
 @pytest.mark.parametrize("mode", ["cloud", "local"])
 def test_the_postprocess_script_matches_golden_and_is_clean_shell(mode: str) -> None:
-    script = render_postprocess("/data/lab", REFINE_SID, mode=mode)  # type: ignore[arg-type]
+    script = render_postprocess(
+        "/data/lab",
+        REFINE_SID,
+        campaign_id=CLASS3D_SID,
+        mode=mode,  # type: ignore[arg-type]
+    )
     _golden(f"postprocess-{mode}.sbatch", script)
     _clean_shell(script)
 

@@ -109,7 +109,9 @@ def campaign(
         render_refine(NodeShape.for_gpu_count(1), step, mode="local")
     )
     (project / "postprocess.sbatch").write_text(
-        render_postprocess(f"/data/{project.name}", REFINE_SID, mode="local")
+        render_postprocess(
+            f"/data/{project.name}", REFINE_SID, campaign_id=CLASS3D_SID, mode="local"
+        )
     )
     refine_env = {"RELION_SPOT_SUBMISSION_ID": REFINE_SID}
     first = start_job(
