@@ -771,6 +771,12 @@ def register(subparsers: Any) -> None:
     )
     _submission_options(campaign)
     campaign.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="have the controller check the Class3D against the data and render the later "
+        "steps; submit nothing",
+    )
+    campaign.add_argument(
         "--refine-class",
         dest="refine_class",
         default="best",

@@ -272,6 +272,20 @@ def test_submit_dry_run_prints_the_controllers_findings_and_submits_nothing(
     assert [row["state"] for row in status] == ["estimated"]
 
 
+def test_a_campaigns_dry_run_checks_all_three_steps_and_submits_nothing(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    _drain_while_waiting(cluster, monkeypatch)
+    argv = ["submit", "campaign", "--stack", STACK, "--preset", "benchmark", "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dry run: nothing was submitted\n")
+    assert "then a 3D auto-refine of the best class (submission " in out
+    (item,) = cluster.dynamodb.scan(TableName=TABLE)["Items"]
+    assert item["state"]["S"] == "estimated" and item["template"]["S"] == "campaign"
+    assert cluster.slurm.sbatch_calls() == []
+
+
 def test_submit_without_the_data_or_the_preset_names_what_is_missing_and_sends_nothing(
     cluster: Cluster, capsys: Any
 ) -> None:
