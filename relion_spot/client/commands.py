@@ -231,7 +231,11 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def _campaign_options(args: argparse.Namespace) -> dict[str, Any]:
     """A campaign's own two options, checked as the drainer checks them."""
-    from relion_spot.jobs.campaign import check_refine_class, refuse_continuation
+    from relion_spot.jobs.campaign import (
+        MAX_LOCAL_HEALPIX_ORDER,
+        check_refine_class,
+        refuse_continuation,
+    )
 
     own: dict[str, Any] = {}
     try:
@@ -241,10 +245,12 @@ def _campaign_options(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(str(error)) from None
     order = args.local_healpix_order
     if order is not None:
-        if not order.isdigit() or not 1 <= int(order) <= 8:
+        if not (order.isascii() and order.isdigit() and len(order) <= 2) or not (
+            1 <= int(order) <= MAX_LOCAL_HEALPIX_ORDER
+        ):
             raise UsageError(
                 f"parameter local_healpix_order = {order[:20]!r} is not valid: a whole number "
-                "from the Class3D's healpix_order to 8"
+                f"from the Class3D's healpix_order to {MAX_LOCAL_HEALPIX_ORDER}"
             )
         own["local_healpix_order"] = int(order)
     return own

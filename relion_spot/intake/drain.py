@@ -210,6 +210,9 @@ class Drainer:
     clock: Callable[[], float] = time.time
     images: ImageChecks | None = None
     """The RELION image's check before GPU jobs; None: jobs wait for no image job."""
+    campaign_steps: Callable[[CampaignParams], tuple[LaterStep, ...]] | None = None
+    """A campaign's later steps, rendered without preflight (JobPreparer.later_steps): what a
+    drain interrupted mid-campaign submits on the retry. None: campaigns are not recovered."""
     admin_ids: frozenset[str] = frozenset()
     """IAM unique ids whose cancels count for any submission (the admin role's)."""
     notifier: Notifier | None = None
@@ -315,6 +318,17 @@ class Drainer:
         stored = self.table.get(sid)
         if stored is not None and stored.final:
             return self._duplicate(delivery, stored)
+        if stored is not None and not self._same_submission(stored, submission, delivery):
+            # The message that made the claim comes back on its own; this one may not steer
+            # (or dry-run over) a submission already on its way into Slurm.
+            log.warning(
+                "%s: message %s dropped: it differs from the claimed submission (parameters, "
+                "template, sender or dry run)",
+                sid,
+                delivery.message_id,
+            )
+            self._delete(delivery)
+            return DISCARDED
         try:
             job_id = self.slurm.find(sid)
         except SlurmUnavailable as err:
@@ -322,6 +336,14 @@ class Drainer:
         checked_at = self.clock()
         base = self._base(submission, delivery, stored)
         campaign = isinstance(submission.params, CampaignParams)
+        if campaign and self.campaign_steps is not None:
+            assert isinstance(submission.params, CampaignParams)
+            try:
+                recovered = self._recover_campaign(delivery, submission.params, base, job_id)
+            except SlurmUnavailable as err:
+                return self._later(sid, f"Slurm does not answer ({err})")
+            if recovered is not None:
+                return recovered
         if job_id is not None and not campaign:
             found = replace(
                 base,
@@ -341,15 +363,6 @@ class Drainer:
         try:
             prepared = self.prepare(submission.params)
         except JobRejected as err:
-            if job_id is not None:  # a campaign's first step is in Slurm already: it stands
-                found = replace(
-                    base,
-                    state=ACCEPTED,
-                    job_id=job_id,
-                    message=f"found in Slurm as job {job_id}; its later steps were not "
-                    f"submitted: {err}",
-                )
-                return self._decide(delivery, found, RECOVERED)
             return self._decide(delivery, replace(base, state=REJECTED, message=str(err)))
         if submission.dry_run:
             estimated = replace(base, state=ESTIMATED, message=f"dry run: {prepared.note}")
@@ -360,12 +373,6 @@ class Drainer:
             if stored.final:
                 return self._duplicate(delivery, stored)
         base = replace(base, claimed_at=stored.claimed_at)
-        if job_id is not None:
-            note = (
-                f"found in Slurm as job {job_id}, submitted by an earlier drain that was "
-                f"interrupted before recording it; {prepared.note}"
-            )
-            return self._accept(delivery, base, prepared, job_id, note, RECOVERED)
         after, note = None, prepared.note
         if prepared.needs_image and self.images is not None:
             try:
@@ -388,6 +395,38 @@ class Drainer:
             return self._later(sid, f"sbatch's outcome is unknown ({err})")
         return self._accept(delivery, base, prepared, job_id, note, ACCEPTED_OUTCOME)
 
+    def _same_submission(self, stored: Record, submission: Submission, delivery: _Delivery) -> bool:
+        """Whether a message is the claimed submission's own (a redelivery or the client's
+        retry): same template and parameters, the same sender, not a dry run."""
+        return (
+            not submission.dry_run
+            and stored.template == submission.template
+            and stored.parameters == parameters_text(submission.parameters)
+            and (not stored.sender_id or same_principal(delivery.sender_id, stored.sender_id))
+        )
+
+    def _recover_campaign(
+        self, delivery: _Delivery, params: CampaignParams, base: Record, first_job: str | None
+    ) -> str | None:
+        """A campaign any step of which Slurm already holds (an earlier drain was interrupted):
+        never preflighted again (its data may have changed since, and a step is running on it);
+        what exists is recorded, what is missing is submitted after it. None when Slurm holds
+        none of its steps: then it is submitted as new. Raises SlurmUnavailable."""
+        assert self.campaign_steps is not None
+        steps = self.campaign_steps(params)
+        if first_job is None and not any(self.slurm.find(s.submission_id) for s in steps):
+            return None
+        if first_job is None:
+            note = (
+                "its Class3D job is no longer listed by Slurm (it ended more than MinJobAge "
+                f"({self.min_job_age} s) ago), found its later steps"
+            )
+        else:
+            note = f"found in Slurm as job {first_job}, submitted by an earlier drain"
+        note = f"{note}; {self._submit_later(steps, base, first_job)}"
+        accepted = replace(base, state=ACCEPTED, job_id=first_job, message=note)
+        return self._decide(delivery, accepted, RECOVERED)
+
     def _accept(
         self,
         delivery: _Delivery,
@@ -408,11 +447,15 @@ class Drainer:
         accepted = replace(base, state=ACCEPTED, job_id=job_id, message=note)
         return self._decide(delivery, accepted, outcome)
 
-    def _submit_later(self, steps: tuple[LaterStep, ...], base: Record, first_job: str) -> str:
+    def _submit_later(
+        self, steps: tuple[LaterStep, ...], base: Record, first_job: str | None
+    ) -> str:
         """Each later step of a campaign in Slurm after the one before it (afterok, killed if
-        that one fails), found again by its own submission id after an interrupted drain, and
-        recorded under that id (so its progress, cost and cancel work as any job's). A step
-        Slurm refuses is recorded rejected, and the steps after it are not submitted.
+        that one fails), found again after an interrupted drain by its own record (a decision
+        stands) or its submission id in Slurm, and recorded under that id (so its progress,
+        cost and cancel work as any job's). A step Slurm refuses is recorded rejected; so is a
+        step whose step before is no longer known to Slurm (whether it succeeded cannot be
+        told); the steps after either are not submitted.
         Raises SlurmUnavailable when an outcome is unknown: the message comes back."""
         after, notes = first_job, []
         campaign = base.submission_id
@@ -422,8 +465,26 @@ class Drainer:
                 submission_id=step.submission_id,
                 template=step.step,
                 parameters=parameters_text({"campaign": campaign, "step": step.step}),
+                claimed_at=None,
             )
+            decided = self.table.get(step.submission_id)
+            if decided is not None and decided.final:
+                if decided.state != ACCEPTED or not decided.job_id:
+                    notes.append(f"{step.step} {decided.state}, none after it")
+                    break
+                notes.append(f"{step.step} as Slurm job {decided.job_id} ({step.submission_id})")
+                after = decided.job_id
+                continue
             job_id = self.slurm.find(step.submission_id)
+            if job_id is None and after is None:
+                message = (
+                    f"step {step.step} of campaign {campaign} not submitted: the step before "
+                    "it is no longer listed by Slurm, so whether it succeeded cannot be told"
+                )
+                refused = replace(record, state=REJECTED, message=message)
+                self.table.finish(replace(refused, decided_at=int(self.clock())))
+                notes.append(f"{step.step} not submitted (the step before it is unknown)")
+                break
             if job_id is None:
                 try:
                     job_id = self.slurm.submit(step.script, step.submission_id, after=after)
@@ -436,6 +497,8 @@ class Drainer:
             message = (
                 f"step {step.step} of campaign {campaign}: starts once Slurm job {after} "
                 "has succeeded, cancelled by Slurm if it fails"
+                if after is not None
+                else f"step {step.step} of campaign {campaign}: found in Slurm"
             )
             accepted = replace(record, state=ACCEPTED, job_id=job_id, message=message)
             self.table.finish(replace(accepted, decided_at=int(self.clock())))
@@ -673,18 +736,20 @@ class DrainSettings:
             job_env=self.job_environment(str(dynamodb.meta.region_name or "")),
         )
         image = self.image or (DEFAULT_IMAGE if self.mode == "cloud" else LOCAL_IMAGE)
+        preparer = JobPreparer.from_spec(
+            self.spec,
+            mode=self.mode,
+            image=self.image,
+            data_root=self.data_root,
+            stage_buckets=self.stage_buckets,
+        )
         return Drainer(
             sqs=sqs,
             table=IntakeTable(dynamodb, self.table),
             queue_url=self.queue_url,
             slurm=slurm,
-            prepare=JobPreparer.from_spec(
-                self.spec,
-                mode=self.mode,
-                image=self.image,
-                data_root=self.data_root,
-                stage_buckets=self.stage_buckets,
-            ),
+            prepare=preparer,
+            campaign_steps=preparer.later_steps,
             min_job_age=self.spec.min_job_age,
             wait_seconds=wait_seconds,
             images=ImageChecks(

@@ -132,9 +132,22 @@ class JobPreparer:
         return PreparedJob(script=script, note=note, needs_image=True)
 
     def _campaign(self, params: CampaignParams) -> PreparedJob:
-        """The Class3D, preflighted as any; then the refinement on the GPU partition and the
-        PostProcess on the CPU partition, each naming the step before it by its submission id."""
+        """The Class3D, preflighted as any; then the later steps."""
         first = self(params.class3d)
+        later = self.later_steps(params)
+        rule = "the best class" if params.refine_class == "best" else f"class {params.refine_class}"
+        return replace(
+            first,
+            note=f"{first.note}; then a 3D auto-refine of {rule} (submission "
+            f"{later[0].submission_id}) and its PostProcess (submission {later[1].submission_id})",
+            later=later,
+        )
+
+    def later_steps(self, params: CampaignParams) -> tuple[LaterStep, ...]:
+        """The refinement on the GPU partition and the PostProcess on the CPU partition, each
+        naming the step before it by its submission id; rendered from the parameters and the
+        node group alone (no preflight: a drain that finds the campaign's first step in Slurm
+        already submits these on data the first step may have changed)."""
         refine_id, post_id = params.step_id("refine3d"), params.step_id("postprocess")
         try:
             shape = NodeShape.for_types(self.instance_types)
@@ -158,13 +171,7 @@ class JobPreparer:
             )
         except JobParameterError as err:
             raise JobRejected(str(err)) from None
-        rule = "the best class" if params.refine_class == "best" else f"class {params.refine_class}"
-        return replace(
-            first,
-            note=f"{first.note}; then a 3D auto-refine of {rule} (submission {refine_id}) and "
-            f"its PostProcess (submission {post_id})",
-            later=later,
-        )
+        return later
 
     def _continuation(self, params: Class3dParams) -> tuple[Class3dParams, str]:
         """The run to continue, checked here (complete at the iteration, stopping beyond it),

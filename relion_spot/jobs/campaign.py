@@ -48,6 +48,9 @@ POSTPROCESS_TEMPLATE = ASSETS / "postprocess.sbatch"
 LOW_RESOL_JOIN_HALVES_ANGSTROM = 40
 """RELION's default: below this resolution the two halves are averaged, so both start alike."""
 MAX_CLASS = 50
+MAX_LOCAL_HEALPIX_ORDER = 6
+"""0.9°: finer than any refinement a lab runs on this cluster needs; a bound on what one
+submission can make the GPUs search."""
 LAST_STEP_JOB_PREFIX = "postprocess-"
 """The PostProcess step's job name is this and the campaign id's first 8 characters: the job
 record writer (relion_spot.cost.jobcomp) sees only Slurm's view of a job, and tells the lab the
@@ -59,9 +62,12 @@ def check_refine_class(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CLASS:
         return str(value)
     if isinstance(value, str) and (
-        value == "best" or (value.isdigit() and 1 <= int(value) <= MAX_CLASS)
+        value == "best"
+        or (
+            value.isascii() and value.isdigit() and len(value) <= 3 and 1 <= int(value) <= MAX_CLASS
+        )
     ):
-        return str(int(value)) if value.isdigit() else value
+        return value if value == "best" else str(int(value))
     raise JobParameterError(
         f"parameter refine_class = {str(value)[:40]!r} is not valid: 'best' or a class number "
         f"from 1 to {MAX_CLASS}"
@@ -79,15 +85,21 @@ class RefineStep:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "refine_class", check_refine_class(self.refine_class))
+        if self.refine_class != "best" and int(self.refine_class) > self.class3d.K:
+            raise JobParameterError(
+                f"parameter refine_class = {self.refine_class} is not valid: a class of the "
+                f"campaign's Class3D (K={self.class3d.K}), or 'best'"
+            )
         order = self.local_healpix_order
         if (
             isinstance(order, bool)
             or not isinstance(order, int)
-            or not self.class3d.healpix_order <= order <= 8
+            or not self.class3d.healpix_order <= order <= MAX_LOCAL_HEALPIX_ORDER
         ):
             raise JobParameterError(
                 f"parameter local_healpix_order = {str(order)[:20]!r} is not valid: a whole "
-                f"number from the Class3D's healpix_order ({self.class3d.healpix_order}) to 8"
+                f"number from the Class3D's healpix_order ({self.class3d.healpix_order}) to "
+                f"{MAX_LOCAL_HEALPIX_ORDER}"
             )
 
 
@@ -226,7 +238,7 @@ def campaign_from_mapping(values: Mapping[str, Any], submission_id: str) -> Camp
     refuse_continuation(values.get("continue_from"))
     own = {name: values[name] for name in CAMPAIGN_FIELDS if name in values}
     order = own.get("local_healpix_order", 4)
-    if isinstance(order, str) and order.isdigit():
+    if isinstance(order, str) and order.isascii() and order.isdigit() and len(order) <= 2:
         own["local_healpix_order"] = int(order)
     class3d = from_mapping({k: v for k, v in values.items() if k not in CAMPAIGN_FIELDS})
     class3d.check_confined()

@@ -93,6 +93,8 @@ MANAGED_FLAGS: frozenset[str] = frozenset(
         "--ref",
         "--iter",
         "--K",
+        "--auto_refine",
+        "--split_random_halves",
     }
     | {f"--{name}" for name in RANGES}
     | {f"--{name}" for name in SWITCHES}

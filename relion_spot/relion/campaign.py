@@ -15,16 +15,20 @@ even share of the particles (1/(2K)), the one with the finest estimated resoluti
 last iteration; a tie goes to the larger class. A class too small to refine on its own is never
 picked, however fine its resolution looks (a few particles give a noisy, over-fitted estimate).
 
-The mask (MASK_RULE): the refined map thresholded at 10 % of its maximum, extended by 4 Å and
-given a soft edge of 8 Å (at least one and three pixels). PostProcess then sharpens with the
+The mask (MASK_RULE): the refined map low-passed to 15 Å (as RELION's mask_create --lowpass
+does) and thresholded at 10 % of that map's maximum, extended by 4 Å and given a soft edge of
+8 Å (at least one and three pixels). PostProcess then sharpens with the
 B-factor it fits from 10 Å on (RELION's default). A map coarser than 10 Å has no Guinier range
 to fit (RELION would still report a fitted figure from an empty range), so it is made again
 unsharpened (B-factor 0), as a lab would do by hand. PostProcess reports the gold-standard
 resolution at FSC 0.143 with the mask's effect corrected by phase randomisation.
 
-Where the project is a synthetic set (its manifest and truth), the sharpened map is compared
-with the true volume of the class most of the refined particles came from: the resolution at
-which their FSC falls below 0.5 is the map's true resolution, beside the gold-standard estimate.
+Where the project is a synthetic set (its manifest and truth), the refined map (the mean of the
+two unfiltered half maps, unmasked) is compared with the true volume of the class most of the
+refined particles came from: the resolution at which their FSC falls below 0.5 is the map's
+true resolution, beside the gold-standard estimate (which is masked). Only the box is checked:
+the refinement starts from the set's own reference, so map and truth share frame and hand. A
+truth that cannot be read leaves that figure out, never the PostProcess.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ BEST_CLASS_RULE = (
     "among classes with at least 1/(2K) of the particles, the finest estimated resolution "
     "(ties: the larger class)"
 )
-MASK_RULE = "refined map at 10 % of its maximum, extended 4 Å, soft edge 8 Å"
+MASK_RULE = "refined map low-passed to 15 Å, at 10 % of its maximum, extended 4 Å, soft edge 8 Å"
+MASK_LOWPASS_ANGSTROM = 15.0
 MASK_THRESHOLD_FRACTION = 0.10
 MASK_EXTEND_ANGSTROM = 4.0
 MASK_SOFT_EDGE_ANGSTROM = 8.0
@@ -158,11 +163,13 @@ def mask_settings(map_path: Path) -> tuple[float, int, int, float]:
     import numpy as np
 
     with mrcfile.open(map_path, permissive=False) as mrc:
-        data = np.asarray(mrc.data, dtype=np.float64)
+        data = np.asarray(mrc.data, dtype=np.float32)
         angpix = float(mrc.voxel_size.x)
-    if not angpix > 0:
-        raise CampaignError(f"{map_path.name} has no pixel size in its header")
-    threshold = MASK_THRESHOLD_FRACTION * float(data.max())
+    if not angpix > 0 or data.ndim != 3 or len(set(data.shape)) != 1:
+        raise CampaignError(f"{map_path.name} is not a cubic map with a pixel size")
+    threshold = MASK_THRESHOLD_FRACTION * float(
+        lowpassed(data, angpix, MASK_LOWPASS_ANGSTROM).max()
+    )
     if not threshold > 0:
         raise CampaignError(f"{map_path.name} has no positive density to make a mask from")
     extend = max(1, round(MASK_EXTEND_ANGSTROM / angpix))
@@ -170,36 +177,67 @@ def mask_settings(map_path: Path) -> tuple[float, int, int, float]:
     return threshold, extend, soft, angpix
 
 
-def fsc_resolution(
-    first: Path, second: Path, threshold: float = TRUTH_FSC_THRESHOLD
-) -> tuple[float, list[float]]:
-    """Resolution (Å) where the FSC of two maps of one box first falls below ``threshold``,
-    and the curve by shell (Nyquist when it never does)."""
-    import mrcfile
+def _shells(box: int) -> Any:
+    """Each voxel's Fourier shell (rounded radius, as RELION bins) on numpy's rfftn grid."""
     import numpy as np
 
-    with mrcfile.open(first, permissive=False) as a, mrcfile.open(second, permissive=False) as b:
-        one, two = np.asarray(a.data, np.float64), np.asarray(b.data, np.float64)
-        angpix = float(a.voxel_size.x)
-    if one.shape != two.shape or len(set(one.shape)) != 1:
-        raise CampaignError(f"{first.name} and {second.name} are not cubes of one box")
-    box = one.shape[0]
-    f1, f2 = np.fft.fftn(one), np.fft.fftn(two)
-    axis = np.fft.fftfreq(box) * box
-    kz, ky, kx = np.meshgrid(axis, axis, axis, indexing="ij")
-    shell = np.rint(np.sqrt(kx**2 + ky**2 + kz**2)).astype(int).ravel()
+    full = np.fft.fftfreq(box) * box
+    half = np.fft.rfftfreq(box) * box
+    radius = np.sqrt(full[:, None, None] ** 2 + full[None, :, None] ** 2 + half[None, None, :] ** 2)
+    return np.rint(radius).astype(np.int32)
+
+
+def lowpassed(data: Any, angpix: float, resolution: float) -> Any:
+    """``data`` without the Fourier shells finer than ``resolution`` Å (a hard edge)."""
+    import numpy as np
+
+    box = data.shape[0]
+    keep = _shells(box) <= box * angpix / resolution
+    transform = np.fft.rfftn(data) * keep
+    return np.fft.irfftn(transform, s=data.shape, axes=(0, 1, 2)).astype(np.float32)
+
+
+def fsc_resolution(
+    first: Any, second: Any, angpix: float, threshold: float = TRUTH_FSC_THRESHOLD
+) -> tuple[float | None, list[float]]:
+    """Resolution (Å) of the last shell before the FSC of two maps of one box falls below
+    ``threshold`` (Nyquist when it never does; None when the first shell already does), and
+    the curve by shell."""
+    import numpy as np
+
+    if first.shape != second.shape or first.ndim != 3 or len(set(first.shape)) != 1:
+        raise CampaignError(f"maps of shapes {first.shape} and {second.shape}: not one cube")
+    box = first.shape[0]
+    f1, f2 = np.fft.rfftn(first.astype(np.float32)), np.fft.rfftn(second.astype(np.float32))
+    shell = _shells(box).ravel()
+    # rfftn keeps half of the transform: the other half mirrors it, and each ratio is the same.
     cross = np.bincount(shell, (f1 * np.conj(f2)).real.ravel())
     power1 = np.bincount(shell, (np.abs(f1) ** 2).ravel())
     power2 = np.bincount(shell, (np.abs(f2) ** 2).ravel())
-    half = box // 2
     curve = [
         float(cross[s] / math.sqrt(power1[s] * power2[s])) if power1[s] * power2[s] > 0 else 0.0
-        for s in range(1, half + 1)
+        for s in range(1, box // 2 + 1)
     ]
     for s, value in enumerate(curve, start=1):
         if value < threshold:
-            return round(box * angpix / max(s - 1, 1), 2), curve
+            return (round(box * angpix / (s - 1), 2) if s > 1 else None), curve
     return round(2 * angpix, 2), curve
+
+
+def truth_resolution(root: Path, volume: Path) -> float | None:
+    """The refined map (mean of the unfiltered half maps) against the true volume at FSC 0.5."""
+    import mrcfile
+    import numpy as np
+
+    halves = []
+    for half in ("half1", "half2"):
+        with mrcfile.open(Path(f"{root}_{half}_class001_unfil.mrc"), permissive=False) as mrc:
+            halves.append(np.asarray(mrc.data, dtype=np.float32))
+            angpix = float(mrc.voxel_size.x)
+    with mrcfile.open(volume, permissive=False) as mrc:
+        truth = np.asarray(mrc.data, dtype=np.float32)
+    resolution, _ = fsc_resolution((halves[0] + halves[1]) / 2, truth, angpix)
+    return resolution
 
 
 def truth_volume(project: Path, particles_star: Path) -> Path | None:
@@ -249,8 +287,9 @@ def postprocess(project: Path, refine_submission: str, out: str) -> dict[str, An
     log = target / "run.out"
     run_tool(
         ["relion_mask_create", "--i", f"{relative_root}_class001.mrc", "--o", mask,
+         "--lowpass", MASK_LOWPASS_ANGSTROM, "--angpix", angpix,
          "--ini_threshold", f"{threshold:.6g}", "--extend_inimask", extend,
-         "--width_soft_edge", soft, "--angpix", angpix],
+         "--width_soft_edge", soft],
         cwd=project, log=log,
     )  # fmt: skip
     postprocess_words: list[str | float] = [
@@ -276,12 +315,13 @@ def postprocess(project: Path, refine_submission: str, out: str) -> dict[str, An
                  "soft_edge_px": soft},
         "truth_resolution_angstrom": None,
     }  # fmt: skip
-    volume = truth_volume(project, refine_dir / PARTICLES)
-    if volume is not None:
-        result["truth_resolution_angstrom"], _ = fsc_resolution(
-            target / f"{POSTPROCESS_ROOT}.mrc", volume
-        )
-        result["truth_volume"] = str(volume.relative_to(project))
+    try:
+        volume = truth_volume(project, refine_dir / PARTICLES)
+        if volume is not None:
+            result["truth_resolution_angstrom"] = truth_resolution(root, volume)
+            result["truth_volume"] = str(volume.relative_to(project))
+    except (CampaignError, ValueError, KeyError, OSError) as err:
+        print(f"campaign: warning: no comparison with the truth ({err})", file=sys.stderr)
     partial = target / f".{RESULT_FILE}.partial"
     partial.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(partial, target / RESULT_FILE)
@@ -359,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = postprocess(project, args.refine, args.out)
-    except (CampaignError, RelionToolError, OSError) as err:
+    except (CampaignError, RelionToolError, OSError, ValueError) as err:
         print(f"campaign: {err}", file=sys.stderr)
         _report("FAILED", {})
         return 2

@@ -396,6 +396,9 @@ def find_resume_point(
     passed_over: dict[int, str] = {}
     restored = False
     candidates = written_iterations(root)
+    if halves and candidates and has_finished(root):
+        # Converged: the final files are whole whatever became of the iterations before them.
+        return ResumePoint("finished", candidates[0], requested_iterations, passed_over)
     snapshot = _snapshot_iteration(root)
     if snapshot is not None and snapshot not in candidates:
         candidates = sorted({*candidates, snapshot}, reverse=True)

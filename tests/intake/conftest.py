@@ -193,6 +193,7 @@ class Intake:
             "queue_url": self.queue_url,
             "slurm": self.slurm.jobs_object(),
             "prepare": JobPreparer.from_spec(cluster_spec()),
+            "campaign_steps": JobPreparer.from_spec(cluster_spec()).later_steps,
             "min_job_age": MIN_JOB_AGE,
             "wait_seconds": 0,
         }

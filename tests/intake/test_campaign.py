@@ -9,13 +9,15 @@ import json
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from relion_spot.intake.images import ImageChecks
+from relion_spot.intake.prepare import JobRejected
 from relion_spot.intake.table import ACCEPTED, CANCELLED, REJECTED
 from relion_spot.jobs.campaign import step_submission_id
 from relion_spot.jobs.class3d import DEFAULT_IMAGE
 
-from .conftest import Intake
+from .conftest import MIN_JOB_AGE, Intake
 from .test_drain import Crash, _crash_once, _drainer, _visible_again
 
 SID = "3c9a1f2e-6b7d-4e8f-9a0b-1c2d3e4f5a6c"
@@ -161,3 +163,91 @@ def test_a_step_slurm_cancels_after_the_step_before_failed_is_noted_so(intake: I
         )
     assert intake.table.get(SID).cancel_state == ""  # type: ignore[union-attr]
     assert image != first
+
+
+def test_a_message_that_differs_from_the_claimed_campaign_steers_nothing(intake: Intake) -> None:
+    intake.send(_campaign())
+    drainer = _drainer(intake)
+    _crash_once(drainer.table, "finish")  # the campaign is claimed, J1 and J2 are in Slurm
+    with pytest.raises(Crash):
+        drainer.step()
+    for other in (
+        _campaign(refine_class=3),
+        json.dumps({**json.loads(_campaign()), "dry_run": True}),
+    ):
+        intake.send(other)
+        assert drainer.step() == ["discarded"]
+    assert len(intake.slurm.sbatch_calls()) == 2
+    assert intake.table.get(SID).state == "submitting"  # type: ignore[union-attr]
+    _visible_again_all(drainer)
+    assert drainer.step() == ["recovered"]
+    assert "--class best" in intake.slurm.script("43")
+
+
+def _visible_again_all(drainer: Any) -> None:
+    for receipt in drainer.sqs.receipts:
+        try:
+            drainer.sqs.change_message_visibility(
+                QueueUrl=drainer.queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
+            )
+        except ClientError:  # a deleted message's receipt: nothing to show again
+            continue
+
+
+def test_a_recovered_campaign_is_not_preflighted_again(intake: Intake) -> None:
+    intake.send(_campaign())
+    calls = [0]
+    real = intake.drainer().prepare
+
+    def data_gone_after_the_first(params: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise JobRejected("preflight: particles.star is missing")
+        return real(params)
+
+    drainer = _drainer(intake, prepare=data_gone_after_the_first)
+    _crash_once(drainer.table, "finish")
+    with pytest.raises(Crash):
+        drainer.step()
+    _visible_again(drainer)
+    assert drainer.step() == ["recovered"]
+    assert calls[0] == 1
+    assert [intake.table.get(s).job_id for s in (SID, REFINE, POST)] == ["42", "43", "44"]  # type: ignore[union-attr]
+
+
+def test_a_campaign_whose_class3d_slurm_forgot_still_gets_its_later_steps(intake: Intake) -> None:
+    now = [1_790_000_000.0]
+    intake.send(_campaign())
+    drainer = _drainer(intake, clock=lambda: now[0])
+    _crash_once(drainer.table, "finish")  # J1 and J2 in Slurm, neither recorded
+    with pytest.raises(Crash):
+        drainer.step()
+    intake.slurm.forget("42")  # J1 ended more than MinJobAge ago
+    now[0] += MIN_JOB_AGE + 60
+    _visible_again(drainer)
+    assert drainer.step() == ["recovered"]
+    campaign = intake.table.get(SID)
+    assert campaign is not None and campaign.state == ACCEPTED and campaign.job_id is None
+    assert "no longer listed by Slurm" in campaign.message
+    assert intake.table.get(REFINE).job_id == "43"  # type: ignore[union-attr]
+    assert intake.table.get(POST).job_id == "44"  # type: ignore[union-attr]
+    assert intake.slurm.sbatch_calls()[-1].endswith(
+        "--dependency=afterok:43 --kill-on-invalid-dep=yes"
+    )
+
+
+def test_a_campaign_nothing_of_which_slurm_lists_after_min_job_age_is_not_run_twice(
+    intake: Intake,
+) -> None:
+    now = [1_790_000_000.0]
+    intake.send(_campaign())
+    drainer = _drainer(intake, clock=lambda: now[0])
+    _crash_once(drainer.table, "finish")
+    with pytest.raises(Crash):
+        drainer.step()
+    intake.slurm.forget("42")
+    intake.slurm.forget("43")
+    now[0] += MIN_JOB_AGE + 60
+    _visible_again(drainer)
+    assert drainer.step() == ["uncertain"]
+    assert len(intake.slurm.sbatch_calls()) == 2

@@ -95,7 +95,12 @@ def test_an_auto_refine_runs_two_half_set_followers_at_least(
         ({"refine_class": 0}, "refine_class = '0' is not valid"),
         ({"refine_class": True}, "refine_class = 'True' is not valid"),
         ({"local_healpix_order": 1}, "local_healpix_order = '1' is not valid: a whole number"),
-        ({"local_healpix_order": 9}, "from the Class3D's healpix_order (2) to 8"),
+        ({"local_healpix_order": 7}, "from the Class3D's healpix_order (2) to 6"),
+        ({"refine_class": "²"}, "refine_class = '²' is not valid"),
+        (
+            {"refine_class": 5},
+            "refine_class = 5 is not valid: a class of the campaign's Class3D (K=4)",
+        ),
     ],
 )
 def test_a_bad_refine_step_is_refused_by_name(changes: dict, message: str) -> None:
@@ -108,3 +113,9 @@ def test_a_bad_refine_step_is_refused_by_name(changes: dict, message: str) -> No
 def test_a_class_number_is_kept_as_the_script_passes_it() -> None:
     assert RefineStep(STEP.class3d, CLASS3D_SID, refine_class=3).refine_class == "3"
     assert RefineStep(STEP.class3d, CLASS3D_SID, refine_class="02").refine_class == "2"
+
+
+@pytest.mark.parametrize("flag", ["--auto_refine", "--split_random_halves"])
+def test_a_class3d_cannot_turn_itself_into_a_refinement_by_extra_flags(flag: str) -> None:
+    with pytest.raises(JobParameterError, match=f"extra_flags: {flag} may not be given here"):
+        Class3dParams(extra_flags=(flag,))
