@@ -18,7 +18,6 @@ from typing import Any
 from .runner import (
     DEFAULT_WORK_DIR,
     JOB_TIMEOUT_SECONDS,
-    PREFIX,
     DemoError,
     DemoSettings,
     Report,
@@ -28,6 +27,7 @@ from .runner import (
     job_parameters,
     make_dataset,
     price_job,
+    start_cloud,
 )
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
@@ -100,12 +100,11 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
     from ..intake.table import IntakeTable
     from ..jobs.campaign import STEPS, step_submission_id
     from ..jobs.job_dir import Owner, find
-    from ..local.embedded import INTAKE_TABLE, EmbeddedCloud, named_by
+    from ..local.embedded import INTAKE_TABLE
     from ..relion import score
     from ..relion.campaign import PICK_FILE, RESULT_FILE
     from ..relion.checkpoint import newest_complete_iteration, read_history
     from ..relion.synthetic import load_manifest
-    from ..settings import Settings
     from ..slurm.local import scontrol_fields, wait_until
 
     settings.check()
@@ -127,13 +126,7 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
         "local_healpix_order": settings.local_healpix_order,
     }
     report("cloud", {})
-    with EmbeddedCloud.start(
-        prefix=named_by(PREFIX, settings.work_dir),
-        settings=Settings(gpus=(1,)),
-        gpu_count=1,
-        work_dir=settings.work_dir,
-        suspend_time=settings.suspend_time,
-    ) as cloud:
+    with start_cloud(settings.work_dir, settings.suspend_time) as cloud:
         table = IntakeTable(cloud.client("dynamodb"), INTAKE_TABLE)
         sent = submit(
             cloud.client("sqs"), table, cloud.env["RELION_SPOT_INTAKE_QUEUE_URL"],

@@ -26,7 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .campaign import CampaignSettings
 
 from .. import tags
 from ..slurm.spec import CPU_PARTITION, GPU_PARTITION
@@ -147,17 +150,30 @@ def job_parameters(settings: DemoSettings, manifest: dict[str, Any]) -> dict[str
     return class3d_parameters(made, settings.iterations)
 
 
+def start_cloud(work_dir: Path, suspend_time: int) -> Any:
+    """The demo's embedded cloud (a 1-GPU cluster), named by its work directory."""
+    from ..local.embedded import EmbeddedCloud, named_by
+    from ..settings import Settings
+
+    return EmbeddedCloud.start(
+        prefix=named_by(PREFIX, work_dir),
+        settings=Settings(gpus=(1,)),
+        gpu_count=1,
+        work_dir=work_dir,
+        suspend_time=suspend_time,
+    )
+
+
 def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     from ..intake.client import submit, wait_for_acceptance
     from ..intake.table import IntakeTable
     from ..jobs.job_dir import Claim, Owner
     from ..jobs.job_dir import find as find_job_dir
-    from ..local.embedded import INTAKE_TABLE, EmbeddedCloud, named_by
+    from ..local.embedded import INTAKE_TABLE
     from ..relion import score
     from ..relion.checkpoint import read_history
     from ..relion.progress import classes_path, plot_path, progress_path
     from ..relion.synthetic import load_manifest
-    from ..settings import Settings
     from ..slurm.local import scontrol_fields, wait_until
 
     settings.check()
@@ -181,13 +197,7 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     phase("data")
 
     report("cloud", {})
-    with EmbeddedCloud.start(
-        prefix=named_by(PREFIX, settings.work_dir),
-        settings=Settings(gpus=(1,)),
-        gpu_count=1,
-        work_dir=settings.work_dir,
-        suspend_time=settings.suspend_time,
-    ) as cloud:
+    with start_cloud(settings.work_dir, settings.suspend_time) as cloud:
         phase("cloud")
         local = cloud.local
         sqs = cloud.client("sqs")
@@ -443,12 +453,9 @@ def main(args: argparse.Namespace) -> int:
         particles_per_class=args.particles_per_class,
         work_dir=args.work_dir,
     )
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        settings.check()
-    except DemoError as err:
-        print(f"relion-spot demo: {err}", file=sys.stderr)
-        return 2
+    refused = _refused(settings)
+    if refused is not None:
+        return refused
     display = Display(settings.iterations, stream=sys.stderr if args.json else sys.stdout)
     try:
         with display:
@@ -457,23 +464,36 @@ def main(args: argparse.Namespace) -> int:
         print(f"relion-spot demo: {err}", file=sys.stderr)
         return 1
     display.summary(result)
-    for failure in result.failures:
-        print(f"relion-spot demo: FAILED: {failure}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(asdict(result), sort_keys=True))
-    return 1 if result.failures else 0
+    return _verdict(result, result.failures, as_json=args.json)
 
 
-def _campaign_main(args: argparse.Namespace) -> int:
-    from .campaign import campaign_settings, run_campaign, summary
-
-    settings = campaign_settings(args)
+def _refused(settings: DemoSettings | CampaignSettings) -> int | None:
+    """Exit status 2 with one line when the settings are bad; None when they are good."""
     logging.basicConfig(level=logging.WARNING)
     try:
         settings.check()
     except DemoError as err:
         print(f"relion-spot demo: {err}", file=sys.stderr)
         return 2
+    return None
+
+
+def _verdict(result: Any, failures: list[str], *, as_json: bool) -> int:
+    """Each broken promise on one line, the JSON object last when asked; 1 if any broke."""
+    for failure in failures:
+        print(f"relion-spot demo: FAILED: {failure}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(asdict(result), sort_keys=True))
+    return 1 if failures else 0
+
+
+def _campaign_main(args: argparse.Namespace) -> int:
+    from .campaign import campaign_settings, run_campaign, summary
+
+    settings = campaign_settings(args)
+    refused = _refused(settings)
+    if refused is not None:
+        return refused
     out = sys.stderr if args.json else sys.stdout
 
     def report(event: str, details: dict[str, Any]) -> None:
@@ -486,8 +506,4 @@ def _campaign_main(args: argparse.Namespace) -> int:
         print(f"relion-spot demo: {err}", file=sys.stderr)
         return 1
     print(summary(result), file=out)
-    for failure in result.failures:
-        print(f"relion-spot demo: FAILED: {failure}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(asdict(result), sort_keys=True))
-    return 1 if result.failures else 0
+    return _verdict(result, result.failures, as_json=args.json)
