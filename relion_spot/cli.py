@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
     from .budget import cli as budget_cli
     from .client import commands as cluster_commands
+    from .client import pull as pull_cli
     from .cost import report as cost_report
     from .doctor import cli as doctor_cli
     from .estimate import cli as estimate_cli
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cli.register(subparsers)
     cost_report.register(subparsers)
     cluster_commands.register(subparsers)
+    pull_cli.register(subparsers)
     selftest_cli.register(subparsers)
     budget_cli.register(subparsers)
     local_cli.register(subparsers)

@@ -39,6 +39,7 @@ OPTIONAL_OUTPUTS = {
     "controller_service": "ControllerServiceName",
     "monthly_budget_usd": "MonthlyBudgetUsd",
     "dead_letter_queue_url": "IntakeDeadLetterQueueUrl",
+    "exchange_bucket": "ExchangeBucket",
 }
 CREDENTIAL_ERRORS = frozenset(
     {
@@ -76,6 +77,8 @@ class ClusterHandle:
     monthly_budget_usd: str = ""
     """The cap as deployed ("250.00"), "none", or empty from a stack older than the cap."""
     dead_letter_queue_url: str = ""
+    exchange_bucket: str = ""
+    """Where ``relion-spot pull`` finds exported results; empty from a stack older than it."""
 
 
 def _code(err: ClientError) -> str:
@@ -176,6 +179,11 @@ def find_cluster(stack: str | None, *, session: Any) -> ClusterHandle:
             f"{__version__}: use the relion-spot {'.'.join(_major_minor(deployed))}.x CLI, or "
             "upgrade the stack (cdk deploy) with this version"
         )
+    return handle_from_outputs(stack, region, outputs)
+
+
+def handle_from_outputs(stack: str, region: str, outputs: dict[str, str]) -> ClusterHandle:
+    """The handle a stack's outputs (output key -> value) describe."""
     values = {name: outputs[key] for name, key in REQUIRED_OUTPUTS.items()}
     values |= {name: outputs.get(key, "") for name, key in OPTIONAL_OUTPUTS.items()}
     return ClusterHandle(stack=stack, region=region, **values)

@@ -3,9 +3,11 @@
 The demo's synthetic K=2 set, then ``submit campaign`` through the intake: Class3D on a GPU node,
 the 3D auto-refine of the class it picks on a GPU node (reclaimed once mid-way: the node is
 taken, the job requeued, and the refinement continues from its newest complete iteration of
-both halves), then the PostProcess on a CPU node. It reports each step's state, wall time and
-cost, the class picked, the gold-standard resolution, and the resolution against the true
-volume, and fails when a promise does not hold.
+both halves), then the PostProcess on a CPU node. Then ``relion-spot pull`` brings the
+campaign's results into ``<work dir>/pulled`` through the exchange bucket, and each file is
+compared byte for byte with the project's. It reports each step's state, wall time and cost, the
+class picked, the gold-standard resolution, the resolution against the true volume and what was
+pulled, and fails when a promise does not hold.
 """
 
 from __future__ import annotations
@@ -91,8 +93,64 @@ class CampaignResult:
     """What the PostProcess step's record in the intake table says (state, resolution, truth
     resolution): the job's last word through its node's forwarder, as ``status`` shows it."""
     cost_usd: float | None = None
+    pulled: dict[str, Any] = field(default_factory=dict)
+    """What ``relion-spot pull`` brought back: files, bytes, folder, which differ from the
+    project's, which expected results were missing."""
     wall_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+
+
+PULLED_RESULTS = (
+    "postprocess.mrc",
+    "postprocess_masked.mrc",
+    "run_half1_class001_unfil.mrc",
+    "run_half2_class001_unfil.mrc",
+    "run_class001.mrc",
+    "fsc.png",
+)
+"""What a pulled campaign must hold: the sharpened map, the half maps, the refined map, the FSC."""
+
+
+def pull_campaign(cloud: Any, campaign_id: str, project: Path, folder: Path) -> dict[str, Any]:
+    """``relion-spot pull CAMPAIGN`` as the CLI runs it (relion_spot.client.pull), on this
+    embedded cloud's stack outputs; then each pulled file against the project's own bytes."""
+    import io
+    import shutil
+
+    from ..client.cluster import handle_from_outputs
+    from ..client.commands import Context
+    from ..client.pull import pull_results
+    from ..local.standing import stack_outputs
+
+    shutil.rmtree(folder, ignore_errors=True)
+    handle = handle_from_outputs("relion-spot-demo", cloud.region, stack_outputs(cloud))
+    context = Context(handle, cloud, io.StringIO(), io.StringIO())
+    started = time.monotonic()
+    manifest = pull_results(
+        context, campaign_id, folder, user="demo", timeout=600.0, poll=1.0
+    ).manifest
+    seconds = round(time.monotonic() - started, 1)
+    exports = [p for p in folder.rglob("*") if p.is_file()]
+    differ = [
+        e.path
+        for e in manifest.files
+        if (project / e.path).is_file()
+        and (project / e.path).read_bytes() != (folder / e.path).read_bytes()
+    ]
+    names = {Path(p).name for p in (e.path for e in manifest.files)}
+    pictures = [e.path for e in manifest.files if e.path.endswith(".png")]
+    return {
+        "folder": str(folder),
+        "seconds": seconds,
+        "files": len(exports),
+        "bytes": sum(p.stat().st_size for p in exports),
+        "jobs": [d for _, d in manifest.jobs],
+        "differ": differ,
+        "missing": [n for n in PULLED_RESULTS if n not in names],
+        "pictures_png": all(
+            (folder / p).read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pictures
+        ),
+    }
 
 
 def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> CampaignResult:
@@ -206,6 +264,9 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
         costs = [s.cost_usd for s in result.steps if s.cost_usd is not None]
         result.cost_usd = round(sum(costs), 6) if costs else None
         result.reported = _reported(cloud, result.steps[2].submission_id)
+        if all(s.state == "COMPLETED" for s in result.steps):
+            report("pull", {})
+            result.pulled = pull_campaign(cloud, sid, project, settings.work_dir / "pulled")
 
     class3d_dir = find(project, Owner(cluster="", slurm_job_id="", submission_id=sid))
     if class3d_dir is not None:
@@ -283,6 +344,14 @@ def campaign_failures(settings: CampaignSettings, result: CampaignResult) -> lis
         failures.append(f"the PostProcess's record says {told}, not what it wrote")
     if not result.cost_usd or result.cost_usd <= 0:
         failures.append(f"the campaign was not priced (cost {result.cost_usd})")
+    pulled = result.pulled
+    if not pulled:
+        failures.append("the campaign's results were not pulled")
+    elif pulled["differ"] or pulled["missing"] or not pulled["pictures_png"]:
+        failures.append(
+            f"the pulled results differ from the project's ({pulled['differ']}), lack "
+            f"{pulled['missing']}, or hold a picture that is no PNG"
+        )
     return failures
 
 
@@ -301,6 +370,14 @@ def summary(result: CampaignResult) -> str:
         f"B-factor {result.bfactor}",
         f"  cost (on-demand ceiling): ${result.cost_usd}; wall {result.wall_seconds:.0f} s",
     ]
+    if result.pulled:
+        lines.append(
+            f"  pulled: {result.pulled['files']} files, {result.pulled['bytes']} bytes in "
+            f"{result.pulled['seconds']:.0f} s, identical to the project's, into "
+            f"{result.pulled['folder']}"
+            if not result.pulled["differ"]
+            else f"  pulled: files that differ from the project's: {result.pulled['differ']}"
+        )
     return "\n".join(lines)
 
 

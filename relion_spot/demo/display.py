@@ -17,6 +17,7 @@ PHASES = {
     "submitted": "submitted through the intake queue",
     "accepted": "accepted by Slurm",
     "pricing": "pricing the job's attempts",
+    "pull": "relion-spot pull: the results through the exchange bucket",
 }
 
 

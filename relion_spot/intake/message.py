@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relion_spot.jobs.campaign import CampaignParams, campaign_from_mapping
+from relion_spot.jobs.export import ExportParams, export_from_mapping
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError, from_mapping
 from relion_spot.jobs.select import SelectParams, select_from_mapping
 from relion_spot.jobs.stage import StageParams, stage_from_mapping
@@ -39,8 +40,10 @@ from relion_spot.jobs.synthetic import SyntheticParams, synthetic_from_mapping
 from .config import KEY
 
 SCHEMA_VERSION = 1
-TEMPLATES: tuple[str, ...] = ("class3d", "stage", "select", "synthetic", "campaign")
-JobParams = Class3dParams | StageParams | SelectParams | SyntheticParams | CampaignParams
+TEMPLATES: tuple[str, ...] = ("class3d", "stage", "select", "synthetic", "campaign", "export")
+JobParams = (
+    Class3dParams | StageParams | SelectParams | SyntheticParams | CampaignParams | ExportParams
+)
 """The validated parameters of any template."""
 FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
 OPTIONAL_FIELDS: tuple[str, ...] = ("dry_run",)
@@ -175,6 +178,8 @@ class Submission:
                 params = synthetic_from_mapping(self.parameters)
             elif self.template == "campaign":
                 params = campaign_from_mapping(self.parameters, sid)
+            elif self.template == "export":
+                params = export_from_mapping(self.parameters)
             else:
                 params = from_mapping(self.parameters)
                 params.check_confined()

@@ -15,13 +15,15 @@ from pathlib import Path, PurePosixPath
 
 from relion_spot.estimate.idle import load_prices
 from relion_spot.estimate.job import JobShape, predict
+from relion_spot.jobs import job_dir
 from relion_spot.jobs.campaign import CampaignParams, render_postprocess, render_refine
 from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
+from relion_spot.jobs.export import ExportParams, render_export
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
 from relion_spot.jobs.select import SelectParams, render_select
 from relion_spot.jobs.stage import StageParams, render_stage
 from relion_spot.jobs.synthetic import SyntheticParams, render_synthetic
-from relion_spot.relion import preflight, select, synthetic
+from relion_spot.relion import preflight, results, select, synthetic
 from relion_spot.slurm.spec import GPU_PARTITION, ClusterSpec
 
 from .config import NODE_DATA_DIR
@@ -93,7 +95,12 @@ class JobPreparer:
 
     def __call__(
         self,
-        params: Class3dParams | StageParams | SelectParams | SyntheticParams | CampaignParams,
+        params: Class3dParams
+        | StageParams
+        | SelectParams
+        | SyntheticParams
+        | CampaignParams
+        | ExportParams,
     ) -> PreparedJob:
         if isinstance(params, CampaignParams):
             return self._campaign(params)
@@ -103,6 +110,8 @@ class JobPreparer:
                 note=self._check_synthetic(params),
                 needs_image=True,
             )
+        if isinstance(params, ExportParams):
+            return PreparedJob(script=render_export(params), note=self._check_export(params))
         if isinstance(params, SelectParams):
             pinned, checked = self._check_selection(params)
             return PreparedJob(script=render_select(pinned), note=checked)
@@ -302,6 +311,28 @@ class JobPreparer:
             f"preflight ok: classes {','.join(map(str, chosen.chosen))} of {params.run} "
             f"(K={chosen.classes}) at iteration {chosen.iteration}, on the CPU partition"
         )
+
+    def _check_export(self, params: ExportParams) -> str:
+        """Each job has a directory with results here: refused now, not on a CPU node."""
+        here = self._project_here(params.project_dir)
+        if isinstance(here, str):
+            return here
+        taken = []
+        for submission in params.submissions:
+            claimed = job_dir.find(here, job_dir.Owner("", "", submission))
+            if claimed is None:
+                raise JobRejected(
+                    f"preflight: no job directory of {params.project_dir} is claimed by "
+                    f"submission {submission}: its job has not started in this project"
+                )
+            try:
+                found = results.collect(claimed.directory)
+            except results.ResultsError as err:
+                raise _refused(err, here, params.project_dir) from None
+            where = claimed.directory.relative_to(here).as_posix()
+            count = len(found.files)
+            taken.append(f"{where} ({count} file{'' if count == 1 else 's'})")
+        return "preflight ok: exporting " + ", ".join(taken) + " on the CPU partition"
 
     def _preflight(self, params: Class3dParams, words: Sequence[str]) -> str:
         here = self._project_here(params.project_dir)

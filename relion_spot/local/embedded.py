@@ -261,6 +261,7 @@ class EmbeddedCloud:
             ) as endpoint:
                 env = _prepare_moto(endpoint, settings.region or "us-east-1", spec)
                 cpu_node_env = _stage_reader(endpoint, env, spec, settings.stage_buckets)
+                cpu_node_env |= _results_exchange(endpoint, env, spec)
                 if controller_idle_seconds is not None:
                     env[idle.IDLE_SECONDS_ENV] = str(controller_idle_seconds)
                 if node_orphan_seconds is not None:
@@ -306,6 +307,31 @@ def _stage_reader(
         RoleName=f"{spec.cluster_name}-stage-reader", AssumeRolePolicyDocument=json.dumps(trust)
     )["Role"]["Arn"]
     return {stage_credentials.ROLE_ENV: role}
+
+
+def _results_exchange(endpoint: str, env: dict[str, str], spec: Any) -> dict[str, str]:
+    """As the cluster stack's ResultsExchange: a bucket in moto, and a writer role only the CPU
+    nodes' broker uses; the bucket's name goes in ``env`` (the stack's output), and the CPU
+    nodes' environment is returned."""
+    region = env["AWS_REGION"]
+    bucket = f"{spec.cluster_name}-exchange".lower()
+    s3 = moto_client("s3", endpoint=endpoint, region=region)
+    if region == "us-east-1":
+        s3.create_bucket(Bucket=bucket)
+    else:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
+    }
+    role = moto_client("iam", endpoint=endpoint, region=region).create_role(
+        RoleName=f"{spec.cluster_name}-exchange-writer", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    env[stage_credentials.EXCHANGE_BUCKET_ENV] = bucket
+    return {
+        stage_credentials.EXCHANGE_ROLE_ENV: role,
+        stage_credentials.EXCHANGE_BUCKET_ENV: bucket,
+    }
 
 
 def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:

@@ -149,6 +149,7 @@ def stack_outputs(cloud: Any) -> dict[str, str]:
     """The cluster stack's outputs the lab's commands read (relion_spot.client.cluster)."""
     from ..intake import config as intake_config
     from ..local import embedded
+    from ..node import stage_credentials
     from ..slurm.idle import CLUSTER_ENV, SERVICE_ENV
 
     return {
@@ -161,6 +162,7 @@ def stack_outputs(cloud: Any) -> dict[str, str]:
         "EcsClusterName": cloud.env[CLUSTER_ENV],
         "ControllerServiceName": cloud.env[SERVICE_ENV],
         "MonthlyBudgetUsd": "none",
+        "ExchangeBucket": cloud.env[stage_credentials.EXCHANGE_BUCKET_ENV],
     }
 
 

@@ -1,4 +1,4 @@
-"""S3 read credentials for this node's staging jobs, handed out by root.
+"""S3 credentials for this node's staging and export jobs, handed out by root.
 
     python -I -m relion_spot.node.stage_credentials   (the node entrypoint starts it beside slurmd)
 
@@ -10,19 +10,24 @@ listens on a Unix socket (``SOCKET``) and answers a process only when all of thi
    (``scontrol pidinfo``) that runs on this node as that same uid;
 2. Slurm lists that job here with the intake's comment (``relion-spot:<submission id>``);
 3. the intake table, which only the drainer writes, holds that submission as an *accepted*
-   *stage* submission *with this job id* (a comment is the job owner's to write; the table is
-   not), from an ``s3://bucket/key`` source.
+   submission *with this job id* (a comment is the job owner's to write; the table is not):
+   a *stage* from an ``s3://bucket/key`` source, or an *export* (``relion-spot pull``).
 
-It then assumes the cluster's stage-reader role for that job (``sts:AssumeRole``, the session
-named ``<node>-job-<id>`` for CloudTrail) with a session policy that narrows it to GetObject on
-that one object and ListBucket on its bucket, for an hour at most, and hands it over; the
-client asks again as it nears its end. Anything else is refused with one line to the asker and
-one log record; a refusal that time may cure (Slurm silent, the decision not yet written) says
-so, and the client asks again. Connections are served by a few threads, so a job that holds
-one open stalls no one; a fault in one answer is logged and answered, and the broker goes on.
+It then assumes the role for that job (``sts:AssumeRole``, the session named
+``<node>-job-<id>`` for CloudTrail), for an hour at most, and hands it over; the client asks
+again as it nears its end. A stage gets the stage-reader role, narrowed by a session policy to
+GetObject on that one object and ListBucket on its bucket. An export gets the results exchange's
+writer role, narrowed to PutObject under ``out/<its submission id>/`` of the exchange bucket; the
+answer names that bucket and prefix, so the job is never the one that says where it writes.
 
-Environment: RELION_SPOT_STAGE_READ_ROLE (the role's ARN; without it the node was deployed
-without stage_buckets and the broker is not started), RELION_SPOT_INTAKE_TABLE,
+Anything else is refused with one line to the asker and one log record; a refusal that time may
+cure (Slurm silent, the decision not yet written) says so, and the client asks again. Connections
+are served by a few threads, so a job that holds one open stalls no one; a fault in one answer
+is logged and answered, and the broker goes on.
+
+Environment: RELION_SPOT_STAGE_READ_ROLE (the reader's ARN; absent when the cluster was deployed
+without stage_buckets), RELION_SPOT_EXCHANGE_WRITE_ROLE and RELION_SPOT_EXCHANGE_BUCKET (the
+results exchange; the broker starts when either role is given), RELION_SPOT_INTAKE_TABLE,
 RELION_SPOT_NODE_NAME, the region.
 """
 
@@ -50,6 +55,11 @@ from ..intake.table import ACCEPTED, SUBMITTING, IntakeTable, Record
 from .job_reports import NODE_NAME_ENV, NodeJob, squeue_node_jobs
 
 ROLE_ENV = "RELION_SPOT_STAGE_READ_ROLE"
+EXCHANGE_ROLE_ENV = "RELION_SPOT_EXCHANGE_WRITE_ROLE"
+EXCHANGE_BUCKET_ENV = "RELION_SPOT_EXCHANGE_BUCKET"
+RESULTS_PREFIX = "out/"
+"""Where export jobs write in the exchange bucket: ``out/<submission id>/``; the lab reads it."""
+READ, WRITE = "read", "write"
 TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
 SOCKET = Path("/run/relion-spot/stage-credentials.sock")
 SESSION_SECONDS = 3600
@@ -84,11 +94,13 @@ class Peer:
 
 @dataclass(frozen=True)
 class Approved:
-    """What the intake approved this job to read."""
+    """What the intake approved this job to do: read one object (a stage), or write under one
+    prefix (an export; ``key`` then ends in ``/``)."""
 
     job_id: str
     bucket: str
     key: str
+    access: str = READ
 
 
 def peer_of(connection: socket.socket) -> Peer:
@@ -133,8 +145,9 @@ def check_job(peer: Peer, job_id: str, jobs: list[NodeJob] | None, node: str) ->
     raise Refused(f"job {job_id} is not an intake job running on {node}")
 
 
-def approved_source(job: NodeJob, record: Record | None) -> Approved:
-    """The object the intake accepted ``job`` to stage, from the submission's record."""
+def approved_source(job: NodeJob, record: Record | None, exchange_bucket: str = "") -> Approved:
+    """What the intake accepted ``job`` to do, from the submission's record: the object a stage
+    reads, or the exchange prefix an export writes (named by the submission, never the job)."""
     sid = job.submission_id
     if record is None:
         raise Refused(f"job {job.job_id}: no submission {sid!r} in the intake table")
@@ -145,8 +158,14 @@ def approved_source(job: NodeJob, record: Record | None) -> Approved:
             f"job {job.job_id}: submission {sid} is {record.state} for job "
             f"{record.job_id or 'none'}, not this job"
         )
+    if record.template == "export":
+        if not exchange_bucket:
+            raise Refused(f"job {job.job_id}: this node has no results exchange to write to")
+        return Approved(job.job_id, exchange_bucket, f"{RESULTS_PREFIX}{sid}/", WRITE)
     if record.template != "stage":
-        raise Refused(f"job {job.job_id}: submission {sid} is a {record.template} job, not stage")
+        raise Refused(
+            f"job {job.job_id}: submission {sid} is a {record.template} job, not stage or export"
+        )
     try:
         source = json.loads(record.parameters or "{}").get("source", "")
     except (ValueError, AttributeError):
@@ -158,7 +177,21 @@ def approved_source(job: NodeJob, record: Record | None) -> Approved:
 
 
 def session_policy(approved: Approved, partition: str) -> str:
-    """What the session may do, inside what the role may: read that one object."""
+    """What the session may do, inside what the role may: read that one object, or write under
+    that one prefix."""
+    if approved.access == WRITE:
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                        "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}*",
+                    }
+                ],
+            }
+        )
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -179,13 +212,15 @@ def session_policy(approved: Approved, partition: str) -> str:
 
 
 class Broker:
-    """Assumes the stage-reader role for an approved job and keeps the session while it is
-    fresh enough."""
+    """Assumes the stage-reader or the exchange writer role for an approved job and keeps the
+    session while it is fresh enough."""
 
     def __init__(
         self,
         *,
         role_arn: str,
+        write_role_arn: str = "",
+        exchange_bucket: str = "",
         node: str,
         region: str,
         sts: Any,
@@ -195,7 +230,10 @@ class Broker:
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.role_arn = role_arn
-        self.partition = role_arn.split(":")[1] if role_arn.count(":") >= 5 else "aws"
+        self.write_role_arn = write_role_arn
+        self.exchange_bucket = exchange_bucket
+        some_role = role_arn or write_role_arn
+        self.partition = some_role.split(":")[1] if some_role.count(":") >= 5 else "aws"
         self.node = node
         self.region = region
         self.sts = sts
@@ -215,7 +253,9 @@ class Broker:
             job_id = self.job_of(peer.pid)
             jobs = self.jobs()
             job = check_job(peer, job_id, jobs, self.node)
-            approved = approved_source(job, self.submission(job.submission_id))
+            approved = approved_source(
+                job, self.submission(job.submission_id), self.exchange_bucket
+            )
             reply = self._session(approved, jobs)
         except Refused as err:
             log.warning("refused pid %d (uid %d): %s", peer.pid, peer.uid, err)
@@ -224,9 +264,10 @@ class Broker:
             log.error("job %s: AWS refused or did not answer: %s", job_id, err)
             return {"Error": f"AWS did not give this job its session: {err}", "Retry": True}
         log.info(
-            "job %s (uid %d): S3 read of s3://%s/%s until %s",
+            "job %s (uid %d): S3 %s of s3://%s/%s until %s",
             job_id,
             peer.uid,
+            approved.access,
             approved.bucket,
             approved.key,
             reply["Expiration"],
@@ -242,8 +283,12 @@ class Broker:
             kept = self._sessions.get(approved)
             if kept and dt.datetime.fromisoformat(kept["Expiration"]) - self.now() > REUSE_MARGIN:
                 return kept
+        role = self.write_role_arn if approved.access == WRITE else self.role_arn
+        if not role:
+            what = "results exchange" if approved.access == WRITE else "stage bucket"
+            raise Refused(f"job {approved.job_id}: this cluster has no {what} role")
         granted = self.sts.assume_role(
-            RoleArn=self.role_arn,
+            RoleArn=role,
             RoleSessionName=f"{self.node}-job-{approved.job_id}"[:64],
             DurationSeconds=SESSION_SECONDS,
             Policy=session_policy(approved, self.partition),
@@ -259,6 +304,8 @@ class Broker:
             "Expiration": str(expiration),
             "Region": self.region,
         }
+        if approved.access == WRITE:
+            reply["Bucket"], reply["Prefix"] = approved.bucket, approved.key
         with self._lock:
             self._sessions[approved] = reply
         return reply
@@ -312,12 +359,14 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         level=logging.INFO, format="relion-spot stage credentials: %(message)s", stream=sys.stderr
     )
     role, node = env.get(ROLE_ENV, "").strip(), env.get(NODE_NAME_ENV, "").strip()
+    write_role = env.get(EXCHANGE_ROLE_ENV, "").strip()
+    exchange_bucket = env.get(EXCHANGE_BUCKET_ENV, "").strip()
     table = env.get(TABLE_ENV, "").strip()
     region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()
     missing = [
         n
         for n, v in (
-            (ROLE_ENV, role),
+            (f"{ROLE_ENV} or {EXCHANGE_ROLE_ENV}", role or write_role),
             (NODE_NAME_ENV, node),
             (TABLE_ENV, table),
             ("AWS_REGION", region),
@@ -330,8 +379,13 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     import boto3
 
     intake = IntakeTable(boto3.client("dynamodb", region_name=region), table)
+    if write_role and not exchange_bucket:
+        print(f"relion-spot stage credentials: {EXCHANGE_BUCKET_ENV} not set", file=sys.stderr)
+        return 2
     broker = Broker(
         role_arn=role,
+        write_role_arn=write_role,
+        exchange_bucket=exchange_bucket,
         node=node,
         region=region,
         sts=boto3.client("sts", region_name=region),
@@ -339,7 +393,9 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         submission=intake.get,
     )
     server = listen(SOCKET)
-    log.info("serving %s for %s on %s", SOCKET, role, node)
+    log.info(
+        "serving %s for %s on %s", SOCKET, " and ".join(r for r in (role, write_role) if r), node
+    )
     serve(server, broker, stop=threading.Event())
     return 0
 

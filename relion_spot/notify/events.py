@@ -1,7 +1,8 @@
 """Which ended job attempts the lab hears about, and what it is told.
 
 The job record writer knows each attempt's end state; a cancel is the lab's own doing and is not
-mailed. A campaign's PostProcess completing is the campaign done (its job name says which). A
+mailed, nor is an export completing (``relion-spot pull`` waits for it at the lab's terminal).
+A campaign's PostProcess completing is the campaign done (its job name says which). A
 reclaimed attempt (its node lost: the spot watcher's requeue, NODE_FAIL, PREEMPTED) is requeued
 by Slurm, and the job template resumes it from its last complete iteration.
 """
@@ -14,6 +15,8 @@ from ..cost.pricing import RECLAIM_STATES, Attempt
 from .publish import Notification
 
 DONE_STATES = frozenset({"COMPLETED"})
+EXPORT_JOB_NAME = "export"
+"""assets/slurm/export.sbatch's job name."""
 FAILED_STATES = frozenset(
     {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
 )
@@ -39,6 +42,8 @@ def job_notification(attempt: Attempt) -> Notification | None:
             "relion-spot status shows the campaign's resolution and what all its steps cost.\n"
             f"{follow}",
         )
+    if attempt.state in DONE_STATES and attempt.job_name == EXPORT_JOB_NAME:
+        return None
     if attempt.state in DONE_STATES:
         return Notification("job-done", f"{job} done", f"{job} finished: {ran}.\n{follow}")
     if attempt.state in FAILED_STATES:

@@ -11,8 +11,9 @@ RELION_SPOT_CONTROLLER_ADDR (how nodes reach the controller: a DNS name in the c
 address this container's hostname resolves to). Environment (node): RELION_SPOT_CONTROLLER
 (host[:port] of slurmctld), RELION_SPOT_NODE_NAME unless NAME is given, and
 RELION_SPOT_METADATA_GUARD (install|verify: the metadata service is shut to jobs before slurmd
-starts, see relion_spot.node.metadata_guard), RELION_SPOT_STAGE_READ_ROLE (staging jobs' S3 reads
-through relion_spot.node.stage_credentials). Both: the key's source (see relion_spot.slurm.key).
+starts, see relion_spot.node.metadata_guard), RELION_SPOT_STAGE_READ_ROLE (staging jobs' S3 reads)
+and RELION_SPOT_EXCHANGE_WRITE_ROLE (export jobs' writes), both through
+relion_spot.node.stage_credentials. Both: the key's source (see relion_spot.slurm.key).
 
 Bad input ends the container with one line on stderr and exit status 2, before any daemon starts.
 """
@@ -112,8 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # On an EC2 node (or the embedded cloud's): which of the node role's calls AWS would
         # refuse, recorded for relion-spot selftest.
         _start_beside("relion_spot.selftest.node_check", os.environ, "node permission check")
-    if args[:1] == ["node"] and os.environ.get(stage_credentials.ROLE_ENV, "").strip():
-        # Staging from s3:// on a cluster with stage_buckets: jobs get the role's session here.
+    if args[:1] == ["node"] and any(
+        os.environ.get(name, "").strip()
+        for name in (stage_credentials.ROLE_ENV, stage_credentials.EXCHANGE_ROLE_ENV)
+    ):
+        # Staging from s3:// (with stage_buckets) and exports to the results exchange (CPU
+        # nodes): jobs get the role's session here.
         node_env = {**os.environ, NODE_NAME_ENV: command[command.index("-N") + 1]}
         _start_beside("relion_spot.node.stage_credentials", node_env, "S3 credential broker")
     print(f"relion-spot entrypoint: exec {shlex.join(command)}", file=sys.stderr, flush=True)

@@ -104,6 +104,12 @@ def _metadata(ask: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, str]]
 def s3_client_from_broker(path: Path) -> Any:
     """An S3 client that asks the broker at ``path`` for credentials, and again before they
     expire (botocore refreshes them); its region is the one the broker names."""
+    return broker_session(path)[0]
+
+
+def broker_session(path: Path) -> tuple[Any, dict[str, Any]]:
+    """``s3_client_from_broker``'s client and the broker's first answer (which, for an export,
+    names the bucket and prefix the session may write)."""
     import boto3
     import botocore.session
     from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
@@ -123,4 +129,4 @@ def s3_client_from_broker(path: Path) -> Any:
     core = botocore.session.get_session()
     core.register_component("credential_provider", CredentialResolver([BrokerProvider()]))
     region = first.get("Region") if isinstance(first.get("Region"), str) else None
-    return boto3.Session(botocore_session=core, region_name=region).client("s3")
+    return boto3.Session(botocore_session=core, region_name=region).client("s3"), first

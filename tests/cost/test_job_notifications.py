@@ -86,6 +86,23 @@ def test_a_campaigns_postprocess_completing_is_told_as_the_campaign_done(
     assert "relion-spot status 23" in message["Message"]
 
 
+def test_a_pull_s_export_completing_is_not_mailed_and_its_failure_is(
+    account: Account, inbox: dict[str, Any]
+) -> None:
+    """The lab waits for its export at the terminal (relion-spot pull): its end is no news."""
+    account.launch(node="cpu-1")
+    env = slurm_env(
+        "24", nodes="cpu-1", start=1_790_000_000, end=1_790_000_030, state="COMPLETED", procs=2
+    )
+    env |= {"JOBNAME": "export", "PARTITION": "cpu"}
+    assert _write(account, inbox, env) == "written"
+    assert _delivered(inbox) == []
+    env |= {"JOBID": "25", "JOBSTATE": "FAILED"}
+    assert _write(account, inbox, env) == "written"
+    (message,) = _delivered(inbox)
+    assert message["MessageAttributes"]["event"]["Value"] == "job-failed"
+
+
 def test_a_cancel_is_not_mailed(account: Account, inbox: dict[str, Any]) -> None:
     account.launch(node="gpu-1")
     env = slurm_env(

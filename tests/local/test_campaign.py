@@ -1,7 +1,8 @@
 """``relion-spot demo --campaign`` as a lab would run it: the real CLI, the whole embedded cloud,
 one ``submit campaign`` through the intake — Class3D, the auto-refine of the class it picks
-(reclaimed once, continued from both halves), PostProcess on a CPU node — judged by the demo's
-own JSON line, with the final map measured against the true volume."""
+(reclaimed once, continued from both halves), PostProcess on a CPU node, then ``relion-spot
+pull`` of its results through the exchange bucket — judged by the demo's own JSON line, with the
+final map measured against the true volume and the pulled files against the project's."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def test_a_whole_campaign_refines_the_picked_class_through_a_reclaim_and_prices_
         "bfactor": result["bfactor"],
     }, "the job's last word reached its record through the node's forwarder"
     assert result["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in steps.values()), abs=1e-6)
+    pulled = result["pulled"]
+    assert pulled["differ"] == [] and pulled["missing"] == [] and pulled["pictures_png"], pulled
+    assert len(pulled["jobs"]) == 3 and pulled["files"] > 10, pulled
+    for name in ("postprocess.mrc", "run_half1_class001_unfil.mrc", "fsc.png"):
+        assert list((tmp_path / "pulled").rglob(name)), f"relion-spot pull brought no {name}"
     print(
         f"\ncampaign: {result['wall_seconds']:.0f} s, {result['resolution_angstrom']} Å "
         f"gold-standard, {result['truth_resolution_angstrom']} Å against the truth"

@@ -64,16 +64,20 @@ class SpySts:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.policies: list[dict[str, Any]] = []
+        self.roles: list[str] = []
 
     def assume_role(self, **kwargs: Any) -> Any:
         self.policies.append(json.loads(kwargs["Policy"]))
+        self.roles.append(kwargs["RoleArn"])
         return self.client.assume_role(**kwargs)
 
 
 class Node:
     """A broker serving on a socket in threads; what it is told is the test's to set."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(
+        self, tmp: Path, *, role: str = ROLE, write_role: str = "", bucket: str = ""
+    ) -> None:
         self.socket = tmp / "run" / "stage-credentials.sock"
         self.jobs: list[NodeJob] | None = [NodeJob(JOB, os.getuid(), SID)]
         self.pid_job: str | Refused = JOB
@@ -81,7 +85,9 @@ class Node:
         self.clock = dt.datetime.now(dt.UTC)
         self.sts = SpySts(boto3.client("sts", region_name="us-east-1"))
         self.broker = Broker(
-            role_arn=ROLE,
+            role_arn=role,
+            write_role_arn=write_role,
+            exchange_bucket=bucket,
             node=NODE,
             region="us-east-1",
             sts=self.sts,
@@ -279,3 +285,47 @@ def test_a_staging_job_reads_s3_only_with_the_brokers_session(
     node.jobs = []
     again = ["fetch", "--source", SOURCE, "--dest", str(tmp_path / "again")]
     assert staging_main([*again, "--s3-credentials", str(node.socket)]) == 1
+
+
+WRITER = "arn:aws:iam::123456789012:role/lab-ExchangeWriter-abc"
+EXCHANGE = "lab-exchange-1a2b"
+
+
+@pytest.fixture
+def exchange_node(tmp_path: Path) -> Iterator[Node]:
+    """A CPU node of a cluster without stage buckets: its broker serves exports alone."""
+    with mock_aws():
+        served = Node(tmp_path / "exchange", role="", write_role=WRITER, bucket=EXCHANGE)
+        served.record = _accepted(template="export", parameters="{}")
+        try:
+            yield served
+        finally:
+            served.stop()
+
+
+def test_an_approved_export_may_write_only_under_its_own_prefix_which_the_broker_names(
+    exchange_node: Node,
+) -> None:
+    reply = ask_broker(exchange_node.socket)
+    assert (reply["Bucket"], reply["Prefix"]) == (EXCHANGE, f"out/{SID}/")
+    assert exchange_node.sts.roles == [WRITER]
+    (policy,) = exchange_node.sts.policies
+    assert policy["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+            "Resource": f"arn:aws:s3:::{EXCHANGE}/out/{SID}/*",
+        }
+    ]
+
+
+def test_a_stage_on_a_node_without_its_role_and_an_export_without_an_exchange_are_refused(
+    exchange_node: Node, node: Node
+) -> None:
+    exchange_node.record = _accepted()
+    with pytest.raises(StagingError, match="this cluster has no stage bucket role"):
+        ask_broker(exchange_node.socket, patience_s=0)
+    node.record = _accepted(template="export", parameters="{}")
+    with pytest.raises(StagingError, match="this node has no results exchange to write to"):
+        ask_broker(node.socket, patience_s=0)
+    assert exchange_node.sts.policies == node.sts.policies == []

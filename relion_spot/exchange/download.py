@@ -1,0 +1,117 @@
+"""The lab's side of ``relion-spot pull``: what an export's manifest lists, downloaded and checked.
+
+Each file goes to a temporary name beside its place, is checked against the manifest's size and
+sha256, then renamed into place, so a file in the folder is always a whole, verified one. A file
+already there with the right digest is kept (a pull that was interrupted goes on where it
+stopped). Nothing is written outside the folder: the manifest's paths are checked first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .manifest import NAME, Entry, Manifest, ManifestError, parse, sha256_file
+
+PARTIAL_SUFFIX = ".part"
+
+
+class DownloadError(RuntimeError):
+    """The export is not there, or a file did not arrive whole; the message says which."""
+
+
+@dataclass(frozen=True)
+class Pulled:
+    manifest: Manifest
+    downloaded: tuple[Entry, ...]
+    kept: tuple[Entry, ...]
+    """Already in the folder with the manifest's digest."""
+
+
+class Progress:
+    """What a download reports as it goes (the CLI draws a bar; tests count)."""
+
+    def begin(self, total_bytes: int, files: int) -> None: ...
+
+    def file(self, entry: Entry) -> None: ...
+
+    def advance(self, count: int) -> None: ...
+
+    def end(self) -> None: ...
+
+
+def read_manifest(s3: Any, bucket: str, prefix: str) -> Manifest:
+    from botocore.exceptions import ClientError
+
+    try:
+        body = s3.get_object(Bucket=bucket, Key=prefix + NAME)["Body"].read()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            raise DownloadError(
+                f"s3://{bucket}/{prefix}{NAME} is not there: the export has not finished, or "
+                "the exchange has expired it"
+            ) from None
+        raise DownloadError(f"s3://{bucket}/{prefix}{NAME}: {err}") from None
+    try:
+        return parse(body)
+    except ManifestError as err:
+        raise DownloadError(f"s3://{bucket}/{prefix}{NAME}: {err}") from None
+
+
+def _whole(path: Path, entry: Entry) -> bool:
+    return (
+        path.is_file()
+        and not path.is_symlink()
+        and path.stat().st_size == entry.bytes
+        and sha256_file(path) == entry.sha256
+    )
+
+
+def pull(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    folder: Path,
+    *,
+    progress: Progress | None = None,
+    manifest: Manifest | None = None,
+) -> Pulled:
+    """Every file the export's manifest lists, into ``folder`` at its path, verified."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    shown = progress or Progress()
+    manifest = manifest or read_manifest(s3, bucket, prefix)
+    root = folder.resolve()
+    downloaded, kept = [], []
+    shown.begin(manifest.total_bytes, len(manifest.files))
+    try:
+        for entry in manifest.files:
+            target = root / entry.path
+            if not target.resolve().is_relative_to(root):
+                raise DownloadError(f"{entry.path} leads outside {folder}")
+            shown.file(entry)
+            if _whole(target, entry):
+                shown.advance(entry.bytes)
+                kept.append(entry)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + PARTIAL_SUFFIX)
+            callback: Callable[[int], None] = shown.advance
+            try:
+                s3.download_file(bucket, prefix + entry.path, str(partial), Callback=callback)
+            except (BotoCoreError, ClientError) as err:
+                raise DownloadError(f"{entry.path}: the download failed ({err})") from None
+            if not _whole(partial, entry):
+                partial.unlink(missing_ok=True)
+                raise DownloadError(
+                    f"{entry.path}: what arrived does not match the manifest's size and sha256"
+                )
+            os.replace(partial, target)
+            downloaded.append(entry)
+    finally:
+        shown.end()
+    return Pulled(manifest, tuple(downloaded), tuple(kept))

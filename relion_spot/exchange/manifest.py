@@ -1,0 +1,127 @@
+"""The exchange's manifest: what an export wrote, each file's size and sha256.
+
+Written last by the export job, so its presence means every file it names is in place; read by
+the lab's CLI, which trusts nothing in it it has not checked: paths stay inside the folder it
+downloads to, sizes and digests have their proper forms, and the list is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+NAME = "manifest.json"
+VERSION = 1
+MAX_FILES = 5000
+MAX_PATH_CHARS = 300
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PATH = re.compile(r"^[A-Za-z0-9._/-]+$")
+_CHUNK = 1 << 20
+
+
+class ManifestError(ValueError):
+    """The manifest is not one an export writes; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    """Relative to the project: ``<JobType>/jobNNN/<name>``."""
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    submission: str
+    """The export's submission id (its prefix in the exchange)."""
+    project: str
+    jobs: tuple[tuple[str, str], ...]
+    """(submission id, job directory) of each job exported."""
+    files: tuple[Entry, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.bytes for e in self.files)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": VERSION,
+                "submission": self.submission,
+                "project": self.project,
+                "jobs": [{"submission": s, "directory": d} for s, d in self.jobs],
+                "files": [
+                    {"path": e.path, "bytes": e.bytes, "sha256": e.sha256} for e in self.files
+                ],
+            },
+            indent=1,
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_path(value: object) -> str:
+    """A relative path of plain names, inside whatever folder it is joined to."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_PATH_CHARS
+        or not _PATH.fullmatch(value)
+        or value.startswith("/")
+        or any(part in ("", ".", "..") for part in value.split("/"))
+    ):
+        raise ManifestError(
+            f"path {str(value)[:80]!r} is not accepted: a relative path of letters, digits, "
+            f"'.', '_', '-' and '/', without . or .. parts, at most {MAX_PATH_CHARS} characters"
+        )
+    return str(PurePosixPath(value))
+
+
+def parse(data: bytes) -> Manifest:
+    """The manifest in ``data``, or ManifestError naming the first thing wrong."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"the manifest is {len(data)} bytes, more than {MAX_MANIFEST_BYTES}")
+    try:
+        raw = json.loads(data)
+    except ValueError as err:
+        raise ManifestError(f"the manifest is not JSON ({err})") from None
+    if not isinstance(raw, dict) or raw.get("version") != VERSION:
+        raise ManifestError(f"the manifest is not a version {VERSION} manifest")
+    files, jobs = raw.get("files"), raw.get("jobs")
+    if not isinstance(files, list) or not isinstance(jobs, list) or len(files) > MAX_FILES:
+        raise ManifestError(f"the manifest needs a list of at most {MAX_FILES} files and of jobs")
+    entries, seen = [], set()
+    for item in files:
+        if not isinstance(item, dict):
+            raise ManifestError("a file of the manifest is not an object")
+        path, size, digest = check_path(item.get("path")), item.get("bytes"), item.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ManifestError(f"{path}: bytes {str(size)[:40]!r} is not a whole number >= 0")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ManifestError(f"{path}: sha256 {str(digest)[:80]!r} is not 64 hex digits")
+        if path in seen:
+            raise ManifestError(f"{path} is listed twice")
+        seen.add(path)
+        entries.append(Entry(path, size, digest))
+    pairs = []
+    for job in jobs:
+        if not isinstance(job, dict):
+            raise ManifestError("a job of the manifest is not an object")
+        pairs.append((str(job.get("submission", ""))[:80], check_path(job.get("directory"))))
+    return Manifest(
+        submission=str(raw.get("submission", ""))[:80],
+        project=str(raw.get("project", ""))[:MAX_PATH_CHARS],
+        jobs=tuple(pairs),
+        files=tuple(entries),
+    )

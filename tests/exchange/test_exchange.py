@@ -1,0 +1,255 @@
+"""Results out, over the broker's socket and S3 (moto): the export job's program writes only where
+the broker says, the lab's download checks everything the manifest claims, and a manifest or a
+file that is not what an export wrote is refused by name with nothing written outside the
+folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pandas as pd
+import pytest
+import starfile
+from moto import mock_aws
+
+from relion_spot.exchange.download import PARTIAL_SUFFIX, DownloadError, Progress, pull
+from relion_spot.exchange.export import main as export_main
+from relion_spot.exchange.manifest import Entry, Manifest, ManifestError, parse
+from relion_spot.jobs.job_dir import CLAIM_FILE
+from tests.node.test_stage_credentials import EXCHANGE, SID, WRITER, Node, _accepted
+
+POST = "7b2e9c30-4d5f-4e70-8b12-c3d4e5f6a7b8"
+SELECT = "8c3fad41-5e60-4f81-9c23-d4e5f6a7b8c9"
+PREFIX = f"out/{SID}/"
+
+
+def _claim(directory: Path, submission: str, job_type: str) -> None:
+    directory.mkdir(parents=True)
+    claim = {"cluster": "c", "slurm_job_id": "9", "submission_id": submission}
+    claim |= {"created": time.time(), "job_type": job_type}
+    (directory / CLAIM_FILE).write_text(json.dumps(claim))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project with a PostProcess and a Select job, as their programs leave them."""
+    root = tmp_path / "data" / "lab"
+    post = root / "PostProcess" / "job003"
+    _claim(post, POST, "PostProcess")
+    for name in ("postprocess.mrc", "postprocess_masked.mrc", "mask.mrc"):
+        (post / name).write_bytes(bytes(range(256)) * 400 + name.encode())
+    fsc = pd.DataFrame(
+        {
+            "rlnResolution": [0.0, 0.05, 0.1],
+            "rlnFourierShellCorrelationCorrected": [1.0, 0.5, 0.0],
+            "rlnFourierShellCorrelationUnmaskedMaps": [1.0, 0.4, 0.0],
+        }
+    )
+    starfile.write({"general": {"rlnFinalResolution": 14.5}, "fsc": fsc}, post / "postprocess.star")
+    (post / "run.out").write_text("postprocess: done\n")
+    (post / "logfile.pdf").write_bytes(b"%PDF")
+    select = root / "Select" / "job002"
+    _claim(select, SELECT, "Select")
+    (select / "particles.star").write_text("data_particles\n")
+    return root
+
+
+@pytest.fixture
+def exchange(tmp_path: Path) -> Iterator[tuple[Node, Any]]:
+    with mock_aws():
+        node = Node(tmp_path / "node", role="", write_role=WRITER, bucket=EXCHANGE)
+        node.record = _accepted(template="export", parameters="{}")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=EXCHANGE)
+        try:
+            yield node, s3
+        finally:
+            node.stop()
+
+
+def _export(node: Node, project: Path, *submissions: str) -> int:
+    words = ["export", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
+    for submission in submissions:
+        words += ["--submission", submission]
+    return export_main(words)
+
+
+def test_an_export_writes_where_the_broker_says_and_comes_back_byte_for_byte(
+    exchange: tuple[Node, Any], project: Path, tmp_path: Path
+) -> None:
+    node, s3 = exchange
+    assert _export(node, project, POST, SELECT) == 0
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=EXCHANGE)["Contents"]}
+    assert all(k.startswith(PREFIX) for k in keys)
+    assert f"{PREFIX}manifest.json" in keys
+    assert f"{PREFIX}PostProcess/job003/fsc.png" in keys
+    assert f"{PREFIX}PostProcess/job003/logfile.pdf" not in keys, "only what a lab opens"
+    assert not any(k.endswith(CLAIM_FILE) for k in keys)
+
+    folder = tmp_path / "pulled"
+    got = pull(s3, EXCHANGE, PREFIX, folder)
+    assert got.manifest.jobs == ((POST, "PostProcess/job003"), (SELECT, "Select/job002"))
+    assert len(got.downloaded) == len(got.manifest.files) == len(keys) - 1
+    for entry in got.manifest.files:
+        if entry.path.endswith(".png"):
+            assert (folder / entry.path).read_bytes().startswith(b"\x89PNG")
+        else:
+            assert (folder / entry.path).read_bytes() == (project / entry.path).read_bytes()
+    assert not list(folder.rglob(f"*{PARTIAL_SUFFIX}"))
+
+    again = pull(s3, EXCHANGE, PREFIX, folder)
+    assert again.downloaded == () and len(again.kept) == len(got.manifest.files)
+
+
+def test_a_file_changed_in_the_exchange_is_refused_and_a_damaged_local_copy_is_replaced(
+    exchange: tuple[Node, Any], project: Path, tmp_path: Path
+) -> None:
+    node, s3 = exchange
+    assert _export(node, project, POST) == 0
+    folder = tmp_path / "pulled"
+    pull(s3, EXCHANGE, PREFIX, folder)
+    mask = folder / "PostProcess/job003/mask.mrc"
+    mask.write_bytes(b"half a file")
+    assert [e.path for e in pull(s3, EXCHANGE, PREFIX, folder).downloaded] == [
+        "PostProcess/job003/mask.mrc"
+    ]
+    assert mask.read_bytes() == (project / "PostProcess/job003/mask.mrc").read_bytes()
+
+    s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}PostProcess/job003/mask.mrc", Body=b"evil")
+    mask.unlink()
+    with pytest.raises(DownloadError, match="does not match the manifest's size and sha256"):
+        pull(s3, EXCHANGE, PREFIX, folder)
+    assert not mask.exists() and not list(folder.rglob(f"*{PARTIAL_SUFFIX}"))
+
+
+def test_a_job_without_results_or_an_unknown_submission_fails_the_export_by_name(
+    exchange: tuple[Node, Any], project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node, s3 = exchange
+    (project / "PostProcess/job003/postprocess.mrc").unlink()
+    assert _export(node, project, POST) == 1
+    assert "has written no postprocess.mrc yet" in capsys.readouterr().err
+    unknown = "9d40be52-6f71-4092-ad34-e5f6a7b8c9d0"
+    assert _export(node, project, unknown) == 1
+    assert f"no job directory of {project} is claimed by {unknown}" in capsys.readouterr().err
+    assert "Contents" not in s3.list_objects_v2(Bucket=EXCHANGE), "nothing half-written"
+
+
+def test_an_export_the_intake_did_not_approve_gets_no_session_and_writes_nothing(
+    exchange: tuple[Node, Any], project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node, s3 = exchange
+    node.record = _accepted(template="class3d")
+    assert _export(node, project, POST) == 1
+    assert "is a class3d job, not stage or export" in capsys.readouterr().err
+    assert node.sts.policies == [] and "Contents" not in s3.list_objects_v2(Bucket=EXCHANGE)
+
+
+def _file(path: str = "a", size: Any = 1, digest: str = "0" * 64) -> dict[str, Any]:
+    return {"path": path, "bytes": size, "sha256": digest}
+
+
+def _manifest(**change: Any) -> bytes:
+    good = Manifest(
+        "s", "lab", (("a", "Class3D/job001"),), (Entry("Class3D/job001/x", 1, "0" * 64),)
+    )
+    raw = json.loads(good.to_json())
+    raw.update(change)
+    return json.dumps(raw).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not json", "the manifest is not JSON"),
+        (_manifest(version=2), "not a version 1 manifest"),
+        (_manifest(files={"a": 1}), "a list of at most 5000 files"),
+        (_manifest(files=[_file("../../.bashrc")]), "'../../.bashrc' is not accepted"),
+        (_manifest(files=[_file("/etc/passwd")]), "'/etc/passwd' is not accepted"),
+        (_manifest(files=[_file("a//b")]), "'a//b' is not accepted"),
+        (_manifest(files=[_file("a b")]), "'a b' is not accepted"),
+        (_manifest(files=[_file(size=-1)]), "bytes '-1' is not"),
+        (_manifest(files=[_file(size=True)]), "bytes 'True' is not"),
+        (_manifest(files=[_file(digest="x")]), "sha256 'x' is not 64 hex"),
+        (_manifest(files=[_file("a")] * 2), "a is listed twice"),
+        (_manifest(files=[_file("a")] * 5001), "at most 5000"),
+        (_manifest(jobs=[{"submission": "s", "directory": ".."}]), "'..' is not accepted"),
+    ],
+    ids=[
+        "not-json", "version", "files-not-list", "dot-dot", "absolute", "empty-part", "space",
+        "negative", "bool", "digest", "twice", "too-many", "job-dir",
+    ],
+)  # fmt: skip
+def test_a_manifest_an_export_did_not_write_is_refused_by_name(data: bytes, message: str) -> None:
+    with pytest.raises(ManifestError) as refused:
+        parse(data)
+    assert message in str(refused.value)
+
+
+def test_a_hostile_manifest_in_the_exchange_writes_nothing_anywhere(
+    tmp_path: Path,
+) -> None:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=EXCHANGE)
+        body = _manifest(files=[_file("../escape")])
+        s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}manifest.json", Body=body)
+        with pytest.raises(DownloadError, match=r"'\.\./escape' is not accepted"):
+            pull(s3, EXCHANGE, PREFIX, tmp_path / "pulled")
+        with pytest.raises(DownloadError, match="the export has not finished"):
+            pull(s3, EXCHANGE, "out/other/", tmp_path / "pulled")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "pulled").exists()
+
+
+class Counted(Progress):
+    def __init__(self) -> None:
+        self.total = self.advanced = 0
+        self.files: list[str] = []
+
+    def begin(self, total_bytes: int, files: int) -> None:
+        self.total = total_bytes
+
+    def file(self, entry: Entry) -> None:
+        self.files.append(entry.path)
+
+    def advance(self, count: int) -> None:
+        self.advanced += count
+
+
+def test_the_progress_bar_counts_every_byte_it_downloads(
+    exchange: tuple[Node, Any], project: Path, tmp_path: Path
+) -> None:
+    node, s3 = exchange
+    assert _export(node, project, POST) == 0
+    counted = Counted()
+    got = pull(s3, EXCHANGE, PREFIX, tmp_path / "pulled", progress=counted)
+    assert counted.total == counted.advanced == got.manifest.total_bytes > 300_000
+    assert counted.files == [e.path for e in got.manifest.files]
+
+
+def test_the_controller_refuses_an_export_of_a_job_without_results_before_any_node(
+    project: Path,
+) -> None:
+    from relion_spot.intake.prepare import JobPreparer, JobRejected
+    from relion_spot.jobs.export import ExportParams
+
+    prepare = JobPreparer(instance_types=("g5.xlarge",), data_root=project.parent)
+    accepted = prepare(ExportParams("/data/lab", (POST, SELECT)))
+    assert accepted.note == (
+        "preflight ok: exporting PostProcess/job003 (5 files), Select/job002 (1 file) on the "
+        "CPU partition"
+    )
+    assert not accepted.needs_image and "relion_spot.exchange export" in accepted.script
+    (project / "Select/job002/particles.star").unlink()
+    with pytest.raises(JobRejected, match=r"^preflight: job002 has written no particles.star yet"):
+        prepare(ExportParams("/data/lab", (POST, SELECT)))
+    unknown = "9d40be52-6f71-4092-ad34-e5f6a7b8c9d0"
+    with pytest.raises(
+        JobRejected, match=f"no job directory of /data/lab is claimed by .*{unknown}"
+    ):
+        prepare(ExportParams("/data/lab", (unknown,)))
