@@ -12,6 +12,7 @@ from aws_cdk import Acknowledgment, Stack, Token, Validations
 from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
+from .constructs.results_exchange import EXPIRY_DAYS, RESULTS_PREFIX
 from .stacks.cluster import ClusterStack
 from .stacks.network import NetworkStack
 
@@ -181,6 +182,25 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             "named in the stage_buckets setting; the keys they stage are chosen per job.",
         )
 
+    exchange = stack.results_exchange
+    _ack(
+        exchange.bucket.node.default_child,
+        "AwsSolutions-S1",
+        f"The exchange bucket holds only copies of results already on the cluster's EFS, each "
+        f"expiring after {EXPIRY_DAYS} days; access logs would be a second bucket that outlives "
+        "them. Who wrote or read which copy is for CloudTrail S3 data events to record, where "
+        "the account turns them on.",
+    )
+    bucket = Stack.of(stack).resolve(exchange.bucket.bucket_arn)["Fn::GetAtt"][0]
+    results = f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/{RESULTS_PREFIX}*]"
+    _ack(
+        _default_policy(exchange.writer),
+        results,
+        f"Export jobs write (PutObject and AbortMultipartUpload only: no read, list or delete) "
+        f"under {RESULTS_PREFIX} of this cluster's own exchange bucket; the keys are chosen per "
+        "job.",
+    )
+
     cost = stack.cost_tracker
     cost_policy = _default_policy(cost.role)
     _ack(
@@ -213,6 +233,12 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             f"{account}:stack/{stack.stack_name}/*]",
             "DescribeStacks of this cluster's own stack only; a stack ARN ends in an id "
             "CloudFormation assigns at create.",
+        )
+        _ack(
+            policy.node.default_child,
+            results,
+            f"relion-spot pull reads (GetObject only) the copies under {RESULTS_PREFIX} of this "
+            "cluster's own exchange bucket; the keys are the finished jobs' files.",
         )
     log_group = Stack.of(stack).resolve(controller.log_group.log_group_name)["Ref"]
     _ack(

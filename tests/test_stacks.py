@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from aws_cdk import RemovalPolicy
 from aws_cdk.assertions import Capture, Match, Template
 
 from relion_spot import tags
@@ -201,6 +202,7 @@ def test_stateful_resources_have_explicit_removal_policies(default_synth, altern
                     "AWS::EFS::FileSystem",
                     "AWS::DynamoDB::Table",
                     "AWS::Logs::LogGroup",
+                    "AWS::S3::Bucket",
                     "Custom::SlurmKey",
                 ):
                     assert "DeletionPolicy" in resource, f"{name}/{logical_id}"
@@ -846,12 +848,19 @@ def test_stage_buckets_are_read_through_a_role_only_the_cpu_nodes_assume(
     (trust,) = reader["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"]["AWS"]["Fn::GetAtt"][0].startswith("CpuNodesRole")
     assert reader["MaxSessionDuration"] == 3600
-    (assume,) = s3_statements(lab_b, "CpuNodesRole")
+
+    def stage_statements(template: dict, role_prefix: str) -> list[dict]:
+        """The node role's S3 and STS grants but the results writer's (tested below)."""
+        return [
+            s for s in s3_statements(template, role_prefix) if s.get("Sid") != "AssumeResultsWriter"
+        ]
+
+    (assume,) = stage_statements(lab_b, "CpuNodesRole")
     assert assume["Action"] == "sts:AssumeRole"
     assert assume["Resource"] == {"Fn::GetAtt": [reader_id, "Arn"]}
     assert s3_statements(lab_b, "GpuNodesRole") == []
     for name in CLUSTERS:
-        assert s3_statements(default_synth.template(name), "NodesRole") == []
+        assert stage_statements(default_synth.template(name), "NodesRole") == []
         assert not [
             k
             for k in _resources(default_synth.template(name), "AWS::IAM::Role")
@@ -970,3 +979,251 @@ def test_a_spot_shortage_of_the_controller_invokes_the_on_demand_fallback(
     (container,) = task["Properties"]["ContainerDefinitions"]
     env = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert env["RELION_SPOT_CONTROLLER_CAPACITY_PROVIDER"] == "FARGATE"
+
+
+def _one_resource(template: dict, kind: str, prefix: str) -> tuple[str, dict]:
+    (found,) = [(k, v) for k, v in _resources(template, kind).items() if k.startswith(prefix)]
+    return found
+
+
+def _policies_of(template: dict, key: str, logical_id: str) -> list[dict]:
+    """The standalone policies (AWS::IAM::Policy) attached to one role or group."""
+    return [
+        p
+        for p in _resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": logical_id} in p["Properties"].get(key, [])
+    ]
+
+
+def test_every_cluster_has_a_results_exchange_that_keeps_nothing(
+    default_synth, alternate_synth
+) -> None:
+    """Private, TLS only, encrypted, no ACLs; every copy gone after EXPIRY_DAYS and every
+    unfinished upload after a day; deleted with the stack whatever keep_data says (the
+    results themselves stay on EFS)."""
+    from relion_spot.constructs.results_exchange import EXPIRY_DAYS, RESULTS_PREFIX
+
+    assert (EXPIRY_DAYS, RESULTS_PREFIX) == (7, "out/")
+    for synth, names in ((default_synth, CLUSTERS), (alternate_synth, ["lab-b-gpu4"])):
+        for name in names:
+            template = Template.from_json(synth.template(name))
+            template.resource_count_is("AWS::S3::Bucket", 1)
+            template.has_resource(
+                "AWS::S3::Bucket",
+                {
+                    "Properties": {
+                        "PublicAccessBlockConfiguration": {
+                            "BlockPublicAcls": True,
+                            "BlockPublicPolicy": True,
+                            "IgnorePublicAcls": True,
+                            "RestrictPublicBuckets": True,
+                        },
+                        "BucketEncryption": {
+                            "ServerSideEncryptionConfiguration": [
+                                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+                            ]
+                        },
+                        "OwnershipControls": {
+                            "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]
+                        },
+                        "LifecycleConfiguration": {
+                            "Rules": [
+                                {
+                                    "Id": "ExpireCopies",
+                                    "Status": "Enabled",
+                                    "ExpirationInDays": EXPIRY_DAYS,
+                                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                                }
+                            ]
+                        },
+                        "Tags": Match.array_with(
+                            [{"Key": "aws-cdk:auto-delete-objects", "Value": "true"}]
+                        ),
+                    },
+                    "DeletionPolicy": "Delete",
+                    "UpdateReplacePolicy": "Delete",
+                },
+            )
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_the_exchange_bucket_takes_tls_only_and_only_cdks_emptier_besides(
+    default_synth, stack: str
+) -> None:
+    """The bucket policy: deny every request without TLS; allow the auto-delete function (and
+    nothing else) to empty the bucket so the stack's delete can remove it. That function and
+    its role are CDK's, made as raw CfnResources cdk-nag does not check: its role holds the
+    basic Lambda execution policy only, and its logs go to a group of the cluster's retention
+    that goes with the stack."""
+    template = default_synth.template(stack)
+    bucket_id, _ = _one_resource(template, "AWS::S3::Bucket", "ResultsExchangeBucket")
+    (policy,) = _resources(template, "AWS::S3::BucketPolicy").values()
+    assert policy["Properties"]["Bucket"] == {"Ref": bucket_id}
+    deny, empty = policy["Properties"]["PolicyDocument"]["Statement"]
+    bucket_and_objects = [
+        {"Fn::GetAtt": [bucket_id, "Arn"]},
+        {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/*"]]},
+    ]
+    assert deny == {
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Action": "s3:*",
+        "Resource": bucket_and_objects,
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+    provider_role_id, provider_role = _one_resource(
+        template, "AWS::IAM::Role", "CustomS3AutoDeleteObjectsCustomResourceProviderRole"
+    )
+    assert empty["Effect"] == "Allow"
+    assert empty["Principal"] == {"AWS": {"Fn::GetAtt": [provider_role_id, "Arn"]}}
+    assert empty["Resource"] == bucket_and_objects
+    assert empty["Action"] == [
+        "s3:DeleteObject*",
+        "s3:GetBucket*",
+        "s3:List*",
+        "s3:PutBucketPolicy",
+    ]
+    basic_execution = (
+        "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+    )
+    assert provider_role["Properties"]["ManagedPolicyArns"] == [{"Fn::Sub": basic_execution}]
+    assert "Policies" not in provider_role["Properties"]
+    assert _policies_of(template, "Roles", provider_role_id) == []
+
+    (deleter,) = _resources(template, "Custom::S3AutoDeleteObjects").values()
+    assert deleter["Properties"]["BucketName"] == {"Ref": bucket_id}
+    handler_id = deleter["Properties"]["ServiceToken"]["Fn::GetAtt"][0]
+    handler = template["Resources"][handler_id]["Properties"]
+    logs_id = handler["LoggingConfig"]["LogGroup"]["Ref"]
+    assert logs_id.startswith("ResultsExchangeAutoDeleteLogs")
+    logs = template["Resources"][logs_id]
+    assert logs["Properties"]["RetentionInDays"] == 30
+    assert logs["DeletionPolicy"] == "Delete"
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_the_results_writer_is_assumed_by_the_cpu_nodes_and_only_writes_out(
+    default_synth, stack: str
+) -> None:
+    template = default_synth.template(stack)
+    bucket_id, _ = _one_resource(template, "AWS::S3::Bucket", "ResultsExchangeBucket")
+    writer_id, writer = _one_resource(template, "AWS::IAM::Role", "ResultsExchangeWriter")
+    cpu_id, _ = _one_resource(template, "AWS::IAM::Role", "CpuNodesRole")
+    gpu_id, _ = _one_resource(template, "AWS::IAM::Role", "GpuNodesRole")
+    assert writer["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "sts:AssumeRole",
+            "Principal": {"AWS": {"Fn::GetAtt": [cpu_id, "Arn"]}},
+        }
+    ]
+    assert writer["Properties"]["MaxSessionDuration"] == 3600
+    assert "Policies" not in writer["Properties"]
+    assert "ManagedPolicyArns" not in writer["Properties"]
+    (policy,) = _policies_of(template, "Roles", writer_id)
+    assert policy["Properties"]["PolicyDocument"]["Statement"] == [
+        {
+            "Sid": "WriteResults",
+            "Effect": "Allow",
+            "Action": ["s3:AbortMultipartUpload", "s3:PutObject"],
+            "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/out/*"]]},
+        }
+    ]
+
+    def assumes(role_id: str) -> list[dict]:
+        return [
+            s
+            for p in _policies_of(template, "Roles", role_id)
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+            if "sts:AssumeRole" in _as_list(s["Action"])
+        ]
+
+    assert assumes(cpu_id) == [
+        {
+            "Sid": "AssumeResultsWriter",
+            "Effect": "Allow",
+            "Action": "sts:AssumeRole",
+            "Resource": {"Fn::GetAtt": [writer_id, "Arn"]},
+        }
+    ]
+    assert assumes(gpu_id) == []
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_the_lab_lists_and_reads_the_exchange_under_out_only(default_synth, stack: str) -> None:
+    template = default_synth.template(stack)
+    bucket_id, _ = _one_resource(template, "AWS::S3::Bucket", "ResultsExchangeBucket")
+    expected = [
+        {
+            "Sid": "PullResults",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/out/*"]]},
+        },
+        {
+            "Sid": "ListResults",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": {"Fn::GetAtt": [bucket_id, "Arn"]},
+            "Condition": {"StringLike": {"s3:prefix": ["out/*"]}},
+        },
+    ]
+    for prefix in ("LabAccessLabMember", "LabAccessLabAdmin"):
+        _, policy = _one_resource(template, "AWS::IAM::ManagedPolicy", prefix)
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        s3 = [s for s in statements if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
+        assert s3 == expected, prefix
+
+
+@pytest.mark.parametrize("stack", CLUSTERS)
+def test_the_cpu_nodes_and_the_cli_are_told_the_exchange(default_synth, stack: str) -> None:
+    """Both node groups boot from the one user data, which passes the writer and the bucket
+    into the node container on CPU nodes only (tests/node/test_bootstrap.py runs that block);
+    the CLI finds the bucket in the stack's outputs."""
+    template = default_synth.template(stack)
+    bucket_id, _ = _one_resource(template, "AWS::S3::Bucket", "ResultsExchangeBucket")
+    writer_id, _ = _one_resource(template, "AWS::IAM::Role", "ResultsExchangeWriter")
+    for lt in _resources(template, "AWS::EC2::LaunchTemplate").values():
+        parts = lt["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
+        for placeholder, value in (
+            ("EXCHANGE_WRITE_ROLE", {"Fn::GetAtt": [writer_id, "Arn"]}),
+            ("EXCHANGE_BUCKET", {"Ref": bucket_id}),
+        ):
+            at = parts.index(value)
+            assert str(parts[at - 1]).endswith(f"readonly {placeholder}='"), placeholder
+    assert template["Outputs"]["ExchangeBucket"]["Value"] == {"Ref": bucket_id}
+
+
+def test_a_results_exchange_no_node_role_was_allowed_to_assume_fails_synth() -> None:
+    """Its placeholder trust would be the whole account: synth refuses rather than deploy it."""
+    from aws_cdk import App
+    from aws_cdk import Stack as CdkStack
+
+    from relion_spot.constructs.results_exchange import ResultsExchange
+
+    app = App()
+    ResultsExchange(
+        CdkStack(app, "Lone"), "Exchange", cluster_name="lab", removal_policy=RemovalPolicy.DESTROY
+    )
+    with pytest.raises(RuntimeError, match="allow_node was never called"):
+        app.synth()
+
+
+def test_a_retained_exchange_is_not_emptied_on_delete() -> None:
+    """Only a bucket that goes with the stack gets the auto-delete function and its logs."""
+    from aws_cdk import App
+    from aws_cdk import Stack as CdkStack
+    from aws_cdk import aws_iam as iam
+
+    from relion_spot.constructs.results_exchange import ResultsExchange
+
+    app = App()
+    stack = CdkStack(app, "Kept")
+    exchange = ResultsExchange(
+        stack, "Exchange", cluster_name="lab", removal_policy=RemovalPolicy.RETAIN
+    )
+    exchange.allow_node(iam.Role(stack, "Node", assumed_by=iam.ServicePrincipal("ec2")))
+    template = Template.from_stack(stack)
+    template.has_resource("AWS::S3::Bucket", {"DeletionPolicy": "Retain"})
+    template.resource_count_is("Custom::S3AutoDeleteObjects", 0)
+    template.resource_count_is("AWS::Logs::LogGroup", 0)

@@ -1,10 +1,12 @@
 """Who in the lab may do what with one cluster, as two managed policies and an admin role.
 
-"Lab member" (``relion-spot submit / status / logs / cancel / plot / cost``): send submissions
-and cancels to the intake queue, read the decisions and progress, the job costs and what sits in
-the dead-letter queue, wake the controller, find the stack. A member's cancel is honoured for
-the member's own submissions only: the drainer compares the cancel's SQS SenderId with the
-submission's (relion_spot.intake.drain).
+"Lab member" (``relion-spot submit / status / logs / cancel / plot / cost / pull``): send
+submissions and cancels to the intake queue, read the decisions and progress, the job costs and
+what sits in the dead-letter queue, wake the controller, find the stack, list and fetch the
+results copied to the cluster's exchange bucket (under ``out/`` only,
+relion_spot.constructs.results_exchange). A member's cancel is honoured for the member's own
+submissions only: the drainer compares the cancel's SQS SenderId with the submission's
+(relion_spot.intake.drain).
 
 "Lab admin": all of that, plus the controller's logs and clearing the dead-letter queue. An
 admin's cancel is honoured for anyone's submission when it is sent as the cluster's admin role:
@@ -26,6 +28,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from ..cost.store import COSTS_BY_START
+from .results_exchange import ResultsExchange
 
 
 class LabAccess(Construct):
@@ -42,6 +45,7 @@ class LabAccess(Construct):
         ecs_cluster_name: str,
         controller_service_name: str,
         controller_log_group: logs.ILogGroup,
+        results_exchange: ResultsExchange,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -97,6 +101,7 @@ class LabAccess(Construct):
                     )
                 ],
             ),
+            *results_exchange.lab_read_statements(),
         ]
         admin = [
             iam.PolicyStatement(
@@ -133,7 +138,7 @@ class LabAccess(Construct):
             self,
             "LabMember",
             description=f"relion-spot lab member of cluster {cluster_name}: submit, status, "
-            "cost, cancel own jobs",
+            "cost, pull, cancel own jobs",
             statements=member,
         )
         self.admin_policy = iam.ManagedPolicy(

@@ -51,6 +51,8 @@ USAGE_BILLED = {
     "AWS::Lambda::Function",
     "AWS::Lambda::Permission",
     "AWS::Logs::LogGroup",
+    "AWS::S3::Bucket",
+    "AWS::S3::BucketPolicy",
     "AWS::SQS::Queue",
     "AWS::SQS::QueuePolicy",
     "AWS::Scheduler::Schedule",
@@ -72,6 +74,10 @@ FREE_CUSTOM_RESOURCES = {
     ),
     "Custom::VpcRestrictDefaultSG": (
         "CDK's; its function runs only when the stack is deployed and empties a free group"
+    ),
+    "Custom::S3AutoDeleteObjects": (
+        "CDK's; its function runs only when the stack is deleted and empties the results "
+        "exchange bucket"
     ),
 }
 """Custom resources by type, each with why it stands free: each is a function (billed per run,

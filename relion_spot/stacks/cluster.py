@@ -22,6 +22,7 @@ from ..constructs.log_retention import retention
 from ..constructs.network import ClusterNetwork
 from ..constructs.node_group import NodeGroup, grant_launch, grant_power_saving
 from ..constructs.notifications import ClusterNotifications
+from ..constructs.results_exchange import ResultsExchange
 from ..constructs.service_linked_role import ServiceLinkedRole
 from ..constructs.slurm_controller import CONTAINERS_DIR, STATE_DIR, SlurmController
 from ..constructs.slurm_key import SlurmKey
@@ -128,6 +129,16 @@ class ClusterStack(Stack):
             if settings.stage_buckets
             else None
         )
+        # `relion-spot pull` fetches a finished job's results from here: an export job copies
+        # them in through this writer role, never the node's. The bucket holds copies only (the
+        # results stay on EFS), so it goes with the stack whatever keep_data says.
+        self.results_exchange = ResultsExchange(
+            self,
+            "ResultsExchange",
+            cluster_name=cluster_name,
+            removal_policy=RemovalPolicy.DESTROY,
+            log_retention=log_retention,
+        )
         user_data = ec2.UserData.custom(
             bootstrap.render(
                 cluster_name=cluster_name,
@@ -140,6 +151,8 @@ class ClusterStack(Stack):
                 spot_events_table="",
                 intake_table=self.intake.table_name,
                 stage_read_role=self.stage_reader.role_arn if self.stage_reader else "",
+                exchange_write_role=self.results_exchange.writer_arn,
+                exchange_bucket=self.results_exchange.bucket_name,
             )
         )
 
@@ -174,11 +187,13 @@ class ClusterStack(Stack):
             image.repository.grant_pull(group.role)
             auth_key.grant_read(group.role)
 
-        # Staging runs on the CPU partition: only its nodes' broker may assume the reader.
+        # Staging and export run on the CPU partition: only its nodes' broker may assume the
+        # stage reader and the results writer.
         if self.stage_reader:
             self.stage_reader.allow_node(self.cpu_nodes.role)
-            # Its broker hands a job the reader only for what the drainer accepted it to stage.
-            self.intake.grant_read_decisions(self.cpu_nodes.role)
+        self.results_exchange.allow_node(self.cpu_nodes.role)
+        # The broker hands a job a session only for what the drainer accepted it to do.
+        self.intake.grant_read_decisions(self.cpu_nodes.role)
 
         self.cost_tracker = CostTracker(
             self,
@@ -298,6 +313,7 @@ class ClusterStack(Stack):
             ecs_cluster_name=self.controller.cluster_name,
             controller_service_name=self.controller.service_name,
             controller_log_group=self.controller.log_group,
+            results_exchange=self.results_exchange,
         )
         self.users = iam.Group(self, "Users")
         self.lab_access.member_policy.attach_to_group(self.users)
@@ -356,6 +372,7 @@ class ClusterStack(Stack):
             "LabMemberPolicyArn": self.lab_access.member_policy.managed_policy_arn,
             "LabAdminPolicyArn": self.lab_access.admin_policy.managed_policy_arn,
             "AdminRoleArn": self.lab_access.admin_role.role_arn,
+            "ExchangeBucket": self.results_exchange.bucket_name,
         }
         if self.dashboard is not None:
             outputs["DashboardUrl"] = self.dashboard.console_url

@@ -160,6 +160,9 @@ class TemplateResolver:
         }
         if kind in ids:
             return ids[kind] + _hex(f"{self.stack_name}/{name}")
+        if kind == "AWS::S3::Bucket":
+            explicit = props.get("BucketName")
+            return explicit if isinstance(explicit, str) else generated.lower()
         if kind == "AWS::SQS::Queue":
             return f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{generated}"
         if kind == "AWS::FIS::ExperimentTemplate":
@@ -195,6 +198,7 @@ class TemplateResolver:
             ("AWS::Lambda::Function", "Arn"): self._arn("lambda", f"function:{ref}"),
             ("AWS::ECS::Cluster", "Arn"): self._arn("ecs", f"cluster/{ref}"),
             ("AWS::FIS::ExperimentTemplate", "Id"): ref,
+            ("AWS::S3::Bucket", "Arn"): f"arn:{PARTITION}:s3:::{ref}",
         }
         if (kind, attribute) not in arns:
             raise NotImplementedError(f"{self.stack_name}: GetAtt {logical_id}.{attribute}")

@@ -21,6 +21,10 @@ Where a call is made (read the module to see its parameters):
 - the Slurm key's custom resource: relion_spot.slurm_key (put and delete its parameter); every
   container reads the key with relion_spot.slurm.key (GetParameter, decrypted; the AWS managed
   key aws/ssm needs no identity-policy grant, so none is simulated).
+- the results exchange (relion_spot.constructs.results_exchange): the CPU node's root broker
+  assumes the writer for an export job, whose uploads (PutObject, multipart included, and
+  AbortMultipartUpload) land under out/; ``relion-spot pull`` lists (ListBucket, s3:prefix) and
+  downloads (GetObject) them as a lab member or admin.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import pytest
 from relion_spot import tags
 from relion_spot.cost.store import COSTS_BY_START
 
-from .resolver import ACCOUNT, PARTITION, TemplateResolver
+from .resolver import ACCOUNT, PARTITION, RolePolicies, TemplateResolver
 from .simulator import Decision, Request, simulate, tag_context
 
 CLUSTER_STACK = "relion-spot-gpu1"
@@ -95,6 +99,13 @@ class World:
     topic: str
     other_topic: str
     other_costs_table: str
+    exchange_bucket: str
+    other_exchange_bucket: str
+    exchange_writer: str
+    exchange_writer_trust: dict[str, Any]
+
+    def exchange_key(self, key: str, bucket: str | None = None) -> str:
+        return f"{bucket or self.exchange_bucket}/{key}"
 
     def ec2(self, resource: str) -> str:
         return f"arn:{PARTITION}:ec2:{self.region}:{ACCOUNT}:{resource}"
@@ -234,6 +245,16 @@ def _world(synth: Any) -> World:
         topic=own.ref(own.one("AWS::SNS::Topic", "NotificationsTopic")),
         other_topic=other.ref(other.one("AWS::SNS::Topic", "NotificationsTopic")),
         other_costs_table=table(other, "CostTrackerJobCosts"),
+        exchange_bucket=own.get_att(own.one("AWS::S3::Bucket", "ResultsExchangeBucket"), "Arn"),
+        other_exchange_bucket=other.get_att(
+            other.one("AWS::S3::Bucket", "ResultsExchangeBucket"), "Arn"
+        ),
+        exchange_writer=own.get_att(own.one("AWS::IAM::Role", "ResultsExchangeWriter"), "Arn"),
+        exchange_writer_trust=own.resolve(
+            own.resources[own.one("AWS::IAM::Role", "ResultsExchangeWriter")]["Properties"][
+                "AssumeRolePolicyDocument"
+            ]
+        ),
     )
 
 
@@ -250,6 +271,7 @@ PRINCIPALS = {
     "fis": "SpotInterruptionDrillRole",
     "fallback": "CapacityFallbackRole",
     "slurm-key": "SlurmKeyRole",
+    "exchange-writer": "ResultsExchangeWriter",
 }
 
 
@@ -1475,6 +1497,114 @@ deny("admins-group/deny/logs:FilterLogEvents/without-the-admin-role")(
 )
 
 
+# --- the results exchange: export jobs write under out/, the lab lists and reads it ------------
+
+RESULT = "out/42/Class3D/job042/run_it025_class001.mrc"
+"""A copy as an export job writes it and ``relion-spot pull`` fetches it."""
+
+for _action in ("s3:PutObject", "s3:AbortMultipartUpload"):
+    allow(f"exchange-writer/export/{_action}/out")(
+        lambda w, a=_action: Request("exchange-writer", a, w.exchange_key(RESULT))
+    )
+for _key, _what in (("in/42/particles.star", "outside-out"), ("out", "the-bare-prefix-key")):
+    deny(f"exchange-writer/deny/s3:PutObject/{_what}")(
+        lambda w, k=_key: Request("exchange-writer", "s3:PutObject", w.exchange_key(k))
+    )
+deny("exchange-writer/deny/s3:PutObject/another-clusters-exchange")(
+    lambda w: Request(
+        "exchange-writer", "s3:PutObject", w.exchange_key(RESULT, w.other_exchange_bucket)
+    )
+)
+for _action in ("s3:GetObject", "s3:DeleteObject", "s3:PutObjectAcl", "s3:PutObjectTagging"):
+    deny(f"exchange-writer/deny/{_action}/out")(
+        lambda w, a=_action: Request("exchange-writer", a, w.exchange_key(RESULT))
+    )
+deny("exchange-writer/deny/s3:ListBucket")(
+    lambda w: Request(
+        "exchange-writer", "s3:ListBucket", w.exchange_bucket, {"s3:prefix": "out/42/"}
+    )
+)
+deny("exchange-writer/deny/s3:PutBucketPolicy")(
+    lambda w: Request("exchange-writer", "s3:PutBucketPolicy", w.exchange_bucket)
+)
+# Only the CPU node's broker may assume the writer: its policy and the writer's trust, both.
+allow("cpu-node/export/sts:AssumeRole/exchange-writer")(
+    lambda w: Request(
+        "cpu-node", "sts:AssumeRole", w.exchange_writer, resource_policy=w.exchange_writer_trust
+    )
+)
+for _who in ("gpu-node", "controller", "cli", "lab-admin", "any-assumer"):
+    deny(f"{_who}/deny/sts:AssumeRole/exchange-writer")(
+        lambda w, n=_who: Request(
+            n, "sts:AssumeRole", w.exchange_writer, resource_policy=w.exchange_writer_trust
+        )
+    )
+# The broker reads a submission's decision to know what the drainer accepted a job to do.
+allow("cpu-node/broker/dynamodb:GetItem/intake-table")(
+    lambda w: Request("cpu-node", "dynamodb:GetItem", w.intake_table)
+)
+deny("cpu-node/deny/broker/dynamodb:GetItem/another-clusters-table")(
+    lambda w: Request("cpu-node", "dynamodb:GetItem", w.other_intake_table)
+)
+deny("gpu-node/deny/broker/dynamodb:GetItem/intake-table")(
+    lambda w: Request("gpu-node", "dynamodb:GetItem", w.intake_table)
+)
+for _node in ("gpu-node", "cpu-node"):  # the nodes themselves write and read nothing there
+    for _action in ("s3:PutObject", "s3:GetObject"):
+        deny(f"{_node}/deny/{_action}/exchange")(
+            lambda w, n=_node, a=_action: Request(n, a, w.exchange_key(RESULT))
+        )
+for _who in ("cli", "lab-admin"):  # relion-spot pull, as a member and as the admin role
+    allow(f"{_who}/pull/s3:GetObject/out")(
+        lambda w, n=_who: Request(n, "s3:GetObject", w.exchange_key(RESULT))
+    )
+    for _prefix in ("out/", "out/42/"):
+        allow(f"{_who}/pull/s3:ListBucket/prefix-{_prefix}")(
+            lambda w, n=_who, p=_prefix: Request(
+                n, "s3:ListBucket", w.exchange_bucket, {"s3:prefix": p}
+            )
+        )
+    for _prefix, _what in (("in/", "prefix-in/"), ("", "empty-prefix"), ("ou", "prefix-ou")):
+        deny(f"{_who}/deny/s3:ListBucket/{_what}")(
+            lambda w, n=_who, p=_prefix: Request(
+                n, "s3:ListBucket", w.exchange_bucket, {"s3:prefix": p}
+            )
+        )
+    deny(f"{_who}/deny/s3:ListBucket/no-prefix")(
+        lambda w, n=_who: Request(n, "s3:ListBucket", w.exchange_bucket)
+    )
+    deny(f"{_who}/deny/s3:GetObject/outside-out")(
+        lambda w, n=_who: Request(n, "s3:GetObject", w.exchange_key("in/42/particles.star"))
+    )
+    deny(f"{_who}/deny/s3:GetObject/another-clusters-exchange")(
+        lambda w, n=_who: Request(
+            n, "s3:GetObject", w.exchange_key(RESULT, w.other_exchange_bucket)
+        )
+    )
+    for _action in ("s3:PutObject", "s3:DeleteObject"):
+        deny(f"{_who}/deny/{_action}/out")(
+            lambda w, n=_who, a=_action: Request(n, a, w.exchange_key(RESULT))
+        )
+
+
+ANY_ASSUMER = RolePolicies(
+    logical_id="AnyAssumer",
+    arn=f"arn:{PARTITION}:iam::{ACCOUNT}:role/any-assumer",
+    policies=[
+        {
+            "name": "assume-anything",
+            "policy": {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
+            },
+        }
+    ],
+    managed_policy_arns=[],
+)
+"""A role of the same account whose own policy allows sts:AssumeRole on every role: the
+writer's trust, naming the CPU node role alone, must still refuse it."""
+
+
 # --- running the matrix -----------------------------------------------------------------------
 
 
@@ -1492,6 +1622,7 @@ def decisions(default_synth: Any, world: World) -> dict[str, Decision]:
     for name, prefix in PRINCIPALS.items():
         (role,) = [r for logical_id, r in roles.items() if logical_id.startswith(prefix)]
         principals[name] = role
+    principals["any-assumer"] = ANY_ASSUMER
     return simulate(principals, {case.id: case.build(world) for case in CASES})
 
 

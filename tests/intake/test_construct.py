@@ -192,8 +192,12 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
     assert controller == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
     # The nodes forward their jobs' reports into the submission's item (UpdateItem) and record
     # their own permission checks (PutItem, only under those keys: tests/iam); the CPU node's
-    # credential broker reads decisions.
+    # credential broker reads decisions (every cluster's exports, and stages from S3).
     by_group = {role[: len("GpuNodesRole")]: actions for role, actions in table_actions.items()}
     assert len(by_group) == len(table_actions) == 2
     assert by_group["GpuNodesRole"] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}
-    assert by_group["CpuNodesRole"] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}
+    assert by_group["CpuNodesRole"] == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",
+    }

@@ -1,0 +1,186 @@
+"""The results exchange: where a finished job's results wait for ``relion-spot pull`` to fetch.
+
+The lab's laptop cannot reach the shared file system, so a CPU job copies a finished job's
+results into this cluster's exchange bucket and the laptop downloads them from there. The bucket
+holds only copies of what is on the file system, under ``out/``: every object expires after
+EXPIRY_DAYS days and an unfinished multipart upload after a day, so nothing accumulates a bill,
+and the bucket goes with the stack.
+
+A job never sees the node role's credentials (the node shuts the metadata service to every user
+but root), so the export's writes ride on this construct's writer role instead: PutObject (which
+also authorizes CreateMultipartUpload, UploadPart and CompleteMultipartUpload) and
+AbortMultipartUpload under ``out/``, nothing else: no read, no list, no delete. Only the CPU node
+role may assume it (as with relion_spot.constructs.stage_reader); the node's root broker assumes
+it per export job and hands that job the session. The lab reads with ``grant_lab_read``:
+GetObject under ``out/`` and ListBucket held to keys under ``out/`` by ``s3:prefix``.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import jsii
+from aws_cdk import CfnResource, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Construct, IValidation
+
+RESULTS_PREFIX = "out/"
+"""The only keys the writer writes and the lab reads."""
+EXPIRY_DAYS = 7
+"""How long a copy waits to be pulled; the results themselves stay on the file system."""
+ABORT_UPLOADS_AFTER_DAYS = 1
+AUTO_DELETE_PROVIDER = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
+"""The id CDK gives, in the stack, the provider behind a bucket's auto_delete_objects."""
+SESSION_HOURS = 1
+"""A role chained from the node's instance session lasts an hour at most."""
+
+
+class ResultsExchange(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        cluster_name: str,
+        removal_policy: RemovalPolicy,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self._writer_node: iam.IRole | None = None
+        destroy = removal_policy == RemovalPolicy.DESTROY
+        self.bucket = s3.Bucket(
+            self,
+            "Bucket",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            versioned=False,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="ExpireCopies",
+                    expiration=Duration.days(EXPIRY_DAYS),
+                    abort_incomplete_multipart_upload_after=Duration.days(ABORT_UPLOADS_AFTER_DAYS),
+                )
+            ],
+            removal_policy=removal_policy,
+            # CloudFormation deletes no bucket that still holds objects, and a copy made in the
+            # last EXPIRY_DAYS days would fail `cdk destroy`: CDK's provider empties it first.
+            auto_delete_objects=destroy,
+        )
+        if destroy:
+            self._log_auto_delete(log_retention)
+        self._results_arn = self.bucket.arn_for_objects(f"{RESULTS_PREFIX}*")
+
+        # The node role that may assume this one is made after the user data that names this
+        # role: allow_node replaces this placeholder trust with that role as the only principal,
+        # and synth fails if it was never called (the account's root would let any principal
+        # of the account whose own policy allows sts:AssumeRole in).
+        self.writer = iam.Role(
+            self,
+            "Writer",
+            assumed_by=iam.AccountRootPrincipal(),
+            description=f"Export jobs of cluster {cluster_name} copy results to its exchange "
+            "bucket",
+            max_session_duration=Duration.hours(SESSION_HOURS),
+        )
+        self.writer.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteResults",
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[self._results_arn],
+            )
+        )
+        self.node.add_validation(_NodeRoleGiven(self))
+
+    def allow_node(self, node_role: iam.IRole) -> None:
+        """Let ``node_role`` (the CPU nodes', whose root broker serves export jobs) assume the
+        writer, and no one else."""
+        if self._writer_node is not None:
+            raise ValueError("ResultsExchange: one node role assumes the writer")
+        self._writer_node = node_role
+        trust = iam.PolicyDocument(
+            statements=[
+                iam.PolicyStatement(
+                    actions=["sts:AssumeRole"], principals=[iam.ArnPrincipal(node_role.role_arn)]
+                )
+            ]
+        )
+        cast(iam.CfnRole, self.writer.node.default_child).assume_role_policy_document = trust
+        node_role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="AssumeResultsWriter",
+                actions=["sts:AssumeRole"],
+                resources=[self.writer.role_arn],
+            )
+        )
+
+    def grant_lab_read(self, grantee: iam.IGrantable) -> None:
+        """Let ``grantee`` (a role, a group, or a managed policy's holders) list and fetch the
+        results; relion_spot.constructs.lab_access puts the same statements among its member's."""
+        for statement in self.lab_read_statements():
+            grantee.grant_principal.add_to_principal_policy(statement)
+
+    def lab_read_statements(self) -> list[iam.PolicyStatement]:
+        """``relion-spot pull``: find a job's copies (ListBucket, keys under ``out/`` only) and
+        download them (GetObject, under ``out/`` only)."""
+        return [
+            iam.PolicyStatement(
+                sid="PullResults",
+                actions=["s3:GetObject"],
+                resources=[self._results_arn],
+            ),
+            iam.PolicyStatement(
+                sid="ListResults",
+                actions=["s3:ListBucket"],
+                resources=[self.bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{RESULTS_PREFIX}*"]}},
+            ),
+        ]
+
+    def _log_auto_delete(self, log_retention: logs.RetentionDays) -> None:
+        """Give CDK's auto-delete function (one per stack, made with the bucket) a log group
+        with the cluster's retention that goes with the stack.
+
+        Left alone, Lambda makes /aws/lambda/<function> at the first call, keeps it forever and
+        leaves it behind on destroy. The function names this group instead (its role, CDK's
+        AWSLambdaBasicExecutionRole, may write to any group); that reference makes the function
+        depend on the group, so the group is made before the bucket's first call and deleted
+        after its last, the delete that empties the bucket. cdk-nag does not check this function
+        and its role (CDK makes them as raw CfnResources): what they may do is asserted in
+        tests/test_stacks.py.
+        """
+        handler = self.auto_delete_handler()
+        log_group = logs.LogGroup(
+            self, "AutoDeleteLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+        )
+        handler.add_property_override("LoggingConfig.LogGroup", log_group.log_group_name)
+
+    def auto_delete_handler(self) -> CfnResource:
+        """The function CDK's auto-delete custom resource calls (a CfnResource of the stack)."""
+        provider = Stack.of(self).node.find_child(AUTO_DELETE_PROVIDER)
+        return cast(CfnResource, provider.node.find_child("Handler"))
+
+    @property
+    def writer_arn(self) -> str:
+        return self.writer.role_arn
+
+    @property
+    def bucket_name(self) -> str:
+        return self.bucket.bucket_name
+
+
+@jsii.implements(IValidation)
+class _NodeRoleGiven:
+    def __init__(self, exchange: ResultsExchange) -> None:
+        self.exchange = exchange
+
+    def validate(self) -> list[str]:
+        if self.exchange._writer_node is None:
+            return [
+                "ResultsExchange: allow_node was never called, so the writer's trust is the "
+                "whole account"
+            ]
+        return []
