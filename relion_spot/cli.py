@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .budget import cli as budget_cli
     from .client import commands as cluster_commands
     from .client import pull as pull_cli
+    from .client import stage as stage_cli
     from .cost import report as cost_report
     from .doctor import cli as doctor_cli
     from .estimate import cli as estimate_cli
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost_report.register(subparsers)
     cluster_commands.register(subparsers)
     pull_cli.register(subparsers)
+    stage_cli.register(subparsers)
     selftest_cli.register(subparsers)
     budget_cli.register(subparsers)
     local_cli.register(subparsers)

@@ -12,7 +12,7 @@ from aws_cdk import Acknowledgment, Stack, Token, Validations
 from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
-from .constructs.results_exchange import EXPIRY_DAYS, RESULTS_PREFIX
+from .constructs.results_exchange import EXPIRY_DAYS, RESULTS_PREFIX, UPLOADS_PREFIX
 from .stacks.cluster import ClusterStack
 from .stacks.network import NetworkStack
 
@@ -186,19 +186,28 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
     _ack(
         exchange.bucket.node.default_child,
         "AwsSolutions-S1",
-        f"The exchange bucket holds only copies of results already on the cluster's EFS, each "
-        f"expiring after {EXPIRY_DAYS} days; access logs would be a second bucket that outlives "
-        "them. Who wrote or read which copy is for CloudTrail S3 data events to record, where "
-        "the account turns them on.",
+        f"The exchange bucket holds only copies (results already on the cluster's EFS, uploads "
+        f"of folders the lab keeps), each expiring after {EXPIRY_DAYS} days; access logs would "
+        "be a second bucket that outlives them. Who wrote or read which copy is for CloudTrail "
+        "S3 data events to record, where the account turns them on.",
     )
     bucket = Stack.of(stack).resolve(exchange.bucket.bucket_arn)["Fn::GetAtt"][0]
     results = f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/{RESULTS_PREFIX}*]"
+    uploads = f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/{UPLOADS_PREFIX}*]"
+    job_policy = _default_policy(exchange.job_role)
     _ack(
-        _default_policy(exchange.writer),
+        job_policy,
         results,
         f"Export jobs write (PutObject and AbortMultipartUpload only: no read, list or delete) "
-        f"under {RESULTS_PREFIX} of this cluster's own exchange bucket; the keys are chosen per "
-        "job.",
+        f"under {RESULTS_PREFIX} of this cluster's own exchange bucket; the node's broker "
+        "narrows each session to the job's own submission prefix.",
+    )
+    _ack(
+        job_policy,
+        uploads,
+        f"Import jobs read (GetObject only: no write, list or delete) the lab's uploads under "
+        f"{UPLOADS_PREFIX} of this cluster's own exchange bucket; the node's broker narrows each "
+        "session to the job's own submission prefix.",
     )
 
     cost = stack.cost_tracker
@@ -239,6 +248,13 @@ def _acknowledge_cluster(stack: ClusterStack) -> None:
             results,
             f"relion-spot pull reads (GetObject only) the copies under {RESULTS_PREFIX} of this "
             "cluster's own exchange bucket; the keys are the finished jobs' files.",
+        )
+        _ack(
+            policy.node.default_child,
+            uploads,
+            f"relion-spot stage uploads (PutObject and AbortMultipartUpload only: no read or "
+            f"delete) a local folder under {UPLOADS_PREFIX} of this cluster's own exchange "
+            "bucket; the keys are the folder's files under a new submission id.",
         )
     log_group = Stack.of(stack).resolve(controller.log_group.log_group_name)["Ref"]
     _ack(

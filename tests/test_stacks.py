@@ -850,9 +850,11 @@ def test_stage_buckets_are_read_through_a_role_only_the_cpu_nodes_assume(
     assert reader["MaxSessionDuration"] == 3600
 
     def stage_statements(template: dict, role_prefix: str) -> list[dict]:
-        """The node role's S3 and STS grants but the results writer's (tested below)."""
+        """The node role's S3 and STS grants but the exchange job role's (tested below)."""
         return [
-            s for s in s3_statements(template, role_prefix) if s.get("Sid") != "AssumeResultsWriter"
+            s
+            for s in s3_statements(template, role_prefix)
+            if s.get("Sid") != "AssumeExchangeJobRole"
         ]
 
     (assume,) = stage_statements(lab_b, "CpuNodesRole")
@@ -998,12 +1000,12 @@ def _policies_of(template: dict, key: str, logical_id: str) -> list[dict]:
 def test_every_cluster_has_a_results_exchange_that_keeps_nothing(
     default_synth, alternate_synth
 ) -> None:
-    """Private, TLS only, encrypted, no ACLs; every copy gone after EXPIRY_DAYS and every
-    unfinished upload after a day; deleted with the stack whatever keep_data says (the
-    results themselves stay on EFS)."""
-    from relion_spot.constructs.results_exchange import EXPIRY_DAYS, RESULTS_PREFIX
+    """Private, TLS only, encrypted, no ACLs; every copy (results under out/, the lab's uploads
+    under in/) gone after EXPIRY_DAYS and every unfinished upload after a day; deleted with the
+    stack whatever keep_data says (the results themselves stay on EFS)."""
+    from relion_spot.constructs.results_exchange import EXPIRY_DAYS, RESULTS_PREFIX, UPLOADS_PREFIX
 
-    assert (EXPIRY_DAYS, RESULTS_PREFIX) == (7, "out/")
+    assert (EXPIRY_DAYS, RESULTS_PREFIX, UPLOADS_PREFIX) == (7, "out/", "in/")
     for synth, names in ((default_synth, CLUSTERS), (alternate_synth, ["lab-b-gpu4"])):
         for name in names:
             template = Template.from_json(synth.template(name))
@@ -1102,32 +1104,40 @@ def test_the_exchange_bucket_takes_tls_only_and_only_cdks_emptier_besides(
 
 
 @pytest.mark.parametrize("stack", CLUSTERS)
-def test_the_results_writer_is_assumed_by_the_cpu_nodes_and_only_writes_out(
+def test_the_exchange_job_role_is_assumed_by_the_cpu_nodes_and_writes_out_reads_in(
     default_synth, stack: str
 ) -> None:
+    """Export jobs write results under out/, import jobs read the lab's uploads under in/: the
+    one role for both, and nothing else (no list, no delete, no read of out/, no write of in/)."""
     template = default_synth.template(stack)
     bucket_id, _ = _one_resource(template, "AWS::S3::Bucket", "ResultsExchangeBucket")
-    writer_id, writer = _one_resource(template, "AWS::IAM::Role", "ResultsExchangeWriter")
+    role_id, role = _one_resource(template, "AWS::IAM::Role", "ResultsExchangeJobRole")
     cpu_id, _ = _one_resource(template, "AWS::IAM::Role", "CpuNodesRole")
     gpu_id, _ = _one_resource(template, "AWS::IAM::Role", "GpuNodesRole")
-    assert writer["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [
         {
             "Effect": "Allow",
             "Action": "sts:AssumeRole",
             "Principal": {"AWS": {"Fn::GetAtt": [cpu_id, "Arn"]}},
         }
     ]
-    assert writer["Properties"]["MaxSessionDuration"] == 3600
-    assert "Policies" not in writer["Properties"]
-    assert "ManagedPolicyArns" not in writer["Properties"]
-    (policy,) = _policies_of(template, "Roles", writer_id)
+    assert role["Properties"]["MaxSessionDuration"] == 3600
+    assert "Policies" not in role["Properties"]
+    assert "ManagedPolicyArns" not in role["Properties"]
+    (policy,) = _policies_of(template, "Roles", role_id)
     assert policy["Properties"]["PolicyDocument"]["Statement"] == [
         {
             "Sid": "WriteResults",
             "Effect": "Allow",
             "Action": ["s3:AbortMultipartUpload", "s3:PutObject"],
             "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/out/*"]]},
-        }
+        },
+        {
+            "Sid": "ReadUploads",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/in/*"]]},
+        },
     ]
 
     def assumes(role_id: str) -> list[dict]:
@@ -1140,17 +1150,19 @@ def test_the_results_writer_is_assumed_by_the_cpu_nodes_and_only_writes_out(
 
     assert assumes(cpu_id) == [
         {
-            "Sid": "AssumeResultsWriter",
+            "Sid": "AssumeExchangeJobRole",
             "Effect": "Allow",
             "Action": "sts:AssumeRole",
-            "Resource": {"Fn::GetAtt": [writer_id, "Arn"]},
+            "Resource": {"Fn::GetAtt": [role_id, "Arn"]},
         }
     ]
     assert assumes(gpu_id) == []
 
 
 @pytest.mark.parametrize("stack", CLUSTERS)
-def test_the_lab_lists_and_reads_the_exchange_under_out_only(default_synth, stack: str) -> None:
+def test_the_lab_uploads_under_in_and_reads_under_out_only(default_synth, stack: str) -> None:
+    """``relion-spot stage`` uploads under in/ (never reading it back or deleting it),
+    ``relion-spot pull`` reads under out/, and either lists only keys under those two."""
     template = default_synth.template(stack)
     bucket_id, _ = _one_resource(template, "AWS::S3::Bucket", "ResultsExchangeBucket")
     expected = [
@@ -1161,11 +1173,17 @@ def test_the_lab_lists_and_reads_the_exchange_under_out_only(default_synth, stac
             "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/out/*"]]},
         },
         {
-            "Sid": "ListResults",
+            "Sid": "UploadInputs",
+            "Effect": "Allow",
+            "Action": ["s3:AbortMultipartUpload", "s3:PutObject"],
+            "Resource": {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/in/*"]]},
+        },
+        {
+            "Sid": "ListExchange",
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": {"Fn::GetAtt": [bucket_id, "Arn"]},
-            "Condition": {"StringLike": {"s3:prefix": ["out/*"]}},
+            "Condition": {"StringLike": {"s3:prefix": ["out/*", "in/*"]}},
         },
     ]
     for prefix in ("LabAccessLabMember", "LabAccessLabAdmin"):
@@ -1177,16 +1195,16 @@ def test_the_lab_lists_and_reads_the_exchange_under_out_only(default_synth, stac
 
 @pytest.mark.parametrize("stack", CLUSTERS)
 def test_the_cpu_nodes_and_the_cli_are_told_the_exchange(default_synth, stack: str) -> None:
-    """Both node groups boot from the one user data, which passes the writer and the bucket
+    """Both node groups boot from the one user data, which passes the job role and the bucket
     into the node container on CPU nodes only (tests/node/test_bootstrap.py runs that block);
     the CLI finds the bucket in the stack's outputs."""
     template = default_synth.template(stack)
     bucket_id, _ = _one_resource(template, "AWS::S3::Bucket", "ResultsExchangeBucket")
-    writer_id, _ = _one_resource(template, "AWS::IAM::Role", "ResultsExchangeWriter")
+    role_id, _ = _one_resource(template, "AWS::IAM::Role", "ResultsExchangeJobRole")
     for lt in _resources(template, "AWS::EC2::LaunchTemplate").values():
         parts = lt["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
         for placeholder, value in (
-            ("EXCHANGE_WRITE_ROLE", {"Fn::GetAtt": [writer_id, "Arn"]}),
+            ("EXCHANGE_ROLE", {"Fn::GetAtt": [role_id, "Arn"]}),
             ("EXCHANGE_BUCKET", {"Ref": bucket_id}),
         ):
             at = parts.index(value)

@@ -15,9 +15,11 @@
 #                                 (root, beside slurmd) puts the progress its jobs report
 #   stage_read_role               ARN of the role whose session the node's root broker hands a
 #                                 staging job to read s3:// ('' when no stage_buckets are set)
-#   exchange_write_role           ARN of the role whose session the node's root broker hands an
-#                                 export job to copy results into the exchange bucket
-#   exchange_bucket               the cluster's results exchange bucket (relion-spot pull)
+#   exchange_role                 ARN of the exchange's job role, whose session the node's root
+#                                 broker hands an import job to read the lab's uploads from the
+#                                 exchange bucket and an export job to copy results into it
+#   exchange_bucket               the cluster's results exchange bucket (relion-spot stage and
+#                                 relion-spot pull)
 #   node_tag_key                  the node-name tag key (filled from relion_spot.tags)
 #   partition_tag_key             the partition tag key (filled from relion_spot.tags; the
 #                                 launch template tags every instance with its partition)
@@ -49,7 +51,7 @@ readonly KEY_PARAMETER_ARN='${key_parameter_arn}'
 readonly SPOT_EVENTS_TABLE='${spot_events_table}'
 readonly INTAKE_TABLE='${intake_table}'
 readonly STAGE_READ_ROLE='${stage_read_role}'
-readonly EXCHANGE_WRITE_ROLE='${exchange_write_role}'
+readonly EXCHANGE_ROLE='${exchange_role}'
 readonly EXCHANGE_BUCKET='${exchange_bucket}'
 readonly NODE_TAG_KEY='${node_tag_key}'
 readonly PARTITION_TAG_KEY='${partition_tag_key}'
@@ -200,8 +202,9 @@ docker rm -f "$$CONTAINER" >/dev/null 2>&1 || true
 # No added capability and no --privileged: the job user holds none, and root needs none.
 # Staging jobs run on CPU nodes alone: there the root broker beside slurmd hands each one the
 # stage reader's session (relion_spot.node.stage_credentials), when the cluster has stage_buckets.
-# Export jobs too: the broker hands each one the results writer's session, to copy a finished
-# job's results into the exchange bucket for `relion-spot pull`. GPU nodes get neither role.
+# Import and export jobs too: the broker hands each one the exchange job role's session, narrowed
+# to its own submission, to read a folder `relion-spot stage` uploaded to the exchange bucket or
+# to copy a finished job's results there for `relion-spot pull`. GPU nodes get neither role.
 # The SIF cache is read-only on GPU nodes: only the CPU partition's image job writes it, and a job
 # RELION runs on a GPU node (on a lab member's inputs) can never replace an image others run.
 cpu_args=()
@@ -213,7 +216,7 @@ if [ "$$PARTITION" = cpu ]; then
     cpu_args+=(-e "RELION_SPOT_STAGE_READ_ROLE=$$STAGE_READ_ROLE")
   fi
   cpu_args+=(
-    -e "RELION_SPOT_EXCHANGE_WRITE_ROLE=$$EXCHANGE_WRITE_ROLE"
+    -e "RELION_SPOT_EXCHANGE_ROLE=$$EXCHANGE_ROLE"
     -e "RELION_SPOT_EXCHANGE_BUCKET=$$EXCHANGE_BUCKET"
   )
 fi

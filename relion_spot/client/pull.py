@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from relion_spot.exchange.download import DownloadError, Progress, Pulled, pull
-from relion_spot.exchange.manifest import Entry
+from relion_spot.exchange.manifest import Entry, check_result_path
 from relion_spot.intake import client as intake_client
 from relion_spot.intake.table import ACCEPTED
 from relion_spot.node.stage_credentials import RESULTS_PREFIX
@@ -36,22 +36,23 @@ from .commands import (
 )
 from .terminal import printable
 
-PULLED_TEMPLATES = ("class3d", "select", "campaign")
+PULLED_TEMPLATES = ("class3d", "select", "campaign", "refine3d", "postprocess")
 ENDED = ("finished", "failed", "cancelled", "stopped", "rejected")
 DEFAULT_TIMEOUT_SECONDS = 1800.0
 CHIMERAX_MAPS = ("postprocess_masked.mrc", "run_class001.mrc")
 
 
-class _Bar(Progress):
+class TransferBar(Progress):
     """rich's progress bar on a terminal; a line per file elsewhere."""
 
-    def __init__(self, err: TextIO) -> None:
+    def __init__(self, err: TextIO, what: str) -> None:
         self.err = err
+        self.what = what
         self.bar: Any = None
         self.task: Any = None
 
     def begin(self, total_bytes: int, files: int) -> None:
-        print(f"downloading {files} files, {human_bytes(total_bytes)}", file=self.err)
+        print(f"{self.what}: {files} files, {human_bytes(total_bytes)}", file=self.err)
         if self.err.isatty():
             from rich.progress import (
                 BarColumn,
@@ -69,7 +70,7 @@ class _Bar(Progress):
                 TimeRemainingColumn(),
             )
             self.bar.start()
-            self.task = self.bar.add_task("pull", total=total_bytes)
+            self.task = self.bar.add_task(self.what, total=total_bytes)
 
     def file(self, entry: Entry) -> None:
         if self.bar is None:
@@ -86,48 +87,65 @@ class _Bar(Progress):
             self.bar.stop()
 
 
-def _jobs(context: Context, item: dict[str, Any]) -> tuple[str, list[str]]:
-    """The project and the submission ids to export: the job's own, or each step of a
-    campaign that was accepted."""
+def _project_dir(item: dict[str, Any]) -> str:
+    sid = item["submission_id"]
+    try:
+        project = json.loads(str(item.get("parameters") or "{}"))["project_dir"]
+    except (ValueError, KeyError, TypeError):
+        raise ClusterError(f"submission {sid}: its record names no project_dir") from None
+    return str(project)
+
+
+def _jobs(context: Context, item: dict[str, Any], err: TextIO) -> tuple[str, list[str]]:
+    """The project and the submission ids to export: the job's own; for a campaign, its Class3D
+    and each later step that has finished (the others are named and left out)."""
     from relion_spot.jobs.campaign import STEPS, step_submission_id
 
     template = str(item.get("template") or "class3d")
     sid = str(item["submission_id"])
     if template not in PULLED_TEMPLATES:
         raise UsageError(
-            f"submission {sid} is a {template} job: pull takes a Class3D, a selection or a campaign"
+            f"submission {sid} is a {template} job: pull takes a Class3D, a selection, a "
+            "campaign or one of its steps"
         )
     if item.get("state") != ACCEPTED:
         raise UsageError(f"submission {sid} is {display_state(item)}: it has no results")
-    try:
-        project = json.loads(str(item.get("parameters") or "{}"))["project_dir"]
-    except (ValueError, KeyError, TypeError):
-        raise ClusterError(f"submission {sid}: its record names no project_dir") from None
-    chosen = [sid]
+    if template in STEPS[1:]:  # a campaign's later step: its project is the campaign's
+        try:
+            campaign = json.loads(str(item.get("parameters") or "{}"))["campaign"]
+        except (ValueError, KeyError, TypeError):
+            raise ClusterError(f"submission {sid}: its record names no campaign") from None
+        return _project_dir(find_submission(context, str(campaign))), [sid]
+    project, chosen = _project_dir(item), [sid]
     if template == CAMPAIGN_TEMPLATE:
         for step in STEPS[1:]:
             try:
                 later = find_submission(context, step_submission_id(sid, step))
             except UsageError:
-                break
-            if later.get("state") != ACCEPTED:
-                break
+                print(f"  {step}: not submitted, left out", file=err)
+                continue
+            state = display_state(later)
+            if state != "finished":
+                print(f"  {step}: {state}, left out", file=err)
+                continue
             chosen.append(str(later["submission_id"]))
-    return str(project), chosen
+    return project, chosen
 
 
-def _wait(context: Context, export_id: str, timeout: float, poll: float) -> dict[str, Any]:
-    """The export's record once its job has ended."""
+def wait_for_end(
+    context: Context, submission_id: str, timeout: float, poll: float
+) -> dict[str, Any]:
+    """The record of an export or import once its job has ended."""
     deadline = time.monotonic() + timeout
     while True:
-        item = find_submission(context, export_id)
+        item = find_submission(context, submission_id)
         state = display_state(item)
         if state in ENDED:
             return item
         if time.monotonic() > deadline:
             raise ClusterError(
-                f"the export (submission {export_id}) is still {state} after {timeout:g} s; "
-                f"see relion-spot status --stack {context.handle.stack} {export_id}"
+                f"submission {submission_id} is still {state} after {timeout:g} s; "
+                f"see relion-spot status --stack {context.handle.stack} {submission_id}"
             )
         time.sleep(poll)
 
@@ -144,7 +162,7 @@ def pull_results(
             "version): deploy this version to pull results"
         )
     item = find_submission(context, selector)
-    project, chosen = _jobs(context, item)
+    project, chosen = _jobs(context, item, context.err)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--output {str(folder)!r} is a file: give a folder")
     with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
@@ -175,7 +193,7 @@ def pull_results(
         print(
             f"export job {printable(decided.job_id or '?')} on the CPU partition", file=context.err
         )
-        ended = _wait(context, sent.submission_id, timeout, poll)
+        ended = wait_for_end(context, sent.submission_id, timeout, poll)
     if display_state(ended) != "finished":
         raise ClusterError(
             f"the export job {ended.get('job_id')} is {display_state(ended)}: see relion-spot "
@@ -184,9 +202,18 @@ def pull_results(
     prefix = f"{RESULTS_PREFIX}{sent.submission_id}/"
     with aws_errors(f"reading s3://{bucket}/{prefix}"):
         try:
-            return pull(context.client("s3"), bucket, prefix, folder, progress=_Bar(context.err))
+            got = pull(
+                context.client("s3"), bucket, prefix, folder,
+                progress=TransferBar(context.err, "pull"), paths=check_result_path,
+            )  # fmt: skip
         except DownloadError as error:
             raise ClusterError(str(error)) from None
+    if got.manifest.submission != sent.submission_id:
+        raise ClusterError(
+            f"s3://{bucket}/{prefix}: the manifest is for {got.manifest.submission!r}, not this "
+            "export"
+        )
+    return got
 
 
 def pull_command(args: argparse.Namespace, context: Context) -> int:

@@ -1,9 +1,10 @@
 """Who in the lab may do what with one cluster, as two managed policies and an admin role.
 
-"Lab member" (``relion-spot submit / status / logs / cancel / plot / cost / pull``): send
-submissions and cancels to the intake queue, read the decisions and progress, the job costs and
-what sits in the dead-letter queue, wake the controller, find the stack, list and fetch the
-results copied to the cluster's exchange bucket (under ``out/`` only,
+"Lab member" (``relion-spot submit / status / logs / cancel / plot / cost / stage / pull``):
+send submissions and cancels to the intake queue, read the decisions and progress, the job costs
+and what sits in the dead-letter queue, wake the controller, find the stack, upload a local
+folder to the cluster's exchange bucket (under ``in/`` only, never read back or deleted) and
+list and fetch the results copied there (under ``out/`` only;
 relion_spot.constructs.results_exchange). A member's cancel is honoured for the member's own
 submissions only: the drainer compares the cancel's SQS SenderId with the submission's
 (relion_spot.intake.drain).
@@ -101,7 +102,7 @@ class LabAccess(Construct):
                     )
                 ],
             ),
-            *results_exchange.lab_read_statements(),
+            *results_exchange.lab_statements(),
         ]
         admin = [
             iam.PolicyStatement(
@@ -138,7 +139,7 @@ class LabAccess(Construct):
             self,
             "LabMember",
             description=f"relion-spot lab member of cluster {cluster_name}: submit, status, "
-            "cost, pull, cancel own jobs",
+            "cost, stage, pull, cancel own jobs",
             statements=member,
         )
         self.admin_policy = iam.ManagedPolicy(

@@ -1,18 +1,24 @@
-"""The results exchange: where a finished job's results wait for ``relion-spot pull`` to fetch.
+"""The results exchange: where a lab's inputs and a finished job's results cross between the
+lab's own computer and the cluster.
 
-The lab's laptop cannot reach the shared file system, so a CPU job copies a finished job's
-results into this cluster's exchange bucket and the laptop downloads them from there. The bucket
-holds only copies of what is on the file system, under ``out/``: every object expires after
-EXPIRY_DAYS days and an unfinished multipart upload after a day, so nothing accumulates a bill,
-and the bucket goes with the stack.
+The lab's laptop cannot reach the shared file system, so the exchange bucket carries files both
+ways. ``relion-spot stage FOLDER`` uploads a local folder under ``in/<submission id>/`` with the
+lab member's own credentials and an import job on a CPU node reads it into /data; an export job
+copies a finished job's results under ``out/<submission id>/`` and ``relion-spot pull`` downloads
+them. The bucket holds only copies: every object expires after EXPIRY_DAYS days and an
+unfinished multipart upload after a day, so nothing accumulates a bill, and the bucket goes with
+the stack.
 
 A job never sees the node role's credentials (the node shuts the metadata service to every user
-but root), so the export's writes ride on this construct's writer role instead: PutObject (which
-also authorizes CreateMultipartUpload, UploadPart and CompleteMultipartUpload) and
-AbortMultipartUpload under ``out/``, nothing else: no read, no list, no delete. Only the CPU node
-role may assume it (as with relion_spot.constructs.stage_reader); the node's root broker assumes
-it per export job and hands that job the session. The lab reads with ``grant_lab_read``:
-GetObject under ``out/`` and ListBucket held to keys under ``out/`` by ``s3:prefix``.
+but root), so its reads and writes ride on this construct's job role instead: GetObject under
+``in/`` (an import job's reads) and PutObject (which also authorizes CreateMultipartUpload,
+UploadPart and CompleteMultipartUpload) and AbortMultipartUpload under ``out/`` (an export
+job's writes), nothing else: no list, no delete, no read of results, no write of uploads. Only
+the CPU node role may assume it (as with relion_spot.constructs.stage_reader); the node's root
+broker assumes it per job with a session policy narrowed to that job's submission and one
+direction, and hands that job the session. The lab reads and writes with ``grant_lab``:
+PutObject and AbortMultipartUpload under ``in/``, GetObject under ``out/``, and ListBucket held
+to keys under either by ``s3:prefix``; it may neither read back what was uploaded nor delete.
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct, IValidation
 
 RESULTS_PREFIX = "out/"
-"""The only keys the writer writes and the lab reads."""
+"""Where export jobs write results and the lab reads them."""
+UPLOADS_PREFIX = "in/"
+"""Where the lab uploads a job's inputs and import jobs read them."""
 EXPIRY_DAYS = 7
-"""How long a copy waits to be pulled; the results themselves stay on the file system."""
+"""How long an object waits: a copy to be pulled (the results themselves stay on the file
+system) or an upload to be imported (the lab keeps its own folder)."""
 ABORT_UPLOADS_AFTER_DAYS = 1
 AUTO_DELETE_PROVIDER = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
 """The id CDK gives, in the stack, the provider behind a bucket's auto_delete_objects."""
@@ -48,7 +57,7 @@ class ResultsExchange(Construct):
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
         super().__init__(scope, construct_id)
-        self._writer_node: iam.IRole | None = None
+        self._job_role_node: iam.IRole | None = None
         destroy = removal_policy == RemovalPolicy.DESTROY
         self.bucket = s3.Bucket(
             self,
@@ -73,34 +82,42 @@ class ResultsExchange(Construct):
         if destroy:
             self._log_auto_delete(log_retention)
         self._results_arn = self.bucket.arn_for_objects(f"{RESULTS_PREFIX}*")
+        self._uploads_arn = self.bucket.arn_for_objects(f"{UPLOADS_PREFIX}*")
 
         # The node role that may assume this one is made after the user data that names this
         # role: allow_node replaces this placeholder trust with that role as the only principal,
         # and synth fails if it was never called (the account's root would let any principal
         # of the account whose own policy allows sts:AssumeRole in).
-        self.writer = iam.Role(
+        self.job_role = iam.Role(
             self,
-            "Writer",
+            "JobRole",
             assumed_by=iam.AccountRootPrincipal(),
-            description=f"Export jobs of cluster {cluster_name} copy results to its exchange "
-            "bucket",
+            description=f"Import and export jobs of cluster {cluster_name} read uploads from and "
+            "copy results to its exchange bucket",
             max_session_duration=Duration.hours(SESSION_HOURS),
         )
-        self.writer.add_to_policy(
+        self.job_role.add_to_policy(
             iam.PolicyStatement(
                 sid="WriteResults",
                 actions=["s3:PutObject", "s3:AbortMultipartUpload"],
                 resources=[self._results_arn],
             )
         )
+        self.job_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadUploads",
+                actions=["s3:GetObject"],
+                resources=[self._uploads_arn],
+            )
+        )
         self.node.add_validation(_NodeRoleGiven(self))
 
     def allow_node(self, node_role: iam.IRole) -> None:
-        """Let ``node_role`` (the CPU nodes', whose root broker serves export jobs) assume the
-        writer, and no one else."""
-        if self._writer_node is not None:
-            raise ValueError("ResultsExchange: one node role assumes the writer")
-        self._writer_node = node_role
+        """Let ``node_role`` (the CPU nodes', whose root broker serves import and export jobs)
+        assume the job role, and no one else."""
+        if self._job_role_node is not None:
+            raise ValueError("ResultsExchange: one node role assumes the job role")
+        self._job_role_node = node_role
         trust = iam.PolicyDocument(
             statements=[
                 iam.PolicyStatement(
@@ -108,24 +125,27 @@ class ResultsExchange(Construct):
                 )
             ]
         )
-        cast(iam.CfnRole, self.writer.node.default_child).assume_role_policy_document = trust
+        cast(iam.CfnRole, self.job_role.node.default_child).assume_role_policy_document = trust
         node_role.add_to_principal_policy(
             iam.PolicyStatement(
-                sid="AssumeResultsWriter",
+                sid="AssumeExchangeJobRole",
                 actions=["sts:AssumeRole"],
-                resources=[self.writer.role_arn],
+                resources=[self.job_role.role_arn],
             )
         )
 
-    def grant_lab_read(self, grantee: iam.IGrantable) -> None:
-        """Let ``grantee`` (a role, a group, or a managed policy's holders) list and fetch the
-        results; relion_spot.constructs.lab_access puts the same statements among its member's."""
-        for statement in self.lab_read_statements():
+    def grant_lab(self, grantee: iam.IGrantable) -> None:
+        """Let ``grantee`` (a role, a group, or a managed policy's holders) upload inputs and
+        list and fetch the results; relion_spot.constructs.lab_access puts the same statements
+        among its member's."""
+        for statement in self.lab_statements():
             grantee.grant_principal.add_to_principal_policy(statement)
 
-    def lab_read_statements(self) -> list[iam.PolicyStatement]:
-        """``relion-spot pull``: find a job's copies (ListBucket, keys under ``out/`` only) and
-        download them (GetObject, under ``out/`` only)."""
+    def lab_statements(self) -> list[iam.PolicyStatement]:
+        """``relion-spot pull``: download a job's copies (GetObject, under ``out/`` only).
+        ``relion-spot stage``: upload a folder (PutObject, multipart included, and
+        AbortMultipartUpload, under ``in/`` only; the lab may not read back or delete it).
+        Both: find what is there (ListBucket, keys under ``out/`` or ``in/`` only)."""
         return [
             iam.PolicyStatement(
                 sid="PullResults",
@@ -133,10 +153,17 @@ class ResultsExchange(Construct):
                 resources=[self._results_arn],
             ),
             iam.PolicyStatement(
-                sid="ListResults",
+                sid="UploadInputs",
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[self._uploads_arn],
+            ),
+            iam.PolicyStatement(
+                sid="ListExchange",
                 actions=["s3:ListBucket"],
                 resources=[self.bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{RESULTS_PREFIX}*"]}},
+                conditions={
+                    "StringLike": {"s3:prefix": [f"{RESULTS_PREFIX}*", f"{UPLOADS_PREFIX}*"]}
+                },
             ),
         ]
 
@@ -164,8 +191,8 @@ class ResultsExchange(Construct):
         return cast(CfnResource, provider.node.find_child("Handler"))
 
     @property
-    def writer_arn(self) -> str:
-        return self.writer.role_arn
+    def job_role_arn(self) -> str:
+        return self.job_role.role_arn
 
     @property
     def bucket_name(self) -> str:
@@ -178,9 +205,9 @@ class _NodeRoleGiven:
         self.exchange = exchange
 
     def validate(self) -> list[str]:
-        if self.exchange._writer_node is None:
+        if self.exchange._job_role_node is None:
             return [
-                "ResultsExchange: allow_node was never called, so the writer's trust is the "
+                "ResultsExchange: allow_node was never called, so the job role's trust is the "
                 "whole account"
             ]
         return []

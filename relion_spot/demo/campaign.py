@@ -1,6 +1,8 @@
 """``relion-spot demo --campaign``: a whole campaign on the embedded cloud, as a lab submits one.
 
-The demo's synthetic K=2 set, then ``submit campaign`` through the intake: Class3D on a GPU node,
+The demo's synthetic K=2 set is made in a folder of the lab's (``<work dir>/lab``) and brought
+onto the cluster with ``relion-spot stage`` (uploaded to the exchange bucket, imported by a CPU
+job, compared byte for byte). Then ``submit campaign`` through the intake: Class3D on a GPU node,
 the 3D auto-refine of the class it picks on a GPU node (reclaimed once mid-way: the node is
 taken, the job requeued, and the refinement continues from its newest complete iteration of
 both halves), then the PostProcess on a CPU node. Then ``relion-spot pull`` brings the
@@ -12,6 +14,7 @@ pulled, and fails when a promise does not hold.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +96,8 @@ class CampaignResult:
     """What the PostProcess step's record in the intake table says (state, resolution, truth
     resolution): the job's last word through its node's forwarder, as ``status`` shows it."""
     cost_usd: float | None = None
+    staged: dict[str, Any] = field(default_factory=dict)
+    """What ``relion-spot stage`` brought onto the cluster: files, bytes, seconds, which differ."""
     pulled: dict[str, Any] = field(default_factory=dict)
     """What ``relion-spot pull`` brought back: files, bytes, folder, which differ from the
     project's, which expected results were missing."""
@@ -111,20 +116,52 @@ PULLED_RESULTS = (
 """What a pulled campaign must hold: the sharpened map, the half maps, the refined map, the FSC."""
 
 
-def pull_campaign(cloud: Any, campaign_id: str, project: Path, folder: Path) -> dict[str, Any]:
-    """``relion-spot pull CAMPAIGN`` as the CLI runs it (relion_spot.client.pull), on this
-    embedded cloud's stack outputs; then each pulled file against the project's own bytes."""
+def _context(cloud: Any) -> Any:
+    """What the lab's commands run with (relion_spot.client), on this embedded cloud's stack
+    outputs as a deployed stack's; their messages are kept out of the demo's output."""
     import io
-    import shutil
 
     from ..client.cluster import handle_from_outputs
     from ..client.commands import Context
-    from ..client.pull import pull_results
     from ..local.standing import stack_outputs
 
-    shutil.rmtree(folder, ignore_errors=True)
     handle = handle_from_outputs("relion-spot-demo", cloud.region, stack_outputs(cloud))
-    context = Context(handle, cloud, io.StringIO(), io.StringIO())
+    return Context(handle, cloud, io.StringIO(), io.StringIO())
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+
+
+def stage_lab_folder(cloud: Any, lab: Path, project: Path) -> dict[str, Any]:
+    """``relion-spot stage LAB --project-dir /data/<project>`` as the CLI runs it
+    (relion_spot.client.stage); then every file in the project against the lab's own bytes."""
+    from ..client.stage import stage_folder
+
+    started = time.monotonic()
+    stage_folder(
+        _context(cloud), lab, f"/data/{project.name}", user="demo", timeout=600.0, poll=1.0
+    )
+    mine, there = _files(lab), _files(project)
+    return {
+        "seconds": round(time.monotonic() - started, 1),
+        "files": len(mine),
+        "bytes": sum(p.stat().st_size for p in mine.values()),
+        "differ": sorted(
+            name
+            for name, path in mine.items()
+            if name not in there or there[name].read_bytes() != path.read_bytes()
+        ),
+    }
+
+
+def pull_campaign(cloud: Any, campaign_id: str, project: Path, folder: Path) -> dict[str, Any]:
+    """``relion-spot pull CAMPAIGN`` as the CLI runs it (relion_spot.client.pull), on this
+    embedded cloud's stack outputs; then each pulled file against the project's own bytes."""
+    from ..client.pull import pull_results
+
+    shutil.rmtree(folder, ignore_errors=True)
+    context = _context(cloud)
     started = time.monotonic()
     manifest = pull_results(
         context, campaign_id, folder, user="demo", timeout=600.0, poll=1.0
@@ -176,8 +213,10 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
         particles_per_class=settings.particles_per_class,
         work_dir=settings.work_dir,
     )
-    project = make_dataset(demo, settings.work_dir / "data")
-    manifest = load_manifest(project)
+    lab = make_dataset(demo, settings.work_dir / "lab")
+    project = settings.work_dir / "data" / lab.name
+    shutil.rmtree(project, ignore_errors=True)  # a run before this one's: staged afresh
+    manifest = load_manifest(lab)
     parameters = {
         **job_parameters(demo, manifest),
         "refine_class": "best",
@@ -185,6 +224,8 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
     }
     report("cloud", {})
     with start_cloud(settings.work_dir, settings.suspend_time) as cloud:
+        report("stage", {})
+        result.staged = stage_lab_folder(cloud, lab, project)
         table = IntakeTable(cloud.client("dynamodb"), INTAKE_TABLE)
         sent = submit(
             cloud.client("sqs"), table, cloud.env["RELION_SPOT_INTAKE_QUEUE_URL"],
@@ -344,6 +385,8 @@ def campaign_failures(settings: CampaignSettings, result: CampaignResult) -> lis
         failures.append(f"the PostProcess's record says {told}, not what it wrote")
     if not result.cost_usd or result.cost_usd <= 0:
         failures.append(f"the campaign was not priced (cost {result.cost_usd})")
+    if result.staged.get("differ") != []:
+        failures.append(f"the lab's folder was not staged whole: {result.staged}")
     pulled = result.pulled
     if not pulled:
         failures.append("the campaign's results were not pulled")
@@ -370,6 +413,13 @@ def summary(result: CampaignResult) -> str:
         f"B-factor {result.bfactor}",
         f"  cost (on-demand ceiling): ${result.cost_usd}; wall {result.wall_seconds:.0f} s",
     ]
+    if result.staged:
+        lines.append(
+            f"  staged: {result.staged['files']} files, {result.staged['bytes']} bytes in "
+            f"{result.staged['seconds']:.0f} s from the lab's folder, identical on the cluster"
+            if not result.staged["differ"]
+            else f"  staged: files that differ on the cluster: {result.staged['differ']}"
+        )
     if result.pulled:
         lines.append(
             f"  pulled: {result.pulled['files']} files, {result.pulled['bytes']} bytes in "

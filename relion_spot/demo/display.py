@@ -17,6 +17,7 @@ PHASES = {
     "submitted": "submitted through the intake queue",
     "accepted": "accepted by Slurm",
     "pricing": "pricing the job's attempts",
+    "stage": "relion-spot stage: the lab's folder through the exchange bucket",
     "pull": "relion-spot pull: the results through the exchange bucket",
 }
 

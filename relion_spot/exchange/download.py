@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import NAME, Entry, Manifest, ManifestError, parse, sha256_file
+from .manifest import NAME, PARTIAL_SUFFIX, Entry, Manifest, ManifestError, parse, sha256_file
 
-PARTIAL_SUFFIX = ".part"
+__all__ = ["PARTIAL_SUFFIX", "DownloadError", "Progress", "Pulled", "pull", "read_manifest"]
 
 
 class DownloadError(RuntimeError):
@@ -50,10 +50,11 @@ def read_manifest(s3: Any, bucket: str, prefix: str) -> Manifest:
         body = s3.get_object(Bucket=bucket, Key=prefix + NAME)["Body"].read()
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404"):
+        if code in ("NoSuchKey", "404", "AccessDenied", "403"):
+            # Without ListBucket on the key, S3 says AccessDenied for a key that is not there.
             raise DownloadError(
-                f"s3://{bucket}/{prefix}{NAME} is not there: the export has not finished, or "
-                "the exchange has expired it"
+                f"s3://{bucket}/{prefix}{NAME} is not there (or not yours to read): the export "
+                "has not finished, or the exchange has expired it"
             ) from None
         raise DownloadError(f"s3://{bucket}/{prefix}{NAME}: {err}") from None
     try:
@@ -79,12 +80,22 @@ def pull(
     *,
     progress: Progress | None = None,
     manifest: Manifest | None = None,
+    replace: bool = True,
+    paths: Callable[[object], str] | None = None,
 ) -> Pulled:
-    """Every file the export's manifest lists, into ``folder`` at its path, verified."""
+    """Every file the manifest lists, into ``folder`` at its path, verified. ``replace=False``:
+    a file already there with other content is an error, never overwritten. ``paths``: a check
+    every listed path must pass first (e.g. that it is one an export writes)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     shown = progress or Progress()
     manifest = manifest or read_manifest(s3, bucket, prefix)
+    try:
+        for entry in manifest.files:
+            if paths is not None:
+                paths(entry.path)
+    except ManifestError as err:
+        raise DownloadError(f"s3://{bucket}/{prefix}{NAME}: {err}") from None
     root = folder.resolve()
     downloaded, kept = [], []
     shown.begin(manifest.total_bytes, len(manifest.files))
@@ -98,10 +109,21 @@ def pull(
                 shown.advance(entry.bytes)
                 kept.append(entry)
                 continue
+            if not replace and (target.exists() or target.is_symlink()):
+                raise DownloadError(
+                    f"{entry.path} is already in {folder} with other content: it is never "
+                    "replaced; move it away or stage into another project"
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + PARTIAL_SUFFIX)
             callback: Callable[[int], None] = shown.advance
             try:
+                size = s3.head_object(Bucket=bucket, Key=prefix + entry.path)["ContentLength"]
+                if size != entry.bytes:  # refused before a byte is fetched
+                    raise DownloadError(
+                        f"{entry.path}: the exchange holds {size} bytes, the manifest says "
+                        f"{entry.bytes}"
+                    )
                 s3.download_file(bucket, prefix + entry.path, str(partial), Callback=callback)
             except (BotoCoreError, ClientError) as err:
                 raise DownloadError(f"{entry.path}: the download failed ({err})") from None

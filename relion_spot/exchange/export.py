@@ -15,23 +15,21 @@ Exit status: 0 exported, 1 a job has no results yet or S3 failed (the message sa
 
 from __future__ import annotations
 
-import argparse
-import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from relion_spot.jobs.job_dir import Owner, find
-from relion_spot.relion.results import FSC_PICTURE, ResultsError, collect, draw_fsc
+from relion_spot.relion.results import COMMON, FSC_PICTURE, ResultsError, collect, draw_fsc
 from relion_spot.staging.credentials import broker_session
 from relion_spot.staging.errors import StagingError
 from relion_spot.staging.report import human_bytes
 
 from .manifest import NAME, Entry, Manifest, ManifestError, check_path, sha256_file
 
-SUBMISSION = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_JOBS = 10
 
 
@@ -43,8 +41,11 @@ def _log(line: str) -> None:
     print(f"export: {line}", flush=True)
 
 
-def gather(project: Path, submissions: Sequence[str], pictures: Path) -> list[tuple[str, Path]]:
-    """(path in the export, file on disk) for every result of every job, pictures included."""
+def gather(project: Path, submissions: Sequence[str], scratch: Path) -> list[tuple[str, Path]]:
+    """(path in the export, file on disk) for every result of every job, pictures included.
+    A file a running job still writes (its log, note, plots) is copied to ``scratch`` first,
+    so what is hashed is what is uploaded; a complete iteration's maps and STAR files never
+    change once written."""
     chosen: list[tuple[str, Path]] = []
     for submission in submissions:
         claimed = find(project, Owner(cluster="", slurm_job_id="", submission_id=submission))
@@ -55,12 +56,17 @@ def gather(project: Path, submissions: Sequence[str], pictures: Path) -> list[tu
         except ResultsError as err:
             raise ExportError(f"submission {submission}: {err}") from None
         where = claimed.directory.relative_to(project).as_posix()
-        try:
-            chosen += [(check_path(f"{where}/{path.name}"), path) for path in results.files]
-        except ManifestError as err:
-            raise ExportError(f"submission {submission}: {err}") from None
+        (scratch / where).mkdir(parents=True, exist_ok=True)
+        for path in results.files:
+            try:
+                name = check_path(f"{where}/{path.name}")
+            except ManifestError as err:
+                raise ExportError(f"submission {submission}: {err}") from None
+            if path.name in COMMON:
+                path = Path(shutil.copyfile(path, scratch / name))
+            chosen.append((name, path))
         if results.fsc is not None:
-            picture = pictures / where / FSC_PICTURE
+            picture = scratch / where / FSC_PICTURE
             picture.parent.mkdir(parents=True, exist_ok=True)
             chosen.append((f"{where}/{FSC_PICTURE}", draw_fsc(results.fsc, picture)))
     return chosen
@@ -108,42 +114,31 @@ def export(
     return manifest
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _submission(value: str) -> str:
-    if not SUBMISSION.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"{value[:60]!r} is not a submission id (a UUID)")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m relion_spot.exchange", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("export", help="upload jobs' results to the results exchange")
-    run.add_argument("--project-dir", type=Path, default=Path.cwd())
-    run.add_argument("--submission", type=_submission, action="append", required=True)
-    run.add_argument("--s3-credentials", metavar="SOCKET", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if len(args.submission) > MAX_JOBS:
-        parser.error(f"at most {MAX_JOBS} --submission")
+def run(project_dir: Path, submissions: Sequence[str], credentials: Path) -> int:
+    """The export job: the broker's session and place, then ``export``."""
+    if len(submissions) > MAX_JOBS:
+        print(f"export: at most {MAX_JOBS} --submission", file=sys.stderr)
+        return 2
     try:
-        s3, reply = broker_session(args.s3_credentials)
-        bucket, prefix = reply.get("Bucket"), reply.get("Prefix")
-        if not isinstance(bucket, str) or not isinstance(prefix, str) or not prefix.endswith("/"):
-            raise ExportError("the node's broker named no exchange bucket and prefix to write")
-        export_id = prefix.rstrip("/").rsplit("/", 1)[-1]
+        s3, bucket, prefix = exchange_session(credentials)
         export(
-            args.project_dir.resolve(),
-            args.submission,
+            project_dir.resolve(),
+            submissions,
             s3=s3,
             bucket=bucket,
             prefix=prefix,
-            export_id=export_id,
+            export_id=prefix.rstrip("/").rsplit("/", 1)[-1],
         )
     except (ExportError, StagingError) as err:
         print(f"export: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def exchange_session(credentials: Path) -> tuple[Any, str, str]:
+    """An S3 client on the broker's session, and the bucket and prefix the broker named."""
+    s3, reply = broker_session(credentials)
+    bucket, prefix = reply.get("Bucket"), reply.get("Prefix")
+    if not isinstance(bucket, str) or not isinstance(prefix, str) or not prefix.endswith("/"):
+        raise StagingError("the node's broker named no exchange bucket and prefix")
+    return s3, bucket, prefix

@@ -21,6 +21,8 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PATH = re.compile(r"^[A-Za-z0-9._/-]+$")
 _CHUNK = 1 << 20
+PARTIAL_SUFFIX = ".part"
+"""A download's temporary name beside its place (relion_spot.exchange.download)."""
 
 
 class ManifestError(ValueError):
@@ -86,6 +88,40 @@ def check_path(value: object) -> str:
             f"'.', '_', '-' and '/', without . or .. parts, at most {MAX_PATH_CHARS} characters"
         )
     return str(PurePosixPath(value))
+
+
+_RESULT_PATH = re.compile(
+    r"^[A-Z][A-Za-z0-9_]{0,39}/job[0-9]{3,6}/[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
+)
+
+
+def check_result_path(value: object) -> str:
+    """A path an export writes: ``<JobType>/jobNNN/<name>``, the name not hidden and not a
+    download's temporary name. Anything else in a manifest the lab downloads was not written
+    by an export (a dotfile or a deeper path must never land in the lab's folder)."""
+    path = check_path(value)
+    if not _RESULT_PATH.fullmatch(path) or path.endswith(PARTIAL_SUFFIX):
+        raise ManifestError(
+            f"path {path!r} is not one an export writes: <JobType>/jobNNN/<name>, the name "
+            f"starting with a letter, digit or _ and not ending in {PARTIAL_SUFFIX}"
+        )
+    return path
+
+
+def check_upload_path(value: object) -> str:
+    """A path a lab may stage into a project: ``check_path``'s, and no part hidden (names the
+    cluster keeps in a project, such as a job directory's claim, all start with a dot)."""
+    path = check_path(value)
+    if path.endswith(PARTIAL_SUFFIX):
+        raise ManifestError(
+            f"path {path!r} is not accepted: {PARTIAL_SUFFIX} names are the import's own"
+        )
+    if any(part.startswith(".") for part in path.split("/")):
+        raise ManifestError(
+            f"path {path!r} is not accepted: no part of a staged path may start with '.' (the "
+            "cluster's own files in a project do)"
+        )
+    return path
 
 
 def parse(data: bytes) -> Manifest:

@@ -32,6 +32,7 @@ from typing import Any
 
 from relion_spot.jobs.campaign import CampaignParams, campaign_from_mapping
 from relion_spot.jobs.export import ExportParams, export_from_mapping
+from relion_spot.jobs.imports import ImportParams, import_from_mapping
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError, from_mapping
 from relion_spot.jobs.select import SelectParams, select_from_mapping
 from relion_spot.jobs.stage import StageParams, stage_from_mapping
@@ -40,9 +41,23 @@ from relion_spot.jobs.synthetic import SyntheticParams, synthetic_from_mapping
 from .config import KEY
 
 SCHEMA_VERSION = 1
-TEMPLATES: tuple[str, ...] = ("class3d", "stage", "select", "synthetic", "campaign", "export")
+TEMPLATES: tuple[str, ...] = (
+    "class3d",
+    "stage",
+    "select",
+    "synthetic",
+    "campaign",
+    "export",
+    "import",
+)
 JobParams = (
-    Class3dParams | StageParams | SelectParams | SyntheticParams | CampaignParams | ExportParams
+    Class3dParams
+    | StageParams
+    | SelectParams
+    | SyntheticParams
+    | CampaignParams
+    | ExportParams
+    | ImportParams
 )
 """The validated parameters of any template."""
 FIELDS: tuple[str, ...] = ("version", KEY, "template", "parameters", "user", "submitted_at")
@@ -180,6 +195,8 @@ class Submission:
                 params = campaign_from_mapping(self.parameters, sid)
             elif self.template == "export":
                 params = export_from_mapping(self.parameters)
+            elif self.template == "import":
+                params = import_from_mapping(self.parameters)
             else:
                 params = from_mapping(self.parameters)
                 params.check_confined()

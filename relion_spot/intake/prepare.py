@@ -19,11 +19,12 @@ from relion_spot.jobs import job_dir
 from relion_spot.jobs.campaign import CampaignParams, render_postprocess, render_refine
 from relion_spot.jobs.class3d import Mode, NodeShape, command_words, render
 from relion_spot.jobs.export import ExportParams, render_export
+from relion_spot.jobs.imports import ImportParams, render_import
 from relion_spot.jobs.parameters import Class3dParams, JobParameterError
 from relion_spot.jobs.select import SelectParams, render_select
 from relion_spot.jobs.stage import StageParams, render_stage
 from relion_spot.jobs.synthetic import SyntheticParams, render_synthetic
-from relion_spot.relion import preflight, results, select, synthetic
+from relion_spot.relion import preflight, select, synthetic
 from relion_spot.slurm.spec import GPU_PARTITION, ClusterSpec
 
 from .config import NODE_DATA_DIR
@@ -100,7 +101,8 @@ class JobPreparer:
         | SelectParams
         | SyntheticParams
         | CampaignParams
-        | ExportParams,
+        | ExportParams
+        | ImportParams,
     ) -> PreparedJob:
         if isinstance(params, CampaignParams):
             return self._campaign(params)
@@ -109,6 +111,12 @@ class JobPreparer:
                 script=render_synthetic(params, mode=self.mode, image=self.image),
                 note=self._check_synthetic(params),
                 needs_image=True,
+            )
+        if isinstance(params, ImportParams):
+            return PreparedJob(
+                script=render_import(params),
+                note=f"importing the uploaded folder into {params.project_dir} on the CPU "
+                "partition",
             )
         if isinstance(params, ExportParams):
             return PreparedJob(script=render_export(params), note=self._check_export(params))
@@ -313,7 +321,9 @@ class JobPreparer:
         )
 
     def _check_export(self, params: ExportParams) -> str:
-        """Each job has a directory with results here: refused now, not on a CPU node."""
+        """Each job has a directory here: refused now, not on a CPU node. Only the claims are
+        read (bounded, no link followed): the drainer is root on files jobs write, so what the
+        results are is the export job's to find, as the job user."""
         here = self._project_here(params.project_dir)
         if isinstance(here, str):
             return here
@@ -325,13 +335,7 @@ class JobPreparer:
                     f"preflight: no job directory of {params.project_dir} is claimed by "
                     f"submission {submission}: its job has not started in this project"
                 )
-            try:
-                found = results.collect(claimed.directory)
-            except results.ResultsError as err:
-                raise _refused(err, here, params.project_dir) from None
-            where = claimed.directory.relative_to(here).as_posix()
-            count = len(found.files)
-            taken.append(f"{where} ({count} file{'' if count == 1 else 's'})")
+            taken.append(claimed.directory.relative_to(here).as_posix())
         return "preflight ok: exporting " + ", ".join(taken) + " on the CPU partition"
 
     def _preflight(self, params: Class3dParams, words: Sequence[str]) -> str:

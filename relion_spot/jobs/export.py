@@ -15,7 +15,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from relion_spot.exchange.export import MAX_JOBS, SUBMISSION
+from relion_spot.exchange.cli import SUBMISSION
+from relion_spot.exchange.export import MAX_JOBS
 from relion_spot.node.stage_credentials import SOCKET as CREDENTIALS_SOCKET
 from relion_spot.slurm.spec import CPU_PARTITION
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -74,18 +75,43 @@ class Claim:
     created: float
 
 
+MAX_CLAIM_BYTES = 4096
+"""A claim is a line of JSON; anything larger is not one."""
+
+
+def _claim_text(path: Path) -> str | None:
+    """The claim file's text, read as a reader that may be root on a directory jobs write (the
+    controller's drainer) must: a regular file only (no link followed, never a FIFO or a
+    device that would block or never end), bounded; None when it is not one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CLAIM_BYTES:
+            return None
+        data = os.read(fd, MAX_CLAIM_BYTES + 1)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace")
+
+
 def read_claim(directory: Path) -> Claim | None:
     """The claim in a job directory; None where there is none or it is unreadable (a claim is
     written whole by its creator, so a partial one means its creator died while writing)."""
+    text = _claim_text(directory / CLAIM_FILE)
+    if text is None:
+        return None
     try:
-        raw = json.loads((directory / CLAIM_FILE).read_text())
+        raw = json.loads(text)
         owner = Owner(
             cluster=str(raw["cluster"]),
             slurm_job_id=str(raw["slurm_job_id"]),
             submission_id=str(raw.get("submission_id", "")),
         )
         return Claim(directory, owner, float(raw["created"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -105,13 +131,14 @@ def _pipeline_counter(project: Path) -> int:
 
 
 def _numbered_dirs(project: Path) -> list[Path]:
-    """Every <Type>/jobNNN directory of the project."""
+    """Every <Type>/jobNNN directory of the project; a link is not one (RELION's aliases are
+    links with other names, and a root reader must not be led elsewhere)."""
     found = []
     for type_dir in project.iterdir() if project.is_dir() else ():
-        if not type_dir.is_dir() or type_dir.name.startswith("."):
+        if type_dir.is_symlink() or not type_dir.is_dir() or type_dir.name.startswith("."):
             continue
         for entry in type_dir.iterdir():
-            if job_number(entry.name) is not None and entry.is_dir():
+            if job_number(entry.name) is not None and not entry.is_symlink() and entry.is_dir():
                 found.append(entry)
     return found
 

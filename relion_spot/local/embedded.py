@@ -310,7 +310,7 @@ def _stage_reader(
 
 
 def _results_exchange(endpoint: str, env: dict[str, str], spec: Any) -> dict[str, str]:
-    """As the cluster stack's ResultsExchange: a bucket in moto, and a writer role only the CPU
+    """As the cluster stack's ResultsExchange: a bucket in moto, and the job role only the CPU
     nodes' broker uses; the bucket's name goes in ``env`` (the stack's output), and the CPU
     nodes' environment is returned."""
     region = env["AWS_REGION"]
@@ -325,7 +325,8 @@ def _results_exchange(endpoint: str, env: dict[str, str], spec: Any) -> dict[str
         "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
     }
     role = moto_client("iam", endpoint=endpoint, region=region).create_role(
-        RoleName=f"{spec.cluster_name}-exchange-writer", AssumeRolePolicyDocument=json.dumps(trust)
+        RoleName=f"{spec.cluster_name}-exchange-job-role",
+        AssumeRolePolicyDocument=json.dumps(trust),
     )["Role"]["Arn"]
     env[stage_credentials.EXCHANGE_BUCKET_ENV] = bucket
     return {

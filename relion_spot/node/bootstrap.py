@@ -34,7 +34,7 @@ PLACEHOLDERS = (
     "spot_events_table",
     "intake_table",
     "stage_read_role",
-    "exchange_write_role",
+    "exchange_role",
     "exchange_bucket",
 )
 """What the stack must give ``render``; ``spot_events_table`` and ``stage_read_role`` may be

@@ -11,14 +11,16 @@ listens on a Unix socket (``SOCKET``) and answers a process only when all of thi
 2. Slurm lists that job here with the intake's comment (``relion-spot:<submission id>``);
 3. the intake table, which only the drainer writes, holds that submission as an *accepted*
    submission *with this job id* (a comment is the job owner's to write; the table is not):
-   a *stage* from an ``s3://bucket/key`` source, or an *export* (``relion-spot pull``).
+   a *stage* from an ``s3://bucket/key`` source, an *export* (``relion-spot pull``) or an
+   *import* (``relion-spot stage FOLDER``).
 
 It then assumes the role for that job (``sts:AssumeRole``, the session named
 ``<node>-job-<id>`` for CloudTrail), for an hour at most, and hands it over; the client asks
 again as it nears its end. A stage gets the stage-reader role, narrowed by a session policy to
-GetObject on that one object and ListBucket on its bucket. An export gets the results exchange's
-writer role, narrowed to PutObject under ``out/<its submission id>/`` of the exchange bucket; the
-answer names that bucket and prefix, so the job is never the one that says where it writes.
+GetObject on that one object and ListBucket on its bucket. An export gets the exchange's job
+role, narrowed to PutObject under ``out/<its submission id>/`` of the exchange bucket; an import
+the same role narrowed to GetObject under ``in/<its submission id>/``. The answer names that
+bucket and prefix, so the job is never the one that says where it reads or writes.
 
 Anything else is refused with one line to the asker and one log record; a refusal that time may
 cure (Slurm silent, the decision not yet written) says so, and the client asks again. Connections
@@ -26,9 +28,9 @@ are served by a few threads, so a job that holds one open stalls no one; a fault
 is logged and answered, and the broker goes on.
 
 Environment: RELION_SPOT_STAGE_READ_ROLE (the reader's ARN; absent when the cluster was deployed
-without stage_buckets), RELION_SPOT_EXCHANGE_WRITE_ROLE and RELION_SPOT_EXCHANGE_BUCKET (the
-results exchange; the broker starts when either role is given), RELION_SPOT_INTAKE_TABLE,
-RELION_SPOT_NODE_NAME, the region.
+without stage_buckets), RELION_SPOT_EXCHANGE_ROLE and RELION_SPOT_EXCHANGE_BUCKET (the
+results exchange's job role and bucket; the broker starts when either role is given),
+RELION_SPOT_INTAKE_TABLE, RELION_SPOT_NODE_NAME, the region.
 """
 
 from __future__ import annotations
@@ -55,11 +57,15 @@ from ..intake.table import ACCEPTED, SUBMITTING, IntakeTable, Record
 from .job_reports import NODE_NAME_ENV, NodeJob, squeue_node_jobs
 
 ROLE_ENV = "RELION_SPOT_STAGE_READ_ROLE"
-EXCHANGE_ROLE_ENV = "RELION_SPOT_EXCHANGE_WRITE_ROLE"
+EXCHANGE_ROLE_ENV = "RELION_SPOT_EXCHANGE_ROLE"
 EXCHANGE_BUCKET_ENV = "RELION_SPOT_EXCHANGE_BUCKET"
 RESULTS_PREFIX = "out/"
 """Where export jobs write in the exchange bucket: ``out/<submission id>/``; the lab reads it."""
-READ, WRITE = "read", "write"
+UPLOADS_PREFIX = "in/"
+"""Where the lab uploads a folder for an import job: ``in/<submission id>/``; the job reads it."""
+READ, WRITE, IMPORT = "read", "write", "import"
+"""A stage's read of one object; an export's writes under its prefix; an import's reads under
+its prefix."""
 TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
 SOCKET = Path("/run/relion-spot/stage-credentials.sock")
 SESSION_SECONDS = 3600
@@ -94,8 +100,8 @@ class Peer:
 
 @dataclass(frozen=True)
 class Approved:
-    """What the intake approved this job to do: read one object (a stage), or write under one
-    prefix (an export; ``key`` then ends in ``/``)."""
+    """What the intake approved this job to do: read one object (a stage), write under one
+    prefix (an export) or read under one (an import; ``key`` then ends in ``/``)."""
 
     job_id: str
     bucket: str
@@ -158,13 +164,16 @@ def approved_source(job: NodeJob, record: Record | None, exchange_bucket: str = 
             f"job {job.job_id}: submission {sid} is {record.state} for job "
             f"{record.job_id or 'none'}, not this job"
         )
-    if record.template == "export":
+    if record.template in ("export", "import"):
         if not exchange_bucket:
-            raise Refused(f"job {job.job_id}: this node has no results exchange to write to")
-        return Approved(job.job_id, exchange_bucket, f"{RESULTS_PREFIX}{sid}/", WRITE)
+            raise Refused(f"job {job.job_id}: this node has no results exchange")
+        if record.template == "export":
+            return Approved(job.job_id, exchange_bucket, f"{RESULTS_PREFIX}{sid}/", WRITE)
+        return Approved(job.job_id, exchange_bucket, f"{UPLOADS_PREFIX}{sid}/", IMPORT)
     if record.template != "stage":
         raise Refused(
-            f"job {job.job_id}: submission {sid} is a {record.template} job, not stage or export"
+            f"job {job.job_id}: submission {sid} is a {record.template} job, not stage, export "
+            "or import"
         )
     try:
         source = json.loads(record.parameters or "{}").get("source", "")
@@ -177,8 +186,21 @@ def approved_source(job: NodeJob, record: Record | None, exchange_bucket: str = 
 
 
 def session_policy(approved: Approved, partition: str) -> str:
-    """What the session may do, inside what the role may: read that one object, or write under
-    that one prefix."""
+    """What the session may do, inside what the role may: read that one object, or write or read
+    under that one prefix."""
+    if approved.access == IMPORT:
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:GetObject",
+                        "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}*",
+                    }
+                ],
+            }
+        )
     if approved.access == WRITE:
         return json.dumps(
             {
@@ -212,14 +234,14 @@ def session_policy(approved: Approved, partition: str) -> str:
 
 
 class Broker:
-    """Assumes the stage-reader or the exchange writer role for an approved job and keeps the
+    """Assumes the stage-reader or the exchange's job role for an approved job and keeps the
     session while it is fresh enough."""
 
     def __init__(
         self,
         *,
         role_arn: str,
-        write_role_arn: str = "",
+        exchange_role_arn: str = "",
         exchange_bucket: str = "",
         node: str,
         region: str,
@@ -230,9 +252,9 @@ class Broker:
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.role_arn = role_arn
-        self.write_role_arn = write_role_arn
+        self.exchange_role_arn = exchange_role_arn
         self.exchange_bucket = exchange_bucket
-        some_role = role_arn or write_role_arn
+        some_role = role_arn or exchange_role_arn
         self.partition = some_role.split(":")[1] if some_role.count(":") >= 5 else "aws"
         self.node = node
         self.region = region
@@ -283,9 +305,10 @@ class Broker:
             kept = self._sessions.get(approved)
             if kept and dt.datetime.fromisoformat(kept["Expiration"]) - self.now() > REUSE_MARGIN:
                 return kept
-        role = self.write_role_arn if approved.access == WRITE else self.role_arn
+        exchange = approved.access in (WRITE, IMPORT)
+        role = self.exchange_role_arn if exchange else self.role_arn
         if not role:
-            what = "results exchange" if approved.access == WRITE else "stage bucket"
+            what = "results exchange" if exchange else "stage bucket"
             raise Refused(f"job {approved.job_id}: this cluster has no {what} role")
         granted = self.sts.assume_role(
             RoleArn=role,
@@ -304,7 +327,7 @@ class Broker:
             "Expiration": str(expiration),
             "Region": self.region,
         }
-        if approved.access == WRITE:
+        if approved.access in (WRITE, IMPORT):
             reply["Bucket"], reply["Prefix"] = approved.bucket, approved.key
         with self._lock:
             self._sessions[approved] = reply
@@ -359,14 +382,14 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         level=logging.INFO, format="relion-spot stage credentials: %(message)s", stream=sys.stderr
     )
     role, node = env.get(ROLE_ENV, "").strip(), env.get(NODE_NAME_ENV, "").strip()
-    write_role = env.get(EXCHANGE_ROLE_ENV, "").strip()
+    exchange_role = env.get(EXCHANGE_ROLE_ENV, "").strip()
     exchange_bucket = env.get(EXCHANGE_BUCKET_ENV, "").strip()
     table = env.get(TABLE_ENV, "").strip()
     region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()
     missing = [
         n
         for n, v in (
-            (f"{ROLE_ENV} or {EXCHANGE_ROLE_ENV}", role or write_role),
+            (f"{ROLE_ENV} or {EXCHANGE_ROLE_ENV}", role or exchange_role),
             (NODE_NAME_ENV, node),
             (TABLE_ENV, table),
             ("AWS_REGION", region),
@@ -379,12 +402,12 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     import boto3
 
     intake = IntakeTable(boto3.client("dynamodb", region_name=region), table)
-    if write_role and not exchange_bucket:
+    if exchange_role and not exchange_bucket:
         print(f"relion-spot stage credentials: {EXCHANGE_BUCKET_ENV} not set", file=sys.stderr)
         return 2
     broker = Broker(
         role_arn=role,
-        write_role_arn=write_role,
+        exchange_role_arn=exchange_role,
         exchange_bucket=exchange_bucket,
         node=node,
         region=region,
@@ -394,7 +417,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     )
     server = listen(SOCKET)
     log.info(
-        "serving %s for %s on %s", SOCKET, " and ".join(r for r in (role, write_role) if r), node
+        "serving %s for %s on %s", SOCKET, " and ".join(r for r in (role, exchange_role) if r), node
     )
     serve(server, broker, stop=threading.Event())
     return 0

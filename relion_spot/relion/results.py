@@ -12,7 +12,8 @@ opens in ChimeraX or the RELION GUI, not the run's checkpoints:
   (the convergence plot and class slices) where present.
 
 A picture of the FSC curve is drawn for a PostProcess (from postprocess.star) and for a converged
-Refine3D (its gold-standard FSC from the model STAR).
+Refine3D (its gold-standard FSC from the model STAR), with matplotlib's defaults whatever
+the project holds; a table that does not read leaves the picture out, not the results.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ POSTPROCESS = (
     "postprocess_masked.mrc",
     "postprocess.star",
     "mask.mrc",
+    "logfile.pdf",
     "campaign_result.json",
 )
 FSC_PICTURE = "fsc.png"
@@ -69,7 +71,8 @@ def _newest_complete(root: Path, *, halves: bool) -> dict[str, Path] | None:
         if iteration < 1:
             continue
         try:
-            classes = run_classes(root, iteration)
+            # An auto-refine refines one map per half and writes no run_itNNN_model.star.
+            classes = 1 if halves else run_classes(root, iteration)
             check_iteration(root, iteration, classes, halves=halves)
         except CheckpointError:
             continue
@@ -138,8 +141,8 @@ def _fsc(directory: Path, kind: str) -> tuple[str, list[float], dict[str, list[f
     try:
         table = starfile.read(star, always_dict=True)[block]
         frequency = [float(v) for v in table["rlnResolution"]]
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise ResultsError(f"{star.name}: the FSC table does not read ({err})") from None
+    except (OSError, KeyError, ValueError, TypeError):
+        return None  # the picture is a convenience: the STAR file itself is exported
     curves = {
         name: [float(v) for v in table[column]]
         for name, column in columns.items()
@@ -170,16 +173,17 @@ def draw_fsc(fsc: tuple[str, list[float], dict[str, list[float]]], path: Path) -
     import matplotlib.pyplot as plt
 
     title, frequency, curves = fsc
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, values in curves.items():
-        axes.plot(frequency, values, label=name)
-    axes.axhline(0.143, color="grey", linestyle="--", linewidth=0.8, label="0.143")
-    axes.set_xlabel("spatial frequency (1/Å)")
-    axes.set_ylabel("FSC")
-    axes.set_ylim(-0.1, 1.05)
-    axes.set_title(title)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    with matplotlib.style.context("default"):  # not a matplotlibrc planted in the project
+        figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+        for name, values in curves.items():
+            axes.plot(frequency, values, label=name)
+        axes.axhline(0.143, color="grey", linestyle="--", linewidth=0.8, label="0.143")
+        axes.set_xlabel("spatial frequency (1/Å)")
+        axes.set_ylabel("FSC")
+        axes.set_ylim(-0.1, 1.05)
+        axes.set_title(title)
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
     return path

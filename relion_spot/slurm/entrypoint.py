@@ -12,7 +12,7 @@ address this container's hostname resolves to). Environment (node): RELION_SPOT_
 (host[:port] of slurmctld), RELION_SPOT_NODE_NAME unless NAME is given, and
 RELION_SPOT_METADATA_GUARD (install|verify: the metadata service is shut to jobs before slurmd
 starts, see relion_spot.node.metadata_guard), RELION_SPOT_STAGE_READ_ROLE (staging jobs' S3 reads)
-and RELION_SPOT_EXCHANGE_WRITE_ROLE (export jobs' writes), both through
+and RELION_SPOT_EXCHANGE_ROLE (export and import jobs' S3 access), both through
 relion_spot.node.stage_credentials. Both: the key's source (see relion_spot.slurm.key).
 
 Bad input ends the container with one line on stderr and exit status 2, before any daemon starts.

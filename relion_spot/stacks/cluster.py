@@ -129,9 +129,11 @@ class ClusterStack(Stack):
             if settings.stage_buckets
             else None
         )
-        # `relion-spot pull` fetches a finished job's results from here: an export job copies
-        # them in through this writer role, never the node's. The bucket holds copies only (the
-        # results stay on EFS), so it goes with the stack whatever keep_data says.
+        # `relion-spot stage` uploads a lab's folder here for an import job to read into /data,
+        # and `relion-spot pull` fetches a finished job's results that an export job copied here:
+        # both jobs go through this exchange's job role, never the node's. The bucket holds
+        # copies only (the lab keeps its folder, the results stay on EFS), so it goes with the
+        # stack whatever keep_data says.
         self.results_exchange = ResultsExchange(
             self,
             "ResultsExchange",
@@ -151,7 +153,7 @@ class ClusterStack(Stack):
                 spot_events_table="",
                 intake_table=self.intake.table_name,
                 stage_read_role=self.stage_reader.role_arn if self.stage_reader else "",
-                exchange_write_role=self.results_exchange.writer_arn,
+                exchange_role=self.results_exchange.job_role_arn,
                 exchange_bucket=self.results_exchange.bucket_name,
             )
         )
@@ -187,8 +189,8 @@ class ClusterStack(Stack):
             image.repository.grant_pull(group.role)
             auth_key.grant_read(group.role)
 
-        # Staging and export run on the CPU partition: only its nodes' broker may assume the
-        # stage reader and the results writer.
+        # Staging, import and export run on the CPU partition: only its nodes' broker may assume
+        # the stage reader and the exchange's job role.
         if self.stage_reader:
             self.stage_reader.allow_node(self.cpu_nodes.role)
         self.results_exchange.allow_node(self.cpu_nodes.role)

@@ -17,11 +17,18 @@ import pytest
 import starfile
 from moto import mock_aws
 
+from relion_spot.exchange.cli import main as exchange_main
 from relion_spot.exchange.download import PARTIAL_SUFFIX, DownloadError, Progress, pull
-from relion_spot.exchange.export import main as export_main
-from relion_spot.exchange.manifest import Entry, Manifest, ManifestError, parse
+from relion_spot.exchange.manifest import (
+    Entry,
+    Manifest,
+    ManifestError,
+    check_result_path,
+    parse,
+)
+from relion_spot.exchange.upload import UploadError, folder_files, folder_manifest, upload
 from relion_spot.jobs.job_dir import CLAIM_FILE
-from tests.node.test_stage_credentials import EXCHANGE, SID, WRITER, Node, _accepted
+from tests.node.test_stage_credentials import EXCHANGE, EXCHANGE_ROLE, SID, Node, _accepted
 
 POST = "7b2e9c30-4d5f-4e70-8b12-c3d4e5f6a7b8"
 SELECT = "8c3fad41-5e60-4f81-9c23-d4e5f6a7b8c9"
@@ -53,6 +60,7 @@ def project(tmp_path: Path) -> Path:
     starfile.write({"general": {"rlnFinalResolution": 14.5}, "fsc": fsc}, post / "postprocess.star")
     (post / "run.out").write_text("postprocess: done\n")
     (post / "logfile.pdf").write_bytes(b"%PDF")
+    (post / "postprocess_fsc.eps").write_bytes(b"%!PS")
     select = root / "Select" / "job002"
     _claim(select, SELECT, "Select")
     (select / "particles.star").write_text("data_particles\n")
@@ -62,7 +70,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def exchange(tmp_path: Path) -> Iterator[tuple[Node, Any]]:
     with mock_aws():
-        node = Node(tmp_path / "node", role="", write_role=WRITER, bucket=EXCHANGE)
+        node = Node(tmp_path / "node", role="", exchange_role=EXCHANGE_ROLE, bucket=EXCHANGE)
         node.record = _accepted(template="export", parameters="{}")
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=EXCHANGE)
@@ -76,7 +84,7 @@ def _export(node: Node, project: Path, *submissions: str) -> int:
     words = ["export", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
     for submission in submissions:
         words += ["--submission", submission]
-    return export_main(words)
+    return exchange_main(words)
 
 
 def test_an_export_writes_where_the_broker_says_and_comes_back_byte_for_byte(
@@ -88,7 +96,8 @@ def test_an_export_writes_where_the_broker_says_and_comes_back_byte_for_byte(
     assert all(k.startswith(PREFIX) for k in keys)
     assert f"{PREFIX}manifest.json" in keys
     assert f"{PREFIX}PostProcess/job003/fsc.png" in keys
-    assert f"{PREFIX}PostProcess/job003/logfile.pdf" not in keys, "only what a lab opens"
+    assert f"{PREFIX}PostProcess/job003/logfile.pdf" in keys, "RELION's own FSC and Guinier plots"
+    assert f"{PREFIX}PostProcess/job003/postprocess_fsc.eps" not in keys, "only what a lab opens"
     assert not any(k.endswith(CLAIM_FILE) for k in keys)
 
     folder = tmp_path / "pulled"
@@ -120,8 +129,13 @@ def test_a_file_changed_in_the_exchange_is_refused_and_a_damaged_local_copy_is_r
     ]
     assert mask.read_bytes() == (project / "PostProcess/job003/mask.mrc").read_bytes()
 
-    s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}PostProcess/job003/mask.mrc", Body=b"evil")
+    key = f"{PREFIX}PostProcess/job003/mask.mrc"
+    original = (project / "PostProcess/job003/mask.mrc").read_bytes()
+    s3.put_object(Bucket=EXCHANGE, Key=key, Body=b"evil" * 10_000_000)
     mask.unlink()
+    with pytest.raises(DownloadError, match="the exchange holds 40000000 bytes, the manifest says"):
+        pull(s3, EXCHANGE, PREFIX, folder)
+    s3.put_object(Bucket=EXCHANGE, Key=key, Body=b"X" + original[1:])
     with pytest.raises(DownloadError, match="does not match the manifest's size and sha256"):
         pull(s3, EXCHANGE, PREFIX, folder)
     assert not mask.exists() and not list(folder.rglob(f"*{PARTIAL_SUFFIX}"))
@@ -146,7 +160,7 @@ def test_an_export_the_intake_did_not_approve_gets_no_session_and_writes_nothing
     node, s3 = exchange
     node.record = _accepted(template="class3d")
     assert _export(node, project, POST) == 1
-    assert "is a class3d job, not stage or export" in capsys.readouterr().err
+    assert "is a class3d job, not stage, export or import" in capsys.readouterr().err
     assert node.sts.policies == [] and "Contents" not in s3.list_objects_v2(Bucket=EXCHANGE)
 
 
@@ -232,7 +246,7 @@ def test_the_progress_bar_counts_every_byte_it_downloads(
     assert counted.files == [e.path for e in got.manifest.files]
 
 
-def test_the_controller_refuses_an_export_of_a_job_without_results_before_any_node(
+def test_the_controller_refuses_an_export_of_a_job_that_never_started_before_any_node(
     project: Path,
 ) -> None:
     from relion_spot.intake.prepare import JobPreparer, JobRejected
@@ -241,15 +255,136 @@ def test_the_controller_refuses_an_export_of_a_job_without_results_before_any_no
     prepare = JobPreparer(instance_types=("g5.xlarge",), data_root=project.parent)
     accepted = prepare(ExportParams("/data/lab", (POST, SELECT)))
     assert accepted.note == (
-        "preflight ok: exporting PostProcess/job003 (5 files), Select/job002 (1 file) on the "
-        "CPU partition"
+        "preflight ok: exporting PostProcess/job003, Select/job002 on the CPU partition"
     )
     assert not accepted.needs_image and "relion_spot.exchange export" in accepted.script
-    (project / "Select/job002/particles.star").unlink()
-    with pytest.raises(JobRejected, match=r"^preflight: job002 has written no particles.star yet"):
-        prepare(ExportParams("/data/lab", (POST, SELECT)))
     unknown = "9d40be52-6f71-4092-ad34-e5f6a7b8c9d0"
     with pytest.raises(
         JobRejected, match=f"no job directory of /data/lab is claimed by .*{unknown}"
     ):
         prepare(ExportParams("/data/lab", (unknown,)))
+
+
+# --- stage: the lab's folder in ---------------------------------------------------------------
+
+
+@pytest.fixture
+def importing(tmp_path: Path) -> Iterator[tuple[Node, Any]]:
+    """A CPU node whose broker approves an import (the record's template)."""
+    with mock_aws():
+        node = Node(tmp_path / "node", role="", exchange_role=EXCHANGE_ROLE, bucket=EXCHANGE)
+        node.record = _accepted(template="import", parameters='{"project_dir": "/data/p"}')
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=EXCHANGE)
+        try:
+            yield node, s3
+        finally:
+            node.stop()
+
+
+def _lab_folder(root: Path) -> Path:
+    lab = root / "lab"
+    (lab / "Particles").mkdir(parents=True)
+    (lab / "Particles" / "particles.star").write_text("data_particles\n")
+    (lab / "Particles" / "stack_0001.mrcs").write_bytes(bytes(range(256)) * 2000)
+    (lab / "reference.mrc").write_bytes(b"\x00" * 70_000)
+    return lab
+
+
+def _upload(s3: Any, lab: Path) -> Manifest:
+    manifest, pairs = folder_manifest(lab, submission=SID, project="/data/p")
+    return upload(s3, EXCHANGE, f"in/{SID}/", manifest, pairs).manifest
+
+
+def test_a_staged_folder_arrives_whole_and_a_requeued_import_keeps_what_is_there(
+    importing: tuple[Node, Any], tmp_path: Path
+) -> None:
+    node, s3 = importing
+    lab = _lab_folder(tmp_path)
+    sent = _upload(s3, lab)
+    assert {e.path for e in sent.files} == {
+        "Particles/particles.star", "Particles/stack_0001.mrcs", "reference.mrc",
+    }  # fmt: skip
+    project = tmp_path / "data" / "p"
+    words = ["import", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
+    assert exchange_main(words) == 0
+    (policy,) = node.sts.policies
+    assert policy["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{EXCHANGE}/in/{SID}/*",
+        }
+    ]
+    for entry in sent.files:
+        assert (project / entry.path).read_bytes() == (lab / entry.path).read_bytes()
+    assert exchange_main(words) == 0, "a requeued attempt finds everything whole"
+
+    again = folder_manifest(lab, submission=SID, project="/data/p")
+    assert upload(s3, EXCHANGE, f"in/{SID}/", *again).sent == (), "nothing is sent twice"
+
+
+def test_an_import_never_replaces_a_file_that_differs(
+    importing: tuple[Node, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node, s3 = importing
+    _upload(s3, _lab_folder(tmp_path))
+    project = tmp_path / "data" / "p"
+    project.mkdir(parents=True)
+    (project / "reference.mrc").write_bytes(b"the lab's other map")
+    words = ["import", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
+    assert exchange_main(words) == 1
+    assert "reference.mrc is already in" in capsys.readouterr().err
+    assert (project / "reference.mrc").read_bytes() == b"the lab's other map"
+
+
+def test_a_hidden_path_in_an_uploaded_manifest_is_refused_before_anything_is_written(
+    importing: tuple[Node, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A claim file planted through an upload would hand a job directory to someone else."""
+    node, s3 = importing
+    body = _manifest(files=[_file("Class3D/job001/.relion-spot-job.json")])
+    s3.put_object(Bucket=EXCHANGE, Key=f"in/{SID}/manifest.json", Body=body)
+    project = tmp_path / "data" / "p"
+    words = ["import", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
+    assert exchange_main(words) == 1
+    assert "may start with '.'" in capsys.readouterr().err
+    assert not project.exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda lab: (lab / ".hidden").write_text("x"), "no part of a staged path may start"),
+        (lambda lab: (lab / "a b.star").write_text("x"), "'a b.star' is not accepted"),
+        (lambda lab: (lab / "link.mrc").symlink_to("/etc/passwd"), "link.mrc is a link"),
+        (lambda lab: (lab / "dir").symlink_to("/etc"), "dir is a link"),
+    ],
+    ids=["hidden", "space", "file-link", "dir-link"],
+)
+def test_a_folder_the_cluster_would_refuse_is_refused_here_by_name(
+    tmp_path: Path, make: Any, message: str
+) -> None:
+    lab = _lab_folder(tmp_path)
+    make(lab)
+    with pytest.raises(UploadError, match=message):
+        folder_files(lab)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [".bashrc", ".ssh/authorized_keys", "Class3D/job001/.hidden", "Class3D/job001/x.part",
+     "Class3D/job001/a/b", "notes.txt", "class3d/job001/x", "Class3D/job1/x"],
+)  # fmt: skip
+def test_a_pulled_manifest_may_name_only_what_an_export_writes(tmp_path: Path, path: str) -> None:
+    """A job that got hold of an export's session could forge its manifest: a dotfile or a
+    path elsewhere must never land in the lab's folder."""
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=EXCHANGE)
+        body = _manifest(files=[_file(path)])
+        s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}manifest.json", Body=body)
+        s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}{path}", Body=b"x")
+        with pytest.raises(DownloadError, match="is not one an export writes"):
+            pull(s3, EXCHANGE, PREFIX, tmp_path / "pulled", paths=check_result_path)
+    assert not (tmp_path / "pulled").exists()

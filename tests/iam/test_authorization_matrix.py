@@ -21,14 +21,18 @@ Where a call is made (read the module to see its parameters):
 - the Slurm key's custom resource: relion_spot.slurm_key (put and delete its parameter); every
   container reads the key with relion_spot.slurm.key (GetParameter, decrypted; the AWS managed
   key aws/ssm needs no identity-policy grant, so none is simulated).
-- the results exchange (relion_spot.constructs.results_exchange): the CPU node's root broker
-  assumes the writer for an export job, whose uploads (PutObject, multipart included, and
-  AbortMultipartUpload) land under out/; ``relion-spot pull`` lists (ListBucket, s3:prefix) and
-  downloads (GetObject) them as a lab member or admin.
+- the results exchange (relion_spot.constructs.results_exchange): ``relion-spot stage`` uploads
+  (PutObject, multipart included, and AbortMultipartUpload) a lab's folder under in/ as a lab
+  member or admin; the CPU node's root broker (relion_spot.node.stage_credentials) assumes the
+  exchange's job role for an import job, which reads (GetObject) under in/<its submission>/, or
+  for an export job, whose uploads land under out/<its submission>/, each session narrowed by a
+  session policy to that one prefix and direction; ``relion-spot pull`` lists (ListBucket,
+  s3:prefix) and downloads (GetObject) them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,8 +105,8 @@ class World:
     other_costs_table: str
     exchange_bucket: str
     other_exchange_bucket: str
-    exchange_writer: str
-    exchange_writer_trust: dict[str, Any]
+    exchange_role: str
+    exchange_role_trust: dict[str, Any]
 
     def exchange_key(self, key: str, bucket: str | None = None) -> str:
         return f"{bucket or self.exchange_bucket}/{key}"
@@ -249,9 +253,9 @@ def _world(synth: Any) -> World:
         other_exchange_bucket=other.get_att(
             other.one("AWS::S3::Bucket", "ResultsExchangeBucket"), "Arn"
         ),
-        exchange_writer=own.get_att(own.one("AWS::IAM::Role", "ResultsExchangeWriter"), "Arn"),
-        exchange_writer_trust=own.resolve(
-            own.resources[own.one("AWS::IAM::Role", "ResultsExchangeWriter")]["Properties"][
+        exchange_role=own.get_att(own.one("AWS::IAM::Role", "ResultsExchangeJobRole"), "Arn"),
+        exchange_role_trust=own.resolve(
+            own.resources[own.one("AWS::IAM::Role", "ResultsExchangeJobRole")]["Properties"][
                 "AssumeRolePolicyDocument"
             ]
         ),
@@ -271,7 +275,7 @@ PRINCIPALS = {
     "fis": "SpotInterruptionDrillRole",
     "fallback": "CapacityFallbackRole",
     "slurm-key": "SlurmKeyRole",
-    "exchange-writer": "ResultsExchangeWriter",
+    "exchange-role": "ResultsExchangeJobRole",
 }
 
 
@@ -1497,46 +1501,124 @@ deny("admins-group/deny/logs:FilterLogEvents/without-the-admin-role")(
 )
 
 
-# --- the results exchange: export jobs write under out/, the lab lists and reads it ------------
+# --- the results exchange: the lab uploads under in/ and reads out/, jobs the reverse ----------
 
-RESULT = "out/42/Class3D/job042/run_it025_class001.mrc"
+SID, OTHER_SID = "42", "420"
+"""A submission, and another whose id starts with the same digits (``in/42/*`` must not match
+``in/420/...``)."""
+RESULT = f"out/{SID}/Class3D/job042/run_it025_class001.mrc"
 """A copy as an export job writes it and ``relion-spot pull`` fetches it."""
+UPLOAD = f"in/{SID}/Movies/movie_0001.tiff"
+"""A file of a folder as ``relion-spot stage`` uploads it and an import job reads it."""
+ROLE = "exchange-role"
 
+
+def _session(w: World, actions: list[str], prefix: str) -> dict[str, Any]:
+    """A session policy as the broker narrows the job role to one submission's prefix
+    (relion_spot.node.stage_credentials.session_policy; pinned against it below)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": actions[0] if len(actions) == 1 else actions,
+                "Resource": w.exchange_key(f"{prefix}*"),
+            }
+        ],
+    }
+
+
+def import_session(w: World, sid: str = SID) -> dict[str, Any]:
+    return _session(w, ["s3:GetObject"], f"in/{sid}/")
+
+
+def export_session(w: World, sid: str = SID) -> dict[str, Any]:
+    return _session(w, ["s3:PutObject", "s3:AbortMultipartUpload"], f"out/{sid}/")
+
+
+# The job role: import jobs read under in/, export jobs write under out/; nothing else.
 for _action in ("s3:PutObject", "s3:AbortMultipartUpload"):
-    allow(f"exchange-writer/export/{_action}/out")(
-        lambda w, a=_action: Request("exchange-writer", a, w.exchange_key(RESULT))
+    allow(f"{ROLE}/export/{_action}/out")(
+        lambda w, a=_action: Request(ROLE, a, w.exchange_key(RESULT))
     )
-for _key, _what in (("in/42/particles.star", "outside-out"), ("out", "the-bare-prefix-key")):
-    deny(f"exchange-writer/deny/s3:PutObject/{_what}")(
-        lambda w, k=_key: Request("exchange-writer", "s3:PutObject", w.exchange_key(k))
+    deny(f"{ROLE}/deny/{_action}/in")(lambda w, a=_action: Request(ROLE, a, w.exchange_key(UPLOAD)))
+allow(f"{ROLE}/import/s3:GetObject/in")(
+    lambda w: Request(ROLE, "s3:GetObject", w.exchange_key(UPLOAD))
+)
+deny(f"{ROLE}/deny/s3:GetObject/out")(
+    lambda w: Request(ROLE, "s3:GetObject", w.exchange_key(RESULT))
+)
+for _key, _what in (("out", "the-bare-out-key"), ("in", "the-bare-in-key"), ("x/1", "outside")):
+    for _action in ("s3:PutObject", "s3:GetObject"):
+        deny(f"{ROLE}/deny/{_action}/{_what}")(
+            lambda w, a=_action, k=_key: Request(ROLE, a, w.exchange_key(k))
+        )
+for _action, _key in (("s3:PutObject", RESULT), ("s3:GetObject", UPLOAD)):
+    deny(f"{ROLE}/deny/{_action}/another-clusters-exchange")(
+        lambda w, a=_action, k=_key: Request(ROLE, a, w.exchange_key(k, w.other_exchange_bucket))
     )
-deny("exchange-writer/deny/s3:PutObject/another-clusters-exchange")(
+for _action in ("s3:DeleteObject", "s3:PutObjectAcl", "s3:PutObjectTagging"):
+    for _key, _where in ((RESULT, "out"), (UPLOAD, "in")):
+        deny(f"{ROLE}/deny/{_action}/{_where}")(
+            lambda w, a=_action, k=_key: Request(ROLE, a, w.exchange_key(k))
+        )
+for _prefix in ("out/", "in/"):
+    deny(f"{ROLE}/deny/s3:ListBucket/prefix-{_prefix}")(
+        lambda w, p=_prefix: Request(ROLE, "s3:ListBucket", w.exchange_bucket, {"s3:prefix": p})
+    )
+deny(f"{ROLE}/deny/s3:PutBucketPolicy")(
+    lambda w: Request(ROLE, "s3:PutBucketPolicy", w.exchange_bucket)
+)
+
+# The broker's sessions: one submission, one direction.
+allow(f"{ROLE}/import-session/s3:GetObject/own-submission")(
     lambda w: Request(
-        "exchange-writer", "s3:PutObject", w.exchange_key(RESULT, w.other_exchange_bucket)
+        ROLE, "s3:GetObject", w.exchange_key(UPLOAD), session_policy=import_session(w)
     )
 )
-for _action in ("s3:GetObject", "s3:DeleteObject", "s3:PutObjectAcl", "s3:PutObjectTagging"):
-    deny(f"exchange-writer/deny/{_action}/out")(
-        lambda w, a=_action: Request("exchange-writer", a, w.exchange_key(RESULT))
-    )
-deny("exchange-writer/deny/s3:ListBucket")(
+deny(f"{ROLE}/import-session/deny/s3:GetObject/another-submission")(
     lambda w: Request(
-        "exchange-writer", "s3:ListBucket", w.exchange_bucket, {"s3:prefix": "out/42/"}
+        ROLE,
+        "s3:GetObject",
+        w.exchange_key(f"in/{OTHER_SID}/Movies/movie_0001.tiff"),
+        session_policy=import_session(w),
     )
 )
-deny("exchange-writer/deny/s3:PutBucketPolicy")(
-    lambda w: Request("exchange-writer", "s3:PutBucketPolicy", w.exchange_bucket)
-)
-# Only the CPU node's broker may assume the writer: its policy and the writer's trust, both.
-allow("cpu-node/export/sts:AssumeRole/exchange-writer")(
+deny(f"{ROLE}/import-session/deny/s3:PutObject/own-submissions-results")(
     lambda w: Request(
-        "cpu-node", "sts:AssumeRole", w.exchange_writer, resource_policy=w.exchange_writer_trust
+        ROLE, "s3:PutObject", w.exchange_key(RESULT), session_policy=import_session(w)
+    )
+)
+for _action in ("s3:PutObject", "s3:AbortMultipartUpload"):
+    allow(f"{ROLE}/export-session/{_action}/own-submission")(
+        lambda w, a=_action: Request(
+            ROLE, a, w.exchange_key(RESULT), session_policy=export_session(w)
+        )
+    )
+    deny(f"{ROLE}/export-session/deny/{_action}/another-submission")(
+        lambda w, a=_action: Request(
+            ROLE,
+            a,
+            w.exchange_key(f"out/{OTHER_SID}/Class3D/job042/run_it025_class001.mrc"),
+            session_policy=export_session(w),
+        )
+    )
+deny(f"{ROLE}/export-session/deny/s3:GetObject/own-submissions-upload")(
+    lambda w: Request(
+        ROLE, "s3:GetObject", w.exchange_key(UPLOAD), session_policy=export_session(w)
+    )
+)
+
+# Only the CPU node's broker may assume the job role: its policy and the role's trust, both.
+allow(f"cpu-node/broker/sts:AssumeRole/{ROLE}")(
+    lambda w: Request(
+        "cpu-node", "sts:AssumeRole", w.exchange_role, resource_policy=w.exchange_role_trust
     )
 )
 for _who in ("gpu-node", "controller", "cli", "lab-admin", "any-assumer"):
-    deny(f"{_who}/deny/sts:AssumeRole/exchange-writer")(
+    deny(f"{_who}/deny/sts:AssumeRole/{ROLE}")(
         lambda w, n=_who: Request(
-            n, "sts:AssumeRole", w.exchange_writer, resource_policy=w.exchange_writer_trust
+            n, "sts:AssumeRole", w.exchange_role, resource_policy=w.exchange_role_trust
         )
     )
 # The broker reads a submission's decision to know what the drainer accepted a job to do.
@@ -1551,20 +1633,27 @@ deny("gpu-node/deny/broker/dynamodb:GetItem/intake-table")(
 )
 for _node in ("gpu-node", "cpu-node"):  # the nodes themselves write and read nothing there
     for _action in ("s3:PutObject", "s3:GetObject"):
-        deny(f"{_node}/deny/{_action}/exchange")(
-            lambda w, n=_node, a=_action: Request(n, a, w.exchange_key(RESULT))
+        for _key, _where in ((RESULT, "out"), (UPLOAD, "in")):
+            deny(f"{_node}/deny/{_action}/exchange-{_where}")(
+                lambda w, n=_node, a=_action, k=_key: Request(n, a, w.exchange_key(k))
+            )
+
+# The lab, as a member and as the admin role: relion-spot stage and relion-spot pull.
+for _who in ("cli", "lab-admin"):
+    for _action in ("s3:PutObject", "s3:AbortMultipartUpload"):
+        allow(f"{_who}/stage/{_action}/in")(
+            lambda w, n=_who, a=_action: Request(n, a, w.exchange_key(UPLOAD))
         )
-for _who in ("cli", "lab-admin"):  # relion-spot pull, as a member and as the admin role
     allow(f"{_who}/pull/s3:GetObject/out")(
         lambda w, n=_who: Request(n, "s3:GetObject", w.exchange_key(RESULT))
     )
-    for _prefix in ("out/", "out/42/"):
-        allow(f"{_who}/pull/s3:ListBucket/prefix-{_prefix}")(
+    for _prefix in ("out/", f"out/{SID}/", "in/", f"in/{SID}/"):
+        allow(f"{_who}/list/s3:ListBucket/prefix-{_prefix}")(
             lambda w, n=_who, p=_prefix: Request(
                 n, "s3:ListBucket", w.exchange_bucket, {"s3:prefix": p}
             )
         )
-    for _prefix, _what in (("in/", "prefix-in/"), ("", "empty-prefix"), ("ou", "prefix-ou")):
+    for _prefix, _what in (("", "empty-prefix"), ("x/", "prefix-x/"), ("ou", "prefix-ou")):
         deny(f"{_who}/deny/s3:ListBucket/{_what}")(
             lambda w, n=_who, p=_prefix: Request(
                 n, "s3:ListBucket", w.exchange_bucket, {"s3:prefix": p}
@@ -1573,17 +1662,24 @@ for _who in ("cli", "lab-admin"):  # relion-spot pull, as a member and as the ad
     deny(f"{_who}/deny/s3:ListBucket/no-prefix")(
         lambda w, n=_who: Request(n, "s3:ListBucket", w.exchange_bucket)
     )
-    deny(f"{_who}/deny/s3:GetObject/outside-out")(
-        lambda w, n=_who: Request(n, "s3:GetObject", w.exchange_key("in/42/particles.star"))
+    deny(f"{_who}/deny/s3:GetObject/in")(  # an upload is never read back through the exchange
+        lambda w, n=_who: Request(n, "s3:GetObject", w.exchange_key(UPLOAD))
     )
-    deny(f"{_who}/deny/s3:GetObject/another-clusters-exchange")(
-        lambda w, n=_who: Request(
-            n, "s3:GetObject", w.exchange_key(RESULT, w.other_exchange_bucket)
+    deny(f"{_who}/deny/s3:PutObject/out")(  # results are the export job's to write
+        lambda w, n=_who: Request(n, "s3:PutObject", w.exchange_key(RESULT))
+    )
+    deny(f"{_who}/deny/s3:PutObject/outside")(
+        lambda w, n=_who: Request(n, "s3:PutObject", w.exchange_key("x/1"))
+    )
+    for _key, _where in ((RESULT, "out"), (UPLOAD, "in")):
+        deny(f"{_who}/deny/s3:DeleteObject/{_where}")(
+            lambda w, n=_who, k=_key: Request(n, "s3:DeleteObject", w.exchange_key(k))
         )
-    )
-    for _action in ("s3:PutObject", "s3:DeleteObject"):
-        deny(f"{_who}/deny/{_action}/out")(
-            lambda w, n=_who, a=_action: Request(n, a, w.exchange_key(RESULT))
+    for _action, _key in (("s3:GetObject", RESULT), ("s3:PutObject", UPLOAD)):
+        deny(f"{_who}/deny/{_action}/another-clusters-exchange")(
+            lambda w, n=_who, a=_action, k=_key: Request(
+                n, a, w.exchange_key(k, w.other_exchange_bucket)
+            )
         )
 
 
@@ -1602,7 +1698,7 @@ ANY_ASSUMER = RolePolicies(
     managed_policy_arns=[],
 )
 """A role of the same account whose own policy allows sts:AssumeRole on every role: the
-writer's trust, naming the CPU node role alone, must still refuse it."""
+exchange job role's trust, naming the CPU node role alone, must still refuse it."""
 
 
 # --- running the matrix -----------------------------------------------------------------------
@@ -1652,3 +1748,18 @@ def test_create_fleet_carries_neither_launch_template_nor_market_type(
     assert "ec2:LaunchTemplate" in dropped
     assert "ec2:InstanceMarketType" in dropped
     assert "ec2:InstanceMarketType" in decisions["resume/gpu/RunInstances/instance"].sent
+
+
+@pytest.mark.parametrize("access", ["import", "export"])
+def test_the_simulated_sessions_are_the_brokers(world: World, access: str) -> None:
+    """The session policies simulated above are the ones the broker asks STS for."""
+    from relion_spot.node import stage_credentials as broker
+
+    bucket = world.exchange_bucket.split(":::", 1)[1]
+    if access == "import":
+        approved = broker.Approved("7", bucket, f"{broker.UPLOADS_PREFIX}{SID}/", broker.IMPORT)
+        simulated = import_session(world)
+    else:
+        approved = broker.Approved("7", bucket, f"{broker.RESULTS_PREFIX}{SID}/", broker.WRITE)
+        simulated = export_session(world)
+    assert json.loads(broker.session_policy(approved, PARTITION)) == simulated

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relion_spot.jobs import job_dir
-from relion_spot.jobs.job_dir import CLAIM_FILE, JobDirError, Owner, claim
+from relion_spot.jobs.job_dir import CLAIM_FILE, JobDirError, Owner, claim, find, read_claim
 
 SUBMISSION_A = "0b7a4c1e-2f4d-4a7e-9a51-6c0de1f2a3b4"
 SUBMISSION_B = "5f0e9d8c-7b6a-4c3d-8e2f-1a0b9c8d7e6f"
@@ -154,3 +157,39 @@ def test_the_command_prints_the_directory_or_one_line(
 def test_owner_needs_a_slurm_job() -> None:
     with pytest.raises(JobDirError):
         Owner.from_env({"SLURM_JOB_ID": "abc"})
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        lambda claim: os.mkfifo(claim),
+        lambda claim: claim.symlink_to("/dev/zero"),
+        lambda claim: claim.write_text("[" * 100_000),
+        lambda claim: claim.write_text(" " * 5000 + "{}"),
+    ],
+    ids=["fifo", "link-to-dev-zero", "deep-json", "oversized"],
+)
+def test_a_planted_claim_is_no_claim_and_never_blocks_or_floods_a_root_reader(
+    tmp_path: Path, plant: Any
+) -> None:
+    """The drainer (root on the controller) reads claims in a project jobs write."""
+    directory = tmp_path / "Class3D" / "job001"
+    directory.mkdir(parents=True)
+    plant(directory / CLAIM_FILE)
+    started = time.monotonic()
+    assert read_claim(directory) is None
+    assert find(tmp_path, Owner("", "", "x")) is None
+    assert time.monotonic() - started < 5
+
+
+def test_a_linked_job_directory_is_not_one_of_the_projects(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "job001"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / CLAIM_FILE).write_text(
+        json.dumps({"cluster": "c", "slurm_job_id": "1", "submission_id": "x", "created": 1.0})
+    )
+    project = tmp_path / "p"
+    (project / "Class3D").mkdir(parents=True)
+    (project / "Class3D" / "job001").symlink_to(elsewhere)
+    (project / "Refine3D").symlink_to(elsewhere.parent)
+    assert find(project, Owner("", "", "x")) is None

@@ -11,7 +11,7 @@ from string import Template
 import pytest
 
 from relion_spot import tags
-from relion_spot.node import bootstrap
+from relion_spot.node import bootstrap, stage_credentials
 
 VALUES = {
     "cluster_name": "lab-1gpu",
@@ -26,7 +26,7 @@ VALUES = {
     "spot_events_table": "",
     "intake_table": "lab-1gpu-IntakeTable-ABC123",
     "stage_read_role": "arn:aws:iam::123456789012:role/lab-1gpu-StageReaderRole-AbC",
-    "exchange_write_role": "arn:aws:iam::123456789012:role/lab-1gpu-ResultsExchangeWriter-DeF",
+    "exchange_role": "arn:aws:iam::123456789012:role/lab-1gpu-ResultsExchangeJobRole-DeF",
     "exchange_bucket": "lab-1gpu-resultsexchangebucket-0123abcd",
 }
 
@@ -206,7 +206,7 @@ def test_the_host_shuts_the_metadata_service_to_jobs_before_slurmd_starts(
     assert "-e RELION_SPOT_METADATA_GUARD=verify" in text
 
 
-EXCHANGE = "-e RELION_SPOT_EXCHANGE_WRITE_ROLE=arn:w -e RELION_SPOT_EXCHANGE_BUCKET=exchange-b"
+EXCHANGE = "-e RELION_SPOT_EXCHANGE_ROLE=arn:x -e RELION_SPOT_EXCHANGE_BUCKET=exchange-b"
 
 
 @pytest.mark.parametrize(
@@ -227,10 +227,11 @@ def test_what_each_partitions_node_container_gets(
     script: Path, partition: str, role: str, volume: str, extra: str
 ) -> None:
     """Run by bash as the bootstrap runs it: a GPU node sees the image cache read-only (only the
-    CPU partition's image job writes it) and gets neither the stage reader nor the results
-    writer; a CPU node may build images, with stage_buckets serves its staging jobs the reader's
-    session, and always serves its export jobs the exchange writer's. (The embedded cloud's
-    node containers follow the same rule: tests/security/test_attack_matrix.py.)"""
+    CPU partition's image job writes it) and gets neither the stage reader nor the exchange's
+    job role; a CPU node may build images, with stage_buckets serves its staging jobs the
+    reader's session, and always serves its import and export jobs the exchange job role's.
+    (The embedded cloud's node containers follow the same rule:
+    tests/security/test_attack_matrix.py.)"""
     text = script.read_text()
     block = text[text.index("cpu_args=()") : text.index("docker run -d --name")]
     done = subprocess.run(
@@ -238,7 +239,7 @@ def test_what_each_partitions_node_container_gets(
         env={
             "PARTITION": partition,
             "STAGE_READ_ROLE": role,
-            "EXCHANGE_WRITE_ROLE": "arn:w",
+            "EXCHANGE_ROLE": "arn:x",
             "EXCHANGE_BUCKET": "exchange-b",
             "PATH": "/usr/bin:/bin",
         },
@@ -251,13 +252,17 @@ def test_what_each_partitions_node_container_gets(
 
 
 def test_the_exchange_is_named_to_the_node_as_the_broker_reads_it(script: Path) -> None:
-    """The rendered script holds the writer role and the bucket in the variables the CPU
-    block passes on; both are required (every cluster has an exchange)."""
+    """The rendered script holds the exchange's job role (import and export jobs) and the
+    bucket in the variables the CPU block passes on; both are required (every cluster has an
+    exchange)."""
     text = script.read_text()
-    assert f"readonly EXCHANGE_WRITE_ROLE='{VALUES['exchange_write_role']}'" in text
+    assert f"readonly EXCHANGE_ROLE='{VALUES['exchange_role']}'" in text
     assert f"readonly EXCHANGE_BUCKET='{VALUES['exchange_bucket']}'" in text
-    assert '-e "RELION_SPOT_EXCHANGE_WRITE_ROLE=$EXCHANGE_WRITE_ROLE"' in text
+    assert '-e "RELION_SPOT_EXCHANGE_ROLE=$EXCHANGE_ROLE"' in text
     assert '-e "RELION_SPOT_EXCHANGE_BUCKET=$EXCHANGE_BUCKET"' in text
-    for name in ("exchange_write_role", "exchange_bucket"):
+    # The names the broker (and the entrypoint that starts it) reads.
+    assert stage_credentials.EXCHANGE_ROLE_ENV == "RELION_SPOT_EXCHANGE_ROLE"
+    assert stage_credentials.EXCHANGE_BUCKET_ENV == "RELION_SPOT_EXCHANGE_BUCKET"
+    for name in ("exchange_role", "exchange_bucket"):
         with pytest.raises(bootstrap.BootstrapError, match=re.escape(f"{name} = ''")):
             bootstrap.render(**{**VALUES, name: ""})

@@ -76,7 +76,7 @@ class Node:
     """A broker serving on a socket in threads; what it is told is the test's to set."""
 
     def __init__(
-        self, tmp: Path, *, role: str = ROLE, write_role: str = "", bucket: str = ""
+        self, tmp: Path, *, role: str = ROLE, exchange_role: str = "", bucket: str = ""
     ) -> None:
         self.socket = tmp / "run" / "stage-credentials.sock"
         self.jobs: list[NodeJob] | None = [NodeJob(JOB, os.getuid(), SID)]
@@ -86,7 +86,7 @@ class Node:
         self.sts = SpySts(boto3.client("sts", region_name="us-east-1"))
         self.broker = Broker(
             role_arn=role,
-            write_role_arn=write_role,
+            exchange_role_arn=exchange_role,
             exchange_bucket=bucket,
             node=NODE,
             region="us-east-1",
@@ -287,7 +287,7 @@ def test_a_staging_job_reads_s3_only_with_the_brokers_session(
     assert staging_main([*again, "--s3-credentials", str(node.socket)]) == 1
 
 
-WRITER = "arn:aws:iam::123456789012:role/lab-ExchangeWriter-abc"
+EXCHANGE_ROLE = "arn:aws:iam::123456789012:role/lab-ExchangeJobRole-abc"
 EXCHANGE = "lab-exchange-1a2b"
 
 
@@ -295,7 +295,7 @@ EXCHANGE = "lab-exchange-1a2b"
 def exchange_node(tmp_path: Path) -> Iterator[Node]:
     """A CPU node of a cluster without stage buckets: its broker serves exports alone."""
     with mock_aws():
-        served = Node(tmp_path / "exchange", role="", write_role=WRITER, bucket=EXCHANGE)
+        served = Node(tmp_path / "exchange", role="", exchange_role=EXCHANGE_ROLE, bucket=EXCHANGE)
         served.record = _accepted(template="export", parameters="{}")
         try:
             yield served
@@ -308,7 +308,7 @@ def test_an_approved_export_may_write_only_under_its_own_prefix_which_the_broker
 ) -> None:
     reply = ask_broker(exchange_node.socket)
     assert (reply["Bucket"], reply["Prefix"]) == (EXCHANGE, f"out/{SID}/")
-    assert exchange_node.sts.roles == [WRITER]
+    assert exchange_node.sts.roles == [EXCHANGE_ROLE]
     (policy,) = exchange_node.sts.policies
     assert policy["Statement"] == [
         {
@@ -326,6 +326,20 @@ def test_a_stage_on_a_node_without_its_role_and_an_export_without_an_exchange_ar
     with pytest.raises(StagingError, match="this cluster has no stage bucket role"):
         ask_broker(exchange_node.socket, patience_s=0)
     node.record = _accepted(template="export", parameters="{}")
-    with pytest.raises(StagingError, match="this node has no results exchange to write to"):
+    with pytest.raises(StagingError, match="this node has no results exchange"):
         ask_broker(node.socket, patience_s=0)
     assert exchange_node.sts.policies == node.sts.policies == []
+
+
+def test_an_approved_import_may_read_only_its_own_uploads(exchange_node: Node) -> None:
+    exchange_node.record = _accepted(template="import", parameters='{"project_dir": "/data/p"}')
+    reply = ask_broker(exchange_node.socket)
+    assert (reply["Bucket"], reply["Prefix"]) == (EXCHANGE, f"in/{SID}/")
+    (policy,) = exchange_node.sts.policies
+    assert policy["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{EXCHANGE}/in/{SID}/*",
+        }
+    ]

@@ -258,3 +258,21 @@ def test_the_campaigns_results_go_through_the_exchange_and_come_back_byte_for_by
             assert pulled.startswith(b"\x89PNG\r\n\x1a\n")
         else:
             assert pulled == (campaign.project / entry.path).read_bytes(), entry.path
+
+
+def test_a_refinement_still_running_gives_its_newest_complete_iteration_to_pull(
+    campaign: Campaign, tmp_path: Path
+) -> None:
+    from relion_spot.relion.checkpoint import iteration_files
+    from relion_spot.relion.results import collect as results_of
+
+    job = tmp_path / "Refine3D" / "job002"
+    job.mkdir(parents=True)
+    for path in iteration_files(campaign.refine_root, 3, 1, halves=True).values():
+        shutil.copy(path, job / path.name)
+    (job / "run_it004_half1_class001.mrc").write_bytes(b"half written")
+    taken = {p.name for p in results_of(job).files}
+    assert taken == {
+        "run_it003_data.star", "run_it003_half1_model.star", "run_it003_half2_model.star",
+        "run_it003_half1_class001.mrc", "run_it003_half2_class001.mrc",
+    }  # fmt: skip

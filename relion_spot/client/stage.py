@@ -1,0 +1,159 @@
+"""``relion-spot stage FOLDER --project-dir /data/p``: a lab's own data into a project.
+
+The folder's files are hashed (sha256) into a manifest here, uploaded to the cluster's exchange
+bucket under ``in/<submission id>/`` with the lab member's own credentials (the manifest last),
+and an import job (relion_spot.jobs.imports) on the CPU partition copies them into the project,
+checking each against the manifest and never replacing a file that differs. The submission id
+follows from the project and the folder's content, so a stage interrupted and run again sends
+only what is missing and does not import twice; once that import has failed, a new one starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import hashlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+from relion_spot.exchange.upload import UploadError, folder_manifest, upload
+from relion_spot.intake import client as intake_client
+from relion_spot.intake.table import ACCEPTED
+from relion_spot.jobs.imports import ImportParams
+from relion_spot.jobs.parameters import JobParameterError
+from relion_spot.node.stage_credentials import UPLOADS_PREFIX
+from relion_spot.staging.report import human_bytes
+
+from .cluster import ClusterError, aws_errors
+from .commands import (
+    Context,
+    UsageError,
+    _common,
+    _positive,
+    _runner,
+    display_state,
+    find_submission,
+)
+from .pull import DEFAULT_TIMEOUT_SECONDS, TransferBar, wait_for_end
+from .terminal import printable
+
+STAGE_NAMESPACE = uuid.UUID("0f6d1c2e-7a43-5b8e-9c61-3d2a4b5c6e7f")
+"""Names a stage's submission from its project and content (uuid5)."""
+
+
+def stage_submission_id(project_dir: str, manifest_json: str) -> str:
+    digest = hashlib.sha256(manifest_json.encode()).hexdigest()
+    return str(uuid.uuid5(STAGE_NAMESPACE, f"{project_dir}\n{digest}"))
+
+
+def stage_folder(
+    context: Context,
+    folder: Path,
+    project_dir: str,
+    *,
+    user: str,
+    timeout: float,
+    poll: float,
+) -> dict[str, Any]:
+    """Upload ``folder`` and import it into ``project_dir``; the import's record."""
+    bucket = context.handle.exchange_bucket
+    if not bucket:
+        raise ClusterError(
+            f"stack {context.handle.stack} has no exchange bucket (deployed by an older "
+            "version): deploy this version to stage a folder"
+        )
+    try:
+        ImportParams(project_dir)
+    except JobParameterError as err:
+        raise UsageError(str(err)) from None
+    try:
+        manifest, pairs = folder_manifest(
+            folder,
+            submission="",
+            project=project_dir,
+            progress=TransferBar(context.err, "hashing"),
+        )
+    except UploadError as err:
+        raise UsageError(str(err)) from None
+    sid = stage_submission_id(project_dir, manifest.to_json())
+    table = context.table
+    try:
+        earlier = display_state(find_submission(context, sid))
+    except UsageError:  # never sent
+        earlier = ""
+    if earlier in ("rejected", "failed", "cancelled", "stopped"):
+        sid = str(uuid.uuid4())  # that import did not happen: this is a new one
+    elif earlier:
+        print(f"this folder's import into {project_dir} was sent before ({sid})", file=context.err)
+    manifest = dataclasses.replace(manifest, submission=sid)
+    prefix = f"{UPLOADS_PREFIX}{sid}/"
+    with aws_errors(f"uploading to s3://{bucket}/{prefix}"):
+        try:
+            sent = upload(
+                context.client("s3"), bucket, prefix, manifest, pairs,
+                progress=TransferBar(context.err, "uploading"),
+            )  # fmt: skip
+        except UploadError as err:
+            raise ClusterError(str(err)) from None
+    print(
+        f"uploaded {len(sent.sent)} files ({len(sent.kept)} already there), "
+        f"{human_bytes(manifest.total_bytes)}",
+        file=context.err,
+    )
+    with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
+        intake_client.submit(
+            context.client("sqs"), table, context.handle.queue_url,
+            parameters={"project_dir": project_dir}, user=user, template="import",
+            submission_id=sid,
+        )  # fmt: skip
+    with aws_errors("reading the intake table"):
+        try:
+            decided = intake_client.wait_for_decision(table, sid, timeout, poll_seconds=poll)
+        except intake_client.SubmissionPending as pending:
+            raise ClusterError(str(pending)) from None
+        if decided.state != ACCEPTED:
+            raise ClusterError(f"the import was rejected: {decided.message or '(no reason)'}")
+        print(
+            f"import job {printable(decided.job_id or '?')} on the CPU partition", file=context.err
+        )
+        ended = wait_for_end(context, sid, timeout, poll)
+    if display_state(ended) != "finished":
+        raise ClusterError(
+            f"the import job {ended.get('job_id')} is {display_state(ended)}: see relion-spot "
+            f"logs --stack {context.handle.stack} {ended.get('job_id')}"
+        )
+    return ended
+
+
+def stage_command(args: argparse.Namespace, context: Context) -> int:
+    ended = stage_folder(
+        context,
+        Path(args.folder),
+        args.project_dir,
+        user=args.user or getpass.getuser(),
+        timeout=args.timeout,
+        poll=args.poll,
+    )
+    print(f"staged into {args.project_dir} (job {ended.get('job_id')})", file=context.err)
+    print(args.project_dir, file=context.out)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "stage",
+        help="copy a folder of your own (particles, reference) into a project on the cluster",
+    )
+    _common(parser)
+    parser.add_argument("folder", help="the local folder; its layout becomes the project's")
+    parser.add_argument(
+        "--project-dir", dest="project_dir", required=True, help="/data/<project> (made if new)"
+    )
+    parser.add_argument("--user", help="who the import is recorded as (default: you)")
+    parser.add_argument(
+        "--timeout", type=_positive, default=DEFAULT_TIMEOUT_SECONDS, help="seconds to wait"
+    )
+    parser.add_argument("--poll", type=_positive, default=2.0, help=argparse.SUPPRESS)
+    parser.set_defaults(func=_runner("stage", stage_command))
