@@ -1,4 +1,9 @@
-"""``relion-spot stage FOLDER --project-dir /data/p``: a lab's own data into a project.
+"""``relion-spot stage FOLDER|s3://bucket/key --project-dir /data/p``: a lab's own data into a
+project.
+
+An ``s3://`` source (a tarball in one of the cluster's ``stage_buckets``) is fetched, unpacked and
+verified by the staging job (relion_spot.jobs.stage) straight from S3. A local folder goes
+through the exchange:
 
 The folder's files are hashed (sha256) into a manifest here, uploaded to the cluster's exchange
 bucket under ``in/<submission id>/`` with the lab member's own credentials (the manifest last),
@@ -127,15 +132,53 @@ def stage_folder(
     return ended
 
 
+def stage_from_s3(
+    context: Context, source: str, project_dir: str, *, user: str, timeout: float, poll: float
+) -> dict[str, Any]:
+    """The staging job for an ``s3://`` tarball into ``project_dir``; its record once it ended."""
+    from relion_spot.jobs.stage import StageParams
+
+    try:
+        StageParams(dest=project_dir, source=source)
+    except JobParameterError as err:
+        raise UsageError(str(err)) from None
+    with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
+        sent = intake_client.submit(
+            context.client("sqs"), None, context.handle.queue_url,
+            parameters={"dest": project_dir, "source": source}, user=user, template="stage",
+        )  # fmt: skip
+    with aws_errors("reading the intake table"):
+        try:
+            decided = intake_client.wait_for_decision(
+                context.table, sent.submission_id, timeout, poll_seconds=poll
+            )
+        except intake_client.SubmissionPending as pending:
+            raise ClusterError(str(pending)) from None
+        if decided.state != ACCEPTED:
+            raise ClusterError(f"the staging was rejected: {decided.message or '(no reason)'}")
+        print(
+            f"staging job {printable(decided.job_id or '?')} fetches {source} on the CPU partition",
+            file=context.err,
+        )
+        ended = wait_for_end(context, sent.submission_id, timeout, poll)
+    if display_state(ended) != "finished":
+        raise ClusterError(
+            f"the staging job {ended.get('job_id')} is {display_state(ended)}: see relion-spot "
+            f"logs --stack {context.handle.stack} {ended.get('job_id')}"
+        )
+    return ended
+
+
 def stage_command(args: argparse.Namespace, context: Context) -> int:
-    ended = stage_folder(
-        context,
-        Path(args.folder),
-        args.project_dir,
-        user=args.user or getpass.getuser(),
-        timeout=args.timeout,
-        poll=args.poll,
-    )
+    user, timeout, poll = args.user or getpass.getuser(), args.timeout, args.poll
+    if args.folder.startswith("s3://"):
+        ended = stage_from_s3(
+            context, args.folder, args.project_dir, user=user, timeout=timeout, poll=poll
+        )
+    else:
+        ended = stage_folder(
+            context, Path(args.folder), args.project_dir, user=user, timeout=timeout, poll=poll
+        )
     print(f"staged into {args.project_dir} (job {ended.get('job_id')})", file=context.err)
     print(args.project_dir, file=context.out)
     return 0
@@ -144,10 +187,16 @@ def stage_command(args: argparse.Namespace, context: Context) -> int:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "stage",
-        help="copy a folder of your own (particles, reference) into a project on the cluster",
+        help="copy a folder of your own (particles, reference), or a tarball in S3, into a "
+        "project on the cluster",
     )
     _common(parser)
-    parser.add_argument("folder", help="the local folder; its layout becomes the project's")
+    parser.add_argument(
+        "folder",
+        metavar="FOLDER|s3://bucket/key",
+        help="a local folder (its layout becomes the project's), or an s3:// tarball in one of "
+        "the cluster's stage_buckets",
+    )
     parser.add_argument(
         "--project-dir", dest="project_dir", required=True, help="/data/<project> (made if new)"
     )
