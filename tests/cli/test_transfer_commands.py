@@ -97,8 +97,8 @@ def exchange(cluster: Cluster, tmp_path: Path) -> Cluster:
         (["stage", "{tmp}/lab"], None),
     ],
     ids=[
-        "missing-folder", "project-outside-data", "old-stack-stage", "s3-nothing", "not-an-id", "unknown-job",
-        "stage-job", "old-stack-pull", "no-output", "no-project",
+        "missing-folder", "project-outside-data", "old-stack-stage", "s3-nothing", "not-an-id",
+        "unknown-job", "stage-job", "old-stack-pull", "no-output", "no-project",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_sends_nothing(
