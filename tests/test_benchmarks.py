@@ -52,6 +52,14 @@ def test_cost_lambda_prices_every_job_once() -> None:
     assert re.search(r"^targets \(.*\): (met|NOT met)$", out, re.M), out
 
 
+def test_exchange_hashes_uploads_and_downloads_a_folder_byte_for_byte() -> None:
+    out = run_benchmark("exchange.py", "--megabytes", "8", "--files", "4")
+    for phase in ("hash", "upload", "download\\+verify"):
+        assert re.search(rf"^{phase}: [\d.]+ s wall, \d+ MB/s, own CPU [\d.]+ s$", out, re.M), out
+    assert "round trip byte for byte: identical" in out
+    assert re.search(r"^targets \(.*\): (met|NOT met)$", out, re.M), out
+
+
 def test_synth_time_times_the_cli_and_the_app() -> None:
     out = run_benchmark("synth_time.py", "--gpus", "1")
     assert re.search(r"^cdk synth, 3 stacks \(gpus=1\), CLI end to end: [\d.]+ s", out, re.M), out
