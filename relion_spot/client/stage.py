@@ -19,11 +19,12 @@ import argparse
 import dataclasses
 import getpass
 import hashlib
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
-from relion_spot.exchange.upload import UploadError, folder_manifest, upload
+from relion_spot.exchange.upload import UploadError, folder_files, folder_manifest, upload
 from relion_spot.intake import client as intake_client
 from relion_spot.intake.table import ACCEPTED
 from relion_spot.jobs.imports import ImportParams
@@ -53,6 +54,26 @@ def stage_submission_id(project_dir: str, manifest_json: str) -> str:
     return str(uuid.uuid5(STAGE_NAMESPACE, f"{project_dir}\n{digest}"))
 
 
+def _ours(template: Any, stored: Any, parameters: dict[str, str]) -> bool:
+    """The record is this import's: an import of the same project and manifest."""
+    try:
+        return template == "import" and json.loads(str(stored or "")) == parameters
+    except ValueError:
+        return False
+
+
+def _earlier(context: Context, sid: str, parameters: dict[str, str]) -> str:
+    """What became of a submission under ``sid`` before: "" (none), its state, or "not ours"
+    when the id holds another submission (a lab member may send any id)."""
+    try:
+        item = find_submission(context, sid)
+    except UsageError:
+        return ""
+    if not _ours(item.get("template"), item.get("parameters"), parameters):
+        return "not ours"
+    return display_state(item)
+
+
 def stage_folder(
     context: Context,
     folder: Path,
@@ -70,10 +91,14 @@ def stage_folder(
             "version): deploy this version to stage a folder"
         )
     try:
-        ImportParams(project_dir)
+        ImportParams(project_dir, "0" * 64)
     except JobParameterError as err:
         raise UsageError(str(err)) from None
     try:
+        hidden = folder_files(folder).hidden
+        if hidden:
+            shown = ", ".join(hidden[:5]) + (", ..." if len(hidden) > 5 else "")
+            print(f"left out {len(hidden)} hidden names: {printable(shown)}", file=context.err)
         manifest, pairs = folder_manifest(
             folder,
             submission="",
@@ -83,41 +108,55 @@ def stage_folder(
     except UploadError as err:
         raise UsageError(str(err)) from None
     sid = stage_submission_id(project_dir, manifest.to_json())
-    table = context.table
-    try:
-        earlier = display_state(find_submission(context, sid))
-    except UsageError:  # never sent
-        earlier = ""
-    if earlier in ("rejected", "failed", "cancelled", "stopped"):
-        sid = str(uuid.uuid4())  # that import did not happen: this is a new one
-    elif earlier:
-        print(f"this folder's import into {project_dir} was sent before ({sid})", file=context.err)
     manifest = dataclasses.replace(manifest, submission=sid)
-    prefix = f"{UPLOADS_PREFIX}{sid}/"
-    with aws_errors(f"uploading to s3://{bucket}/{prefix}"):
-        try:
-            sent = upload(
-                context.client("s3"), bucket, prefix, manifest, pairs,
-                progress=TransferBar(context.err, "uploading"),
+    digest = hashlib.sha256(manifest.to_json().encode()).hexdigest()
+    parameters = {"project_dir": project_dir, "manifest_sha256": digest}
+    table = context.table
+    earlier = _earlier(context, sid, parameters)
+    send = True
+    if earlier in ("rejected", "estimated", "failed", "cancelled", "stopped", "not ours"):
+        # That import did not happen, or the id is taken by a submission that is not this one.
+        sid = str(uuid.uuid4())
+        manifest = dataclasses.replace(manifest, submission=sid)
+        digest = hashlib.sha256(manifest.to_json().encode()).hexdigest()
+        parameters["manifest_sha256"] = digest
+    elif earlier:
+        print(
+            f"this folder's import into {project_dir} was sent before ({sid}, {earlier}): "
+            "waiting for it, nothing uploaded again",
+            file=context.err,
+        )
+        send = False
+    if send:
+        prefix = f"{UPLOADS_PREFIX}{sid}/"
+        with aws_errors(f"uploading to s3://{bucket}/{prefix}"):
+            try:
+                sent = upload(
+                    context.client("s3"), bucket, prefix, manifest, pairs,
+                    progress=TransferBar(context.err, "uploading"),
+                )  # fmt: skip
+            except UploadError as err:
+                raise ClusterError(str(err)) from None
+        print(
+            f"uploaded {len(sent.sent)} files ({len(sent.kept)} already there), "
+            f"{human_bytes(manifest.total_bytes)}",
+            file=context.err,
+        )
+        with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
+            intake_client.submit(
+                context.client("sqs"), table, context.handle.queue_url,
+                parameters=parameters, user=user, template="import", submission_id=sid,
             )  # fmt: skip
-        except UploadError as err:
-            raise ClusterError(str(err)) from None
-    print(
-        f"uploaded {len(sent.sent)} files ({len(sent.kept)} already there), "
-        f"{human_bytes(manifest.total_bytes)}",
-        file=context.err,
-    )
-    with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
-        intake_client.submit(
-            context.client("sqs"), table, context.handle.queue_url,
-            parameters={"project_dir": project_dir}, user=user, template="import",
-            submission_id=sid,
-        )  # fmt: skip
     with aws_errors("reading the intake table"):
         try:
             decided = intake_client.wait_for_decision(table, sid, timeout, poll_seconds=poll)
         except intake_client.SubmissionPending as pending:
             raise ClusterError(str(pending)) from None
+        if not _ours(decided.template, decided.parameters, parameters):
+            raise ClusterError(
+                f"submission {sid} is not this import (another submission took its id): run "
+                "relion-spot stage again"
+            )
         if decided.state != ACCEPTED:
             raise ClusterError(f"the import was rejected: {decided.message or '(no reason)'}")
         print(

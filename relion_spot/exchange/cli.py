@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from . import export, imports
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SUBMISSION = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -27,6 +28,12 @@ def _submission(value: str) -> str:
     return value
 
 
+def _sha256(value: str) -> str:
+    if not SHA256.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a sha256 (64 hex digits)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m relion_spot.exchange", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     into = commands.add_parser("import", help="a folder the lab uploaded, into a project")
     into.add_argument("--project-dir", type=Path, required=True)
     into.add_argument("--s3-credentials", metavar="SOCKET", type=Path, required=True)
+    into.add_argument("--manifest-sha256", type=_sha256, required=True)
     args = parser.parse_args(argv)
     if args.command == "export":
         return export.run(args.project_dir, args.submission, args.s3_credentials)
-    return imports.run(args.project_dir, args.s3_credentials)
+    return imports.run(args.project_dir, args.s3_credentials, args.manifest_sha256)

@@ -1,20 +1,34 @@
 """The lab's side of ``relion-spot pull``: what an export's manifest lists, downloaded and checked.
 
-Each file goes to a temporary name beside its place, is checked against the manifest's size and
-sha256, then renamed into place, so a file in the folder is always a whole, verified one. A file
+Each file goes to a temporary name beside its place (hidden and random: no listed name can be
+one), is checked against the manifest's size and sha256, then put in place, so a file in the
+folder is always a whole, verified one. Where nothing may be replaced (an import into a
+project), it is put in place by a hard link, which refuses a name that exists even if it
+appeared a moment ago. A file
 already there with the right digest is kept (a pull that was interrupted goes on where it
 stopped). Nothing is written outside the folder: the manifest's paths are checked first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import NAME, PARTIAL_SUFFIX, Entry, Manifest, ManifestError, parse, sha256_file
+from .manifest import (
+    MAX_MANIFEST_BYTES,
+    NAME,
+    PARTIAL_SUFFIX,
+    Entry,
+    Manifest,
+    ManifestError,
+    parse,
+    sha256_file,
+)
 
 __all__ = ["PARTIAL_SUFFIX", "DownloadError", "Progress", "Pulled", "pull", "read_manifest"]
 
@@ -43,11 +57,14 @@ class Progress:
     def end(self) -> None: ...
 
 
-def read_manifest(s3: Any, bucket: str, prefix: str) -> Manifest:
+def read_manifest(s3: Any, bucket: str, prefix: str, *, sha256: str | None = None) -> Manifest:
+    """The manifest under ``prefix``, read bounded; ``sha256``: its bytes must have this digest
+    (the one the lab's CLI uploaded and named in the submission, not one put there since)."""
     from botocore.exceptions import ClientError
 
     try:
-        body = s3.get_object(Bucket=bucket, Key=prefix + NAME)["Body"].read()
+        # Bounded: a manifest planted in the exchange must not take a node's memory.
+        body = s3.get_object(Bucket=bucket, Key=prefix + NAME)["Body"].read(MAX_MANIFEST_BYTES + 1)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "AccessDenied", "403"):
@@ -57,6 +74,11 @@ def read_manifest(s3: Any, bucket: str, prefix: str) -> Manifest:
                 "has not finished, or the exchange has expired it"
             ) from None
         raise DownloadError(f"s3://{bucket}/{prefix}{NAME}: {err}") from None
+    if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
+        raise DownloadError(
+            f"s3://{bucket}/{prefix}{NAME} is not the manifest that was submitted (its sha256 "
+            "differs): it was replaced after the upload"
+        )
     try:
         return parse(body)
     except ManifestError as err:
@@ -70,6 +92,20 @@ def _whole(path: Path, entry: Entry) -> bool:
         and path.stat().st_size == entry.bytes
         and sha256_file(path) == entry.sha256
     )
+
+
+def _place_new(partial: Path, target: Path, entry: Entry, folder: Path) -> None:
+    """``partial`` at ``target`` unless something is there by now (then it must be the same)."""
+    try:
+        os.link(partial, target)
+    except FileExistsError:
+        if not _whole(target, entry):
+            raise DownloadError(
+                f"{entry.path} is already in {folder} with other content: it is never "
+                "replaced; move it away or stage into another project"
+            ) from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def pull(
@@ -115,7 +151,7 @@ def pull(
                     "replaced; move it away or stage into another project"
                 )
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + PARTIAL_SUFFIX)
+            partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
             callback: Callable[[int], None] = shown.advance
             try:
                 size = s3.head_object(Bucket=bucket, Key=prefix + entry.path)["ContentLength"]
@@ -132,7 +168,10 @@ def pull(
                 raise DownloadError(
                     f"{entry.path}: what arrived does not match the manifest's size and sha256"
                 )
-            os.replace(partial, target)
+            if replace:
+                os.replace(partial, target)
+            else:
+                _place_new(partial, target, entry, folder)
             downloaded.append(entry)
     finally:
         shown.end()

@@ -13,13 +13,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-NAME = "manifest.json"
+NAME = ".relion-spot-manifest.json"
+"""Hidden: no staged file and no exported result may have a hidden name, so none is it."""
 VERSION = 1
-MAX_FILES = 5000
+MAX_FILES = 100_000
+"""A lab's particle set may be one stack per micrograph: tens of thousands of files."""
 MAX_PATH_CHARS = 300
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_MANIFEST_BYTES = 48 * 1024 * 1024
+"""About 300 bytes an entry at the longest paths: MAX_FILES of them fit."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_PATH = re.compile(r"^[A-Za-z0-9._/-]+$")
+_PATH = re.compile(r"^[A-Za-z0-9._/+@:,=-]+$")
 _CHUNK = 1 << 20
 PARTIAL_SUFFIX = ".part"
 """A download's temporary name beside its place (relion_spot.exchange.download)."""
@@ -66,11 +69,17 @@ class Manifest:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return sha256_and_size(path)[1]
+
+
+def sha256_and_size(path: Path) -> tuple[int, str]:
+    """The size and sha256 of the bytes read (a file that grows meanwhile is described as read)."""
+    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return size, digest.hexdigest()
 
 
 def check_path(value: object) -> str:
@@ -84,8 +93,9 @@ def check_path(value: object) -> str:
         or any(part in ("", ".", "..") for part in value.split("/"))
     ):
         raise ManifestError(
-            f"path {str(value)[:80]!r} is not accepted: a relative path of letters, digits, "
-            f"'.', '_', '-' and '/', without . or .. parts, at most {MAX_PATH_CHARS} characters"
+            f"path {str(value)[:80]!r} is not accepted: a relative path of ASCII letters, "
+            "digits and . _ - + @ : , = /, without . or .. parts, at most "
+            f"{MAX_PATH_CHARS} characters"
         )
     return str(PurePosixPath(value))
 

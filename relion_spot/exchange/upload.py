@@ -1,10 +1,10 @@
 """The lab's side of ``relion-spot stage FOLDER``: the folder's manifest, and its upload.
 
-Every regular file under the folder is listed with its size and sha256 (a path the cluster
-would refuse is refused here first, naming it); the files go under ``in/<submission>/`` of the
-exchange bucket, the manifest last, so the import job never sees half an upload. A file already
-there with the same size (an interrupted stage run again) is not sent again: the import job
-checks every file's sha256 anyway.
+Every file under the folder (links followed, hidden names left out) is listed with the size and
+sha256 of the bytes read; a path the cluster would refuse is refused here first, naming it. The
+files go under ``in/<submission>/`` of the exchange bucket, the manifest last, so the import job
+never sees half an upload. A file already there with the same size (an interrupted stage run
+again) is not sent again: the import job checks every file's sha256 anyway.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .manifest import (
     Manifest,
     ManifestError,
     check_upload_path,
-    sha256_file,
+    sha256_and_size,
 )
 
 
@@ -37,19 +37,44 @@ class Uploaded:
     kept: tuple[Entry, ...]
 
 
-def folder_files(folder: Path) -> list[tuple[str, Path]]:
-    """(path in the project, file) for every regular file under ``folder``, sorted; a link, a
-    device or a name the cluster refuses ends it with one message naming it."""
+@dataclass(frozen=True)
+class FolderFiles:
+    files: list[tuple[str, Path]]
+    """(path in the project, file) for every file staged, sorted."""
+    hidden: list[str]
+    """Hidden names left out (.DS_Store, RELION's .Nodes/, ...): the cluster keeps its own
+    files in a project under hidden names, so none is ever staged."""
+
+
+def folder_files(folder: Path) -> FolderFiles:
+    """Every file under ``folder``, links followed (RELION's Movies and Import directories are
+    often links; the cluster receives regular files), hidden names left out; a name the cluster
+    refuses, an unreadable entry or a link loop ends it with one message naming it."""
     if not folder.is_dir():
         raise UploadError(f"{folder} is not a folder")
-    found = []
-    for directory, names, files in os.walk(folder):
+    found: list[tuple[str, Path]] = []
+    hidden: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for directory, names, files in os.walk(folder, followlinks=True, onerror=_unreadable):
+        here = Path(directory)
+        info = here.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            raise UploadError(
+                f"{here.relative_to(folder)} leads back into the folder (a link loop)"
+            )
+        seen.add((info.st_dev, info.st_ino))
+        for name in [n for n in names if n.startswith(".")]:
+            hidden.append((here / name).relative_to(folder).as_posix() + "/")
+            names.remove(name)
         names.sort()
-        for name in sorted(files) + [n for n in names if Path(directory, n).is_symlink()]:
-            path = Path(directory, name)
+        for name in sorted(files):
+            path = here / name
             relative = path.relative_to(folder).as_posix()
-            if path.is_symlink() or not path.is_file():
-                raise UploadError(f"{relative} is a link or not a regular file: stage files only")
+            if name.startswith("."):
+                hidden.append(relative)
+                continue
+            if not path.is_file():
+                raise UploadError(f"{relative} is not a regular file (or a link to one)")
             try:
                 found.append((check_upload_path(relative), path))
             except ManifestError as err:
@@ -58,7 +83,11 @@ def folder_files(folder: Path) -> list[tuple[str, Path]]:
                 raise UploadError(f"{folder} holds more than {MAX_FILES} files")
     if not found:
         raise UploadError(f"{folder} holds no files")
-    return found
+    return FolderFiles(sorted(found), hidden)
+
+
+def _unreadable(err: OSError) -> None:
+    raise UploadError(f"{err.filename}: {err.strerror}")
 
 
 def folder_manifest(
@@ -66,16 +95,18 @@ def folder_manifest(
 ) -> tuple[Manifest, list[tuple[Entry, Path]]]:
     """The folder's manifest (every file's size and sha256) and where each entry's bytes are."""
     shown = progress or Progress()
-    files = folder_files(folder)
-    sizes = [p.stat().st_size for _, p in files]
-    shown.begin(sum(sizes), len(files))
-    pairs = []
+    files = folder_files(folder).files
     try:
-        for (name, path), size in zip(files, sizes, strict=True):
-            entry = Entry(name, size, sha256_file(path))
+        sizes = [p.stat().st_size for _, p in files]
+        shown.begin(sum(sizes), len(files))
+        pairs = []
+        for name, path in files:
+            entry = Entry(name, *sha256_and_size(path))
             shown.file(entry)
-            shown.advance(size)
+            shown.advance(entry.bytes)
             pairs.append((entry, path))
+    except OSError as err:
+        raise UploadError(f"{err.filename or folder}: {err.strerror or err}") from None
     finally:
         shown.end()
     manifest = Manifest(submission, project, (), tuple(e for e, _ in pairs))

@@ -15,6 +15,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from relion_spot.exchange.cli import SHA256
 from relion_spot.node.stage_credentials import SOCKET as CREDENTIALS_SOCKET
 from relion_spot.slurm.spec import CPU_PARTITION
 
@@ -28,9 +29,16 @@ TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "assets" / "slurm" / "impo
 class ImportParams:
     project_dir: str
     """The project (a directory under /data, made if new) the folder's files go into."""
+    manifest_sha256: str
+    """The sha256 of the manifest the lab uploaded: the import reads that manifest or none."""
 
     def __post_init__(self) -> None:
         check_project_dir(self.project_dir)
+        if not isinstance(self.manifest_sha256, str) or not SHA256.fullmatch(self.manifest_sha256):
+            raise JobParameterError(
+                f"parameter manifest_sha256 = {str(self.manifest_sha256)[:80]!r} is not valid: "
+                "64 lowercase hex digits"
+            )
 
 
 IMPORT_FIELDS = tuple(f.name for f in fields(ImportParams))
@@ -44,13 +52,17 @@ def import_from_mapping(values: Mapping[str, Any]) -> ImportParams:
             f"parameter {unknown[0][:60]!r} is not known for an import: one of "
             + ", ".join(IMPORT_FIELDS)
         )
-    if "project_dir" not in values:
-        raise JobParameterError("an import needs project_dir (e.g. --project-dir /data/p)")
+    missing = [name for name in IMPORT_FIELDS if name not in values]
+    if missing:
+        raise JobParameterError(
+            "an import needs " + ", ".join(missing) + " (relion-spot stage sends both)"
+        )
     return ImportParams(**dict(values))
 
 
 def render_import(params: ImportParams) -> str:
     words = ["--project-dir", params.project_dir, "--s3-credentials", str(CREDENTIALS_SOCKET)]
+    words += ["--manifest-sha256", params.manifest_sha256]
     return Template(TEMPLATE_PATH.read_text()).substitute(
         partition=CPU_PARTITION, arguments=shlex.join(words)
     )

@@ -123,16 +123,16 @@ def test_bad_input_is_one_line_and_sends_nothing(
     assert "Contents" not in listed
 
 
-def test_a_folder_with_a_hidden_file_is_refused_by_name_before_any_upload(
+def test_a_folder_of_hidden_files_only_is_refused_before_any_upload(
     exchange: Cluster, capsys: Any, tmp_path: Path
 ) -> None:
-    (tmp_path / "lab" / ".relion-spot-job.json").write_text("{}")
-    argv = ["stage", str(tmp_path / "lab"), "--project-dir", "/data/p", "--stack", EXCHANGE_STACK]
+    """Hidden names (.DS_Store, a planted claim) are never staged; with nothing else, nothing."""
+    lab = tmp_path / "hidden-only"
+    lab.mkdir()
+    (lab / ".relion-spot-job.json").write_text("{}")
+    argv = ["stage", str(lab), "--project-dir", "/data/p", "--stack", EXCHANGE_STACK]
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == (
-        "relion-spot stage: path '.relion-spot-job.json' is not accepted: no part of a staged "
-        "path may start with '.' (the cluster's own files in a project do)"
-    )
+    assert line == f"relion-spot stage: {lab} holds no files"
     listed = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET)
     assert "Contents" not in listed

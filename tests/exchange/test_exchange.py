@@ -5,6 +5,8 @@ folder."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from moto import mock_aws
 
 from relion_spot.exchange.cli import main as exchange_main
 from relion_spot.exchange.download import PARTIAL_SUFFIX, DownloadError, Progress, pull
+from relion_spot.exchange.manifest import NAME as MANIFEST
 from relion_spot.exchange.manifest import (
     Entry,
     Manifest,
@@ -94,7 +97,7 @@ def test_an_export_writes_where_the_broker_says_and_comes_back_byte_for_byte(
     assert _export(node, project, POST, SELECT) == 0
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=EXCHANGE)["Contents"]}
     assert all(k.startswith(PREFIX) for k in keys)
-    assert f"{PREFIX}manifest.json" in keys
+    assert f"{PREFIX}{MANIFEST}" in keys
     assert f"{PREFIX}PostProcess/job003/fsc.png" in keys
     assert f"{PREFIX}PostProcess/job003/logfile.pdf" in keys, "RELION's own FSC and Guinier plots"
     assert f"{PREFIX}PostProcess/job003/postprocess_fsc.eps" not in keys, "only what a lab opens"
@@ -182,20 +185,23 @@ def _manifest(**change: Any) -> bytes:
     [
         (b"not json", "the manifest is not JSON"),
         (_manifest(version=2), "not a version 1 manifest"),
-        (_manifest(files={"a": 1}), "a list of at most 5000 files"),
+        (_manifest(files={"a": 1}), "a list of at most 100000 files"),
         (_manifest(files=[_file("../../.bashrc")]), "'../../.bashrc' is not accepted"),
         (_manifest(files=[_file("/etc/passwd")]), "'/etc/passwd' is not accepted"),
         (_manifest(files=[_file("a//b")]), "'a//b' is not accepted"),
         (_manifest(files=[_file("a b")]), "'a b' is not accepted"),
+        (_manifest(files=[_file("a;b")]), "'a;b' is not accepted"),
+        (_manifest(files=[_file("é")]), "'é' is not accepted"),
         (_manifest(files=[_file(size=-1)]), "bytes '-1' is not"),
         (_manifest(files=[_file(size=True)]), "bytes 'True' is not"),
         (_manifest(files=[_file(digest="x")]), "sha256 'x' is not 64 hex"),
         (_manifest(files=[_file("a")] * 2), "a is listed twice"),
-        (_manifest(files=[_file("a")] * 5001), "at most 5000"),
+        (_manifest(files=[_file("a")] * 100_001), "at most 100000"),
         (_manifest(jobs=[{"submission": "s", "directory": ".."}]), "'..' is not accepted"),
     ],
     ids=[
         "not-json", "version", "files-not-list", "dot-dot", "absolute", "empty-part", "space",
+        "semicolon", "not-ascii",
         "negative", "bool", "digest", "twice", "too-many", "job-dir",
     ],
 )  # fmt: skip
@@ -212,7 +218,7 @@ def test_a_hostile_manifest_in_the_exchange_writes_nothing_anywhere(
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=EXCHANGE)
         body = _manifest(files=[_file("../escape")])
-        s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}manifest.json", Body=body)
+        s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}{MANIFEST}", Body=body)
         with pytest.raises(DownloadError, match=r"'\.\./escape' is not accepted"):
             pull(s3, EXCHANGE, PREFIX, tmp_path / "pulled")
         with pytest.raises(DownloadError, match="the export has not finished"):
@@ -296,6 +302,14 @@ def _upload(s3: Any, lab: Path) -> Manifest:
     return upload(s3, EXCHANGE, f"in/{SID}/", manifest, pairs).manifest
 
 
+def _import(node: Node, project: Path, manifest: Manifest | bytes) -> list[str]:
+    body = manifest if isinstance(manifest, bytes) else manifest.to_json().encode()
+    return [
+        "import", "--project-dir", str(project), "--s3-credentials", str(node.socket),
+        "--manifest-sha256", hashlib.sha256(body).hexdigest(),
+    ]  # fmt: skip
+
+
 def test_a_staged_folder_arrives_whole_and_a_requeued_import_keeps_what_is_there(
     importing: tuple[Node, Any], tmp_path: Path
 ) -> None:
@@ -306,7 +320,7 @@ def test_a_staged_folder_arrives_whole_and_a_requeued_import_keeps_what_is_there
         "Particles/particles.star", "Particles/stack_0001.mrcs", "reference.mrc",
     }  # fmt: skip
     project = tmp_path / "data" / "p"
-    words = ["import", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
+    words = _import(node, project, sent)
     assert exchange_main(words) == 0
     (policy,) = node.sts.policies
     assert policy["Statement"] == [
@@ -328,12 +342,11 @@ def test_an_import_never_replaces_a_file_that_differs(
     importing: tuple[Node, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     node, s3 = importing
-    _upload(s3, _lab_folder(tmp_path))
+    sent = _upload(s3, _lab_folder(tmp_path))
     project = tmp_path / "data" / "p"
     project.mkdir(parents=True)
     (project / "reference.mrc").write_bytes(b"the lab's other map")
-    words = ["import", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
-    assert exchange_main(words) == 1
+    assert exchange_main(_import(node, project, sent)) == 1
     assert "reference.mrc is already in" in capsys.readouterr().err
     assert (project / "reference.mrc").read_bytes() == b"the lab's other map"
 
@@ -344,10 +357,9 @@ def test_a_hidden_path_in_an_uploaded_manifest_is_refused_before_anything_is_wri
     """A claim file planted through an upload would hand a job directory to someone else."""
     node, s3 = importing
     body = _manifest(files=[_file("Class3D/job001/.relion-spot-job.json")])
-    s3.put_object(Bucket=EXCHANGE, Key=f"in/{SID}/manifest.json", Body=body)
+    s3.put_object(Bucket=EXCHANGE, Key=f"in/{SID}/{MANIFEST}", Body=body)
     project = tmp_path / "data" / "p"
-    words = ["import", "--project-dir", str(project), "--s3-credentials", str(node.socket)]
-    assert exchange_main(words) == 1
+    assert exchange_main(_import(node, project, body)) == 1
     assert "may start with '.'" in capsys.readouterr().err
     assert not project.exists()
 
@@ -355,12 +367,12 @@ def test_a_hidden_path_in_an_uploaded_manifest_is_refused_before_anything_is_wri
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda lab: (lab / ".hidden").write_text("x"), "no part of a staged path may start"),
         (lambda lab: (lab / "a b.star").write_text("x"), "'a b.star' is not accepted"),
-        (lambda lab: (lab / "link.mrc").symlink_to("/etc/passwd"), "link.mrc is a link"),
-        (lambda lab: (lab / "dir").symlink_to("/etc"), "dir is a link"),
+        (lambda lab: (lab / "é.mrc").write_text("x"), "'é.mrc' is not accepted"),
+        (lambda lab: (lab / "loop").symlink_to(lab), "loop leads back into the folder"),
+        (lambda lab: (lab / "dangling.mrc").symlink_to(lab / "nothing"), "dangling.mrc is not a"),
     ],
-    ids=["hidden", "space", "file-link", "dir-link"],
+    ids=["space", "not-ascii", "link-loop", "dangling-link"],
 )
 def test_a_folder_the_cluster_would_refuse_is_refused_here_by_name(
     tmp_path: Path, make: Any, message: str
@@ -383,8 +395,60 @@ def test_a_pulled_manifest_may_name_only_what_an_export_writes(tmp_path: Path, p
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=EXCHANGE)
         body = _manifest(files=[_file(path)])
-        s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}manifest.json", Body=body)
+        s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}{MANIFEST}", Body=body)
         s3.put_object(Bucket=EXCHANGE, Key=f"{PREFIX}{path}", Body=b"x")
         with pytest.raises(DownloadError, match="is not one an export writes"):
             pull(s3, EXCHANGE, PREFIX, tmp_path / "pulled", paths=check_result_path)
     assert not (tmp_path / "pulled").exists()
+
+
+def test_a_lab_folder_stages_as_a_lab_has_it_links_followed_and_hidden_names_left_out(
+    tmp_path: Path,
+) -> None:
+    """macOS's .DS_Store, RELION's .Nodes/, a Movies directory that is a link, names with + @ :"""
+    lab = _lab_folder(tmp_path)
+    (lab / ".DS_Store").write_bytes(b"x")
+    (lab / ".Nodes").mkdir()
+    (lab / ".Nodes" / "x").write_text("x")
+    movies = tmp_path / "elsewhere" / "Movies"
+    movies.mkdir(parents=True)
+    (movies / "FoilHole_1+2@3:4.mrc").write_bytes(b"m")
+    (lab / "Movies").symlink_to(movies)
+    (lab / "ref_link.mrc").symlink_to(lab / "reference.mrc")
+    found = folder_files(lab)
+    assert [name for name, _ in found.files] == [
+        "Movies/FoilHole_1+2@3:4.mrc", "Particles/particles.star", "Particles/stack_0001.mrcs",
+        "ref_link.mrc", "reference.mrc",
+    ]  # fmt: skip
+    assert sorted(found.hidden) == [".DS_Store", ".Nodes/"]
+
+
+def test_an_import_never_writes_into_a_cluster_jobs_directory_or_a_relion_control_file(
+    importing: tuple[Node, Any], project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A staged RELION_JOB_ABORT_NOW would stop a running job; a staged run_it999_* would be
+    taken for its newest iteration."""
+    node, s3 = importing
+    for path, message in (
+        ("PostProcess/job003/run_it999_model.star", "is a job directory of the cluster's"),
+        ("Particles/RELION_JOB_ABORT_NOW", "RELION's control files are a job's own"),
+    ):
+        body = _manifest(files=[_file(path)])
+        s3.put_object(Bucket=EXCHANGE, Key=f"in/{SID}/{MANIFEST}", Body=body)
+        assert exchange_main(_import(node, project, body)) == 1
+        assert message in capsys.readouterr().err
+    assert not (project / "PostProcess/job003/run_it999_model.star").exists()
+
+
+def test_a_manifest_replaced_after_the_upload_is_refused(
+    importing: tuple[Node, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any member may write under in/: the submission names the manifest the lab uploaded."""
+    node, s3 = importing
+    sent = _upload(s3, _lab_folder(tmp_path))
+    words = _import(node, tmp_path / "data" / "p", sent)
+    forged = dataclasses.replace(sent, files=sent.files[:1])
+    s3.put_object(Bucket=EXCHANGE, Key=f"in/{SID}/{MANIFEST}", Body=forged.to_json().encode())
+    assert exchange_main(words) == 1
+    assert "is not the manifest that was submitted" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "p").exists()
