@@ -64,6 +64,15 @@ def test_a_standing_cloud_over_a_labs_folder_runs_its_jobs_until_down(
         assert (lab / "try" / "synthetic.json").is_file()
         logs = _cli(env, "logs", "--stack", "local", job)
         assert logs.returncode == 0 and "synthetic: attempt 0 of job" in logs.stdout, logs
+        # A folder of the lab's staged through the standing cloud's exchange, as on AWS.
+        mine = tmp_path / "mine"
+        (mine / "Particles").mkdir(parents=True)
+        (mine / "Particles" / "stack@1.mrcs").write_bytes(bytes(range(256)) * 100)
+        (mine / "reference.mrc").write_bytes(b"map")
+        staged = _cli(env, "stage", str(mine), "--stack", "local", "--project-dir", "/data/mine")
+        assert staged.returncode == 0, staged.stderr
+        for name in ("Particles/stack@1.mrcs", "reference.mrc"):
+            assert (lab / "mine" / name).read_bytes() == (mine / name).read_bytes()
     finally:
         stopped = _cli(env, "local", "down", timeout=300)
     assert stopped.returncode == 0, stopped.stderr
