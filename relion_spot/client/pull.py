@@ -13,13 +13,14 @@ import argparse
 import getpass
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from relion_spot.exchange.download import DownloadError, Progress, Pulled, pull
 from relion_spot.exchange.manifest import Entry, check_result_path
 from relion_spot.intake import client as intake_client
-from relion_spot.intake.table import ACCEPTED
+from relion_spot.intake.table import ACCEPTED, Record
 from relion_spot.node.stage_credentials import RESULTS_PREFIX
 from relion_spot.staging.report import human_bytes
 
@@ -132,22 +133,54 @@ def _jobs(context: Context, item: dict[str, Any], err: TextIO) -> tuple[str, lis
     return project, chosen
 
 
-def wait_for_end(
-    context: Context, submission_id: str, timeout: float, poll: float
+def run_to_end(
+    context: Context,
+    submission_id: str,
+    what: str,
+    *,
+    timeout: float,
+    poll: float,
+    ours: Callable[[Record], bool] = lambda _: True,
 ) -> dict[str, Any]:
-    """The record of an export or import once its job has ended."""
-    deadline = time.monotonic() + timeout
-    while True:
-        item = find_submission(context, submission_id)
-        state = display_state(item)
-        if state in ENDED:
-            return item
-        if time.monotonic() > deadline:
-            raise ClusterError(
-                f"submission {submission_id} is still {state} after {timeout:g} s; "
-                f"see relion-spot status --stack {context.handle.stack} {submission_id}"
+    """Wait for the drainer's decision on a CPU job the CLI sent (an export, an import, a
+    staging), then for the job's end; its record once it finished, or ClusterError saying what
+    became of it. ``ours``: the decided record must be the one this CLI sent."""
+    with aws_errors("reading the intake table"):
+        try:
+            decided = intake_client.wait_for_decision(
+                context.table, submission_id, timeout, poll_seconds=poll
             )
-        time.sleep(poll)
+        except intake_client.SubmissionPending as pending:
+            raise ClusterError(str(pending)) from None
+        if not ours(decided):
+            raise ClusterError(
+                f"submission {submission_id} is not this {what} (another submission took its "
+                "id): run the command again"
+            )
+        if decided.state != ACCEPTED:
+            raise ClusterError(f"the {what} was rejected: {decided.message or '(no reason)'}")
+        print(
+            f"{what} job {printable(decided.job_id or '?')} on the CPU partition",
+            file=context.err,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            item = find_submission(context, submission_id)
+            state = display_state(item)
+            if state in ENDED:
+                break
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"submission {submission_id} is still {state} after {timeout:g} s; see "
+                    f"relion-spot status --stack {context.handle.stack} {submission_id}"
+                )
+            time.sleep(poll)
+    if state != "finished":
+        raise ClusterError(
+            f"the {what} job {item.get('job_id')} is {state}: see relion-spot logs --stack "
+            f"{context.handle.stack} {item.get('job_id')}"
+        )
+    return item
 
 
 def pull_results(
@@ -181,24 +214,7 @@ def pull_results(
         f"exporting {len(chosen)} job(s) of {project} (submission {sent.submission_id})",
         file=context.err,
     )
-    with aws_errors("reading the intake table"):
-        try:
-            decided = intake_client.wait_for_decision(
-                context.table, sent.submission_id, timeout, poll_seconds=poll
-            )
-        except intake_client.SubmissionPending as pending:
-            raise ClusterError(str(pending)) from None
-        if decided.state != ACCEPTED:
-            raise ClusterError(f"the export was rejected: {decided.message or '(no reason)'}")
-        print(
-            f"export job {printable(decided.job_id or '?')} on the CPU partition", file=context.err
-        )
-        ended = wait_for_end(context, sent.submission_id, timeout, poll)
-    if display_state(ended) != "finished":
-        raise ClusterError(
-            f"the export job {ended.get('job_id')} is {display_state(ended)}: see relion-spot "
-            f"logs --stack {context.handle.stack} {ended.get('job_id')}"
-        )
+    run_to_end(context, sent.submission_id, "export", timeout=timeout, poll=poll)
     prefix = f"{RESULTS_PREFIX}{sent.submission_id}/"
     with aws_errors(f"reading s3://{bucket}/{prefix}"):
         try:

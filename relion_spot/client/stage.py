@@ -26,7 +26,6 @@ from typing import Any
 
 from relion_spot.exchange.upload import UploadError, folder_files, folder_manifest, upload
 from relion_spot.intake import client as intake_client
-from relion_spot.intake.table import ACCEPTED
 from relion_spot.jobs.imports import ImportParams
 from relion_spot.jobs.parameters import JobParameterError
 from relion_spot.node.stage_credentials import UPLOADS_PREFIX
@@ -42,7 +41,7 @@ from .commands import (
     display_state,
     find_submission,
 )
-from .pull import DEFAULT_TIMEOUT_SECONDS, TransferBar, wait_for_end
+from .pull import DEFAULT_TIMEOUT_SECONDS, TransferBar, run_to_end
 from .terminal import printable
 
 STAGE_NAMESPACE = uuid.UUID("0f6d1c2e-7a43-5b8e-9c61-3d2a4b5c6e7f")
@@ -147,28 +146,10 @@ def stage_folder(
                 context.client("sqs"), table, context.handle.queue_url,
                 parameters=parameters, user=user, template="import", submission_id=sid,
             )  # fmt: skip
-    with aws_errors("reading the intake table"):
-        try:
-            decided = intake_client.wait_for_decision(table, sid, timeout, poll_seconds=poll)
-        except intake_client.SubmissionPending as pending:
-            raise ClusterError(str(pending)) from None
-        if not _ours(decided.template, decided.parameters, parameters):
-            raise ClusterError(
-                f"submission {sid} is not this import (another submission took its id): run "
-                "relion-spot stage again"
-            )
-        if decided.state != ACCEPTED:
-            raise ClusterError(f"the import was rejected: {decided.message or '(no reason)'}")
-        print(
-            f"import job {printable(decided.job_id or '?')} on the CPU partition", file=context.err
-        )
-        ended = wait_for_end(context, sid, timeout, poll)
-    if display_state(ended) != "finished":
-        raise ClusterError(
-            f"the import job {ended.get('job_id')} is {display_state(ended)}: see relion-spot "
-            f"logs --stack {context.handle.stack} {ended.get('job_id')}"
-        )
-    return ended
+    return run_to_end(
+        context, sid, "import", timeout=timeout, poll=poll,
+        ours=lambda record: _ours(record.template, record.parameters, parameters),
+    )  # fmt: skip
 
 
 def stage_from_s3(
@@ -186,26 +167,7 @@ def stage_from_s3(
             context.client("sqs"), None, context.handle.queue_url,
             parameters={"dest": project_dir, "source": source}, user=user, template="stage",
         )  # fmt: skip
-    with aws_errors("reading the intake table"):
-        try:
-            decided = intake_client.wait_for_decision(
-                context.table, sent.submission_id, timeout, poll_seconds=poll
-            )
-        except intake_client.SubmissionPending as pending:
-            raise ClusterError(str(pending)) from None
-        if decided.state != ACCEPTED:
-            raise ClusterError(f"the staging was rejected: {decided.message or '(no reason)'}")
-        print(
-            f"staging job {printable(decided.job_id or '?')} fetches {source} on the CPU partition",
-            file=context.err,
-        )
-        ended = wait_for_end(context, sent.submission_id, timeout, poll)
-    if display_state(ended) != "finished":
-        raise ClusterError(
-            f"the staging job {ended.get('job_id')} is {display_state(ended)}: see relion-spot "
-            f"logs --stack {context.handle.stack} {ended.get('job_id')}"
-        )
-    return ended
+    return run_to_end(context, sent.submission_id, "staging", timeout=timeout, poll=poll)
 
 
 def stage_command(args: argparse.Namespace, context: Context) -> int:

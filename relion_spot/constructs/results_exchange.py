@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from typing import cast
 
-import jsii
 from aws_cdk import CfnResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from constructs import Construct, IValidation
+from constructs import Construct
+
+from .node_assumed_role import SESSION_HOURS, NodeRoleGiven, trust_only
 
 RESULTS_PREFIX = "out/"
 """Where export jobs write results and the lab reads them."""
@@ -42,8 +43,6 @@ system) or an upload to be imported (the lab keeps its own folder)."""
 ABORT_UPLOADS_AFTER_DAYS = 1
 AUTO_DELETE_PROVIDER = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
 """The id CDK gives, in the stack, the provider behind a bucket's auto_delete_objects."""
-SESSION_HOURS = 1
-"""A role chained from the node's instance session lasts an hour at most."""
 
 
 class ResultsExchange(Construct):
@@ -110,7 +109,13 @@ class ResultsExchange(Construct):
                 resources=[self._uploads_arn],
             )
         )
-        self.node.add_validation(_NodeRoleGiven(self))
+        self.node.add_validation(
+            NodeRoleGiven(
+                lambda: self._job_role_node is not None,
+                "ResultsExchange: allow_node was never called, so the job role's trust is the "
+                "whole account",
+            )
+        )
 
     def allow_node(self, node_role: iam.IRole) -> None:
         """Let ``node_role`` (the CPU nodes', whose root broker serves import and export jobs)
@@ -118,21 +123,7 @@ class ResultsExchange(Construct):
         if self._job_role_node is not None:
             raise ValueError("ResultsExchange: one node role assumes the job role")
         self._job_role_node = node_role
-        trust = iam.PolicyDocument(
-            statements=[
-                iam.PolicyStatement(
-                    actions=["sts:AssumeRole"], principals=[iam.ArnPrincipal(node_role.role_arn)]
-                )
-            ]
-        )
-        cast(iam.CfnRole, self.job_role.node.default_child).assume_role_policy_document = trust
-        node_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="AssumeExchangeJobRole",
-                actions=["sts:AssumeRole"],
-                resources=[self.job_role.role_arn],
-            )
-        )
+        trust_only(self.job_role, node_role, sid="AssumeExchangeJobRole")
 
     def grant_lab(self, grantee: iam.IGrantable) -> None:
         """Let ``grantee`` (a role, a group, or a managed policy's holders) upload inputs and
@@ -197,17 +188,3 @@ class ResultsExchange(Construct):
     @property
     def bucket_name(self) -> str:
         return self.bucket.bucket_name
-
-
-@jsii.implements(IValidation)
-class _NodeRoleGiven:
-    def __init__(self, exchange: ResultsExchange) -> None:
-        self.exchange = exchange
-
-    def validate(self) -> list[str]:
-        if self.exchange._job_role_node is None:
-            return [
-                "ResultsExchange: allow_node was never called, so the job role's trust is the "
-                "whole account"
-            ]
-        return []

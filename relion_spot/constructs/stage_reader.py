@@ -12,15 +12,12 @@ that job the session.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
-import jsii
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
-from constructs import Construct, IValidation
+from constructs import Construct
 
-SESSION_HOURS = 1
-"""A role chained from the node's instance session lasts an hour at most."""
+from .node_assumed_role import SESSION_HOURS, NodeRoleGiven, trust_only
 
 
 class StageReader(Construct):
@@ -58,7 +55,12 @@ class StageReader(Construct):
                 resources=[f"arn:{partition}:s3:::{b}" for b in self.buckets],
             )
         )
-        self.node.add_validation(_NodeRoleGiven(self))
+        self.node.add_validation(
+            NodeRoleGiven(
+                lambda: self._reader is not None,
+                "StageReader: allow_node was never called, so its trust is the whole account",
+            )
+        )
 
     def allow_node(self, node_role: iam.IRole) -> None:
         """Let ``node_role`` (the CPU nodes', whose root broker serves staging jobs) assume this
@@ -66,33 +68,8 @@ class StageReader(Construct):
         if self._reader is not None:
             raise ValueError("StageReader: one node role assumes it")
         self._reader = node_role
-        trust = iam.PolicyDocument(
-            statements=[
-                iam.PolicyStatement(
-                    actions=["sts:AssumeRole"], principals=[iam.ArnPrincipal(node_role.role_arn)]
-                )
-            ]
-        )
-        cast(iam.CfnRole, self.role.node.default_child).assume_role_policy_document = trust
-        node_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="AssumeStageReader",
-                actions=["sts:AssumeRole"],
-                resources=[self.role.role_arn],
-            )
-        )
+        trust_only(self.role, node_role, sid="AssumeStageReader")
 
     @property
     def role_arn(self) -> str:
         return self.role.role_arn
-
-
-@jsii.implements(IValidation)
-class _NodeRoleGiven:
-    def __init__(self, reader: StageReader) -> None:
-        self.reader = reader
-
-    def validate(self) -> list[str]:
-        if self.reader._reader is None:
-            return ["StageReader: allow_node was never called, so its trust is the whole account"]
-        return []

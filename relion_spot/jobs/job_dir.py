@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..intake.config import SUBMISSION_ID_ENV
+from ..node.no_follow import read_small
 
 CLAIM_FILE = ".relion-spot-job.json"
 PIPELINE_FILE = "default_pipeline.star"
@@ -81,20 +81,10 @@ MAX_CLAIM_BYTES = 4096
 
 def _claim_text(path: Path) -> str | None:
     """The claim file's text, read as a reader that may be root on a directory jobs write (the
-    controller's drainer) must: a regular file only (no link followed, never a FIFO or a
-    device that would block or never end), bounded; None when it is not one."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CLAIM_BYTES:
-            return None
-        data = os.read(fd, MAX_CLAIM_BYTES + 1)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace")
+    controller's drainer) must (relion_spot.node.no_follow.read_small); None when it is not a
+    claim-sized regular file."""
+    data = read_small(path, MAX_CLAIM_BYTES)
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 def read_claim(directory: Path) -> Claim | None:

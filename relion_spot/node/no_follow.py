@@ -17,6 +17,23 @@ from pathlib import PurePosixPath
 DIRECTORY_MODE = 0o755
 
 
+def read_small(path: str | os.PathLike[str], limit: int) -> bytes | None:
+    """The bytes of a regular file of at most ``limit`` bytes, read as a root reader of files
+    jobs write must: its last component not followed if a link, never a FIFO or a device (which
+    could block or never end); None when it is missing or not such a file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
 def append_line(path: str, line: str, *, mode: int = 0o644) -> None:
     """Append ``line`` and a newline to ``path`` (absolute), making missing directories; an
     OSError names the component that was a link or not a plain file."""

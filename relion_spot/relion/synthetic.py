@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from relion_spot.node.no_follow import read_small
 from relion_spot.relion.tools import RelionToolError, run_tool
 
 PARTICLES_STAR = "particles.star"
@@ -383,17 +383,9 @@ def read_manifest(out: Path) -> dict | None:
     """The manifest in ``out`` read defensively, for a reader that may be root on a directory
     jobs write (the controller's preflight): a regular file only (no link followed, never a
     FIFO or a device), bounded; None when there is none or it is not one."""
-    try:
-        fd = os.open(out / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    data = read_small(out / MANIFEST, MAX_MANIFEST_BYTES)
+    if data is None:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
-            return None
-        data = os.read(fd, MAX_MANIFEST_BYTES + 1)
-    finally:
-        os.close(fd)
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
