@@ -38,6 +38,12 @@ NODE_DATA_DIR = "/data"
 
 KEY = "submission_id"
 """The intake table's partition key, and the message field it comes from."""
+REPORT_JOB = "report_job_id"
+"""The Slurm job whose reports a submission's item takes (relion_spot.intake.report): the drainer
+writes it with an accepted decision, the same as ``job_id``. The node roles may write it too
+(IAM's ``dynamodb:Attributes`` cannot tell an attribute a condition reads from one an update
+writes, and the report forwarder's condition reads it), so nothing but that condition trusts it;
+``job_id``, which the credential broker and cancels trust, stays the controller's alone."""
 
 VISIBILITY_TIMEOUT_SECONDS = 300
 """How long a received submission stays hidden from the next receive. One drain step is one

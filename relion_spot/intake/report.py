@@ -11,8 +11,11 @@ relion_spot.node.metadata_guard), so reporting takes two hands:
 - the node's forwarder (relion_spot.node.job_reports, root, started beside slurmd): for each
   job Slurm runs on the node, reads that file (no link followed, owned by the job's user,
   bounded) and sets two attributes of the submission's item with one UpdateItem
-  (``ReportPublisher``), only where the item exists and names that Slurm job; the submission
-  comes from the job's Slurm comment, never from the file:
+  (``ReportPublisher``, ``report_update``), only where the item exists and its
+  ``report_job_id`` (written by the drainer with the decision) names that Slurm job; the
+  submission comes from the job's Slurm comment, never from the file. The update asks nothing
+  back, and it names no attribute but these, the key and ``report_job_id``: that is all the
+  node roles may name (relion_spot.constructs.intake, tests/iam):
 
     progress  M  state ("RUNNING", "FINISHED", or "STOPPED": RELION exited before the last
                  iteration, e.g. a spot reclaim that Slurm will requeue; "FAILED": a CPU job's
@@ -46,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KEY, SUBMISSION_ID_ENV
+from .config import KEY, REPORT_JOB, SUBMISSION_ID_ENV
 
 CLUSTER_ENV = "RELION_SPOT_CLUSTER"
 REPORT_SPOOL = Path("/run/relion-spot/job-reports")
@@ -57,6 +60,9 @@ MAX_REPORT_BYTES = 131072
 """A report is a compact progress map (with at most ~50 KB of class slices) and a log tail of at
 most 8 KiB; anything larger is not a report (and would crowd the item towards DynamoDB's
 400 KB)."""
+RETURN_VALUES = "NONE"
+"""What the forwarder's UpdateItem asks back: nothing (the node roles may ask for nothing else, so
+a node cannot read a submission's decision through an update)."""
 METRIC_NAMESPACE = "RelionSpot"
 RESOLUTION_METRIC = "ResolutionAngstrom"
 
@@ -417,36 +423,46 @@ class ReportPublisher:
         return True
 
     def publish(self, submission_id: str, job_id: str, report: JobReport) -> bool:
-        """Set the item's progress and log tail, only where the item exists and names Slurm job
-        ``job_id`` (so a job can never write another submission's item, whatever comment it
-        gives itself); False when the item does not. AWS errors are raised to the caller."""
+        """Set the item's progress and log tail, only where the item exists and its
+        ``report_job_id`` names Slurm job ``job_id`` (so a job can never write another
+        submission's item, whatever comment it gives itself); False when the item does not.
+        AWS errors are raised to the caller."""
         from botocore.exceptions import ClientError
 
         progress = {**report.progress, "job_id": job_id}
         try:
-            self._client().update_item(
-                TableName=self.table,
-                Key={KEY: {"S": submission_id}},
-                UpdateExpression="SET #p = :p, #t = :t",
-                ConditionExpression="attribute_exists(#k) AND #j = :j",
-                ExpressionAttributeNames={
-                    "#p": "progress",
-                    "#t": "log_tail",
-                    "#k": KEY,
-                    "#j": "job_id",
-                },
-                ExpressionAttributeValues={
-                    ":p": attribute(progress),
-                    ":t": {"S": report.log_tail},
-                    ":j": {"S": job_id},
-                },
-            )
+            self._client().update_item(**report_update(self.table, submission_id, job_id, report))
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return False
             raise
         self.publish_resolution(job_id, progress)
         return True
+
+
+def report_update(table: str, submission_id: str, job_id: str, report: JobReport) -> dict[str, Any]:
+    """The forwarder's UpdateItem of Slurm job ``job_id``'s report: ``progress`` (with the job
+    id) and ``log_tail``, where the item exists and its ``report_job_id`` is ``job_id``. Every
+    attribute it names is a placeholder in ExpressionAttributeNames (tests/iam reads them from
+    there), and it asks nothing back."""
+    return {
+        "TableName": table,
+        "Key": {KEY: {"S": submission_id}},
+        "UpdateExpression": "SET #p = :p, #t = :t",
+        "ConditionExpression": "attribute_exists(#k) AND #j = :j",
+        "ExpressionAttributeNames": {
+            "#p": "progress",
+            "#t": "log_tail",
+            "#k": KEY,
+            "#j": REPORT_JOB,
+        },
+        "ExpressionAttributeValues": {
+            ":p": attribute({**report.progress, "job_id": job_id}),
+            ":t": {"S": report.log_tail},
+            ":j": {"S": job_id},
+        },
+        "ReturnValues": RETURN_VALUES,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

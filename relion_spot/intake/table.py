@@ -6,6 +6,9 @@
                       "rejected":   it will never run; message says why
                       "estimated":  a dry run: checked and estimated, nothing submitted
     job_id         S  Slurm's job id (accepted only)
+    report_job_id  S  the same id, written with it: the job whose reports the item takes (the
+                      node roles may rewrite it, so only the report forwarder's condition reads
+                      it; relion_spot.intake.config.REPORT_JOB)
     message        S  why it was rejected, or what the drainer noted on accepting (e.g. the
                       preflight result, or that the job was found already submitted)
     user           S  who asked, as the client says
@@ -23,9 +26,14 @@
     cancel_message S  Slurm's answer to a cancel that failed, or why Slurm cancelled the job itself
                       (its RELION image failed its check: relion_spot.intake.images)
     cancel_at      N  epoch seconds of the last cancel_state change
+    held_reason    S  why Slurm holds the job (the resume program's hold on a configuration
+    held_at        N  error), and when
     progress       M  written by the job itself while it runs (relion_spot.relion.progress):
                       iteration, resolution, ETA, per-iteration history, state
     log_tail       S  the last lines of the job's output file, written with progress
+
+The node roles may write only ``progress``, ``log_tail`` and ``report_job_id`` (tests/iam); every
+other attribute is the controller's (``CONTROLLER_ATTRIBUTES``).
 
 A decision is final: ``finish`` writes only where no item exists or the item is still a claim,
 so neither a retry nor a second drainer can turn an accepted submission into a rejected one, or
@@ -40,7 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import KEY
+from .config import KEY, REPORT_JOB
 
 SUBMITTING = "submitting"
 ACCEPTED = "accepted"
@@ -55,6 +63,11 @@ CANCEL_FAILED = "cancel-failed"
 _TEXT: tuple[str, ...] = ("state", "job_id", "message", "user", "sender_id", "template")
 _TEXT += ("parameters", "submitted_at", "message_id", "cancel_state", "cancel_message")
 _NUMBERS = ("received_at", "claimed_at", "decided_at", "cancel_at")
+HELD_REASON = "held_reason"
+HELD_AT = "held_at"
+CONTROLLER_ATTRIBUTES: tuple[str, ...] = (*_TEXT, *_NUMBERS, HELD_REASON, HELD_AT)
+"""Every attribute the controller writes (the drainer's decision and cancel, the resume
+program's hold): none of them is the nodes' to write (tests/iam)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,8 @@ def _item(record: Record) -> dict[str, Any]:
         value = getattr(record, name)
         if value is not None:
             item[name] = {"N": str(int(value))}
+    if record.state == ACCEPTED and record.job_id:
+        item[REPORT_JOB] = dict(item["job_id"])
     return item
 
 
@@ -218,7 +233,7 @@ def mark_held(client: Any, table: str, submission_id: str, reason: str, *, at: i
             Key={KEY: {"S": submission_id}},
             UpdateExpression="SET #r = :r, #at = :at",
             ConditionExpression="attribute_exists(#key)",
-            ExpressionAttributeNames={"#key": KEY, "#r": "held_reason", "#at": "held_at"},
+            ExpressionAttributeNames={"#key": KEY, "#r": HELD_REASON, "#at": HELD_AT},
             ExpressionAttributeValues={":r": {"S": reason[:1000]}, ":at": {"N": str(int(at))}},
         )
     except client.exceptions.ConditionalCheckFailedException:

@@ -18,6 +18,8 @@ Where a call is made (read the module to see its parameters):
 - drainer, idle watch, record writer: relion_spot.intake.drain/table, relion_spot.slurm.idle,
   relion_spot.cost.jobcomp; cost Lambda: relion_spot.cost.
 - node bootstrap: assets/slurm/node-bootstrap.sh (ECR, the Slurm key, EFS with IAM).
+- the node's report forwarder: relion_spot.intake.report (ReportPublisher.publish, one
+  UpdateItem; its context here is read from the call the forwarder makes, not typed out).
 - the Slurm key's custom resource: relion_spot.slurm_key (put and delete its parameter); every
   container reads the key with relion_spot.slurm.key (GetParameter, decrypted; the AWS managed
   key aws/ssm needs no identity-policy grant, so none is simulated).
@@ -33,6 +35,7 @@ Where a call is made (read the module to see its parameters):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +44,7 @@ import pytest
 
 from relion_spot import tags
 from relion_spot.cost.store import COSTS_BY_START
+from relion_spot.intake.table import CONTROLLER_ATTRIBUTES
 
 from .resolver import ACCOUNT, PARTITION, RolePolicies, TemplateResolver
 from .simulator import Decision, Request, simulate, tag_context
@@ -1042,12 +1046,111 @@ for _node in ("gpu-node", "cpu-node"):  # the node's permission check at start, 
             {"dynamodb:LeadingKeys": ["selftest:permissions:node:i-0123456789abcdef0"]},
         )
     )
-for _node in ("gpu-node", "cpu-node"):  # a GPU job's progress, a CPU job's last word
-    allow(f"{_node}/progress/dynamodb:UpdateItem")(
-        lambda w, n=_node: Request(n, "dynamodb:UpdateItem", w.intake_table)
+REPORTED_SUBMISSION = "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"
+EXPRESSION_WORDS = {
+    *("SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "BETWEEN", "IN"),
+    *("attribute_exists", "attribute_not_exists", "attribute_type", "begins_with", "contains"),
+    *("size", "if_not_exists", "list_append"),
+}
+"""What an expression may hold besides placeholders: DynamoDB's own words, no attribute."""
+
+
+def forwarder_update() -> dict[str, Any]:
+    """The UpdateItem the node's report forwarder makes, as its own code builds it."""
+    from relion_spot.intake.report import JobReport, ReportPublisher, compact
+
+    calls: list[dict[str, Any]] = []
+
+    class Recorder:
+        def update_item(self, **request: Any) -> dict[str, Any]:
+            calls.append(request)
+            return {}
+
+    publisher = ReportPublisher(table="intake", client=Recorder())
+    report = JobReport(compact({"current_iteration": 3}, state="RUNNING"), "line 1\n")
+    assert publisher.publish(REPORTED_SUBMISSION, "42", report)
+    (request,) = calls
+    return request
+
+
+def update_context(request: dict[str, Any]) -> dict[str, Any]:
+    """What an UpdateItem request carries to IAM: ``dynamodb:Attributes``, every top-level
+    attribute the request names (the key's, and the ones its update and condition expressions
+    name through ExpressionAttributeNames), ``dynamodb:ReturnValues`` (NONE when not asked)
+    and ``dynamodb:LeadingKeys``."""
+    legacy = {"AttributeUpdates", "Expected", "ConditionalOperator"} & set(request)
+    assert not legacy, f"legacy parameters name attributes outside the expressions: {legacy}"
+    assert request.get("ReturnValuesOnConditionCheckFailure", "NONE") == "NONE"
+    names = request.get("ExpressionAttributeNames", {})
+    for which in ("UpdateExpression", "ConditionExpression"):
+        expression = re.sub(r"[#:][A-Za-z0-9_]+", " ", request.get(which, ""))
+        bare = set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", expression)) - EXPRESSION_WORDS
+        assert not bare, f"{which} names {bare} without a placeholder"
+    (key,) = request["Key"].values()
+    return {
+        "dynamodb:Attributes": sorted({*request["Key"], *names.values()}),
+        "dynamodb:ReturnValues": request.get("ReturnValues", "NONE"),
+        "dynamodb:LeadingKeys": [key["S"]],
+    }
+
+
+def test_the_forwarders_update_is_read_from_its_call() -> None:
+    """The context the cases below send is the forwarder's own call, and the attributes they
+    add are the controller's: the decision, its sender and parameters, a cancel, a hold."""
+    context = update_context(forwarder_update())
+    assert {"progress", "log_tail"} <= set(context["dynamodb:Attributes"])
+    assert context["dynamodb:LeadingKeys"] == [REPORTED_SUBMISSION]
+    assert not set(context["dynamodb:Attributes"]) & set(CONTROLLER_ATTRIBUTES)
+    decision = {"state", "job_id", "user", "sender_id", "parameters", "cancel_state"}
+    assert decision <= set(CONTROLLER_ATTRIBUTES)
+
+
+def _with_attribute(context: dict[str, Any], attribute: str) -> dict[str, Any]:
+    return context | {"dynamodb:Attributes": [*context["dynamodb:Attributes"], attribute]}
+
+
+# A GPU job's progress, a CPU job's last word: the node's forwarder writes the report's
+# attributes and nothing else, and asks nothing back.
+for _node in ("gpu-node", "cpu-node"):
+    allow(f"{_node}/progress/dynamodb:UpdateItem/forwarder")(
+        lambda w, n=_node: Request(
+            n, "dynamodb:UpdateItem", w.intake_table, update_context(forwarder_update())
+        )
     )
     deny(f"{_node}/deny/progress/another-clusters-table")(
-        lambda w, n=_node: Request(n, "dynamodb:UpdateItem", w.other_intake_table)
+        lambda w, n=_node: Request(
+            n, "dynamodb:UpdateItem", w.other_intake_table, update_context(forwarder_update())
+        )
+    )
+    for _attribute in CONTROLLER_ATTRIBUTES:  # the decision, its sender, a cancel, a hold
+        deny(f"{_node}/deny/progress/dynamodb:UpdateItem/{_attribute}")(
+            lambda w, n=_node, a=_attribute: Request(
+                n,
+                "dynamodb:UpdateItem",
+                w.intake_table,
+                _with_attribute(update_context(forwarder_update()), a),
+            )
+        )
+    for _returned in ("ALL_OLD", "ALL_NEW", "UPDATED_OLD", "UPDATED_NEW"):
+        deny(f"{_node}/deny/progress/dynamodb:UpdateItem/ReturnValues-{_returned}")(
+            lambda w, n=_node, r=_returned: Request(
+                n,
+                "dynamodb:UpdateItem",
+                w.intake_table,
+                update_context(forwarder_update()) | {"dynamodb:ReturnValues": r},
+            )
+        )
+    for _missing in ("dynamodb:Attributes", "dynamodb:ReturnValues"):
+        deny(f"{_node}/deny/progress/dynamodb:UpdateItem/without-{_missing}")(
+            lambda w, n=_node, k=_missing: Request(
+                n,
+                "dynamodb:UpdateItem",
+                w.intake_table,
+                {c: v for c, v in update_context(forwarder_update()).items() if c != k},
+            )
+        )
+    deny(f"{_node}/deny/progress/dynamodb:UpdateItem/no-context")(
+        lambda w, n=_node: Request(n, "dynamodb:UpdateItem", w.intake_table)
     )
 for _namespace in ("CWAgent", "RelionSpot"):
     allow(f"gpu-node/cloudwatch:PutMetricData/{_namespace}")(

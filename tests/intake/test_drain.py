@@ -125,6 +125,8 @@ def test_a_submission_round_trips_to_a_slurm_job(intake: Intake) -> None:
     assert record.message.startswith("preflight skipped")
     assert record.claimed_at is not None and record.decided_at is not None
     assert record.received_at is not None
+    (item,) = intake.items()
+    assert item["report_job_id"] == {"S": "42"}  # the job whose reports the item takes
     assert intake.queued() == 0
 
 
@@ -149,6 +151,7 @@ def test_a_bad_message_is_rejected_with_a_clear_record(
     assert record is not None and record.state == "rejected"
     assert record.message.startswith(reason)
     assert record.job_id is None
+    assert all("report_job_id" not in item for item in intake.items())  # no job reports here
     assert (record.user, record.submitted_at) == ("alice", "2026-11-03T10:15:00Z")
     with pytest.raises(SubmissionRejected) as rejected:
         wait_for_acceptance(intake.table, SID, timeout=1)
