@@ -5,6 +5,7 @@ folder."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -70,17 +71,25 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def exchange(tmp_path: Path) -> Iterator[tuple[Node, Any]]:
+@contextlib.contextmanager
+def _cpu_node(tmp_path: Path, *, template: str, parameters: str) -> Iterator[tuple[Node, Any]]:
+    """A CPU node whose broker approves the job the record names, and the exchange bucket."""
     with mock_aws():
         node = Node(tmp_path / "node", role="", exchange_role=EXCHANGE_ROLE, bucket=EXCHANGE)
-        node.record = _accepted(template="export", parameters="{}")
+        node.record = _accepted(template=template, parameters=parameters)
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=EXCHANGE)
         try:
             yield node, s3
         finally:
             node.stop()
+
+
+@pytest.fixture
+def exchange(tmp_path: Path) -> Iterator[tuple[Node, Any]]:
+    """A CPU node whose broker approves an export."""
+    with _cpu_node(tmp_path, template="export", parameters="{}") as pair:
+        yield pair
 
 
 def _export(node: Node, project: Path, *submissions: str) -> int:
@@ -276,16 +285,9 @@ def test_the_controller_refuses_an_export_of_a_job_that_never_started_before_any
 
 @pytest.fixture
 def importing(tmp_path: Path) -> Iterator[tuple[Node, Any]]:
-    """A CPU node whose broker approves an import (the record's template)."""
-    with mock_aws():
-        node = Node(tmp_path / "node", role="", exchange_role=EXCHANGE_ROLE, bucket=EXCHANGE)
-        node.record = _accepted(template="import", parameters='{"project_dir": "/data/p"}')
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=EXCHANGE)
-        try:
-            yield node, s3
-        finally:
-            node.stop()
+    """A CPU node whose broker approves an import."""
+    with _cpu_node(tmp_path, template="import", parameters='{"project_dir": "/data/p"}') as pair:
+        yield pair
 
 
 def _lab_folder(root: Path) -> Path:
