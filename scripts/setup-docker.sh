@@ -196,6 +196,11 @@ build_images() {
     docker image prune -f --filter "label=org.relion-spot.image=slurm" >/dev/null
 }
 
+# One run at a time: another (a test fixture while the suite's own run builds, a second checkout's
+# tests) waits here and then finds everything built, instead of compiling RELION beside it.
+mkdir -p "$state_dir"
+exec 9>"$state_dir/setup.lock"
+flock 9
 install_packages
 start_engine
 ensure_base_image
