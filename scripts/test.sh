@@ -10,4 +10,6 @@ export CDK_DISABLE_CLI_TELEMETRY=true JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERS
 bash scripts/setup.sh
 bash scripts/setup-docker.sh
 bash scripts/lint.sh
-exec .venv/bin/pytest "$@"
+# Two workers: one runs every container test (Slurm, the embedded cloud, RELION) in turn, the other
+# everything else beside it (tests/conftest.py groups them). RELION_SPOT_TEST_WORKERS=0: one process.
+exec .venv/bin/pytest -n "${RELION_SPOT_TEST_WORKERS:-2}" --dist loadgroup "$@"
