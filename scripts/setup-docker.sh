@@ -57,7 +57,8 @@ start_engine() {
     mkdir -p "$state_dir"
     log "starting dockerd (log: $state_dir/dockerd.log)"
     # setsid: the engine must outlive this script and the shell that ran it.
-    setsid dockerd >>"$state_dir/dockerd.log" 2>&1 </dev/null &
+    # 9>&-: the engine outlives this run and must not hold its lock.
+    setsid dockerd >>"$state_dir/dockerd.log" 2>&1 </dev/null 9>&- &
     echo $! >"$state_dir/dockerd.pid"
     local waited=0
     until engine_answers; do
@@ -196,8 +197,8 @@ build_images() {
     docker image prune -f --filter "label=org.relion-spot.image=slurm" >/dev/null
 }
 
-# One run at a time: another (a test fixture while the suite's own run builds, a second checkout's
-# tests) waits here and then finds everything built, instead of compiling RELION beside it.
+# One run at a time per checkout: another (a test fixture while the suite's own run builds) waits
+# here and then finds everything built, instead of compiling RELION beside it.
 mkdir -p "$state_dir"
 exec 9>"$state_dir/setup.lock"
 flock 9
