@@ -134,18 +134,16 @@ def moto_aws() -> Iterator[None]:
         yield
 
 
-CONTAINER_GROUP = "containers"
-"""The xdist group of every test that runs containers (the Slurm images, the embedded cloud, real
-RELION): one worker runs them one after another, as a plain run does, so none races another's
-images, networks or cores; the other worker takes everything else beside them."""
-
-
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``containers`` every test that runs containers (the Slurm images, the embedded cloud,
+    real RELION), before ``-m`` selects: scripts/test.sh runs those one after another in one
+    process and everything else in a second process beside it, so no container test races
+    another's images, networks or cores."""
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
         marked = any(item.get_closest_marker(m) is not None for m in ("docker", "relion"))
-        if marked or "slurm_images" in fixtures:
-            item.add_marker(pytest.mark.xdist_group(CONTAINER_GROUP))
+        if marked or "slurm_images" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.containers)
 
 
 SKIPS_ALLOWED_ENV = "RELION_SPOT_ALLOW_SKIPS"

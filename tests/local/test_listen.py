@@ -17,7 +17,7 @@ from moto import mock_aws
 from relion_spot.local.embedded import moto_server
 from relion_spot.local.imds import LocalImds
 from relion_spot.settings import Settings
-from relion_spot.slurm.local import LABEL, SLURM_IMAGE, LocalSlurm, docker, docker_available
+from relion_spot.slurm.local import LABEL, SLURM_IMAGE, LocalSlurm, docker
 from relion_spot.slurm.spec import LOCAL_CLOUD, spec_from_settings
 
 PROBE = """
@@ -33,13 +33,8 @@ except OSError as err:
 
 
 @pytest.fixture
-def networks() -> Iterator[tuple[LocalSlurm, str]]:
+def networks(slurm_images: None) -> Iterator[tuple[LocalSlurm, str]]:
     """A cluster's network, and a foreign one on the same engine."""
-    why = docker_available()
-    if why is not None:
-        pytest.skip(why)
-    if docker("image", "inspect", SLURM_IMAGE, check=False).returncode != 0:
-        pytest.skip(f"{SLURM_IMAGE} is not built (scripts/setup-docker.sh)")
     prefix = f"relion-spot-test-{os.getpid()}-listen"
     local = LocalSlurm(
         prefix=prefix,
