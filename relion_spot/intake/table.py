@@ -155,23 +155,27 @@ class IntakeTable:
     name: str
 
     def get(self, submission_id: str) -> Record | None:
+        """The claim or decision stored for ``submission_id``. An item without a state is
+        neither (a node may UpdateItem the report's attributes into an item of its own making:
+        IAM cannot tell an update from a create), so it counts as none, and a claim or a
+        decision replaces it."""
         response = self.client.get_item(
             TableName=self.name, Key={KEY: {"S": submission_id}}, ConsistentRead=True
         )
         item = response.get("Item")
-        return _record(item) if item else None
+        return _record(item) if item and "state" in item else None
 
     def claim(self, record: Record) -> tuple[Record, bool]:
-        """Store ``record`` (state "submitting") unless an item exists; returns the stored item
-        and whether this call wrote it."""
+        """Store ``record`` (state "submitting") unless a claim or decision exists; returns the
+        stored item and whether this call wrote it."""
         if record.state != SUBMITTING or record.claimed_at is None:
             raise ValueError("a claim has state 'submitting' and a claimed_at time")
         try:
             self.client.put_item(
                 TableName=self.name,
                 Item=_item(record),
-                ConditionExpression="attribute_not_exists(#key)",
-                ExpressionAttributeNames={"#key": KEY},
+                ConditionExpression="attribute_not_exists(#key) OR attribute_not_exists(#state)",
+                ExpressionAttributeNames={"#key": KEY, "#state": "state"},
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             stored = self.get(record.submission_id)
@@ -181,15 +185,19 @@ class IntakeTable:
         return record, True
 
     def finish(self, record: Record) -> tuple[Record, bool]:
-        """Store a decision where there is no item or only a claim; returns the stored item and
-        whether this call wrote it (False: a decision was already there, and it stands)."""
+        """Store a decision where there is no claim or decision, or only a claim; returns the
+        stored item and whether this call wrote it (False: a decision was already there, and it
+        stands)."""
         if not record.final:
             raise ValueError(f"a decision has state {' or '.join(FINAL_STATES)}")
         try:
             self.client.put_item(
                 TableName=self.name,
                 Item=_item(record),
-                ConditionExpression="attribute_not_exists(#key) OR #state = :submitting",
+                ConditionExpression=(
+                    "attribute_not_exists(#key) OR attribute_not_exists(#state) "
+                    "OR #state = :submitting"
+                ),
                 ExpressionAttributeNames={"#key": KEY, "#state": "state"},
                 ExpressionAttributeValues={":submitting": {"S": SUBMITTING}},
             )

@@ -18,7 +18,7 @@ from relion_spot.jobs.campaign import step_submission_id
 from relion_spot.jobs.class3d import DEFAULT_IMAGE
 
 from .conftest import MIN_JOB_AGE, Intake
-from .test_drain import Crash, _crash_once, _drainer, _visible_again
+from .test_drain import Crash, _crash_once, _drainer, _plant_report_item, _visible_again
 
 SID = "3c9a1f2e-6b7d-4e8f-9a0b-1c2d3e4f5a6c"
 REFINE = step_submission_id(SID, "refine3d")
@@ -77,6 +77,22 @@ def test_a_campaign_is_three_jobs_each_after_the_one_before(intake: Intake) -> N
         assert record.sender_id == campaign.sender_id, "the submitter may cancel each step"
         assert json.loads(record.parameters) == {"campaign": SID, "step": step}
     assert intake.queued() == 0
+
+
+def test_items_a_node_made_under_the_steps_keys_do_not_leave_a_step_without_its_record(
+    intake: Intake,
+) -> None:
+    """The step ids are known to anyone who sees the campaign's id (squeue's comment); a node may
+    make items of the report's attributes under them. Each step is still recorded as accepted
+    with its job, so its owner can follow and cancel it."""
+    for sid in (REFINE, POST):
+        _plant_report_item(intake, sid)
+    intake.send(_campaign(refine_class=2))
+    assert intake.drainer().step() == ["accepted"]
+    for sid, job in ((REFINE, "43"), (POST, "44")):
+        record = intake.table.get(sid)
+        assert record is not None and (record.state, record.job_id) == (ACCEPTED, job)
+    assert len(intake.slurm.sbatch_calls()) == 3
 
 
 def test_a_drain_interrupted_between_steps_submits_only_what_is_missing(intake: Intake) -> None:

@@ -130,6 +130,40 @@ def test_a_submission_round_trips_to_a_slurm_job(intake: Intake) -> None:
     assert intake.queued() == 0
 
 
+def _plant_report_item(intake: Intake, submission_id: str) -> None:
+    """What root on a node may do with its UpdateItem (the report's attributes, no condition):
+    make an item of its own under a submission's key, before the drainer has claimed it."""
+    intake.dynamodb.update_item(
+        TableName=intake.table.name,
+        Key={"submission_id": {"S": submission_id}},
+        UpdateExpression="SET #p = :p, #t = :t, #j = :j",
+        ExpressionAttributeNames={"#p": "progress", "#t": "log_tail", "#j": "report_job_id"},
+        ExpressionAttributeValues={
+            ":p": {"M": {"state": {"S": "FINISHED"}}},
+            ":t": {"S": "planted"},
+            ":j": {"S": "42"},
+        },
+        ReturnValues="NONE",
+    )
+
+
+def test_an_item_a_node_made_under_a_submissions_key_neither_blocks_nor_steers_it(
+    intake: Intake,
+) -> None:
+    sent = submit(
+        intake.sqs, intake.table, intake.queue_url, parameters={"preset": "benchmark"}, user="a"
+    )
+    _plant_report_item(intake, sent.submission_id)
+    assert intake.table.get(sent.submission_id) is None, "no claim, no decision"
+
+    assert intake.drainer().step() == ["accepted"]
+    record = intake.table.get(sent.submission_id)
+    assert record is not None and (record.state, record.job_id) == ("accepted", "42")
+    (item,) = intake.items()
+    assert "progress" not in item and "log_tail" not in item, "the decision replaced it"
+    assert intake.queued() == 0
+
+
 @pytest.mark.parametrize(
     ("parameters", "reason"),
     [
