@@ -642,9 +642,10 @@ def logs_command(args: argparse.Namespace, context: Context) -> int:
 
 def cancel_command(args: argparse.Namespace, context: Context) -> int:
     item = _job(context, args.job_id)
-    state = display_state(item)
-    if state in ("finished", "cancelled"):
-        raise ClusterError(f"job {args.job_id} is already {state}: nothing to cancel")
+    # Only the controller's own word ends a cancel here. A job's report ("finished") is written
+    # through its node, and Slurm answers a cancel of a job that has ended anyway.
+    if item.get("cancel_state") == CANCELLED:
+        raise ClusterError(f"job {args.job_id} is already cancelled: nothing to cancel")
     request = new_cancel(str(item["submission_id"]), args.job_id, user=getpass.getuser())
     with aws_errors(f"sending to the intake queue of {context.handle.stack}"):
         context.client("sqs").send_message(

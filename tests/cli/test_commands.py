@@ -477,6 +477,26 @@ def test_cancel_round_trip(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, ca
     assert "already cancelled" in capsys.readouterr().err
 
 
+def test_a_report_saying_finished_does_not_keep_a_cancel_from_slurm(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A job's report reaches the table through its node: a node could write "FINISHED" into a
+    running job's item. The cancel still goes to the controller, and Slurm decides."""
+    job = _accepted(cluster, monkeypatch, capsys)
+    (row,) = _status_json(capsys, job)
+    cluster.dynamodb.update_item(
+        TableName=cluster.table.name,
+        Key={"submission_id": {"S": row["submission_id"]}},
+        UpdateExpression="SET progress = :p",
+        ExpressionAttributeValues={":p": {"M": {"state": {"S": "FINISHED"}}}},
+    )
+    (row,) = _status_json(capsys, job)
+    assert row["state"] == "finished"
+    monkeypatch.setattr(commands, "_sleep", lambda _s: cluster.drainer().step())
+    assert main(["cancel", "--stack", STACK, job, "--poll", "0.01"]) == 0
+    assert cluster.scancel_calls() == [job]
+
+
 def test_a_cancel_slurm_refuses_is_reported(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
