@@ -25,6 +25,7 @@ from typing import Any
 from ..controller_capacity.fallback import ON_DEMAND, SPOT, sleep_arguments
 from ..powersave import logs
 from ..powersave.slurm import CommandRunner, run_command
+from . import node_states
 
 log = logging.getLogger("relion_spot.slurm.idle")
 
@@ -84,13 +85,16 @@ def busy_reason(runner: CommandRunner, sqs: Any, queue_url: str) -> str | None:
         return "Slurm does not answer squeue"
     if jobs.stdout.strip():
         return f"{len(jobs.stdout.split())} job(s) in Slurm"
-    nodes = runner(["scontrol", "show", "node", "-o"])
+    nodes = runner(node_states.command())
     if nodes.returncode != 0:
         return "Slurm does not answer scontrol"
-    for line in nodes.stdout.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        if "POWERED_DOWN" not in fields.get("State", "").split("+"):
-            return f"node {fields.get('NodeName', '?')} is {fields.get('State', '?')}"
+    try:
+        states = node_states.parse(nodes.stdout)
+    except node_states.NodeStatesError as err:
+        return f"Slurm's node list cannot be read ({err})"
+    for node in states:
+        if node_states.POWERED_DOWN not in node.flags:
+            return f"node {node.name} is {node.text}"
     if queue_url:
         try:
             attributes = sqs.get_queue_attributes(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..powersave.slurm import CommandRunner, run_command
+from . import node_states
 from .spec import ClusterSpec, SpecError
 
 log = logging.getLogger("relion_spot.slurm.wait_for_nodes")
@@ -32,15 +33,17 @@ BOOTING_FLAGS = ("POWERING_UP", "POWERED_DOWN")
 """The node flags slurmctld's readiness test waits out (select_p_job_ready)."""
 
 
-def booting_nodes(scontrol_text: str) -> list[str]:
-    """Names of the nodes in ``scontrol show node -o`` output that are not up yet."""
-    waiting = []
-    for line in scontrol_text.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        flags = fields.get("State", "").split("+")
-        if any(flag in BOOTING_FLAGS for flag in flags):
-            waiting.append(fields.get("NodeName", "?"))
-    return waiting
+def booting_nodes(scontrol_json: str) -> list[str] | None:
+    """Names of the nodes in ``scontrol --json show nodes`` output that are not up yet; None
+    when the answer lists no node or cannot be read (then there is nothing to tell yet)."""
+    try:
+        states = node_states.parse(scontrol_json)
+    except node_states.NodeStatesError as err:
+        log.warning("%s", err)
+        return None
+    if not states:
+        return None
+    return [n.name for n in states if any(flag in BOOTING_FLAGS for flag in n.flags)]
 
 
 def deadline_seconds(spec_file: Path = SPEC_FILE) -> float:
@@ -61,8 +64,8 @@ def wait(
     """Poll until no node of the host list ``nodes`` is booting; False if the deadline passed."""
     ends = clock() + deadline
     while True:
-        result = runner(["scontrol", "show", "node", "-o", nodes])
-        if result.returncode == 0 and not booting_nodes(result.stdout):
+        result = runner(node_states.command(nodes))
+        if result.returncode == 0 and booting_nodes(result.stdout) == []:
             return True
         if clock() >= ends:
             return False

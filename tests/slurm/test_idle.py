@@ -3,6 +3,7 @@ after an uninterrupted idle stretch, never on a doubt, and a submission wakes it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,10 +16,18 @@ from relion_spot.slurm import idle
 from tests.fakes import FakeClock
 
 REGION = "us-east-1"
-DOWN = (
-    "NodeName=gpu-1 State=IDLE+CLOUD+POWERED_DOWN\nNodeName=gpu-2 State=IDLE+CLOUD+POWERED_DOWN\n"
+
+
+def nodes_json(*nodes: tuple[str, str, str]) -> str:
+    """``scontrol --json show nodes`` as Slurm 24.11 writes it (the fields read here)."""
+    listed = [{"name": n, "state": s.split("+"), "reason": r} for n, s, r in nodes]
+    return json.dumps({"nodes": listed, "errors": [], "warnings": []})
+
+
+DOWN = nodes_json(
+    ("gpu-1", "IDLE+CLOUD+POWERED_DOWN", ""), ("gpu-2", "IDLE+CLOUD+POWERED_DOWN", "")
 )
-UP = "NodeName=gpu-1 State=IDLE+CLOUD\nNodeName=gpu-2 State=IDLE+CLOUD+POWERED_DOWN\n"
+UP = nodes_json(("gpu-1", "IDLE+CLOUD", ""), ("gpu-2", "IDLE+CLOUD+POWERED_DOWN", ""))
 
 
 class Slurm:
@@ -95,6 +104,23 @@ def test_never_sleeps_while_busy_or_in_doubt(aws: dict[str, Any], answers: tuple
     assert not idle.watch(_settings(aws), ecs=aws["ecs"], sqs=aws["sqs"], runner=Slurm(*answers),
                           clock=clock, sleep=clock.sleep, rounds=50)  # fmt: skip
     assert _desired(aws) == 1
+
+
+def test_a_node_is_read_by_its_state_not_by_words_in_its_reason(aws: dict[str, Any]) -> None:
+    """A reason is free text (``scontrol update reason=...``); in ``show node -o`` it ran to the
+    end of the line and its ``State=IDLE`` overrode the node's own state."""
+    booting = nodes_json(
+        ("gpu-1", "DOWN+CLOUD+POWERING_UP", "spot reclaim State=IDLE+POWERED_DOWN")
+    )
+    assert idle.busy_reason(Slurm(("", booting)), aws["sqs"], aws["url"]) == (
+        "node gpu-1 is DOWN+CLOUD+POWERING_UP"
+    )
+
+
+@pytest.mark.parametrize("answer", ["not json", '{"errors": []}', '{"nodes": [{"name": "g"}]}'])
+def test_a_node_list_that_cannot_be_read_keeps_it_up(aws: dict[str, Any], answer: str) -> None:
+    reason = idle.busy_reason(Slurm(("", answer)), aws["sqs"], aws["url"])
+    assert reason is not None and reason.startswith("Slurm's node list cannot be read")
 
 
 def test_a_waiting_submission_keeps_it_up(aws: dict[str, Any]) -> None:

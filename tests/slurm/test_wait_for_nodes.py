@@ -6,15 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from relion_spot.powersave.slurm import CommandResult
 from relion_spot.slurm import wait_for_nodes
 from tests.fakes import FakeClock
+from tests.slurm.test_idle import nodes_json
 
-BOOTING = (
-    "NodeName=gpu-1 Arch=x86_64 State=ALLOCATED+CLOUD+POWERING_UP ThreadsPerCore=1\n"
-    "NodeName=gpu-2 State=IDLE+CLOUD+POWERED_DOWN Weight=1\n"
+BOOTING = nodes_json(
+    ("gpu-1", "ALLOCATED+CLOUD+POWERING_UP", ""), ("gpu-2", "IDLE+CLOUD+POWERED_DOWN", "")
 )
-UP = "NodeName=gpu-1 State=ALLOCATED+CLOUD Weight=1\nNodeName=gpu-2 State=MIXED+CLOUD\n"
+UP = nodes_json(("gpu-1", "ALLOCATED+CLOUD", ""), ("gpu-2", "MIXED+CLOUD", ""))
 
 
 def _replies(*texts: str) -> tuple[list[list[str]], object]:
@@ -32,13 +34,24 @@ def test_booting_nodes_are_named() -> None:
     assert wait_for_nodes.booting_nodes(UP) == []
 
 
+def test_a_reason_with_state_words_does_not_make_a_booting_node_up() -> None:
+    reason = "spot reclaim State=IDLE Reason=x"
+    answer = nodes_json(("gpu-1", "ALLOCATED+CLOUD+POWERING_UP", reason))
+    assert wait_for_nodes.booting_nodes(answer) == ["gpu-1"]
+
+
+@pytest.mark.parametrize("answer", ["", "{}", nodes_json()])
+def test_an_answer_naming_no_node_is_not_up(answer: str) -> None:
+    assert wait_for_nodes.booting_nodes(answer) is None
+
+
 def test_returns_once_the_nodes_registered() -> None:
     clock = FakeClock()
     calls, runner = _replies(BOOTING, BOOTING, UP)
     assert wait_for_nodes.wait(
         "gpu-[1-2]", deadline=60, runner=runner, sleep=clock.sleep, clock=clock
     )
-    assert calls == [["scontrol", "show", "node", "-o", "gpu-[1-2]"]] * 3
+    assert calls == [["scontrol", "--json", "show", "nodes", "gpu-[1-2]"]] * 3
     assert clock.now == 2 * wait_for_nodes.POLL_SECONDS
 
 
