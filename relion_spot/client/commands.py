@@ -341,7 +341,8 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
 
 def _scan(context: Context, limit: int, **filters: Any) -> list[dict[str, Any]]:
     """Submissions read by boto3's scan paginator (up to ``limit``), newest first; the table
-    also holds the permission checks (selftest.record), which are left out."""
+    also holds the permission checks (selftest.record), which are left out, and may hold items
+    a node made of report attributes alone (no state: neither claim nor decision), left out too."""
     pages = (
         context.client("dynamodb")
         .get_paginator("scan")
@@ -353,7 +354,7 @@ def _scan(context: Context, limit: int, **filters: Any) -> list[dict[str, Any]]:
             items += [
                 _plain(i)
                 for i in page.get("Items", [])
-                if canonical_id(i.get("submission_id", {}).get("S"))
+                if canonical_id(i.get("submission_id", {}).get("S")) and "state" in i
             ]
             if len(items) >= limit:
                 break
@@ -380,7 +381,7 @@ def find_submission(context: Context, selector: str) -> dict[str, Any]:
             found = context.client("dynamodb").get_item(
                 TableName=table, Key={"submission_id": {"S": submission_id}}, ConsistentRead=True
             )
-        if "Item" in found:
+        if "state" in found.get("Item", {}):
             return _plain(found["Item"])
         what = "submission"
     else:

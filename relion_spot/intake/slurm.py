@@ -26,6 +26,11 @@ COMMENT_PREFIX = "relion-spot:"
 IMAGE_COMMENT_PREFIX = "relion-spot-image:"
 """The image job's comment: this prefix and its SIF's name (relion_spot.jobs.image); never taken
 for a submission's job, whose comment starts with COMMENT_PREFIX."""
+ENDED_STATES = frozenset(
+    {"COMPLETED", "COMPLETING", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+     "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+)  # fmt: skip
+"""squeue's %T of a job that will not run again (a requeued job is PENDING or REQUEUE_*)."""
 DEPENDENCY_FAILED = "DependencyNeverSatisfied"
 """squeue's reason for a job Slurm cancelled because a job it depended on failed."""
 SQUEUE_TIMEOUT_SECONDS = 30
@@ -203,9 +208,10 @@ class SlurmJobs:
         return [row for row in rows if len(row) == width]
 
     def cancel(self, job_id: str, submission_id: str) -> None:
-        """scancel the job, only if Slurm lists it carrying this submission (its comment): a
-        cancel never reaches a job the intake did not submit for that submission. SlurmRefused:
-        Slurm said no (e.g. the job has already ended), or the job is not that submission's;
+        """scancel the job, only if Slurm lists it carrying this submission (its comment) and
+        it has not ended: a cancel never reaches a job the intake did not submit for that
+        submission. SlurmRefused: Slurm said no, the job has ended, or it is not that
+        submission's;
         SlurmUnavailable: the outcome is unknown, try again."""
         if not job_id.isdigit():
             raise SlurmRefused(f"{job_id!r} is not a Slurm job id")
@@ -215,6 +221,11 @@ class SlurmJobs:
                 f"Slurm job {job_id} does not carry submission {submission_id}"
                 + (f" (job {carrier} does)" if carrier else " (Slurm lists none that does)")
             )
+        # scancel of a job that has ended says nothing and exits 0 (Slurm 24.11): without this,
+        # a finished job would be recorded as cancelled.
+        states = [row[1] for row in self._listing("%i|%T") if row[0] == job_id]
+        if states and states[0] in ENDED_STATES:
+            raise SlurmRefused(f"Slurm job {job_id} has already ended ({states[0]})")
         argv = [*self.scancel, job_id]
         code, out, err = self._run(argv, stdin=None, timeout=SCANCEL_TIMEOUT_SECONDS)
         text = _one_line(err or out)

@@ -36,7 +36,8 @@ RECORDS = "lab-gpu1-records"
 REGION = "us-east-1"
 
 SCANCEL = r"""#!/bin/bash
-# Stand-in for Slurm's scancel: notes the call; ``scancel-refuse`` makes it refuse.
+# Stand-in for Slurm's scancel: notes the call; ``scancel-refuse`` makes it refuse. Like Slurm
+# 24.11's, it says nothing and exits 0 for a job that has ended.
 dir=$(dirname "$0")
 printf '%s\n' "$*" >> "$dir/scancel-calls"
 if [ -e "$dir/scancel-refuse" ]; then

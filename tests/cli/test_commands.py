@@ -497,6 +497,37 @@ def test_a_report_saying_finished_does_not_keep_a_cancel_from_slurm(
     assert cluster.scancel_calls() == [job]
 
 
+def test_a_cancel_of_a_job_that_has_ended_is_refused_not_recorded_as_cancelled(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Slurm 24.11's scancel of an ended job says nothing and exits 0: the controller asks Slurm
+    the job's state first, so a finished job stays finished."""
+    job = _accepted(cluster, monkeypatch, capsys)
+    cluster.slurm.set(f"state-{job}", "COMPLETED|None|(null)")
+    monkeypatch.setattr(commands, "_sleep", lambda _s: cluster.drainer().step())
+    assert main(["cancel", "--stack", STACK, job, "--poll", "0.01"]) == 1
+    assert f"Slurm job {job} has already ended (COMPLETED)" in capsys.readouterr().err
+    assert cluster.scancel_calls() == []
+    record = cluster.table.get(_status_json(capsys, job)[0]["submission_id"])
+    assert record is not None and record.cancel_state == "cancel-failed"
+
+
+def test_an_item_a_node_made_of_report_attributes_is_no_submission_to_status(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    job = _accepted(cluster, monkeypatch, capsys)
+    planted = "0b4e2a9c-3f1d-4c8e-9a7b-6d5e4f3a2b1c"
+    cluster.dynamodb.update_item(
+        TableName=cluster.table.name,
+        Key={"submission_id": {"S": planted}},
+        UpdateExpression="SET progress = :p",
+        ExpressionAttributeValues={":p": {"M": {"state": {"S": "RUNNING"}}}},
+    )
+    assert [row["job_id"] for row in _status_json(capsys)] == [job]
+    assert main(["status", "--stack", STACK, planted]) != 0
+    assert f"no submission {planted}" in capsys.readouterr().err
+
+
 def test_a_cancel_slurm_refuses_is_reported(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
