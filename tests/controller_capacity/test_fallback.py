@@ -14,6 +14,7 @@ from relion_spot.intake.wake import wake_controller
 from relion_spot.powersave.slurm import CommandResult
 from relion_spot.slurm import idle
 from tests.fakes import FakeClock
+from tests.slurm.test_idle import nodes_json
 
 REGION = "us-east-1"
 CLUSTER, SERVICE = "lab-gpu1", "lab-gpu1-controller"
@@ -99,7 +100,7 @@ def test_sleep_goes_back_to_spot_and_the_wake_tries_spot_again(ecs: Any) -> None
     )
     nothing_to_do = {
         "squeue": CommandResult(0, ""),
-        "scontrol": CommandResult(0, "NodeName=gpu-1 State=IDLE+CLOUD+POWERED_DOWN\n"),
+        "scontrol": CommandResult(0, nodes_json(("gpu-1", "IDLE+CLOUD+POWERED_DOWN", ""))),
     }
     clock = FakeClock()
     assert idle.watch(settings, ecs=ecs, sqs=sqs, runner=lambda argv: nothing_to_do[argv[0]],
