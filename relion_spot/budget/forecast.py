@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..catalog import INSTANCE_TYPES
 from ..powersave.config import NodeGroup
-from .jobs import ClusterJob
+from ..slurm.squeue import SlurmJob
 
 HORIZON_SECONDS = 3600
 CENTS = 2
@@ -73,7 +73,7 @@ class Forecast:
 
 
 def running_usd(
-    jobs: Iterable[ClusterJob],
+    jobs: Iterable[SlurmJob],
     groups: Mapping[str, NodeGroup],
     *,
     now: float,

@@ -26,7 +26,7 @@ from ..powersave.config import NodeGroup
 from ..powersave.slurm import CommandRunner
 from .config import BudgetConfig
 from .forecast import Forecast, UnpricedGroupError, horizon_usd, running_usd
-from .jobs import SlurmAnswerError, cluster_jobs, release
+from .jobs import SlurmAnswerError, cluster_jobs, held_for_budget, release
 from .ledger import month_of, month_spent
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class BudgetGuard:
             jobs = cluster_jobs(self.runner, self.squeue)
         except SlurmAnswerError as err:
             raise BudgetUnknownError(str(err)) from None
-        held = [j for j in jobs if j.held_for_budget]
+        held = [j for j in jobs if held_for_budget(j)]
         if not held:
             return []
         cap = self.config.cap_usd

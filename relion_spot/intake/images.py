@@ -22,10 +22,6 @@ from relion_spot.jobs.image import render_image_job, sif_name
 
 from .slurm import SlurmJobs
 
-ACTIVE_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "RESIZING"}
-)
-"""Image job states that may still end in success: a GPU job can wait for such a job."""
 _DEPENDENCY_JOB = re.compile(r"afterok:(\d+)")
 
 
@@ -64,11 +60,12 @@ class ImageChecks:
         if self.checked():
             return Prerequisite(None, f"RELION image {self.image} already made and checked")
         jobs = self.slurm.image_jobs(self.sif)
-        if any(state == "COMPLETED" for _, state in jobs):
+        if any(job.state == "COMPLETED" for job in jobs):
             return Prerequisite(None, f"RELION image {self.image} already made and checked")
-        active = [job_id for job_id, state in jobs if state in ACTIVE_STATES]
-        if active:
-            job_id = active[0]
+        # One that may still end in success: a GPU job can wait for it.
+        live = [job.job_id for job in jobs if not job.ended]
+        if live:
+            job_id = live[0]
         else:
             script = render_image_job(self.image, mode=self.mode)
             job_id = self.slurm.submit_image_job(script, self.sif)

@@ -18,6 +18,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..slurm import squeue
+from ..slurm.squeue import SlurmJob
 from .config import SUBMISSION_ID_ENV
 
 log = logging.getLogger(__name__)
@@ -26,11 +28,6 @@ COMMENT_PREFIX = "relion-spot:"
 IMAGE_COMMENT_PREFIX = "relion-spot-image:"
 """The image job's comment: this prefix and its SIF's name (relion_spot.jobs.image); never taken
 for a submission's job, whose comment starts with COMMENT_PREFIX."""
-ENDED_STATES = frozenset(
-    {"COMPLETED", "COMPLETING", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-     "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
-)  # fmt: skip
-"""squeue's %T of a job that will not run again (a requeued job is PENDING or REQUEUE_*)."""
 DEPENDENCY_FAILED = "DependencyNeverSatisfied"
 """squeue's reason for a job Slurm cancelled because a job it depended on failed."""
 SQUEUE_TIMEOUT_SECONDS = 30
@@ -120,28 +117,7 @@ class SlurmJobs:
 
     def submitted(self) -> dict[str, str]:
         """Submission id -> Slurm job id, for every job (in any state) the intake submitted."""
-        argv = [*self.squeue, "--all", "--states=all", "--noheader", "--format=%i|%k"]
-        code, out, err = self._run(argv, stdin=None, timeout=SQUEUE_TIMEOUT_SECONDS)
-        if code != 0:
-            raise SlurmUnavailable(f"squeue exited {code}: {_one_line(err or out)}")
-        jobs: dict[str, str] = {}
-        for line in out.splitlines():
-            job_id, sep, comment = line.strip().partition("|")
-            if not sep or not comment.startswith(COMMENT_PREFIX):
-                continue
-            submission_id = comment.removeprefix(COMMENT_PREFIX).strip()
-            job_id = job_id.strip()
-            known = jobs.get(submission_id)
-            if known is not None and known != job_id:
-                log.warning(
-                    "submission %s is carried by Slurm jobs %s and %s; the first one counts",
-                    submission_id,
-                    known,
-                    job_id,
-                )
-                job_id = min(known, job_id, key=_job_order)
-            jobs[submission_id] = job_id
-        return jobs
+        return _carriers(self.listed())
 
     def find(self, submission_id: str) -> str | None:
         """The Slurm job already carrying this submission id, if slurmctld still knows one."""
@@ -177,35 +153,32 @@ class SlurmJobs:
             raise SlurmUnavailable(f"sbatch printed {_one_line(out)!r}, not a job id")
         return job_id
 
-    def image_jobs(self, sif: str) -> list[tuple[str, str]]:
-        """(job id, state) of every image job for the SIF named ``sif`` that slurmctld still
-        lists, oldest first."""
-        rows = self._listing("%i|%k|%T")
+    def image_jobs(self, sif: str) -> list[SlurmJob]:
+        """Every image job for the SIF named ``sif`` that slurmctld still lists, oldest first."""
         comment = f"{IMAGE_COMMENT_PREFIX}{sif}"
-        found = [(r[0], r[2]) for r in rows if r[1] == comment]
-        return sorted(found, key=lambda row: _job_order(row[0]))
+        return [job for job in self.listed() if job.comment == comment]
 
     def dependency_failures(self) -> dict[str, tuple[str, str]]:
         """Submission id -> (job id, dependency text) for every intake job Slurm cancelled
         because a job it depended on (its image job) failed."""
-        failed: dict[str, tuple[str, str]] = {}
-        for job_id, comment, state, reason, dependency in self._listing("%i|%k|%T|%r|%E"):
-            if (
-                comment.startswith(COMMENT_PREFIX)
-                and state == "CANCELLED"
-                and reason == DEPENDENCY_FAILED
-            ):
-                failed[comment.removeprefix(COMMENT_PREFIX)] = (job_id, dependency)
-        return failed
+        return {
+            job.comment.removeprefix(COMMENT_PREFIX): (job.job_id, job.dependency)
+            for job in self.listed()
+            if job.comment.startswith(COMMENT_PREFIX)
+            and job.state == "CANCELLED"
+            and job.reason == DEPENDENCY_FAILED
+        }
 
-    def _listing(self, fields: str) -> list[list[str]]:
-        argv = [*self.squeue, "--all", "--states=all", "--noheader", f"--format={fields}"]
+    def listed(self) -> list[SlurmJob]:
+        """Every job slurmctld lists, in any state, oldest first (squeue --json)."""
+        argv = [*self.squeue, *squeue.command()[1:]]
         code, out, err = self._run(argv, stdin=None, timeout=SQUEUE_TIMEOUT_SECONDS)
         if code != 0:
             raise SlurmUnavailable(f"squeue exited {code}: {_one_line(err or out)}")
-        width = fields.count("|") + 1
-        rows = [[part.strip() for part in line.split("|", width - 1)] for line in out.splitlines()]
-        return [row for row in rows if len(row) == width]
+        try:
+            return squeue.parse(out)
+        except squeue.SqueueError as err:
+            raise SlurmUnavailable(str(err)) from None
 
     def cancel(self, job_id: str, submission_id: str) -> None:
         """scancel the job, only if Slurm lists it carrying this submission (its comment) and
@@ -215,17 +188,18 @@ class SlurmJobs:
         SlurmUnavailable: the outcome is unknown, try again."""
         if not job_id.isdigit():
             raise SlurmRefused(f"{job_id!r} is not a Slurm job id")
-        carrier = self.find(submission_id)
+        listed = self.listed()
+        carrier = _carriers(listed).get(submission_id)
         if carrier != job_id:
             raise SlurmRefused(
                 f"Slurm job {job_id} does not carry submission {submission_id}"
                 + (f" (job {carrier} does)" if carrier else " (Slurm lists none that does)")
             )
+        job = next(job for job in listed if job.job_id == job_id)
         # scancel of a job that has ended says nothing and exits 0 (Slurm 24.11): without this,
         # a finished job would be recorded as cancelled.
-        states = [row[1] for row in self._listing("%i|%T") if row[0] == job_id]
-        if states and states[0] in ENDED_STATES:
-            raise SlurmRefused(f"Slurm job {job_id} has already ended ({states[0]})")
+        if job.ended:
+            raise SlurmRefused(f"Slurm job {job_id} has already ended ({job.state})")
         argv = [*self.scancel, job_id]
         code, out, err = self._run(argv, stdin=None, timeout=SCANCEL_TIMEOUT_SECONDS)
         text = _one_line(err or out)
@@ -242,6 +216,25 @@ def job_variables(submission_id: str, job_env: Mapping[str, str]) -> dict[str, s
     list makes slurmd load the user's login environment, which needs a mount namespace (clone
     with CLONE_NEWNS) that a container without CAP_SYS_ADMIN is refused - slurmd dies."""
     return {k: v for k, v in {SUBMISSION_ID_ENV: submission_id, **job_env}.items() if v}
+
+
+def _carriers(jobs: list[SlurmJob]) -> dict[str, str]:
+    """Submission id -> the Slurm job carrying it (its comment); the oldest where several do."""
+    carriers: dict[str, str] = {}
+    for job in jobs:
+        if not job.comment.startswith(COMMENT_PREFIX):
+            continue
+        submission_id = job.comment.removeprefix(COMMENT_PREFIX).strip()
+        known = carriers.get(submission_id)
+        if known is not None and known != job.job_id:
+            log.warning(
+                "submission %s is carried by Slurm jobs %s and %s; the first one counts",
+                submission_id,
+                known,
+                job.job_id,
+            )
+        carriers[submission_id] = min(known or job.job_id, job.job_id, key=_job_order)
+    return carriers
 
 
 def _job_order(job_id: str) -> tuple[int, str]:

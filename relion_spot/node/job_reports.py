@@ -23,7 +23,6 @@ metric's dimension), RELION_SPOT_REPORT_POLL_SECONDS.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import stat
@@ -33,7 +32,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..intake.config import TABLE_ENV
 from ..intake.report import (
@@ -46,6 +44,8 @@ from ..intake.report import (
     ReportPublisher,
 )
 from ..intake.slurm import COMMENT_PREFIX
+from ..slurm import squeue
+from ..slurm.squeue import SlurmJob
 
 NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
 POLL_SECONDS_ENV = "RELION_SPOT_REPORT_POLL_SECONDS"
@@ -64,21 +64,17 @@ class NodeJob:
     submission_id: str
 
 
-def intake_jobs(squeue_json: Mapping[str, Any]) -> list[NodeJob]:
-    """The intake's jobs in ``squeue --json`` output (its comment names the submission)."""
-    found = []
-    for job in squeue_json.get("jobs") or []:
-        comment = str(job.get("comment") or "")
-        if not comment.startswith(COMMENT_PREFIX):
-            continue
-        found.append(
-            NodeJob(
-                job_id=str(job["job_id"]),
-                user_id=int(job["user_id"]),
-                submission_id=comment.removeprefix(COMMENT_PREFIX).strip(),
-            )
+def intake_jobs(jobs: list[SlurmJob]) -> list[NodeJob]:
+    """The intake's jobs among Slurm's (its comment names the submission)."""
+    return [
+        NodeJob(
+            job_id=job.job_id,
+            user_id=job.user_id,
+            submission_id=job.comment.removeprefix(COMMENT_PREFIX).strip(),
         )
-    return found
+        for job in jobs
+        if job.comment.startswith(COMMENT_PREFIX) and job.user_id >= 0
+    ]
 
 
 def squeue_node_jobs(node: str) -> list[NodeJob] | None:
@@ -94,7 +90,7 @@ def squeue_job(job_id: str) -> list[NodeJob] | None:
 def _squeue(selection: list[str]) -> list[NodeJob] | None:
     try:
         done = subprocess.run(
-            ["squeue", "--json", *selection],
+            squeue.command(*selection),
             capture_output=True,
             text=True,
             errors="replace",
@@ -108,8 +104,8 @@ def _squeue(selection: list[str]) -> list[NodeJob] | None:
         log.warning("squeue exited %d: %s", done.returncode, done.stderr.strip()[:300])
         return None
     try:
-        return intake_jobs(json.loads(done.stdout))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return intake_jobs(squeue.parse(done.stdout))
+    except squeue.SqueueError as err:
         log.warning("squeue answered what is not its job list: %s", err)
         return None
 

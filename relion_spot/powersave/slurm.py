@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..intake.slurm import COMMENT_PREFIX as SUBMISSION_COMMENT_PREFIX
+from ..slurm import squeue
 from .nodes import compress
 
 log = logging.getLogger(__name__)
@@ -159,16 +160,18 @@ class Slurm:
         those of ``job_ids`` that carry one; None if squeue failed."""
         if not job_ids:
             return {}
-        argv = [self.squeue, "--noheader", f"--jobs={','.join(job_ids)}", "--format=%i|%k"]
-        result = self._run(argv)
+        result = self._run([self.squeue, "--json", f"--jobs={','.join(job_ids)}"])
         if result.returncode != 0:
             return None
-        found: dict[str, str] = {}
-        for line in result.stdout.splitlines():
-            job_id, sep, comment = line.strip().partition("|")
-            if sep and comment.startswith(SUBMISSION_COMMENT_PREFIX):
-                found[job_id] = comment.removeprefix(SUBMISSION_COMMENT_PREFIX).strip()
-        return found
+        try:
+            jobs = squeue.parse(result.stdout)
+        except squeue.SqueueError:
+            return None
+        return {
+            job.job_id: job.comment.removeprefix(SUBMISSION_COMMENT_PREFIX).strip()
+            for job in jobs
+            if job.comment.startswith(SUBMISSION_COMMENT_PREFIX)
+        }
 
     def requeue(self, job_ids: Sequence[str]) -> bool:
         return self._run([self.scontrol, "requeue", ",".join(job_ids)]).returncode == 0

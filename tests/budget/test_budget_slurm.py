@@ -27,7 +27,7 @@ from relion_spot import tags
 from relion_spot.budget.config import BUDGET_ENV, BudgetConfig
 from relion_spot.budget.forecast import HORIZON_SECONDS
 from relion_spot.budget.guard import BudgetGuard
-from relion_spot.budget.jobs import BUDGET_COMMENT_PREFIX, cluster_jobs
+from relion_spot.budget.jobs import BUDGET_COMMENT_PREFIX, cluster_jobs, held_for_budget
 from relion_spot.budget.release import step
 from relion_spot.catalog import INSTANCE_TYPES
 from relion_spot.cost.config import COSTS_TABLE
@@ -203,7 +203,7 @@ def test_a_launch_past_the_cap_holds_the_job_and_a_raised_cap_releases_it(
     released = _job(cluster, job_id)
     assert released["JobState"] == "PENDING" and not _held(released), released
     assert not any(
-        j.held_for_budget for j in cluster_jobs(in_container(cluster.controller, "slurm"))
+        held_for_budget(j) for j in cluster_jobs(in_container(cluster.controller, "slurm"))
     )
 
     # Slurm schedules it again (its requeue begin time lifted), and this time the node launches.

@@ -11,17 +11,17 @@ from relion_spot.budget.forecast import (
     node_hour_usd,
     running_usd,
 )
-from relion_spot.budget.jobs import ClusterJob
 from relion_spot.catalog import INSTANCE_TYPES
 from relion_spot.powersave.config import NodeGroup
+from relion_spot.slurm.squeue import SlurmJob
 
 GPU = NodeGroup("gpu", "lt-0123", ("g5.xlarge", "g6.xlarge"), 4, 1)
 GROUPS = {"gpu": GPU}
 NOW = 1_790_000_000
 
 
-def _job(job_id: str, state: str, nodes: tuple[str, ...], started: int) -> ClusterJob:
-    return ClusterJob(job_id, frozenset({state}), "gpu", len(nodes) or 1, nodes, started)
+def _job(job_id: str, state: str, nodes: tuple[str, ...], started: int) -> SlurmJob:
+    return SlurmJob(job_id, frozenset({state}), "gpu", len(nodes) or 1, nodes, started)
 
 
 def test_a_node_hour_is_the_dearest_type_of_its_group_on_demand() -> None:

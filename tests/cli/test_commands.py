@@ -512,6 +512,29 @@ def test_a_cancel_of_a_job_that_has_ended_is_refused_not_recorded_as_cancelled(
     assert record is not None and record.cancel_state == "cancel-failed"
 
 
+@pytest.mark.parametrize(
+    ("state", "outcome"),
+    [("FAILED+COMPLETING", 1), ("CANCELLED+COMPLETING", 1), ("PENDING+REQUEUED", 0),
+     ("PENDING+COMPLETING", 0)],
+)  # fmt: skip
+def test_a_cancel_goes_by_the_jobs_base_state_not_its_flags(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any, state: str, outcome: int
+) -> None:
+    """squeue's %T named a flag for the state (COMPLETING for a job that failed, or that is being
+    requeued); the base state says whether the job will run again, and so whether there is
+    anything to cancel."""
+    job = _accepted(cluster, monkeypatch, capsys)
+    cluster.slurm.set(f"state-{job}", f"{state}|None|")
+    monkeypatch.setattr(commands, "_sleep", lambda _s: cluster.drainer().step())
+    assert main(["cancel", "--stack", STACK, job, "--poll", "0.01"]) == outcome
+    base = state.split("+")[0]
+    if outcome:
+        assert f"Slurm job {job} has already ended ({base})" in capsys.readouterr().err
+        assert cluster.scancel_calls() == []
+    else:
+        assert cluster.scancel_calls() == [job]
+
+
 def test_an_item_a_node_made_of_report_attributes_is_no_submission_to_status(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
@@ -791,8 +814,9 @@ def test_status_shows_why_slurm_holds_a_job(
     )
 
     def squeue(argv: Any) -> CommandResult:
-        assert list(argv) == ["squeue", "--noheader", f"--jobs={job}", "--format=%i|%k"]
-        return CommandResult(0, f"{job}|relion-spot:{sid}\n")
+        assert list(argv) == ["squeue", "--json", f"--jobs={job}"]
+        listed = {"job_id": int(job), "job_state": ["PENDING"], "comment": f"relion-spot:{sid}"}
+        return CommandResult(0, json.dumps({"jobs": [listed]}))
 
     env = {"RELION_SPOT_INTAKE_TABLE": TABLE, "AWS_DEFAULT_REGION": REGION}
     marked = note_holds(

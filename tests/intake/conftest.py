@@ -2,12 +2,12 @@
 a stand-in for Slurm's sbatch and squeue: small executables that keep their jobs in files.
 
 The stand-in behaves as the drainer needs Slurm to: sbatch prints a new job id and remembers the
-job with its --comment; squeue lists every remembered job as ``id|comment`` (jobs without a
-comment show ``(null)``, as Slurm's do). Files in its directory change its behaviour: ``down``
+job with its --comment; squeue lists every remembered job as ``squeue --json`` does (the fields
+the intake reads). Files in its directory change its behaviour: ``down``
 (controller unreachable), ``sbatch-down`` (the same for sbatch alone), ``refuse`` (sbatch
 refuses with that text), ``kill-parent`` (sbatch SIGKILLs the process that ran it once a
 submission's job exists; the file is then removed), ``state-<id>`` (``STATE|REASON|DEPENDENCY``
-of a job, listed by squeue's %T, %r and %E; default pending).
+of a job, listed as its job_state, state_reason and dependency; default pending).
 """
 
 from __future__ import annotations
@@ -67,30 +67,30 @@ fi
 echo "$id"
 """
 
-SQUEUE = r"""#!/bin/bash
-# Stand-in for Slurm's squeue (see tests/intake/conftest.py).
-dir=$(dirname "$0")
-printf '%s\n' "$*" >> "$dir/squeue-calls"
-if [ -e "$dir/down" ]; then
-  echo "squeue: error: Unable to contact slurm controller (connect failure)" >&2
-  exit 1
-fi
-format="%i|%k"
-for arg in "$@"; do
-  case $arg in --format=*) format=${arg#--format=} ;; esac
-done
-# Listed jobs are pending (%T), for no reason (%r), without dependencies (%E); a file
-# "state-<id>" holds "STATE|REASON|DEPENDENCY" for a job that is not.
-while IFS='|' read -r id comment; do
-  state="PENDING|None|(null)"
-  [ -e "$dir/state-$id" ] && state=$(cat "$dir/state-$id")
-  IFS='|' read -r st reason dependency <<<"$state"
-  line=${format//%i/$id}
-  line=${line//%k/$comment}
-  line=${line//%T/$st}
-  line=${line//%r/$reason}
-  printf '%s\n' "${line//%E/$dependency}"
-done < "$dir/jobs"
+SQUEUE = r"""
+# Stand-in for Slurm's squeue --json (see tests/intake/conftest.py).
+import json
+import sys
+from pathlib import Path
+
+folder = Path(sys.argv[0]).parent
+with (folder / "squeue-calls").open("a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\n")
+if (folder / "down").exists():
+    sys.exit("squeue: error: Unable to contact slurm controller (connect failure)")
+jobs = []
+for line in (folder / "jobs").read_text().splitlines():
+    job_id, _, comment = line.partition("|")
+    state_file = folder / f"state-{job_id}"
+    state = state_file.read_text() if state_file.exists() else "PENDING|None|"
+    flags, reason, dependency = state.split("|")
+    jobs.append({
+        "job_id": int(job_id), "user_id": 1000, "job_state": flags.split("+"),
+        "comment": "" if comment == "(null)" else comment, "state_reason": reason,
+        "dependency": dependency, "partition": "cpu", "nodes": "",
+        "node_count": {"set": True, "infinite": False, "number": 1},
+    })
+print(json.dumps({"jobs": jobs, "meta": {}, "errors": [], "warnings": []}))
 """
 
 
@@ -133,7 +133,9 @@ class FakeSlurm:
     def set_state(
         self, job_id: str, state: str, reason: str = "None", dependency: str = ""
     ) -> None:
-        self.set(f"state-{job_id}", f"{state}|{reason}|{dependency or '(null)'}")
+        """``state``: the base state and its flags as Slurm's JSON lists them, joined by ``+``
+        (``COMPLETED+COMPLETING``)."""
+        self.set(f"state-{job_id}", f"{state}|{reason}|{dependency}")
 
     def set(self, name: str, text: str = "") -> None:
         (self.dir / name).write_text(text)
@@ -149,7 +151,7 @@ class FakeSlurm:
 def fake_slurm(tmp_path: Path) -> FakeSlurm:
     slurm = FakeSlurm(tmp_path / "slurm")
     slurm.dir.mkdir()
-    for name, text in (("sbatch", SBATCH), ("squeue", SQUEUE)):
+    for name, text in (("sbatch", SBATCH), ("squeue", f"#!{sys.executable}{SQUEUE}")):
         (slurm.dir / name).write_text(text)
         (slurm.dir / name).chmod(0o755)
     (slurm.dir / "next-id").write_text("41\n")

@@ -115,7 +115,7 @@ def test_a_submission_round_trips_to_a_slurm_job(intake: Intake) -> None:
     script = intake.slurm.script("42")
     assert "#SBATCH --gres=gpu:1" in script
     assert "--K 4" in script and "--iter 30" in script
-    assert all("--states=all" in c and "%k" in c for c in intake.slurm.squeue_calls())
+    assert all("--states=all" in c and "--json" in c for c in intake.slurm.squeue_calls())
 
     record = intake.table.get(sent.submission_id)
     assert record is not None
@@ -364,7 +364,7 @@ def test_a_job_carried_twice_in_slurm_counts_once(
     )
     with caplog.at_level(logging.WARNING):
         assert intake.slurm.jobs_object().find(SID) == "50"
-    assert "carried by Slurm jobs 51 and 50" in caplog.text
+    assert "carried by Slurm jobs 50 and 51" in caplog.text
 
 
 def test_wait_gives_up_with_a_reason(intake: Intake) -> None:

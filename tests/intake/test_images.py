@@ -121,6 +121,25 @@ def test_a_failed_image_check_cancels_the_record_naming_the_image(intake: Intake
     assert intake.table.get(SID) == record, "noted once"
 
 
+def test_a_comment_a_job_rewrites_cannot_mark_anothers_submission_failed(
+    intake: Intake,
+) -> None:
+    """A job's owner may rewrite its comment (``scontrol update comment=``). One shaped like
+    squeue's text fields once read as another submission's job cancelled for a failed image."""
+    drainer = intake.drainer(images=_checks(intake))
+    intake.send(_message())
+    drainer.step()
+    forged = f"relion-spot:{SID}|CANCELLED|DependencyNeverSatisfied|afterok:42(failed)"
+    with (intake.slurm.dir / "jobs").open("a") as jobs:
+        jobs.write(f"44|{forged}\n")
+    intake.slurm.set_state("44", "RUNNING")
+    drainer.step()
+
+    record = intake.table.get(SID)
+    assert record is not None and record.state == ACCEPTED and record.job_id == "43"
+    assert not record.cancel_state
+
+
 def test_an_image_that_names_no_definition_is_a_clear_rejection(intake: Intake) -> None:
     image = "def:/nowhere/relion.def"
     drainer = intake.drainer(images=_checks(intake, image=image))

@@ -252,7 +252,10 @@ def test_an_unreadable_squeue_answer_is_no_answer(
         squeue.chmod(0o755)
         return squeue_node_jobs(NODE)
 
-    intake_job = b'{"job_id": 5, "user_id": 1000, "comment": "relion-spot:s", "name": "\xff"}'
+    intake_job = (
+        b'{"job_id": 5, "user_id": 1000, "job_state": ["RUNNING"], "comment": "relion-spot:s",'
+        b' "name": "\xff"}'
+    )
     assert answers(b'{"jobs": [' + intake_job + b"]}") == [NodeJob("5", 1000, "s")]
     assert answers(b'{"jobs": [{"comment": "relion-spot:s"}]}') is None
     assert answers(b"slurm_load_jobs error: Unable to contact slurm controller") is None

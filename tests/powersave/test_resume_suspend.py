@@ -266,8 +266,9 @@ def test_a_held_jobs_reason_reaches_its_submissions_intake_item(
     resume_file.write_text(
         json.dumps({"jobs": [{"job_id": 21, "nodes_alloc": "gpu-1", "nodes_resume": "gpu-1"}]})
     )
-    recorder.replies[("squeue", "--noheader", "--jobs=21")] = CommandResult(
-        0, f"21|relion-spot:{sid}\n"
+    listed = {"job_id": 21, "job_state": ["PENDING"], "comment": f"relion-spot:{sid}"}
+    recorder.replies[("squeue", "--json", "--jobs=21")] = CommandResult(
+        0, json.dumps({"jobs": [listed]})
     )
     env = cloud.env(SLURM_RESUME_FILE=str(resume_file), RELION_SPOT_INTAKE_TABLE="intake")
     resume.main(["gpu-1"], environ=env, runner=recorder, ec2_client=cloud.ec2, clock=lambda: 7.0)
