@@ -35,6 +35,7 @@ from relion_spot.intake.table import (
     ESTIMATED,
     REJECTED,
     IntakeTable,
+    is_submission,
 )
 from relion_spot.jobs.parameters import (
     PARAMETER_NAMES,
@@ -354,7 +355,7 @@ def _scan(context: Context, limit: int, **filters: Any) -> list[dict[str, Any]]:
             items += [
                 _plain(i)
                 for i in page.get("Items", [])
-                if canonical_id(i.get("submission_id", {}).get("S")) and "state" in i
+                if canonical_id(i.get("submission_id", {}).get("S")) and is_submission(i)
             ]
             if len(items) >= limit:
                 break
@@ -381,7 +382,7 @@ def find_submission(context: Context, selector: str) -> dict[str, Any]:
             found = context.client("dynamodb").get_item(
                 TableName=table, Key={"submission_id": {"S": submission_id}}, ConsistentRead=True
             )
-        if "state" in found.get("Item", {}):
+        if is_submission(found.get("Item")):
             return _plain(found["Item"])
         what = "submission"
     else:

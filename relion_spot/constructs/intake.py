@@ -21,14 +21,6 @@ from ..selftest.record import KEY_PREFIX
 
 NODE_CHECKS_KEY_PREFIX = f"{KEY_PREFIX}node:"
 """The intake-table key of a node's recorded permission checks (then the instance id)."""
-NODE_REPORT_ATTRIBUTES = (config.KEY, "progress", "log_tail", config.REPORT_JOB)
-"""All a node's UpdateItem may name (``dynamodb:Attributes``: what it writes, and what its
-condition reads): the report's two attributes, the report's gate (relion_spot.intake.config.
-REPORT_JOB) and the key, which AWS requires in the list. Nothing of the decision, its sender,
-its parameters or a cancel."""
-NODE_REPORT_RETURN_VALUES = "NONE"
-"""All a node's UpdateItem may ask back: nothing (ALL_OLD or ALL_NEW would return the whole
-item, decision and all)."""
 
 TABLE_LOGICAL_ID = "IntakeSubmissions"
 """Pinned: a changed logical ID would make CloudFormation replace the table (and, when the data
@@ -94,7 +86,7 @@ class JobIntake(Construct):
 
     def grant_progress(self, grantee: iam.IGrantable) -> None:
         """A node's report forwarder (relion_spot.intake.report): UpdateItem only, on this
-        table only, naming only ``NODE_REPORT_ATTRIBUTES`` and asking nothing back. Which item
+        table only, naming only ``config.REPORT_ATTRIBUTES`` and asking nothing back. Which item
         is not held (a submission's key is a UUID); the forwarder conditions its update on the
         item's ``report_job_id`` naming the reporting job."""
         iam.Grant.add_to_principal(
@@ -104,9 +96,11 @@ class JobIntake(Construct):
             # ForAllValues holds for a request without the key: Null makes the key required.
             # ReturnValues is always set on UpdateItem (NONE unless the request asks otherwise).
             conditions={
-                "ForAllValues:StringEquals": {"dynamodb:Attributes": list(NODE_REPORT_ATTRIBUTES)},
+                "ForAllValues:StringEquals": {
+                    "dynamodb:Attributes": list(config.REPORT_ATTRIBUTES)
+                },
                 "Null": {"dynamodb:Attributes": "false"},
-                "StringEquals": {"dynamodb:ReturnValues": NODE_REPORT_RETURN_VALUES},
+                "StringEquals": {"dynamodb:ReturnValues": config.REPORT_RETURN_VALUES},
             },
         )
 

@@ -45,6 +45,17 @@ writes it with an accepted decision, the same as ``job_id``. The node roles may 
 writes, and the report forwarder's condition reads it), so nothing but that condition trusts it;
 ``job_id``, which the credential broker and cancels trust, stays the controller's alone."""
 
+PROGRESS = "progress"
+LOG_TAIL = "log_tail"
+"""The two attributes a job's report writes (relion_spot.intake.report)."""
+REPORT_ATTRIBUTES = (KEY, PROGRESS, LOG_TAIL, REPORT_JOB)
+"""All a node's UpdateItem may name (``dynamodb:Attributes``: what it writes, and what its
+condition reads): the report's two attributes, its gate ``REPORT_JOB`` and the key, which AWS
+requires in the list. Nothing of the decision, its sender, its parameters or a cancel."""
+REPORT_RETURN_VALUES = "NONE"
+"""All a node's UpdateItem may ask back: nothing (ALL_OLD or ALL_NEW would return the whole
+item, decision and all, so a node could read a submission's decision through an update)."""
+
 VISIBILITY_TIMEOUT_SECONDS = 300
 """How long a received submission stays hidden from the next receive. One drain step is one
 squeue (30 s limit), the render and preflight (seconds: STAR and MRC headers only), one sbatch

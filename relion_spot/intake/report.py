@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KEY, REPORT_JOB, SUBMISSION_ID_ENV
+from .config import KEY, LOG_TAIL, PROGRESS, REPORT_JOB, REPORT_RETURN_VALUES, SUBMISSION_ID_ENV
 
 CLUSTER_ENV = "RELION_SPOT_CLUSTER"
 REPORT_SPOOL = Path("/run/relion-spot/job-reports")
@@ -60,9 +60,6 @@ MAX_REPORT_BYTES = 131072
 """A report is a compact progress map (with at most ~50 KB of class slices) and a log tail of at
 most 8 KiB; anything larger is not a report (and would crowd the item towards DynamoDB's
 400 KB)."""
-RETURN_VALUES = "NONE"
-"""What the forwarder's UpdateItem asks back: nothing (the node roles may ask for nothing else, so
-a node cannot read a submission's decision through an update)."""
 METRIC_NAMESPACE = "RelionSpot"
 RESOLUTION_METRIC = "ResolutionAngstrom"
 
@@ -451,8 +448,8 @@ def report_update(table: str, submission_id: str, job_id: str, report: JobReport
         "UpdateExpression": "SET #p = :p, #t = :t",
         "ConditionExpression": "attribute_exists(#k) AND #j = :j",
         "ExpressionAttributeNames": {
-            "#p": "progress",
-            "#t": "log_tail",
+            "#p": PROGRESS,
+            "#t": LOG_TAIL,
             "#k": KEY,
             "#j": REPORT_JOB,
         },
@@ -461,7 +458,7 @@ def report_update(table: str, submission_id: str, job_id: str, report: JobReport
             ":t": {"S": report.log_tail},
             ":j": {"S": job_id},
         },
-        "ReturnValues": RETURN_VALUES,
+        "ReturnValues": REPORT_RETURN_VALUES,
     }
 
 

@@ -147,6 +147,13 @@ def parameters_text(parameters: Mapping[str, Any] | Any) -> str:
     return text
 
 
+def is_submission(item: Mapping[str, Any] | None) -> bool:
+    """A raw item is a claim or a decision: it has a state. A node may UpdateItem the report's
+    attributes into an item of its own making (IAM cannot tell an update from a create); such
+    an item is no submission, to the drainer, the CLI or the selftest."""
+    return item is not None and "state" in item
+
+
 @dataclass
 class IntakeTable:
     """The intake table through a boto3 DynamoDB client."""
@@ -155,15 +162,13 @@ class IntakeTable:
     name: str
 
     def get(self, submission_id: str) -> Record | None:
-        """The claim or decision stored for ``submission_id``. An item without a state is
-        neither (a node may UpdateItem the report's attributes into an item of its own making:
-        IAM cannot tell an update from a create), so it counts as none, and a claim or a
-        decision replaces it."""
+        """The claim or decision stored for ``submission_id`` (``is_submission``); a claim or a
+        decision replaces an item that is neither."""
         response = self.client.get_item(
             TableName=self.name, Key={KEY: {"S": submission_id}}, ConsistentRead=True
         )
         item = response.get("Item")
-        return _record(item) if item and "state" in item else None
+        return _record(item) if is_submission(item) else None
 
     def claim(self, record: Record) -> tuple[Record, bool]:
         """Store ``record`` (state "submitting") unless a claim or decision exists; returns the
@@ -251,13 +256,13 @@ def mark_held(client: Any, table: str, submission_id: str, reason: str, *, at: i
 
 def submission_item(client: Any, table: str, submission_id: str) -> dict[str, Any]:
     """A submission's whole item (progress, log tail, decision) as plain values; {} when the
-    table holds none."""
+    table holds none (``is_submission``)."""
     from relion_spot.cost.store import deserialize
 
     item = client.get_item(
         TableName=table, Key={KEY: {"S": submission_id}}, ConsistentRead=True
     ).get("Item")
-    return deserialize(item) if item else {}
+    return deserialize(item) if is_submission(item) else {}
 
 
 def create_table(client: Any, name: str) -> None:

@@ -10,8 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from relion_spot.constructs.intake import NODE_REPORT_ATTRIBUTES, NODE_REPORT_RETURN_VALUES
-from relion_spot.intake.config import KEY
+from relion_spot.intake.config import KEY, REPORT_ATTRIBUTES, REPORT_RETURN_VALUES
 from relion_spot.intake.report import JobReport, ReportPublisher, compact, report_update
 from relion_spot.intake.table import (
     ACCEPTED,
@@ -29,9 +28,9 @@ REPORT = JobReport(compact({"current_iteration": 3}, state="RUNNING"), "it 3\n")
 def test_the_update_names_only_the_reports_attributes_and_asks_nothing_back() -> None:
     request = report_update(TABLE, SID, "42", REPORT)
     named = {*request["Key"], *request["ExpressionAttributeNames"].values()}
-    assert named <= set(NODE_REPORT_ATTRIBUTES)
+    assert named <= set(REPORT_ATTRIBUTES)
     assert not named & set(CONTROLLER_ATTRIBUTES), "the decision is the controller's"
-    assert request["ReturnValues"] == NODE_REPORT_RETURN_VALUES == "NONE"
+    assert request["ReturnValues"] == REPORT_RETURN_VALUES == "NONE"
     assert "ReturnValuesOnConditionCheckFailure" not in request
     assert request["ExpressionAttributeValues"][":j"] == {"S": "42"}
 
