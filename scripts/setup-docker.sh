@@ -148,13 +148,24 @@ stage_wheels() {
     log "staging wheels for the image in $wheels"
     rm -rf "$wheels"
     mkdir -p "$wheels"
+    # Pure-Python packages published as source archives only (python-hostlist) are built into
+    # wheels here; the others are downloaded as the image's interpreter needs them.
+    local source_pins binary_pins
+    source_pins=$(grep -E '^python-hostlist==' <<<"$pins" || true)
+    binary_pins=$(grep -vE '^python-hostlist==' <<<"$pins")
     # shellcheck disable=SC2086  # one word per pin
     python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
         --python-version 3.13 --implementation cp --abi cp313 --abi abi3 --abi none \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform any \
-        -d "$wheels" $pins >"$state_dir/wheels.log" 2>&1 ||
+        -d "$wheels" $binary_pins >"$state_dir/wheels.log" 2>&1 ||
         die "could not download the image's wheels (${pins//$'\n'/ }); see $state_dir/wheels.log"
+    if [[ -n $source_pins ]]; then
+        # shellcheck disable=SC2086  # one word per pin
+        python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$wheels" \
+            $source_pins >>"$state_dir/wheels.log" 2>&1 ||
+            die "could not build the image's wheels ($source_pins); see $state_dir/wheels.log"
+    fi
     echo "$pins" >"$wheels/.pin"
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from ..cost.hostlist import HostlistError, expand
+from ..cost.hostlist import HostlistError, compress, expand
 from .config import NodeGroup
 
 _NODE = re.compile(r"^(?P<prefix>[A-Za-z][A-Za-z0-9_-]*)-(?P<index>[1-9][0-9]*)$")
@@ -56,40 +56,3 @@ def by_partition(names: Iterable[str], groups: Mapping[str, NodeGroup]) -> dict[
 def node_number(name: str) -> int:
     match = _NODE.match(name)
     return int(match.group("index")) if match else 0
-
-
-def compress(names: Iterable[str]) -> str:
-    """Names as a compact Slurm host list (``gpu-[1-3,5],cpu-1``), for log lines and scontrol."""
-    numbered: dict[str, list[int]] = {}
-    plain: list[str] = []
-    for name in dict.fromkeys(names):
-        match = _NODE.match(name)
-        if match:
-            numbered.setdefault(match.group("prefix"), []).append(int(match.group("index")))
-        else:
-            plain.append(name)
-    parts = []
-    for prefix, numbers in numbered.items():
-        ranges = _ranges(sorted(numbers))
-        if len(ranges) == 1 and "-" not in ranges[0]:
-            parts.append(f"{prefix}-{ranges[0]}")
-        else:
-            parts.append(f"{prefix}-[{','.join(ranges)}]")
-    return ",".join(parts + plain)
-
-
-def _ranges(numbers: list[int]) -> list[str]:
-    ranges: list[str] = []
-    start = previous = numbers[0]
-    for number in numbers[1:]:
-        if number == previous + 1:
-            previous = number
-            continue
-        ranges.append(_span(start, previous))
-        start = previous = number
-    ranges.append(_span(start, previous))
-    return ranges
-
-
-def _span(start: int, end: int) -> str:
-    return str(start) if start == end else f"{start}-{end}"

@@ -37,7 +37,7 @@ def test_host_lists_group_by_partition_in_node_order() -> None:
     [
         (["gpu-1"], "gpu-1"),
         (["gpu-2", "gpu-1", "gpu-3", "gpu-5"], "gpu-[1-3,5]"),
-        (["gpu-1", "cpu-1", "gpu-2"], "gpu-[1-2],cpu-1"),
+        (["gpu-1", "cpu-1", "gpu-2"], "cpu-1,gpu-[1-2]"),
     ],
 )
 def test_compress_round_trips(names: list[str], expected: str) -> None:

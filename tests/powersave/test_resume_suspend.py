@@ -369,8 +369,8 @@ def _unnamed_instance(cloud: Cloud, partition: str) -> str:
     [
         (["gpu-9"], {}, "unknown node names gpu-9; this cluster has gpu-[1-4], cpu-[1-2]"),
         (["login-1,gpu-1"], {}, "unknown node names login-1"),
-        (["gpu-[1-"], {}, "hostlist 'gpu-[1-': unbalanced '['"),
-        (["gpu-[3-1]"], {}, "range '3-1' runs backwards"),
+        (["gpu-[1-"], {}, "hostlist 'gpu-[1-': unbalanced brackets"),
+        (["gpu-[3-1]"], {}, "hostlist 'gpu-[3-1]': start > stop"),
         ([""], {}, "no nodes given"),
         ([], {}, "expected one argument, a Slurm host list"),
         (["gpu-1"], {"RELION_SPOT_CLUSTER": ""}, "RELION_SPOT_CLUSTER is not set"),
