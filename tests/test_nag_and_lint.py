@@ -29,24 +29,33 @@ def test_cdk_nag_reports_no_finding_on_any_stack(
             assert plugin["violations"] == [], plugin
 
 
-def test_every_acknowledgement_is_still_needed(monkeypatch, tmp_path) -> None:
-    """Without the acknowledgements synth fails, on exactly the rules they acknowledge."""
-    import relion_spot.deployment as deployment
+def test_each_acknowledgement_matches_a_finding_on_its_own_resource(monkeypatch, tmp_path) -> None:
+    """One synth with every acknowledgement recorded instead of made: synth then fails, and its
+    report's findings, by resource and rule (with the finding's detail, such as IAM5's resource),
+    are exactly the acknowledged ones. So each acknowledgement is still needed, on the resource
+    it names, and none is broader than its finding."""
+    import relion_spot.nag_acknowledgements as nag
 
-    monkeypatch.setattr(deployment, "acknowledge_findings", lambda stacks: None)
-    with pytest.raises(RuntimeError, match="ValidationFailed") as caught:
+    made: set[tuple[str, str]] = set()
+
+    def record(construct, rule: str, reason: str) -> None:
+        assert construct is not None, f"acknowledgement of {rule} names no resource"
+        assert reason.strip(), f"acknowledgement of {rule} carries no reason"
+        made.add((construct.node.path, rule))
+
+    monkeypatch.setattr(nag, "_ack", record)
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
         synth_app({"egress": "nat-instance", "name": "nag-probe"}, tmp_path)
-    message = str(caught.value)
-    for rule in (
-        "AwsSolutions-ECS4",
-        "AwsSolutions-ECS2",
-        "AwsSolutions-IAM5",
-        "AwsSolutions-EC26",
-        "AwsSolutions-EC28",
-        "AwsSolutions-EC29",
-        "AwsSolutions-S1",
-    ):
-        assert rule in message
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    found = {
+        (construct["constructPath"], violation["ruleName"])
+        for plugin in report["pluginReports"]
+        for violation in plugin["violations"]
+        for construct in violation["violatingConstructs"]
+    }
+    assert made, "no acknowledgement was recorded"
+    assert sorted(made - found) == [], "acknowledged, but no such finding on that resource"
+    assert sorted(found - made) == [], "found, and not acknowledged on that resource"
 
 
 def test_cfn_lint_finds_nothing(default_synth, alternate_synth, nat_gateway_synth) -> None:
