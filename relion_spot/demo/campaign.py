@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..slurm.squeue import SlurmJob
 from .runner import (
     DEFAULT_WORK_DIR,
     JOB_TIMEOUT_SECONDS,
@@ -200,7 +201,7 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
     from ..relion.campaign import PICK_FILE, RESULT_FILE
     from ..relion.checkpoint import newest_complete_iteration, read_history
     from ..relion.synthetic import load_manifest
-    from ..slurm.local import scontrol_fields, wait_until
+    from ..slurm.local import listed_job, wait_until
 
     settings.check()
     result = CampaignResult()
@@ -241,8 +242,8 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
             result.steps.append(StepResult(name, step_id, record.job_id))
         report("submitted", {"jobs": {s.step: s.job_id for s in result.steps}})
 
-        def job(job_id: str) -> dict[str, str]:
-            return scontrol_fields(cloud.local.run("scontrol", "show", "job", job_id))
+        def job(job_id: str) -> SlurmJob:
+            return listed_job(cloud.local, job_id)
 
         refine = result.steps[1]
         refine_root: Path | None = None
@@ -251,8 +252,7 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
         while True:
             states = {s.step: job(s.job_id) for s in result.steps}
             for step in result.steps:
-                fields = states[step.step]
-                state = fields.get("JobState", "")
+                state = states[step.step].shown_state
                 if state == "RUNNING" and step.step not in step_started:
                     step_started[step.step] = time.monotonic()
                 if state in ENDED and not step.state:
@@ -262,8 +262,8 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
                     report("step", {"step": step.step, "state": state})
             if all(s.state for s in result.steps):
                 break
-            fields = states["refine3d"]
-            if refine_root is None and fields.get("JobState") == "RUNNING":
+            refining = states["refine3d"]
+            if refine_root is None and refining.shown_state == "RUNNING":
                 owner = Owner(cluster="", slurm_job_id="", submission_id=refine.submission_id)
                 claimed = find(project, owner)
                 refine_root = claimed.directory / "run" if claimed else None
@@ -271,22 +271,19 @@ def run_campaign(settings: CampaignSettings, report: Report = _quiet) -> Campaig
                 settings.reclaim_after
                 and not result.reclaims
                 and refine_root is not None
-                and fields.get("JobState") == "RUNNING"
+                and refining.shown_state == "RUNNING"
                 and (newest_complete_iteration(refine_root, 1, halves=True) or 0)
                 >= settings.reclaim_after
             ):
-                machine = cloud.reconciler.machines.get(fields["NodeList"])
+                machine = cloud.reconciler.machines.get(refining.node_list)
                 if machine is not None:
-                    restarts = int(fields.get("Restarts", "0") or 0)
+                    restarts = refining.restarts
                     cloud.reconciler.reclaim(machine.instance_id)
                     result.reclaims += 1
 
                     def requeued(before: int = restarts) -> bool:
                         now = job(refine.job_id)
-                        return (
-                            int(now.get("Restarts", "0") or 0) > before
-                            and now.get("JobState") != "COMPLETING"
-                        )
+                        return now.restarts > before and "COMPLETING" not in now.states
 
                     wait_until(requeued, timeout=120, interval=0.1, what="the refinement's requeue")
                     result.reclaimed_at_iteration = newest_complete_iteration(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 from .. import tags
 from ..slurm.spec import CPU_PARTITION, GPU_PARTITION
+from ..slurm.squeue import SlurmJob
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP_DOCKER = REPO_ROOT / "scripts" / "setup-docker.sh"
@@ -174,7 +175,7 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
     from ..relion.checkpoint import read_history
     from ..relion.progress import classes_path, plot_path, progress_path
     from ..relion.synthetic import load_manifest
-    from ..slurm.local import scontrol_fields, wait_until
+    from ..slurm.local import listed_job, wait_until
 
     settings.check()
     result = DemoResult()
@@ -215,13 +216,13 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
         result.job_id = job_id
         report("accepted", {"job_id": job_id})
 
-        def job() -> dict[str, str]:
-            return scontrol_fields(local.run("scontrol", "show", "job", job_id))
+        def job() -> SlurmJob:
+            return listed_job(local, job_id)
 
         wait_until(
-            lambda: job().get("JobState") in ("RUNNING", "COMPLETED"),
+            lambda: job().shown_state in ("RUNNING", "COMPLETED"),
             timeout=300,
-            what=lambda: f"job {job_id} to start ({job().get('JobState')}, {job().get('Reason')})",
+            what=lambda: f"job {job_id} to start ({job().shown_state}, {job().reason})",
         )
         phase("submit_to_running")
         owner = Owner(cluster=cloud.cluster, slurm_job_id=job_id, submission_id=sid)
@@ -235,8 +236,8 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
         reclaimed = False
         deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
         while True:
-            fields = job()
-            state = fields.get("JobState", "")
+            listed = job()
+            state = listed.shown_state
             record = _read_json(progress_path(run_root))
             done = int(record.get("current_iteration", 0)) if record else 0
             report(
@@ -246,7 +247,7 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
                     "iteration": done,
                     "iterations": settings.iterations,
                     "resolution": record.get("resolution_angstrom") if record else None,
-                    "node": fields.get("NodeList", ""),
+                    "node": listed.node_list,
                 },
             )
             if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
@@ -257,10 +258,10 @@ def run(settings: DemoSettings, report: Report = _quiet) -> DemoResult:
                 and done >= settings.reclaim_after
                 and state == "RUNNING"
             ):
-                node = fields["NodeList"]
+                node = listed.node_list
                 machine = cloud.reconciler.machines.get(node)
                 if machine is not None:
-                    restarts = int(fields.get("Restarts", "0") or 0)
+                    restarts = listed.restarts
                     cloud.reconciler.reclaim(machine.instance_id)
                     reclaimed = True
                     result.reclaims += 1
@@ -310,7 +311,7 @@ MIN_ACCURACY = 0.90
 
 
 def _left_node_at(
-    job: Callable[[], dict[str, str]], restarts_before: int, run_root: Path, classes: int
+    job: Callable[[], SlurmJob], restarts_before: int, run_root: Path, classes: int
 ) -> int | None:
     """Wait until the reclaimed attempt is off its node (requeued: restart count up, no longer
     completing), then read the newest complete iteration. Nothing writes the run until the next
@@ -319,9 +320,8 @@ def _left_node_at(
     from ..slurm.local import wait_until
 
     def requeued() -> bool:
-        fields = job()
-        restarted = int(fields.get("Restarts", "0") or 0) > restarts_before
-        return restarted and fields.get("JobState") != "COMPLETING"
+        listed = job()
+        return listed.restarts > restarts_before and "COMPLETING" not in listed.states
 
     wait_until(requeued, timeout=120, interval=0.1, what="the reclaimed attempt to be requeued")
     return newest_complete_iteration(run_root, classes)

@@ -29,6 +29,7 @@ from typing import Any
 from .. import tags
 from ..catalog import INSTANCE_TYPES
 from ..powersave.config import PowerSaveConfig
+from ..slurm.squeue import SlurmJob
 from . import record
 from .flow import Instance, JobView, SelftestError
 from .permissions import check_powersave
@@ -147,12 +148,13 @@ class EmbeddedBackend:
 
         return submission_item(self.cloud.client("dynamodb"), INTAKE_TABLE, submission_id)
 
-    def _fields(self, job_id: str) -> dict[str, str]:
-        from ..slurm.local import DockerError, scontrol_fields
+    def _listed(self, job_id: str) -> SlurmJob:
+        from ..slurm.local import DockerError, listed_job
+        from ..slurm.squeue import SqueueError
 
         try:
-            return scontrol_fields(self.cloud.local.run("scontrol", "show", "job", job_id))
-        except DockerError as err:
+            return listed_job(self.cloud.local, job_id)
+        except (DockerError, SqueueError) as err:
             raise SelftestError(f"Slurm did not answer for job {job_id}: {err}") from None
 
     def _run_root(self, submission_id: str, job_id: str) -> Path | None:
@@ -166,8 +168,8 @@ class EmbeddedBackend:
     def job(self, submission_id: str, job_id: str) -> JobView:
         from ..relion.progress import progress_path
 
-        fields = self._fields(job_id)
-        state = fields.get("JobState", "")
+        listed = self._listed(job_id)
+        state = listed.shown_state
         run_root = self._run_root(submission_id, job_id)
         progress: dict[str, Any] = {}
         if run_root is not None:
@@ -175,7 +177,7 @@ class EmbeddedBackend:
                 progress = json.loads(progress_path(run_root).read_text())
             except (OSError, ValueError):
                 progress = {}
-        machine = self.cloud.reconciler.machines.get(fields.get("NodeList", ""))
+        machine = self.cloud.reconciler.machines.get(listed.node_list)
         return JobView(
             state=state,
             iterations_done=int(progress.get("current_iteration", 0) or 0),

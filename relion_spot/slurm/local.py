@@ -16,9 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import squeue
 from .entrypoint import CONTROLLER_ADDR_ENV, CONTROLLER_ENV, PLACEHOLDER_GPUS_ENV
 from .key import KEY_FILE_ENV, KEY_PARAMETER_ARN_ENV
 from .spec import CPU_PARTITION, SPEC_ENV, ClusterSpec
+from .squeue import SlurmJob
 
 SLURM_IMAGE = os.environ.get("RELION_SPOT_SLURM_IMAGE", "relion-spot/slurm:dev")
 LOCAL_NODE_IMAGE = os.environ.get(
@@ -295,14 +297,14 @@ def wait_until(
         time.sleep(interval)
 
 
-def scontrol_fields(text: str) -> dict[str, str]:
-    """``scontrol show`` output (Key=Value pairs) as a dict; later keys win."""
-    fields: dict[str, str] = {}
-    for token in text.split():
-        name, sep, value = token.partition("=")
-        if sep:
-            fields[name] = value
-    return fields
+def listed_job(cluster: LocalSlurm, job_id: str) -> SlurmJob:
+    """Slurm job ``job_id`` as ``squeue --json`` lists it, in any state; DockerError when
+    slurmctld does not answer, SqueueError when it lists no such job."""
+    jobs = squeue.parse(cluster.run(*squeue.command(f"--jobs={job_id}", "--states=all")))
+    found = next((job for job in jobs if job.job_id == job_id), None)
+    if found is None:
+        raise squeue.SqueueError(f"squeue lists no job {job_id}")
+    return found
 
 
 def sbatch(cluster: LocalSlurm, args: Sequence[str]) -> int:

@@ -44,6 +44,9 @@ class SlurmJob:
     held: bool = False
     reason: str = ""
     dependency: str = ""
+    node_list: str = ""
+    """``nodes`` as Slurm writes them (``gpu-[1-2]``)."""
+    restarts: int = 0
 
     @property
     def active(self) -> bool:
@@ -53,6 +56,16 @@ class SlurmJob:
     @property
     def pending(self) -> bool:
         return "PENDING" in self.states
+
+    @property
+    def shown_state(self) -> str:
+        """The state as ``scontrol show job`` names it, for the flags this product meets: a job
+        whose epilog still runs is COMPLETING (finished or requeued), one whose nodes still
+        boot is CONFIGURING; otherwise its base state."""
+        for flag in ("COMPLETING", "CONFIGURING"):
+            if flag in self.states:
+                return flag
+        return self.state
 
     @property
     def ended(self) -> bool:
@@ -114,6 +127,8 @@ def _job(entry: Any) -> SlurmJob:
         held=bool(entry.get("hold")),
         reason=_text(entry, "state_reason"),
         dependency=_text(entry, "dependency"),
+        node_list=nodes_text,
+        restarts=number(entry.get("restart_cnt")),
     )
 
 

@@ -42,12 +42,12 @@ from relion_spot.settings import Settings
 from relion_spot.slurm.local import (
     LocalSlurm,
     sbatch,
-    scontrol_fields,
     wait_until,
 )
 from relion_spot.slurm.spec import LOCAL_CLOUD, ClusterSpec, spec_from_settings
 from tests.powersave.test_slurm_semantics import in_container
 from tests.slurm.conftest import controller_only, slurm_images  # noqa: F401  (fixture)
+from tests.slurm.show import scontrol_fields
 
 pytestmark = pytest.mark.docker
 

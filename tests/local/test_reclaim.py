@@ -17,7 +17,8 @@ from relion_spot import tags
 from relion_spot.cost.store import deserialize
 from relion_spot.local.embedded import SPOT_EVENTS_TABLE, EmbeddedCloud
 from relion_spot.settings import Settings
-from relion_spot.slurm.local import scontrol_fields, wait_until
+from relion_spot.slurm.local import wait_until
+from tests.slurm.show import scontrol_fields
 from tests.slurm.test_containers import job, sbatch
 
 pytestmark = pytest.mark.docker

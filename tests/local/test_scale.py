@@ -17,7 +17,8 @@ from relion_spot import tags
 from relion_spot.local.cloud import prepare_cloud
 from relion_spot.local.reconciler import Reconciler
 from relion_spot.slurm.key import KEY_PARAMETER_ARN_ENV
-from relion_spot.slurm.local import LocalSlurm, docker, scontrol_fields, wait_until
+from relion_spot.slurm.local import LocalSlurm, docker, wait_until
+from tests.slurm.show import scontrol_fields
 from tests.slurm.test_containers import job, key_parameter, sbatch, wait_for_controller
 
 pytestmark = pytest.mark.docker

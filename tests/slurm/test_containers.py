@@ -31,12 +31,12 @@ from relion_spot.slurm.local import (
     LocalSlurm,
     docker,
     sbatch,
-    scontrol_fields,
     wait_until,
     write_key,
 )
 from relion_spot.slurm.spec import LOCAL_CLOUD, spec_from_settings
 from relion_spot.slurm_key.parameter import ensure, parameter_name
+from tests.slurm.show import scontrol_fields
 
 pytestmark = pytest.mark.docker
 

@@ -97,3 +97,26 @@ def test_an_answer_that_is_not_the_job_list_says_what_was_wrong(text: str, messa
 def test_the_call_lists_every_job_in_any_state_or_a_selection() -> None:
     assert command() == ["squeue", "--json", "--all", "--states=all"]
     assert command("--nodelist=gpu-1") == ["squeue", "--json", "--nodelist=gpu-1"]
+
+
+@pytest.mark.parametrize(
+    ("job_state", "shown"),
+    [
+        (["RUNNING"], "RUNNING"),
+        (["RUNNING", "CONFIGURING"], "CONFIGURING"),  # allocated, its node still boots
+        (["PENDING", "REQUEUED"], "PENDING"),
+        (["PENDING", "COMPLETING"], "COMPLETING"),  # requeued, the last attempt's epilog runs
+        (["COMPLETED", "COMPLETING"], "COMPLETING"),
+        (["COMPLETED"], "COMPLETED"),
+    ],
+)
+def test_the_shown_state_is_what_scontrol_show_job_names(job_state: list[str], shown: str) -> None:
+    (job,) = parse(answer({"job_id": 3, "job_state": job_state}))
+    assert job.shown_state == shown
+
+
+def test_a_requeued_jobs_restarts_and_node_list_are_read() -> None:
+    (job,) = parse(
+        answer({"job_id": 3, "job_state": ["RUNNING"], "restart_cnt": 2, "nodes": "gpu-[1-2]"})
+    )
+    assert (job.restarts, job.node_list, job.nodes) == (2, "gpu-[1-2]", ("gpu-1", "gpu-2"))
