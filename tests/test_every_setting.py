@@ -151,11 +151,20 @@ def check_egress(synth: Synth) -> None:
     assert network["Outputs"]["EgressMode"]["Value"] == "nat-gateway"
 
 
+def _log_groups(synth: Synth) -> list[tuple[str, dict[str, Any]]]:
+    groups = [
+        (name, resource)
+        for name in synth.template_names()
+        for resource in _resources(synth.template(name), "AWS::Logs::LogGroup")
+    ]
+    assert len(groups) >= 2 * len(CLUSTERS), "every cluster has its log groups"
+    return groups
+
+
 def check_project(synth: Synth) -> None:
-    for name in synth.template_names():
-        for resource in _resources(synth.template(name), "AWS::Logs::LogGroup"):
-            tags = {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
-            assert tags.get("Project") == "lab-e-grant-42", (name, tags)
+    for name, resource in _log_groups(synth):
+        tags = {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
+        assert tags.get("Project") == "lab-e-grant-42", (name, tags)
 
 
 def check_node_idle_seconds(synth: Synth) -> None:
@@ -169,9 +178,8 @@ def check_controller_idle_seconds(synth: Synth) -> None:
 
 
 def check_log_retention_days(synth: Synth) -> None:
-    for name in synth.template_names():
-        for resource in _resources(synth.template(name), "AWS::Logs::LogGroup"):
-            assert resource["Properties"]["RetentionInDays"] == 90, name
+    for name, resource in _log_groups(synth):
+        assert resource["Properties"]["RetentionInDays"] == 90, name
 
 
 def check_dashboard(synth: Synth) -> None:

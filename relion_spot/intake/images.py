@@ -22,6 +22,8 @@ from relion_spot.jobs.image import render_image_job, sif_name
 
 from .slurm import SlurmJobs
 
+HELD = frozenset({"REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
+"""Flags of a pending job that will not run until someone releases it."""
 _DEPENDENCY_JOB = re.compile(r"afterok:(\d+)")
 
 
@@ -62,8 +64,9 @@ class ImageChecks:
         jobs = self.slurm.image_jobs(self.sif)
         if any(job.state == "COMPLETED" for job in jobs):
             return Prerequisite(None, f"RELION image {self.image} already made and checked")
-        # One that may still end in success: a GPU job can wait for it.
-        live = [job.job_id for job in jobs if not job.ended]
+        # One that may still end in success, so a GPU job can wait for it: not ended, not held
+        # after a failed requeue (a budget hold stays live: the guard releases it in time).
+        live = [job.job_id for job in jobs if not (job.ended or job.states & HELD)]
         if live:
             job_id = live[0]
         else:

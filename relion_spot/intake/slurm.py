@@ -103,6 +103,7 @@ class SlurmJobs:
                 input=stdin,
                 capture_output=True,
                 text=True,
+                errors="replace",
                 timeout=timeout,
                 check=False,
                 env={**self._environment(), **(extra_env or {})},
@@ -160,14 +161,22 @@ class SlurmJobs:
 
     def dependency_failures(self) -> dict[str, tuple[str, str]]:
         """Submission id -> (job id, dependency text) for every intake job Slurm cancelled
-        because a job it depended on (its image job) failed."""
-        return {
-            job.comment.removeprefix(COMMENT_PREFIX): (job.job_id, job.dependency)
-            for job in self.listed()
-            if job.comment.startswith(COMMENT_PREFIX)
-            and job.state == "CANCELLED"
-            and job.reason == DEPENDENCY_FAILED
-        }
+        because a job it depended on (its image job) failed. Only the job carrying the
+        submission counts: another job with its comment (a comment is its owner's to write)
+        says nothing about it."""
+        listed = self.listed()
+        carriers = _carriers(listed)
+        failed: dict[str, tuple[str, str]] = {}
+        for job in listed:
+            submission_id = job.comment.removeprefix(COMMENT_PREFIX).strip()
+            if (
+                job.comment.startswith(COMMENT_PREFIX)
+                and carriers.get(submission_id) == job.job_id
+                and job.state == "CANCELLED"
+                and job.reason == DEPENDENCY_FAILED
+            ):
+                failed[submission_id] = (job.job_id, job.dependency)
+        return failed
 
     def listed(self) -> list[SlurmJob]:
         """Every job slurmctld lists, in any state, oldest first (squeue --json)."""

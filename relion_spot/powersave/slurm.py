@@ -54,6 +54,7 @@ def run_command(argv: Sequence[str]) -> CommandResult:
             list(argv),
             capture_output=True,
             text=True,
+            errors="replace",
             check=False,
             timeout=COMMAND_TIMEOUT_SECONDS,
         )

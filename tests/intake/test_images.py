@@ -140,6 +140,41 @@ def test_a_comment_a_job_rewrites_cannot_mark_anothers_submission_failed(
     assert not record.cancel_state
 
 
+def test_a_job_given_anothers_comment_cannot_fail_that_submission_through_its_dependency(
+    intake: Intake,
+) -> None:
+    """The job user may sbatch a job with a submission's comment that depends on a job of its
+    own that fails; Slurm cancels it for DependencyNeverSatisfied. It is not the job carrying
+    the submission (the oldest with that comment is), so it says nothing about it."""
+    drainer = intake.drainer(images=_checks(intake))
+    intake.send(_message())
+    drainer.step()
+    intake.slurm.set_state("43", "RUNNING")
+    with (intake.slurm.dir / "jobs").open("a") as jobs:
+        jobs.write(f"60|(null)\n61|relion-spot:{SID}\n")
+    intake.slurm.set_state("60", "FAILED", "NonZeroExitCode")
+    intake.slurm.set_state("61", "CANCELLED", "DependencyNeverSatisfied", "afterok:60(failed)")
+    drainer.step()
+
+    record = intake.table.get(SID)
+    assert record is not None and record.state == ACCEPTED and record.job_id == "43"
+    assert not record.cancel_state
+
+
+def test_an_image_job_held_after_a_failed_requeue_is_not_waited_for(intake: Intake) -> None:
+    sif = sif_name(DEFAULT_IMAGE)
+    with (intake.slurm.dir / "jobs").open("a") as jobs:
+        jobs.write(f"30|relion-spot-image:{sif}\n")
+    intake.slurm.set_state("30", "PENDING+REQUEUE_HOLD", "JobHeldAdmin")
+    drainer = intake.drainer(images=_checks(intake))
+    intake.send(_message())
+    drainer.step()
+
+    (image_job,) = _calls_with_comment(intake.slurm, "relion-spot-image:")
+    (gpu_job,) = _calls_with_comment(intake.slurm, "relion-spot:")
+    assert "--dependency=afterok:42" in gpu_job and "afterok:30" not in gpu_job, image_job
+
+
 def test_an_image_that_names_no_definition_is_a_clear_rejection(intake: Intake) -> None:
     image = "def:/nowhere/relion.def"
     drainer = intake.drainer(images=_checks(intake, image=image))

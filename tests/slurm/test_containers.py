@@ -20,6 +20,7 @@ import pytest
 from relion_spot.intake.images import ImageChecks
 from relion_spot.intake.slurm import SlurmJobs
 from relion_spot.jobs.class3d import IMAGE_SCRIPT, LOCAL_IMAGE
+from relion_spot.jobs.image import sif_name
 from relion_spot.local.embedded import wait_for_controller
 from relion_spot.settings import Settings
 from relion_spot.slurm.entrypoint import CONTROLLER_ADDR_ENV
@@ -354,13 +355,27 @@ def test_the_node_image_runs_apptainer_and_took_nothing_else_from_sid(slurm_imag
     assert not out[-1].startswith("2.43"), f"libc6 {out[-1]} came from sid"
 
 
+def _private_cache(directory: Path) -> Path:
+    """A cache of this test's own, holding the shared one's exported image and its SIF if made
+    (hard links: no copy, no rebuild). The test awaits the image's check record, which embedded
+    clouds running beside it (the other container lane) write into the shared cache."""
+    directory.mkdir()
+    directory.chmod(0o1777)
+    for name in ("relion-5.0.1-cpu.tar", f"{sif_name(LOCAL_IMAGE)}"):
+        if (CONTAINER_CACHE / name).is_file():
+            os.link(CONTAINER_CACHE / name, directory / name)
+    return directory
+
+
 def test_an_image_job_on_a_cpu_node_gates_the_gpu_jobs_that_need_its_image(
-    cluster: LocalSlurm,
+    cluster: LocalSlurm, tmp_path: Path
 ) -> None:
     """The intake's own Slurm code against real Slurm: a GPU job waits for the image job; an
     image that cannot be made fails its job on the CPU node and Slurm cancels the GPU job before
-    it runs, which the intake finds and names; a good image is made, run and checked once."""
-    cluster.containers_dir = CONTAINER_CACHE
+    it runs, which the intake finds and names; a good image is checked once (made first where
+    the cache has no SIF of it yet)."""
+    cache = _private_cache(tmp_path / "containers")
+    cluster.containers_dir = cache
     cluster.start_node("cpu-1", image=LOCAL_NODE_IMAGE)
     wait_until(
         lambda: node_state(cluster, "cpu-1") == "IDLE",
@@ -377,9 +392,8 @@ def test_an_image_job_on_a_cpu_node_gates_the_gpu_jobs_that_need_its_image(
     gpu_script = "#!/bin/bash\n#SBATCH --partition=gpu\n#SBATCH --output=/dev/null\ntrue\n"
     missing = "docker-archive:/containers/relion-spot-test-no-such-image.tar"
     bad = ImageChecks(slurm=slurm, image=missing, mode="local")
-    good = ImageChecks(slurm=slurm, image=LOCAL_IMAGE, mode="local", cache_dir=CONTAINER_CACHE)
-    checked = CONTAINER_CACHE / f"{good.sif}.checked"
-    checked.unlink(missing_ok=True)
+    good = ImageChecks(slurm=slurm, image=LOCAL_IMAGE, mode="local", cache_dir=cache)
+    checked = cache / f"{good.sif}.checked"
     try:
         bad_check = bad.prerequisite().job_id
         assert bad_check is not None
@@ -402,8 +416,6 @@ def test_an_image_job_on_a_cpu_node_gates_the_gpu_jobs_that_need_its_image(
         assert checked.read_text().startswith("RELION version: 5.0.1")
         assert good.prerequisite().job_id is None, "a checked image costs no job"
     finally:
-        for leftover in CONTAINER_CACHE.glob("*relion-spot-test-no-such-image*"):
-            leftover.unlink()
         cluster.remove_node("cpu-1")
 
 

@@ -4,6 +4,7 @@ state first, then flags; numbers bare or as set/infinite/number objects)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +121,20 @@ def test_a_requeued_jobs_restarts_and_node_list_are_read() -> None:
         answer({"job_id": 3, "job_state": ["RUNNING"], "restart_cnt": 2, "nodes": "gpu-[1-2]"})
     )
     assert (job.restarts, job.node_list, job.nodes) == (2, "gpu-[1-2]", ("gpu-1", "gpu-2"))
+
+
+def test_bytes_a_job_wrote_that_are_not_utf8_are_read_not_a_crash(tmp_path: Path) -> None:
+    """Slurm's JSON passes a comment's bytes through as they are, and a job's owner may write
+    any (``scontrol update comment=``): the intake and the controller's programs read on."""
+    from relion_spot.intake.slurm import SlurmJobs
+    from relion_spot.powersave.slurm import run_command
+
+    squeue = tmp_path / "squeue"
+    listed = (
+        b'{"jobs": [{"job_id": 5, "job_state": ["RUNNING"], "comment": "relion-spot:s"},'
+        b' {"job_id": 6, "job_state": ["PENDING"], "comment": "relion-spot:\xff"}]}'
+    )
+    squeue.write_bytes(b"#!/bin/sh\ncat <<'EOF'\n" + listed + b"\nEOF\n")
+    squeue.chmod(0o755)
+    assert SlurmJobs(squeue=(str(squeue),)).submitted() == {"s": "5", "\ufffd": "6"}
+    assert [job.job_id for job in parse(run_command([str(squeue)]).stdout)] == ["5", "6"]
