@@ -68,6 +68,13 @@ def comment_for(submission_id: str) -> str:
     return f"{COMMENT_PREFIX}{submission_id}"
 
 
+def submission_of(comment: str) -> str | None:
+    """The submission id a job's comment names, if it is an intake job's comment."""
+    if not comment.startswith(COMMENT_PREFIX):
+        return None
+    return comment.removeprefix(COMMENT_PREFIX).strip()
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
@@ -165,18 +172,12 @@ class SlurmJobs:
         submission counts: another job with its comment (a comment is its owner's to write)
         says nothing about it."""
         listed = self.listed()
-        carriers = _carriers(listed)
-        failed: dict[str, tuple[str, str]] = {}
-        for job in listed:
-            submission_id = job.comment.removeprefix(COMMENT_PREFIX).strip()
-            if (
-                job.comment.startswith(COMMENT_PREFIX)
-                and carriers.get(submission_id) == job.job_id
-                and job.state == "CANCELLED"
-                and job.reason == DEPENDENCY_FAILED
-            ):
-                failed[submission_id] = (job.job_id, job.dependency)
-        return failed
+        by_id = {job.job_id: job for job in listed}
+        return {
+            submission_id: (job_id, by_id[job_id].dependency)
+            for submission_id, job_id in _carriers(listed).items()
+            if by_id[job_id].state == "CANCELLED" and by_id[job_id].reason == DEPENDENCY_FAILED
+        }
 
     def listed(self) -> list[SlurmJob]:
         """Every job slurmctld lists, in any state, oldest first (squeue --json)."""
@@ -231,9 +232,9 @@ def _carriers(jobs: list[SlurmJob]) -> dict[str, str]:
     """Submission id -> the Slurm job carrying it (its comment); the oldest where several do."""
     carriers: dict[str, str] = {}
     for job in jobs:
-        if not job.comment.startswith(COMMENT_PREFIX):
+        submission_id = submission_of(job.comment)
+        if submission_id is None:
             continue
-        submission_id = job.comment.removeprefix(COMMENT_PREFIX).strip()
         known = carriers.get(submission_id)
         if known is not None and known != job.job_id:
             log.warning(

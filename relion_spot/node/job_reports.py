@@ -43,7 +43,7 @@ from ..intake.report import (
     ReportError,
     ReportPublisher,
 )
-from ..intake.slurm import COMMENT_PREFIX
+from ..intake.slurm import submission_of
 from ..slurm import squeue
 from ..slurm.squeue import SlurmJob
 
@@ -67,13 +67,9 @@ class NodeJob:
 def intake_jobs(jobs: list[SlurmJob]) -> list[NodeJob]:
     """The intake's jobs among Slurm's (its comment names the submission)."""
     return [
-        NodeJob(
-            job_id=job.job_id,
-            user_id=job.user_id,
-            submission_id=job.comment.removeprefix(COMMENT_PREFIX).strip(),
-        )
+        NodeJob(job_id=job.job_id, user_id=job.user_id, submission_id=submission_id)
         for job in jobs
-        if job.comment.startswith(COMMENT_PREFIX) and job.user_id >= 0
+        if (submission_id := submission_of(job.comment)) is not None and job.user_id >= 0
     ]
 
 

@@ -27,7 +27,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..intake.slurm import COMMENT_PREFIX as SUBMISSION_COMMENT_PREFIX
+from ..intake.slurm import submission_of
 from ..slurm import squeue
 from .nodes import compress
 
@@ -169,9 +169,9 @@ class Slurm:
         except squeue.SqueueError:
             return None
         return {
-            job.job_id: job.comment.removeprefix(SUBMISSION_COMMENT_PREFIX).strip()
+            job.job_id: submission_id
             for job in jobs
-            if job.comment.startswith(SUBMISSION_COMMENT_PREFIX)
+            if (submission_id := submission_of(job.comment)) is not None
         }
 
     def requeue(self, job_ids: Sequence[str]) -> bool:
