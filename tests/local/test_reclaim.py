@@ -63,6 +63,16 @@ def test_a_reclaimed_job_is_requeued_and_finishes_on_a_fresh_node(
     (first,) = [i for i in cloud.instances() if i["State"]["Name"] == "running"]
     first_node = job(local, job_id)["NodeList"]
     assert _node_tag(first) == first_node
+    attempts_log = Path(local.data_dir or "") / "attempts.log"
+    # RUNNING in Slurm comes before the batch script's first line on a busy machine; the notice
+    # must land on a job that has begun, or its first attempt leaves nothing to check.
+    wait_until(
+        lambda: (
+            attempts_log.is_file() and attempts_log.read_text().split()[:2] == ["0", first_node]
+        ),
+        timeout=60,
+        what=lambda: f"job {job_id}'s first attempt to start on {first_node}",
+    )
 
     noticed = time.monotonic()
     cloud.reconciler.reclaim(first["InstanceId"], grace_seconds=GRACE_SECONDS)
@@ -104,7 +114,7 @@ def test_a_reclaimed_job_is_requeued_and_finishes_on_a_fresh_node(
     assert launched[1]["InstanceLifecycle"] == "spot"
     assert _node_tag(launched[1]) == finished["NodeList"]
 
-    attempts = (Path(local.data_dir or "") / "attempts.log").read_text().split()
+    attempts = attempts_log.read_text().split()
     assert attempts[0::2] == ["0", "1"], attempts
 
     def events() -> list[dict]:
