@@ -340,7 +340,7 @@ def _make_data(backend: Backend, clock: _Clock) -> str:
     )
 
 
-NODE_CHECK_SECONDS = 60.0
+NODE_CHECK_SECONDS = 180.0
 """The node records its check beside slurmd's start; a job that already runs there waits for
 it this long at most."""
 

@@ -50,9 +50,11 @@ def test_an_idle_node_whose_controller_is_gone_terminates_itself(cloud: Embedded
     container = local.node_container(node)
 
     ecs = cloud.client("ecs")
+    # slurmctld may fall silent anywhere in its container's stop: the time before the request is
+    # the one bound the node's silence cannot precede.
+    gone = time.monotonic()
     ecs.update_service(cluster=cloud.cluster, service=f"{cloud.cluster}-controller", desiredCount=0)
     wait_until(lambda: not local.is_running(), timeout=90, what="the controller to stop")
-    gone = time.monotonic()
 
     def state() -> str:
         (found,) = [i for i in cloud.instances() if i["InstanceId"] == instance_id]

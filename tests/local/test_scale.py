@@ -115,7 +115,7 @@ def test_a_job_launches_a_spot_node_and_idling_terminates_it(
                 ).returncode
                 != 0
             ),
-            timeout=15,
+            timeout=60,
             what="the reconciler to remove gpu-1's container",
         )
         print(f"job done -> instance terminated: {idle_to_terminated:.1f} s")

@@ -62,7 +62,7 @@ def test_idle_controller_sleeps_and_a_submission_wakes_it(
         timeout=IDLE_SECONDS + 90,
         what=lambda: f"the idle controller to stop itself\n{local.logs(tail=30)}",
     )
-    assert "service relion-spot-gpu1-controller scaled to 0" in local.logs(tail=50)
+    assert "service relion-spot-gpu1-controller scaled to 0" in local.logs(tail=100_000)
 
     settings = DemoSettings(iterations=1, reclaim_after=0, particles_per_class=20)
     project = make_dataset(settings, tmp_path / "data")

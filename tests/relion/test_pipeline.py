@@ -148,8 +148,8 @@ def test_a_job_waits_for_the_gui_s_lock_and_says_so_when_it_is_never_released(
         lock.rmdir()
 
     releaser = threading.Thread(target=release)
-    releaser.start()
     started = time.monotonic()
+    releaser.start()
     assert register(tmp_path, _process(), job_number=3, holder="test")
     releaser.join()
     assert time.monotonic() - started >= 1.4

@@ -195,8 +195,20 @@ def test_controller_restart_keeps_jobs_and_the_job_counter(cluster: LocalSlurm) 
     done = sbatch(cluster, ["-o", "/dev/null", "--wrap", "true"])
     wait_job_state(cluster, done, "COMPLETED")
     held = sbatch(cluster, ["--hold", "-o", "/dev/null", "--wrap", "true"])
-    running = sbatch(cluster, ["-o", "/tmp/slow-%j.out", "--wrap", "sleep 6; echo finished"])
-    wait_job_state(cluster, running, "RUNNING")
+    running = sbatch(
+        cluster,
+        ["-o", "/tmp/slow-%j.out", "--wrap", "echo started; sleep 6; echo finished"],
+    )
+    # Slurm says RUNNING before slurmd has started the script: wait for the script itself, so
+    # the stop finds a job under way on its node, not a launch in flight.
+    slow_out = f"/tmp/slow-{running}.out"
+    wait_until(
+        lambda: docker(
+            "exec", cluster.node_container(NODE), "cat", slow_out, check=False
+        ).stdout.startswith("started"),
+        timeout=60,
+        what=f"job {running}'s script to start",
+    )  # fmt: skip
 
     started = time.monotonic()
     cluster.stop_controller(timeout=30)
@@ -210,10 +222,10 @@ def test_controller_restart_keeps_jobs_and_the_job_counter(cluster: LocalSlurm) 
     assert job(cluster, done)["JobState"] == "COMPLETED"
     assert job(cluster, held)["JobState"] == "PENDING"
     assert job(cluster, held)["Reason"] == "JobHeldUser"
-    assert job(cluster, running)["JobState"] in ("RUNNING", "COMPLETED")
+    assert job(cluster, running)["JobState"] in ("RUNNING", "COMPLETING", "COMPLETED")
     wait_job_state(cluster, running, "COMPLETED")
-    output = cluster.run("cat", f"/tmp/slow-{running}.out", container=cluster.node_container(NODE))
-    assert output.strip() == "finished"
+    output = cluster.run("cat", slow_out, container=cluster.node_container(NODE))
+    assert output.split() == ["started", "finished"]
     after = sbatch(cluster, ["-o", "/dev/null", "--wrap", "true"])
     assert after == running + 1
 
