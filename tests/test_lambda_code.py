@@ -14,6 +14,7 @@ HANDLERS = {
     "teardown": "relion_spot.teardown.handler",
     "cost": "relion_spot.cost.handler",
     "controller_capacity": "relion_spot.controller_capacity.handler",
+    "controller_wake": "relion_spot.controller_wake.handler",
     "slurm_key": "relion_spot.slurm_key.handler",
 }
 

@@ -754,6 +754,45 @@ def test_controller_may_put_only_its_own_service_to_sleep(default_synth) -> None
     assert "service/relion-spot-gpu4/relion-spot-gpu4-controller" in arn
 
 
+def test_a_schedule_wakes_the_controller_for_whatever_waits_in_its_queue(default_synth) -> None:
+    template = default_synth.template("relion-spot-gpu1")
+    (rule,) = [
+        r
+        for r in _resources(template, "AWS::Events::Rule").values()
+        if r["Properties"]["Targets"][0]["Arn"]["Fn::GetAtt"][0].startswith("ControllerWake")
+    ]
+    assert rule["Properties"]["ScheduleExpression"] == "rate(5 minutes)"
+    (target,) = rule["Properties"]["Targets"]
+    assert "RetryPolicy" not in target or target["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    function_id = target["Arn"]["Fn::GetAtt"][0]
+    function = template["Resources"][function_id]["Properties"]
+    assert function["Handler"] == "relion_spot.controller_wake.handler.on_schedule"
+    (queue_id,) = [
+        k for k in _resources(template, "AWS::SQS::Queue") if k.startswith("IntakeQueue")
+    ]
+    assert function["Environment"]["Variables"] == {
+        "RELION_SPOT_INTAKE_QUEUE_URL": {"Ref": queue_id},
+        "RELION_SPOT_ECS_CLUSTER": "relion-spot-gpu1",
+        "RELION_SPOT_ECS_SERVICE": "relion-spot-gpu1-controller",
+    }
+    role_id = function["Role"]["Fn::GetAtt"][0]
+    statements = [
+        statement
+        for policy in _resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"].get("Roles", [])
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    by_action = {",".join(_as_list(st["Action"])): st for st in statements}
+    assert sorted(by_action) == [
+        "ecs:DescribeServices,ecs:UpdateService",
+        "logs:CreateLogStream,logs:PutLogEvents",
+        "sqs:GetQueueAttributes",
+    ]
+    assert by_action["sqs:GetQueueAttributes"]["Resource"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+    service = json.dumps(by_action["ecs:DescribeServices,ecs:UpdateService"]["Resource"])
+    assert "service/relion-spot-gpu1/relion-spot-gpu1-controller" in service
+
+
 @pytest.mark.parametrize(
     ("synth", "storage", "cluster", "mode", "rates"),
     [

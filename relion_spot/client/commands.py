@@ -261,13 +261,16 @@ def _wake(context: Context) -> None:
     handle = context.handle
     if not handle.ecs_cluster or not handle.controller_service:
         return
-    from relion_spot.intake.wake import wake_controller
+    from relion_spot.controller_wake.wake import wake_controller
 
     try:
         if wake_controller(context.client("ecs"), handle.ecs_cluster, handle.controller_service):
             print("the controller was asleep: waking it (about a minute)", file=context.err)
-    except Exception as error:  # it wakes on its own schedule too; the submission is queued
-        print(f"could not wake the controller ({error}); it will be", file=context.err)
+    except Exception as error:  # the submission is queued; the wake check finds it
+        print(
+            f"could not wake the controller ({error}); its wake check will, within five minutes",
+            file=context.err,
+        )
 
 
 def submit_command(args: argparse.Namespace, context: Context) -> int:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from ..controller_capacity import fallback, handler
-from .lambda_code import LAMBDA_RUNTIME, package_code
+from .lambda_code import own_function
 from .slurm_controller import SlurmController
 
 
@@ -29,33 +27,22 @@ class ControllerCapacityFallback(Construct):
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
-        log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
-        )
-        self.role = iam.Role(
+        self.role, self.function = own_function(
             self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"Moves {controller.service_name} to on-demand Fargate when Spot has none",
-        )
-        log_group.grant_write(self.role)
-        controller.grant_scale(self.role)
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            runtime=LAMBDA_RUNTIME,
-            code=package_code("controller_capacity"),
-            handler="relion_spot.controller_capacity.handler.on_event",
+            subpackage="controller_capacity",
+            handler="handler.on_event",
+            role_description=(
+                f"Moves {controller.service_name} to on-demand Fargate when Spot has none"
+            ),
+            description=f"On-demand Fargate for {controller.service_name} while Spot has none",
+            log_retention=log_retention,
             timeout=Duration.seconds(30),
-            memory_size=128,
-            role=self.role,
-            log_group=log_group,
             environment={
                 handler.CLUSTER_ENV: controller.cluster_name,
                 handler.SERVICE_ENV: controller.service_name,
             },
-            description=f"On-demand Fargate for {controller.service_name} while Spot has none",
         )
+        controller.grant_scale(self.role)
         self.rule = events.Rule(
             self,
             "PlacementFailure",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
+from aws_cdk import CustomResource, Duration, Stack
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct, IConstruct
 
 from ..service_roles.handler import SERVICE_PROPERTY
-from .lambda_code import LAMBDA_RUNTIME, package_code
+from .lambda_code import own_function
 
 ROLE_NAMES = {"ecs.amazonaws.com": "AWSServiceRoleForECS"}
 """The name IAM gives each service's service-linked role (fixed by the service)."""
@@ -29,16 +28,15 @@ class ServiceLinkedRole(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
-        log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
-        )
-        self.role = iam.Role(
+        self.role, self.function = own_function(
             self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"Creates the service-linked role of {service} if missing",
+            subpackage="service_roles",
+            handler="handler.on_event",
+            role_description=f"Creates the service-linked role of {service} if missing",
+            description=f"Creates the service-linked role of {service} if the account has none",
+            log_retention=log_retention,
+            timeout=Duration.minutes(2),
         )
-        log_group.grant_write(self.role)
         self.role.add_to_policy(
             iam.PolicyStatement(
                 sid="CreateThisServiceLinkedRole",
@@ -49,18 +47,6 @@ class ServiceLinkedRole(Construct):
                 ],
                 conditions={"StringEquals": {"iam:AWSServiceName": service}},
             )
-        )
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            runtime=LAMBDA_RUNTIME,
-            code=package_code("service_roles"),
-            handler="relion_spot.service_roles.handler.on_event",
-            timeout=Duration.minutes(2),
-            memory_size=128,
-            role=self.role,
-            log_group=log_group,
-            description=f"Creates the service-linked role of {service} if the account has none",
         )
         self.resource = CustomResource(
             self,

@@ -39,7 +39,7 @@ class SlurmController(Construct):
     state and the same DNS name, so no job is lost and nodes find it again.
 
     With nothing to do for ``idle_seconds`` the controller sets its own service to 0 tasks
-    (relion_spot.slurm.idle); a submission sets it back to 1 (relion_spot.intake.wake). Cluster
+    (relion_spot.slurm.idle); a submission sets it back to 1 (relion_spot.controller_wake). Cluster
     and service have fixed names so the task can be told them without a reference cycle.
     """
 

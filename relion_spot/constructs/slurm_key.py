@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct, IConstruct
 
 from ..slurm_key.handler import NAME_PROPERTY
 from ..slurm_key.parameter import parameter_name
-from .lambda_code import LAMBDA_RUNTIME, package_code
+from .lambda_code import own_function
 
 REMOVAL_POLICY = RemovalPolicy.DESTROY
 """The key goes with its cluster's stack: it is worth nothing without the cluster, and a key
@@ -42,34 +41,21 @@ class SlurmKey(Construct):
             resource="parameter",
             resource_name=self.parameter_name.removeprefix("/"),
         )
-        log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
-        )
-        self.role = iam.Role(
+        self.role, self.function = own_function(
             self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            subpackage="slurm_key",
+            handler="handler.on_event",
+            role_description=f"Makes and deletes the Slurm key parameter of cluster {cluster_name}",
             description=f"Makes and deletes the Slurm key parameter of cluster {cluster_name}",
+            log_retention=log_retention,
+            timeout=Duration.minutes(1),
         )
-        log_group.grant_write(self.role)
         self.role.add_to_policy(
             iam.PolicyStatement(
                 sid="ThisClustersSlurmKeyOnly",
                 actions=["ssm:PutParameter", "ssm:DeleteParameter"],
                 resources=[self.parameter_arn],
             )
-        )
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            runtime=LAMBDA_RUNTIME,
-            code=package_code("slurm_key"),
-            handler="relion_spot.slurm_key.handler.on_event",
-            timeout=Duration.minutes(1),
-            memory_size=128,
-            role=self.role,
-            log_group=log_group,
-            description=f"Makes and deletes the Slurm key parameter of cluster {cluster_name}",
         )
         self.resource = CustomResource(
             self,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from aws_cdk import CustomResource, Duration, RemovalPolicy
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
+from aws_cdk import CustomResource, Duration
 from aws_cdk import aws_logs as logs
 from constructs import Construct, IConstruct
 
-from .lambda_code import LAMBDA_RUNTIME, package_code
+from .lambda_code import own_function
 from .node_group import grant_terminate_cluster_instances
 
 
@@ -31,29 +29,17 @@ class ClusterTeardown(Construct):
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
-        log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
-        )
-        self.role = role = iam.Role(
+        self.role, self.function = own_function(
             self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"Terminates the instances of cluster {cluster_name} on stack delete",
-        )
-        log_group.grant_write(role)
-        grant_terminate_cluster_instances(role, cluster_name=cluster_name, scope=self)
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            runtime=LAMBDA_RUNTIME,
-            code=package_code("teardown"),
-            handler="relion_spot.teardown.handler.on_event",
+            subpackage="teardown",
+            handler="handler.on_event",
+            role_description=f"Terminates the instances of cluster {cluster_name} on stack delete",
+            description=f"Terminates cluster {cluster_name}'s instances on stack delete",
+            log_retention=log_retention,
             timeout=Duration.minutes(15),
             memory_size=256,
-            role=role,
-            log_group=log_group,
-            description=f"Terminates cluster {cluster_name}'s instances on stack delete",
         )
+        grant_terminate_cluster_instances(self.role, cluster_name=cluster_name, scope=self)
         self.resource = CustomResource(
             self,
             "Sweep",

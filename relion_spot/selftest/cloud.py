@@ -109,7 +109,7 @@ class AwsBackend:
             template=template,
         )
         if self.handle.ecs_cluster and self.handle.controller_service:
-            from ..intake.wake import wake_controller
+            from ..controller_wake.wake import wake_controller
 
             wake_controller(
                 self.client("ecs"), self.handle.ecs_cluster, self.handle.controller_service

@@ -8,8 +8,8 @@ be answered counts as busy: the controller never sleeps on a doubt. After
 RELION_SPOT_CONTROLLER_IDLE_SECONDS of uninterrupted idleness it sets the desired count of its own
 service (RELION_SPOT_ECS_CLUSTER / RELION_SPOT_ECS_SERVICE) to 0; ECS stops the task with SIGTERM,
 slurmctld saves its state to EFS, and the bill drops to what the cluster costs asleep. A submission
-wakes it (``relion_spot.intake.wake``): the service goes back to 1 and slurmctld resumes from the
-saved state.
+wakes it (``relion_spot.controller_wake``: ``relion-spot submit`` at once, a scheduled check for
+any other sender): the service goes back to 1 and slurmctld resumes from the saved state.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..controller_capacity.fallback import ON_DEMAND, SPOT, sleep_arguments
+from ..controller_wake.wake import waiting_submissions
 from ..powersave import logs
 from ..powersave.slurm import CommandRunner, run_command
 from . import node_states
@@ -97,16 +98,9 @@ def busy_reason(runner: CommandRunner, sqs: Any, queue_url: str) -> str | None:
             return f"node {node.name} is {node.text}"
     if queue_url:
         try:
-            attributes = sqs.get_queue_attributes(
-                QueueUrl=queue_url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                ],
-            )["Attributes"]
+            waiting = waiting_submissions(sqs, queue_url)
         except Exception as err:  # AWS unreachable: a doubt, so stay up
             return f"the intake queue cannot be read ({type(err).__name__})"
-        waiting = sum(int(v) for v in attributes.values())
         if waiting:
             return f"{waiting} submission(s) in the intake queue"
     return None

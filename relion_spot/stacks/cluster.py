@@ -13,6 +13,7 @@ from constructs import Construct
 from .. import __version__, tags
 from ..budget.config import BUDGET_ENV
 from ..constructs.controller_capacity import ControllerCapacityFallback
+from ..constructs.controller_wake import ControllerWake
 from ..constructs.cost_tracker import CostTracker
 from ..constructs.dashboard import ClusterDashboard
 from ..constructs.intake import JobIntake
@@ -279,6 +280,13 @@ class ClusterStack(Stack):
             )
         else:
             self.capacity_fallback = None
+        self.controller_wake = ControllerWake(
+            self,
+            "ControllerWake",
+            controller=self.controller,
+            queue=self.intake.queue,
+            log_retention=log_retention,
+        )
         storage.grant_mount(self.controller.task_role, state_access_point)
         storage.grant_mount(
             self.controller.task_role,

@@ -117,6 +117,55 @@ def test_submit_goes_through_the_queue_and_prints_the_job_id(
     assert "--K 4" in script and "--iter 30" in script and "--ctf " not in script
 
 
+def _with_controller(cluster: Cluster, service: str) -> str:
+    """A stack like the fixture's that also names its controller's ECS service."""
+    import warnings
+
+    outputs = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in cluster.cloudformation.describe_stacks(StackName=STACK)["Stacks"][0]["Outputs"]
+    }
+    with warnings.catch_warnings():  # moto does not model the placeholder resource
+        warnings.simplefilter("ignore", UserWarning)
+        cluster.add_stack(
+            "lab-gpu1-asleep",
+            {**outputs, "EcsClusterName": CLUSTER, "ControllerServiceName": service},
+        )
+    return "lab-gpu1-asleep"
+
+
+def test_submit_wakes_a_sleeping_controller_and_says_so(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    ecs = boto3.client("ecs", region_name=REGION)
+    ecs.create_cluster(clusterName=CLUSTER)
+    ecs.register_task_definition(
+        family="ctl", containerDefinitions=[{"name": "slurmctld", "image": "x", "memory": 512}]
+    )
+    ecs.create_service(cluster=CLUSTER, serviceName=f"{CLUSTER}-controller",
+                       taskDefinition="ctl", desiredCount=0)  # fmt: skip
+    stack = _with_controller(cluster, f"{CLUSTER}-controller")
+    _drain_while_waiting(cluster, monkeypatch)
+    assert main(["submit", "class3d", "--stack", stack, "--preset", "benchmark"]) == 0
+    assert "the controller was asleep: waking it" in capsys.readouterr().err
+    (service,) = ecs.describe_services(cluster=CLUSTER, services=[f"{CLUSTER}-controller"])[
+        "services"
+    ]
+    assert service["desiredCount"] == 1
+
+
+def test_a_wake_that_fails_leaves_the_submission_to_the_wake_check(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    stack = _with_controller(cluster, "no-such-service")
+    _drain_while_waiting(cluster, monkeypatch)
+    assert main(["submit", "class3d", "--stack", stack, "--preset", "benchmark"]) == 0
+    err = capsys.readouterr().err
+    assert "could not wake the controller (" in err
+    assert "its wake check will, within five minutes" in err
+    assert "accepted: Slurm job" in err
+
+
 def test_submit_select_runs_the_selection_program_on_the_cpu_partition(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

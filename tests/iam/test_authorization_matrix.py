@@ -278,6 +278,7 @@ PRINCIPALS = {
     "cli": "Users",
     "fis": "SpotInterruptionDrillRole",
     "fallback": "CapacityFallbackRole",
+    "wake": "ControllerWakeRole",
     "slurm-key": "SlurmKeyRole",
     "exchange-role": "ResultsExchangeJobRole",
 }
@@ -1278,6 +1279,25 @@ deny("fallback/deny/ec2:TerminateInstances")(
         w.instance,
         tag_context("ResourceTag", w.own_instance_tags()),
     )
+)
+
+
+# --- the scheduled wake of a sleeping controller (relion_spot.controller_wake) ----------------
+
+allow("wake/sqs:GetQueueAttributes/own-queue")(
+    lambda w: Request("wake", "sqs:GetQueueAttributes", w.queue)
+)
+deny("wake/deny/sqs:GetQueueAttributes/another-clusters-queue")(
+    lambda w: Request("wake", "sqs:GetQueueAttributes", w.other_queue)
+)
+for _action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:SendMessage", "sqs:PurgeQueue"):
+    deny(f"wake/deny/{_action}/own-queue")(lambda w, a=_action: Request("wake", a, w.queue))
+for _action in ("ecs:DescribeServices", "ecs:UpdateService"):
+    allow(f"wake/{_action}/own-service")(
+        lambda w, a=_action: Request("wake", a, w.service, {"ecs:cluster": w.ecs_cluster})
+    )
+deny("wake/deny/ecs:UpdateService/another-service")(
+    lambda w: Request("wake", "ecs:UpdateService", w.other_service)
 )
 
 

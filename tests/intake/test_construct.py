@@ -179,8 +179,12 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
             if {"Fn::GetAtt": [dead, "Arn"]} in resources:
                 raise AssertionError(f"nobody is granted the dead-letter queue: {statement}")
             if {"Fn::GetAtt": [main, "Arn"]} in resources:
-                assert roles == [task_role.as_string()]
                 assert resources == [{"Fn::GetAtt": [main, "Arn"]}]
+                if roles[0].startswith("ControllerWakeRole"):
+                    # The wake check counts the queue's messages and may touch none.
+                    assert (roles, actions) == (roles[:1], {"sqs:GetQueueAttributes"})
+                    continue
+                assert roles == [task_role.as_string()]
                 sqs_actions |= actions
             if {"Fn::GetAtt": [TABLE_LOGICAL_ID, "Arn"]} in resources:
                 assert len(roles) == 1

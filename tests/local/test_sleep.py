@@ -1,6 +1,7 @@
 """Scale-to-zero on the embedded cloud: an idle controller sets its own ECS service (in moto) to 0
-and the reconciler stops its container as Fargate would; a submission wakes the service, the
-controller comes back on its saved state, and the queued job runs."""
+and the reconciler stops its container as Fargate would; a submission queued with no wake at all
+is found by the scheduled wake check (its Lambda handler, run as its schedule would), which wakes
+the service; the controller comes back on its saved state, and the queued job runs."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from relion_spot.controller_wake import handler as wake_check
 from relion_spot.demo.runner import DemoSettings, job_parameters, make_dataset
 from relion_spot.intake.client import submit, wait_for_acceptance
 from relion_spot.intake.table import IntakeTable
-from relion_spot.intake.wake import wake_controller
 from relion_spot.local.embedded import INTAKE_TABLE, EmbeddedCloud
 from relion_spot.relion.synthetic import load_manifest
 from relion_spot.settings import Settings
@@ -47,8 +48,11 @@ def _desired(cloud: EmbeddedCloud) -> int:
     return int(found[0]["desiredCount"])
 
 
-def test_idle_controller_sleeps_and_a_submission_wakes_it(
-    cloud: EmbeddedCloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_idle_controller_sleeps_and_the_wake_check_wakes_it_for_a_queued_submission(
+    cloud: EmbeddedCloud,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="relion_spot.local")
     local = cloud.local
@@ -74,9 +78,12 @@ def test_idle_controller_sleeps_and_a_submission_wakes_it(
         parameters=job_parameters(settings, load_manifest(project)),
         user="lab",
     )
-    assert wake_controller(
-        cloud.client("ecs"), cloud.env[idle.CLUSTER_ENV], cloud.env[idle.SERVICE_ENV]
-    )
+    assert _desired(cloud) == 0, "queued, and nothing woke the controller yet"
+    monkeypatch.setenv(wake_check.QUEUE_URL_ENV, cloud.env["RELION_SPOT_INTAKE_QUEUE_URL"])
+    monkeypatch.setenv(wake_check.CLUSTER_ENV, cloud.env[idle.CLUSTER_ENV])
+    monkeypatch.setenv(wake_check.SERVICE_ENV, cloud.env[idle.SERVICE_ENV])
+    checked = wake_check.on_schedule({}, sqs=cloud.client("sqs"), ecs=cloud.client("ecs"))
+    assert checked == {"outcome": wake_check.WOKEN, "waiting": 1}
     job_id = wait_for_acceptance(table, submission.submission_id, timeout=180)
     assert local.is_running()
     assert int(job_id) == before + 1, "the job counter survived the sleep"

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from relion_spot.intake.wake import wake_controller
+from relion_spot.controller_wake.wake import wake_controller
 from relion_spot.powersave.slurm import CommandResult
 from relion_spot.slurm import idle
 from tests.fakes import FakeClock
