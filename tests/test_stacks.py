@@ -763,7 +763,8 @@ def test_a_schedule_wakes_the_controller_for_whatever_waits_in_its_queue(default
     ]
     assert rule["Properties"]["ScheduleExpression"] == "rate(5 minutes)"
     (target,) = rule["Properties"]["Targets"]
-    assert "RetryPolicy" not in target or target["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    assert target["RetryPolicy"] == {"MaximumRetryAttempts": 0}
+    (rule_id,) = [k for k, r in template["Resources"].items() if r is rule]
     function_id = target["Arn"]["Fn::GetAtt"][0]
     function = template["Resources"][function_id]["Properties"]
     assert function["Handler"] == "relion_spot.controller_wake.handler.on_schedule"
@@ -775,6 +776,15 @@ def test_a_schedule_wakes_the_controller_for_whatever_waits_in_its_queue(default
         "RELION_SPOT_ECS_CLUSTER": "relion-spot-gpu1",
         "RELION_SPOT_ECS_SERVICE": "relion-spot-gpu1-controller",
     }
+    (permission,) = [
+        p["Properties"]
+        for p in _resources(template, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    ]
+    assert permission["Principal"] == "events.amazonaws.com"
+    assert permission["SourceArn"] == {"Fn::GetAtt": [rule_id, "Arn"]}
+    (service_id,) = _resources(template, "AWS::ECS::Service")
+    assert service_id in template["Resources"][function_id]["DependsOn"]
     role_id = function["Role"]["Fn::GetAtt"][0]
     statements = [
         statement

@@ -268,7 +268,8 @@ def _wake(context: Context) -> None:
             print("the controller was asleep: waking it (about a minute)", file=context.err)
     except Exception as error:  # the submission is queued; the wake check finds it
         print(
-            f"could not wake the controller ({error}); its wake check will, within five minutes",
+            f"could not wake the controller ({error}); the cluster's wake check tries every "
+            "five minutes",
             file=context.err,
         )
 

@@ -54,6 +54,9 @@ class ControllerWake(Construct):
             "Schedule",
             schedule=events.Schedule.rate(CHECK_EVERY),
             description=f"Is anything waiting for {controller.service_name} in its intake queue?",
-            # The next run is the retry.
+            # EventBridge does not retry a delivery: the next run comes in five minutes (Lambda's
+            # own retries of a failed run are harmless, the wake being idempotent).
             targets=[targets.LambdaFunction(self.function, retry_attempts=0)],
         )
+        # Made after the service and removed before it: no run scales a service being deleted.
+        self.node.add_dependency(controller.service)

@@ -162,7 +162,7 @@ def test_a_wake_that_fails_leaves_the_submission_to_the_wake_check(
     assert main(["submit", "class3d", "--stack", stack, "--preset", "benchmark"]) == 0
     err = capsys.readouterr().err
     assert "could not wake the controller (" in err
-    assert "its wake check will, within five minutes" in err
+    assert "the cluster's wake check tries every five minutes" in err
     assert "accepted: Slurm job" in err
 
 
