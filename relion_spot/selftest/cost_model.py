@@ -23,14 +23,14 @@ CLI does not import the CDK app)."""
 CPU_ROOT_VOLUME_GIB = 40
 """The same for the CPU launch template."""
 DATA_SECONDS = 120.0
-"""Assumed: the synthetic set's job on the CPU node (200 particles, box 40; 17 s on the embedded
-cloud's node container, measured by the selftest)."""
+"""Assumed: the synthetic set's job on the CPU node (400 particles, box 40; 17 s for
+200 on the embedded cloud's node container, measured by the selftest)."""
 BOOT_SECONDS = 600.0
 """Assumed: launch to RELION running on a fresh GPU node (DLAMI boot, the Slurm image pull, the
 node bootstrap, the RELION SIF built into the EFS cache on the first node of a deployment)."""
 SECONDS_PER_ITERATION = 60.0
-"""Assumed: one iteration of the selftest's tiny Class3D (box 40, K=2, 200 particles) on one
-GPU; on two CPU cores it takes about 20 s (measured by the demo), a GPU is not slower."""
+"""Assumed: one iteration of the selftest's tiny Class3D (box 40, K=2, 400 particles) on one
+GPU; on two CPU cores it takes about 20-40 s (measured by the demo), a GPU is not slower."""
 NOTICE_SECONDS = 120.0
 """The spot interruption notice FIS sends (durationBeforeInterruption, EC2's two minutes)."""
 

@@ -163,7 +163,7 @@ def test_over_budget_refuses_naming_the_modelled_ceiling(deployed: dict[str, Any
     options = SelftestOptions(gpu=True, interrupt=True, budget_usd=0.5)
     with stub:
         result = run(_backend(deployed, quotas), options, lambda *_: None)
-    ceiling = selftest_cost(instance_type="g5.xlarge", iterations=4, interrupt=True).total_usd
+    ceiling = selftest_cost(instance_type="g5.xlarge", iterations=6, interrupt=True).total_usd
     assert ceiling > 0.5
     assert f"may cost up to ${ceiling:.2f} (on-demand ceiling), over the budget" in result.refused
 
@@ -201,8 +201,8 @@ def test_the_cost_model_uses_the_templates_root_volume() -> None:
     [
         ([], "which cluster? give --stack"),
         (["--stack", "s", "--interrupt"], "--interrupt interrupts the --gpu job's node"),
-        (["--stack", "s", "--iterations", "1"], "--iterations '1': give a whole number 2 to 10"),
-        (["--stack", "s", "--iterations", "x"], "--iterations 'x': give a whole number 2 to 10"),
+        (["--stack", "s", "--iterations", "1"], "--iterations '1': give a whole number 6 to 10"),
+        (["--stack", "s", "--iterations", "x"], "--iterations 'x': give a whole number 6 to 10"),
         (["--stack", "s", "--budget", "-1"], "--budget '-1': give a positive amount of USD"),
         (["--stack", "s", "--budget", "lots"], "--budget 'lots': give a positive amount"),
         (["--stack", "s", "--work-dir", "/tmp/x"], "--work-dir is for --stack local only"),
@@ -233,7 +233,7 @@ def test_the_json_line_carries_the_checks(deployed: dict[str, Any]) -> None:
     record.store(deployed["dynamodb"], INTAKE, record.CONTROLLER, outcomes)
     out, err = io.StringIO(), io.StringIO()
     args = Namespace(
-        stack=STACK, region=None, gpu=False, interrupt=False, iterations="4", budget=None,
+        stack=STACK, region=None, gpu=False, interrupt=False, iterations="6", budget=None,
         work_dir=None, json=True,
     )  # fmt: skip
     assert selftest_main(args, out=out, err=err) == 0
