@@ -59,7 +59,7 @@ def test_selftest_on_the_embedded_cloud_passes_every_verdict(tmp_path: Path) -> 
     assert all(p["seconds"] >= 0 for p in result["phases"])
     # The data set is made on the cluster by the synthetic job, as on a deployed stack.
     data = next(p for p in result["phases"] if p["name"] == "data")
-    assert "200 particles, K=2, in /data/relion-spot-selftest (CPU job " in data["note"], data
+    assert "400 particles, K=2, in /data/relion-spot-selftest (CPU job " in data["note"], data
     # Each figure is rounded to 6 decimals in the JSON.
     assert sum(p["usd"] for p in result["phases"]) == pytest.approx(result["total_usd"], abs=1e-5)
     assert result["total_usd"] > 0
