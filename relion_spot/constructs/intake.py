@@ -69,6 +69,8 @@ class JobIntake(Construct):
             "Submissions",
             partition_key=dynamodb.Attribute(name=config.KEY, type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            # The nodes' report items end on their own (the submissions carry no such time).
+            time_to_live_attribute=config.REPORT_EXPIRES,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
@@ -85,21 +87,27 @@ class JobIntake(Construct):
         self.table.grant(grantee, "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem")
 
     def grant_progress(self, grantee: iam.IGrantable) -> None:
-        """A node's report forwarder (relion_spot.intake.report): UpdateItem only, on this
-        table only, naming only ``config.REPORT_ATTRIBUTES`` and asking nothing back. Which item
-        is not held (a submission's key is a UUID); the forwarder conditions its update on the
-        item's ``report_job_id`` naming the reporting job."""
+        """A node's report forwarder (relion_spot.intake.report): PutItem only, on this table
+        only, of items keyed ``report:<its own instance ARN>:...`` (``${ec2:SourceInstanceARN}``,
+        which AWS sets from the instance role's session), naming only
+        ``config.REPORT_ATTRIBUTES`` and asking nothing back. The controller's relay copies a
+        report into a submission's item once Slurm says the job runs on that instance."""
         iam.Grant.add_to_principal(
             grantee=grantee,
-            actions=["dynamodb:UpdateItem"],
+            actions=["dynamodb:PutItem"],
             resource_arns=[self.table.table_arn],
-            # ForAllValues holds for a request without the key: Null makes the key required.
-            # ReturnValues is always set on UpdateItem (NONE unless the request asks otherwise).
+            # ForAllValues holds for a request without the key: Null makes each key required.
+            # ReturnValues is always set on PutItem (NONE unless the request asks otherwise).
             conditions={
+                "ForAllValues:StringLike": {
+                    "dynamodb:LeadingKeys": [
+                        f"{config.REPORT_KEY_PREFIX}${{ec2:SourceInstanceARN}}:*"
+                    ]
+                },
                 "ForAllValues:StringEquals": {
                     "dynamodb:Attributes": list(config.REPORT_ATTRIBUTES)
                 },
-                "Null": {"dynamodb:Attributes": "false"},
+                "Null": {"dynamodb:LeadingKeys": "false", "dynamodb:Attributes": "false"},
                 "StringEquals": {"dynamodb:ReturnValues": config.REPORT_RETURN_VALUES},
             },
         )

@@ -40,21 +40,38 @@ KEY = "submission_id"
 """The intake table's partition key, and the message field it comes from."""
 REPORT_JOB = "report_job_id"
 """The Slurm job whose reports a submission's item takes (relion_spot.intake.report): the drainer
-writes it with an accepted decision, the same as ``job_id``. The node roles may write it too
-(IAM's ``dynamodb:Attributes`` cannot tell an attribute a condition reads from one an update
-writes, and the report forwarder's condition reads it), so nothing but that condition trusts it;
-``job_id``, which the credential broker and cancels trust, stays the controller's alone."""
+writes it with an accepted decision, the same as ``job_id``. In a node's report item it names
+the job that reported; the controller's relay copies a report only into the item whose
+``report_job_id`` is that job."""
 
 PROGRESS = "progress"
 LOG_TAIL = "log_tail"
-"""The two attributes a job's report writes (relion_spot.intake.report)."""
-REPORT_ATTRIBUTES = (KEY, PROGRESS, LOG_TAIL, REPORT_JOB)
-"""All a node's UpdateItem may name (``dynamodb:Attributes``: what it writes, and what its
-condition reads): the report's two attributes, its gate ``REPORT_JOB`` and the key, which AWS
-requires in the list. Nothing of the decision, its sender, its parameters or a cancel."""
+"""The two attributes a job's report carries (relion_spot.intake.report)."""
+REPORT_EXPIRES = "expires_at"
+"""A node's report item's end (epoch seconds): the table's time to live removes it."""
+REPORT_TTL_SECONDS = 14 * 86400
+REPORT_KEY_PREFIX = "report:"
+"""A node writes a job's report into its own item, keyed ``report:<instance ARN>:<submission
+id>`` (``report_key``): the node roles may put items under their own instance's ARN and no
+other key (``dynamodb:LeadingKeys`` against ``${ec2:SourceInstanceARN}``), so a node can never
+write a submission's item, nor the report of a job on another node. The controller's relay
+(relion_spot.intake.relay) copies a report into its submission's item once Slurm says that job
+runs (or ran) on that instance."""
+REPORT_ATTRIBUTES = (KEY, PROGRESS, LOG_TAIL, REPORT_JOB, REPORT_EXPIRES)
+"""All a node's PutItem may name (``dynamodb:Attributes``): the key, which AWS requires in the
+list, the report's two attributes, the job that made it and the item's end."""
 REPORT_RETURN_VALUES = "NONE"
-"""All a node's UpdateItem may ask back: nothing (ALL_OLD or ALL_NEW would return the whole
-item, decision and all, so a node could read a submission's decision through an update)."""
+"""All a node's PutItem may ask back: nothing (ALL_OLD would return an item's old content)."""
+INSTANCE_ARN_PREFIX_ENV = "RELION_SPOT_INSTANCE_ARN_PREFIX"
+"""``arn:<partition>:ec2:<region>:<account>:instance/`` on the controller: with a node's
+instance id (Slurm's ``instance_id``, set by the resume program) it names the node's report
+items."""
+
+
+def report_key(instance_arn: str, submission_id: str) -> str:
+    """The key of the report that instance ``instance_arn`` makes for ``submission_id``."""
+    return f"{REPORT_KEY_PREFIX}{instance_arn}:{submission_id}"
+
 
 VISIBILITY_TIMEOUT_SECONDS = 300
 """How long a received submission stays hidden from the next receive. One drain step is one

@@ -10,12 +10,14 @@ relion_spot.node.metadata_guard), so reporting takes two hands:
   lines of the job's output file;
 - the node's forwarder (relion_spot.node.job_reports, root, started beside slurmd): for each
   job Slurm runs on the node, reads that file (no link followed, owned by the job's user,
-  bounded) and sets two attributes of the submission's item with one UpdateItem
-  (``ReportPublisher``, ``report_update``), only where the item exists and its
-  ``report_job_id`` (written by the drainer with the decision) names that Slurm job; the
-  submission comes from the job's Slurm comment, never from the file. The update asks nothing
-  back, and it names no attribute but these, the key and ``report_job_id``: that is all the
-  node roles may name (relion_spot.constructs.intake, tests/iam):
+  bounded) and puts it into the node's own report item, ``report:<instance ARN>:<submission
+  id>`` (``ReportPublisher``, ``report_put``): IAM lets a node put no other key
+  (relion_spot.constructs.intake, tests/iam). The submission comes from the job's Slurm
+  comment, never from the file;
+- the controller's relay (relion_spot.intake.relay): copies each report into its submission's
+  item once Slurm says that job runs (or ran) on that instance, where the item's
+  ``report_job_id`` (written by the drainer with the decision) names the job. So neither a job
+  nor a node can write a submission's item, and a node can report only for its own jobs:
 
     progress  M  state ("RUNNING", "FINISHED", or "STOPPED": RELION exited before the last
                  iteration, e.g. a spot reclaim that Slurm will requeue; "FAILED": a CPU job's
@@ -44,12 +46,23 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KEY, LOG_TAIL, PROGRESS, REPORT_JOB, REPORT_RETURN_VALUES, SUBMISSION_ID_ENV
+from .config import (
+    KEY,
+    LOG_TAIL,
+    PROGRESS,
+    REPORT_EXPIRES,
+    REPORT_JOB,
+    REPORT_RETURN_VALUES,
+    REPORT_TTL_SECONDS,
+    SUBMISSION_ID_ENV,
+    report_key,
+)
 
 CLUSTER_ENV = "RELION_SPOT_CLUSTER"
 REPORT_SPOOL = Path("/run/relion-spot/job-reports")
@@ -370,15 +383,18 @@ class ProgressReporter:
 
 @dataclass
 class ReportPublisher:
-    """The node's side (root): a job's report into its submission's item, and its resolution
-    as a metric once per new iteration."""
+    """The node's side (root): a job's report into this instance's report item for its
+    submission, and its resolution as a metric once per new iteration."""
 
     table: str
+    instance_arn: str
+    """This node's instance ARN, as AWS puts it in ``ec2:SourceInstanceARN`` (``instance_arn``)."""
     region: str | None = None
     cluster: str = ""
     client: Any = None
     metrics: Any = None
     """The CloudWatch client (made on first use)."""
+    clock: Callable[[], float] = time.time
     _published_iteration: dict[str, int] = field(default_factory=dict, repr=False)
 
     def _client(self, service: str = "dynamodb") -> Any:
@@ -419,47 +435,62 @@ class ReportPublisher:
         self._published_iteration[job_id] = iteration
         return True
 
-    def publish(self, submission_id: str, job_id: str, report: JobReport) -> bool:
-        """Set the item's progress and log tail, only where the item exists and its
-        ``report_job_id`` names Slurm job ``job_id`` (so a job can never write another
-        submission's item, whatever comment it gives itself); False when the item does not.
-        AWS errors are raised to the caller."""
-        from botocore.exceptions import ClientError
-
-        progress = {**report.progress, "job_id": job_id}
-        try:
-            self._client().update_item(**report_update(self.table, submission_id, job_id, report))
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
-        self.publish_resolution(job_id, progress)
-        return True
+    def publish(self, submission_id: str, job_id: str, report: JobReport) -> None:
+        """Put Slurm job ``job_id``'s report into this instance's item for ``submission_id``
+        (the relay decides whether it reaches the submission). AWS errors are raised."""
+        expires = int(self.clock()) + REPORT_TTL_SECONDS
+        self._client().put_item(
+            **report_put(self.table, self.instance_arn, submission_id, job_id, report, expires)
+        )
+        self.publish_resolution(job_id, {**report.progress, "job_id": job_id})
 
 
-def report_update(table: str, submission_id: str, job_id: str, report: JobReport) -> dict[str, Any]:
-    """The forwarder's UpdateItem of Slurm job ``job_id``'s report: ``progress`` (with the job
-    id) and ``log_tail``, where the item exists and its ``report_job_id`` is ``job_id``. Every
-    attribute it names is a placeholder in ExpressionAttributeNames (tests/iam reads them from
-    there), and it asks nothing back."""
+def report_put(
+    table: str,
+    instance_arn: str,
+    submission_id: str,
+    job_id: str,
+    report: JobReport,
+    expires: int,
+) -> dict[str, Any]:
+    """The forwarder's PutItem of Slurm job ``job_id``'s report: its own instance's item for
+    the submission, holding ``progress`` (with the job id), ``log_tail``, the job and the
+    item's end; it asks nothing back."""
     return {
         "TableName": table,
-        "Key": {KEY: {"S": submission_id}},
-        "UpdateExpression": "SET #p = :p, #t = :t",
-        "ConditionExpression": "attribute_exists(#k) AND #j = :j",
-        "ExpressionAttributeNames": {
-            "#p": PROGRESS,
-            "#t": LOG_TAIL,
-            "#k": KEY,
-            "#j": REPORT_JOB,
-        },
-        "ExpressionAttributeValues": {
-            ":p": attribute({**report.progress, "job_id": job_id}),
-            ":t": {"S": report.log_tail},
-            ":j": {"S": job_id},
+        "Item": {
+            KEY: {"S": report_key(instance_arn, submission_id)},
+            PROGRESS: attribute({**report.progress, "job_id": job_id}),
+            LOG_TAIL: {"S": report.log_tail},
+            REPORT_JOB: {"S": job_id},
+            REPORT_EXPIRES: {"N": str(expires)},
         },
         "ReturnValues": REPORT_RETURN_VALUES,
     }
+
+
+def instance_arn(imds: Any) -> str:
+    """This instance's ARN from its metadata (partition, region, account, id): the value AWS
+    gives ``ec2:SourceInstanceARN`` in a request made with the instance's role. ImdsError
+    where the metadata service does not answer; ReportError where it lacks a part."""
+    parts = {
+        "partition": imds.get("services/partition"),
+        "region": imds.get("placement/region"),
+        "instance id": imds.get("instance-id"),
+    }
+    info = imds.get("identity-credentials/ec2/info")
+    try:
+        parts["account"] = str(json.loads(info or "{}").get("AccountId") or "")
+    except (json.JSONDecodeError, AttributeError):
+        parts["account"] = ""
+    missing = sorted(name for name, value in parts.items() if not (value or "").strip())
+    if missing:
+        raise ReportError(f"the instance metadata names no {', '.join(missing)}")
+    clean = {name: value.strip() for name, value in parts.items() if value}
+    return (
+        f"arn:{clean['partition']}:ec2:{clean['region']}:{clean['account']}:instance/"
+        f"{clean['instance id']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

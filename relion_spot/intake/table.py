@@ -28,12 +28,13 @@
     cancel_at      N  epoch seconds of the last cancel_state change
     held_reason    S  why Slurm holds the job (the resume program's hold on a configuration
     held_at        N  error), and when
-    progress       M  written by the job itself while it runs (relion_spot.relion.progress):
+    progress       M  the job's own report while it runs (relion_spot.relion.progress):
                       iteration, resolution, ETA, per-iteration history, state
-    log_tail       S  the last lines of the job's output file, written with progress
+    log_tail       S  the last lines of the job's output file, reported with progress
 
-The node roles may write only ``progress``, ``log_tail`` and ``report_job_id`` (tests/iam); every
-other attribute is the controller's (``CONTROLLER_ATTRIBUTES``).
+Every attribute of a submission's item is the controller's (``CONTROLLER_ATTRIBUTES``, and the
+report's two, which its relay copies from the node's report item: relion_spot.intake.relay).
+A node may put only its own report items (``report:<instance ARN>:<submission id>``, tests/iam).
 
 A decision is final: ``finish`` writes only where no item exists or the item is still a claim,
 so neither a retry nor a second drainer can turn an accepted submission into a rejected one, or
@@ -48,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import KEY, REPORT_JOB
+from .config import KEY, REPORT_EXPIRES, REPORT_JOB
 
 SUBMITTING = "submitting"
 ACCEPTED = "accepted"
@@ -148,9 +149,9 @@ def parameters_text(parameters: Mapping[str, Any] | Any) -> str:
 
 
 def is_submission(item: Mapping[str, Any] | None) -> bool:
-    """A raw item is a claim or a decision: it has a state. A node may UpdateItem the report's
-    attributes into an item of its own making (IAM cannot tell an update from a create); such
-    an item is no submission, to the drainer, the CLI or the selftest."""
+    """A raw item is a claim or a decision: it has a state. The table also holds the nodes'
+    report items and the permission checks, which have none: no submission, to the drainer,
+    the CLI or the selftest."""
     return item is not None and "state" in item
 
 
@@ -272,4 +273,8 @@ def create_table(client: Any, name: str) -> None:
         BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
         KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+    )
+    client.update_time_to_live(
+        TableName=name,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": REPORT_EXPIRES},
     )

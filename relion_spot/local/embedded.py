@@ -373,6 +373,10 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
         intake_config.DATA_ROOT_ENV: intake_config.NODE_DATA_DIR,
         intake_config.JOB_MODE_ENV: "local",
         intake_config.CONTAINER_CACHE_ENV: CONTAINERS_MOUNT,
+        # As the stack sets it on the controller: whose instances its report relay reads.
+        intake_config.INSTANCE_ARN_PREFIX_ENV: "arn:{}:ec2:{}:{}:instance/".format(
+            ssm.meta.partition, region, client("sts").get_caller_identity()["Account"]
+        ),
         KEY_PARAMETER_ARN_ENV: key_arn,
         RECORDS_TABLE_ENV: RECORDS_TABLE,
         EVENTS_TABLE_ENV: SPOT_EVENTS_TABLE,

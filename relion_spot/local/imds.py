@@ -168,6 +168,10 @@ class LocalImds:
             "instance-type": instance["InstanceType"],
             "placement/availability-zone": zone,
             "placement/region": self.ec2.meta.region_name,
+            "services/partition": self.ec2.meta.partition,
+            "identity-credentials/ec2/info": json.dumps(
+                {"Code": "Success", "AccountId": found[0]["OwnerId"]}
+            ),
             "tags/instance": "\n".join(sorted(tags)),
         }
         if item in fixed:

@@ -5,7 +5,9 @@
 Every few seconds: ask Slurm which intake jobs run on this node (``squeue --json``: job id, user,
 comment ``relion-spot:<submission id>``), read each one's report file from the spool
 (relion_spot.intake.report: ``REPORT_SPOOL/<job id>.json``) and, when it changed, publish it into
-the submission's intake item and its resolution metric (``ReportPublisher``). The spool is
+this node's report item for the submission (``report:<instance ARN>:<submission id>``, whence
+the controller's relay copies it into the submission's item: relion_spot.intake.relay) and its
+resolution metric (``ReportPublisher``). The spool is
 root's; its files are the jobs'. A file is read only when it is a regular file, not a link (opened
 O_NOFOLLOW relative to the spool), with one link, owned by the job's user and bounded in size;
 anything else is refused with one log line and removed, as are the files of jobs that left.
@@ -17,7 +19,8 @@ FINISHED or FAILED) is written just before it exits, and the poll could miss it.
 
 Environment: RELION_SPOT_NODE_NAME, RELION_SPOT_INTAKE_TABLE (without it there is nothing to
 forward and it exits 0), the region (AWS_REGION / AWS_DEFAULT_REGION), RELION_SPOT_CLUSTER (the
-metric's dimension), RELION_SPOT_REPORT_POLL_SECONDS.
+metric's dimension), RELION_SPOT_REPORT_POLL_SECONDS, RELION_SPOT_IMDS_URL (the instance's
+ARN comes from its metadata).
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ from ..intake.report import (
     JobReport,
     ReportError,
     ReportPublisher,
+    instance_arn,
 )
 from ..intake.slurm import submission_of
 from ..slurm import squeue
 from ..slurm.squeue import SlurmJob
+from .imds import DEFAULT_IMDS_URL, IMDS_URL_ENV, Imds, ImdsError
 
 NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
 POLL_SECONDS_ENV = "RELION_SPOT_REPORT_POLL_SECONDS"
@@ -183,18 +188,11 @@ class Forwarder:
                 _remove(spool_fd, f"{job.job_id}.json")
                 continue
             try:
-                stored = self.publisher.publish(job.submission_id, job.job_id, report)
+                self.publisher.publish(job.submission_id, job.job_id, report)
             except (BotoCoreError, ClientError) as err:
                 log.warning("job %s: report not forwarded, retrying: %s", job.job_id, err)
                 continue
             self._sent[job.job_id] = data
-            if not stored:
-                log.warning(
-                    "job %s: refused: submission %s is not this job's (its comment names "
-                    "a submission whose item holds another job, or none)",
-                    job.job_id,
-                    job.submission_id,
-                )
 
     def _clear_departed(self, spool_fd: int, running: set[str]) -> None:
         for name in os.listdir(spool_fd):
@@ -235,8 +233,16 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         log.info("no intake table (%s): nothing to forward", TABLE_ENV)
         return 0
     region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
+    try:
+        arn = instance_arn(Imds(env.get(IMDS_URL_ENV, "").strip() or DEFAULT_IMDS_URL))
+    except (ImdsError, ReportError) as err:
+        log.error("no report forwarded: this node's instance ARN is not known: %s", err)
+        return 2
     publisher = ReportPublisher(
-        table=table, region=region or None, cluster=env.get(CLUSTER_ENV, "").strip()
+        table=table,
+        instance_arn=arn,
+        region=region or None,
+        cluster=env.get(CLUSTER_ENV, "").strip(),
     )
     spool = Path(env.get(SPOOL_ENV, "").strip() or REPORT_SPOOL)
     if args:
@@ -246,7 +252,7 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         if spool.is_dir():
             job_id = args[1]
             # The resolution metric stays the polling forwarder's: no second point per iteration.
-            final = ReportPublisher(table=table, region=region or None)
+            final = ReportPublisher(table=table, instance_arn=arn, region=region or None)
             Forwarder(spool=spool, publisher=final, jobs=lambda: squeue_job(job_id)).flush()
         return 0
     if not node:

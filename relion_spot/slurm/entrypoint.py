@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["controller"] and os.environ.get(INTAKE_TABLE_ENV, "").strip():
         # Which of the power-save programs' calls AWS would refuse, known before a job waits.
         _start_beside("relion_spot.selftest.check", os.environ, "permission check")
+        # The nodes' reports into their jobs' submissions, once Slurm says who runs what.
+        _start_beside("relion_spot.intake.relay", os.environ, "report relay")
     if args[:1] == ["controller"] and BUDGET_ENV in os.environ:
         # Present, even empty, on every deployed controller: a cap removed releases its holds.
         _start_beside("relion_spot.budget.release", os.environ, "budget release loop")

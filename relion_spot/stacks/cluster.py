@@ -35,7 +35,13 @@ from ..cost.config import COSTS_TABLE as COSTS_TABLE_ENV
 from ..cost.jobcomp import SPOOL_VARIABLE as JOBCOMP_SPOOL_ENV
 from ..estimate.idle import load_prices
 from ..estimate.storage import storage_io_rates
-from ..intake.config import ADMIN_IDS_ENV, CONTAINER_CACHE_ENV, RELION_IMAGE_ENV, STAGE_BUCKETS_ENV
+from ..intake.config import (
+    ADMIN_IDS_ENV,
+    CONTAINER_CACHE_ENV,
+    INSTANCE_ARN_PREFIX_ENV,
+    RELION_IMAGE_ENV,
+    STAGE_BUCKETS_ENV,
+)
 from ..jobs.class3d import DEFAULT_IMAGE
 from ..node import bootstrap
 from ..settings import Settings
@@ -248,6 +254,8 @@ class ClusterStack(Stack):
                 STAGE_BUCKETS_ENV: ",".join(settings.stage_buckets),
                 SPEC_ENV: spec_from_settings(settings, gpu_count).to_json(),
                 "AWS_DEFAULT_REGION": self.region,
+                INSTANCE_ARN_PREFIX_ENV: f"arn:{self.partition}:ec2:{self.region}:"
+                f"{self.account}:instance/",
                 "RELION_SPOT_CLUSTER": cluster_name,
                 "RELION_SPOT_NODE_GROUPS": self.to_json_string(
                     {
@@ -303,7 +311,7 @@ class ClusterStack(Stack):
         self.cost_tracker.grant_spend_reader(self.controller.task_role)  # the budget cap
         self.notifications.grant_publish(self.controller.task_role)
         for nodes in (self.gpu_nodes, self.cpu_nodes):
-            self.intake.grant_progress(nodes.role)  # jobs' reports, through the forwarder
+            self.intake.grant_progress(nodes.role)  # jobs' reports, into the node's own items
             self.intake.grant_node_checks(nodes.role)  # the node's permission check at start
 
         self.drill = SpotInterruptionDrill(

@@ -5,6 +5,7 @@ process) over stand-ins for sbatch, squeue and scancel."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from relion_spot import __version__
 from relion_spot.intake.config import REGION_ENV, TABLE_ENV
 from relion_spot.intake.drain import Drainer
 from relion_spot.intake.prepare import JobPreparer
+from relion_spot.intake.relay import Relay, ReportedJob
+from relion_spot.intake.report import JobReport, ReportPublisher
 from relion_spot.intake.slurm import SlurmJobs
 from relion_spot.intake.table import IntakeTable
+from relion_spot.node.job_reports import Forwarder, NodeJob
 from tests.intake.conftest import (
     MIN_JOB_AGE,
     QUEUE,
@@ -138,3 +142,64 @@ def job_log(tmp_path: Path, job_id: str, lines: int) -> Path:
     path = tmp_path / f"class3d-{job_id}.out"
     path.write_text("".join(f"line {n}\n" for n in range(lines)))
     return path
+
+
+NODE_INSTANCE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+"""The instance the jobs of these tests run on."""
+
+
+@dataclass
+class NodeReports:
+    """How a job's report reaches its submission's item: the node's forwarder puts it into
+    the node's own report item, the controller's relay copies it across; Slurm's word that the
+    job runs on that instance is given (one job, one node)."""
+
+    forwarder: Forwarder
+    relay: Relay
+
+    @property
+    def publisher(self) -> ReportPublisher:
+        return self.forwarder.publisher
+
+    def round(self) -> None:
+        self.forwarder.round()
+        self.relay.round()
+
+    def flush(self) -> None:
+        self.forwarder.flush()
+        self.relay.round()
+
+
+def node_reports(spool: Path, job: str, sid: str, *, cluster: str = CLUSTER) -> NodeReports:
+    """The node's forwarder (root's, in the cloud) for one intake job of this process's user,
+    and the controller's relay that knows the job runs on ``NODE_INSTANCE_ARN``."""
+    import boto3
+
+    publisher = ReportPublisher(
+        table=TABLE, instance_arn=NODE_INSTANCE_ARN, region=REGION, cluster=cluster
+    )
+    forwarder = Forwarder(
+        spool=spool,
+        publisher=publisher,
+        jobs=lambda: [NodeJob(job_id=job, user_id=os.getuid(), submission_id=sid)],
+    )
+    relay = Relay(
+        table=TABLE,
+        client=boto3.client("dynamodb", region_name=REGION),
+        jobs=lambda: [ReportedJob(job, sid, NODE_INSTANCE_ARN)],
+    )
+    return NodeReports(forwarder, relay)
+
+
+def relay_report(job: str, sid: str, report: JobReport) -> None:
+    """One report from the node into the node's item, relayed into the submission's."""
+    import boto3
+
+    ReportPublisher(table=TABLE, instance_arn=NODE_INSTANCE_ARN, region=REGION).publish(
+        sid, job, report
+    )
+    Relay(
+        table=TABLE,
+        client=boto3.client("dynamodb", region_name=REGION),
+        jobs=lambda: [ReportedJob(job, sid, NODE_INSTANCE_ARN)],
+    ).round()

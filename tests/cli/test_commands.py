@@ -24,15 +24,25 @@ from relion_spot.intake.client import wait_for_decision
 from relion_spot.intake.report import (
     JobReport,
     ProgressReporter,
-    ReportPublisher,
     compact,
     expand,
     log_tail,
 )
-from relion_spot.node.job_reports import Forwarder, NodeJob
 from relion_spot.relion.progress import Watcher
 
-from .conftest import CLUSTER, COSTS, REGION, STACK, TABLE, Cluster, job_log
+from .conftest import (
+    CLUSTER,
+    COSTS,
+    NODE_INSTANCE_ARN,
+    REGION,
+    STACK,
+    TABLE,
+    Cluster,
+    NodeReports,
+    job_log,
+    node_reports,
+    relay_report,
+)
 
 
 def _record(current: int, total: int = 5) -> dict[str, Any]:
@@ -234,14 +244,13 @@ def test_submit_campaign_is_one_submission_and_three_jobs_each_after_the_one_bef
     assert [s["job_id"] for s in campaign["campaign"]["steps"]] == ["42", "43", "44"]
     sid = campaign["submission_id"]
     steps = {s["step"]: s["submission_id"] for s in campaign["campaign"]["steps"]}
-    publisher = ReportPublisher(table=TABLE, region=REGION)
-    publisher.publish(sid, "42", JobReport(compact({}, state="FINISHED", job_id="42"), ""))
-    publisher.publish(steps["refine3d"], "43", JobReport(compact({}, state="RUNNING"), ""))
+    relay_report("42", sid, JobReport(compact({}, state="FINISHED", job_id="42"), ""))
+    relay_report("43", steps["refine3d"], JobReport(compact({}, state="RUNNING"), ""))
     (row,) = _status_json(capsys, sid)
     assert row["campaign"]["state"] == "refine3d running"
-    publisher.publish(steps["refine3d"], "43", JobReport(compact({}, state="FINISHED"), ""))
+    relay_report("43", steps["refine3d"], JobReport(compact({}, state="FINISHED"), ""))
     figures = {"resolution_angstrom": 14.55, "truth_resolution_angstrom": 16.0, "bfactor": 0.0}
-    publisher.publish(steps["postprocess"], "44", JobReport(compact(figures, state="FINISHED"), ""))
+    relay_report("44", steps["postprocess"], JobReport(compact(figures, state="FINISHED"), ""))
     (row,) = _status_json(capsys, sid)
     assert {k: row["campaign"][k] for k in ("state", *figures)} == {"state": "finished", **figures}
     assert main(["status", "--stack", STACK]) == 0
@@ -376,13 +385,9 @@ def test_no_decision_in_time_says_the_controller_may_be_waking(
     assert "no decision within 0.2 s" in err and "waking up" in err
 
 
-def _forwarder(tmp_path: Path, job: str, sid: str) -> Forwarder:
-    """The node's forwarder (root's, in the cloud) for one intake job of this process's user."""
-    return Forwarder(
-        spool=_spool(tmp_path),
-        publisher=ReportPublisher(table=TABLE, region=REGION, cluster=CLUSTER),
-        jobs=lambda: [NodeJob(job_id=job, user_id=os.getuid(), submission_id=sid)],
-    )
+def _forwarder(tmp_path: Path, job: str, sid: str) -> NodeReports:
+    """The node's forwarder for one intake job of this process's user, and the relay."""
+    return node_reports(_spool(tmp_path), job, sid)
 
 
 def _spool(tmp_path: Path) -> Path:
@@ -465,7 +470,7 @@ def test_a_report_naming_another_submission_is_refused_and_that_item_is_kept(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A job that gives itself another submission's comment: the forwarder's update is
+    """A job that gives itself another submission's comment: the relay's update is
     conditioned on the item naming the reporting job, so the other item stays as it was."""
     victim_job = _accepted(cluster, monkeypatch, capsys)
     (victim,) = _status_json(capsys, victim_job)
@@ -479,9 +484,12 @@ def test_a_report_naming_another_submission_is_refused_and_that_item_is_kept(
     reporter = ProgressReporter.from_env(env, cwd=tmp_path)
     assert reporter is not None and reporter.publish(_record(4), state="FINISHED")
     forwarder = _forwarder(tmp_path, attacker_job, victim["submission_id"])
-    caplog.set_level(logging.WARNING, logger="relion_spot.node.job_reports")
+    caplog.set_level(logging.WARNING, logger="relion_spot.intake.relay")
     forwarder.round()
-    assert f"job {attacker_job}: refused: submission {victim['submission_id']}" in caplog.text
+    assert (
+        f"job {attacker_job}: report not relayed: submission {victim['submission_id']} holds "
+        "another job" in caplog.text
+    )
     (after,) = _status_json(capsys, victim_job)
     assert (after["state"], after.get("current_iteration")) == ("queued", None)
 
@@ -584,20 +592,20 @@ def test_a_cancel_goes_by_the_jobs_base_state_not_its_flags(
         assert cluster.scancel_calls() == [job]
 
 
-def test_an_item_a_node_made_of_report_attributes_is_no_submission_to_status(
+def test_a_nodes_report_item_is_no_submission_to_status(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
+    """A node's report for a submission that has no item (or no job on that node) stays in the
+    node's own item: status lists no such submission, and no relay creates one."""
     job = _accepted(cluster, monkeypatch, capsys)
     planted = "0b4e2a9c-3f1d-4c8e-9a7b-6d5e4f3a2b1c"
-    cluster.dynamodb.update_item(
-        TableName=cluster.table.name,
-        Key={"submission_id": {"S": planted}},
-        UpdateExpression="SET progress = :p",
-        ExpressionAttributeValues={":p": {"M": {"state": {"S": "RUNNING"}}}},
-    )
+    relay_report("99", planted, JobReport(compact({}, state="RUNNING"), "forged\n"))
     assert [row["job_id"] for row in _status_json(capsys)] == [job]
     assert main(["status", "--stack", STACK, planted]) != 0
     assert f"no submission {planted}" in capsys.readouterr().err
+    keys = [i["submission_id"]["S"] for i in cluster.dynamodb.scan(TableName=TABLE)["Items"]]
+    assert planted not in keys
+    assert f"report:{NODE_INSTANCE_ARN}:{planted}" in keys
 
 
 def test_a_cancel_slurm_refuses_is_reported(

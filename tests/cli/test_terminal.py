@@ -6,7 +6,6 @@ shown, not obeyed."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,9 @@ import pytest
 from relion_spot.cli import main
 from relion_spot.client.terminal import printable
 from relion_spot.intake.message import new_submission
-from relion_spot.intake.report import ProgressReporter, ReportPublisher
-from relion_spot.node.job_reports import Forwarder, NodeJob
+from relion_spot.intake.report import ProgressReporter
 
-from .conftest import CLUSTER, REGION, STACK, TABLE, Cluster
+from .conftest import STACK, TABLE, Cluster, node_reports
 from .test_commands import _accepted, _record, _status_json, _submit
 
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
@@ -80,11 +78,7 @@ def test_an_ansi_laden_log_tail_is_printed_plain(
     }
     reporter = ProgressReporter.from_env(env, cwd=tmp_path)
     assert reporter is not None and reporter.publish(_record(3), state="RUNNING")
-    Forwarder(
-        spool=spool,
-        publisher=ReportPublisher(table=TABLE, region=REGION, cluster=CLUSTER),
-        jobs=lambda: [NodeJob(job_id=job, user_id=os.getuid(), submission_id=row["submission_id"])],
-    ).round()
+    node_reports(spool, job, row["submission_id"]).round()
     stored = cluster.dynamodb.get_item(
         TableName=TABLE, Key={"submission_id": {"S": row["submission_id"]}}
     )["Item"]

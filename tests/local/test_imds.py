@@ -12,6 +12,7 @@ import pytest
 from moto import mock_aws
 
 from relion_spot import tags
+from relion_spot.intake.report import instance_arn
 from relion_spot.local.imds import LocalImds
 from relion_spot.node import spot_watcher
 from relion_spot.node.imds import Imds, ImdsError
@@ -55,6 +56,8 @@ def test_each_instance_reads_its_own_identity_and_tags(served: Any) -> None:
     assert client.get(f"tags/instance/{tags.NODE}") == "gpu-2"
     assert client.get("tags/instance/absent") is None
     assert Imds(imds.url_for(first)).get(f"tags/instance/{tags.NODE}") == "gpu-1"
+    # The ARN the node's report items are keyed by, as AWS's ec2:SourceInstanceARN names it.
+    assert instance_arn(client) == f"arn:aws:ec2:{REGION}:123456789012:instance/{second}"
 
     settings = spot_watcher.WatcherSettings.from_env({"RELION_SPOT_IMDS_URL": imds.url_for(first)})
     identity = spot_watcher.wait_for_identity(client, settings, {}, sleep=lambda _: None)
