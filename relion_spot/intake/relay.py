@@ -4,16 +4,19 @@
 
 A node puts each job's report into its own item, ``report:<instance ARN>:<submission id>``
 (relion_spot.intake.report); IAM lets a node put no other key. Every few seconds this relay asks
-Slurm which intake jobs run, or ran lately (``squeue --json``, which keeps an ended job for
-MinJobAge: job id, comment, nodes) and which instance each node is (``scontrol --json show
-nodes``: ``instance_id``, recorded by the resume program at launch). For each job it reads the
-report item of the instance its batch node is, and when that item is the job's and has changed,
-copies its progress and log tail into the submission's item, where the item's
+Slurm which intake jobs it lists (``squeue --json``: running ones, and ended ones for MinJobAge)
+and, for each attempt of a job first seen running, which instance its batch node is: the one
+running instance that carries the node's name in its ``relion-spot:node`` tag, which only the
+resume program sets (a node may set no such tag, and Slurm's own record of a node's instance is
+a Slurm admin's to change, which every node is). That instance is pinned to the attempt (job id
+and restart count) for as long as Slurm lists it, so a node name given to a new instance after
+the job ended never speaks for it. When the pinned instance's report item is the job's and has
+changed, its progress and log tail are copied into the submission's item, where the item's
 ``report_job_id`` (the drainer's) names the job. A node that writes a report for a job it does
 not run writes an item nothing reads.
 
-Environment: RELION_SPOT_INTAKE_TABLE, RELION_SPOT_INSTANCE_ARN_PREFIX, the region
-(AWS_REGION / AWS_DEFAULT_REGION), RELION_SPOT_REPORT_POLL_SECONDS.
+Environment: RELION_SPOT_INTAKE_TABLE, RELION_SPOT_INSTANCE_ARN_PREFIX, RELION_SPOT_CLUSTER, the
+region (AWS_REGION / AWS_DEFAULT_REGION), RELION_SPOT_REPORT_POLL_SECONDS.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..slurm import node_states, squeue
+from ..powersave.config import CLUSTER_ENV
+from ..slurm import squeue
 from ..slurm.squeue import SlurmJob
 from .config import (
     INSTANCE_ARN_PREFIX_ENV,
@@ -41,6 +45,7 @@ from .config import (
     TABLE_ENV,
     report_key,
 )
+from .message import canonical_id
 from .slurm import submission_of
 
 POLL_SECONDS_ENV = "RELION_SPOT_REPORT_POLL_SECONDS"
@@ -49,69 +54,70 @@ SLURM_TIMEOUT_SECONDS = 20
 
 log = logging.getLogger("relion_spot.intake.relay")
 
+Attempt = tuple[str, int]
+"""A job's attempt: its id and Slurm's restart count (a requeue starts the next attempt)."""
+
 
 @dataclass(frozen=True)
-class ReportedJob:
-    """An intake job and the instance whose report item speaks for it."""
+class ListedJob:
+    """An intake job as Slurm lists it."""
 
     job_id: str
+    restarts: int
     submission_id: str
-    instance_arn: str
+    batch_node: str
+    """Where the batch script runs, and so where the job's report file is written."""
+    running: bool
 
     @property
-    def report_key(self) -> str:
-        return report_key(self.instance_arn, self.submission_id)
+    def attempt(self) -> Attempt:
+        return (self.job_id, self.restarts)
 
 
-def reported_jobs(
-    jobs: list[SlurmJob], instances: Mapping[str, str], arn_prefix: str
-) -> list[ReportedJob]:
-    """The intake jobs that have a node, each with its batch node's instance (the first of its
-    nodes: Slurm starts the batch script there, and the report file is written there). A node
-    Slurm knows no instance of reports for nothing."""
+def listed_jobs(jobs: Iterable[SlurmJob]) -> list[ListedJob]:
+    """The intake's jobs among Slurm's: a comment naming a submission in its one spelling."""
     found = []
     for job in jobs:
-        submission_id = submission_of(job.comment)
-        if submission_id is None or not job.nodes:
+        submission_id = canonical_id(submission_of(job.comment))
+        if submission_id is None:
             continue
-        instance_id = instances.get(job.nodes[0], "")
-        if not instance_id:
-            continue
-        found.append(ReportedJob(job.job_id, submission_id, arn_prefix + instance_id))
+        batch_node = job.batch_host or (job.nodes[0] if job.nodes else "")
+        running = bool(batch_node) and job.state == "RUNNING"
+        found.append(ListedJob(job.job_id, job.restarts, submission_id, batch_node, running))
     return found
 
 
-def relay_update(table: str, job: ReportedJob, item: Mapping[str, Any]) -> dict[str, Any]:
-    """The UpdateItem that copies a report item into the submission's item, only where that
-    item exists and its ``report_job_id`` names the job."""
+def relay_update(
+    table: str, job: ListedJob, progress: Mapping[str, Any], log_tail: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The UpdateItem that copies a report into the submission's item, only where that item
+    exists and its ``report_job_id`` names the job."""
     return {
         "TableName": table,
         "Key": {KEY: {"S": job.submission_id}},
         "UpdateExpression": "SET #p = :p, #t = :t",
         "ConditionExpression": "attribute_exists(#k) AND #j = :j",
         "ExpressionAttributeNames": {"#p": PROGRESS, "#t": LOG_TAIL, "#k": KEY, "#j": REPORT_JOB},
-        "ExpressionAttributeValues": {
-            ":p": item[PROGRESS],
-            ":t": item[LOG_TAIL],
-            ":j": {"S": job.job_id},
-        },
+        "ExpressionAttributeValues": {":p": progress, ":t": log_tail, ":j": {"S": job.job_id}},
         "ReturnValues": REPORT_RETURN_VALUES,
     }
 
 
-def _usable(item: Mapping[str, Any] | None, job: ReportedJob) -> bool:
-    """A report item of this job, of the shape the node's forwarder writes."""
-    return (
-        item is not None
-        and item.get(REPORT_JOB) == {"S": job.job_id}
-        and "M" in (item.get(PROGRESS) or {})
-        and "S" in (item.get(LOG_TAIL) or {})
-    )
+def _report_of(item: Mapping[str, Any] | None, job: ListedJob) -> tuple[Any, Any] | None:
+    """The progress and log tail of a report item of this job, of the shape the node's
+    forwarder writes; None for anything else."""
+    if item is None or item.get(REPORT_JOB) != {"S": job.job_id}:
+        return None
+    progress, tail = item.get(PROGRESS), item.get(LOG_TAIL)
+    if not isinstance(progress, dict) or set(progress) != {"M"}:
+        return None
+    if not isinstance(tail, dict) or set(tail) != {"S"}:
+        return None
+    return progress, tail
 
 
-def _digest(item: Mapping[str, Any]) -> str:
-    body = json.dumps([item[PROGRESS], item[LOG_TAIL]], sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
+def _digest(progress: Any, tail: Any) -> str:
+    return hashlib.sha256(json.dumps([progress, tail], sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -120,50 +126,82 @@ class Relay:
 
     table: str
     client: Any
-    jobs: Callable[[], list[ReportedJob] | None]
-    _copied: dict[str, str] = field(default_factory=dict, repr=False)
-    """Report key -> the digest of the report last copied from it."""
+    """DynamoDB."""
+    jobs: Callable[[], list[SlurmJob] | None]
+    """Slurm's job list, or None when Slurm did not answer."""
+    instances: Callable[[list[str]], dict[str, list[str]]]
+    """Node names -> the ids of the running instances named so by their tag."""
+    arn_prefix: str
+    pins: dict[Attempt, str] = field(default_factory=dict)
+    """A job's attempt -> the instance ARN its reports are read from."""
+    _copied: dict[Attempt, str] = field(default_factory=dict, repr=False)
+    """A job's attempt -> the digest of the report last copied for it."""
 
     def round(self) -> int:
         """Copy every changed report; the number copied."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        listed = self.jobs()
-        if listed is None:
+        slurm_jobs = self.jobs()
+        if slurm_jobs is None:
             return 0
+        listed = listed_jobs(slurm_jobs)
+        try:
+            self._pin([job for job in listed if job.running and job.attempt not in self.pins])
+        except (BotoCoreError, ClientError) as err:
+            log.warning("instances not looked up, retrying: %s", err)
         copied = 0
         for job in listed:
+            if job.attempt not in self.pins:
+                continue
             try:
-                copied += self._copy(job)
+                copied += self._copy(job, self.pins[job.attempt])
             except (BotoCoreError, ClientError) as err:
                 log.warning("job %s: report not relayed, retrying: %s", job.job_id, err)
-        keys = {job.report_key for job in listed}
-        for gone in set(self._copied) - keys:
-            del self._copied[gone]
+        present = {job.attempt for job in listed}
+        for kept in (self.pins, self._copied):
+            for gone in set(kept) - present:
+                del kept[gone]
         return copied
 
-    def _copy(self, job: ReportedJob) -> int:
+    def _pin(self, unpinned: list[ListedJob]) -> None:
+        if not unpinned:
+            return
+        found = self.instances(sorted({job.batch_node for job in unpinned}))
+        for job in unpinned:
+            named = found.get(job.batch_node, [])
+            if len(named) == 1:
+                self.pins[job.attempt] = self.arn_prefix + named[0]
+            elif len(named) > 1:  # an old instance still shutting down: wait for one
+                log.info("job %s: node %s is %d instances", job.job_id, job.batch_node, len(named))
+
+    def _copy(self, job: ListedJob, instance_arn: str) -> int:
         from botocore.exceptions import ClientError
 
-        found = self.client.get_item(TableName=self.table, Key={KEY: {"S": job.report_key}})
-        item = found.get("Item")
-        if not _usable(item, job):
+        key = report_key(instance_arn, job.submission_id)
+        found = self.client.get_item(TableName=self.table, Key={KEY: {"S": key}})
+        report = _report_of(found.get("Item"), job)
+        if report is None:
             return 0
-        assert item is not None
-        digest = _digest(item)
-        if self._copied.get(job.report_key) == digest:
+        digest = _digest(*report)
+        if self._copied.get(job.attempt) == digest:
             return 0
+        self._copied[job.attempt] = digest
         try:
-            self.client.update_item(**relay_update(self.table, job, item))
+            self.client.update_item(**relay_update(self.table, job, *report))
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            log.warning(
-                "job %s: report not relayed: submission %s holds another job, or none",
-                job.job_id,
-                job.submission_id,
-            )
-        self._copied[job.report_key] = digest
+            code = err.response.get("Error", {}).get("Code")
+            if code == "ConditionalCheckFailedException":
+                log.warning(
+                    "job %s: report not relayed: submission %s holds another job, or none",
+                    job.job_id,
+                    job.submission_id,
+                )
+                return 0
+            if code == "ValidationException":  # e.g. past the item size limit: not retried
+                log.warning("job %s: report refused by DynamoDB: %s", job.job_id, err)
+                return 0
+            del self._copied[job.attempt]
+            raise
         return 1
 
     def run(self, poll_seconds: float) -> None:
@@ -172,7 +210,9 @@ class Relay:
             time.sleep(poll_seconds)
 
 
-def _slurm(argv: list[str]) -> str | None:
+def slurm_jobs() -> list[SlurmJob] | None:
+    """Every job slurmctld lists, from ``squeue --json``; None when it did not answer."""
+    argv = squeue.command()
     try:
         done = subprocess.run(
             argv,
@@ -183,29 +223,30 @@ def _slurm(argv: list[str]) -> str | None:
             timeout=SLURM_TIMEOUT_SECONDS,
         )
     except (OSError, subprocess.TimeoutExpired) as err:
-        log.warning("%s did not answer: %s", argv[0], err)
+        log.warning("squeue did not answer: %s", err)
         return None
     if done.returncode != 0:
-        log.warning("%s exited %d: %s", argv[0], done.returncode, done.stderr.strip()[:300])
-        return None
-    return done.stdout
-
-
-def slurm_reported_jobs(arn_prefix: str) -> list[ReportedJob] | None:
-    """The intake's jobs and their batch nodes' instances, from Slurm; None when it did not
-    answer."""
-    jobs_text = _slurm(squeue.command())
-    nodes_text = _slurm(node_states.command()) if jobs_text is not None else None
-    if jobs_text is None or nodes_text is None:
+        log.warning("squeue exited %d: %s", done.returncode, done.stderr.strip()[:300])
         return None
     try:
-        jobs = squeue.parse(jobs_text)
-        nodes = node_states.parse(nodes_text)
-    except (squeue.SqueueError, node_states.NodeStatesError) as err:
-        log.warning("Slurm answered what this relay does not read: %s", err)
+        return squeue.parse(done.stdout)
+    except squeue.SqueueError as err:
+        log.warning("squeue answered what this relay does not read: %s", err)
         return None
-    instances = {node.name: node.instance_id for node in nodes if node.instance_id}
-    return reported_jobs(jobs, instances, arn_prefix)
+
+
+def tagged_instances(ec2: Any, cluster: str) -> Callable[[list[str]], dict[str, list[str]]]:
+    """The running instances of ``cluster`` by the node name the resume program tagged."""
+    from ..powersave.ec2 import node_instances
+
+    def lookup(nodes: list[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for instance in node_instances(ec2, cluster, nodes):
+            if instance.state == "running":
+                found.setdefault(instance.node, []).append(instance.instance_id)
+        return found
+
+    return lookup
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
@@ -225,6 +266,10 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             prefix,
         )
         return 2
+    cluster = env.get(CLUSTER_ENV, "").strip()
+    if not cluster:
+        log.error("%s is empty: cannot tell which instances are this cluster's", CLUSTER_ENV)
+        return 2
     raw_poll = env.get(POLL_SECONDS_ENV, "").strip() or str(DEFAULT_POLL_SECONDS)
     try:
         poll = float(raw_poll)
@@ -237,13 +282,17 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     from botocore.config import Config
 
     region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
-    client = boto3.client(
-        "dynamodb",
-        region_name=region or None,
-        config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}),
+    session = boto3.session.Session(region_name=region or None)
+    config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
+    relay = Relay(
+        table=table,
+        client=session.client("dynamodb", config=config),
+        jobs=slurm_jobs,
+        instances=tagged_instances(session.client("ec2", config=config), cluster),
+        arn_prefix=prefix,
     )
-    log.info("relaying the nodes' reports in %s", table)
-    Relay(table=table, client=client, jobs=lambda: slurm_reported_jobs(prefix)).run(poll)
+    log.info("relaying the reports of %s's nodes in %s", cluster, table)
+    relay.run(poll)
     return 0
 
 

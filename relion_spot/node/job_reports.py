@@ -221,6 +221,32 @@ def make_spool(path: Path) -> None:
     path.chmod(0o1733)
 
 
+ARN_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
+"""Waits between asking the metadata service for this instance's identity (then every 60 s)."""
+
+
+def own_arn(
+    imds: Imds,
+    *,
+    attempts: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str | None:
+    """This instance's ARN from its metadata, asked up to ``attempts`` times (None: until it
+    answers); None when it never did."""
+    tried = 0
+    while True:
+        try:
+            return instance_arn(imds)
+        except (ImdsError, ReportError) as err:
+            tried += 1
+            if attempts is not None and tried >= attempts:
+                log.error("no report forwarded: this node's instance ARN is not known: %s", err)
+                return None
+            wait = ARN_RETRY_SECONDS[min(tried, len(ARN_RETRY_SECONDS)) - 1]
+            log.warning("this node's instance ARN is not known yet (%s); asking in %d s", err, wait)
+            sleep(wait)
+
+
 def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="relion-spot job-reports: %(message)s")
     for noisy in ("botocore", "boto3", "urllib3"):
@@ -233,10 +259,10 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         log.info("no intake table (%s): nothing to forward", TABLE_ENV)
         return 0
     region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
-    try:
-        arn = instance_arn(Imds(env.get(IMDS_URL_ENV, "").strip() or DEFAULT_IMDS_URL))
-    except (ImdsError, ReportError) as err:
-        log.error("no report forwarded: this node's instance ARN is not known: %s", err)
+    imds = Imds(env.get(IMDS_URL_ENV, "").strip() or DEFAULT_IMDS_URL)
+    # The Epilog asks once (it has seconds); the forwarder waits as long as it takes.
+    arn = own_arn(imds, attempts=1 if args else None)
+    if arn is None:
         return 2
     publisher = ReportPublisher(
         table=table,

@@ -1,5 +1,5 @@
 """Node states as Slurm reports them (``scontrol --json show nodes``), for the controller's idle
-watch, PrologSlurmctld's wait and the report relay (which instance a node is).
+watch and PrologSlurmctld's wait.
 
 Not ``scontrol show node -o``'s text: its ``Reason=`` runs to the end of the line with spaces,
 so a reason such as ``spot reclaim State=IDLE`` (any admin or program that sets one) reads as
@@ -24,8 +24,6 @@ class NodeState:
     name: str
     flags: tuple[str, ...]
     """The base state first, then its flags: ``("IDLE", "CLOUD", "POWERED_DOWN")``."""
-    instance_id: str = ""
-    """The EC2 instance the node is, as the resume program recorded it (``instanceid=``)."""
 
     @property
     def text(self) -> str:
@@ -57,9 +55,4 @@ def _node(entry: Any) -> NodeState:
         raise NodeStatesError(f"scontrol listed a node without a name: {entry!r:.200}")
     if not isinstance(flags, list) or not flags or not all(isinstance(f, str) for f in flags):
         raise NodeStatesError(f"scontrol listed node {name} without a state: {flags!r:.200}")
-    instance_id = entry.get("instance_id")
-    return NodeState(
-        name=name,
-        flags=tuple(flags),
-        instance_id=instance_id.strip() if isinstance(instance_id, str) else "",
-    )
+    return NodeState(name=name, flags=tuple(flags))

@@ -47,6 +47,8 @@ class SlurmJob:
     node_list: str = ""
     """``nodes`` as Slurm writes them (``gpu-[1-2]``)."""
     restarts: int = 0
+    batch_host: str = ""
+    """The node the batch script runs on (a running job's first node)."""
 
     @property
     def active(self) -> bool:
@@ -129,6 +131,7 @@ def _job(entry: Any) -> SlurmJob:
         dependency=_text(entry, "dependency"),
         node_list=nodes_text,
         restarts=number(entry.get("restart_cnt")),
+        batch_host=_text(entry, "batch_host"),
     )
 
 

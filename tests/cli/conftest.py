@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
-from relion_spot import __version__
+from relion_spot import __version__, tags
 from relion_spot.intake.config import REGION_ENV, TABLE_ENV
 from relion_spot.intake.drain import Drainer
 from relion_spot.intake.prepare import JobPreparer
-from relion_spot.intake.relay import Relay, ReportedJob
+from relion_spot.intake.relay import Relay, tagged_instances
 from relion_spot.intake.report import JobReport, ReportPublisher
 from relion_spot.intake.slurm import SlurmJobs
 from relion_spot.intake.table import IntakeTable
 from relion_spot.node.job_reports import Forwarder, NodeJob
+from relion_spot.slurm.squeue import SlurmJob
 from tests.intake.conftest import (
     MIN_JOB_AGE,
     QUEUE,
@@ -144,15 +145,55 @@ def job_log(tmp_path: Path, job_id: str, lines: int) -> Path:
     return path
 
 
-NODE_INSTANCE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
-"""The instance the jobs of these tests run on."""
+NODE = "gpu-1"
+"""The node the jobs of these tests run on: one instance in moto, tagged as the resume program
+tags it."""
+ARN_PREFIX = "arn:aws:ec2:us-east-1:123456789012:instance/"
+
+
+def node_instance_arn() -> str:
+    """The ARN of the instance that is ``NODE`` (launched on first use)."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    running = tagged_instances(ec2, CLUSTER)([NODE]).get(NODE)
+    if running:
+        return ARN_PREFIX + running[0]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    (instance,) = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"]
+    named = [{"Key": tags.CLUSTER, "Value": CLUSTER}, {"Key": tags.NODE, "Value": NODE}]
+    ec2.create_tags(Resources=[instance["InstanceId"]], Tags=named)
+    return ARN_PREFIX + str(instance["InstanceId"])
+
+
+def _relay(job: str, sid: str) -> Relay:
+    """The controller's relay, Slurm listing ``job`` running on ``NODE`` for ``sid``."""
+    import boto3
+
+    listed = SlurmJob(
+        job_id=job,
+        states=frozenset({"RUNNING"}),
+        partition="gpu",
+        node_count=1,
+        nodes=(NODE,),
+        start_time=1,
+        state="RUNNING",
+        comment=f"relion-spot:{sid}",
+        batch_host=NODE,
+    )
+    return Relay(
+        table=TABLE,
+        client=boto3.client("dynamodb", region_name=REGION),
+        jobs=lambda: [listed],
+        instances=tagged_instances(boto3.client("ec2", region_name=REGION), CLUSTER),
+        arn_prefix=ARN_PREFIX,
+    )
 
 
 @dataclass
 class NodeReports:
     """How a job's report reaches its submission's item: the node's forwarder puts it into
-    the node's own report item, the controller's relay copies it across; Slurm's word that the
-    job runs on that instance is given (one job, one node)."""
+    the node's own report item, the controller's relay copies it across."""
 
     forwarder: Forwarder
     relay: Relay
@@ -172,34 +213,21 @@ class NodeReports:
 
 def node_reports(spool: Path, job: str, sid: str, *, cluster: str = CLUSTER) -> NodeReports:
     """The node's forwarder (root's, in the cloud) for one intake job of this process's user,
-    and the controller's relay that knows the job runs on ``NODE_INSTANCE_ARN``."""
-    import boto3
-
+    and the controller's relay."""
     publisher = ReportPublisher(
-        table=TABLE, instance_arn=NODE_INSTANCE_ARN, region=REGION, cluster=cluster
+        table=TABLE, instance_arn=node_instance_arn(), region=REGION, cluster=cluster
     )
     forwarder = Forwarder(
         spool=spool,
         publisher=publisher,
         jobs=lambda: [NodeJob(job_id=job, user_id=os.getuid(), submission_id=sid)],
     )
-    relay = Relay(
-        table=TABLE,
-        client=boto3.client("dynamodb", region_name=REGION),
-        jobs=lambda: [ReportedJob(job, sid, NODE_INSTANCE_ARN)],
-    )
-    return NodeReports(forwarder, relay)
+    return NodeReports(forwarder, _relay(job, sid))
 
 
 def relay_report(job: str, sid: str, report: JobReport) -> None:
     """One report from the node into the node's item, relayed into the submission's."""
-    import boto3
-
-    ReportPublisher(table=TABLE, instance_arn=NODE_INSTANCE_ARN, region=REGION).publish(
+    ReportPublisher(table=TABLE, instance_arn=node_instance_arn(), region=REGION).publish(
         sid, job, report
     )
-    Relay(
-        table=TABLE,
-        client=boto3.client("dynamodb", region_name=REGION),
-        jobs=lambda: [ReportedJob(job, sid, NODE_INSTANCE_ARN)],
-    ).round()
+    _relay(job, sid).round()

@@ -33,13 +33,13 @@ from relion_spot.relion.progress import Watcher
 from .conftest import (
     CLUSTER,
     COSTS,
-    NODE_INSTANCE_ARN,
     REGION,
     STACK,
     TABLE,
     Cluster,
     NodeReports,
     job_log,
+    node_instance_arn,
     node_reports,
     relay_report,
 )
@@ -605,7 +605,7 @@ def test_a_nodes_report_item_is_no_submission_to_status(
     assert f"no submission {planted}" in capsys.readouterr().err
     keys = [i["submission_id"]["S"] for i in cluster.dynamodb.scan(TableName=TABLE)["Items"]]
     assert planted not in keys
-    assert f"report:{NODE_INSTANCE_ARN}:{planted}" in keys
+    assert f"report:{node_instance_arn()}:{planted}" in keys
 
 
 def test_a_cancel_slurm_refuses_is_reported(

@@ -206,8 +206,9 @@ def _progress(table: IntakeTable, submission_id: str) -> dict | None:
 def test_a_job_reports_progress_without_credentials_and_cannot_write_anothers_record(
     cloud: EmbeddedCloud,
 ) -> None:
-    """The job's report reaches its own item through the node's root forwarder; a job whose
-    comment claims another submission is refused, and that submission's item is untouched."""
+    """The job's report reaches its own item through the node's root forwarder (into the
+    node's own report item) and the controller's relay; a job whose comment claims another
+    submission is refused by the relay, and that submission's item is untouched."""
     victim_sid, attacker_sid = str(uuid.uuid4()), str(uuid.uuid4())
     victim = _held_job(cloud, victim_sid, "victim")
     table = _accepted(cloud, victim_sid, victim)
@@ -227,22 +228,21 @@ def test_a_job_reports_progress_without_credentials_and_cannot_write_anothers_re
     )
 
     # The attacker: its own submission exists, but its job's comment names the victim's.
-    # It runs until the refusal is seen: the polling forwarder, slow on a busy machine, must find
-    # its report while it is there (the Epilog's last pass logs elsewhere).
+    # It runs until the relay's refusal is seen in the controller's log.
     attacker = _held_job(cloud, victim_sid, "attacker", seconds=600)
     _accepted(cloud, attacker_sid, attacker)
     cloud.local.run("scontrol", "release", str(attacker))
-    node_logs = ""
+    controller_logs = ""
 
     def refused() -> bool:
-        nonlocal node_logs
-        fields = job(cloud.local, attacker)
-        if fields.get("NodeList", "(null)") in ("", "(null)"):
-            return False
-        node_logs = cloud.local.logs(cloud.local.node_container(fields["NodeList"]))
-        return f"job {attacker}: refused: submission {victim_sid}" in node_logs
+        nonlocal controller_logs
+        controller_logs = cloud.local.logs(tail=400)
+        return (
+            f"job {attacker}: report not relayed: submission {victim_sid} holds another job"
+            in controller_logs
+        )
 
-    wait_until(refused, timeout=180, what=lambda: f"the forwarder's refusal\n{node_logs}")
+    wait_until(refused, timeout=180, what=lambda: f"the relay's refusal\n{controller_logs}")
     cloud.local.run("scancel", str(attacker))
     assert _progress(table, victim_sid) == stored
     assert _progress(table, attacker_sid) is None
