@@ -1,7 +1,8 @@
 """The node's permission check: at every node start (the entrypoint runs it beside slurmd on an
 EC2 node and on the embedded cloud's), dry-run the EC2 calls the node role makes, on the node's
-own instance, and record the outcomes where ``relion-spot selftest`` reads them (the intake
-table, under ``selftest:permissions:node:<instance id>``).
+own instance, put the node's own report item as its forwarder does (for real: DynamoDB has no
+dry run), and record the outcomes where ``relion-spot selftest`` reads them (the intake table,
+under ``selftest:permissions:node:<instance id>``).
 
     python -I -m relion_spot.selftest.node_check
 
@@ -18,9 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..intake.config import TABLE_ENV
+from ..intake.report import ReportError, instance_arn
 from ..node.imds import DEFAULT_IMDS_URL, IMDS_URL_ENV, Imds, ImdsError
 from .check import log_and_record
-from .permissions import check_node, sts_decoder
+from .permissions import check_node, check_report_put, sts_decoder
 
 log = logging.getLogger("relion_spot.selftest.node_check")
 NODE_CHECKER = "node:{instance_id}"
@@ -37,6 +39,10 @@ def main(environ: Mapping[str, str] | None = None, *, session: Any = None) -> in
     try:
         instance_id = imds.get("instance-id")
         region = imds.get("placement/region") or env.get("AWS_DEFAULT_REGION", "").strip()
+        arn = instance_arn(imds)
+    except ReportError as err:
+        log.error("nothing checked: %s", err)
+        return 2
     except ImdsError as err:
         log.error("nothing checked: the instance metadata service did not answer (%s)", err)
         return 2
@@ -50,6 +56,7 @@ def main(environ: Mapping[str, str] | None = None, *, session: Any = None) -> in
     outcomes = check_node(
         session.client("ec2"), instance_id, decode=sts_decoder(session.client("sts"))
     )
+    outcomes.append(check_report_put(session.client("dynamodb"), table, arn))
     checker = NODE_CHECKER.format(instance_id=instance_id)
     return log_and_record(session, table, checker, outcomes, log)
 

@@ -252,6 +252,42 @@ def check_node(ec2: Any, instance_id: str, *, decode: Decoder | None = None) -> 
     ]  # fmt: skip
 
 
+SELFTEST_REPORT = "selftest"
+"""The submission id of the node's check of its report put: no submission has it (a
+submission's is a UUID), so the relay never reads it; the item expires by the table's TTL."""
+
+
+def check_report_put(dynamodb: Any, table: str, instance_arn: str) -> CheckOutcome:
+    """The node's report forwarder's PutItem (relion_spot.intake.report), made for real:
+    DynamoDB has no dry run. It puts this instance's own report item for ``SELFTEST_REPORT``,
+    so a deployed node proves that IAM resolves ``${ec2:SourceInstanceARN}`` in the key
+    condition the forwarder depends on."""
+    import time
+
+    from ..intake.config import REPORT_TTL_SECONDS
+    from ..intake.report import JobReport, compact, report_put
+
+    report = JobReport(compact({}, state="RUNNING"), "")
+    request = report_put(
+        table, instance_arn, SELFTEST_REPORT, "0", report, int(time.time()) + REPORT_TTL_SECONDS
+    )
+    key = request["Item"]["submission_id"]["S"]
+    try:
+        dynamodb.put_item(**request)
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        outcome = DENIED if code == "AccessDeniedException" else ERROR
+        return CheckOutcome(
+            "forwarder", "dynamodb:PutItem", key, outcome, code, error.get("Message", "")
+        )
+    except BotoCoreError as err:
+        return CheckOutcome(
+            "forwarder", "dynamodb:PutItem", key, ERROR, type(err).__name__, str(err)
+        )
+    return CheckOutcome("forwarder", "dynamodb:PutItem", key, ALLOWED, "", "")
+
+
 def _fleet_outcome(
     ec2: Any, config: PowerSaveConfig, group: NodeGroup, decode: Decoder | None
 ) -> CheckOutcome:

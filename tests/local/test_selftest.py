@@ -48,9 +48,11 @@ def test_selftest_on_the_embedded_cloud_passes_every_verdict(tmp_path: Path) -> 
     assert details["RELION"].startswith(f"RELION 5.0.1, {ITERATIONS} iterations, accuracy")
     assert "apptainer exec" in details["image"]
     assert [c["outcome"] for c in result["checks"]] == ["allowed"] * 5
-    # The GPU node's own dry runs, recorded by the node at its start (moto answers DryRun).
+    # The GPU node's own dry runs, recorded by the node at its start (moto answers DryRun), and
+    # the put of its own report item.
     assert [(c["program"], c["outcome"]) for c in result["node_checks"]] == [
         ("prolog", "allowed"), ("epilog", "allowed"), ("epilog", "allowed"), ("orphan", "allowed"),
+        ("forwarder", "allowed"),
     ]  # fmt: skip
     assert [p["name"] for p in result["phases"]] == [
         "permissions", "preconditions", "data", "submit", "launch", "bootstrap",

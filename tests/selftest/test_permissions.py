@@ -307,3 +307,40 @@ def test_a_node_role_without_the_job_tags_is_reported_denied(account: dict[str, 
         outcomes = check_node(ec2, "i-0123456789abcdef0")
     assert [o.outcome for o in outcomes] == [DENIED, ALLOWED, ALLOWED, ALLOWED]
     assert outcomes[0].reason == "You are not authorized."
+
+
+NODE_ARN = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+
+
+def test_the_node_puts_its_own_report_item_for_real(account: dict[str, Any]) -> None:
+    """DynamoDB has no dry run: the check puts the node's own report item for the selftest
+    (a key no submission has), as the forwarder puts a job's."""
+    from relion_spot.intake.table import create_table
+    from relion_spot.selftest.permissions import check_report_put
+
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    create_table(dynamodb, "intake")
+    outcome = check_report_put(dynamodb, "intake", NODE_ARN)
+    key = f"report:{NODE_ARN}:selftest"
+    assert (outcome.program, outcome.action, outcome.target, outcome.outcome) == (
+        "forwarder",
+        "dynamodb:PutItem",
+        key,
+        ALLOWED,
+    )
+    item = dynamodb.get_item(TableName="intake", Key={"submission_id": {"S": key}})["Item"]
+    assert item["report_job_id"] == {"S": "0"} and "expires_at" in item
+
+
+def test_a_node_role_that_may_not_put_its_report_is_reported_denied() -> None:
+    from relion_spot.selftest.permissions import check_report_put
+
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    stub = Stubber(dynamodb)
+    stub.add_client_error(
+        "put_item", "AccessDeniedException", "User is not authorized to perform PutItem"
+    )
+    with stub:
+        outcome = check_report_put(dynamodb, "intake", NODE_ARN)
+    assert (outcome.outcome, outcome.code) == (DENIED, "AccessDeniedException")
+    assert outcome.reason == "User is not authorized to perform PutItem"
