@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -46,10 +45,9 @@ from .config import (
     report_key,
 )
 from .message import canonical_id
+from .report import poll_seconds
 from .slurm import submission_of
 
-POLL_SECONDS_ENV = "RELION_SPOT_REPORT_POLL_SECONDS"
-DEFAULT_POLL_SECONDS = 5.0
 SLURM_TIMEOUT_SECONDS = 20
 
 log = logging.getLogger("relion_spot.intake.relay")
@@ -211,28 +209,8 @@ class Relay:
 
 
 def slurm_jobs() -> list[SlurmJob] | None:
-    """Every job slurmctld lists, from ``squeue --json``; None when it did not answer."""
-    argv = squeue.command()
-    try:
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            check=False,
-            timeout=SLURM_TIMEOUT_SECONDS,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.warning("squeue did not answer: %s", err)
-        return None
-    if done.returncode != 0:
-        log.warning("squeue exited %d: %s", done.returncode, done.stderr.strip()[:300])
-        return None
-    try:
-        return squeue.parse(done.stdout)
-    except squeue.SqueueError as err:
-        log.warning("squeue answered what this relay does not read: %s", err)
-        return None
+    """Every job slurmctld lists; None when squeue did not answer."""
+    return squeue.listed(timeout=SLURM_TIMEOUT_SECONDS, log=log)
 
 
 def tagged_instances(ec2: Any, cluster: str) -> Callable[[list[str]], dict[str, list[str]]]:
@@ -270,13 +248,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     if not cluster:
         log.error("%s is empty: cannot tell which instances are this cluster's", CLUSTER_ENV)
         return 2
-    raw_poll = env.get(POLL_SECONDS_ENV, "").strip() or str(DEFAULT_POLL_SECONDS)
-    try:
-        poll = float(raw_poll)
-    except ValueError:
-        poll = 0
-    if not 0.1 <= poll <= 300:
-        log.error("%s = %r: give seconds from 0.1 to 300", POLL_SECONDS_ENV, raw_poll)
+    poll = poll_seconds(env)
+    if poll is None:
         return 2
     import boto3
     from botocore.config import Config

@@ -78,6 +78,25 @@ RESOLUTION_METRIC = "ResolutionAngstrom"
 
 log = logging.getLogger(__name__)
 
+POLL_SECONDS_ENV = "RELION_SPOT_REPORT_POLL_SECONDS"
+"""How often the node's forwarder and the controller's relay look for new reports."""
+DEFAULT_POLL_SECONDS = 5.0
+
+
+def poll_seconds(env: Mapping[str, str]) -> float | None:
+    """``POLL_SECONDS_ENV`` (default ``DEFAULT_POLL_SECONDS``); None, with one logged line
+    naming the value and what is accepted, when it is not 0.1 to 300 seconds."""
+    raw = env.get(POLL_SECONDS_ENV, "").strip() or str(DEFAULT_POLL_SECONDS)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0
+    if not 0.1 <= seconds <= 300:
+        log.error("%s = %r: give seconds from 0.1 to 300", POLL_SECONDS_ENV, raw)
+        return None
+    return seconds
+
+
 JOB_LOG_ENV = "RELION_SPOT_JOB_LOG"
 """The job's output file; default ``class3d-<job id>.out`` in the working directory, which is
 the project directory (the template's ``--chdir`` and ``--output``)."""

@@ -37,8 +37,9 @@ import boto3
 
 from ..cost.store import create_tables
 from ..intake import config as intake_config
+from ..intake import report
 from ..intake.table import create_table as create_intake_table
-from ..node import job_reports, stage_credentials
+from ..node import stage_credentials
 from ..node.orphan import ORPHAN_SECONDS_ENV
 from ..node.spot_watcher import EVENTS_FILE_ENV, EVENTS_TABLE_ENV, POLL_SECONDS_ENV
 from ..settings import Settings
@@ -385,7 +386,7 @@ def _prepare_moto(endpoint: str, region: str, spec: Any) -> dict[str, str]:
             f"{intake_config.NODE_DATA_DIR}/.relion-spot/spot-events/{spec.cluster_name}.jsonl"
         ),
         POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
-        job_reports.POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
+        report.POLL_SECONDS_ENV: SPOT_POLL_SECONDS,
         idle.CLUSTER_ENV: spec.cluster_name,
         idle.SERVICE_ENV: service,
     }

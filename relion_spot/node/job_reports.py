@@ -29,7 +29,6 @@ import contextlib
 import logging
 import os
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +45,7 @@ from ..intake.report import (
     ReportError,
     ReportPublisher,
     instance_arn,
+    poll_seconds,
 )
 from ..intake.slurm import submission_of
 from ..slurm import squeue
@@ -53,8 +53,6 @@ from ..slurm.squeue import SlurmJob
 from .imds import DEFAULT_IMDS_URL, IMDS_URL_ENV, Imds, ImdsError
 
 NODE_NAME_ENV = "RELION_SPOT_NODE_NAME"
-POLL_SECONDS_ENV = "RELION_SPOT_REPORT_POLL_SECONDS"
-DEFAULT_POLL_SECONDS = 5.0
 SQUEUE_TIMEOUT_SECONDS = 20
 
 log = logging.getLogger("relion_spot.node.job_reports")
@@ -89,26 +87,8 @@ def squeue_job(job_id: str) -> list[NodeJob] | None:
 
 
 def _squeue(selection: list[str]) -> list[NodeJob] | None:
-    try:
-        done = subprocess.run(
-            squeue.command(*selection),
-            capture_output=True,
-            text=True,
-            errors="replace",
-            check=False,
-            timeout=SQUEUE_TIMEOUT_SECONDS,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.warning("squeue did not answer: %s", err)
-        return None
-    if done.returncode != 0:
-        log.warning("squeue exited %d: %s", done.returncode, done.stderr.strip()[:300])
-        return None
-    try:
-        return intake_jobs(squeue.parse(done.stdout))
-    except squeue.SqueueError as err:
-        log.warning("squeue answered what is not its job list: %s", err)
-        return None
+    jobs = squeue.listed(*selection, timeout=SQUEUE_TIMEOUT_SECONDS, log=log)
+    return None if jobs is None else intake_jobs(jobs)
 
 
 def read_report(spool_fd: int, job: NodeJob) -> bytes:
@@ -284,13 +264,8 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
     if not node:
         log.error("%s is empty: cannot tell which jobs are this node's", NODE_NAME_ENV)
         return 2
-    raw_poll = env.get(POLL_SECONDS_ENV, "").strip() or str(DEFAULT_POLL_SECONDS)
-    try:
-        poll = float(raw_poll)
-    except ValueError:
-        poll = 0
-    if not 0.1 <= poll <= 300:
-        log.error("%s = %r: give seconds from 0.1 to 300", POLL_SECONDS_ENV, raw_poll)
+    poll = poll_seconds(env)
+    if poll is None:
         return 2
     make_spool(spool)
     log.info("forwarding the reports of %s's jobs from %s to %s", node, spool, table)

@@ -12,6 +12,8 @@ flags.
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +80,31 @@ class SlurmJob:
 def command(*selection: str) -> list[str]:
     """squeue's call for every job in any state, or for a selection (``--nodelist=gpu-1``)."""
     return ["squeue", "--json", *(selection or ("--all", "--states=all"))]
+
+
+def listed(*selection: str, timeout: float, log: logging.Logger) -> list[SlurmJob] | None:
+    """The jobs squeue lists (``command``) on this host; None, logged as a warning on ``log``,
+    when it did not answer or answered what is not its job list: the callers poll again."""
+    try:
+        done = subprocess.run(
+            command(*selection),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("squeue did not answer: %s", err)
+        return None
+    if done.returncode != 0:
+        log.warning("squeue exited %d: %s", done.returncode, done.stderr.strip()[:300])
+        return None
+    try:
+        return parse(done.stdout)
+    except SqueueError as err:
+        log.warning("squeue answered what is not its job list: %s", err)
+        return None
 
 
 def number(value: Any) -> int:
