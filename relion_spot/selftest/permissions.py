@@ -262,18 +262,13 @@ def check_report_put(dynamodb: Any, table: str, instance_arn: str) -> CheckOutco
     DynamoDB has no dry run. It puts this instance's own report item for ``SELFTEST_REPORT``,
     so a deployed node proves that IAM resolves ``${ec2:SourceInstanceARN}`` in the key
     condition the forwarder depends on."""
-    import time
+    from ..intake.config import report_key
+    from ..intake.report import JobReport, ReportPublisher, compact
 
-    from ..intake.config import REPORT_TTL_SECONDS
-    from ..intake.report import JobReport, compact, report_put
-
-    report = JobReport(compact({}, state="RUNNING"), "")
-    request = report_put(
-        table, instance_arn, SELFTEST_REPORT, "0", report, int(time.time()) + REPORT_TTL_SECONDS
-    )
-    key = request["Item"]["submission_id"]["S"]
+    publisher = ReportPublisher(table=table, instance_arn=instance_arn, client=dynamodb)
+    key = report_key(instance_arn, SELFTEST_REPORT)
     try:
-        dynamodb.put_item(**request)
+        publisher.publish(SELFTEST_REPORT, "0", JobReport(compact({}, state="RUNNING"), ""))
     except ClientError as err:
         error = err.response.get("Error", {})
         code = str(error.get("Code", ""))
