@@ -83,3 +83,11 @@ def test_class3d_overhead_runs_the_three_ways_and_reports_each(slurm_images: Non
         assert 0.0 <= accuracy <= 1.0
     assert "orchestration overhead A/B = " in out and "reclaim overhead C/A = " in out
     assert "(resumed from [1])" in out or "(resumed from [2])" in out, out
+
+
+def test_dataset_unpack_times_a_plain_and_a_gzip_tarball() -> None:
+    out = run_benchmark("dataset_unpack.py", "--megabytes", "8", "--stacks", "2")
+    for suffix in (r"\.tar", r"\.tar\.gz"):
+        assert re.search(rf"^{suffix}: \d+ MB archive, unpacked at \d+ MB/s: ", out, re.M), out
+    assert re.search(r"^plain tar / gzip unpack rate: [\d.]+x$", out, re.M), out
+    assert re.search(r"^targets \(.*\): (met|NOT met)$", out, re.M), out

@@ -867,11 +867,11 @@ def test_a_stage_reader_no_node_role_was_allowed_to_assume_fails_synth() -> None
 
     app = App()
     StageReader(CdkStack(app, "Lone"), "Reader", cluster_name="lab", buckets=["lab-raw"])
-    with pytest.raises(RuntimeError, match="allow_node was never called"):
+    with pytest.raises(RuntimeError, match="allow_nodes was never called"):
         app.synth()
 
 
-def test_stage_buckets_are_read_through_a_role_only_the_cpu_nodes_assume(
+def test_stage_buckets_are_read_through_a_role_only_the_node_groups_assume(
     default_synth, alternate_synth
 ) -> None:
     def s3_statements(template: dict, role_prefix: str) -> list[dict]:
@@ -895,7 +895,8 @@ def test_stage_buckets_are_read_through_a_role_only_the_cpu_nodes_assume(
     (reader_id,) = [k for k in _resources(lab_b, "AWS::IAM::Role") if k.startswith("StageReader")]
     reader = _resources(lab_b, "AWS::IAM::Role")[reader_id]["Properties"]
     (trust,) = reader["AssumeRolePolicyDocument"]["Statement"]
-    assert trust["Principal"]["AWS"]["Fn::GetAtt"][0].startswith("CpuNodesRole")
+    trusted = sorted(p["Fn::GetAtt"][0] for p in trust["Principal"]["AWS"])
+    assert [t[:12] for t in trusted] == ["CpuNodesRole", "GpuNodesRole"]
     assert reader["MaxSessionDuration"] == 3600
 
     def stage_statements(template: dict, role_prefix: str) -> list[dict]:
@@ -906,10 +907,10 @@ def test_stage_buckets_are_read_through_a_role_only_the_cpu_nodes_assume(
             if s.get("Sid") != "AssumeExchangeJobRole"
         ]
 
-    (assume,) = stage_statements(lab_b, "CpuNodesRole")
-    assert assume["Action"] == "sts:AssumeRole"
-    assert assume["Resource"] == {"Fn::GetAtt": [reader_id, "Arn"]}
-    assert s3_statements(lab_b, "GpuNodesRole") == []
+    for group in ("CpuNodesRole", "GpuNodesRole"):  # staging jobs; Class3D data sets
+        (assume,) = stage_statements(lab_b, group)
+        assert assume["Action"] == "sts:AssumeRole"
+        assert assume["Resource"] == {"Fn::GetAtt": [reader_id, "Arn"]}
     for name in CLUSTERS:
         assert stage_statements(default_synth.template(name), "NodesRole") == []
         assert not [

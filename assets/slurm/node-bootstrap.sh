@@ -200,22 +200,23 @@ docker rm -f "$$CONTAINER" >/dev/null 2>&1 || true
 #   --security-opt systempaths=unconfined   /proc unmasked, so the build's namespace may mount
 #                                           its own /proc; GPU nodes never build.
 # No added capability and no --privileged: the job user holds none, and root needs none.
-# Staging jobs run on CPU nodes alone: there the root broker beside slurmd hands each one the
-# stage reader's session (relion_spot.node.stage_credentials), when the cluster has stage_buckets.
-# Import and export jobs too: the broker hands each one the exchange job role's session, narrowed
-# to its own submission, to read a folder `relion-spot stage` uploaded to the exchange bucket or
-# to copy a finished job's results there for `relion-spot pull`. GPU nodes get neither role.
+# With stage_buckets, the root broker beside slurmd (relion_spot.node.stage_credentials) hands
+# the stage reader's session to a staging job on a CPU node and to a Class3D copying its dataset
+# from S3 to a GPU node's scratch, each narrowed to the one object the intake accepted.
+# Import and export jobs run on CPU nodes alone: the broker hands each one the exchange job
+# role's session, narrowed to its own submission, to read a folder `relion-spot stage` uploaded
+# to the exchange bucket or to copy a finished job's results there for `relion-spot pull`.
 # The SIF cache is read-only on GPU nodes: only the CPU partition's image job writes it, and a job
 # RELION runs on a GPU node (on a lab member's inputs) can never replace an image others run.
-cpu_args=()
+partition_args=()
 containers_volume=/containers:/containers:ro
+if [ -n "$$STAGE_READ_ROLE" ]; then
+  partition_args+=(-e "RELION_SPOT_STAGE_READ_ROLE=$$STAGE_READ_ROLE")
+fi
 if [ "$$PARTITION" = cpu ]; then
   containers_volume=/containers:/containers
-  cpu_args=(--security-opt systempaths=unconfined)
-  if [ -n "$$STAGE_READ_ROLE" ]; then
-    cpu_args+=(-e "RELION_SPOT_STAGE_READ_ROLE=$$STAGE_READ_ROLE")
-  fi
-  cpu_args+=(
+  partition_args+=(
+    --security-opt systempaths=unconfined
     -e "RELION_SPOT_EXCHANGE_ROLE=$$EXCHANGE_ROLE"
     -e "RELION_SPOT_EXCHANGE_BUCKET=$$EXCHANGE_BUCKET"
   )
@@ -223,7 +224,7 @@ fi
 docker run -d --name "$$CONTAINER" --network host --ipc host \
   --ulimit memlock=-1 --ulimit stack=67108864 \
   --device /dev/fuse --security-opt seccomp=unconfined \
-  "$${cpu_args[@]}" "$${gpu_args[@]}" \
+  "$${partition_args[@]}" "$${gpu_args[@]}" \
   -v /scratch:/scratch -v /data:/data -v "$$containers_volume" -v "$$LOG_DIR:/var/log/slurm" \
   -e AWS_DEFAULT_REGION="$$REGION" \
   -e RELION_SPOT_CLUSTER="$$CLUSTER_NAME" \

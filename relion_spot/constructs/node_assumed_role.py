@@ -21,19 +21,22 @@ SESSION_HOURS = 1
 """A role chained from the node's instance session lasts an hour at most."""
 
 
-def trust_only(role: iam.Role, node_role: iam.IRole, *, sid: str) -> None:
-    """``node_role`` alone may assume ``role``; its policy gets statement ``sid`` to do so."""
+def trust_only(role: iam.Role, *node_roles: iam.IRole, sid: str) -> None:
+    """``node_roles`` alone may assume ``role``; each one's policy gets statement ``sid`` to do
+    so."""
     trust = iam.PolicyDocument(
         statements=[
             iam.PolicyStatement(
-                actions=["sts:AssumeRole"], principals=[iam.ArnPrincipal(node_role.role_arn)]
+                actions=["sts:AssumeRole"],
+                principals=[iam.ArnPrincipal(node_role.role_arn) for node_role in node_roles],
             )
         ]
     )
     cast(iam.CfnRole, role.node.default_child).assume_role_policy_document = trust
-    node_role.add_to_principal_policy(
-        iam.PolicyStatement(sid=sid, actions=["sts:AssumeRole"], resources=[role.role_arn])
-    )
+    for node_role in node_roles:
+        node_role.add_to_principal_policy(
+            iam.PolicyStatement(sid=sid, actions=["sts:AssumeRole"], resources=[role.role_arn])
+        )
 
 
 @jsii.implements(IValidation)

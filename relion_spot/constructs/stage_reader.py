@@ -3,10 +3,11 @@
 A job never sees the node role's credentials (the node shuts the metadata service to every user
 but root), so S3 reads cannot ride on the node role. This construct's role holds them instead:
 GetObject on the objects and ListBucket on the buckets named in ``stage_buckets`` (a missing
-key then says 404 rather than 403), nothing else. Only the CPU node role may assume it (the
-trust policy names that role; its own policy allows sts:AssumeRole on this role alone); the
-node's root broker (relion_spot.node.stage_credentials) assumes it per staging job and hands
-that job the session.
+key then says 404 rather than 403), nothing else. Only the node roles given to ``allow_nodes``
+may assume it (the trust policy names them; their own policies allow sts:AssumeRole on this role
+alone): the CPU nodes', for staging jobs, and the GPU nodes', for Class3D jobs that copy their
+``dataset`` from S3 to scratch. The node's root broker (relion_spot.node.stage_credentials)
+assumes it per job and hands that job a session narrowed to the one object.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class StageReader(Construct):
         self.buckets = tuple(buckets)
         self._reader: iam.IRole | None = None
         # The node role that may assume this one is made after the user data that names this
-        # role: allow_node replaces this placeholder trust with that role as the only principal,
+        # role: allow_nodes replaces this placeholder trust with that role as the only principal,
         # and synth fails if it was never called (the account's root would let any principal
         # of the account whose own policy allows sts:AssumeRole in).
         self.role = iam.Role(
@@ -58,17 +59,19 @@ class StageReader(Construct):
         self.node.add_validation(
             NodeRoleGiven(
                 lambda: self._reader is not None,
-                "StageReader: allow_node was never called, so its trust is the whole account",
+                "StageReader: allow_nodes was never called, so its trust is the whole account",
             )
         )
 
-    def allow_node(self, node_role: iam.IRole) -> None:
-        """Let ``node_role`` (the CPU nodes', whose root broker serves staging jobs) assume this
-        role, and no one else."""
+    def allow_nodes(self, *node_roles: iam.IRole) -> None:
+        """Let ``node_roles`` (the nodes whose root broker serves staging and data set jobs)
+        assume this role, and no one else."""
         if self._reader is not None:
-            raise ValueError("StageReader: one node role assumes it")
-        self._reader = node_role
-        trust_only(self.role, node_role, sid="AssumeStageReader")
+            raise ValueError("StageReader: allow_nodes is called once")
+        if not node_roles:
+            raise ValueError("StageReader: allow_nodes needs a node role")
+        self._reader = node_roles[0]
+        trust_only(self.role, *node_roles, sid="AssumeStageReader")
 
     @property
     def role_arn(self) -> str:

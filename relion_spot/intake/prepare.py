@@ -138,6 +138,12 @@ class JobPreparer:
         note: str | None = None
         if params.continue_from is not None:
             params, note = self._continuation(params)
+        if params.dataset is not None:
+            self._check_stage_source(params.dataset, "dataset")
+            note = (
+                f"preflight on the node: the data set {params.dataset} is copied to its scratch, "
+                "unpacked and its particles STAR and reference map checked before RELION starts"
+            )
         try:
             shape = NodeShape.for_types(self.instance_types)
             script = render(shape, params, mode=self.mode, image=self.image)
@@ -270,7 +276,7 @@ class JobPreparer:
             )
         return made
 
-    def _check_stage_source(self, source: str) -> None:
+    def _check_stage_source(self, source: str, name: str = "source") -> None:
         """An s3:// source must be a bucket the nodes may read: refused here, one line, rather
         than an AccessDenied on a CPU node launched for nothing."""
         if self.stage_buckets is None or not source.startswith("s3://"):
@@ -280,7 +286,7 @@ class JobPreparer:
             return
         allowed = ", ".join(self.stage_buckets) if self.stage_buckets else "none"
         raise JobRejected(
-            f"parameter source = {source!r} is not valid: bucket {bucket!r} is not one the nodes "
+            f"parameter {name} = {source!r} is not valid: bucket {bucket!r} is not one the nodes "
             f"may read (this cluster's stage_buckets: {allowed}); deploy with "
             f"-c stage_buckets=<buckets> to grant it"
         )

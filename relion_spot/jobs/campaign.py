@@ -207,6 +207,12 @@ class CampaignParams:
 
     def __post_init__(self) -> None:
         refuse_continuation(self.class3d.continue_from)
+        if self.class3d.dataset is not None:
+            raise JobParameterError(
+                "parameter dataset is not valid in a campaign: its 3D refinement reads the "
+                "selected particles from the project on /data; stage the set into the project "
+                "(submit stage) or classify it with submit class3d --dataset"
+            )
         step = self.refine_step
         object.__setattr__(self, "refine_class", step.refine_class)
 

@@ -35,6 +35,7 @@ from string import Template
 from typing import Literal
 
 from relion_spot import catalog
+from relion_spot.node.stage_credentials import SOCKET as CREDENTIALS_SOCKET
 from relion_spot.settings import Settings
 from relion_spot.slurm.spec import GPU_PARTITION
 
@@ -64,6 +65,11 @@ IMAGE_SCRIPT = "/opt/relion-spot/assets/slurm/relion-image.sh"
 CONTAINER_BINDS = "/data,/scratch"
 SIF = "$SIF"
 """The image's SIF as the script names it (set by relion-image.sh at run time)."""
+DATASET = "$DATASET"
+"""Where a job's ``dataset`` is staged on the node's scratch, as the script names it (set from
+relion_spot.jobs.dataset's answer at run time)."""
+PROJECT = "$PWD"
+"""The project on /data, as the script names it (the job runs there: #SBATCH --chdir)."""
 JOB_DIR = "$JOB_DIR"
 """The job directory as the script names it: <output_dir>/jobNNN claimed by this job
 (relion_spot.jobs.job_dir), the same on every attempt, so every attempt continues the same --o."""
@@ -115,7 +121,13 @@ def command_words(shape: NodeShape, params: Class3dParams, *, mode: Mode = "clou
         raise JobParameterError(f"mode {mode!r} is not valid: one of {', '.join(MODES)}")
     threads, pool = threads_and_pool(shape, params)
     gpu_passthrough = ["--nv"] if mode == "cloud" else []
-    launcher = ["apptainer", "exec", *gpu_passthrough, "--bind", CONTAINER_BINDS, SIF]
+    from_dataset: list[str] = []
+    if params.dataset is not None:
+        # RELION runs in the data set on scratch; its own directory is the project's, bound in.
+        from_dataset = ["--bind", f"{PROJECT}/{JOB_DIR}:{DATASET}/{JOB_DIR}", "--pwd", DATASET]
+    launcher = [
+        "apptainer", "exec", *gpu_passthrough, "--bind", CONTAINER_BINDS, *from_dataset, SIF,
+    ]  # fmt: skip
     if shape.gpus == 1:
         program = "relion_refine"
     else:
@@ -128,14 +140,16 @@ def command_words(shape: NodeShape, params: Class3dParams, *, mode: Mode = "clou
     ]
     if mode == "cloud":
         args.append("--gpu")
-    args += ["--scratch_dir", params.scratch_dir, "--pipeline_control", f"{JOB_DIR}/"]
+    if params.dataset is None:
+        args += ["--scratch_dir", params.scratch_dir]
+    args += ["--pipeline_control", f"{JOB_DIR}/"]
     if shape.gpus > 1:
         args.append("--dont_combine_weights_via_disc")
     return [*launcher, program, *args]
 
 
 def shell_word(word: str) -> str:
-    if word.startswith((JOB_DIR, SIF)):
+    if word.startswith((JOB_DIR, SIF, DATASET, PROJECT)):
         return f'"{word}"'
     return shlex.quote(word)
 
@@ -163,6 +177,26 @@ def image_setup(source: str) -> str:
     return _IMAGE_SETUP.format(
         image=shlex.quote(source), script=IMAGE_SCRIPT, cache=CONTAINER_CACHE
     )
+
+
+_DATASET_SETUP = """
+# The data set, from S3 straight to this node's NVMe (relion_spot.jobs.dataset): RELION runs
+# there, and only its own directory, bound from the project, is on the shared file system.
+DATASET=$({python} -I -m relion_spot.jobs.dataset {arguments})
+mkdir -p "$DATASET/$JOB_DIR\""""
+DATASET_PYTHON = "/opt/relion-spot/venv/bin/python"
+
+
+def dataset_setup(params: Class3dParams) -> str:
+    """The script lines that set $DATASET (none without a ``dataset``)."""
+    if params.dataset is None:
+        return ""
+    words = ["--source", params.dataset]
+    if params.dataset_sha256 is not None:
+        words += ["--sha256", params.dataset_sha256]
+    words += ["--particles", params.particles, "--reference", params.reference]
+    words += ["--scratch", params.scratch_dir, "--s3-credentials", str(CREDENTIALS_SOCKET)]
+    return _DATASET_SETUP.format(python=DATASET_PYTHON, arguments=shlex.join(words))
 
 
 def render(
@@ -202,6 +236,6 @@ def render(
         partition=GPU_PARTITION,
         project_dir=shlex.quote(params.project_dir),
         output_dir=params.output_dir,
-        image_setup=image_setup(source),
+        image_setup=image_setup(source) + dataset_setup(params),
         command=format_command(words),
     )

@@ -155,6 +155,14 @@ class Class3dParams:
     to its own new directory, so the run it continues stays as it was."""
     changed: tuple[str, ...] = ()
     """On a continuation, the named parameters to pass again (RELION keeps every other one)."""
+    dataset: str | None = None
+    """``s3://bucket/key`` of a tarball holding the job's data: particles, reference and mask
+    are then paths inside it, and every attempt copies it from S3 straight to the node's NVMe
+    (relion_spot.jobs.dataset), where RELION reads it; only the job's output goes to the
+    project on /data. None: the data is in project_dir and RELION copies the particles from
+    there to scratch_dir."""
+    dataset_sha256: str | None = None
+    """The tarball's sha256 (64 lowercase hex digits), checked on the node before unpacking."""
 
     def __post_init__(self) -> None:
         for name, allowed in RANGES.items():
@@ -197,6 +205,7 @@ class Class3dParams:
                 f"offset_range ({self.offset_range:g})"
             )
         check_extra_flags(self.extra_flags)
+        _check_dataset(self)
         if self.continue_from is not None:
             _check_continuation(self)
 
@@ -290,6 +299,53 @@ CONTINUE_FIXED_ALLOWED: tuple[str, ...] = (
 )  # fmt: skip
 """What else a continuation may name: where it runs and how, not what RELION computes."""
 _CONTINUE_FROM = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}/job\d{3,6}(:\d{1,3})?$")
+
+
+DATASET_SOURCE = re.compile(
+    r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[\w./+@=-]*[\w+@=-])$", re.ASCII
+)
+"""An S3 object with a key a shell script can carry unquoted (the tarball's file name last)."""
+MAX_DATASET_LENGTH = 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_dataset(params: Class3dParams) -> None:
+    if params.dataset is None:
+        if params.dataset_sha256 is not None:
+            raise JobParameterError(
+                "parameter dataset_sha256 is given without dataset: it checks the tarball "
+                "named by dataset (s3://bucket/key)"
+            )
+        return
+    value = params.dataset
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_DATASET_LENGTH
+        or not DATASET_SOURCE.fullmatch(value)
+        or ".." in value.split("/")
+    ):
+        raise JobParameterError(
+            f"parameter dataset = {str(value)[:80]!r} is not valid: s3://bucket/key of a "
+            "tarball (ASCII letters, digits and _ . / + @ = - in the key, at most "
+            f"{MAX_DATASET_LENGTH} characters)"
+        )
+    if params.continue_from is not None:
+        raise JobParameterError(
+            "parameters dataset and continue_from exclude each other: a continuation reads the "
+            "run it continues from the project on /data"
+        )
+    sha = params.dataset_sha256
+    if sha is not None and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
+        raise JobParameterError(
+            f"parameter dataset_sha256 = {str(sha)[:80]!r} is not valid: 64 lowercase hex digits"
+        )
+
+
+def dataset_bucket(dataset: str) -> str:
+    """The bucket of a checked ``dataset`` value."""
+    match = DATASET_SOURCE.fullmatch(dataset)
+    assert match is not None, dataset
+    return match["bucket"]
 
 
 def _check_continuation(params: Class3dParams) -> None:
@@ -476,6 +532,10 @@ def from_mapping(values: Mapping[str, object]) -> Class3dParams:
             raise JobParameterError(
                 f"no job parameter {shown}; {hint}parameters are: "
                 + ", ".join((*PARAMETER_NAMES, PRESET))
+            )
+        if name in given:
+            raise JobParameterError(
+                f"parameter {name} is given twice (as {key!r} and another spelling): give it once"
             )
         given[name] = _coerce(name, value)
     if preset is not None and preset not in PRESETS:

@@ -261,8 +261,8 @@ class EmbeddedCloud:
                 local.gateway_address(), interface=local.bridge_interface()
             ) as endpoint:
                 env = _prepare_moto(endpoint, settings.region or "us-east-1", spec)
-                cpu_node_env = _stage_reader(endpoint, env, spec, settings.stage_buckets)
-                cpu_node_env |= _results_exchange(endpoint, env, spec)
+                stage_env = _stage_reader(endpoint, env, spec, settings.stage_buckets)
+                cpu_node_env = stage_env | _results_exchange(endpoint, env, spec)
                 if controller_idle_seconds is not None:
                     env[idle.IDLE_SECONDS_ENV] = str(controller_idle_seconds)
                 if node_orphan_seconds is not None:
@@ -273,7 +273,7 @@ class EmbeddedCloud:
                 reconciler = Reconciler(
                     local,
                     moto_client("ec2", endpoint=endpoint, region=region),
-                    node_env=env,
+                    node_env=env | stage_env,
                     cpu_node_env=cpu_node_env,
                     spot_watcher=True,
                     controller_service=(env[idle.CLUSTER_ENV], env[idle.SERVICE_ENV]),
@@ -295,8 +295,8 @@ def _stage_reader(
     endpoint: str, env: dict[str, str], spec: Any, buckets: tuple[str, ...]
 ) -> dict[str, str]:
     """With stage_buckets, as the cluster stack: the drainer learns the buckets (``env``, which
-    the controller gets) and the CPU nodes the stage reader's role, which moto creates; the
-    CPU nodes' environment is returned."""
+    the controller gets) and every node the stage reader's role, which moto creates (staging
+    jobs on CPU nodes, Class3D data sets on GPU nodes); the nodes' environment is returned."""
     if not buckets:
         return {}
     env[intake_config.STAGE_BUCKETS_ENV] = ",".join(buckets)

@@ -11,12 +11,14 @@ listens on a Unix socket (``SOCKET``) and answers a process only when all of thi
 2. Slurm lists that job here with the intake's comment (``relion-spot:<submission id>``);
 3. the intake table, which only the drainer writes, holds that submission as an *accepted*
    submission *with this job id* (a comment is the job owner's to write; the table is not):
-   a *stage* from an ``s3://bucket/key`` source, an *export* (``relion-spot pull``) or an
-   *import* (``relion-spot stage FOLDER``).
+   a *stage* from an ``s3://bucket/key`` source, a *class3d* whose ``dataset`` is an
+   ``s3://bucket/key`` tarball (relion_spot.jobs.dataset), an *export* (``relion-spot pull``) or
+   an *import* (``relion-spot stage FOLDER``).
 
 It then assumes the role for that job (``sts:AssumeRole``, the session named
 ``<node>-job-<id>`` for CloudTrail), for an hour at most, and hands it over; the client asks
-again as it nears its end. A stage gets the stage-reader role, narrowed by a session policy to
+again as it nears its end. A stage (or a class3d's dataset) gets the stage-reader role, narrowed
+by a session policy to
 GetObject on that one object and ListBucket on its bucket. An export gets the exchange's job
 role, narrowed to PutObject under ``out/<its submission id>/`` of the exchange bucket; an import
 the same role narrowed to GetObject under ``in/<its submission id>/``. The answer names that
@@ -170,11 +172,13 @@ def approved_source(job: NodeJob, record: Record | None, exchange_bucket: str = 
         if record.template == "export":
             return Approved(job.job_id, exchange_bucket, f"{RESULTS_PREFIX}{sid}/", WRITE)
         return Approved(job.job_id, exchange_bucket, f"{UPLOADS_PREFIX}{sid}/", IMPORT)
-    if record.template != "stage":
+    if record.template not in ("stage", "class3d"):
         raise Refused(
-            f"job {job.job_id}: submission {sid} is a {record.template} job, not stage, export "
-            "or import"
+            f"job {job.job_id}: submission {sid} is a {record.template} job, not stage, class3d, "
+            "export or import"
         )
+    if record.template == "class3d":
+        return _approved_dataset(job, record)
     try:
         source = json.loads(record.parameters or "{}").get("source", "")
     except (ValueError, AttributeError):
@@ -183,6 +187,24 @@ def approved_source(job: NodeJob, record: Record | None, exchange_bucket: str = 
     if match is None:
         raise Refused(f"job {job.job_id}: submission {sid} stages from no s3:// object")
     return Approved(job.job_id, match.group(1), match.group(2))
+
+
+def _approved_dataset(job: NodeJob, record: Record) -> Approved:
+    """A Class3D's dataset as the drainer read it: the stored parameters parsed by the same
+    code (aliases, spelling and checks alike), so the object read is the one accepted."""
+    # Imported here: relion_spot.jobs renders job scripts that name this module's socket.
+    from ..jobs.parameters import DATASET_SOURCE, from_mapping
+
+    try:
+        params = from_mapping(json.loads(record.parameters or "{}"))
+    except (ValueError, TypeError, AttributeError):
+        params = None
+    match = DATASET_SOURCE.fullmatch(params.dataset) if params and params.dataset else None
+    if match is None:
+        raise Refused(
+            f"job {job.job_id}: submission {job.submission_id} names as its dataset no s3:// object"
+        )
+    return Approved(job.job_id, match["bucket"], match["key"])
 
 
 def session_policy(approved: Approved, partition: str) -> str:

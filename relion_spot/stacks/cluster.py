@@ -196,12 +196,14 @@ class ClusterStack(Stack):
             image.repository.grant_pull(group.role)
             auth_key.grant_read(group.role)
 
-        # Staging, import and export run on the CPU partition: only its nodes' broker may assume
-        # the stage reader and the exchange's job role.
+        # Staging, import and export run on the CPU partition; a Class3D with a dataset copies
+        # it from a stage bucket on its GPU node. Only those nodes' brokers may assume the stage
+        # reader (both) and the exchange's job role (CPU), and each reads what the drainer
+        # accepted a job to do before it hands the job a session.
         if self.stage_reader:
-            self.stage_reader.allow_node(self.cpu_nodes.role)
+            self.stage_reader.allow_nodes(self.cpu_nodes.role, self.gpu_nodes.role)
+            self.intake.grant_read_decisions(self.gpu_nodes.role)
         self.results_exchange.allow_node(self.cpu_nodes.role)
-        # The broker hands a job a session only for what the drainer accepted it to do.
         self.intake.grant_read_decisions(self.cpu_nodes.role)
 
         self.cost_tracker = CostTracker(

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
 from . import BENCHMARK_PARTICLES_STAR, BENCHMARK_REFERENCE_MAP, BENCHMARK_URL
@@ -81,6 +81,19 @@ def _read_marker(dest: Path, *, say: bool = True) -> dict[str, Any] | None:
             log(f"{MARKER} names {star!r}, which is gone: staging again")
         return None
     return marker
+
+
+def staged_root(dest: Path, particles_star: str) -> Path | None:
+    """The directory of a verified staging in ``dest`` that the particles STAR's path is relative
+    to (the archive's top directory, when it has one), or None when ``dest`` is not staged."""
+    marker = _read_marker(dest, say=False)
+    if marker is None:
+        return None
+    star = PurePosixPath(marker["particles_star"])
+    wanted = PurePosixPath(particles_star)
+    if star.parts[len(star.parts) - len(wanted.parts) :] != wanted.parts:
+        return None
+    return dest.joinpath(*star.parts[: len(star.parts) - len(wanted.parts)])
 
 
 def fetch(args: argparse.Namespace, reporter: Reporter, s3_client: Any = None) -> int:

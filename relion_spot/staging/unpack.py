@@ -83,7 +83,9 @@ def extract(archive: Path, dest: Path, reporter: Reporter) -> dict[str, int]:
                     os.chmod(target, 0o644 | (member.mode & 0o111))
                     files[os.path.normpath(name)] = member.size
                 elif member.issym():
-                    link = os.path.join(os.path.dirname(target), member.linkname)
+                    # Resolved from where the link really is: links unpacked before it (a -> .)
+                    # may make its directory's text say less than its depth.
+                    link = os.path.join(os.path.realpath(os.path.dirname(target)), member.linkname)
                     if os.path.isabs(member.linkname) or not _inside(root, link):
                         raise _refuse(member, f"links outside {dest}")
                     os.symlink(member.linkname, target)

@@ -1,10 +1,11 @@
 """The staging job's S3 reads, authorized against the synthesized policies.
 
 ``stage_buckets`` names the buckets staging may read (alternate synth: lab-b-raw and
-lab-b.archive). A job holds no instance credentials: the CPU node's root broker
+lab-b.archive). A job holds no instance credentials: the node's root broker
 (relion_spot.node.stage_credentials) assumes the stage-reader role and hands the job that
-session. So the chain is judged link by link: the CPU node role may assume the reader (its
-identity policy and the reader's trust policy, both evaluated), the GPU node role may not; the
+session (a staging job on a CPU node, a Class3D copying its ``dataset`` on a GPU node). So the
+chain is judged link by link: both node roles may assume the reader (their identity policies and
+the reader's trust policy, both evaluated), no other role of the account may; the
 reader calls HeadObject and a ranged GetObject (both authorized as ``s3:GetObject`` on the
 object) and ListBucket on the bucket, so a missing key says 404; nothing may write, and the node
 roles themselves read no bucket.
@@ -99,9 +100,11 @@ SESSION_CASES: dict[str, tuple[bool, Request]] = {
 }
 """The broker's session (relion_spot.node.stage_credentials.session_policy) inside the role:
 the one object the intake accepted the job to stage."""
-DECISIONS = {"cpu-node": True, "gpu-node": False}
-"""Only the CPU node's broker reads a submission's decision (GetItem on the intake table)."""
-ASSUMERS = {"cpu-node": True, "gpu-node": False, READER: False, "any-assumer": False}
+DECISIONS = {"cpu-node": True, "gpu-node": True}
+"""Both nodes' brokers read a submission's decision (GetItem on the intake table) where a stage
+reader exists; without stage buckets the GPU node's may not (tests/iam/test_authorization_matrix).
+"""
+ASSUMERS = {"cpu-node": True, "gpu-node": True, READER: False, "any-assumer": False}
 """``any-assumer``: a role of the same account whose own policy allows sts:AssumeRole on every
 role; the reader's trust, naming the CPU node role alone, must still refuse it."""
 

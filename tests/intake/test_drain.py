@@ -566,6 +566,49 @@ def test_staging_from_a_bucket_the_nodes_cannot_read_is_refused_before_any_node(
     assert intake.slurm.sbatch_calls() == []
 
 
+def _dataset_message(dataset: str) -> str:
+    return json.dumps(
+        {
+            "version": 1,
+            "submission_id": SID,
+            "template": "class3d",
+            "parameters": {"preset": "benchmark", "dataset": dataset},
+            "user": "alice",
+            "submitted_at": "2026-11-03T10:15:00Z",
+        }
+    )
+
+
+def test_a_class3d_from_a_dataset_in_a_granted_bucket_runs_from_scratch(intake: Intake) -> None:
+    """Its data is in S3, not on /data: accepted with the node's checks named, and the script
+    copies the set to scratch before RELION, which then needs no --scratch_dir copy."""
+    prepare = JobPreparer.from_spec(cluster_spec(), stage_buckets=("lab-raw",))
+    intake.send(_dataset_message("s3://lab-raw/sets/relion_benchmark.tar.gz"))
+    assert intake.drainer(prepare=prepare).step() == ["accepted"]
+    script = intake.slurm.script("42")
+    assert "-m relion_spot.jobs.dataset --source s3://lab-raw/sets/relion_benchmark.tar.gz" in (
+        script
+    )
+    assert '--pwd "$DATASET"' in script and "--scratch_dir" not in script
+    record = intake.table.get(SID)
+    assert record is not None and record.message is not None
+    assert record.message.startswith("preflight on the node: the data set s3://lab-raw/")
+
+
+def test_a_class3d_from_a_dataset_in_a_bucket_the_nodes_cannot_read_is_refused(
+    intake: Intake,
+) -> None:
+    prepare = JobPreparer.from_spec(cluster_spec(), stage_buckets=("lab-raw",))
+    intake.send(_dataset_message("s3://someone-elses/set.tar"))
+    assert intake.drainer(prepare=prepare).step() == ["rejected"]
+    record = intake.table.get(SID)
+    assert record is not None and record.message is not None
+    assert record.message.startswith(
+        "parameter dataset = 's3://someone-elses/set.tar' is not valid: bucket 'someone-elses'"
+    )
+    assert intake.slurm.sbatch_calls() == []
+
+
 def test_staging_over_https_needs_no_bucket(intake: Intake) -> None:
     prepare = JobPreparer.from_spec(cluster_spec(), stage_buckets=())
     intake.send(_stage_message("https://example.org/relion_benchmark.tar.gz"))

@@ -98,6 +98,41 @@ def test_launch_line_by_gpu_count() -> None:
         assert "--dont_combine_weights_via_disc" in words
 
 
+def test_a_dataset_in_s3_is_copied_to_scratch_and_relion_runs_there() -> None:
+    """Golden files for both modes; the embedded cloud's differs from the GPU node's as any."""
+    params = from_mapping(
+        {
+            "preset": "benchmark",
+            "dataset": "s3://lab-data/sets/relion_benchmark.tar.gz",
+            "dataset_sha256": "0123456789abcdef" * 4,
+        }
+    )
+    _golden("class3d-gpu1-dataset.sbatch", render(1, params))
+    _golden("class3d-gpu1-dataset-local.sbatch", render(1, params, mode="local"))
+    plain = render(1).splitlines()
+    from_s3 = render(1, params).splitlines()
+    added = [d[2:] for d in difflib.ndiff(plain, from_s3) if d.startswith("+ ")]
+    removed = [d[2:] for d in difflib.ndiff(plain, from_s3) if d.startswith("- ")]
+    assert removed == [
+        '  apptainer exec --nv --bind /data,/scratch "$SIF" \\',
+        "  --scratch_dir /scratch \\",
+    ]
+    assert added[-1] == (
+        '  apptainer exec --nv --bind /data,/scratch --bind "$PWD/$JOB_DIR:$DATASET/$JOB_DIR" '
+        '--pwd "$DATASET" "$SIF" \\'
+    )
+    assert 'mkdir -p "$DATASET/$JOB_DIR"' in added
+
+
+def test_a_dataset_cannot_continue_a_run() -> None:
+    """A continuation reads the run it continues from /data, which a job on scratch cannot."""
+    with pytest.raises(JobParameterError, match="dataset and continue_from exclude each other"):
+        Class3dParams(dataset="s3://lab/a.tar", continue_from="Class3D/job005:3", iter=30)
+    given = {"continue_from": "Class3D/job005", "project_dir": "/data/p", "iter": 30}
+    with pytest.raises(JobParameterError, match="parameter dataset cannot change when continuing"):
+        from_mapping({**given, "dataset": "s3://lab/a.tar"})
+
+
 @pytest.mark.parametrize("gpus", [1, 4])
 def test_local_and_cloud_scripts_differ_only_in_gpu_words_and_image(gpus: int) -> None:
     """One launch line: the embedded cloud runs what a GPU node runs, without --nv and --gpu,
@@ -257,6 +292,15 @@ BAD = [
     ({"extra_flags": "--gpu"}, "--gpu may not be given here"),
     ({"extra_flags": "--continue x_optimiser.star"}, "--continue may not be given here"),
     ({"extra_flags": ["--solvent_mask2", "a;b"]}, "cannot carry safely"),
+    ({"dataset": "https://x.org/a.tar"}, "parameter dataset = 'https://x.org/a.tar' is not valid"),
+    ({"dataset": "s3://b/a b.tar"}, "is not valid: s3://bucket/key of a tarball"),
+    ({"dataset": "s3://b/../a.tar"}, "parameter dataset = 's3://b/../a.tar' is not valid"),
+    ({"dataset": "s3://lab/set/"}, "parameter dataset = 's3://lab/set/' is not valid"),
+    ({"dataset": "s3://lab/" + "k" * 1100}, "at most 1024 characters"),
+    ({"dataset": "s3://lab/a.tar", "dataset_sha256": "ABC"}, "dataset_sha256 = 'ABC' is not"),
+    ({"dataset_sha256": "a" * 64}, "dataset_sha256 is given without dataset"),
+    ({"dataset": "s3://l/*", "--dataset": "s3://l/a.tar"}, "parameter dataset is given twice"),
+    ({"i": "a.star", "particles": "b.star"}, "parameter particles is given twice"),
 ]
 
 

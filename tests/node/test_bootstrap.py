@@ -212,13 +212,14 @@ EXCHANGE = "-e RELION_SPOT_EXCHANGE_ROLE=arn:x -e RELION_SPOT_EXCHANGE_BUCKET=ex
 @pytest.mark.parametrize(
     ("partition", "role", "volume", "extra"),
     [
-        ("gpu", "arn:r", "/containers:/containers:ro", ""),
+        ("gpu", "", "/containers:/containers:ro", ""),
+        ("gpu", "arn:r", "/containers:/containers:ro", "-e RELION_SPOT_STAGE_READ_ROLE=arn:r"),
         ("cpu", "", "/containers:/containers", f"--security-opt systempaths=unconfined {EXCHANGE}"),
         (
             "cpu",
             "arn:r",
             "/containers:/containers",
-            "--security-opt systempaths=unconfined -e RELION_SPOT_STAGE_READ_ROLE=arn:r "
+            "-e RELION_SPOT_STAGE_READ_ROLE=arn:r --security-opt systempaths=unconfined "
             + EXCHANGE,
         ),
     ],
@@ -227,15 +228,16 @@ def test_what_each_partitions_node_container_gets(
     script: Path, partition: str, role: str, volume: str, extra: str
 ) -> None:
     """Run by bash as the bootstrap runs it: a GPU node sees the image cache read-only (only the
-    CPU partition's image job writes it) and gets neither the stage reader nor the exchange's
-    job role; a CPU node may build images, with stage_buckets serves its staging jobs the
-    reader's session, and always serves its import and export jobs the exchange job role's.
+    CPU partition's image job writes it), never gets the exchange's job role and, with
+    stage_buckets, serves a Class3D's dataset the reader's session; a CPU node may build images,
+    with stage_buckets serves its staging jobs the reader's session, and always serves its
+    import and export jobs the exchange job role's.
     (The embedded cloud's node containers follow the same rule:
     tests/security/test_attack_matrix.py.)"""
     text = script.read_text()
-    block = text[text.index("cpu_args=()") : text.index("docker run -d --name")]
+    block = text[text.index("partition_args=()") : text.index("docker run -d --name")]
     done = subprocess.run(
-        ["bash", "-c", block + 'echo "$containers_volume|${cpu_args[*]}"'],
+        ["bash", "-c", block + 'echo "$containers_volume|${partition_args[*]}"'],
         env={
             "PARTITION": partition,
             "STAGE_READ_ROLE": role,

@@ -25,6 +25,8 @@ import pytest
 from moto import mock_aws
 
 from relion_spot.intake.table import ACCEPTED, REJECTED, SUBMITTING, Record
+from relion_spot.jobs.dataset import DATASETS_DIR
+from relion_spot.jobs.dataset import main as dataset_main
 from relion_spot.node.job_reports import NodeJob, squeue_node_jobs
 from relion_spot.node.stage_credentials import (
     REUSE_MARGIN,
@@ -162,10 +164,25 @@ def test_an_approved_stage_job_gets_a_session_narrowed_to_its_object_until_it_ne
         ({"record": None}, f"job {JOB}: no submission '{SID}' in the intake table"),
         ({"record": _accepted(job_id="41")}, f"submission {SID} is accepted for job 41"),
         ({"record": _accepted(state=REJECTED)}, f"submission {SID} is rejected for job"),
-        ({"record": _accepted(template="class3d")}, "is a class3d job, not stage"),
+        ({"record": _accepted(template="select")}, "is a select job, not stage, class3d"),
         (
             {"record": _accepted(parameters='{"source": "https://x.org/a.tar.gz"}')},
             "stages from no s3:// object",
+        ),
+        (
+            {"record": _accepted(template="class3d", parameters='{"preset": "benchmark"}')},
+            "names as its dataset no s3:// object",
+        ),
+        (
+            {
+                "record": _accepted(
+                    template="class3d",
+                    parameters=json.dumps(
+                        {"preset": "benchmark", "dataset": "s3://lab-data/*", "--dataset": SOURCE}
+                    ),
+                )
+            },
+            "names as its dataset no s3:// object",
         ),
     ],
     ids=[
@@ -177,6 +194,8 @@ def test_an_approved_stage_job_gets_a_session_narrowed_to_its_object_until_it_ne
         "rejected",
         "not-stage",
         "http-source",
+        "class3d-without-dataset",
+        "class3d-dataset-named-twice",
     ],
 )
 def test_a_process_the_intake_did_not_approve_is_refused_by_name(
@@ -288,6 +307,75 @@ def test_a_staging_job_reads_s3_only_with_the_brokers_session(
     node.jobs = []
     again = ["fetch", "--source", SOURCE, "--dest", str(tmp_path / "again")]
     assert staging_main([*again, "--s3-credentials", str(node.socket)]) == 1
+
+
+def test_a_class3d_job_copies_its_dataset_from_s3_to_scratch_with_the_brokers_session(
+    node: Node,
+    benchmark_tar: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The data set's tarball, read with a session narrowed to it, unpacked on scratch; the
+    directory RELION runs in is the one answer on stdout. The next job on the node never reads
+    what an earlier one left there, even with a marker saying verified, nor follows its links."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-data")
+    s3.put_object(Bucket="lab-data", Key="relion_benchmark.tar.gz", Body=benchmark_tar)
+    node.record = _accepted(
+        template="class3d", parameters=json.dumps({"preset": "benchmark", "dataset": SOURCE})
+    )
+    scratch = tmp_path / "scratch"
+    argv = ["--source", SOURCE, "--particles", "Particles/shiny_2sets.star"]
+    argv += ["--reference", "emd_2660.map:mrc", "--scratch", str(scratch)]
+    argv += ["--s3-credentials", str(node.socket)]
+
+    monkeypatch.setenv("SLURM_JOB_ID", JOB)
+    assert dataset_main(argv) == 0
+    root = Path(capsys.readouterr().out.strip())
+    assert root == scratch / DATASETS_DIR / f"job-{JOB}" / "relion_benchmark"
+    assert (root / "Particles" / "shiny_2sets.star").is_file()
+    assert (root / "emd_2660.map").is_file()
+    (policy,) = node.sts.policies
+    assert policy["Statement"][0]["Resource"] == "arn:aws:s3:::lab-data/relion_benchmark.tar.gz"
+
+    # The next job: what job 42 left (now "planted": the particles emptied) and a link to
+    # another project are gone before it fetches its own copy.
+    (root / "Particles" / "shiny_2sets.star").write_text("planted")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    (scratch / DATASETS_DIR / "job-43").symlink_to(victim)
+    node.jobs = [NodeJob("43", os.getuid(), SID)]
+    node.pid_job = "43"
+    node.record = _accepted(
+        job_id="43",
+        template="class3d",
+        parameters=json.dumps({"preset": "benchmark", "dataset": SOURCE}),
+    )
+    monkeypatch.setenv("SLURM_JOB_ID", "43")
+    assert dataset_main(argv) == 0
+    again = Path(capsys.readouterr().out.strip())
+    assert again == scratch / DATASETS_DIR / "job-43" / "relion_benchmark"
+    assert (again / "Particles" / "shiny_2sets.star").read_text() != "planted"
+    assert not root.exists(), "job 42's set was removed"
+    assert (victim / "keep.txt").read_text() == "mine", "the link was removed, not followed"
+    assert len(node.sts.policies) == 2, "fetched again, with a session of its own"
+
+
+def test_a_dataset_that_lacks_the_named_particles_fails_with_nothing_on_stdout(
+    node: Node, benchmark_tar: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-data")
+    s3.put_object(Bucket="lab-data", Key="relion_benchmark.tar.gz", Body=benchmark_tar)
+    argv = ["--source", SOURCE, "--particles", "Particles/other.star", "--reference", "x.mrc"]
+    argv += ["--scratch", str(tmp_path / "scratch")]
+    assert dataset_main(argv, s3_client=s3) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Particles/other.star" in captured.err
 
 
 EXCHANGE_ROLE = "arn:aws:iam::123456789012:role/lab-ExchangeJobRole-abc"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -280,6 +282,24 @@ def test_a_link_out_of_the_destination_then_a_write_through_it_is_refused(
     assert fetch(server.url, dest) == 1
     assert "links outside" in capsys.readouterr().err
     assert not (dest / "data").exists()
+
+
+def test_a_link_whose_directory_is_links_to_itself_cannot_point_out(
+    server: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """a -> ., b -> ., then a/b/esc -> ../../outside: by its text esc stays inside; from where
+    a/b really is, it points two levels above the destination."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, target in (("a", "."), ("b", "."), ("a/b/esc", "../../outside")):
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = tarfile.SYMTYPE, target
+            tar.addfile(member)
+    server.set_body(buffer.getvalue())
+    dest = tmp_path / "x" / "dest"
+    assert fetch(server.url, dest) == 1
+    assert "'a/b/esc' links outside" in capsys.readouterr().err
+    assert not os.path.lexists(dest / "esc")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,93 @@
+"""``python -I -m relion_spot.jobs.dataset``: a Class3D job's data set, from S3 straight to the
+node's NVMe, and the directory RELION runs in printed on stdout.
+
+    python -I -m relion_spot.jobs.dataset --source s3://bucket/set.tar --particles P.star \\
+        --reference ref.mrc --scratch /scratch \\
+        --s3-credentials /run/relion-spot/stage-credentials.sock
+
+What a Class3D job with a ``dataset`` runs before RELION (relion_spot.jobs.class3d). The
+tarball is read with the session the node's broker hands this job for that one object
+(relion_spot.node.stage_credentials), unpacked and checked by the staging fetch
+(relion_spot.staging: traversal-safe, the particles STAR and the reference map read) into a
+directory of scratch of this job's own, made afresh on every attempt (``fresh_dir``). The
+particles never pass through, or stay on,
+the shared file system: with EFS in Elastic throughput that copy is what a refinement's reads
+bill (``relion-spot estimate --only storage``).
+
+Exit status: the staging fetch's (0 staged, 1 the transfer or the data failed, 2 a bad value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from relion_spot.staging import cli as staging
+
+DATASETS_DIR = "relion-spot-datasets"
+"""Under the node's scratch: this attempt's data set, in ``job-<Slurm job id>``."""
+
+
+def fresh_dir(scratch: Path, job_id: str) -> Path:
+    """This attempt's directory, not yet made, with every earlier job's data set on the node
+    removed first: a GPU node runs one job at a time (--exclusive), every job runs as the same
+    user, so a set another job left (or planted, with a marker saying verified) is never read,
+    and the NVMe holds one set at a time. Links are removed, never followed."""
+    base = scratch / DATASETS_DIR
+    if base.is_symlink() or (base.exists() and not base.is_dir()):
+        base.unlink()
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for entry in base.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return base / f"job-{job_id}"
+
+
+def reference_file(reference: str) -> str:
+    """RELION's --ref without its ``:mrc`` type suffix: the file the fetch checks."""
+    return reference.split(":", 1)[0]
+
+
+def main(argv: list[str] | None = None, *, s3_client: Any = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m relion_spot.jobs.dataset",
+        description="Stage a Class3D job's data set from S3 to the node's scratch; print where.",
+    )
+    parser.add_argument("--source", required=True, help="s3://bucket/key of the tarball")
+    parser.add_argument("--sha256", help="the tarball's sha256")
+    parser.add_argument("--particles", required=True, help="particles STAR inside the data set")
+    parser.add_argument("--reference", required=True, help="reference map inside the data set")
+    parser.add_argument("--scratch", type=Path, required=True, help="the node's NVMe scratch")
+    parser.add_argument("--s3-credentials", metavar="SOCKET", help="the node's credential broker")
+    args = parser.parse_args(argv)
+    try:
+        dest = fresh_dir(args.scratch, os.environ.get("SLURM_JOB_ID", "0"))
+    except OSError as error:
+        print(f"dataset: cannot prepare {args.scratch / DATASETS_DIR}: {error}", file=sys.stderr)
+        return 1
+    words = ["fetch", "--source", args.source, "--dest", str(dest)]
+    words += ["--particles-star", args.particles]
+    words += ["--reference-map", reference_file(args.reference)]
+    if args.sha256:
+        words += ["--sha256", args.sha256]
+    if args.s3_credentials:
+        words += ["--s3-credentials", args.s3_credentials]
+    status = staging.main(words, s3_client=s3_client)
+    if status != 0:
+        return status
+    root = staging.staged_root(dest, args.particles)
+    if root is None:
+        print(f"dataset: {dest} holds no verified staging of {args.particles}", file=sys.stderr)
+        return 1
+    print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
