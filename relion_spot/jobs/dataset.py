@@ -1,20 +1,22 @@
 """``python -I -m relion_spot.jobs.dataset``: a Class3D job's data set, from S3 straight to the
 node's NVMe, and the directory RELION runs in printed on stdout.
 
-    python -I -m relion_spot.jobs.dataset --source s3://bucket/set.tar --particles P.star \\
+    python -I -m relion_spot.jobs.dataset --source s3://bucket/sets/bench/ --particles P.star \\
         --reference ref.mrc --scratch /scratch \\
         --s3-credentials /run/relion-spot/stage-credentials.sock
 
-What a Class3D job with a ``dataset`` runs before RELION (relion_spot.jobs.class3d). The
-tarball is read with the session the node's broker hands this job for that one object
-(relion_spot.node.stage_credentials), unpacked and checked by the staging fetch
-(relion_spot.staging: traversal-safe, the particles STAR and the reference map read) into a
-directory of scratch of this job's own, made afresh on every attempt (``fresh_dir``). The
-particles never pass through, or stay on,
-the shared file system: with EFS in Elastic throughput that copy is what a refinement's reads
-bill (``relion-spot estimate --only storage``).
+What a Class3D job with a ``dataset`` runs before RELION (relion_spot.jobs.class3d), as the job
+user, with the session the node's broker hands this job for that prefix or object alone
+(relion_spot.node.stage_credentials), into a directory of scratch of this job's own, made afresh
+on every attempt (``fresh_dir``). A prefix (``s3://bucket/prefix/``, the set's files as they
+are) is copied in parallel (relion_spot.staging.prefix); a tarball is downloaded in one stream
+and unpacked by the staging fetch (relion_spot.staging: traversal-safe). Either way the
+particles STAR, its image stacks and the reference map are read before RELION starts. The
+particles never pass through, or stay on, the shared file system: with EFS in Elastic
+throughput that copy is what a refinement's reads bill (``relion-spot estimate --only
+storage``).
 
-Exit status: the staging fetch's (0 staged, 1 the transfer or the data failed, 2 a bad value).
+Exit status: 0 staged, 1 the transfer or the data failed a check, 2 a bad value.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from relion_spot.staging import cli as staging
+from relion_spot.staging.credentials import s3_client_from_broker
+from relion_spot.staging.errors import StagingError
+from relion_spot.staging.prefix import copy_prefix
+from relion_spot.staging.report import make_reporter
+from relion_spot.staging.unpack import verify
 
 DATASETS_DIR = "relion-spot-datasets"
 """Under the node's scratch: this attempt's data set, in ``job-<Slurm job id>``."""
@@ -59,8 +68,10 @@ def main(argv: list[str] | None = None, *, s3_client: Any = None) -> int:
         prog="python -m relion_spot.jobs.dataset",
         description="Stage a Class3D job's data set from S3 to the node's scratch; print where.",
     )
-    parser.add_argument("--source", required=True, help="s3://bucket/key of the tarball")
-    parser.add_argument("--sha256", help="the tarball's sha256")
+    parser.add_argument(
+        "--source", required=True, help="s3://bucket/prefix/ of the set, or s3://bucket/key.tar"
+    )
+    parser.add_argument("--sha256", help="a tarball's sha256")
     parser.add_argument("--particles", required=True, help="particles STAR inside the data set")
     parser.add_argument("--reference", required=True, help="reference map inside the data set")
     parser.add_argument("--scratch", type=Path, required=True, help="the node's NVMe scratch")
@@ -78,6 +89,8 @@ def main(argv: list[str] | None = None, *, s3_client: Any = None) -> int:
         words += ["--sha256", args.sha256]
     if args.s3_credentials:
         words += ["--s3-credentials", args.s3_credentials]
+    if args.source.endswith("/"):
+        return _copy_prefix(args, dest, s3_client)
     status = staging.main(words, s3_client=s3_client)
     if status != 0:
         return status
@@ -86,6 +99,30 @@ def main(argv: list[str] | None = None, *, s3_client: Any = None) -> int:
         print(f"dataset: {dest} holds no verified staging of {args.particles}", file=sys.stderr)
         return 1
     print(root)
+    return 0
+
+
+def _copy_prefix(args: argparse.Namespace, dest: Path, s3_client: Any) -> int:
+    """The set's files from a prefix, in parallel, checked as a staging's are."""
+    bucket, _, prefix = args.source.removeprefix("s3://").partition("/")
+    try:
+        if s3_client is not None:
+            client = s3_client
+        elif args.s3_credentials:
+            client = s3_client_from_broker(Path(args.s3_credentials))
+        else:
+            client = boto3.client("s3")
+        files = copy_prefix(client, bucket, prefix, dest, make_reporter())
+        checked = verify(dest, files, args.particles, reference_file(args.reference), None)
+    except StagingError as error:
+        print(f"dataset: failed: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"dataset: verified: {checked.files} files, {checked.particles} particles in "
+        f"{checked.stacks} stack(s), reference map {'x'.join(map(str, checked.box))}",
+        file=sys.stderr,
+    )
+    print(checked.root)
     return 0
 
 

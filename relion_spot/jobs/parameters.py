@@ -156,13 +156,13 @@ class Class3dParams:
     changed: tuple[str, ...] = ()
     """On a continuation, the named parameters to pass again (RELION keeps every other one)."""
     dataset: str | None = None
-    """``s3://bucket/key`` of a tarball holding the job's data: particles, reference and mask
-    are then paths inside it, and every attempt copies it from S3 straight to the node's NVMe
-    (relion_spot.jobs.dataset), where RELION reads it; only the job's output goes to the
-    project on /data. None: the data is in project_dir and RELION copies the particles from
-    there to scratch_dir."""
+    """The job's data in S3: ``s3://bucket/prefix/`` (ending in ``/``) holding the set's files,
+    or ``s3://bucket/key`` of a tarball. Particles, reference and mask are then paths inside it,
+    and every attempt copies it from S3 straight to the node's NVMe (relion_spot.jobs.dataset),
+    where RELION reads it; only the job's output goes to the project on /data. None: the data
+    is in project_dir and RELION copies the particles from there to scratch_dir."""
     dataset_sha256: str | None = None
-    """The tarball's sha256 (64 lowercase hex digits), checked on the node before unpacking."""
+    """A tarball's sha256 (64 lowercase hex digits), checked on the node before unpacking."""
 
     def __post_init__(self) -> None:
         for name, allowed in RANGES.items():
@@ -302,9 +302,10 @@ _CONTINUE_FROM = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}/job\d{3,6}(:\d{1,3})?$
 
 
 DATASET_SOURCE = re.compile(
-    r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[\w./+@=-]*[\w+@=-])$", re.ASCII
+    r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[\w+@=-][\w./+@=-]*)$", re.ASCII
 )
-"""An S3 object with a key a shell script can carry unquoted (the tarball's file name last)."""
+"""An S3 object (a tarball) or a prefix ending in ``/`` (the set's files), with a key a shell
+script can carry unquoted."""
 MAX_DATASET_LENGTH = 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -318,15 +319,18 @@ def _check_dataset(params: Class3dParams) -> None:
             )
         return
     value = params.dataset
+    parts = value.split("/")[3:] if isinstance(value, str) else []
     if (
         not isinstance(value, str)
         or len(value) > MAX_DATASET_LENGTH
         or not DATASET_SOURCE.fullmatch(value)
-        or ".." in value.split("/")
+        or any(part in ("", ".", "..") for part in parts[:-1])
+        or parts[-1] in (".", "..")
     ):
         raise JobParameterError(
             f"parameter dataset = {str(value)[:80]!r} is not valid: s3://bucket/key of a "
-            "tarball (ASCII letters, digits and _ . / + @ = - in the key, at most "
+            "tarball, or s3://bucket/prefix/ (ending in /) holding the set's files (ASCII "
+            "letters, digits and _ . / + @ = - in the key, no empty, . or .. parts, at most "
             f"{MAX_DATASET_LENGTH} characters)"
         )
     if params.continue_from is not None:
@@ -335,6 +339,11 @@ def _check_dataset(params: Class3dParams) -> None:
             "run it continues from the project on /data"
         )
     sha = params.dataset_sha256
+    if sha is not None and value.endswith("/"):
+        raise JobParameterError(
+            "parameter dataset_sha256 checks a tarball; dataset names a prefix "
+            f"({value[:80]!r}), whose files are checked by size and by reading the STAR and map"
+        )
     if sha is not None and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
         raise JobParameterError(
             f"parameter dataset_sha256 = {str(sha)[:80]!r} is not valid: 64 lowercase hex digits"

@@ -18,11 +18,11 @@ listens on a Unix socket (``SOCKET``) and answers a process only when all of thi
 It then assumes the role for that job (``sts:AssumeRole``, the session named
 ``<node>-job-<id>`` for CloudTrail), for an hour at most, and hands it over; the client asks
 again as it nears its end. A stage (or a class3d's dataset) gets the stage-reader role, narrowed
-by a session policy to
-GetObject on that one object and ListBucket on its bucket. An export gets the exchange's job
-role, narrowed to PutObject under ``out/<its submission id>/`` of the exchange bucket; an import
-the same role narrowed to GetObject under ``in/<its submission id>/``. The answer names that
-bucket and prefix, so the job is never the one that says where it reads or writes.
+by a session policy to GetObject on that one object and ListBucket on its bucket (a dataset
+named as a prefix: GetObject under it, ListBucket of it alone). An export gets the exchange's
+job role, narrowed to PutObject under ``out/<its submission id>/`` of the exchange bucket; an
+import the same role narrowed to GetObject under ``in/<its submission id>/``. The answer names
+that bucket and prefix, so the job is never the one that says where it reads or writes.
 
 Anything else is refused with one line to the asker and one log record; a refusal that time may
 cure (Slurm silent, the decision not yet written) says so, and the client asks again. Connections
@@ -65,7 +65,7 @@ RESULTS_PREFIX = "out/"
 """Where export jobs write in the exchange bucket: ``out/<submission id>/``; the lab reads it."""
 UPLOADS_PREFIX = "in/"
 """Where the lab uploads a folder for an import job: ``in/<submission id>/``; the job reads it."""
-READ, WRITE, IMPORT = "read", "write", "import"
+READ, WRITE, IMPORT, DATASET = "read", "write", "import", "dataset"
 """A stage's read of one object; an export's writes under its prefix; an import's reads under
 its prefix."""
 TABLE_ENV = "RELION_SPOT_INTAKE_TABLE"
@@ -204,7 +204,8 @@ def _approved_dataset(job: NodeJob, record: Record) -> Approved:
         raise Refused(
             f"job {job.job_id}: submission {job.submission_id} names as its dataset no s3:// object"
         )
-    return Approved(job.job_id, match["bucket"], match["key"])
+    key = match["key"]
+    return Approved(job.job_id, match["bucket"], key, DATASET if key.endswith("/") else READ)
 
 
 def session_policy(approved: Approved, partition: str) -> str:
@@ -220,6 +221,25 @@ def session_policy(approved: Approved, partition: str) -> str:
                         "Action": "s3:GetObject",
                         "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}*",
                     }
+                ],
+            }
+        )
+    if approved.access == DATASET:
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:GetObject",
+                        "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}*",
+                    },
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:ListBucket",
+                        "Resource": f"arn:{partition}:s3:::{approved.bucket}",
+                        "Condition": {"StringLike": {"s3:prefix": f"{approved.key}*"}},
+                    },
                 ],
             }
         )
@@ -349,7 +369,7 @@ class Broker:
             "Expiration": str(expiration),
             "Region": self.region,
         }
-        if approved.access in (WRITE, IMPORT):
+        if approved.access in (WRITE, IMPORT, DATASET):
             reply["Bucket"], reply["Prefix"] = approved.bucket, approved.key
         with self._lock:
             self._sessions[approved] = reply

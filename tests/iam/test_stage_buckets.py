@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from relion_spot.node.stage_credentials import Approved, session_policy
+from relion_spot.node.stage_credentials import DATASET, Approved, session_policy
 
 from .resolver import ACCOUNT, PARTITION, RolePolicies, TemplateResolver
 from .simulator import Decision, Request, simulate
@@ -100,6 +100,32 @@ SESSION_CASES: dict[str, tuple[bool, Request]] = {
 }
 """The broker's session (relion_spot.node.stage_credentials.session_policy) inside the role:
 the one object the intake accepted the job to stage."""
+DATASET_APPROVED = Approved("43", "lab-b-raw", "sets/bench/", DATASET)
+DATASET_SESSION = json.loads(session_policy(DATASET_APPROVED, PARTITION))
+_SET = f"{_bucket('lab-b-raw')}/sets/bench"
+DATASET_SESSION_CASES: dict[str, tuple[bool, Request]] = {
+    "dataset/s3:GetObject/under-the-prefix": (
+        True,
+        Request(READER, "s3:GetObject", f"{_SET}/Particles/stack001.mrcs"),
+    ),
+    "dataset/s3:ListBucket/the-prefix": (
+        True,
+        Request(READER, "s3:ListBucket", _bucket("lab-b-raw"), {"s3:prefix": "sets/bench/"}),
+    ),
+    "dataset/deny/s3:GetObject/beside-the-prefix": (
+        False,
+        Request(READER, "s3:GetObject", f"{_bucket('lab-b-raw')}/sets/bench-other/x.mrcs"),
+    ),
+    "dataset/deny/s3:ListBucket/above-the-prefix": (
+        False,
+        Request(READER, "s3:ListBucket", _bucket("lab-b-raw"), {"s3:prefix": "sets/"}),
+    ),
+    "dataset/deny/s3:ListBucket/the-whole-bucket": (
+        False,
+        Request(READER, "s3:ListBucket", _bucket("lab-b-raw"), {"s3:prefix": ""}),
+    ),
+}
+"""A Class3D's dataset named as a prefix: read under it, list it alone."""
 DECISIONS = {"cpu-node": True, "gpu-node": True}
 """Both nodes' brokers read a submission's decision (GetItem on the intake table) where a stage
 reader exists; without stage buckets the GPU node's may not (tests/iam/test_authorization_matrix).
@@ -163,6 +189,8 @@ def decisions(roles: dict[str, Any]) -> dict[str, Decision]:
         )
     for case_id, (_, request) in SESSION_CASES.items():
         requests[case_id] = replace(request, session_policy=SESSION)
+    for case_id, (_, request) in DATASET_SESSION_CASES.items():
+        requests[case_id] = replace(request, session_policy=DATASET_SESSION)
     for name in DECISIONS:
         requests[f"{name}/dynamodb:GetItem/intake"] = Request(
             name, "dynamodb:GetItem", roles["intake_table"]
@@ -180,7 +208,7 @@ def test_stage_bucket_reads(case_id: str, decisions: dict[str, Decision]) -> Non
 
 
 @pytest.mark.parametrize("name", sorted(ASSUMERS))
-def test_only_the_cpu_node_role_assumes_the_stage_reader(
+def test_only_the_node_roles_assume_the_stage_reader(
     name: str, decisions: dict[str, Decision]
 ) -> None:
     decision = decisions[f"{name}/sts:AssumeRole/reader"]
@@ -198,8 +226,19 @@ def test_the_brokers_session_reads_only_the_approved_object(
     assert decision.allowed == allowed, f"{case_id}: got {decision.decision}"
 
 
+@pytest.mark.parametrize("case_id", sorted(DATASET_SESSION_CASES))
+def test_a_dataset_session_reads_and_lists_only_its_prefix(
+    case_id: str, decisions: dict[str, Decision]
+) -> None:
+    allowed, _ = DATASET_SESSION_CASES[case_id]
+    decision = decisions[case_id]
+    assert decision.decision != "Error", decision.errors
+    assert decision.ignored == []
+    assert decision.allowed == allowed, f"{case_id}: got {decision.decision}"
+
+
 @pytest.mark.parametrize("name", sorted(DECISIONS))
-def test_only_the_cpu_nodes_broker_reads_a_submissions_decision(
+def test_the_node_brokers_read_a_submissions_decision(
     name: str, decisions: dict[str, Decision]
 ) -> None:
     decision = decisions[f"{name}/dynamodb:GetItem/intake"]

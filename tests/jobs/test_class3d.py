@@ -124,6 +124,11 @@ def test_a_dataset_in_s3_is_copied_to_scratch_and_relion_runs_there() -> None:
     assert 'mkdir -p "$DATASET/$JOB_DIR"' in added
 
 
+def test_a_dataset_is_a_tarball_or_a_prefix_of_the_sets_files() -> None:
+    for dataset in ("s3://lab-data/sets/bench/", "s3://lab-data/relion_benchmark.tar"):
+        assert from_mapping({"preset": "benchmark", "dataset": dataset}).dataset == dataset
+
+
 def test_a_dataset_cannot_continue_a_run() -> None:
     """A continuation reads the run it continues from /data, which a job on scratch cannot."""
     with pytest.raises(JobParameterError, match="dataset and continue_from exclude each other"):
@@ -295,7 +300,9 @@ BAD = [
     ({"dataset": "https://x.org/a.tar"}, "parameter dataset = 'https://x.org/a.tar' is not valid"),
     ({"dataset": "s3://b/a b.tar"}, "is not valid: s3://bucket/key of a tarball"),
     ({"dataset": "s3://b/../a.tar"}, "parameter dataset = 's3://b/../a.tar' is not valid"),
-    ({"dataset": "s3://lab/set/"}, "parameter dataset = 's3://lab/set/' is not valid"),
+    ({"dataset": "s3://lab/"}, "parameter dataset = 's3://lab/' is not valid"),
+    ({"dataset": "s3://lab/a//b/"}, "no empty, . or .. parts"),
+    ({"dataset": "s3://lab/set/", "dataset_sha256": "a" * 64}, "dataset names a prefix"),
     ({"dataset": "s3://lab/" + "k" * 1100}, "at most 1024 characters"),
     ({"dataset": "s3://lab/a.tar", "dataset_sha256": "ABC"}, "dataset_sha256 = 'ABC' is not"),
     ({"dataset_sha256": "a" * 64}, "dataset_sha256 is given without dataset"),

@@ -11,9 +11,11 @@ run then fails without looking for credentials anywhere else.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -362,6 +364,89 @@ def test_a_class3d_job_copies_its_dataset_from_s3_to_scratch_with_the_brokers_se
     assert not root.exists(), "job 42's set was removed"
     assert (victim / "keep.txt").read_text() == "mine", "the link was removed, not followed"
     assert len(node.sts.policies) == 2, "fetched again, with a session of its own"
+
+
+def _upload_unpacked(s3: Any, tarball: bytes, tmp_path: Path, prefix: str) -> None:
+    """The benchmark set's files as they are, under ``prefix`` (no archive)."""
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        tar.extractall(unpacked, filter="data")
+    for path in sorted(unpacked.rglob("*")):
+        if path.is_file():
+            key = prefix + path.relative_to(unpacked).as_posix()
+            s3.put_object(Bucket="lab-data", Key=key, Body=path.read_bytes())
+
+
+def test_a_dataset_under_a_prefix_is_copied_file_by_file_with_a_session_for_that_prefix(
+    node: Node,
+    benchmark_tar: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No archive: every object under the prefix arrives as it is, checked by size and by
+    reading the STAR and the map; the session may read under that prefix and list it alone."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-data")
+    _upload_unpacked(s3, benchmark_tar, tmp_path, "sets/bench/")
+    s3.put_object(Bucket="lab-data", Key="sets/bench-other/secret.txt", Body=b"not this")
+    prefix = "s3://lab-data/sets/bench/"
+    node.record = _accepted(
+        template="class3d", parameters=json.dumps({"preset": "benchmark", "dataset": prefix})
+    )
+    scratch = tmp_path / "scratch"
+    argv = ["--source", prefix, "--particles", "Particles/shiny_2sets.star"]
+    argv += ["--reference", "emd_2660.map:mrc", "--scratch", str(scratch)]
+    monkeypatch.setenv("SLURM_JOB_ID", JOB)
+    assert dataset_main([*argv, "--s3-credentials", str(node.socket)]) == 0
+    captured = capsys.readouterr()
+    root = Path(captured.out.strip())
+    assert root == scratch / DATASETS_DIR / f"job-{JOB}" / "relion_benchmark"
+    assert (root / "Particles" / "shiny_2sets.star").is_file()
+    assert "dataset: verified: " in captured.err
+    assert not list(scratch.rglob("secret.txt")), "only the prefix's own objects"
+    (policy,) = node.sts.policies
+    assert policy["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": "arn:aws:s3:::lab-data/sets/bench/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": "arn:aws:s3:::lab-data",
+            "Condition": {"StringLike": {"s3:prefix": "sets/bench/*"}},
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("sets/bench/../escape.txt", "'../escape.txt' under the prefix would be written outside"),
+        ("sets/bench/a//b.txt", "'a//b.txt' under the prefix would be written outside"),
+    ],
+)
+def test_a_prefix_whose_keys_would_leave_the_directory_is_refused_before_any_copy(
+    node: Node,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    message: str,
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-data")
+    s3.put_object(Bucket="lab-data", Key="sets/bench/particles.star", Body=b"data_")
+    s3.put_object(Bucket="lab-data", Key=key, Body=b"x")
+    argv = ["--source", "s3://lab-data/sets/bench/", "--particles", "particles.star"]
+    argv += ["--reference", "x.mrc", "--scratch", str(tmp_path / "scratch")]
+    assert dataset_main(argv, s3_client=s3) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err, captured.err
+    assert not (tmp_path / "escape.txt").exists()
+    assert not list((tmp_path / "scratch").rglob("particles.star")), "nothing was copied"
 
 
 def test_a_dataset_that_lacks_the_named_particles_fails_with_nothing_on_stdout(

@@ -467,24 +467,33 @@ def test_a_link_planted_at_the_spot_event_log_is_not_followed_by_the_watcher(
     )
 
 
+@pytest.mark.parametrize("form", ["prefix", "tarball"])
 def test_a_class3d_copies_its_data_set_from_s3_to_scratch_and_writes_only_its_output_to_data(
-    cloud: EmbeddedCloud, tmp_path: Path
+    cloud: EmbeddedCloud, tmp_path: Path, form: str
 ) -> None:
-    """A Class3D whose ``dataset`` is a tarball in a stage bucket: on its GPU node the job user,
-    holding no credentials, gets the stage reader's session for that one object from the node's
-    broker, unpacks it on the node's scratch, and RELION (through the jobs' SIF, as on a GPU
-    node) runs there with only its own job directory bound from the project: the particles
-    never reach /data, and the run's iterations do."""
+    """A Class3D whose ``dataset`` is in a stage bucket (the set's files under a prefix, or a
+    tarball): on its GPU node the job user, holding no credentials, gets the stage reader's
+    session for that prefix or object from the node's broker, copies the set to the node's
+    scratch, and RELION (through the jobs' SIF, as on a GPU node) runs there with only its own
+    job directory bound from the project: the particles never reach /data, and the run's
+    iterations do."""
     made = make_synthetic(SyntheticSpec(classes=2, particles_per_class=20), tmp_path, "set")
-    tarball = tmp_path / "set.tar.gz"
-    with tarfile.open(tarball, "w:gz") as archive:
-        archive.add(made, arcname="set")
     s3 = cloud.client("s3")
     s3.create_bucket(Bucket=STAGE_BUCKET)
-    s3.put_object(Bucket=STAGE_BUCKET, Key="sets/set.tar.gz", Body=tarball.read_bytes())
-    dataset = f"s3://{STAGE_BUCKET}/sets/set.tar.gz"
+    if form == "tarball":
+        tarball = tmp_path / "set.tar.gz"
+        with tarfile.open(tarball, "w:gz") as archive:
+            archive.add(made, arcname="set")
+        s3.put_object(Bucket=STAGE_BUCKET, Key="sets/set.tar.gz", Body=tarball.read_bytes())
+        dataset = f"s3://{STAGE_BUCKET}/sets/set.tar.gz"
+    else:
+        for path in sorted(made.rglob("*")):
+            if path.is_file():
+                key = f"sets/set/{path.relative_to(made).as_posix()}"
+                s3.put_object(Bucket=STAGE_BUCKET, Key=key, Body=path.read_bytes())
+        dataset = f"s3://{STAGE_BUCKET}/sets/set/"
     parameters = class3d_parameters(
-        SyntheticParams(project_dir="/data/from-s3", classes=2, particles_per_class=20), 2
+        SyntheticParams(project_dir=f"/data/from-s3-{form}", classes=2, particles_per_class=20), 2
     )
     table = IntakeTable(cloud.client("dynamodb"), INTAKE_TABLE)
     submission = submit(
@@ -501,10 +510,10 @@ def test_a_class3d_copies_its_data_set_from_s3_to_scratch_and_writes_only_its_ou
         timeout=600,
         what=lambda: f"class3d {job_id} to end ({job(cloud.local, job_id)})",
     )
-    project = _data(cloud) / "from-s3"
+    project = _data(cloud) / f"from-s3-{form}"
     output = (project / f"class3d-{job_id}.out").read_text()
     assert job(cloud.local, job_id)["JobState"] == "COMPLETED", output[-3000:]
-    assert "staging: verified: " in output, output[-3000:]
+    assert re.search(r"^(staging|dataset): verified: ", output, re.M), output[-3000:]
     (job_dir,) = (project / "Class3D").iterdir()
     assert (job_dir / "run_it002_model.star").is_file()
     assert (job_dir / "RELION_JOB_EXIT_SUCCESS").is_file()
@@ -512,4 +521,6 @@ def test_a_class3d_copies_its_data_set_from_s3_to_scratch_and_writes_only_its_ou
     assert not list(project.rglob("*.mrcs")), "no particle stack on the shared file system"
     node, container = _node_of(cloud, job_id)
     assert node.startswith("gpu-")
-    assert f"job {job_id} (uid 1000): S3 read of {dataset} until" in cloud.local.logs(container)
+    access = "dataset" if form == "prefix" else "read"
+    said = cloud.local.logs(container)
+    assert f"job {job_id} (uid 1000): S3 {access} of {dataset} until" in said
