@@ -63,6 +63,8 @@ LOCAL_IMAGE = f"docker-archive:{CONTAINER_CACHE}/relion-5.0.1-cpu.tar"
 scripts/setup-docker.sh into the shared cache."""
 IMAGE_SCRIPT = "/opt/relion-spot/assets/slurm/relion-image.sh"
 CONTAINER_BINDS = "/data,/scratch"
+SCRATCH_BIND = "/scratch"
+"""What a job with a ``dataset`` binds besides its own job directory: no other project."""
 SIF = "$SIF"
 """The image's SIF as the script names it (set by relion-image.sh at run time)."""
 DATASET = "$DATASET"
@@ -121,13 +123,14 @@ def command_words(shape: NodeShape, params: Class3dParams, *, mode: Mode = "clou
         raise JobParameterError(f"mode {mode!r} is not valid: one of {', '.join(MODES)}")
     threads, pool = threads_and_pool(shape, params)
     gpu_passthrough = ["--nv"] if mode == "cloud" else []
-    from_dataset: list[str] = []
+    binds = ["--bind", CONTAINER_BINDS]
     if params.dataset is not None:
-        # RELION runs in the data set on scratch; its own directory is the project's, bound in.
-        from_dataset = ["--bind", f"{PROJECT}/{JOB_DIR}:{DATASET}/{JOB_DIR}", "--pwd", DATASET]
-    launcher = [
-        "apptainer", "exec", *gpu_passthrough, "--bind", CONTAINER_BINDS, *from_dataset, SIF,
-    ]  # fmt: skip
+        # RELION runs in the data set on scratch; of /data it sees its own directory, bound in.
+        binds = [
+            "--bind", SCRATCH_BIND, "--bind", f"{PROJECT}/{JOB_DIR}:{DATASET}/{JOB_DIR}",
+            "--pwd", DATASET,
+        ]  # fmt: skip
+    launcher = ["apptainer", "exec", *gpu_passthrough, *binds, SIF]
     if shape.gpus == 1:
         program = "relion_refine"
     else:

@@ -23,22 +23,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from relion_spot.staging import cli as staging
 from relion_spot.staging.credentials import s3_client_from_broker
 from relion_spot.staging.errors import StagingError
-from relion_spot.staging.prefix import copy_prefix
+from relion_spot.staging.prefix import CONNECTIONS, copy_prefix
 from relion_spot.staging.report import make_reporter
 from relion_spot.staging.unpack import verify
 
 DATASETS_DIR = "relion-spot-datasets"
 """Under the node's scratch: this attempt's data set, in ``job-<Slurm job id>``."""
+
+
+BIND_SAFE = re.compile(r"^[\w./+@=-]+$", re.ASCII)
 
 
 def fresh_dir(scratch: Path, job_id: str) -> Path:
@@ -98,8 +103,7 @@ def main(argv: list[str] | None = None, *, s3_client: Any = None) -> int:
     if root is None:
         print(f"dataset: {dest} holds no verified staging of {args.particles}", file=sys.stderr)
         return 1
-    print(root)
-    return 0
+    return _answer(root)
 
 
 def _copy_prefix(args: argparse.Namespace, dest: Path, s3_client: Any) -> int:
@@ -111,7 +115,7 @@ def _copy_prefix(args: argparse.Namespace, dest: Path, s3_client: Any) -> int:
         elif args.s3_credentials:
             client = s3_client_from_broker(Path(args.s3_credentials))
         else:
-            client = boto3.client("s3")
+            client = boto3.client("s3", config=Config(max_pool_connections=CONNECTIONS))
         files = copy_prefix(client, bucket, prefix, dest, make_reporter())
         checked = verify(dest, files, args.particles, reference_file(args.reference), None)
     except StagingError as error:
@@ -122,7 +126,20 @@ def _copy_prefix(args: argparse.Namespace, dest: Path, s3_client: Any) -> int:
         f"{checked.stacks} stack(s), reference map {'x'.join(map(str, checked.box))}",
         file=sys.stderr,
     )
-    print(checked.root)
+    return _answer(checked.root)
+
+
+def _answer(root: Path) -> int:
+    """Print the directory RELION runs in, if Apptainer can take it as a bind destination
+    (its --bind splits on , and :) and a shell script can carry it."""
+    if not BIND_SAFE.fullmatch(str(root)):
+        print(
+            f"dataset: the set's top directory {str(root)[-80:]!r} is not valid: ASCII letters, "
+            "digits and _ . / + @ = - only (the job binds its own directory inside it)",
+            file=sys.stderr,
+        )
+        return 1
+    print(root)
     return 0
 
 

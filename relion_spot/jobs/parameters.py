@@ -306,7 +306,9 @@ DATASET_SOURCE = re.compile(
 )
 """An S3 object (a tarball) or a prefix ending in ``/`` (the set's files), with a key a shell
 script can carry unquoted."""
-MAX_DATASET_LENGTH = 1024
+MAX_DATASET_LENGTH = 700
+"""Keeps the broker's session policy, which names the key twice, within AssumeRole's 2,048
+characters."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -19,7 +19,7 @@ from relion_spot.node.stage_credentials import SOCKET as STAGE_CREDENTIALS_SOCKE
 from relion_spot.slurm.spec import CPU_PARTITION
 from relion_spot.staging import BENCHMARK_URL
 
-from .parameters import JobParameterError, check_not_reserved, check_path
+from .parameters import DATASET_SOURCE, JobParameterError, check_not_reserved, check_path
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "assets" / "slurm" / "stage.sbatch"
 DATA_DIR = PurePosixPath("/data")
@@ -50,10 +50,17 @@ class StageParams:
                 "e.g. /data/relion_benchmark"
             )
         check_not_reserved("dest", self.dest)
-        if not isinstance(self.source, str) or not re.match(r"^(https?|s3)://\S+$", self.source):
+        if (
+            not isinstance(self.source, str)
+            or not re.match(r"^(https?|s3)://\S+$", self.source)
+            or (
+                self.source.startswith("s3://")
+                and (not DATASET_SOURCE.fullmatch(self.source) or self.source.endswith("/"))
+            )
+        ):
             raise JobParameterError(
-                f"parameter source = {self.source!r} is not valid: an http(s):// URL or "
-                "s3://bucket/key"
+                f"parameter source = {str(self.source)[:80]!r} is not valid: an http(s):// URL or "
+                "s3://bucket/key (ASCII letters, digits and _ . / + @ = - in the key)"
             )
         if self.sha256 is not None and not _SHA256.match(str(self.sha256)):
             raise JobParameterError(

@@ -18,7 +18,7 @@ listens on a Unix socket (``SOCKET``) and answers a process only when all of thi
 It then assumes the role for that job (``sts:AssumeRole``, the session named
 ``<node>-job-<id>`` for CloudTrail), for an hour at most, and hands it over; the client asks
 again as it nears its end. A stage (or a class3d's dataset) gets the stage-reader role, narrowed
-by a session policy to GetObject on that one object and ListBucket on its bucket (a dataset
+by a session policy to GetObject on that one object and ListBucket of its key alone (a dataset
 named as a prefix: GetObject under it, ListBucket of it alone). An export gets the exchange's
 job role, narrowed to PutObject under ``out/<its submission id>/`` of the exchange bucket; an
 import the same role narrowed to GetObject under ``in/<its submission id>/``. The answer names
@@ -80,7 +80,6 @@ SCONTROL_TIMEOUT_S = 20
 WORKERS = 4
 _PIDINFO = re.compile(r"^Slurm JobId=(\d+) ", re.MULTILINE)
 """``scontrol pidinfo``'s answer: ``Slurm JobId=42 ends at ...``."""
-_S3_SOURCE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
 
 log = logging.getLogger("relion_spot.node.stage_credentials")
 
@@ -177,16 +176,19 @@ def approved_source(job: NodeJob, record: Record | None, exchange_bucket: str = 
             f"job {job.job_id}: submission {sid} is a {record.template} job, not stage, class3d, "
             "export or import"
         )
+    # Imported here: relion_spot.jobs renders job scripts that name this module's socket.
+    from ..jobs.parameters import DATASET_SOURCE
+
     if record.template == "class3d":
         return _approved_dataset(job, record)
     try:
         source = json.loads(record.parameters or "{}").get("source", "")
     except (ValueError, AttributeError):
         source = ""
-    match = _S3_SOURCE.match(source) if isinstance(source, str) else None
-    if match is None:
+    match = DATASET_SOURCE.fullmatch(source) if isinstance(source, str) else None
+    if match is None or match["key"].endswith("/"):
         raise Refused(f"job {job.job_id}: submission {sid} stages from no s3:// object")
-    return Approved(job.job_id, match.group(1), match.group(2))
+    return Approved(job.job_id, match["bucket"], match["key"])
 
 
 def _approved_dataset(job: NodeJob, record: Record) -> Approved:
@@ -269,6 +271,7 @@ def session_policy(approved: Approved, partition: str) -> str:
                     "Effect": "Allow",
                     "Action": "s3:ListBucket",
                     "Resource": f"arn:{partition}:s3:::{approved.bucket}",
+                    "Condition": {"StringEquals": {"s3:prefix": approved.key}},
                 },
             ],
         }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StagingError
+from .prefix import CONNECTIONS
 
 TIMEOUT_S = 60.0
 MAX_REPLY_BYTES = 64 * 1024
@@ -112,6 +113,7 @@ def broker_session(path: Path) -> tuple[Any, dict[str, Any]]:
     names the bucket and prefix the session may write)."""
     import boto3
     import botocore.session
+    from botocore.config import Config
     from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
 
     first = ask_broker(path)
@@ -129,4 +131,6 @@ def broker_session(path: Path) -> tuple[Any, dict[str, Any]]:
     core = botocore.session.get_session()
     core.register_component("credential_provider", CredentialResolver([BrokerProvider()]))
     region = first.get("Region") if isinstance(first.get("Region"), str) else None
-    return boto3.Session(botocore_session=core, region_name=region).client("s3"), first
+    # A pool for a data set's parallel copy (relion_spot.staging.prefix); other uses take one.
+    pool = Config(max_pool_connections=CONNECTIONS)
+    return boto3.Session(botocore_session=core, region_name=region).client("s3", config=pool), first

@@ -2,8 +2,9 @@
 
 What a Class3D with ``--dataset s3://bucket/prefix/`` runs on its GPU node before RELION
 (relion_spot.jobs.dataset): every object under the prefix is listed (ListObjectsV2, boto3's
-paginator) and fetched with boto3's managed transfer (parallel ranged GETs within a large
-object, several objects at a time), each to a temporary name renamed into place, so the copy
+paginator) and fetched through one boto3 transfer manager (parallel ranged GETs within a large
+object, several objects at a time; s3transfer writes each to a temporary name and renames it
+into place), so the copy
 runs at what the instance's network and S3 allow rather than one stream's rate. No unpacking
 follows: the files arrive as they are. A key that would leave the directory (an empty, ``.`` or
 ``..`` part) or that names a folder marker is refused or skipped; nothing else is trusted about
@@ -12,10 +13,8 @@ the listing either: each file's size is checked against it afterwards.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,8 +24,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .errors import StagingError
 from .report import Reporter
 
-WORKERS = 8
-"""Objects fetched at a time; each large object is fetched in parallel parts besides."""
+WORKERS = 16
+"""Requests in flight at once, over all objects (whole small objects, 64 MiB parts of large
+ones), through one transfer manager."""
+CONNECTIONS = 2 * WORKERS
+"""The S3 client's connection pool: more than the requests in flight, so none waits for one."""
 PART_BYTES = 64 * 2**20
 """Ranged GETs of this size for an object larger than it (the price model's part size)."""
 MAX_OBJECTS = 1_000_000
@@ -59,8 +61,9 @@ def copy_prefix(
     client: Any, bucket: str, prefix: str, dest: Path, reporter: Reporter
 ) -> dict[str, int]:
     """Every object under ``s3://bucket/prefix`` into ``dest`` (made, empty); its files and
-    sizes, relative to ``dest``."""
-    from boto3.s3.transfer import TransferConfig
+    sizes, relative to ``dest``. ``client`` needs a connection pool of CONNECTIONS."""
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+    from s3transfer.subscribers import BaseSubscriber
 
     files: dict[str, int] = {}
     try:
@@ -72,36 +75,37 @@ def copy_prefix(
         raise StagingError(f"listing s3://{bucket}/{prefix} failed: {error}") from error
     if not files:
         raise StagingError(f"s3://{bucket}/{prefix} holds no objects")
-    dest.mkdir(parents=True, exist_ok=False)
     config = TransferConfig(
         multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=WORKERS
     )
-    reporter.start(f"copy s3://{bucket}/{prefix}", sum(files.values()))
     lock = threading.Lock()
 
-    def advance(n: int) -> None:
-        with lock:
-            reporter.advance(n)
+    class Progress(BaseSubscriber):
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            with lock:
+                reporter.advance(bytes_transferred)
 
-    def fetch(relative: str) -> None:
-        target = dest / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.part")
-        client.download_file(
-            bucket, prefix + relative, str(temporary), Config=config, Callback=advance
-        )
-        os.replace(temporary, target)
-
+    reporter.start(f"copy s3://{bucket}/{prefix}", sum(files.values()))
     try:
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            list(pool.map(fetch, sorted(files)))
+        dest.mkdir(parents=True, exist_ok=False)
+        with create_transfer_manager(client, config) as manager:
+            downloads = []
+            for relative in sorted(files):
+                (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+                downloads.append(
+                    manager.download(
+                        bucket, prefix + relative, str(dest / relative), subscribers=[Progress()]
+                    )
+                )
+            for download in downloads:
+                download.result()
+        short = [n for n, size in files.items() if (dest / n).stat().st_size != size]
     except (BotoCoreError, ClientError, Boto3Error) as error:
         raise StagingError(f"copying s3://{bucket}/{prefix} failed: {error}") from error
     except OSError as error:
         raise StagingError(f"copying s3://{bucket}/{prefix} into {dest} failed: {error}") from error
     finally:
         reporter.finish()
-    short = [n for n, size in files.items() if (dest / n).stat().st_size != size]
     if short:
         raise StagingError(f"{len(short)} file(s) arrived with another size, e.g. {short[0]}")
     return files

@@ -162,13 +162,23 @@ def verify(
         raise StagingError(f"{particles_star} has no particle table (no rlnImageName rows)")
     images = tables[-1]["rlnImageName"].astype(str)
     stacks = sorted({name.split("@", 1)[-1] for name in images})
+    outside = [s for s in stacks if s.startswith("/") or ".." in PurePosixPath(s).parts]
+    if outside:
+        raise StagingError(
+            f"{particles_star} names {len(outside)} image stack(s) outside the set, e.g. "
+            f"{outside[0][:120]} (paths relative to the set, without ..)"
+        )
     absent = [s for s in stacks if not (root / s).is_file()]
     if absent:
         raise StagingError(
             f"{particles_star} names {len(absent)} image stack(s) not in the archive, "
             f"e.g. {absent[0]}"
         )
-    map_path = find_root(dest, reference_map) / reference_map
+    map_path = root / reference_map
+    if not map_path.is_file():
+        raise StagingError(
+            f"{reference_map} is not in the set beside {particles_star} (in {root.name or root})"
+        )
     try:
         with mrcfile.mmap(map_path, mode="r", permissive=False) as mrc:
             box = tuple(int(n) for n in mrc.data.shape)

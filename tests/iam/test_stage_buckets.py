@@ -85,9 +85,13 @@ SESSION_CASES: dict[str, tuple[bool, Request]] = {
         True,
         Request(READER, "s3:GetObject", f"{_bucket(APPROVED.bucket)}/{APPROVED.key}"),
     ),
-    "session/s3:ListBucket/approved-bucket": (
+    "session/s3:ListBucket/approved-key": (
         True,
-        Request(READER, "s3:ListBucket", _bucket(APPROVED.bucket)),
+        Request(READER, "s3:ListBucket", _bucket(APPROVED.bucket), {"s3:prefix": APPROVED.key}),
+    ),
+    "session/deny/s3:ListBucket/the-whole-bucket": (
+        False,
+        Request(READER, "s3:ListBucket", _bucket(APPROVED.bucket), {"s3:prefix": ""}),
     ),
     "session/deny/s3:GetObject/another-object-same-bucket": (
         False,

@@ -118,9 +118,11 @@ def test_a_dataset_in_s3_is_copied_to_scratch_and_relion_runs_there() -> None:
         "  --scratch_dir /scratch \\",
     ]
     assert added[-1] == (
-        '  apptainer exec --nv --bind /data,/scratch --bind "$PWD/$JOB_DIR:$DATASET/$JOB_DIR" '
+        '  apptainer exec --nv --bind /scratch --bind "$PWD/$JOB_DIR:$DATASET/$JOB_DIR" '
         '--pwd "$DATASET" "$SIF" \\'
-    )
+    ), "of /data, RELION sees its own job directory (and Apptainer's default mount of the cwd)"
+    prefix = from_mapping({"preset": "benchmark", "dataset": "s3://lab-data/sets/bench/"})
+    _golden("class3d-gpu1-dataset-prefix.sbatch", render(1, prefix))
     assert 'mkdir -p "$DATASET/$JOB_DIR"' in added
 
 
@@ -303,7 +305,7 @@ BAD = [
     ({"dataset": "s3://lab/"}, "parameter dataset = 's3://lab/' is not valid"),
     ({"dataset": "s3://lab/a//b/"}, "no empty, . or .. parts"),
     ({"dataset": "s3://lab/set/", "dataset_sha256": "a" * 64}, "dataset names a prefix"),
-    ({"dataset": "s3://lab/" + "k" * 1100}, "at most 1024 characters"),
+    ({"dataset": "s3://lab/" + "k" * 700}, "at most 700 characters"),
     ({"dataset": "s3://lab/a.tar", "dataset_sha256": "ABC"}, "dataset_sha256 = 'ABC' is not"),
     ({"dataset_sha256": "a" * 64}, "dataset_sha256 is given without dataset"),
     ({"dataset": "s3://l/*", "--dataset": "s3://l/a.tar"}, "parameter dataset is given twice"),

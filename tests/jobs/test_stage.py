@@ -35,7 +35,7 @@ def test_default_stages_the_benchmark_on_the_cpu_partition() -> None:
 
 def test_checks_and_optional_values_reach_the_command() -> None:
     params = stage_from_mapping(
-        {"dest": "/data/bench", "sha256": "a" * 64, "expect_files": 12, "source": "s3://b/k"}
+        {"dest": "/data/bench", "sha256": "a" * 64, "expect_files": 12, "source": "s3://lab-b/k"}
     )
     assert f"--sha256 {'a' * 64} --expect-files 12" in render_stage(params)
 

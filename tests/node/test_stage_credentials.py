@@ -147,7 +147,12 @@ def test_an_approved_stage_job_gets_a_session_narrowed_to_its_object_until_it_ne
             "Action": "s3:GetObject",
             "Resource": "arn:aws:s3:::lab-data/relion_benchmark.tar.gz",
         },
-        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::lab-data"},
+        {
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": "arn:aws:s3:::lab-data",
+            "Condition": {"StringEquals": {"s3:prefix": "relion_benchmark.tar.gz"}},
+        },
     ]
     expires = dt.datetime.fromisoformat(first["Expiration"])
     assert ask_broker(node.socket)["AccessKeyId"] == first["AccessKeyId"]
@@ -172,6 +177,10 @@ def test_an_approved_stage_job_gets_a_session_narrowed_to_its_object_until_it_ne
             "stages from no s3:// object",
         ),
         (
+            {"record": _accepted(parameters='{"source": "s3://lab-data/*"}')},
+            "stages from no s3:// object",
+        ),
+        (
             {"record": _accepted(template="class3d", parameters='{"preset": "benchmark"}')},
             "names as its dataset no s3:// object",
         ),
@@ -180,7 +189,11 @@ def test_an_approved_stage_job_gets_a_session_narrowed_to_its_object_until_it_ne
                 "record": _accepted(
                     template="class3d",
                     parameters=json.dumps(
-                        {"preset": "benchmark", "dataset": "s3://lab-data/*", "--dataset": SOURCE}
+                        {
+                            "preset": "benchmark",
+                            "dataset": "s3://lab-data/other.tar",
+                            "--dataset": SOURCE,
+                        }
                     ),
                 )
             },
@@ -196,6 +209,7 @@ def test_an_approved_stage_job_gets_a_session_narrowed_to_its_object_until_it_ne
         "rejected",
         "not-stage",
         "http-source",
+        "wildcard-source",
         "class3d-without-dataset",
         "class3d-dataset-named-twice",
     ],
@@ -447,6 +461,28 @@ def test_a_prefix_whose_keys_would_leave_the_directory_is_refused_before_any_cop
     assert captured.out == "" and message in captured.err, captured.err
     assert not (tmp_path / "escape.txt").exists()
     assert not list((tmp_path / "scratch").rglob("particles.star")), "nothing was copied"
+
+
+def test_a_set_whose_top_directory_would_split_a_bind_is_refused(
+    node: Node, benchmark_tar: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Apptainer's --bind splits on , and :, so a top directory named ``t,x:y`` would rebind the
+    job's own directory elsewhere: refused, nothing printed for the script to use."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="lab-data")
+    _upload_unpacked(s3, benchmark_tar, tmp_path, "sets/odd/")
+    for item in s3.list_objects_v2(Bucket="lab-data", Prefix="sets/odd/")["Contents"]:
+        renamed = item["Key"].replace("relion_benchmark/", "t,x:y/")
+        s3.copy_object(
+            Bucket="lab-data", Key=renamed, CopySource={"Bucket": "lab-data", "Key": item["Key"]}
+        )
+        s3.delete_object(Bucket="lab-data", Key=item["Key"])
+    argv = ["--source", "s3://lab-data/sets/odd/", "--particles", "Particles/shiny_2sets.star"]
+    argv += ["--reference", "emd_2660.map", "--scratch", str(tmp_path / "scratch")]
+    assert dataset_main(argv, s3_client=s3) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "top directory" in captured.err and "is not valid" in captured.err
 
 
 def test_a_dataset_that_lacks_the_named_particles_fails_with_nothing_on_stdout(

@@ -22,7 +22,7 @@ from moto import mock_aws
 from relion_spot.staging import BENCHMARK_URL, report
 from relion_spot.staging.cli import DOWNLOADS, LOCK, MARKER, main
 
-from .conftest import FILES, PER_STACK, STACKS, Served, evil_tarball
+from .conftest import FILES, PER_STACK, STACKS, Served, build_dataset, evil_tarball
 
 NAME = "relion_benchmark.tar.gz"
 
@@ -388,3 +388,43 @@ def test_s3_source_fetches_resumes_and_verifies(benchmark_tar: bytes, tmp_path: 
         assert spy.ranges == [f"bytes={third}-"]
 
         assert fetch("s3://lab-data/benchmarks/missing.tar.gz", tmp_path / "b", s3_client=spy) == 1
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("stack", "said"),
+    [("/data/other/stack.mrcs", "outside the set"), ("../other/stack.mrcs", "outside the set")],
+    ids=["absolute", "dotdot"],
+)
+def test_a_set_whose_particles_name_stacks_outside_it_is_refused(
+    tmp_path: Path, stack: str, said: str
+) -> None:
+    """RELION would read them from wherever they point (another project on /data)."""
+    import starfile
+
+    from relion_spot.staging.errors import StagingError
+    from relion_spot.staging.unpack import verify
+
+    build_dataset(tmp_path / "set")
+    star = tmp_path / "set" / "Particles/shiny_2sets.star"
+    table = starfile.read(star)
+    table.loc[0, "rlnImageName"] = f"000001@{stack}"
+    starfile.write(table, star, overwrite=True)
+    with pytest.raises(StagingError, match=said):
+        verify(tmp_path, _files(tmp_path), "Particles/shiny_2sets.star", "emd_2660.map", None)
+
+
+def test_a_reference_that_is_not_beside_the_particles_is_refused(tmp_path: Path) -> None:
+    """RELION runs where the particles STAR's path starts: the map must be found from there."""
+    from relion_spot.staging.errors import StagingError
+    from relion_spot.staging.unpack import verify
+
+    build_dataset(tmp_path / "set")
+    (tmp_path / "set" / "emd_2660.map").rename(tmp_path / "emd_2660.map")
+    with pytest.raises(StagingError, match="is not in the set beside"):
+        verify(tmp_path, _files(tmp_path), "Particles/shiny_2sets.star", "emd_2660.map", None)
