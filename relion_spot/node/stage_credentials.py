@@ -211,71 +211,30 @@ def _approved_dataset(job: NodeJob, record: Record) -> Approved:
 
 
 def session_policy(approved: Approved, partition: str) -> str:
-    """What the session may do, inside what the role may: read that one object, or write or read
-    under that one prefix."""
-    if approved.access == IMPORT:
-        return json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": "s3:GetObject",
-                        "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}*",
-                    }
-                ],
-            }
-        )
-    if approved.access == DATASET:
-        return json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": "s3:GetObject",
-                        "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}*",
-                    },
-                    {
-                        "Effect": "Allow",
-                        "Action": "s3:ListBucket",
-                        "Resource": f"arn:{partition}:s3:::{approved.bucket}",
-                        "Condition": {"StringLike": {"s3:prefix": f"{approved.key}*"}},
-                    },
-                ],
-            }
-        )
-    if approved.access == WRITE:
-        return json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                        "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}*",
-                    }
-                ],
-            }
-        )
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Action": "s3:GetObject",
-                    "Resource": f"arn:{partition}:s3:::{approved.bucket}/{approved.key}",
-                },
-                {
-                    "Effect": "Allow",
-                    "Action": "s3:ListBucket",
-                    "Resource": f"arn:{partition}:s3:::{approved.bucket}",
-                    "Condition": {"StringEquals": {"s3:prefix": approved.key}},
-                },
-            ],
-        }
-    )
+    """What the session may do, inside what the role may: read that one object (and list its
+    key alone), read under that one prefix (and, for a dataset, list it alone), or write there."""
+    bucket = f"arn:{partition}:s3:::{approved.bucket}"
+    under = f"{bucket}/{approved.key}*"
+
+    def allow(action: str | list[str], resource: str, **condition: Any) -> dict[str, Any]:
+        statement: dict[str, Any] = {"Effect": "Allow", "Action": action, "Resource": resource}
+        if condition:
+            statement["Condition"] = condition
+        return statement
+
+    statements = {
+        IMPORT: [allow("s3:GetObject", under)],
+        DATASET: [
+            allow("s3:GetObject", under),
+            allow("s3:ListBucket", bucket, StringLike={"s3:prefix": f"{approved.key}*"}),
+        ],
+        WRITE: [allow(["s3:PutObject", "s3:AbortMultipartUpload"], under)],
+        READ: [
+            allow("s3:GetObject", f"{bucket}/{approved.key}"),
+            allow("s3:ListBucket", bucket, StringEquals={"s3:prefix": approved.key}),
+        ],
+    }[approved.access]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
 class Broker:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,19 +30,15 @@ STAGE_BUCKET = "lab-data"
 
 
 @pytest.fixture(scope="module")
-def cloud(slurm_images: None) -> Iterator[EmbeddedCloud]:
-    work = Path(tempfile.mkdtemp(prefix="relion-spot-dataset-"))
-    try:
-        with EmbeddedCloud.start(
-            prefix=f"relion-spot-test-dataset-{os.getpid()}",
-            settings=Settings(gpus=(1,), stage_buckets=(STAGE_BUCKET,)),
-            gpu_count=1,
-            work_dir=work,
-        ) as cloud:
-            cloud.client("s3").create_bucket(Bucket=STAGE_BUCKET)
-            yield cloud
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def cloud(slurm_images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCloud]:
+    with EmbeddedCloud.start(
+        prefix=f"relion-spot-test-dataset-{os.getpid()}",
+        settings=Settings(gpus=(1,), stage_buckets=(STAGE_BUCKET,)),
+        gpu_count=1,
+        work_dir=tmp_path_factory.mktemp("dataset"),
+    ) as cloud:
+        cloud.client("s3").create_bucket(Bucket=STAGE_BUCKET)
+        yield cloud
 
 
 def _data(cloud: EmbeddedCloud) -> Path:
