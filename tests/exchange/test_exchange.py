@@ -170,9 +170,9 @@ def test_an_export_the_intake_did_not_approve_gets_no_session_and_writes_nothing
     exchange: tuple[Node, Any], project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     node, s3 = exchange
-    node.record = _accepted(template="class3d")
+    node.record = _accepted(template="select")
     assert _export(node, project, POST) == 1
-    assert "is a class3d job, not stage, export or import" in capsys.readouterr().err
+    assert "is a select job, not stage, class3d, export or import" in capsys.readouterr().err
     assert node.sts.policies == [] and "Contents" not in s3.list_objects_v2(Bucket=EXCHANGE)
 
 
