@@ -707,7 +707,8 @@ def test_scancel_only_touches_the_job_carrying_the_submission(
         (
             ["submit", "stage", "--stack", STACK, "--source", "ftp://host/x.tar.gz"],
             "relion-spot submit: parameter source = 'ftp://host/x.tar.gz' is not valid: an "
-            "http(s):// URL or s3://bucket/key",
+            "http(s):// URL or s3://bucket/key (ASCII letters, digits and _ . / + @ = - in the "
+            "key)",
         ),
         (
             ["cancel", "--stack", STACK, "99"],

@@ -72,7 +72,7 @@ def exchange(cluster: Cluster, tmp_path: Path) -> Cluster:
         (
             ["stage", "s3://", "--project-dir", "/data/p"],
             "relion-spot stage: parameter source = 's3://' is not valid: an http(s):// URL or "
-            "s3://bucket/key",
+            "s3://bucket/key (ASCII letters, digits and _ . / + @ = - in the key)",
         ),
         (
             ["pull", "abc", "-o", "{tmp}/out"],
