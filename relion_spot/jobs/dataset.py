@@ -41,9 +41,8 @@ from relion_spot.staging.unpack import verify
 
 DATASETS_DIR = "relion-spot-datasets"
 """Under the node's scratch: this attempt's data set, in ``job-<Slurm job id>``."""
-
-
 BIND_SAFE = re.compile(r"^[\w./+@=-]+$", re.ASCII)
+"""What the directory RELION runs in may hold: Apptainer's --bind splits on , and :."""
 
 
 def fresh_dir(scratch: Path, job_id: str) -> Path:
@@ -87,6 +86,8 @@ def main(argv: list[str] | None = None, *, s3_client: Any = None) -> int:
     except OSError as error:
         print(f"dataset: cannot prepare {args.scratch / DATASETS_DIR}: {error}", file=sys.stderr)
         return 1
+    if args.source.endswith("/"):
+        return _copy_prefix(args, dest, s3_client)
     words = ["fetch", "--source", args.source, "--dest", str(dest)]
     words += ["--particles-star", args.particles]
     words += ["--reference-map", reference_file(args.reference)]
@@ -94,8 +95,6 @@ def main(argv: list[str] | None = None, *, s3_client: Any = None) -> int:
         words += ["--sha256", args.sha256]
     if args.s3_credentials:
         words += ["--s3-credentials", args.s3_credentials]
-    if args.source.endswith("/"):
-        return _copy_prefix(args, dest, s3_client)
     status = staging.main(words, s3_client=s3_client)
     if status != 0:
         return status

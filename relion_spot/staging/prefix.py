@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from boto3.exceptions import Boto3Error
@@ -46,13 +46,7 @@ def listed(client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
 
 
 def _checked(relative: str) -> str:
-    parts = PurePosixPath(relative).parts
-    if (
-        not relative
-        or relative.startswith("/")
-        or any(part in ("", ".", "..") for part in relative.split("/"))
-        or not parts
-    ):
+    if not relative or any(part in ("", ".", "..") for part in relative.split("/")):
         raise StagingError(f"object {relative!r} under the prefix would be written outside it")
     return relative
 
